@@ -1,0 +1,2 @@
+//! The `crank-node` binary.
+fn main() {}

@@ -1,0 +1,131 @@
+//! The versioned wire codec: one version byte, then postcard.
+//!
+//! Postcard has a stable, documented format but no field tags, so the version byte is what
+//! lets a future node refuse (rather than misread) a frame it does not understand. Decoding
+//! is bounded by the input: a hostile length prefix cannot make it allocate more than the
+//! frame holds, and trailing bytes are an error so one frame has exactly one meaning.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The wire format version this crate reads and writes.
+pub const WIRE_VERSION: u8 = 1;
+
+/// Default limit for task-protocol frames: inputs and model chunks fit well inside it.
+pub const DEFAULT_MAX_FRAME: usize = 8 * 1024 * 1024;
+
+/// Default limit for an advert frame on gossipsub.
+pub const MAX_ADVERT_FRAME: usize = 64 * 1024;
+
+/// Why a frame could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// The frame is larger than the receiver accepts.
+    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Frame size.
+        len: usize,
+        /// Limit.
+        limit: usize,
+    },
+    /// The frame is empty.
+    #[error("empty frame")]
+    Empty,
+    /// The frame is from a protocol version this node does not speak.
+    #[error("wire version {got} is not supported (this node speaks version {WIRE_VERSION})")]
+    UnsupportedVersion {
+        /// The version byte received.
+        got: u8,
+    },
+    /// The body does not decode as the expected message.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// Bytes remain after the message.
+    #[error("{0} unexpected bytes after the message")]
+    TrailingBytes(usize),
+    /// The message could not be encoded (a bug in a wire type).
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+}
+
+/// Encodes a message as a frame.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = vec![WIRE_VERSION];
+    postcard::to_io(msg, &mut out).map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(out)
+}
+
+/// Decodes a frame of at most `max_len` bytes.
+pub fn decode<T: DeserializeOwned>(frame: &[u8], max_len: usize) -> Result<T, CodecError> {
+    if frame.len() > max_len {
+        return Err(CodecError::TooLarge {
+            len: frame.len(),
+            limit: max_len,
+        });
+    }
+    let (&version, body) = frame.split_first().ok_or(CodecError::Empty)?;
+    if version != WIRE_VERSION {
+        return Err(CodecError::UnsupportedVersion { got: version });
+    }
+    let (value, rest) =
+        postcard::take_from_bytes::<T>(body).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CodecError::TrailingBytes(rest.len()));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ModelId;
+    use crate::messages::{FetchModel, Request};
+
+    fn sample() -> Request {
+        Request::FetchModel(FetchModel {
+            model: ModelId([7; 32]),
+            offset: 5,
+            max_len: 1024,
+        })
+    }
+
+    #[test]
+    fn round_trip() {
+        let f = encode(&sample()).unwrap();
+        assert_eq!(f[0], WIRE_VERSION);
+        assert_eq!(decode::<Request>(&f, 1024).unwrap(), sample());
+    }
+
+    #[test]
+    fn rejects_oversize_empty_version_trailing() {
+        let f = encode(&sample()).unwrap();
+        assert!(matches!(
+            decode::<Request>(&f, 3),
+            Err(CodecError::TooLarge { .. })
+        ));
+        assert_eq!(decode::<Request>(&[], 10), Err(CodecError::Empty));
+        let mut v2 = f.clone();
+        v2[0] = 2;
+        assert_eq!(
+            decode::<Request>(&v2, 1024),
+            Err(CodecError::UnsupportedVersion { got: 2 })
+        );
+        let mut long = f.clone();
+        long.push(0);
+        assert_eq!(
+            decode::<Request>(&long, 1024),
+            Err(CodecError::TrailingBytes(1))
+        );
+        assert!(matches!(
+            decode::<Request>(&f[..f.len() - 1], 1024),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn hostile_length_prefix_does_not_allocate_wildly() {
+        // Variant 3 = Result; then a claimed vector length near u32::MAX with no data behind it.
+        let frame = [WIRE_VERSION, 3, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(decode::<Request>(&frame, 1024).is_err());
+    }
+}

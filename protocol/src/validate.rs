@@ -1,0 +1,318 @@
+//! Checks applied to a message after it decoded and its signature verified.
+//!
+//! Signatures say who sent a message; these checks say whether it makes sense: the signer is
+//! the party the message names, times are plausible, sizes are within limits, hashes match
+//! the content they claim to cover.
+
+use crate::UnixMillis;
+use crate::ids::NodeId;
+use crate::messages::{Award, CallForBids, CapabilityAdvert, TaskResult, WorkReceipt};
+use crate::sign::{SignatureError, Signed};
+use crate::tensor::{TensorError, tensors_hash};
+
+/// Limits a node applies to what peers send it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most clock skew tolerated between peers, milliseconds.
+    pub max_clock_skew_ms: u64,
+    /// Longest advert lifetime accepted, milliseconds.
+    pub max_advert_ttl_ms: u64,
+    /// Most models one advert may list.
+    pub max_advert_models: usize,
+    /// Longest free-text field, bytes.
+    pub max_text: usize,
+    /// Most tensor elements over all inputs or outputs of one task.
+    pub max_elements: u64,
+    /// Most tensors per task input or output.
+    pub max_tensors: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_clock_skew_ms: 30_000,
+            max_advert_ttl_ms: 30 * 60_000,
+            max_advert_models: 256,
+            max_text: 256,
+            max_elements: 4 * 1024 * 1024,
+            max_tensors: 16,
+        }
+    }
+}
+
+/// Why a message is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// The signature is wrong or belongs to someone else.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// The message has expired.
+    #[error("expired at {expires_at} (now {now})")]
+    Expired {
+        /// Expiry time.
+        expires_at: UnixMillis,
+        /// Current time.
+        now: UnixMillis,
+    },
+    /// The message claims to come from the future.
+    #[error("issued at {issued_at}, more than the allowed skew after now ({now})")]
+    FromTheFuture {
+        /// Claimed issue time.
+        issued_at: UnixMillis,
+        /// Current time.
+        now: UnixMillis,
+    },
+    /// A field is out of its allowed range.
+    #[error("field `{field}` is invalid: {why}")]
+    Field {
+        /// Field name.
+        field: &'static str,
+        /// Explanation.
+        why: String,
+    },
+    /// A tensor is malformed.
+    #[error("tensor `{name}`: {source}")]
+    Tensor {
+        /// The tensor's name.
+        name: String,
+        /// What is wrong.
+        source: TensorError,
+    },
+    /// A hash does not match the content it should cover.
+    #[error("{what} hash does not match the content")]
+    HashMismatch {
+        /// Which hash.
+        what: &'static str,
+    },
+}
+
+fn field(field: &'static str, why: impl Into<String>) -> ValidationError {
+    ValidationError::Field {
+        field,
+        why: why.into(),
+    }
+}
+
+fn text(name: &'static str, s: &str, limits: &Limits) -> Result<(), ValidationError> {
+    if s.len() > limits.max_text {
+        return Err(field(
+            name,
+            format!("{} bytes, limit {}", s.len(), limits.max_text),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the shape of a Stellar account strkey (`G` + 55 base32 characters).
+///
+/// The checksum is verified by the payments crate; this only keeps garbage off the wire.
+pub fn looks_like_stellar_account(s: &str) -> bool {
+    s.len() == 56
+        && s.starts_with('G')
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+}
+
+fn payout(s: &str) -> Result<(), ValidationError> {
+    if !looks_like_stellar_account(s) {
+        return Err(field("payout", "not a Stellar account id (G… strkey)"));
+    }
+    Ok(())
+}
+
+fn not_future(
+    issued_at: UnixMillis,
+    now: UnixMillis,
+    limits: &Limits,
+) -> Result<(), ValidationError> {
+    if issued_at > now.saturating_add(limits.max_clock_skew_ms) {
+        return Err(ValidationError::FromTheFuture { issued_at, now });
+    }
+    Ok(())
+}
+
+fn not_expired(expires_at: UnixMillis, now: UnixMillis) -> Result<(), ValidationError> {
+    if expires_at <= now {
+        return Err(ValidationError::Expired { expires_at, now });
+    }
+    Ok(())
+}
+
+fn tensors(list: &[crate::tensor::NamedTensor], limits: &Limits) -> Result<(), ValidationError> {
+    if list.is_empty() || list.len() > limits.max_tensors {
+        return Err(field(
+            "tensors",
+            format!(
+                "{} tensors; 1 to {} allowed",
+                list.len(),
+                limits.max_tensors
+            ),
+        ));
+    }
+    let mut total = 0u64;
+    for t in list {
+        text("tensor name", &t.name, limits)?;
+        t.tensor
+            .validate(limits.max_elements)
+            .map_err(|source| ValidationError::Tensor {
+                name: t.name.clone(),
+                source,
+            })?;
+        total = total.saturating_add(t.tensor.data.len() as u64);
+    }
+    if total > limits.max_elements {
+        return Err(field(
+            "tensors",
+            format!("{total} elements in all, limit {}", limits.max_elements),
+        ));
+    }
+    Ok(())
+}
+
+/// Verifies and validates a capability advert.
+pub fn advert<'a>(
+    signed: &'a Signed<CapabilityAdvert>,
+    now: UnixMillis,
+    limits: &Limits,
+) -> Result<&'a CapabilityAdvert, ValidationError> {
+    let a = signed.verify_by(&signed.body.node)?;
+    not_future(a.issued_at, now, limits)?;
+    not_expired(a.expires_at, now)?;
+    if a.expires_at.saturating_sub(a.issued_at) > limits.max_advert_ttl_ms {
+        return Err(field("expires_at", "lifetime longer than allowed"));
+    }
+    if a.models.len() > limits.max_advert_models {
+        return Err(field(
+            "models",
+            format!(
+                "{} listed, limit {}",
+                a.models.len(),
+                limits.max_advert_models
+            ),
+        ));
+    }
+    text("agent", &a.agent, limits)?;
+    text("cpu_model", &a.hardware.cpu_model, limits)?;
+    text("arch", &a.hardware.arch, limits)?;
+    text("os", &a.hardware.os, limits)?;
+    if a.hardware.gpus.len() > 16 {
+        return Err(field("gpus", "more than 16 adapters"));
+    }
+    for g in &a.hardware.gpus {
+        text("gpu name", &g.name, limits)?;
+        text("gpu backend", &g.backend, limits)?;
+        text("gpu kind", &g.kind, limits)?;
+    }
+    if a.bench.len() > 4
+        || a.bench
+            .iter()
+            .any(|b| !b.inferences_per_sec.is_finite() || b.inferences_per_sec < 0.0)
+    {
+        return Err(field("bench", "at most 4 finite, non-negative entries"));
+    }
+    if a.power.battery_percent.is_some_and(|p| p > 100) {
+        return Err(field("battery_percent", "above 100"));
+    }
+    if a.gate.open == a.gate.reason.is_some() {
+        return Err(field(
+            "gate",
+            "an open gate has no reason; a closed gate has one",
+        ));
+    }
+    payout(&a.payout)?;
+    Ok(a)
+}
+
+/// Verifies and validates a call for bids.
+pub fn call_for_bids<'a>(
+    signed: &'a Signed<CallForBids>,
+    now: UnixMillis,
+    limits: &Limits,
+) -> Result<&'a CallForBids, ValidationError> {
+    let c = signed.verify_by(&signed.body.requester)?;
+    not_future(c.issued_at, now, limits)?;
+    not_expired(c.deadline, now)?;
+    if c.bid_deadline > c.deadline {
+        return Err(field("bid_deadline", "after the task deadline"));
+    }
+    if c.input_elements == 0 {
+        return Err(field("input_elements", "zero"));
+    }
+    Ok(c)
+}
+
+/// Verifies and validates an award addressed to `me`.
+pub fn award<'a>(
+    signed: &'a Signed<Award>,
+    me: &NodeId,
+    now: UnixMillis,
+    limits: &Limits,
+) -> Result<&'a Award, ValidationError> {
+    let a = signed.verify_by(&signed.body.requester)?;
+    if &a.worker != me {
+        return Err(field("worker", "award is addressed to another node"));
+    }
+    not_expired(a.deadline, now)?;
+    tensors(&a.inputs, limits)?;
+    if tensors_hash(&a.inputs) != a.input_hash {
+        return Err(ValidationError::HashMismatch { what: "input" });
+    }
+    Ok(a)
+}
+
+/// Verifies and validates a task result for a task this node (`me`) requested from `worker`.
+pub fn task_result<'a>(
+    result: &'a TaskResult,
+    me: &NodeId,
+    worker: &NodeId,
+    limits: &Limits,
+) -> Result<&'a WorkReceipt, ValidationError> {
+    let r = result.receipt.verify_by(worker)?;
+    if &r.worker != worker {
+        return Err(field("worker", "receipt names another worker"));
+    }
+    if &r.requester != me {
+        return Err(field("requester", "receipt names another requester"));
+    }
+    tensors(&result.outputs, limits)?;
+    if tensors_hash(&result.outputs) != r.output_hash {
+        return Err(ValidationError::HashMismatch { what: "output" });
+    }
+    if r.pair_seq == 0 {
+        return Err(field("pair_seq", "sequence numbers start at 1"));
+    }
+    if r.cumulative_stroops < r.price_stroops {
+        return Err(field(
+            "cumulative_stroops",
+            "less than this receipt's own price",
+        ));
+    }
+    if r.timings.started_at > r.timings.finished_at || r.timings.accepted_at > r.timings.started_at
+    {
+        return Err(field(
+            "timings",
+            "not in order accepted ≤ started ≤ finished",
+        ));
+    }
+    payout(&r.payout)?;
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stellar_account_shape() {
+        assert!(looks_like_stellar_account(
+            "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7"
+        ));
+        assert!(!looks_like_stellar_account(
+            "SAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7"
+        ));
+        assert!(!looks_like_stellar_account("GAAZ"));
+        assert!(!looks_like_stellar_account(
+            "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN1"
+        ));
+    }
+}
