@@ -1,0 +1,253 @@
+//! Configuration: documented defaults, then a TOML file, then `CRANK_*` environment
+//! variables, then command-line flags.
+//!
+//! Environment variables name a key path with `__` between levels:
+//! `CRANK_DATA_DIR=/srv/crank`, `CRANK_NETWORK__KAD_MODE=server`,
+//! `CRANK_WORKER__PER_TASK_STROOPS=2000`. Values are read as TOML (numbers, booleans,
+//! `["lists"]`) and fall back to plain strings. `example.config.toml` lists every key.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::network::NetworkConfig;
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has unknown keys or wrong types.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the key.
+        message: String,
+    },
+    /// An environment override does not fit the config.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The local HTTP API (`[api]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Serve the API at all.
+    pub enabled: bool,
+    /// Address to bind; keep it on loopback. Port 0 picks a free port (written to `api.addr`).
+    pub listen: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { enabled: true, listen: "127.0.0.1:7070".into() }
+    }
+}
+
+/// Adverts (`[advert]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdvertConfig {
+    /// Re-publish at least this often, seconds (also on every change).
+    pub interval_secs: u64,
+    /// How long an advert stays valid, seconds.
+    pub ttl_secs: u64,
+}
+
+impl Default for AdvertConfig {
+    fn default() -> Self {
+        Self { interval_secs: 30, ttl_secs: 120 }
+    }
+}
+
+/// Defaults for tasks this node submits (`[requester]`); the CLI can override each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RequesterConfig {
+    /// Highest price to pay per task, stroops (1 XLM = 10,000,000 stroops).
+    pub max_price_stroops: u64,
+    /// Time from submit to result before giving up, milliseconds.
+    pub deadline_ms: u64,
+    /// How long to collect bids, milliseconds.
+    pub bid_window_ms: u64,
+    /// Candidates asked to bid per task.
+    pub candidates: usize,
+    /// How long `submit` waits to discover capable peers, milliseconds.
+    pub discovery_ms: u64,
+}
+
+impl Default for RequesterConfig {
+    fn default() -> Self {
+        Self { max_price_stroops: 100_000, deadline_ms: 60_000, bid_window_ms: 500, candidates: 5, discovery_ms: 10_000 }
+    }
+}
+
+/// The whole node configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Keys, models, the ledger and the API token live here.
+    pub data_dir: PathBuf,
+    /// libp2p settings.
+    pub network: NetworkConfig,
+    /// Local HTTP API.
+    pub api: ApiConfig,
+    /// Adverts.
+    pub advert: AdvertConfig,
+    /// Defaults for submitted tasks.
+    pub requester: RequesterConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            network: NetworkConfig::default(),
+            api: ApiConfig::default(),
+            advert: AdvertConfig::default(),
+            requester: RequesterConfig::default(),
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/crank-node`, else `~/.local/share/crank-node`, else `./crank-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("crank-node");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".local/share/crank-node");
+    }
+    PathBuf::from("crank-data")
+}
+
+const TOP_LEVEL: &[&str] = &[
+    "data_dir", "network", "api", "advert", "requester", "worker", "engine", "device", "stellar", "settlement",
+];
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then environment overrides from `env`.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?
+            }
+            None => toml::Table::new(),
+        };
+        let mut env_vars: Vec<String> = Vec::new();
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix("CRANK_") else { continue };
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            if !path.first().is_some_and(|p| TOP_LEVEL.contains(&p.as_str())) || path.iter().any(String::is_empty) {
+                continue;
+            }
+            set_path(&mut table, &path, parse_env_value(&value));
+            env_vars.push(var);
+        }
+        let source = file.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("(defaults)"));
+        Self::deserialize(toml::Value::Table(table)).map_err(|e| {
+            if env_vars.is_empty() {
+                ConfigError::Parse { path: source, message: e.to_string() }
+            } else {
+                ConfigError::Env { var: env_vars.join(", "), message: e.to_string() }
+            }
+        })
+    }
+
+    /// The config with every default filled in, as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+fn parse_env_value(value: &str) -> toml::Value {
+    format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()))
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    let Some((last, parents)) = path.split_last() else { return };
+    let mut cur = table;
+    for key in parents {
+        let entry = cur.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(t) = entry else { return };
+        cur = t;
+    }
+    cur.insert(last.clone(), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_then_file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "data_dir = \"/tmp/x\"\n[network]\nkad_mode = \"client\"\nrequest_timeout_secs = 9\n").unwrap();
+        let c = Config::load(Some(&file), env(&[("CRANK_NETWORK__KAD_MODE", "server"), ("CRANK_LOG", "debug")])).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.network.kad_mode, crate::network::KadMode::Server);
+        assert_eq!(c.network.request_timeout_secs, 9);
+        assert_eq!(c.api, ApiConfig::default());
+    }
+
+    #[test]
+    fn env_lists_and_numbers() {
+        let c = Config::load(
+            None,
+            env(&[("CRANK_NETWORK__LISTEN", "[\"/ip4/127.0.0.1/tcp/0\"]"), ("CRANK_ADVERT__TTL_SECS", "60")]),
+        )
+        .unwrap();
+        assert_eq!(c.network.listen, vec!["/ip4/127.0.0.1/tcp/0".to_string()]);
+        assert_eq!(c.advert.ttl_secs, 60);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[network]\nlisten_on = []\n").unwrap();
+        let e = Config::load(Some(&file), vec![]).unwrap_err().to_string();
+        assert!(e.contains("listen_on"), "{e}");
+        let e = Config::load(None, env(&[("CRANK_ADVERT__TTL_SECS", "soon")])).unwrap_err().to_string();
+        assert!(e.contains("CRANK_ADVERT__TTL_SECS"), "{e}");
+    }
+
+    #[test]
+    fn example_config_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../example.config.toml");
+        let c = Config::load(Some(&path), vec![]).unwrap();
+        let d = Config::default();
+        assert_eq!(c.network, d.network);
+        assert_eq!(c.api, d.api);
+        assert_eq!(c.advert, d.advert);
+        assert_eq!(c.requester, d.requester);
+    }
+}

@@ -1,0 +1,173 @@
+//! The composed `NetworkBehaviour` and the swarm builder.
+
+use std::time::Duration;
+
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    StreamProtocol, Swarm, SwarmBuilder, allow_block_list, autonat, connection_limits, dcutr, gossipsub,
+    identify, kad, noise, ping, relay, request_response, tcp, yamux,
+};
+
+use super::codec::{TASK_PROTOCOL, TaskCodec};
+use super::{KadMode, NetworkConfig, NetworkError, Role, secs};
+
+/// Kademlia protocol name: our own DHT, not the IPFS one.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/crank/kad/1.0.0");
+
+/// Identify protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/crank/1.0.0";
+
+/// Gossipsub topic carrying capability adverts.
+pub const ADVERT_TOPIC: &str = "crank/adverts/1";
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    // First: refuse connections over the limits before other behaviours do work for them.
+    pub limits: connection_limits::Behaviour,
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    pub relay_client: relay::client::Behaviour,
+    pub relay_server: Toggle<relay::Behaviour>,
+    pub dcutr: dcutr::Behaviour,
+    pub autonat: autonat::Behaviour,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub gossipsub: gossipsub::Behaviour,
+    pub tasks: request_response::Behaviour<TaskCodec>,
+}
+
+fn setup<E: std::fmt::Display>(e: E) -> NetworkError {
+    NetworkError::Setup(e.to_string())
+}
+
+pub(crate) fn build_swarm(
+    keypair: libp2p::identity::Keypair,
+    config: &NetworkConfig,
+    role: &Role,
+) -> Result<Swarm<Behaviour>, NetworkError> {
+    let idle = secs(config.idle_connection_timeout_secs);
+    let swarm = SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .map_err(setup)?
+        .with_quic()
+        .with_dns()
+        .map_err(setup)?
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(setup)?
+        .with_behaviour(|key, relay_client| build_behaviour(key, relay_client, config, role))
+        .map_err(setup)?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build();
+    Ok(swarm)
+}
+
+fn build_behaviour(
+    key: &libp2p::identity::Keypair,
+    relay_client: relay::client::Behaviour,
+    config: &NetworkConfig,
+    role: &Role,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let peer_id = key.public().to_peer_id();
+
+    let limits = connection_limits::Behaviour::new(
+        connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(config.max_connections))
+            .with_max_established_per_peer(Some(config.max_connections_per_peer))
+            .with_max_pending_incoming(Some(64))
+            .with_max_pending_outgoing(Some(64)),
+    );
+
+    let identify = identify::Behaviour::new(
+        identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+            .with_agent_version(format!("crank-node/{}", env!("CARGO_PKG_VERSION")))
+            .with_push_listen_addr_updates(true)
+            .with_interval(Duration::from_secs(60)),
+    );
+
+    let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+    kad_config
+        .set_query_timeout(Duration::from_secs(20))
+        .set_record_ttl(Some(Duration::from_secs(15 * 60)))
+        .set_provider_record_ttl(Some(Duration::from_secs(30 * 60)))
+        .set_provider_publication_interval(Some(Duration::from_secs(10 * 60)))
+        .set_periodic_bootstrap_interval(Some(Duration::from_secs(5 * 60)));
+    let store = kad::store::MemoryStore::with_config(
+        peer_id,
+        kad::store::MemoryStoreConfig {
+            max_records: 1024,
+            max_value_bytes: 16 * 1024,
+            max_providers_per_key: kad::K_VALUE.get(),
+            max_provided_keys: 4096,
+        },
+    );
+    let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
+    let mode = if role.bootstrap { KadMode::Server } else { config.kad_mode };
+    kad.set_mode(match mode {
+        KadMode::Auto => None,
+        KadMode::Server => Some(kad::Mode::Server),
+        KadMode::Client => Some(kad::Mode::Client),
+    });
+
+    // Content-addressed ids: the same advert bytes relayed twice are one message.
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .message_id_fn(|m: &gossipsub::Message| gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec()))
+        .validate_messages()
+        .heartbeat_interval(Duration::from_millis(config.gossip_heartbeat_ms.max(100)))
+        .heartbeat_initial_delay(Duration::from_millis(100))
+        .mesh_n(6)
+        .mesh_n_low(4)
+        .mesh_n_high(12)
+        .mesh_outbound_min(2)
+        .gossip_lazy(6)
+        .flood_publish(true)
+        .max_transmit_size(crank_protocol::codec::MAX_ADVERT_FRAME)
+        .build()?;
+    let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+    gossipsub.subscribe(&gossipsub::IdentTopic::new(ADVERT_TOPIC))?;
+
+    let tasks = request_response::Behaviour::with_codec(
+        TaskCodec::default(),
+        [(TASK_PROTOCOL, request_response::ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(secs(config.request_timeout_secs))
+            .with_max_concurrent_streams(256),
+    );
+
+    let relay_server = Toggle::from(role.bootstrap.then(|| {
+        relay::Behaviour::new(
+            peer_id,
+            relay::Config {
+                max_reservations: 256,
+                max_reservations_per_peer: 4,
+                max_circuits: 64,
+                max_circuits_per_peer: 8,
+                // Enough for a task's inputs and outputs when hole punching fails.
+                max_circuit_bytes: 16 * 1024 * 1024,
+                max_circuit_duration: Duration::from_secs(10 * 60),
+                ..relay::Config::default()
+            },
+        )
+    }));
+
+    let autonat = autonat::Behaviour::new(
+        peer_id,
+        autonat::Config { only_global_ips: false, boot_delay: Duration::from_secs(5), ..Default::default() },
+    );
+
+    Ok(Behaviour {
+        limits,
+        blocked: allow_block_list::Behaviour::default(),
+        relay_client,
+        relay_server,
+        dcutr: dcutr::Behaviour::new(peer_id),
+        autonat,
+        identify,
+        ping: ping::Behaviour::new(ping::Config::new()),
+        kad,
+        gossipsub,
+        tasks,
+    })
+}
