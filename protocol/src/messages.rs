@@ -15,6 +15,9 @@
 //!   Receipt (counter-signed) | Ack ────────────▶
 //! ```
 //!
+//! `GetAdvert` lets a newly connected peer ask for the current advert directly instead of
+//! waiting for the next gossip round.
+//!
 //! The result travels as its own request from the worker, so a task may run longer than any
 //! request timeout.
 
@@ -700,6 +703,9 @@ pub enum Request {
     Failure(Signed<TaskFailure>),
     /// Requester → worker: stop working on this task.
     Cancel(Signed<Cancel>),
+    /// Any → any: send me your current advert (so a newly connected peer need not wait for
+    /// the next gossip round).
+    GetAdvert,
 }
 
 impl Request {
@@ -712,6 +718,7 @@ impl Request {
             Self::Result(_) => "result",
             Self::Failure(_) => "failure",
             Self::Cancel(_) => "cancel",
+            Self::GetAdvert => "get_advert",
         }
     }
 }
@@ -772,6 +779,8 @@ pub enum Response {
         /// The task.
         task_id: TaskId,
     },
+    /// To [`Request::GetAdvert`].
+    Advert(Box<Signed<CapabilityAdvert>>),
     /// The request was refused.
     Error(WireError),
 }
@@ -786,6 +795,7 @@ impl Response {
             Self::ModelChunk(_) => "model_chunk",
             Self::Receipt(_) => "receipt",
             Self::Ack { .. } => "ack",
+            Self::Advert(_) => "advert",
             Self::Error(_) => "error",
         }
     }
