@@ -1,0 +1,1596 @@
+//! The receipt ledger: one redb file holding every receipt this node issued, counter-signed or
+//! accepted, their payment state, the totals per counterparty and small node state.
+//!
+//! Every write is one redb write transaction committed with [`Durability::Immediate`], so
+//! what a method reported as done survives a crash. The file's integrity is checked when it is
+//! opened.
+//!
+//! # Tables
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `receipts` | task ‖ worker | postcard [`StoredReceipt`] |
+//! | `pending` | task ‖ worker | postcard [`PendingReceipt`] (issued, not counter-signed) |
+//! | `pair_seq` | requester ‖ worker ‖ seq (big-endian) | task id; never removed, so a number is never reused |
+//! | `counters` | requester ‖ worker | (last sequence number, cumulative stroops) |
+//! | `order` | insertion number | task ‖ worker, for newest-first listings |
+//! | `balances` | counterparty | postcard [`CounterpartyBalance`] |
+//! | `meta` | name | caller's bytes |
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crank_protocol::{NodeId, Receipt, SignatureError, Signed, TaskId, UnixMillis, WorkReceipt};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    TableDefinition, WriteTransaction,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{debug, info, warn};
+
+use crate::types::{
+    Balances, CounterpartyBalance, PendingReceipt, ReceiptKey, Role, Settlement, Stored,
+    StoredReceipt,
+};
+
+const RECEIPTS: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("receipts");
+const PENDING: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("pending");
+const PAIR_SEQ: TableDefinition<&[u8; 72], &[u8; 32]> = TableDefinition::new("pair_seq");
+const COUNTERS: TableDefinition<&[u8; 64], (u64, u64)> = TableDefinition::new("counters");
+const ORDER: TableDefinition<u64, &[u8; 64]> = TableDefinition::new("order");
+const BALANCES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("balances");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const INFO: TableDefinition<&str, u64> = TableDefinition::new("ledger_info");
+
+/// The on-disk layout this code writes; a file with a higher number is refused.
+const SCHEMA_VERSION: u64 = 1;
+/// Longest meta key, bytes.
+pub const MAX_META_KEY: usize = 256;
+/// Largest meta value, bytes: meta is for small node state, not bulk data.
+pub const MAX_META_VALUE: usize = 4 * 1024 * 1024;
+
+/// Why a ledger operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// The database file could not be opened or created.
+    #[error("cannot open ledger {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What redb reported.
+        source: redb::DatabaseError,
+    },
+    /// Another process (or another `Ledger` in this one) has the file open.
+    #[error("ledger {path} is already open, probably by another crank-node process")]
+    InUse {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file was written by a newer version of crank-node.
+    #[error("ledger schema version {found} is newer than the supported version {supported}")]
+    Schema {
+        /// Version found in the file.
+        found: u64,
+        /// Highest version this build understands.
+        supported: u64,
+    },
+    /// The storage engine failed (I/O, corruption, a full disk).
+    #[error("ledger storage error: {0}")]
+    Storage(#[from] redb::Error),
+    /// A stored record did not decode: the file is damaged or from an incompatible build.
+    #[error("ledger record in `{table}` does not decode: {source}")]
+    Decode {
+        /// The table holding the record.
+        table: &'static str,
+        /// The decoder's complaint.
+        source: postcard::Error,
+    },
+    /// A record could not be encoded (a bug, never caused by input).
+    #[error("cannot encode ledger record: {0}")]
+    Encode(postcard::Error),
+    /// A signature on the receipt does not verify.
+    #[error("receipt signature check failed: {0}")]
+    Signature(#[from] SignatureError),
+    /// The receipt is structurally wrong (parties, sequence number, amounts, payout address).
+    #[error("invalid receipt ({key}): {why}")]
+    InvalidReceipt {
+        /// The receipt.
+        key: ReceiptKey,
+        /// What is wrong.
+        why: String,
+    },
+    /// A different receipt is already stored under the same task and worker.
+    #[error("a different receipt is already stored for {key}")]
+    Conflict {
+        /// The receipt.
+        key: ReceiptKey,
+    },
+    /// The receipt is stored, but with the other role.
+    #[error("receipt {key} is already stored with role {stored}, not {requested}")]
+    RoleConflict {
+        /// The receipt.
+        key: ReceiptKey,
+        /// The role it has in the ledger.
+        stored: Role,
+        /// The role asked for.
+        requested: Role,
+    },
+    /// Another task already holds this pair sequence number.
+    #[error(
+        "pair sequence number {seq} between requester {requester:?} and worker {worker:?} is already used by task {existing:?}"
+    )]
+    SeqReused {
+        /// The requester.
+        requester: NodeId,
+        /// The worker.
+        worker: NodeId,
+        /// The sequence number.
+        seq: u64,
+        /// The task that holds it.
+        existing: TaskId,
+    },
+    /// The cumulative amount contradicts a stored neighbour of the same pair.
+    #[error(
+        "cumulative amount of {key} (pair sequence {seq}) is {found} stroops, but its stored neighbours imply {expected}"
+    )]
+    CumulativeMismatch {
+        /// The receipt.
+        key: ReceiptKey,
+        /// Its pair sequence number.
+        seq: u64,
+        /// What the neighbours imply.
+        expected: u64,
+        /// What the receipt says (for a successor conflict: what the successor says).
+        found: u64,
+    },
+    /// This node issued a receipt for the task, and the counter-signed one differs from it.
+    #[error("the counter-signed receipt for {key} is not the one this node issued")]
+    NotAsIssued {
+        /// The receipt.
+        key: ReceiptKey,
+    },
+    /// A receipt for this task and worker was already issued or stored.
+    #[error("a receipt for {key} already exists; re-send the pending one instead of issuing again")]
+    AlreadyIssued {
+        /// The receipt.
+        key: ReceiptKey,
+    },
+    /// The signing callback given to [`Ledger::issue_receipt`] failed; nothing was stored.
+    #[error("signing the receipt failed: {0}")]
+    Sign(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A sum of amounts does not fit in 64 bits.
+    #[error("amount overflow: {0}")]
+    Overflow(&'static str),
+    /// The stored totals do not match the stored receipts.
+    #[error("ledger is inconsistent: {0}")]
+    Inconsistent(String),
+    /// A meta key or value is too large.
+    #[error("meta {what} is {len} bytes, limit {limit}")]
+    MetaTooLarge {
+        /// "key" or "value".
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The settlement intent does not exist.
+    #[error("settlement intent {0} does not exist")]
+    NoSuchIntent(u64),
+    /// A receipt named in a settlement or payment cannot be used there.
+    #[error("receipt {key} cannot be used in this settlement: {why}")]
+    NotPayable {
+        /// The receipt.
+        key: ReceiptKey,
+        /// Why.
+        why: String,
+    },
+    /// The settlement intent is not in a state that allows this change.
+    #[error("settlement intent {id} is {state}; {why}")]
+    IntentState {
+        /// The intent.
+        id: u64,
+        /// Its state.
+        state: String,
+        /// What was attempted.
+        why: &'static str,
+    },
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for LedgerError {
+            fn from(e: $t) -> Self {
+                Self::Storage(e.into())
+            }
+        }
+    )*};
+}
+storage_from!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// Milliseconds since the Unix epoch from the system clock.
+pub(crate) fn now_ms() -> UnixMillis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, LedgerError> {
+    postcard::to_allocvec(v).map_err(LedgerError::Encode)
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, LedgerError> {
+    postcard::from_bytes(bytes).map_err(|source| LedgerError::Decode { table, source })
+}
+
+fn pair_bytes(requester: &NodeId, worker: &NodeId) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    out[..32].copy_from_slice(&requester.0);
+    out[32..].copy_from_slice(&worker.0);
+    out
+}
+
+fn pair_seq_bytes(requester: &NodeId, worker: &NodeId, seq: u64) -> [u8; 72] {
+    let mut out = [0u8; 72];
+    out[..64].copy_from_slice(&pair_bytes(requester, worker));
+    out[64..].copy_from_slice(&seq.to_be_bytes());
+    out
+}
+
+fn invalid(key: ReceiptKey, why: impl Into<String>) -> LedgerError {
+    LedgerError::InvalidReceipt {
+        key,
+        why: why.into(),
+    }
+}
+
+/// Checks a receipt body on its own: distinct parties, sequence number, amounts, payout.
+fn check_body(body: &WorkReceipt) -> Result<(), LedgerError> {
+    let key = ReceiptKey::of(body);
+    if body.requester == body.worker {
+        return Err(invalid(key, "requester and worker are the same node"));
+    }
+    if body.pair_seq == 0 {
+        return Err(invalid(key, "pair sequence numbers start at 1"));
+    }
+    if body.cumulative_stroops < body.price_stroops {
+        return Err(invalid(
+            key,
+            format!(
+                "cumulative {} stroops is less than the price {}",
+                body.cumulative_stroops, body.price_stroops
+            ),
+        ));
+    }
+    if body.pair_seq == 1 && body.cumulative_stroops != body.price_stroops {
+        return Err(invalid(
+            key,
+            format!(
+                "the first receipt of a pair must have cumulative = price, got {} and {}",
+                body.cumulative_stroops, body.price_stroops
+            ),
+        ));
+    }
+    if i64::try_from(body.price_stroops).is_err() {
+        return Err(invalid(key, "price exceeds the largest Stellar amount"));
+    }
+    if stellar_strkey::ed25519::PublicKey::from_string(&body.payout).is_err() {
+        return Err(invalid(
+            key,
+            format!("payout {:?} is not a valid Stellar account (G… strkey)", {
+                let mut s = body.payout.clone();
+                s.truncate(80);
+                s
+            }),
+        ));
+    }
+    Ok(())
+}
+
+/// Verifies both signatures and that each was made by the party the receipt names.
+fn check_receipt(receipt: &Receipt) -> Result<&WorkReceipt, LedgerError> {
+    let body = receipt.verify()?;
+    let key = ReceiptKey::of(body);
+    if receipt.inner.signer != body.worker {
+        return Err(invalid(key, "not signed by the worker it names"));
+    }
+    if receipt.countersigner != body.requester {
+        return Err(invalid(key, "not counter-signed by the requester it names"));
+    }
+    check_body(body)?;
+    Ok(body)
+}
+
+/// Adds (`add = true`) or removes one receipt's contribution to a balance.
+fn contribute(
+    b: &mut CounterpartyBalance,
+    role: Role,
+    price: u64,
+    settlement: &Settlement,
+    add: bool,
+) -> Result<(), LedgerError> {
+    fn apply(field: &mut u64, v: u64, add: bool) -> Result<(), LedgerError> {
+        *field = if add {
+            field
+                .checked_add(v)
+                .ok_or(LedgerError::Overflow("balance total"))?
+        } else {
+            field.checked_sub(v).ok_or_else(|| {
+                LedgerError::Inconsistent("a balance total would go below zero".into())
+            })?
+        };
+        Ok(())
+    }
+    match (role, settlement) {
+        (Role::Requester, Settlement::Unsettled) => apply(&mut b.owed_by_us_stroops, price, add),
+        (Role::Requester, Settlement::InFlight { .. }) => {
+            apply(&mut b.owed_by_us_stroops, price, add)?;
+            apply(&mut b.in_flight_stroops, price, add)
+        }
+        (Role::Requester, Settlement::Settled { .. }) => {
+            apply(&mut b.paid_by_us_stroops, price, add)
+        }
+        (Role::Worker, Settlement::Unsettled | Settlement::InFlight { .. }) => {
+            apply(&mut b.owed_to_us_stroops, price, add)
+        }
+        (Role::Worker, Settlement::Settled { .. }) => apply(&mut b.paid_to_us_stroops, price, add),
+    }
+}
+
+fn count(b: &mut CounterpartyBalance, role: Role) -> Result<(), LedgerError> {
+    let field = match role {
+        Role::Requester => &mut b.receipts_as_requester,
+        Role::Worker => &mut b.receipts_as_worker,
+    };
+    *field = field
+        .checked_add(1)
+        .ok_or(LedgerError::Overflow("receipt count"))?;
+    Ok(())
+}
+
+fn add_totals(total: &mut CounterpartyBalance, b: &CounterpartyBalance) -> Result<(), LedgerError> {
+    let pairs = [
+        (&mut total.owed_by_us_stroops, b.owed_by_us_stroops),
+        (&mut total.in_flight_stroops, b.in_flight_stroops),
+        (&mut total.paid_by_us_stroops, b.paid_by_us_stroops),
+        (&mut total.owed_to_us_stroops, b.owed_to_us_stroops),
+        (&mut total.paid_to_us_stroops, b.paid_to_us_stroops),
+        (&mut total.receipts_as_requester, b.receipts_as_requester),
+        (&mut total.receipts_as_worker, b.receipts_as_worker),
+    ];
+    for (t, v) in pairs {
+        *t = t
+            .checked_add(v)
+            .ok_or(LedgerError::Overflow("grand total"))?;
+    }
+    Ok(())
+}
+
+/// All tables, opened in one write transaction.
+pub(crate) struct Tables<'t> {
+    receipts: Table<'t, &'static [u8; 64], &'static [u8]>,
+    pending: Table<'t, &'static [u8; 64], &'static [u8]>,
+    pair_seq: Table<'t, &'static [u8; 72], &'static [u8; 32]>,
+    counters: Table<'t, &'static [u8; 64], (u64, u64)>,
+    order: Table<'t, u64, &'static [u8; 64]>,
+    balances: Table<'t, &'static [u8; 32], &'static [u8]>,
+    meta: Table<'t, &'static str, &'static [u8]>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, LedgerError> {
+        Ok(Self {
+            receipts: txn.open_table(RECEIPTS)?,
+            pending: txn.open_table(PENDING)?,
+            pair_seq: txn.open_table(PAIR_SEQ)?,
+            counters: txn.open_table(COUNTERS)?,
+            order: txn.open_table(ORDER)?,
+            balances: txn.open_table(BALANCES)?,
+            meta: txn.open_table(META)?,
+        })
+    }
+
+    pub(crate) fn get_receipt(
+        &self,
+        key: &ReceiptKey,
+    ) -> Result<Option<StoredReceipt>, LedgerError> {
+        match self.receipts.get(&key.to_bytes())? {
+            Some(v) => Ok(Some(decode("receipts", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn get_pending(&self, key: &ReceiptKey) -> Result<Option<PendingReceipt>, LedgerError> {
+        match self.pending.get(&key.to_bytes())? {
+            Some(v) => Ok(Some(decode("pending", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The receipt body (stored or pending) holding a pair sequence number, if any.
+    fn body_at(
+        &self,
+        requester: &NodeId,
+        worker: &NodeId,
+        seq: u64,
+    ) -> Result<Option<WorkReceipt>, LedgerError> {
+        let Some(task) = self
+            .pair_seq
+            .get(&pair_seq_bytes(requester, worker, seq))?
+            .map(|v| TaskId(*v.value()))
+        else {
+            return Ok(None);
+        };
+        let key = ReceiptKey {
+            task,
+            worker: *worker,
+        };
+        if let Some(r) = self.get_receipt(&key)? {
+            return Ok(Some(r.receipt.inner.body));
+        }
+        // An abandoned pending receipt leaves only its sequence number behind.
+        Ok(self.get_pending(&key)?.map(|p| p.receipt.body))
+    }
+
+    /// Checks a receipt against the receipts of the same pair: its sequence number is free (or
+    /// held by the same task) and the cumulative amounts chain with both neighbours.
+    fn check_pair(&self, body: &WorkReceipt) -> Result<(), LedgerError> {
+        let key = ReceiptKey::of(body);
+        let (r, w, seq) = (&body.requester, &body.worker, body.pair_seq);
+        if let Some(existing) = self.pair_seq.get(&pair_seq_bytes(r, w, seq))? {
+            let existing = TaskId(*existing.value());
+            if existing != body.task_id {
+                return Err(LedgerError::SeqReused {
+                    requester: *r,
+                    worker: *w,
+                    seq,
+                    existing,
+                });
+            }
+        }
+        if seq > 1
+            && let Some(prev) = self.body_at(r, w, seq - 1)?
+        {
+            let expected = prev
+                .cumulative_stroops
+                .checked_add(body.price_stroops)
+                .ok_or(LedgerError::Overflow("cumulative amount"))?;
+            if expected != body.cumulative_stroops {
+                return Err(LedgerError::CumulativeMismatch {
+                    key,
+                    seq,
+                    expected,
+                    found: body.cumulative_stroops,
+                });
+            }
+        }
+        if let Some(next) = seq
+            .checked_add(1)
+            .map(|n| self.body_at(r, w, n))
+            .transpose()?
+            .flatten()
+        {
+            let expected = body
+                .cumulative_stroops
+                .checked_add(next.price_stroops)
+                .ok_or(LedgerError::Overflow("cumulative amount"))?;
+            if expected != next.cumulative_stroops {
+                return Err(LedgerError::CumulativeMismatch {
+                    key,
+                    seq,
+                    expected,
+                    found: next.cumulative_stroops,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that a pair sequence number is taken and moves the issue counter past it.
+    fn claim_seq(&mut self, body: &WorkReceipt) -> Result<(), LedgerError> {
+        let (r, w, seq) = (&body.requester, &body.worker, body.pair_seq);
+        self.pair_seq
+            .insert(&pair_seq_bytes(r, w, seq), &body.task_id.0)?;
+        let pair = pair_bytes(r, w);
+        let (last, _) = self
+            .counters
+            .get(&pair)?
+            .map(|v| v.value())
+            .unwrap_or((0, 0));
+        if seq > last {
+            self.counters
+                .insert(&pair, (seq, body.cumulative_stroops))?;
+        }
+        Ok(())
+    }
+
+    fn balance(&self, party: &NodeId) -> Result<CounterpartyBalance, LedgerError> {
+        match self.balances.get(&party.0)? {
+            Some(v) => decode("balances", v.value()),
+            None => Ok(CounterpartyBalance::default()),
+        }
+    }
+
+    fn put_balance(&mut self, party: &NodeId, b: &CounterpartyBalance) -> Result<(), LedgerError> {
+        self.balances.insert(&party.0, encode(b)?.as_slice())?;
+        Ok(())
+    }
+
+    /// Writes a stored receipt back with a new settlement state, keeping the totals in step.
+    pub(crate) fn set_settlement(
+        &mut self,
+        rec: &mut StoredReceipt,
+        to: Settlement,
+    ) -> Result<(), LedgerError> {
+        let party = rec.counterparty();
+        let mut b = self.balance(&party)?;
+        contribute(
+            &mut b,
+            rec.role,
+            rec.price_stroops(),
+            &rec.settlement,
+            false,
+        )?;
+        contribute(&mut b, rec.role, rec.price_stroops(), &to, true)?;
+        self.put_balance(&party, &b)?;
+        rec.settlement = to;
+        self.receipts
+            .insert(&rec.key().to_bytes(), encode(rec)?.as_slice())?;
+        Ok(())
+    }
+
+    fn next_order(&self) -> Result<u64, LedgerError> {
+        Ok(match self.order.last()? {
+            Some((k, _)) => k
+                .value()
+                .checked_add(1)
+                .ok_or(LedgerError::Overflow("insertion number"))?,
+            None => 1,
+        })
+    }
+}
+
+/// The receipt ledger. Cheap to share behind an `Arc`; every method is a short transaction.
+pub struct Ledger {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").field("path", &self.path).finish()
+    }
+}
+
+impl Ledger {
+    /// Opens the ledger at `path`, creating the file (and its directory) if needed.
+    ///
+    /// The file's integrity is checked first; a damaged file is repaired by redb where it can
+    /// be, and refused with [`LedgerError::Open`] where it cannot.
+    pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
+        let open_err = |source| LedgerError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| open_err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))?;
+        }
+        let shown = path.display().to_string();
+        let db = Database::builder()
+            .set_check_integrity_on_open(true)
+            .set_repair_callback(move |session| {
+                warn!(path = %shown, progress = session.progress(), "repairing ledger file");
+            })
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => LedgerError::InUse {
+                    path: path.to_path_buf(),
+                },
+                other => open_err(other),
+            })?;
+        let ledger = Ledger {
+            db,
+            path: path.to_path_buf(),
+        };
+        ledger.init_schema()?;
+        info!(path = %path.display(), "ledger opened");
+        Ok(ledger)
+    }
+
+    /// The file this ledger lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn init_schema(&self) -> Result<(), LedgerError> {
+        self.write(|t, txn| {
+            let _ = t;
+            let mut info = txn.open_table(INFO)?;
+            let found = info.get("schema")?.map(|v| v.value());
+            match found {
+                Some(v) if v > SCHEMA_VERSION => Err(LedgerError::Schema {
+                    found: v,
+                    supported: SCHEMA_VERSION,
+                }),
+                Some(_) => Ok(((), false)),
+                None => {
+                    info.insert("schema", SCHEMA_VERSION)?;
+                    Ok(((), true))
+                }
+            }
+        })
+    }
+
+    /// Runs `f` in a write transaction. `f` returns its result and whether it changed
+    /// anything; the transaction commits durably only then, and is aborted on error.
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Tables<'_>, &WriteTransaction) -> Result<(T, bool), LedgerError>,
+    ) -> Result<T, LedgerError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let result = {
+            let mut tables = Tables::open(&txn)?;
+            f(&mut tables, &txn)
+        };
+        match result {
+            Ok((value, true)) => {
+                txn.commit()?;
+                Ok(value)
+            }
+            Ok((value, false)) => {
+                txn.abort()?;
+                Ok(value)
+            }
+            Err(e) => {
+                // The error that matters is `e`; an abort failure would only hide it.
+                if let Err(abort) = txn.abort() {
+                    warn!(error = %abort, "aborting a failed ledger transaction failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Worker side: assigns this pair's next sequence number and cumulative total, lets
+    /// `sign` build and sign the receipt, and persists it as awaiting counter-signature, all in
+    /// one write transaction, so a crash can never reuse a sequence number.
+    ///
+    /// `sign` gets `(pair_seq, cumulative_stroops)`, the cumulative including `price_stroops`.
+    /// The receipt it returns must be signed by `worker` and carry exactly these values.
+    pub fn issue_receipt<E>(
+        &self,
+        requester: &NodeId,
+        worker: &NodeId,
+        price_stroops: u64,
+        sign: impl FnOnce(u64, u64) -> Result<Signed<WorkReceipt>, E>,
+    ) -> Result<Signed<WorkReceipt>, LedgerError>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        self.write(|t, _| {
+            let pair = pair_bytes(requester, worker);
+            let (last, cumulative) = t.counters.get(&pair)?.map(|v| v.value()).unwrap_or((0, 0));
+            let seq = last
+                .checked_add(1)
+                .ok_or(LedgerError::Overflow("pair sequence number"))?;
+            let cumulative = cumulative
+                .checked_add(price_stroops)
+                .ok_or(LedgerError::Overflow("cumulative amount"))?;
+            let signed = sign(seq, cumulative).map_err(|e| LedgerError::Sign(Box::new(e)))?;
+            let body = signed.verify_by(worker)?;
+            let key = ReceiptKey::of(body);
+            let wrong = |what: &str| invalid(key, format!("the signed receipt has a different {what} than assigned"));
+            if &body.requester != requester {
+                return Err(wrong("requester"));
+            }
+            if &body.worker != worker {
+                return Err(wrong("worker"));
+            }
+            if body.price_stroops != price_stroops {
+                return Err(wrong("price"));
+            }
+            if body.pair_seq != seq {
+                return Err(wrong("pair sequence number"));
+            }
+            if body.cumulative_stroops != cumulative {
+                return Err(wrong("cumulative amount"));
+            }
+            check_body(body)?;
+            if t.receipts.get(&key.to_bytes())?.is_some()
+                || t.pending.get(&key.to_bytes())?.is_some()
+            {
+                return Err(LedgerError::AlreadyIssued { key });
+            }
+            t.check_pair(body)?;
+            t.claim_seq(body)?;
+            let pending = PendingReceipt {
+                receipt: signed.clone(),
+                issued_at: now_ms(),
+            };
+            t.pending
+                .insert(&key.to_bytes(), encode(&pending)?.as_slice())?;
+            debug!(task = %key.task.short(), requester = %requester.short(), seq, cumulative, "receipt issued");
+            Ok((signed, true))
+        })
+    }
+
+    /// Checks a receipt as [`store_receipt`](Self::store_receipt) would, without storing it.
+    ///
+    /// A requester calls this on the worker's signed receipt before counter-signing, so it
+    /// never signs a receipt its ledger would refuse.
+    pub fn check_new_receipt(&self, signed: &Signed<WorkReceipt>) -> Result<(), LedgerError> {
+        let body = signed.verify_by(&signed.body.worker)?;
+        check_body(body)?;
+        self.write(|t, _| {
+            let key = ReceiptKey::of(body);
+            if let Some(existing) = t.get_receipt(&key)?
+                && existing.receipt.inner != *signed
+            {
+                return Err(LedgerError::Conflict { key });
+            }
+            t.check_pair(body)?;
+            Ok(((), false))
+        })
+    }
+
+    /// Stores a counter-signed receipt after verifying both signatures.
+    ///
+    /// Idempotent by (task, worker): the same receipt again returns [`Stored::AlreadyStored`].
+    /// A different receipt under the same key, a reused pair sequence number, or a cumulative
+    /// amount that does not chain with stored neighbours of the same pair is an error, and
+    /// nothing changes.
+    pub fn store_receipt(&self, receipt: &Receipt, role: Role) -> Result<Stored, LedgerError> {
+        let body = check_receipt(receipt)?;
+        let key = ReceiptKey::of(body);
+        self.write(|t, _| {
+            if let Some(existing) = t.get_receipt(&key)? {
+                if existing.receipt != *receipt {
+                    return Err(LedgerError::Conflict { key });
+                }
+                if existing.role != role {
+                    return Err(LedgerError::RoleConflict {
+                        key,
+                        stored: existing.role,
+                        requested: role,
+                    });
+                }
+                return Ok((Stored::AlreadyStored, false));
+            }
+            if let Some(p) = t.get_pending(&key)? {
+                if role != Role::Worker {
+                    return Err(LedgerError::RoleConflict {
+                        key,
+                        stored: Role::Worker,
+                        requested: role,
+                    });
+                }
+                if p.receipt != receipt.inner {
+                    return Err(LedgerError::NotAsIssued { key });
+                }
+                t.pending.remove(&key.to_bytes())?;
+            }
+            t.check_pair(body)?;
+            t.claim_seq(body)?;
+            let rec = StoredReceipt {
+                receipt: receipt.clone(),
+                role,
+                stored_at: now_ms(),
+                order: t.next_order()?,
+                settlement: Settlement::Unsettled,
+            };
+            t.receipts
+                .insert(&key.to_bytes(), encode(&rec)?.as_slice())?;
+            t.order.insert(rec.order, &key.to_bytes())?;
+            let party = rec.counterparty();
+            let mut b = t.balance(&party)?;
+            contribute(&mut b, role, body.price_stroops, &rec.settlement, true)?;
+            count(&mut b, role)?;
+            t.put_balance(&party, &b)?;
+            debug!(task = %key.task.short(), worker = %key.worker.short(), %role, seq = body.pair_seq, price = body.price_stroops, "receipt stored");
+            Ok((Stored::New, true))
+        })
+    }
+
+    /// The stored receipt for a task and worker.
+    pub fn receipt(
+        &self,
+        task: &TaskId,
+        worker: &NodeId,
+    ) -> Result<Option<StoredReceipt>, LedgerError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(RECEIPTS)?;
+        let key = ReceiptKey {
+            task: *task,
+            worker: *worker,
+        };
+        match table.get(&key.to_bytes())? {
+            Some(v) => Ok(Some(decode("receipts", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` stored receipts, newest first, optionally only those with `role`.
+    pub fn receipts(
+        &self,
+        role: Option<Role>,
+        limit: usize,
+    ) -> Result<Vec<StoredReceipt>, LedgerError> {
+        self.scan_receipts(limit, |r| role.is_none_or(|want| r.role == want))
+    }
+
+    /// Up to `limit` stored receipts matching `keep`, newest first.
+    pub(crate) fn scan_receipts(
+        &self,
+        limit: usize,
+        mut keep: impl FnMut(&StoredReceipt) -> bool,
+    ) -> Result<Vec<StoredReceipt>, LedgerError> {
+        let txn = self.db.begin_read()?;
+        let order = txn.open_table(ORDER)?;
+        let receipts = txn.open_table(RECEIPTS)?;
+        let mut out = Vec::new();
+        for entry in order.iter()?.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, key) = entry?;
+            let Some(v) = receipts.get(key.value())? else {
+                return Err(LedgerError::Inconsistent(
+                    "an insertion-order entry points at a missing receipt".into(),
+                ));
+            };
+            let rec: StoredReceipt = decode("receipts", v.value())?;
+            if keep(&rec) {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The receipt this node issued for a task and not yet saw counter-signed, if any; a
+    /// worker re-sends it rather than issuing a new one.
+    pub fn pending_receipt(
+        &self,
+        task: &TaskId,
+        worker: &NodeId,
+    ) -> Result<Option<PendingReceipt>, LedgerError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PENDING)?;
+        let key = ReceiptKey {
+            task: *task,
+            worker: *worker,
+        };
+        match table.get(&key.to_bytes())? {
+            Some(v) => Ok(Some(decode("pending", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` receipts issued by this node and awaiting the requester's
+    /// counter-signature, newest first.
+    pub fn pending_receipts(&self, limit: usize) -> Result<Vec<PendingReceipt>, LedgerError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PENDING)?;
+        let mut all = Vec::new();
+        for entry in table.iter()? {
+            let (_, v) = entry?;
+            all.push(decode::<PendingReceipt>("pending", v.value())?);
+        }
+        all.sort_by(|a, b| {
+            (b.issued_at, b.receipt.body.pair_seq).cmp(&(a.issued_at, a.receipt.body.pair_seq))
+        });
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    /// Gives up on a receipt that will never be counter-signed. Its sequence number stays
+    /// taken. Returns whether there was such a pending receipt.
+    pub fn abandon_pending(&self, task: &TaskId, worker: &NodeId) -> Result<bool, LedgerError> {
+        let key = ReceiptKey {
+            task: *task,
+            worker: *worker,
+        };
+        self.write(|t, _| {
+            let removed = t.pending.remove(&key.to_bytes())?.is_some();
+            if removed {
+                info!(task = %key.task.short(), "pending receipt abandoned");
+            }
+            Ok((removed, removed))
+        })
+    }
+
+    /// Worker side: records that the Stellar transaction `tx_hash` paid these receipts (after
+    /// the worker checked the payment against the settlement manifest).
+    ///
+    /// All or nothing: every key must be a stored receipt where this node is the worker. A
+    /// receipt already recorded as paid by the same transaction is left as it is; one paid by
+    /// another transaction is an error. Returns how many receipts changed state.
+    pub fn record_payment_received(
+        &self,
+        keys: &[ReceiptKey],
+        tx_hash: crate::TxHash,
+    ) -> Result<usize, LedgerError> {
+        self.write(|t, _| {
+            let mut changed = 0;
+            let settled_at = now_ms();
+            for key in keys {
+                let Some(mut rec) = t.get_receipt(key)? else {
+                    return Err(LedgerError::NotPayable {
+                        key: *key,
+                        why: "no such receipt in the ledger".into(),
+                    });
+                };
+                if rec.role != Role::Worker {
+                    return Err(LedgerError::NotPayable {
+                        key: *key,
+                        why: "this node is not the worker on it".into(),
+                    });
+                }
+                match rec.settlement {
+                    Settlement::Settled { tx_hash: h, .. } if h == tx_hash => continue,
+                    Settlement::Settled { tx_hash: h, .. } => {
+                        return Err(LedgerError::NotPayable {
+                            key: *key,
+                            why: format!("already paid by transaction {h}"),
+                        });
+                    }
+                    Settlement::Unsettled | Settlement::InFlight { .. } => {}
+                }
+                t.set_settlement(
+                    &mut rec,
+                    Settlement::Settled {
+                        tx_hash,
+                        settled_at,
+                    },
+                )?;
+                changed += 1;
+            }
+            Ok((changed, changed > 0))
+        })
+    }
+
+    /// Balances per counterparty (owed by us, owed to us, settled) and in total.
+    pub fn balances(&self) -> Result<Balances, LedgerError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BALANCES)?;
+        let mut out = Balances::default();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            let b: CounterpartyBalance = decode("balances", v.value())?;
+            add_totals(&mut out.total, &b)?;
+            out.counterparties.insert(NodeId(*k.value()), b);
+        }
+        Ok(out)
+    }
+
+    /// Recomputes every total from the stored receipts and compares with the kept totals.
+    ///
+    /// Also checks that every insertion-order entry points at a receipt and the other way
+    /// round. Reads the whole ledger; meant for tests, `doctor`-style commands and audits.
+    pub fn audit(&self) -> Result<(), LedgerError> {
+        let txn = self.db.begin_read()?;
+        let receipts = txn.open_table(RECEIPTS)?;
+        let order = txn.open_table(ORDER)?;
+        let mut computed: BTreeMap<NodeId, CounterpartyBalance> = BTreeMap::new();
+        let mut n = 0u64;
+        for entry in receipts.iter()? {
+            let (k, v) = entry?;
+            let rec: StoredReceipt = decode("receipts", v.value())?;
+            if rec.key().to_bytes() != *k.value() {
+                return Err(LedgerError::Inconsistent(format!(
+                    "receipt {} is stored under another key",
+                    rec.key()
+                )));
+            }
+            match order.get(rec.order)? {
+                Some(o) if o.value() == k.value() => {}
+                _ => {
+                    return Err(LedgerError::Inconsistent(format!(
+                        "receipt {} has no insertion-order entry",
+                        rec.key()
+                    )));
+                }
+            }
+            let b = computed.entry(rec.counterparty()).or_default();
+            contribute(b, rec.role, rec.price_stroops(), &rec.settlement, true)?;
+            count(b, rec.role)?;
+            n += 1;
+        }
+        if order.len()? != n {
+            return Err(LedgerError::Inconsistent(format!(
+                "{} insertion-order entries for {n} receipts",
+                order.len()?
+            )));
+        }
+        drop((receipts, order));
+        let kept = self.balances()?;
+        let mut kept_nonzero = kept.counterparties;
+        kept_nonzero.retain(|_, b| *b != CounterpartyBalance::default());
+        if kept_nonzero != computed {
+            return Err(LedgerError::Inconsistent(
+                "kept per-counterparty totals differ from the sum of the stored receipts".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stores a small piece of node state (for example the trust book) under `key`.
+    pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), LedgerError> {
+        if key.len() > MAX_META_KEY {
+            return Err(LedgerError::MetaTooLarge {
+                what: "key",
+                len: key.len(),
+                limit: MAX_META_KEY,
+            });
+        }
+        if value.len() > MAX_META_VALUE {
+            return Err(LedgerError::MetaTooLarge {
+                what: "value",
+                len: value.len(),
+                limit: MAX_META_VALUE,
+            });
+        }
+        self.write(|t, _| {
+            t.meta.insert(key, value)?;
+            Ok(((), true))
+        })
+    }
+
+    /// Reads what [`put_meta`](Self::put_meta) stored under `key`.
+    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, LedgerError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(META)?;
+        Ok(table.get(key)?.map(|v| v.value().to_vec()))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crank_protocol::{
+        ContentHash, CounterSigned, Energy, EnergyMethod, ExecPath, Identity, ModelId, Timings,
+    };
+
+    pub(crate) const PAYOUT: &str = "GDJJRRMBK4IWLEPJGIE6SXD2LP7REGZODU7WDC3I2D6MR37F4XSHBKX2";
+
+    pub(crate) fn id(n: u8) -> Identity {
+        Identity::from_secret([n; 32])
+    }
+
+    pub(crate) fn body(
+        task: u8,
+        requester: &Identity,
+        worker: &Identity,
+        price: u64,
+        seq: u64,
+        cumulative: u64,
+    ) -> WorkReceipt {
+        WorkReceipt {
+            task_id: TaskId([task; 32]),
+            requester: requester.node_id(),
+            worker: worker.node_id(),
+            model: ModelId([7; 32]),
+            input_hash: ContentHash([8; 32]),
+            output_hash: ContentHash([9; 32]),
+            price_stroops: price,
+            energy: Energy {
+                millijoules: 10,
+                method: EnergyMethod::CpuTimeEstimate,
+            },
+            path: ExecPath::Cpu,
+            timings: Timings {
+                accepted_at: 1,
+                started_at: 2,
+                finished_at: 3,
+                run_micros: 4,
+            },
+            pair_seq: seq,
+            cumulative_stroops: cumulative,
+            payout: PAYOUT.into(),
+        }
+    }
+
+    pub(crate) fn countersigned(
+        b: WorkReceipt,
+        worker: &Identity,
+        requester: &Identity,
+    ) -> Receipt {
+        let s = Signed::sign(b, worker).unwrap();
+        CounterSigned::countersign(s, requester).unwrap()
+    }
+
+    fn ledger() -> (tempfile::TempDir, Ledger) {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&dir.path().join("sub").join("ledger.redb")).unwrap();
+        (dir, l)
+    }
+
+    #[test]
+    fn issue_then_store_moves_pending_to_stored() {
+        let (_d, l) = ledger();
+        let (req, wrk) = (id(1), id(2));
+        let issued = l
+            .issue_receipt(&req.node_id(), &wrk.node_id(), 500, |seq, cum| {
+                Signed::sign(body(1, &req, &wrk, 500, seq, cum), &wrk)
+            })
+            .unwrap();
+        assert_eq!(issued.body.pair_seq, 1);
+        assert_eq!(issued.body.cumulative_stroops, 500);
+        assert_eq!(l.pending_receipts(10).unwrap().len(), 1);
+        let second = l
+            .issue_receipt(&req.node_id(), &wrk.node_id(), 300, |seq, cum| {
+                Signed::sign(body(2, &req, &wrk, 300, seq, cum), &wrk)
+            })
+            .unwrap();
+        assert_eq!(
+            (second.body.pair_seq, second.body.cumulative_stroops),
+            (2, 800)
+        );
+
+        let cs = CounterSigned::countersign(issued.clone(), &req).unwrap();
+        assert_eq!(l.store_receipt(&cs, Role::Worker).unwrap(), Stored::New);
+        assert_eq!(
+            l.store_receipt(&cs, Role::Worker).unwrap(),
+            Stored::AlreadyStored
+        );
+        assert_eq!(l.pending_receipts(10).unwrap().len(), 1);
+        let b = l.balances().unwrap();
+        assert_eq!(b.counterparties[&req.node_id()].owed_to_us_stroops, 500);
+        l.audit().unwrap();
+    }
+
+    #[test]
+    fn sign_failure_stores_nothing_and_keeps_the_number() {
+        let (_d, l) = ledger();
+        let (req, wrk) = (id(1), id(2));
+        let err = l
+            .issue_receipt(&req.node_id(), &wrk.node_id(), 5, |_, _| {
+                Err(SignatureError::Encode("boom".into()))
+            })
+            .unwrap_err();
+        assert!(matches!(err, LedgerError::Sign(_)), "{err}");
+        let r = l
+            .issue_receipt(&req.node_id(), &wrk.node_id(), 5, |s, c| {
+                Signed::sign(body(1, &req, &wrk, 5, s, c), &wrk)
+            })
+            .unwrap();
+        assert_eq!(r.body.pair_seq, 1, "a failed issue consumes no number");
+    }
+
+    #[test]
+    fn issue_refuses_a_receipt_that_lies_about_its_numbers() {
+        let (_d, l) = ledger();
+        let (req, wrk) = (id(1), id(2));
+        let err = l
+            .issue_receipt(&req.node_id(), &wrk.node_id(), 5, |s, c| {
+                Signed::sign(body(1, &req, &wrk, 5, s + 1, c + 5), &wrk)
+            })
+            .unwrap_err();
+        assert!(matches!(err, LedgerError::InvalidReceipt { .. }), "{err}");
+        let err = l
+            .issue_receipt(&req.node_id(), &wrk.node_id(), 5, |s, c| {
+                Signed::sign(body(1, &req, &wrk, 5, s, c), &id(3))
+            })
+            .unwrap_err();
+        assert!(matches!(err, LedgerError::Signature(_)), "{err}");
+        assert!(l.pending_receipts(10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn counter_signed_receipt_must_match_what_was_issued() {
+        let (_d, l) = ledger();
+        let (req, wrk) = (id(1), id(2));
+        l.issue_receipt(&req.node_id(), &wrk.node_id(), 5, |s, c| {
+            Signed::sign(body(1, &req, &wrk, 5, s, c), &wrk)
+        })
+        .unwrap();
+        let mut other = body(1, &req, &wrk, 5, 1, 5);
+        other.output_hash = ContentHash([1; 32]);
+        let err = l
+            .store_receipt(&countersigned(other, &wrk, &req), Role::Worker)
+            .unwrap_err();
+        assert!(matches!(err, LedgerError::NotAsIssued { .. }), "{err}");
+    }
+
+    #[test]
+    fn abandoned_numbers_are_never_reused() {
+        let (_d, l) = ledger();
+        let (req, wrk) = (id(1), id(2));
+        let first = l
+            .issue_receipt(&req.node_id(), &wrk.node_id(), 5, |s, c| {
+                Signed::sign(body(1, &req, &wrk, 5, s, c), &wrk)
+            })
+            .unwrap();
+        assert!(
+            l.abandon_pending(&first.body.task_id, &wrk.node_id())
+                .unwrap()
+        );
+        assert!(
+            !l.abandon_pending(&first.body.task_id, &wrk.node_id())
+                .unwrap()
+        );
+        let next = l
+            .issue_receipt(&req.node_id(), &wrk.node_id(), 5, |s, c| {
+                Signed::sign(body(2, &req, &wrk, 5, s, c), &wrk)
+            })
+            .unwrap();
+        assert_eq!(next.body.pair_seq, 2);
+        // Someone replaying a receipt for the abandoned number with another task is refused.
+        let reuse = countersigned(body(3, &req, &wrk, 5, 1, 5), &wrk, &req);
+        assert!(matches!(
+            l.store_receipt(&reuse, Role::Requester).unwrap_err(),
+            LedgerError::SeqReused { .. }
+        ));
+    }
+
+    #[test]
+    fn conflicts_are_errors_and_change_nothing() {
+        let (_d, l) = ledger();
+        let (req, wrk) = (id(1), id(2));
+        let a = countersigned(body(1, &req, &wrk, 100, 1, 100), &wrk, &req);
+        l.store_receipt(&a, Role::Requester).unwrap();
+        // Same key, different content.
+        let b = countersigned(body(1, &req, &wrk, 100, 2, 200), &wrk, &req);
+        assert!(matches!(
+            l.store_receipt(&b, Role::Requester).unwrap_err(),
+            LedgerError::Conflict { .. }
+        ));
+        // Same receipt, other role.
+        assert!(matches!(
+            l.store_receipt(&a, Role::Worker).unwrap_err(),
+            LedgerError::RoleConflict { .. }
+        ));
+        // Sequence number reused by another task.
+        let c = countersigned(body(2, &req, &wrk, 100, 1, 100), &wrk, &req);
+        assert!(matches!(
+            l.store_receipt(&c, Role::Requester).unwrap_err(),
+            LedgerError::SeqReused { .. }
+        ));
+        // Cumulative does not chain with the predecessor.
+        let d = countersigned(body(3, &req, &wrk, 100, 2, 250), &wrk, &req);
+        assert!(matches!(
+            l.store_receipt(&d, Role::Requester).unwrap_err(),
+            LedgerError::CumulativeMismatch {
+                expected: 200,
+                found: 250,
+                ..
+            }
+        ));
+        // A successor arriving first constrains the predecessor.
+        let f = countersigned(body(5, &req, &wrk, 100, 4, 400), &wrk, &req);
+        l.store_receipt(&f, Role::Requester).unwrap();
+        let e = countersigned(body(4, &req, &wrk, 100, 3, 350), &wrk, &req);
+        assert!(matches!(
+            l.store_receipt(&e, Role::Requester).unwrap_err(),
+            LedgerError::CumulativeMismatch { .. }
+        ));
+        // With seq 2 missing, only the successor constrains seq 3: 300 + 100 = 400 chains.
+        let e = countersigned(body(4, &req, &wrk, 100, 3, 300), &wrk, &req);
+        assert_eq!(l.store_receipt(&e, Role::Requester).unwrap(), Stored::New);
+        l.audit().unwrap();
+    }
+
+    #[test]
+    fn bad_signatures_and_parties_are_refused() {
+        let (_d, l) = ledger();
+        let (req, wrk) = (id(1), id(2));
+        let mut r = countersigned(body(1, &req, &wrk, 100, 1, 100), &wrk, &req);
+        r.countersignature.0[0] ^= 1;
+        assert!(matches!(
+            l.store_receipt(&r, Role::Requester).unwrap_err(),
+            LedgerError::Signature(_)
+        ));
+        // Counter-signed by a third party.
+        let r = countersigned(body(1, &req, &wrk, 100, 1, 100), &wrk, &id(3));
+        assert!(matches!(
+            l.store_receipt(&r, Role::Requester).unwrap_err(),
+            LedgerError::InvalidReceipt { .. }
+        ));
+        let mut b = body(1, &req, &wrk, 100, 1, 100);
+        b.payout = "GNOTANACCOUNT".into();
+        assert!(matches!(
+            l.store_receipt(&countersigned(b, &wrk, &req), Role::Requester)
+                .unwrap_err(),
+            LedgerError::InvalidReceipt { .. }
+        ));
+        let b = body(1, &req, &wrk, 100, 1, 150);
+        assert!(matches!(
+            l.store_receipt(&countersigned(b, &wrk, &req), Role::Requester)
+                .unwrap_err(),
+            LedgerError::InvalidReceipt { .. }
+        ));
+        assert!(l.receipts(None, 10).unwrap().is_empty());
+        l.audit().unwrap();
+    }
+
+    #[test]
+    fn listing_is_newest_first_and_filters_by_role() {
+        let (_d, l) = ledger();
+        let (me, a, b) = (id(1), id(2), id(3));
+        for (i, w) in [&a, &b, &a].iter().enumerate() {
+            let seq = if i == 2 { 2 } else { 1 };
+            let r = countersigned(body(i as u8, &me, w, 10, seq, 10 * seq), w, &me);
+            l.store_receipt(&r, Role::Requester).unwrap();
+        }
+        let r = countersigned(body(9, &a, &me, 7, 1, 7), &me, &a);
+        l.store_receipt(&r, Role::Worker).unwrap();
+        let all = l.receipts(None, 10).unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0].body().task_id, TaskId([9; 32]));
+        assert!(all.windows(2).all(|w| w[0].order > w[1].order));
+        assert_eq!(l.receipts(Some(Role::Requester), 2).unwrap().len(), 2);
+        assert_eq!(l.receipts(Some(Role::Worker), 10).unwrap().len(), 1);
+        let bal = l.balances().unwrap();
+        assert_eq!(bal.counterparties[&a.node_id()].owed_by_us_stroops, 20);
+        assert_eq!(bal.counterparties[&a.node_id()].owed_to_us_stroops, 7);
+        assert_eq!(bal.total.owed_by_us_stroops, 30);
+        let got = l.receipt(&TaskId([9; 32]), &me.node_id()).unwrap().unwrap();
+        assert_eq!(got.role, Role::Worker);
+        assert_eq!(got.counterparty(), a.node_id());
+        l.audit().unwrap();
+    }
+
+    #[test]
+    fn worker_records_payment_received() {
+        let (_d, l) = ledger();
+        let (req, me) = (id(1), id(2));
+        let a = countersigned(body(1, &req, &me, 100, 1, 100), &me, &req);
+        let b = countersigned(body(2, &req, &me, 50, 2, 150), &me, &req);
+        l.store_receipt(&a, Role::Worker).unwrap();
+        l.store_receipt(&b, Role::Worker).unwrap();
+        let keys = [ReceiptKey::of(&a.inner.body), ReceiptKey::of(&b.inner.body)];
+        let h = crate::TxHash([3; 32]);
+        assert_eq!(l.record_payment_received(&keys, h).unwrap(), 2);
+        assert_eq!(l.record_payment_received(&keys, h).unwrap(), 0);
+        assert!(matches!(
+            l.record_payment_received(&keys[..1], crate::TxHash([4; 32]))
+                .unwrap_err(),
+            LedgerError::NotPayable { .. }
+        ));
+        let bal = l.balances().unwrap().total;
+        assert_eq!((bal.owed_to_us_stroops, bal.paid_to_us_stroops), (0, 150));
+        l.audit().unwrap();
+    }
+
+    #[test]
+    fn meta_round_trips_and_is_bounded() {
+        let (_d, l) = ledger();
+        assert_eq!(l.get_meta("trust").unwrap(), None);
+        l.put_meta("trust", b"book").unwrap();
+        assert_eq!(l.get_meta("trust").unwrap().unwrap(), b"book");
+        assert!(matches!(
+            l.put_meta(&"k".repeat(MAX_META_KEY + 1), b"").unwrap_err(),
+            LedgerError::MetaTooLarge { .. }
+        ));
+    }
+
+    #[test]
+    fn survives_reopen_and_refuses_a_second_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.redb");
+        let (req, wrk) = (id(1), id(2));
+        {
+            let l = Ledger::open(&path).unwrap();
+            l.issue_receipt(&req.node_id(), &wrk.node_id(), 5, |s, c| {
+                Signed::sign(body(1, &req, &wrk, 5, s, c), &wrk)
+            })
+            .unwrap();
+            assert!(matches!(
+                Ledger::open(&path).unwrap_err(),
+                LedgerError::InUse { .. }
+            ));
+        }
+        let l = Ledger::open(&path).unwrap();
+        let next = l
+            .issue_receipt(&req.node_id(), &wrk.node_id(), 5, |s, c| {
+                Signed::sign(body(2, &req, &wrk, 5, s, c), &wrk)
+            })
+            .unwrap();
+        assert_eq!((next.body.pair_seq, next.body.cumulative_stroops), (2, 10));
+    }
+
+    #[test]
+    fn garbage_file_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.redb");
+        std::fs::write(&path, vec![0xA5u8; 10_000]).unwrap();
+        assert!(matches!(
+            Ledger::open(&path).unwrap_err(),
+            LedgerError::Open { .. }
+        ));
+    }
+}
+
+#[cfg(test)]
+mod props {
+    //! Model-based property tests: random interleavings of genuine, repeated and forged
+    //! receipts against a plain in-memory model of what the ledger must accept.
+
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::tests::{body, countersigned, id};
+    use super::*;
+    use crank_protocol::{ContentHash, Identity};
+
+    /// (requester, worker, our role) for the three pairs under test; node 1 is "us".
+    fn pairs() -> [(Identity, Identity, Role); 3] {
+        [
+            (id(1), id(2), Role::Requester),
+            (id(1), id(3), Role::Requester),
+            (id(4), id(1), Role::Worker),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Store receipt `k` of pair `p`; `forgery` 0 is genuine, 1..=3 are forgeries.
+        Store { p: usize, k: usize, forgery: u8 },
+        /// Close and reopen the ledger file.
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => (0..3usize, 0..6usize, prop_oneof![4 => Just(0u8), 1 => 1..=3u8])
+                .prop_map(|(p, k, forgery)| Op::Store { p, k, forgery }),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    /// Builds receipt `k` of pair `p`: the genuine one, or a forgery that contradicts it.
+    fn make(p: usize, k: usize, forgery: u8, prices: &[u64]) -> Receipt {
+        let pairs = pairs();
+        let (req, wrk, _) = &pairs[p];
+        let seq = k as u64 + 1;
+        let cumulative: u64 = prices[..=k].iter().sum();
+        let task = |variant: u8| (p as u8) * 64 + (k as u8) * 4 + variant;
+        let mut b = body(task(0), req, wrk, prices[k], seq, cumulative);
+        match forgery {
+            0 => {}
+            // Same task and worker, different content.
+            1 => b.output_hash = ContentHash([0xEE; 32]),
+            // Another task claiming the same sequence number, amounts consistent.
+            2 => b.task_id = TaskId([task(2); 32]),
+            // Another task at the same number with a cumulative off by one.
+            _ => {
+                b.task_id = TaskId([task(3); 32]);
+                b.cumulative_stroops += 1;
+            }
+        }
+        countersigned(b, wrk, req)
+    }
+
+    /// What the ledger must answer, from the model: stored receipts by key and by pair seq.
+    fn expect(
+        model: &BTreeMap<ReceiptKey, (Receipt, Role)>,
+        r: &Receipt,
+        role: Role,
+    ) -> Result<Stored, &'static str> {
+        let b = &r.inner.body;
+        if b.pair_seq == 1 && b.cumulative_stroops != b.price_stroops {
+            return Err("invalid");
+        }
+        if let Some((stored, _)) = model.get(&ReceiptKey::of(b)) {
+            return if stored == r {
+                Ok(Stored::AlreadyStored)
+            } else {
+                Err("conflict")
+            };
+        }
+        let at = |seq: u64| {
+            model.values().find(|(s, _)| {
+                let s = &s.inner.body;
+                s.requester == b.requester && s.worker == b.worker && s.pair_seq == seq
+            })
+        };
+        if at(b.pair_seq).is_some() {
+            return Err("seq reused");
+        }
+        if let Some((prev, _)) = at(b.pair_seq - 1)
+            && prev.inner.body.cumulative_stroops + b.price_stroops != b.cumulative_stroops
+        {
+            return Err("cumulative");
+        }
+        if let Some((next, _)) = at(b.pair_seq + 1)
+            && b.cumulative_stroops + next.inner.body.price_stroops
+                != next.inner.body.cumulative_stroops
+        {
+            return Err("cumulative");
+        }
+        let _ = role;
+        Ok(Stored::New)
+    }
+
+    fn kind(e: &LedgerError) -> &'static str {
+        match e {
+            LedgerError::Conflict { .. } => "conflict",
+            LedgerError::SeqReused { .. } => "seq reused",
+            LedgerError::CumulativeMismatch { .. } => "cumulative",
+            LedgerError::InvalidReceipt { .. } => "invalid",
+            _ => "other",
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn ledger_matches_model(
+            prices in proptest::collection::vec(proptest::collection::vec(0u64..1_000, 6), 3),
+            ops in proptest::collection::vec(op(), 1..40),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("l.redb");
+            let mut ledger = Some(Ledger::open(&path).unwrap());
+            let mut model: BTreeMap<ReceiptKey, (Receipt, Role)> = BTreeMap::new();
+            let roles = pairs().map(|(_, _, r)| r);
+            for op in ops {
+                match op {
+                    Op::Reopen => {
+                        // The old handle must close before the file can be opened again.
+                        drop(ledger.take());
+                        ledger = Some(Ledger::open(&path).unwrap());
+                    }
+                    Op::Store { p, k, forgery } => {
+                        let l = ledger.as_ref().unwrap();
+                        let r = make(p, k, forgery, &prices[p]);
+                        let want = expect(&model, &r, roles[p]);
+                        let got = l.store_receipt(&r, roles[p]);
+                        match (&want, &got) {
+                            (Ok(w), Ok(g)) => prop_assert_eq!(w, g),
+                            (Err(w), Err(g)) => prop_assert_eq!(*w, kind(g), "{}", g),
+                            _ => prop_assert!(false, "model {:?}, ledger {:?}", want, got),
+                        }
+                        if want == Ok(Stored::New) {
+                            model.insert(ReceiptKey::of(&r.inner.body), (r, roles[p]));
+                        }
+                    }
+                }
+            }
+            let l = ledger.as_ref().unwrap();
+            // No lost receipt, nothing extra.
+            let listed = l.receipts(None, usize::MAX).unwrap();
+            prop_assert_eq!(listed.len(), model.len());
+            for (key, (r, role)) in &model {
+                let got = l.receipt(&key.task, &key.worker).unwrap().unwrap();
+                prop_assert_eq!(&got.receipt, r);
+                prop_assert_eq!(got.role, *role);
+                prop_assert_eq!(got.settlement, Settlement::Unsettled);
+                // Re-storing is idempotent.
+                prop_assert_eq!(l.store_receipt(r, *role).unwrap(), Stored::AlreadyStored);
+            }
+            // Cumulative consistency between stored neighbours of each pair.
+            for a in &listed {
+                for b in &listed {
+                    let (x, y) = (a.body(), b.body());
+                    if x.requester == y.requester && x.worker == y.worker && y.pair_seq == x.pair_seq + 1 {
+                        prop_assert_eq!(x.cumulative_stroops + y.price_stroops, y.cumulative_stroops);
+                    }
+                }
+            }
+            // Totals equal the sum of the receipts.
+            l.audit().unwrap();
+            let bal = l.balances().unwrap();
+            let owed_by_us: u64 = model.values().filter(|(_, r)| *r == Role::Requester).map(|(r, _)| r.inner.body.price_stroops).sum();
+            let owed_to_us: u64 = model.values().filter(|(_, r)| *r == Role::Worker).map(|(r, _)| r.inner.body.price_stroops).sum();
+            prop_assert_eq!(bal.total.owed_by_us_stroops, owed_by_us);
+            prop_assert_eq!(bal.total.owed_to_us_stroops, owed_to_us);
+            prop_assert_eq!(bal.total.receipts_as_requester + bal.total.receipts_as_worker, model.len() as u64);
+        }
+    }
+}
