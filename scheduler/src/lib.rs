@@ -1,1 +1,92 @@
-//! Placeholder; filled in by its own change.
+//! The crank-node reverse auction, as a pure state machine, and trust scoring.
+//!
+//! A requester picks a few candidates ([`select_candidates`]), asks them for sealed bids,
+//! awards the task to the bid with the lowest score and, when the winner fails, re-awards to
+//! the next bid or asks the next candidates, until the task's deadline ([`Auction`]). A worker
+//! prices a call for bids from its own costs or declines with a reason ([`quote`]). What each
+//! peer did with the tasks it was awarded feeds a trust score ([`TrustBook`]) that enters
+//! every later score.
+//!
+//! This crate does no I/O, reads no clock and draws no randomness: time comes in as
+//! [`UnixMillis`], the exploration lottery is seeded by the caller, and the same inputs always
+//! give the same outputs. The driver (the node's event loop, or the simulator) owns the
+//! network and the timers. A decision costs microseconds of CPU, most of it checking bid
+//! signatures (see `benches/auction.rs`).
+//!
+//! # Layout
+//!
+//! - [`auction`]: the requester's [`Auction`] (`handle(input, now)`, `handle_timeout(now)`,
+//!   `poll_output()`, `poll_timeout()`), its [`auction::trace::AuctionTrace`] and the
+//!   aggregated [`FailureExplanation`].
+//! - [`score`]: the score formula, [`Preference`] presets, [`Weights`] and the payment rule.
+//! - [`quote`](mod@quote): the worker's [`quote()`] and [`check_award`].
+//! - [`trust`]: [`TrustBook`] and its score.
+//! - [`candidates`]: [`select_candidates`] and [`rank_candidates`].
+//!
+//! # Score
+//!
+//! Lower wins:
+//!
+//! ```text
+//! score = w_price · ln(1 + price_stroops) + w_latency · ln(1 + est_latency_ms)
+//!       + w_energy · ln(1 + est_energy_mj) + w_trust · −ln(trust)
+//! ```
+//!
+//! Logarithms make the rule free of units and scale: only ratios matter (twice the price,
+//! half the latency), a bid's score does not depend on the other bids, and a weight reads as
+//! "one doubling of this is worth `w / w_price` doublings of price". Trust is this node's
+//! Beta-smoothed success rate for the peer, in `[0.001, 1]` ([`trust`]). Presets: `cheap`
+//! (1, 0.2, 0.1, 1), `fast` (0.3, 1, 0.1, 1), `green` (0.3, 0.2, 1, 1), `balanced`
+//! (1, 1, 0.5, 1), as (price, latency, energy, trust). Ties go to the lower price, then the
+//! lower latency, then the lower node id.
+//!
+//! # Payment rule: second-score
+//!
+//! The winner is paid the highest price at which it would still have won: the price that
+//! makes its score equal to the runner-up's (`(bid + 1) · exp((S₂ − S₁) / w_price) − 1`),
+//! never below its bid and never above the task's max price. With no runner-up, the max price
+//! is the reserve and is paid. First-price (the winner's own bid) is available as
+//! [`PaymentRule::FirstPrice`] for comparison in simulations.
+//!
+//! Why second-score (Che 1993; a Vickrey auction on the score): a worker's best bid is then
+//! its true cost plus the margin it wants, whatever the others bid, so [`quote()`] can be
+//! honest arithmetic and nobody gains from probing the market, shading bids or learning
+//! competitors' prices: the sealed-bid window is a few hundred ms and there is no second
+//! chance, which is exactly when first-price auctions make bidders guess. Scores use
+//! `ln(1 + price)` with a fixed weight, so a bid's own price never changes how the others are
+//! normalised, which keeps the truthfulness argument intact. Extra identities
+//! cannot raise a winner's pay (adding bids can only lower the runner-up's score), and the
+//! requester never pays more than the max price it set. The cost is that a requester pays a
+//! little more than the lowest bid; it buys bids that mean something.
+//!
+//! # Invariants
+//!
+//! - **Only bids that verify, come from a peer that was asked, name this task and that peer,
+//!   arrive inside the peer's bid window, are not expired, ask at most the max price and can
+//!   meet the deadline are ever awarded.**
+//! - **The award price is within `[bid, max price]`.**
+//! - **Every auction ends in `Completed` or `Failed` (with aggregated reasons) by its
+//!   deadline**: every state has a timer no later than the deadline.
+//! - Traces, answers and rounds are bounded by the number of candidates, which is capped.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod auction;
+pub mod candidates;
+pub mod quote;
+pub mod score;
+pub mod trust;
+
+pub use auction::trace::{AuctionTrace, FailCause, FailureExplanation, Rejection};
+pub use auction::{Auction, AuctionConfig, Input, InputError, Output, SpecError, Status, TaskSpec};
+pub use candidates::{CandidateQuery, RankedCandidate, rank_candidates, select_candidates};
+pub use crank_protocol::UnixMillis;
+pub use quote::{
+    CostModel, CostModelError, MeasuredRun, QueueState, WorkerLimits, WorkerState, check_award,
+    quote,
+};
+pub use score::{PaymentRule, Preference, Score, Weights, WeightsError};
+pub use trust::{TaskOutcome, TrustBook, TrustError, TrustPrior, TrustRecord};

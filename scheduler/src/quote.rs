@@ -1,0 +1,607 @@
+//! The worker's side: quote a price for a call for bids from its own costs, or decline with a
+//! reason.
+//!
+//! # Estimates
+//!
+//! The run time and energy of a task come from, in order of preference:
+//!
+//! 1. a run of the same model on the same path this node measured before
+//!    ([`MeasuredRun`]), scaled by the number of input elements;
+//! 2. the self-benchmark of the path ([`PathBench`]: inferences per second and µJ per
+//!    inference on the reference model), scaled by the *work ratio*
+//!    `(model_bytes / reference_model_bytes) · (input_elements / reference_input_elements)`:
+//!    the cost of a dense network grows with its parameters (∝ bytes) and its batch
+//!    (∝ input elements). It is a rough guide; the first real run replaces it.
+//!
+//! `latency = overhead + queue wait + model fetch (if not cached) + run`.
+//!
+//! # Price
+//!
+//! ```text
+//! cost  = per_task
+//!       + energy_kWh · (tariff + battery wear if on battery)
+//!       + run_seconds · per_second
+//!       + model_MiB · fetch_per_MiB                       (if the model is not cached)
+//! price = ⌈cost · (1 + load_surcharge · queued / slots) · (1 + margin)⌉   stroops
+//! ```
+//!
+//! The requester's auction pays second-score prices, so asking cost plus margin is the best a
+//! worker can do; there is nothing to gain from guessing other bids.
+//!
+//! Each path (CPU, GPU) is quoted and the cheapest that meets the deadline and the run-time
+//! limit is bid, the faster one on a tie.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crank_protocol::{
+    Award, Bid, CallForBids, DeclineReason, ExecPath, GateReason, ModelId, NodeId, PathBench,
+    UnixMillis,
+};
+use serde::{Deserialize, Serialize};
+
+/// How full the worker's inference queue is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueState {
+    /// Tasks waiting or running.
+    pub queued: u16,
+    /// Slots in all.
+    pub slots: u16,
+    /// Expected wait before a new task would start, ms.
+    pub est_wait_ms: u64,
+}
+
+/// What the worker accepts at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerLimits {
+    /// Largest model, bytes.
+    pub max_model_bytes: u64,
+    /// Most input elements per task.
+    pub max_input_elements: u64,
+    /// Longest run, ms.
+    pub max_run_ms: u64,
+}
+
+impl Default for WorkerLimits {
+    fn default() -> Self {
+        Self {
+            max_model_bytes: 256 * 1024 * 1024,
+            max_input_elements: 4 * 1024 * 1024,
+            max_run_ms: 10 * 60_000,
+        }
+    }
+}
+
+/// A run this node measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeasuredRun {
+    /// Input elements of that run.
+    pub input_elements: u64,
+    /// Pure inference time, µs.
+    pub run_micros: u64,
+    /// Energy of that run, µJ.
+    pub microjoules: u64,
+}
+
+/// Everything about the worker a quote depends on, gathered by the node at call time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerState {
+    /// This node.
+    pub node: NodeId,
+    /// Why the power gate is closed (None when it is open).
+    pub gate_closed: Option<GateReason>,
+    /// Whether the device runs from its battery now (adds battery wear to the price).
+    pub on_battery: bool,
+    /// The inference queue.
+    pub queue: QueueState,
+    /// Models held locally.
+    pub cached_models: BTreeSet<ModelId>,
+    /// Self-benchmark per path.
+    pub bench: Vec<PathBench>,
+    /// Runs measured per model and path.
+    pub measured: BTreeMap<(ModelId, ExecPath), MeasuredRun>,
+    /// Limits.
+    pub limits: WorkerLimits,
+    /// Stellar account to be paid at.
+    pub payout: String,
+}
+
+/// The worker's costs and pricing policy; `Default` documents the values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CostModel {
+    /// Electricity price, stroops per kWh. Default 10,000,000 (1 XLM).
+    pub tariff_stroops_per_kwh: u64,
+    /// Battery wear when running on battery, stroops per kWh drawn. Default 270,000,000
+    /// (27 XLM: a 50 Wh pack worth about 670 XLM that lasts 500 cycles delivers 25 kWh).
+    pub battery_wear_stroops_per_kwh: u64,
+    /// Flat price per task, stroops. Default 100 (one Stellar base fee).
+    pub per_task_stroops: u64,
+    /// Price per second of inference, stroops. Default 1,000.
+    pub per_second_stroops: u64,
+    /// Cost of fetching a model, stroops per MiB. Default 100.
+    pub fetch_stroops_per_mib: u64,
+    /// Expected model download rate, bytes per second. Default 10,000,000.
+    pub fetch_bytes_per_sec: u64,
+    /// Price increase at a full queue, percent (linear in queue fill). Default 50.
+    pub load_surcharge_percent: u32,
+    /// Margin over cost, percent. Default 10.
+    pub margin_percent: u32,
+    /// Fixed time per task beyond the run (decode, validate, reply), ms. Default 20.
+    pub overhead_ms: u32,
+    /// How long a bid stays valid, ms. Default 30,000.
+    pub bid_validity_ms: u64,
+    /// Size of the benchmark's reference model, bytes. Default 100,000.
+    pub reference_model_bytes: u64,
+    /// Input elements of one benchmark inference. Default 64.
+    pub reference_input_elements: u64,
+}
+
+impl Default for CostModel {
+    fn default() -> Self {
+        Self {
+            tariff_stroops_per_kwh: 10_000_000,
+            battery_wear_stroops_per_kwh: 270_000_000,
+            per_task_stroops: 100,
+            per_second_stroops: 1_000,
+            fetch_stroops_per_mib: 100,
+            fetch_bytes_per_sec: 10_000_000,
+            load_surcharge_percent: 50,
+            margin_percent: 10,
+            overhead_ms: 20,
+            bid_validity_ms: 30_000,
+            reference_model_bytes: 100_000,
+            reference_input_elements: 64,
+        }
+    }
+}
+
+/// Why a cost model is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CostModelError {
+    /// A figure that divides others is zero.
+    #[error("`{0}` must be above zero")]
+    Zero(&'static str),
+}
+
+impl CostModel {
+    /// Checks the figures that divide others are non-zero.
+    pub fn validate(&self) -> Result<(), CostModelError> {
+        for (name, v) in [
+            ("fetch_bytes_per_sec", self.fetch_bytes_per_sec),
+            ("reference_model_bytes", self.reference_model_bytes),
+            ("reference_input_elements", self.reference_input_elements),
+        ] {
+            if v == 0 {
+                return Err(CostModelError::Zero(name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A quote for one path, before choosing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PathQuote {
+    /// The path.
+    pub path: ExecPath,
+    /// Time from award to result, ms.
+    pub latency_ms: u64,
+    /// Inference alone, ms.
+    pub run_ms: u64,
+    /// Energy of the run, mJ.
+    pub energy_mj: u64,
+    /// Asked price, stroops.
+    pub price_stroops: u64,
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+const MICROJOULES_PER_KWH: f64 = 3.6e12;
+
+#[allow(clippy::cast_precision_loss)]
+fn f(x: u64) -> f64 {
+    x as f64
+}
+
+/// `⌈x⌉` as u64, saturating; NaN becomes `u64::MAX` so a broken estimate is never cheap.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn ceil_u64(x: f64) -> u64 {
+    if x.is_nan() || x >= 1.8e19 {
+        u64::MAX
+    } else if x <= 0.0 {
+        0
+    } else {
+        x.ceil() as u64
+    }
+}
+
+/// Quotes every benchmarked path for the task in `cfb`.
+pub fn path_quotes(cfb: &CallForBids, state: &WorkerState, cost: &CostModel) -> Vec<PathQuote> {
+    let cached = state.cached_models.contains(&cfb.model);
+    let fetch_ms = if cached {
+        0.0
+    } else {
+        f(cfb.model_bytes) * 1000.0 / f(cost.fetch_bytes_per_sec.max(1))
+    };
+    let fetch_cost = if cached {
+        0.0
+    } else {
+        f(cfb.model_bytes) / MIB * f(cost.fetch_stroops_per_mib)
+    };
+    let work = f(cfb.model_bytes) / f(cost.reference_model_bytes.max(1)) * f(cfb.input_elements)
+        / f(cost.reference_input_elements.max(1));
+    let slots = f(u64::from(state.queue.slots.max(1)));
+    let fill = (f(u64::from(state.queue.queued)) / slots).min(1.0);
+    let load = 1.0 + f(u64::from(cost.load_surcharge_percent)) / 100.0 * fill;
+    let margin = 1.0 + f(u64::from(cost.margin_percent)) / 100.0;
+    let tariff = f(cost.tariff_stroops_per_kwh)
+        + if state.on_battery {
+            f(cost.battery_wear_stroops_per_kwh)
+        } else {
+            0.0
+        };
+
+    let mut out = Vec::new();
+    for b in &state.bench {
+        let (run_ms, energy_uj) = match state.measured.get(&(cfb.model, b.path)) {
+            Some(m) if m.input_elements > 0 => {
+                let ratio = f(cfb.input_elements) / f(m.input_elements);
+                (f(m.run_micros) / 1000.0 * ratio, f(m.microjoules) * ratio)
+            }
+            _ => {
+                let ips = f64::from(b.inferences_per_sec);
+                if !ips.is_finite() || ips <= 0.0 {
+                    continue;
+                }
+                (work / ips * 1000.0, work * f(b.microjoules_per_inference))
+            }
+        };
+        let latency =
+            f(u64::from(cost.overhead_ms)) + f(state.queue.est_wait_ms) + fetch_ms + run_ms;
+        let cost_stroops = f(cost.per_task_stroops)
+            + energy_uj / MICROJOULES_PER_KWH * tariff
+            + run_ms / 1000.0 * f(cost.per_second_stroops)
+            + fetch_cost;
+        out.push(PathQuote {
+            path: b.path,
+            latency_ms: ceil_u64(latency),
+            run_ms: ceil_u64(run_ms),
+            energy_mj: ceil_u64(energy_uj / 1000.0),
+            price_stroops: ceil_u64(cost_stroops * load * margin),
+        });
+    }
+    out
+}
+
+/// Quotes a price for the task in `cfb` (already verified by the driver), or says why not.
+///
+/// The bid is unsigned; the node signs it with its identity.
+pub fn quote(
+    cfb: &CallForBids,
+    state: &WorkerState,
+    cost: &CostModel,
+    now: UnixMillis,
+) -> Result<Bid, DeclineReason> {
+    if let Some(reason) = &state.gate_closed {
+        return Err(DeclineReason::Gate {
+            reason: reason.clone(),
+        });
+    }
+    if state.queue.queued >= state.queue.slots {
+        return Err(DeclineReason::QueueFull {
+            queued: state.queue.queued,
+            slots: state.queue.slots,
+        });
+    }
+    if cfb.model_bytes > state.limits.max_model_bytes {
+        return Err(DeclineReason::ModelTooLarge {
+            bytes: cfb.model_bytes,
+            limit: state.limits.max_model_bytes,
+        });
+    }
+    if cfb.input_elements > state.limits.max_input_elements {
+        return Err(DeclineReason::InputTooLarge {
+            elements: cfb.input_elements,
+            limit: state.limits.max_input_elements,
+        });
+    }
+    if let Err(e) = cost.validate() {
+        return Err(DeclineReason::Other {
+            message: format!("worker misconfigured: {e}"),
+        });
+    }
+    let quotes = path_quotes(cfb, state, cost);
+    if quotes.is_empty() {
+        return Err(DeclineReason::Other {
+            message: "no benchmarked execution path".into(),
+        });
+    }
+    let within_limit: Vec<&PathQuote> = quotes
+        .iter()
+        .filter(|q| q.run_ms <= state.limits.max_run_ms)
+        .collect();
+    if within_limit.is_empty() {
+        let fastest = quotes.iter().map(|q| q.run_ms).min().unwrap_or(u64::MAX);
+        return Err(DeclineReason::Other {
+            message: format!(
+                "run would take {fastest} ms, over the limit of {} ms",
+                state.limits.max_run_ms
+            ),
+        });
+    }
+    // The award comes at the earliest when the bid window closes, or now if that has passed.
+    let start = now.max(cfb.bid_deadline.min(cfb.deadline));
+    let in_time: Vec<&PathQuote> = within_limit
+        .iter()
+        .copied()
+        .filter(|q| start.saturating_add(q.latency_ms) < cfb.deadline)
+        .collect();
+    if in_time.is_empty() {
+        let needs_ms = within_limit
+            .iter()
+            .map(|q| q.latency_ms)
+            .min()
+            .unwrap_or(u64::MAX);
+        return Err(DeclineReason::DeadlineTooSoon { needs_ms });
+    }
+    let Some(best) = in_time
+        .iter()
+        .min_by_key(|q| (q.price_stroops, q.latency_ms, q.path))
+    else {
+        return Err(DeclineReason::Other {
+            message: "no usable execution path".into(),
+        });
+    };
+    if best.price_stroops > cfb.max_price_stroops {
+        return Err(DeclineReason::PriceTooLow {
+            min_price_stroops: best.price_stroops,
+        });
+    }
+    Ok(Bid {
+        task_id: cfb.task_id,
+        worker: state.node,
+        price_stroops: best.price_stroops,
+        est_latency_ms: u32::try_from(best.latency_ms).unwrap_or(u32::MAX),
+        est_energy_mj: best.energy_mj,
+        path: best.path,
+        model_cached: state.cached_models.contains(&cfb.model),
+        queue_len: state.queue.queued,
+        valid_until: now.saturating_add(cost.bid_validity_ms).min(cfb.deadline),
+        payout: state.payout.clone(),
+    })
+}
+
+/// Checks that an award (already verified by the driver) matches the bid this worker made:
+/// same task and worker, a price not below the bid, and the bid still valid.
+pub fn check_award(bid: &Bid, award: &Award, now: UnixMillis) -> Result<(), DeclineReason> {
+    let matches = award.task_id == bid.task_id
+        && award.worker == bid.worker
+        && award.price_stroops >= bid.price_stroops
+        && now < bid.valid_until;
+    if matches {
+        Ok(())
+    } else {
+        Err(DeclineReason::NotBidFor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crank_protocol::{ContentHash, TaskId};
+
+    const PAYOUT: &str = "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7";
+
+    fn cfb() -> CallForBids {
+        CallForBids {
+            task_id: TaskId([1; 32]),
+            requester: NodeId([2; 32]),
+            model: ModelId([3; 32]),
+            model_bytes: 100_000,
+            input_hash: ContentHash([4; 32]),
+            input_elements: 64,
+            max_price_stroops: 1_000_000,
+            bid_deadline: 1_500,
+            deadline: 60_000,
+            issued_at: 1_000,
+        }
+    }
+
+    fn state() -> WorkerState {
+        WorkerState {
+            node: NodeId([9; 32]),
+            gate_closed: None,
+            on_battery: false,
+            queue: QueueState {
+                queued: 0,
+                slots: 4,
+                est_wait_ms: 0,
+            },
+            cached_models: [ModelId([3; 32])].into(),
+            bench: vec![
+                PathBench {
+                    path: ExecPath::Cpu,
+                    inferences_per_sec: 1000.0,
+                    microjoules_per_inference: 20_000,
+                },
+                PathBench {
+                    path: ExecPath::Gpu,
+                    inferences_per_sec: 10_000.0,
+                    microjoules_per_inference: 5_000,
+                },
+            ],
+            measured: BTreeMap::new(),
+            limits: WorkerLimits::default(),
+            payout: PAYOUT.into(),
+        }
+    }
+
+    #[test]
+    fn quote_follows_the_documented_formula() {
+        let cost = CostModel::default();
+        let bid = quote(&cfb(), &state(), &cost, 1_000).unwrap();
+        // GPU: run 0.1 ms, 5,000 µJ. Cost = 100 + 5e3/3.6e12·1e7 + 0.0001·1000 + 0 = 100.1139.
+        // Price = ⌈100.1139 · 1 · 1.1⌉ = 111. CPU: 100 + 0.0556 + 1 = 101.06 → 112.
+        assert_eq!(bid.path, ExecPath::Gpu);
+        assert_eq!(bid.price_stroops, 111);
+        assert_eq!(bid.est_latency_ms, 21);
+        assert_eq!(bid.est_energy_mj, 5);
+        assert!(bid.model_cached);
+        assert_eq!(bid.valid_until, 31_000);
+        assert_eq!(bid.payout, PAYOUT);
+    }
+
+    #[test]
+    fn costs_raise_the_price() {
+        let cost = CostModel::default();
+        let base = quote(&cfb(), &state(), &cost, 1_000).unwrap().price_stroops;
+        let mut busy = state();
+        busy.queue.queued = 3;
+        assert!(quote(&cfb(), &busy, &cost, 1_000).unwrap().price_stroops > base);
+        let mut uncached = state();
+        uncached.cached_models.clear();
+        let mut big = cfb();
+        big.model_bytes = 50 * 1024 * 1024;
+        let b = quote(&big, &uncached, &cost, 1_000).unwrap();
+        assert!(!b.model_cached);
+        assert!(b.est_latency_ms >= 5_000, "fetch time counts: {b:?}");
+        let mut battery = state();
+        battery.on_battery = true;
+        let mut heavy = cfb();
+        heavy.input_elements = 64 * 50_000;
+        let on_mains = quote(&heavy, &state(), &cost, 1_000).unwrap().price_stroops;
+        let on_batt = quote(&heavy, &battery, &cost, 1_000).unwrap().price_stroops;
+        assert!(on_batt > on_mains, "{on_batt} vs {on_mains}");
+    }
+
+    #[test]
+    fn measured_runs_replace_the_benchmark_estimate() {
+        let cost = CostModel::default();
+        let mut s = state();
+        s.bench.truncate(1);
+        s.measured.insert(
+            (ModelId([3; 32]), ExecPath::Cpu),
+            MeasuredRun {
+                input_elements: 32,
+                run_micros: 500_000,
+                microjoules: 1_000_000,
+            },
+        );
+        let bid = quote(&cfb(), &s, &cost, 1_000).unwrap();
+        // 64 elements: twice the measured run.
+        assert_eq!(bid.est_latency_ms, 1_020);
+        assert_eq!(bid.est_energy_mj, 2_000);
+    }
+
+    #[test]
+    fn declines_say_why() {
+        let cost = CostModel::default();
+        let mut s = state();
+        s.gate_closed = Some(GateReason::OnBattery { percent: Some(30) });
+        assert_eq!(
+            quote(&cfb(), &s, &cost, 1_000).unwrap_err().category(),
+            "on battery"
+        );
+        let mut s = state();
+        s.queue.queued = 4;
+        assert!(matches!(
+            quote(&cfb(), &s, &cost, 1_000),
+            Err(DeclineReason::QueueFull {
+                queued: 4,
+                slots: 4
+            })
+        ));
+        let mut c = cfb();
+        c.model_bytes = u64::MAX;
+        assert!(matches!(
+            quote(&c, &state(), &cost, 1_000),
+            Err(DeclineReason::ModelTooLarge { .. })
+        ));
+        let mut c = cfb();
+        c.input_elements = u64::MAX;
+        assert!(matches!(
+            quote(&c, &state(), &cost, 1_000),
+            Err(DeclineReason::InputTooLarge { .. })
+        ));
+        let mut c = cfb();
+        c.max_price_stroops = 50;
+        assert_eq!(
+            quote(&c, &state(), &cost, 1_000),
+            Err(DeclineReason::PriceTooLow {
+                min_price_stroops: 111
+            })
+        );
+        let mut c = cfb();
+        c.deadline = 1_510;
+        assert!(matches!(
+            quote(&c, &state(), &cost, 1_000),
+            Err(DeclineReason::DeadlineTooSoon { needs_ms: 21 })
+        ));
+        let mut s = state();
+        s.bench.clear();
+        assert!(matches!(
+            quote(&cfb(), &s, &cost, 1_000),
+            Err(DeclineReason::Other { .. })
+        ));
+        let mut s = state();
+        s.limits.max_run_ms = 0;
+        let mut c = cfb();
+        c.input_elements = 64 * 1000;
+        assert!(matches!(
+            quote(&c, &s, &cost, 1_000),
+            Err(DeclineReason::Other { .. })
+        ));
+        let bad = CostModel {
+            fetch_bytes_per_sec: 0,
+            ..CostModel::default()
+        };
+        assert!(matches!(
+            quote(&cfb(), &state(), &bad, 1_000),
+            Err(DeclineReason::Other { .. })
+        ));
+    }
+
+    #[test]
+    fn the_cheaper_path_wins_unless_only_the_faster_one_is_in_time() {
+        let cost = CostModel::default();
+        let mut s = state();
+        // A power-hungry GPU: ten times faster than the CPU but far dearer in energy.
+        s.bench[1].microjoules_per_inference = 100_000_000;
+        let mut c = cfb();
+        c.input_elements = 64 * 1_000; // CPU 1 s, GPU 0.1 s
+        let relaxed = quote(&c, &s, &cost, 1_000).unwrap();
+        assert_eq!(relaxed.path, ExecPath::Cpu);
+        c.deadline = 2_000; // the award comes at 1,500 at the earliest
+        let tight = quote(&c, &s, &cost, 1_000).unwrap();
+        assert_eq!(tight.path, ExecPath::Gpu);
+        assert!(tight.price_stroops > relaxed.price_stroops);
+    }
+
+    #[test]
+    fn awards_must_match_the_bid() {
+        let bid = quote(&cfb(), &state(), &CostModel::default(), 1_000).unwrap();
+        let award = Award {
+            task_id: bid.task_id,
+            requester: NodeId([2; 32]),
+            worker: bid.worker,
+            price_stroops: bid.price_stroops + 5,
+            model: ModelId([3; 32]),
+            model_bytes: 100_000,
+            inputs: Vec::new(),
+            input_hash: ContentHash([4; 32]),
+            deadline: 60_000,
+        };
+        assert!(check_award(&bid, &award, 2_000).is_ok());
+        let cheap = Award {
+            price_stroops: bid.price_stroops - 1,
+            ..award.clone()
+        };
+        assert_eq!(
+            check_award(&bid, &cheap, 2_000),
+            Err(DeclineReason::NotBidFor)
+        );
+        assert_eq!(
+            check_award(&bid, &award, bid.valid_until),
+            Err(DeclineReason::NotBidFor)
+        );
+    }
+}

@@ -1,0 +1,393 @@
+//! Trust, first version: what this node saw each peer do with the tasks it awarded them.
+//!
+//! Per peer, the book counts tasks **completed** (a result with a receipt this node
+//! counter-signed), **failed** (the worker reported a failure another worker could avoid, or
+//! the model never arrived), **aborted** (the worker's power gate closed, it shut down, or it
+//! backed out of its own bid) and **timed out** (no acceptance or no result in time).
+//!
+//! The score is the mean of a Beta posterior on "this peer completes what it accepts":
+//!
+//! ```text
+//! trust = (completed + a) / (completed + failed + timed_out + abort_weight · aborted + a + b)
+//! ```
+//!
+//! with a prior of `a = 3` successes and `b = 1` failure ([`TrustPrior::default`]), so an
+//! unknown peer starts at 0.75: new nodes can win work (under equal price and trust weights they
+//! need only ask a quarter less than a flawless peer), yet one failure costs a newcomer more
+//! than it costs a peer with a long record. Aborts weigh half a failure: a gate that closes because
+//! the owner came back is honest behaviour, but it still cost the requester a re-award.
+//!
+//! Only this node's own observations count. The [`TrustSummary`] a peer publishes in its
+//! advert is its own claim and is never fed into the score.
+
+use std::collections::BTreeMap;
+
+use crank_protocol::{NodeId, TrustSummary, UnixMillis};
+use serde::{Deserialize, Serialize};
+
+/// How an awarded task ended, as far as the worker's trust is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskOutcome {
+    /// The result arrived and its receipt was counter-signed.
+    Completed,
+    /// The worker failed in a way another worker could avoid.
+    Failed,
+    /// The worker stopped: its gate closed, it shut down or it rejected the award.
+    Aborted,
+    /// The worker did not accept or did not deliver in time.
+    TimedOut,
+}
+
+/// Counts for one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TrustRecord {
+    /// Tasks completed with a counter-signed receipt.
+    pub completed: u64,
+    /// Tasks failed.
+    pub failed: u64,
+    /// Tasks aborted.
+    pub aborted: u64,
+    /// Tasks timed out.
+    pub timed_out: u64,
+    /// When the last outcome was recorded.
+    pub last_seen: UnixMillis,
+}
+
+impl TrustRecord {
+    /// Adds one outcome.
+    pub fn record(&mut self, outcome: TaskOutcome, now: UnixMillis) {
+        let n = match outcome {
+            TaskOutcome::Completed => &mut self.completed,
+            TaskOutcome::Failed => &mut self.failed,
+            TaskOutcome::Aborted => &mut self.aborted,
+            TaskOutcome::TimedOut => &mut self.timed_out,
+        };
+        *n = n.saturating_add(1);
+        self.last_seen = self.last_seen.max(now);
+    }
+
+    /// All outcomes recorded.
+    pub fn total(&self) -> u64 {
+        self.completed
+            .saturating_add(self.failed)
+            .saturating_add(self.aborted)
+            .saturating_add(self.timed_out)
+    }
+
+    /// The advert form: completed, and everything else as failed.
+    pub fn summary(&self) -> TrustSummary {
+        TrustSummary {
+            completed: self.completed,
+            failed: self
+                .failed
+                .saturating_add(self.aborted)
+                .saturating_add(self.timed_out),
+        }
+    }
+
+    /// The score of this record under `prior` (see the module docs), in `(0, 1]`.
+    #[allow(clippy::cast_precision_loss)] // counts far beyond 2^53 do not occur.
+    pub fn score(&self, prior: &TrustPrior) -> f64 {
+        let good = self.completed as f64 + prior.successes;
+        let bad = self.failed as f64
+            + self.timed_out as f64
+            + prior.abort_weight * self.aborted as f64
+            + prior.failures;
+        good / (good + bad)
+    }
+}
+
+/// The prior behind every score; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrustPrior {
+    /// Pseudo-successes every peer starts with (default 3).
+    pub successes: f64,
+    /// Pseudo-failures every peer starts with (default 1).
+    pub failures: f64,
+    /// What one abort counts as, in failures (default 0.5).
+    pub abort_weight: f64,
+}
+
+impl Default for TrustPrior {
+    fn default() -> Self {
+        Self {
+            successes: 3.0,
+            failures: 1.0,
+            abort_weight: 0.5,
+        }
+    }
+}
+
+/// Why a trust book cannot be built from the given settings or stored data.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TrustError {
+    /// A prior figure is negative or not finite, or the successes are not above zero.
+    #[error("trust prior needs finite successes > 0, failures ≥ 0, abort weight ≥ 0; got {0:?}")]
+    BadPrior(TrustPrior),
+    /// The capacity is zero.
+    #[error("trust book capacity must be at least 1")]
+    ZeroCapacity,
+    /// Stored data holds more peers than its capacity.
+    #[error("stored trust book holds {peers} peers, more than its capacity {capacity}")]
+    OverCapacity {
+        /// Peers stored.
+        peers: usize,
+        /// Capacity stored.
+        capacity: usize,
+    },
+}
+
+impl TrustPrior {
+    /// Checks the figures are usable.
+    pub fn validate(&self) -> Result<(), TrustError> {
+        let ok = self.successes.is_finite()
+            && self.successes > 0.0
+            && self.failures.is_finite()
+            && self.failures >= 0.0
+            && self.abort_weight.is_finite()
+            && self.abort_weight >= 0.0;
+        if ok {
+            Ok(())
+        } else {
+            Err(TrustError::BadPrior(*self))
+        }
+    }
+}
+
+/// Per-peer counts with a bounded number of peers; serde-serialisable for persistence.
+///
+/// When full, recording a new peer forgets the peer seen longest ago.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "TrustBookRepr")]
+pub struct TrustBook {
+    prior: TrustPrior,
+    capacity: usize,
+    peers: BTreeMap<NodeId, TrustRecord>,
+}
+
+#[derive(Deserialize)]
+struct TrustBookRepr {
+    prior: TrustPrior,
+    capacity: usize,
+    peers: BTreeMap<NodeId, TrustRecord>,
+}
+
+impl TryFrom<TrustBookRepr> for TrustBook {
+    type Error = TrustError;
+
+    fn try_from(r: TrustBookRepr) -> Result<Self, Self::Error> {
+        let mut book = TrustBook::new(r.prior, r.capacity)?;
+        if r.peers.len() > r.capacity {
+            return Err(TrustError::OverCapacity {
+                peers: r.peers.len(),
+                capacity: r.capacity,
+            });
+        }
+        book.peers = r.peers;
+        Ok(book)
+    }
+}
+
+/// Default number of peers a trust book remembers.
+pub const DEFAULT_TRUST_CAPACITY: usize = 100_000;
+
+impl Default for TrustBook {
+    fn default() -> Self {
+        Self {
+            prior: TrustPrior::default(),
+            capacity: DEFAULT_TRUST_CAPACITY,
+            peers: BTreeMap::new(),
+        }
+    }
+}
+
+impl TrustBook {
+    /// An empty book with the given prior, remembering at most `capacity` peers.
+    pub fn new(prior: TrustPrior, capacity: usize) -> Result<Self, TrustError> {
+        prior.validate()?;
+        if capacity == 0 {
+            return Err(TrustError::ZeroCapacity);
+        }
+        Ok(Self {
+            prior,
+            capacity,
+            peers: BTreeMap::new(),
+        })
+    }
+
+    /// The prior in use.
+    pub fn prior(&self) -> &TrustPrior {
+        &self.prior
+    }
+
+    /// Records one outcome for `peer`.
+    pub fn record(&mut self, peer: NodeId, outcome: TaskOutcome, now: UnixMillis) {
+        if !self.peers.contains_key(&peer) && self.peers.len() >= self.capacity {
+            let oldest = self
+                .peers
+                .iter()
+                .min_by_key(|(id, r)| (r.last_seen, **id))
+                .map(|(id, _)| *id);
+            if let Some(id) = oldest {
+                self.peers.remove(&id);
+            }
+        }
+        self.peers.entry(peer).or_default().record(outcome, now);
+    }
+
+    /// Restores a stored record (the node loads its book from disk record by record).
+    pub fn insert(&mut self, peer: NodeId, record: TrustRecord) {
+        if !self.peers.contains_key(&peer) && self.peers.len() >= self.capacity {
+            return;
+        }
+        self.peers.insert(peer, record);
+    }
+
+    /// The score of `peer` in `(0, 1]`; the prior mean for a peer never seen.
+    pub fn score(&self, peer: &NodeId) -> f64 {
+        self.peers
+            .get(peer)
+            .copied()
+            .unwrap_or_default()
+            .score(&self.prior)
+    }
+
+    /// The counts for `peer`, if any were recorded.
+    pub fn get(&self, peer: &NodeId) -> Option<&TrustRecord> {
+        self.peers.get(peer)
+    }
+
+    /// The advert form of `peer`'s counts (zeros for a peer never seen).
+    pub fn summary(&self, peer: &NodeId) -> TrustSummary {
+        self.peers
+            .get(peer)
+            .map(TrustRecord::summary)
+            .unwrap_or_default()
+    }
+
+    /// Every peer with its counts, in node-id order.
+    pub fn iter(&self) -> impl Iterator<Item = (&NodeId, &TrustRecord)> {
+        self.peers.iter()
+    }
+
+    /// Peers remembered.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether no peer is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn node(n: u8) -> NodeId {
+        NodeId([n; 32])
+    }
+
+    #[test]
+    fn unknown_peers_get_the_prior_mean() {
+        let book = TrustBook::default();
+        assert_eq!(book.score(&node(1)), 0.75);
+        assert_eq!(book.summary(&node(1)), TrustSummary::default());
+    }
+
+    #[test]
+    fn outcomes_move_the_score_as_documented() {
+        let mut book = TrustBook::default();
+        for t in 0..10 {
+            book.record(node(1), TaskOutcome::Completed, t);
+        }
+        assert!((book.score(&node(1)) - 13.0 / 14.0).abs() < 1e-12);
+        book.record(node(2), TaskOutcome::Failed, 1);
+        assert!((book.score(&node(2)) - 3.0 / 5.0).abs() < 1e-12);
+        book.record(node(3), TaskOutcome::Aborted, 1);
+        assert!((book.score(&node(3)) - 3.0 / 4.5).abs() < 1e-12);
+        // An abort hurts less than a failure, which hurts as much as a time-out.
+        book.record(node(4), TaskOutcome::TimedOut, 1);
+        assert_eq!(book.score(&node(4)), book.score(&node(2)));
+        assert!(book.score(&node(3)) > book.score(&node(2)));
+        assert_eq!(
+            book.summary(&node(3)),
+            TrustSummary {
+                completed: 0,
+                failed: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_full_book_forgets_the_peer_seen_longest_ago() {
+        let mut book = TrustBook::new(TrustPrior::default(), 2).unwrap();
+        book.record(node(1), TaskOutcome::Failed, 10);
+        book.record(node(2), TaskOutcome::Failed, 20);
+        book.record(node(1), TaskOutcome::Completed, 30);
+        book.record(node(3), TaskOutcome::Completed, 40);
+        assert_eq!(book.len(), 2);
+        assert!(book.get(&node(2)).is_none());
+        assert_eq!(book.get(&node(1)).unwrap().total(), 2);
+    }
+
+    #[test]
+    fn bad_settings_are_errors() {
+        let bad = TrustPrior {
+            successes: 0.0,
+            ..TrustPrior::default()
+        };
+        assert!(matches!(
+            TrustBook::new(bad, 10),
+            Err(TrustError::BadPrior(_))
+        ));
+        assert_eq!(
+            TrustBook::new(TrustPrior::default(), 0),
+            Err(TrustError::ZeroCapacity)
+        );
+        let json = r#"{"prior":{"successes":3.0,"failures":-1.0,"abort_weight":0.5},"capacity":5,"peers":{}}"#;
+        assert!(serde_json::from_str::<TrustBook>(json).is_err());
+    }
+
+    #[test]
+    fn book_round_trips_through_json_and_postcard() {
+        let mut book = TrustBook::default();
+        book.record(node(7), TaskOutcome::Completed, 5);
+        book.record(node(8), TaskOutcome::TimedOut, 6);
+        let json = serde_json::to_string(&book).unwrap();
+        assert_eq!(serde_json::from_str::<TrustBook>(&json).unwrap(), book);
+        let bin = postcard::to_allocvec(&book).unwrap();
+        assert_eq!(postcard::from_bytes::<TrustBook>(&bin).unwrap(), book);
+    }
+
+    proptest! {
+        #[test]
+        fn scores_stay_in_unit_interval_and_respond_to_outcomes(
+            outcomes in proptest::collection::vec(0u8..4, 0..200),
+        ) {
+            let mut book = TrustBook::default();
+            let peer = node(9);
+            for (t, o) in outcomes.iter().enumerate() {
+                let before = book.score(&peer);
+                let outcome = match o {
+                    0 => TaskOutcome::Completed,
+                    1 => TaskOutcome::Failed,
+                    2 => TaskOutcome::Aborted,
+                    _ => TaskOutcome::TimedOut,
+                };
+                book.record(peer, outcome, t as u64);
+                let after = book.score(&peer);
+                prop_assert!(after > 0.0 && after <= 1.0);
+                if outcome == TaskOutcome::Completed {
+                    prop_assert!(after >= before);
+                } else {
+                    prop_assert!(after <= before);
+                }
+            }
+        }
+    }
+}
