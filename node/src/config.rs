@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crank_inference::EngineConfig;
+use crank_inference::device::DeviceConfig;
+use crank_scheduler::{AuctionConfig, CostModel, TrustPrior};
+
 use crate::network::NetworkConfig;
 
 /// Why the configuration could not be loaded.
@@ -74,7 +78,7 @@ impl Default for AdvertConfig {
 }
 
 /// Defaults for tasks this node submits (`[requester]`); the CLI can override each.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RequesterConfig {
     /// Highest price to pay per task, stroops (1 XLM = 10,000,000 stroops).
@@ -83,15 +87,42 @@ pub struct RequesterConfig {
     pub deadline_ms: u64,
     /// How long to collect bids, milliseconds.
     pub bid_window_ms: u64,
-    /// Candidates asked to bid per task.
-    pub candidates: usize,
     /// How long `submit` waits to discover capable peers, milliseconds.
     pub discovery_ms: u64,
+    /// The auction: peers asked per round, award and result timeouts, payment rule.
+    pub auction: AuctionConfig,
+    /// Prior of the trust score given to peers we have no record of.
+    pub trust_prior: TrustPrior,
 }
 
 impl Default for RequesterConfig {
     fn default() -> Self {
-        Self { max_price_stroops: 100_000, deadline_ms: 60_000, bid_window_ms: 500, candidates: 5, discovery_ms: 10_000 }
+        Self {
+            max_price_stroops: 100_000,
+            deadline_ms: 60_000,
+            bid_window_ms: 500,
+            discovery_ms: 10_000,
+            auction: AuctionConfig::default(),
+            trust_prior: TrustPrior::default(),
+        }
+    }
+}
+
+/// Working for others (`[worker]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Take tasks at all (a node can be a requester only).
+    pub enabled: bool,
+    /// Length of the self-benchmark at start, milliseconds (0 skips it).
+    pub benchmark_ms: u64,
+    /// How the node prices its work: tariff, battery wear, margin, per-task and per-second prices.
+    pub cost: CostModel,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self { enabled: true, benchmark_ms: 500, cost: CostModel::default() }
     }
 }
 
@@ -109,6 +140,12 @@ pub struct Config {
     pub advert: AdvertConfig,
     /// Defaults for submitted tasks.
     pub requester: RequesterConfig,
+    /// Working for others.
+    pub worker: WorkerConfig,
+    /// The inference engine: workers, queue, limits, plan cache.
+    pub engine: EngineConfig,
+    /// The device: power gate policy and thresholds, sysfs roots, energy figures.
+    pub device: DeviceConfig,
 }
 
 impl Default for Config {
@@ -119,6 +156,9 @@ impl Default for Config {
             api: ApiConfig::default(),
             advert: AdvertConfig::default(),
             requester: RequesterConfig::default(),
+            worker: WorkerConfig::default(),
+            engine: EngineConfig::default(),
+            device: DeviceConfig::default(),
         }
     }
 }
@@ -249,5 +289,8 @@ mod tests {
         assert_eq!(c.api, d.api);
         assert_eq!(c.advert, d.advert);
         assert_eq!(c.requester, d.requester);
+        assert_eq!(c.worker, d.worker);
+        assert_eq!(c.engine, d.engine);
+        assert_eq!(c.device, d.device);
     }
 }

@@ -1,0 +1,664 @@
+//! The node runtime: starts every part, routes network events to the worker and requester
+//! sides, keeps the advert fresh, and stops cleanly.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crank_inference::device::{self, EnergyMeter, GateMonitor, GateSnapshot};
+use crank_inference::{Engine, Job, ModelStore};
+use crank_payments::Ledger;
+use crank_protocol::adverts::AdvertTable;
+use crank_protocol::validate::Limits;
+use crank_protocol::{
+    Bid, Capacity, CapabilityAdvert, ErrorCode, ExecPath, GateInfo, GateReason, Hardware, ModelId, NamedTensor,
+    NodeId, PathBench, Pricing, Request, Response, Signed, TaskId, Tensor, TrustSummary,
+};
+use crank_scheduler::{MeasuredRun, TrustBook};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::network::{self, Client, NetworkEvent, Responder};
+use crate::{clock, identity, requester, worker};
+
+/// The reference model every node carries: the digits MLP, used for the self-benchmark.
+pub const REFERENCE_MODEL: &[u8] = include_bytes!("../../models/digits-mlp.onnx");
+
+/// Meta key under which the trust book is persisted in the ledger.
+const TRUST_KEY: &str = "trust-book";
+/// Meta key under which the advert sequence number is persisted.
+const ADVERT_SEQ_KEY: &str = "advert-seq";
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data dir could not be created.
+    #[error("cannot create the data dir {path}: {source}")]
+    DataDir {
+        /// The dir.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The node key could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// The payout wallet could not be loaded.
+    #[error("payout wallet: {0}")]
+    Wallet(String),
+    /// The model store could not be opened.
+    #[error("model store: {0}")]
+    Store(String),
+    /// The ledger could not be opened.
+    #[error("ledger: {0} (is another crank-node running with this data dir?)")]
+    Ledger(String),
+    /// The inference engine could not start.
+    #[error("inference engine: {0}")]
+    Engine(String),
+    /// The power gate could not start.
+    #[error("power gate: {0}")]
+    Gate(String),
+    /// The network could not start.
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
+}
+
+/// Locks a mutex, recovering the data if a thread panicked while holding it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A bid this node made, remembered until its award arrives.
+#[derive(Debug, Clone)]
+pub(crate) struct BidRecord {
+    pub requester: NodeId,
+    pub bid: Bid,
+}
+
+/// Bids made, bounded: the oldest are forgotten first.
+#[derive(Debug, Default)]
+pub(crate) struct BidBook {
+    order: VecDeque<TaskId>,
+    by_task: HashMap<TaskId, BidRecord>,
+}
+
+impl BidBook {
+    const CAPACITY: usize = 4096;
+
+    pub fn insert(&mut self, task: TaskId, record: BidRecord) {
+        if self.by_task.insert(task, record).is_none() {
+            self.order.push_back(task);
+        }
+        while self.order.len() > Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.by_task.remove(&old);
+            }
+        }
+    }
+
+    pub fn get(&self, task: &TaskId) -> Option<&BidRecord> {
+        self.by_task.get(task)
+    }
+}
+
+/// State shared by every part of a running node.
+pub(crate) struct Shared {
+    pub identity: crank_protocol::Identity,
+    pub node_id: NodeId,
+    pub config: Config,
+    pub client: Client,
+    pub store: Arc<ModelStore>,
+    pub engine: Engine,
+    pub ledger: Arc<Ledger>,
+    pub metrics: Metrics,
+    pub meter: EnergyMeter,
+    pub gate: watch::Receiver<GateSnapshot>,
+    pub monitor: GateMonitor,
+    pub adverts: Mutex<AdvertTable>,
+    pub trust: Mutex<TrustBook>,
+    pub payout: String,
+    pub hardware: Hardware,
+    pub bench: Vec<PathBench>,
+    pub advert_seq: AtomicU64,
+    pub advert_changed: Notify,
+    pub current_advert: Mutex<Option<Signed<CapabilityAdvert>>>,
+    pub bids: Mutex<BidBook>,
+    pub running: Mutex<HashMap<TaskId, worker::Running>>,
+    pub pending: Mutex<HashMap<TaskId, mpsc::Sender<requester::WorkerReport>>>,
+    pub measured: Mutex<BTreeMap<(ModelId, ExecPath), MeasuredRun>>,
+    pub listen_addrs: Mutex<Vec<String>>,
+    pub worker_failures: AtomicU64,
+    pub limits: Limits,
+    pub started: Instant,
+    pub role: network::Role,
+    /// Bounds concurrent inbound request handlers; more are answered "busy".
+    pub inbound: Arc<Semaphore>,
+}
+
+impl Shared {
+    pub fn gate_snapshot(&self) -> GateSnapshot {
+        self.gate.borrow().clone()
+    }
+
+    /// Why this node will not take work now (None when it will).
+    pub fn gate_closed(&self) -> Option<GateReason> {
+        if !self.config.worker.enabled || self.role.bootstrap {
+            return Some(GateReason::Paused);
+        }
+        self.gate_snapshot().state.reason().cloned()
+    }
+
+    /// Persists the trust book (small; written after each change).
+    pub fn save_trust(&self) {
+        let bytes = match serde_json::to_vec(&*lock(&self.trust)) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "cannot encode the trust book");
+                return;
+            }
+        };
+        if let Err(e) = self.ledger.put_meta(TRUST_KEY, &bytes) {
+            warn!(error = %e, "cannot persist the trust book");
+        }
+    }
+
+    /// What this node did as a worker: counter-signed receipts and failures.
+    fn own_record(&self) -> TrustSummary {
+        let completed = self.ledger.balances().map(|b| b.total.receipts_as_worker).unwrap_or(0);
+        TrustSummary { completed, failed: self.worker_failures.load(Ordering::Relaxed) }
+    }
+
+    /// Builds and signs the current advert, with a fresh sequence number.
+    pub fn build_advert(&self) -> Result<Signed<CapabilityAdvert>, crank_protocol::SignatureError> {
+        let now = clock::now_ms();
+        let snapshot = self.gate_snapshot();
+        let queue = self.engine.queue();
+        let (power, mut gate) = device::summarize(&snapshot, &self.meter, self.hardware.cores);
+        if let Some(reason) = self.gate_closed() {
+            gate = GateInfo { policy: gate.policy, open: false, reason: Some(reason) };
+        }
+        let seq = self.advert_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        // Persist the sequence number so a restart never reuses one (peers would call it stale).
+        if let Err(e) = self.ledger.put_meta(ADVERT_SEQ_KEY, &seq.to_be_bytes()) {
+            warn!(error = %e, "cannot persist the advert sequence number");
+        }
+        let cost = &self.config.worker.cost;
+        let body = CapabilityAdvert {
+            node: self.node_id,
+            seq,
+            issued_at: now,
+            expires_at: now + self.config.advert.ttl_secs.max(1) * 1000,
+            agent: format!("crank-node/{}", env!("CARGO_PKG_VERSION")),
+            hardware: self.hardware.clone(),
+            power,
+            gate,
+            models: self.store.list().into_iter().take(self.limits.max_advert_models).collect(),
+            pricing: Pricing { per_task_stroops: cost.per_task_stroops, per_second_stroops: cost.per_second_stroops },
+            payout: self.payout.clone(),
+            trust: self.own_record(),
+            bench: self.bench.clone(),
+            capacity: Capacity {
+                workers: u16::try_from(queue.workers).unwrap_or(u16::MAX),
+                queue_slots: u16::try_from(queue.slots).unwrap_or(u16::MAX),
+                queued: u16::try_from(queue.queued + queue.running).unwrap_or(u16::MAX),
+            },
+        };
+        let signed = Signed::sign(body, &self.identity)?;
+        *lock(&self.current_advert) = Some(signed.clone());
+        Ok(signed)
+    }
+
+    /// The advert to hand out: the current one if still fresh, else a new one.
+    pub fn advert(&self) -> Option<Signed<CapabilityAdvert>> {
+        let now = clock::now_ms();
+        if let Some(a) = lock(&self.current_advert).as_ref() {
+            if a.body.expires_at > now + 5_000 {
+                return Some(a.clone());
+            }
+        }
+        self.build_advert().ok()
+    }
+
+    /// Stores an advert in the table (already verified and validated by the network).
+    pub fn accept_advert(&self, advert: Signed<CapabilityAdvert>) {
+        if advert.body.node == self.node_id {
+            return;
+        }
+        let node = advert.body.node;
+        match lock(&self.adverts).insert(advert, clock::now_ms()) {
+            Ok(_) => debug!(peer = %node.short(), "advert stored"),
+            Err(e) => debug!(peer = %node.short(), reason = %e, "advert not stored"),
+        }
+    }
+
+    /// Adds a model to the store and announces it.
+    pub async fn add_model(&self, bytes: &[u8]) -> Result<ModelId, crank_inference::StoreError> {
+        let had = self.store.list().len();
+        let id = self.store.put(bytes)?;
+        if self.store.list().len() != had {
+            if let Err(e) = self.client.provide(id.provider_key()).await {
+                warn!(error = %e, "cannot announce the model");
+            }
+            self.advert_changed.notify_one();
+        }
+        Ok(id)
+    }
+}
+
+/// A running node.
+pub struct Node {
+    pub(crate) shared: Arc<Shared>,
+    tasks: JoinSet<()>,
+    stop: watch::Sender<bool>,
+}
+
+/// A cheap handle for talking to a running node in-process (tests, the simulator, the CLI).
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeHandle({})", self.shared.node_id.short())
+    }
+}
+
+impl Node {
+    /// Starts a node: keys, stores, engine, gate, network, and the background loops.
+    pub async fn start(config: Config, role: network::Role) -> Result<Node, StartError> {
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir { path: data_dir.clone(), source })?;
+        let (identity, new_key) = identity::load_or_create(&data_dir)?;
+        let node_id = identity.node_id();
+        if new_key {
+            info!(node = %node_id, "created a new node key");
+        }
+        let wallet = crank_payments::Wallet::load_or_create(&data_dir.join(crate::PAYOUT_KEY_FILE))
+            .map_err(|e| StartError::Wallet(e.to_string()))?;
+        let payout = wallet.address();
+
+        let store = Arc::new(
+            ModelStore::open(&data_dir.join("models"), config.engine.max_model_bytes)
+                .map_err(|e| StartError::Store(e.to_string()))?,
+        );
+        let ledger =
+            Arc::new(Ledger::open(&data_dir.join("ledger.redb")).map_err(|e| StartError::Ledger(e.to_string()))?);
+        let engine = Engine::new(config.engine.clone(), store.clone()).map_err(|e| StartError::Engine(e.to_string()))?;
+        let monitor = GateMonitor::start(config.device.clone()).await.map_err(|e| StartError::Gate(e.to_string()))?;
+        let gate = monitor.subscribe();
+        let meter = EnergyMeter::new(&config.device);
+        let hardware = device::probe_hardware(Vec::new());
+
+        let trust = match ledger.get_meta(TRUST_KEY) {
+            Ok(Some(bytes)) => serde_json::from_slice::<TrustBook>(&bytes).unwrap_or_else(|e| {
+                warn!(error = %e, "stored trust book unreadable; starting afresh");
+                TrustBook::new(config.requester.trust_prior, 4096).unwrap_or_default()
+            }),
+            _ => TrustBook::new(config.requester.trust_prior, 4096).unwrap_or_default(),
+        };
+        let advert_seq = match ledger.get_meta(ADVERT_SEQ_KEY) {
+            Ok(Some(b)) => b.try_into().map(u64::from_be_bytes).unwrap_or(0),
+            _ => 0,
+        }
+        // A restart also moves past any sequence number handed out but not yet persisted.
+        .max(clock::now_ms());
+
+        // The reference model: every node holds it, and it is what the self-benchmark runs.
+        let reference = store.put(REFERENCE_MODEL).map_err(|e| StartError::Store(e.to_string()))?;
+        let bench = if role.bootstrap || !config.worker.enabled {
+            Vec::new()
+        } else {
+            self_benchmark(&engine, &meter, reference, &config).await
+        };
+
+        let metrics = Metrics::new();
+        let (client, events, event_loop) = network::new(&identity, &config.network, role.clone(), metrics.clone())?;
+        let limits = Limits::default();
+        let shared = Arc::new(Shared {
+            identity,
+            node_id,
+            client,
+            store,
+            engine,
+            ledger,
+            metrics,
+            meter,
+            gate,
+            monitor,
+            adverts: Mutex::new(AdvertTable::new(4096, limits)),
+            trust: Mutex::new(trust),
+            payout,
+            hardware,
+            bench,
+            advert_seq: AtomicU64::new(advert_seq),
+            advert_changed: Notify::new(),
+            current_advert: Mutex::new(None),
+            bids: Mutex::new(BidBook::default()),
+            running: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            measured: Mutex::new(BTreeMap::new()),
+            listen_addrs: Mutex::new(Vec::new()),
+            worker_failures: AtomicU64::new(0),
+            limits,
+            started: Instant::now(),
+            role,
+            inbound: Arc::new(Semaphore::new(512)),
+            config,
+        });
+
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut rx = stop_rx.clone();
+        tasks.spawn(event_loop.run(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }));
+        tasks.spawn(dispatch(shared.clone(), events, stop_rx.clone()));
+        tasks.spawn(advert_loop(shared.clone(), stop_rx.clone()));
+        tasks.spawn(gate_loop(shared.clone(), stop_rx));
+        for id in shared.store.list() {
+            if let Err(e) = shared.client.provide(id.provider_key()).await {
+                warn!(error = %e, "cannot announce a model");
+            }
+        }
+        info!(node = %node_id, peer = %network::peer_id_string(&node_id), payout = %shared.payout, "node started");
+        Ok(Node { shared, tasks, stop })
+    }
+
+    /// A handle for in-process use.
+    pub fn handle(&self) -> NodeHandle {
+        NodeHandle { shared: self.shared.clone() }
+    }
+
+    /// Stops the background loops, aborts running tasks and waits for them.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for (_, running) in lock(&self.shared.running).drain() {
+            running.cancel.cancel();
+        }
+        self.shared.engine.shutdown();
+        let deadline = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                next = self.tasks.join_next() => if next.is_none() { break },
+                _ = &mut deadline => { self.tasks.abort_all(); break }
+            }
+        }
+        self.shared.save_trust();
+        info!(node = %self.shared.node_id, "node stopped");
+    }
+}
+
+/// Runs the reference model for about half a second to measure speed and energy per inference.
+async fn self_benchmark(engine: &Engine, meter: &EnergyMeter, model: ModelId, config: &Config) -> Vec<PathBench> {
+    if config.worker.benchmark_ms == 0 {
+        return Vec::new();
+    }
+    let input = vec![NamedTensor { name: "X".into(), tensor: Tensor::f32(vec![1, 64], vec![0.5; 64]).unwrap_or_else(|_| Tensor { shape: vec![0], data: crank_protocol::TensorData::F32(vec![]) }) }];
+    let engine = engine.clone();
+    let meter = meter.clone();
+    let min = Duration::from_millis(config.worker.benchmark_ms);
+    let result = tokio::task::spawn_blocking(move || {
+        device::measure(&meter, 10_000, min, || {
+            let job = Job::new(model, input.clone(), Duration::from_secs(10));
+            engine.submit(job).and_then(crank_inference::JobHandle::wait).map(|_| ())
+        })
+    })
+    .await;
+    match result {
+        Ok(Ok(figures)) => {
+            info!(
+                inferences_per_sec = figures.inferences_per_sec,
+                microjoules = figures.microjoules_per_inference,
+                method = %figures.method,
+                "self-benchmark on the reference model"
+            );
+            vec![figures.to_path_bench(ExecPath::Cpu)]
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "self-benchmark failed");
+            Vec::new()
+        }
+        Err(e) => {
+            warn!(error = %e, "self-benchmark did not finish");
+            Vec::new()
+        }
+    }
+}
+
+async fn dispatch(shared: Arc<Shared>, mut events: mpsc::Receiver<NetworkEvent>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => match e { Some(e) => e, None => break },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        match event {
+            NetworkEvent::Listening { addr } => lock(&shared.listen_addrs).push(addr),
+            NetworkEvent::PeerConnected { node } => debug!(peer = %node.short(), "peer connected"),
+            NetworkEvent::PeerDisconnected { node } => {
+                debug!(peer = %node.short(), "peer disconnected");
+            }
+            NetworkEvent::PeerIdentified { node, speaks_crank } => {
+                if speaks_crank {
+                    tokio::spawn(fetch_advert(shared.clone(), node));
+                }
+            }
+            NetworkEvent::Advert(advert) => shared.accept_advert(*advert),
+            NetworkEvent::InboundRequest { peer, request, responder } => {
+                match shared.inbound.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let shared = shared.clone();
+                        tokio::spawn(async move {
+                            handle_request(&shared, peer, request, responder).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => responder.send(Response::error(ErrorCode::Busy, "too many requests in flight; try later")),
+                }
+            }
+        }
+    }
+}
+
+/// Asks a newly identified peer for its advert, so we need not wait for the next gossip round.
+async fn fetch_advert(shared: Arc<Shared>, node: NodeId) {
+    match shared.client.request(&node, Request::GetAdvert).await {
+        Ok(Response::Advert(advert)) => match crank_protocol::validate::advert(&advert, clock::now_ms(), &shared.limits) {
+            Ok(body) if body.node == node => shared.accept_advert(*advert),
+            Ok(_) => {
+                warn!(peer = %node.short(), "peer sent someone else's advert");
+                shared.client.penalize(&node, "sent someone else's advert").await;
+            }
+            Err(e) => {
+                warn!(peer = %node.short(), error = %e, "peer sent an invalid advert");
+                shared.client.penalize(&node, e.to_string()).await;
+            }
+        },
+        Ok(other) => debug!(peer = %node.short(), kind = other.kind(), "no advert from peer"),
+        Err(e) => debug!(peer = %node.short(), error = %e, "advert request failed"),
+    }
+}
+
+async fn handle_request(shared: &Arc<Shared>, peer: NodeId, request: Request, responder: Responder) {
+    match request {
+        Request::CallForBids(cfb) => responder.send(worker::on_call_for_bids(shared, &peer, &cfb)),
+        Request::Award(award) => worker::on_award(shared, peer, award, responder).await,
+        Request::Cancel(cancel) => responder.send(worker::on_cancel(shared, &peer, &cancel)),
+        Request::FetchModel(fetch) => responder.send(worker::on_fetch_model(shared, &fetch)),
+        Request::Result(result) => requester::on_result(shared, peer, result, responder).await,
+        Request::Failure(failure) => requester::on_failure(shared, peer, failure, responder).await,
+        Request::GetAdvert => match shared.advert() {
+            Some(a) => responder.send(Response::Advert(Box::new(a))),
+            None => responder.send(Response::error(ErrorCode::Internal, "cannot sign an advert")),
+        },
+    }
+}
+
+async fn advert_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let interval = Duration::from_secs(shared.config.advert.interval_secs.max(1));
+    loop {
+        match shared.build_advert() {
+            Ok(advert) => {
+                if let Err(e) = shared.client.publish_advert(advert).await {
+                    debug!(error = %e, "advert not published");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot sign the advert"),
+        }
+        lock(&shared.adverts).prune(clock::now_ms());
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shared.advert_changed.notified() => {
+                // Coalesce bursts of changes into one advert.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+}
+
+/// Follows the power gate: re-advertises on every change, aborts running tasks when it closes.
+async fn gate_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut gate = shared.gate.clone();
+    let mut was_open = gate.borrow().state.is_open();
+    shared.metrics.gate_open(was_open);
+    loop {
+        tokio::select! {
+            changed = gate.changed() => if changed.is_err() { break },
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        let snapshot = gate.borrow_and_update().clone();
+        let open = snapshot.state.is_open();
+        shared.metrics.gate_open(open);
+        if open != was_open {
+            match snapshot.state.reason() {
+                Some(reason) => info!(reason = %reason, "power gate closed"),
+                None => info!("power gate open"),
+            }
+        }
+        if let Some(reason) = snapshot.state.reason() {
+            worker::abort_all(&shared, reason.clone());
+        }
+        was_open = open;
+        shared.advert_changed.notify_one();
+    }
+}
+
+impl NodeHandle {
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.shared.node_id
+    }
+
+    /// The node's Stellar payout account.
+    pub fn payout(&self) -> &str {
+        &self.shared.payout
+    }
+
+    /// The node's config.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The metrics, as Prometheus text.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.encode()
+    }
+
+    /// Addresses the node listens on (with `/p2p/<peer id>`), once the listeners are up.
+    pub async fn listen_addrs(&self) -> Vec<String> {
+        for _ in 0..100 {
+            let addrs = lock(&self.shared.listen_addrs).clone();
+            if !addrs.is_empty() {
+                return addrs;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        lock(&self.shared.listen_addrs).clone()
+    }
+
+    /// Number of fresh adverts of other nodes.
+    pub fn known_adverts(&self) -> usize {
+        let now = clock::now_ms();
+        lock(&self.shared.adverts).fresh(now).filter(|a| a.node != self.shared.node_id).count()
+    }
+
+    /// Adds a model to the local store and announces it.
+    pub async fn add_model(&self, bytes: &[u8]) -> Result<ModelId, crank_inference::StoreError> {
+        self.shared.add_model(bytes).await
+    }
+
+    /// Runs a task on the mesh.
+    pub async fn submit(&self, req: crate::SubmitRequest) -> Result<crate::TaskOutcome, crate::SubmitError> {
+        requester::submit(&self.shared, req).await
+    }
+
+    /// Pauses or resumes work (the gate closes with "paused by the owner").
+    pub fn set_paused(&self, paused: bool) {
+        self.shared.monitor.set_paused(paused);
+    }
+
+    /// Stored receipts, newest first.
+    pub fn receipts(&self, limit: usize) -> Vec<crank_payments::StoredReceipt> {
+        self.shared.ledger.receipts(None, limit).unwrap_or_default()
+    }
+
+    /// The names of a model's graph inputs (for naming unnamed input tensors).
+    pub fn input_names(&self, model: &ModelId) -> Result<Vec<String>, crank_inference::InferenceError> {
+        Ok(self.shared.engine.inspect(model)?.inputs.iter().map(|i| i.name.clone()).collect())
+    }
+
+    /// A snapshot for `crank-node status`.
+    pub async fn status(&self) -> Result<crate::status::NodeStatus, network::NetworkError> {
+        use crate::status::{AdvertView, GateView, NodeStatus, QueueView, ReceiptView};
+        let s = &self.shared;
+        let network = s.client.status().await?;
+        let now = clock::now_ms();
+        let snapshot = s.gate_snapshot();
+        let reason = s.gate_closed();
+        let adverts = lock(&s.adverts)
+            .fresh(now)
+            .filter(|a| a.node != s.node_id)
+            .map(|a| AdvertView {
+                node: a.node,
+                peer_id: network::peer_id_string(&a.node),
+                agent: a.agent.clone(),
+                gate_open: a.gate.open,
+                gate_reason: a.gate.reason.as_ref().map(ToString::to_string),
+                cores: a.hardware.cores,
+                ram_mib: a.hardware.ram_mib,
+                models: a.models.len(),
+                per_task_stroops: a.pricing.per_task_stroops,
+                inferences_per_sec: a.bench.iter().find(|b| b.path == ExecPath::Cpu).map(|b| b.inferences_per_sec),
+                completed: a.trust.completed,
+                expires_in_secs: a.expires_at.saturating_sub(now) / 1000,
+            })
+            .collect();
+        let queue = s.engine.queue();
+        Ok(NodeStatus {
+            node_id: s.node_id,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_secs: s.started.elapsed().as_secs(),
+            payout: s.payout.clone(),
+            network,
+            gate: GateView { policy: snapshot.policy.to_string(), open: reason.is_none(), reason: reason.map(|r| r.to_string()) },
+            queue: QueueView {
+                workers: queue.workers,
+                slots: queue.slots,
+                queued: queue.queued,
+                running: queue.running,
+                tasks: lock(&s.running).len(),
+            },
+            models: s.store.list(),
+            bench: s.bench.clone(),
+            adverts,
+            balances: s.ledger.balances().unwrap_or_default(),
+            receipts: s.ledger.receipts(None, 20).unwrap_or_default().iter().map(ReceiptView::from).collect(),
+        })
+    }
+}

@@ -1,0 +1,465 @@
+//! The requester side: turn a submission into a reverse auction (the pure
+//! [`crank_scheduler::Auction`] driven here with real requests and timers), check and
+//! counter-sign the worker's receipt, store it, and hand the outputs back.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crank_payments::Role;
+use crank_protocol::tensor::tensors_hash;
+use crank_protocol::validate;
+use crank_protocol::{
+    Award, Cancel, CounterSigned, ErrorCode, ModelId, NamedTensor, NodeId, Receipt, Request, Response, Signed,
+    TaskFailure, TaskId, TaskResult,
+};
+use crank_scheduler::{
+    Auction, AuctionTrace, CandidateQuery, FailureExplanation, Input, Output, Preference, Status, TaskSpec,
+    select_candidates,
+};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::clock;
+use crate::network::Responder;
+use crate::node::{Shared, lock};
+
+/// What a worker sent about a task this node requested.
+#[derive(Debug)]
+pub(crate) enum WorkerReport {
+    Result { from: NodeId, result: TaskResult, responder: Responder },
+    Failure { from: NodeId, failure: Signed<TaskFailure>, responder: Responder },
+}
+
+/// Where the model of a submission comes from.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// The model's bytes (stored locally, then served to the worker).
+    Bytes(Vec<u8>),
+    /// A model already in this node's store.
+    Id(ModelId),
+}
+
+/// A task to run on the mesh.
+#[derive(Debug, Clone)]
+pub struct SubmitRequest {
+    /// The model.
+    pub model: ModelSource,
+    /// The inputs, named like the model's graph inputs.
+    pub inputs: Vec<NamedTensor>,
+    /// Highest price, stroops (default from config).
+    pub max_price_stroops: Option<u64>,
+    /// Time allowed from submit to result, ms (default from config).
+    pub deadline_ms: Option<u64>,
+    /// Bid window, ms (default from config).
+    pub bid_window_ms: Option<u64>,
+    /// What the winner should be best at.
+    pub prefer: Preference,
+}
+
+impl SubmitRequest {
+    /// A request with the config's defaults and balanced preferences.
+    pub fn new(model: ModelSource, inputs: Vec<NamedTensor>) -> Self {
+        Self { model, inputs, max_price_stroops: None, deadline_ms: None, bid_window_ms: None, prefer: Preference::Balanced }
+    }
+}
+
+/// A completed task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskOutcome {
+    /// The task.
+    pub task_id: TaskId,
+    /// The model.
+    pub model: ModelId,
+    /// Who ran it.
+    pub worker: NodeId,
+    /// What this node owes for it, stroops.
+    pub price_stroops: u64,
+    /// The outputs.
+    pub outputs: Vec<NamedTensor>,
+    /// The receipt, signed by the worker and counter-signed here.
+    pub receipt: Receipt,
+    /// Submit to result, milliseconds.
+    pub elapsed_ms: f64,
+    /// What the auction did.
+    pub trace: AuctionTrace,
+}
+
+/// Why a submission failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The model could not be stored.
+    #[error("model: {0}")]
+    Model(String),
+    /// The inputs do not fit the model (checked locally before asking anyone).
+    #[error("input does not fit the model: {0}")]
+    Input(String),
+    /// No peer that could run the task is known.
+    #[error("no peers that could run the task were found within {waited_ms} ms ({known} adverts known); check that the node joined the mesh (crank-node status) or pass --bootstrap")]
+    NoCandidates {
+        /// Time spent waiting for adverts.
+        waited_ms: u64,
+        /// Adverts known.
+        known: usize,
+    },
+    /// The auction ended without a result.
+    #[error("task failed: {explanation}")]
+    Failed {
+        /// Aggregated reasons ("asked 5: 3 on battery, 1 queue full, 1 did not answer").
+        explanation: FailureExplanation,
+        /// What the auction did.
+        trace: Box<AuctionTrace>,
+    },
+    /// The scheduler refused the task's terms.
+    #[error("task terms rejected: {0}")]
+    Spec(String),
+}
+
+fn count_candidates(shared: &Shared, now: u64) -> usize {
+    lock(&shared.adverts).fresh(now).filter(|a| a.node != shared.node_id).count()
+}
+
+/// Waits until at least one other node's advert is known, or the discovery time is up.
+async fn wait_for_adverts(shared: &Shared) -> Result<(), SubmitError> {
+    let started = Instant::now();
+    let limit = Duration::from_millis(shared.config.requester.discovery_ms);
+    loop {
+        if count_candidates(shared, clock::now_ms()) > 0 {
+            return Ok(());
+        }
+        if started.elapsed() >= limit {
+            return Err(SubmitError::NoCandidates {
+                waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                known: 0,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn check_inputs(shared: &Shared, model: &ModelId, inputs: &[NamedTensor]) -> Result<(), SubmitError> {
+    for t in inputs {
+        t.tensor.validate(shared.limits.max_elements).map_err(|e| SubmitError::Input(format!("`{}`: {e}", t.name)))?;
+    }
+    let info = shared.engine.inspect(model).map_err(|e| SubmitError::Model(e.to_string()))?;
+    info.check_inputs(inputs).map_err(|e| SubmitError::Input(e.to_string()))
+}
+
+type Answer = (NodeId, AnswerKind);
+
+enum AnswerKind {
+    ToCall(Result<Response, String>),
+    ToAward(Result<Response, String>),
+}
+
+/// Runs a task on the mesh: auction, award, result, counter-signed receipt.
+pub(crate) async fn submit(shared: &Arc<Shared>, req: SubmitRequest) -> Result<TaskOutcome, SubmitError> {
+    let started = Instant::now();
+    let cfg = &shared.config.requester;
+    let model = match req.model {
+        ModelSource::Bytes(bytes) => shared.add_model(&bytes).await.map_err(|e| SubmitError::Model(e.to_string()))?,
+        ModelSource::Id(id) => id,
+    };
+    let model_bytes = shared.store.size(&model).ok_or_else(|| SubmitError::Model(format!("model {model} is not in the store")))?;
+    check_inputs(shared, &model, &req.inputs)?;
+    wait_for_adverts(shared).await?;
+
+    let now = clock::now_ms();
+    let input_hash = tensors_hash(&req.inputs);
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|e| SubmitError::Spec(e.to_string()))?;
+    let task_id = TaskId::derive(&shared.node_id, &nonce, &model, &input_hash);
+    let input_elements: u64 = req.inputs.iter().map(|t| t.tensor.data.len() as u64).sum();
+    let spec = TaskSpec {
+        task_id,
+        requester: shared.node_id,
+        model,
+        model_bytes,
+        input_hash,
+        input_elements,
+        max_price_stroops: req.max_price_stroops.unwrap_or(cfg.max_price_stroops),
+        deadline: now + req.deadline_ms.unwrap_or(cfg.deadline_ms),
+        bid_window_ms: req.bid_window_ms.unwrap_or(cfg.bid_window_ms).max(1),
+        weights: req.prefer.weights(),
+    };
+
+    // Holders of the model (Kademlia) rank first; adverts say who else could run it.
+    let providers: BTreeSet<NodeId> = match tokio::time::timeout(Duration::from_millis(300), shared.client.providers(model.provider_key())).await {
+        Ok(Ok(p)) => p.into_iter().collect(),
+        _ => BTreeSet::new(),
+    };
+    let candidates = {
+        let adverts = lock(&shared.adverts);
+        let trust = lock(&shared.trust);
+        let query = CandidateQuery {
+            requester: shared.node_id,
+            model,
+            model_bytes,
+            providers: &providers,
+            weights: spec.weights,
+            k: cfg.auction.fanout,
+            limit: cfg.auction.max_candidates,
+            explore: 1,
+            seed: u64::from_le_bytes(nonce[..8].try_into().unwrap_or([0; 8])),
+        };
+        select_candidates(adverts.fresh(now), &query, &trust, now)
+    };
+    let mut auction = {
+        let trust = lock(&shared.trust);
+        Auction::new(spec, cfg.auction.clone(), &candidates, &trust, now).map_err(|e| SubmitError::Spec(e.to_string()))?
+    };
+    debug!(task = %task_id.short(), candidates = candidates.len(), "auction started");
+
+    let (report_tx, mut reports) = mpsc::channel(16);
+    lock(&shared.pending).insert(task_id, report_tx);
+    let result = drive(shared, &mut auction, &req.inputs, &mut reports).await;
+    lock(&shared.pending).remove(&task_id);
+
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    shared.metrics.task_seconds(elapsed_ms / 1000.0);
+    match result {
+        Ok((worker, price_stroops, outputs, receipt)) => {
+            shared.metrics.task("requester", "completed");
+            info!(task = %task_id.short(), worker = %worker.short(), price = price_stroops, ms = elapsed_ms, "task completed");
+            Ok(TaskOutcome { task_id, model, worker, price_stroops, outputs, receipt, elapsed_ms, trace: auction.trace().clone() })
+        }
+        Err(explanation) => {
+            shared.metrics.task("requester", "failed");
+            info!(task = %task_id.short(), reason = %explanation, "task failed");
+            Err(SubmitError::Failed { explanation, trace: Box::new(auction.trace().clone()) })
+        }
+    }
+}
+
+type Done = (NodeId, u64, Vec<NamedTensor>, Receipt);
+
+async fn drive(
+    shared: &Arc<Shared>,
+    auction: &mut Auction,
+    inputs: &[NamedTensor],
+    reports: &mut mpsc::Receiver<WorkerReport>,
+) -> Result<Done, FailureExplanation> {
+    let spec = auction.spec().clone();
+    let mut answers: FuturesUnordered<futures::future::BoxFuture<'static, Answer>> = FuturesUnordered::new();
+    let mut delivered: Option<(Vec<NamedTensor>, Receipt)> = None;
+    loop {
+        while let Some(output) = auction.poll_output() {
+            match output {
+                Output::SendCallForBids { round, to, cfb } => {
+                    let signed = match Signed::sign(cfb, &shared.identity) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            warn!(error = %e, "cannot sign a call for bids");
+                            continue;
+                        }
+                    };
+                    debug!(task = %spec.task_id.short(), round, asked = to.len(), "call for bids");
+                    for peer in to {
+                        let client = shared.client.clone();
+                        let req = Request::CallForBids(signed.clone());
+                        answers.push(Box::pin(async move {
+                            (peer, AnswerKind::ToCall(client.request(&peer, req).await.map_err(|e| e.to_string())))
+                        }));
+                    }
+                }
+                Output::SendAward { to, price_stroops } => {
+                    let award = Award {
+                        task_id: spec.task_id,
+                        requester: shared.node_id,
+                        worker: to,
+                        price_stroops,
+                        model: spec.model,
+                        model_bytes: spec.model_bytes,
+                        inputs: inputs.to_vec(),
+                        input_hash: spec.input_hash,
+                        deadline: spec.deadline,
+                    };
+                    match Signed::sign(award, &shared.identity) {
+                        Ok(signed) => {
+                            debug!(task = %spec.task_id.short(), worker = %to.short(), price = price_stroops, "award");
+                            let client = shared.client.clone();
+                            answers.push(Box::pin(async move {
+                                let r = client.request(&to, Request::Award(signed)).await.map_err(|e| e.to_string());
+                                (to, AnswerKind::ToAward(r))
+                            }));
+                        }
+                        Err(e) => warn!(error = %e, "cannot sign an award"),
+                    }
+                }
+                Output::SendCancel { to } => {
+                    let cancel = Cancel { task_id: spec.task_id, requester: shared.node_id, worker: to };
+                    if let Ok(signed) = Signed::sign(cancel, &shared.identity) {
+                        let client = shared.client.clone();
+                        tokio::spawn(async move {
+                            let _ = client.request(&to, Request::Cancel(signed)).await;
+                        });
+                    }
+                }
+                Output::Trust { peer, outcome } => {
+                    lock(&shared.trust).record(peer, outcome, clock::now_ms());
+                    shared.save_trust();
+                }
+                Output::Completed { worker, price_stroops } => {
+                    if let Some((outputs, receipt)) = delivered.take() {
+                        return Ok((worker, price_stroops, outputs, receipt));
+                    }
+                }
+                Output::Failed(explanation) => return Err(explanation),
+            }
+        }
+        let wake = auction.poll_timeout().unwrap_or(spec.deadline);
+        let sleep_ms = wake.saturating_sub(clock::now_ms());
+        tokio::select! {
+            Some((peer, kind)) = answers.next(), if !answers.is_empty() => {
+                let input = match kind {
+                    AnswerKind::ToCall(Ok(Response::Bid(bid))) => Input::Bid { from: peer, bid },
+                    AnswerKind::ToCall(Ok(Response::Decline(decline))) => Input::Decline { from: peer, decline },
+                    AnswerKind::ToAward(Ok(Response::Accepted { .. })) => Input::AwardAccepted { from: peer },
+                    AnswerKind::ToAward(Ok(Response::Decline(decline))) => Input::AwardRejected { from: peer, decline },
+                    AnswerKind::ToCall(other) | AnswerKind::ToAward(other) => {
+                        match other {
+                            Ok(r) => debug!(peer = %peer.short(), kind = r.kind(), "unusable answer"),
+                            Err(e) => debug!(peer = %peer.short(), error = %e, "no answer"),
+                        }
+                        Input::NoAnswer { peer }
+                    }
+                };
+                if let Err(e) = auction.handle(input, clock::now_ms()) {
+                    debug!(task = %spec.task_id.short(), error = %e, "answer not used");
+                }
+            }
+            Some(report) = reports.recv() => match report {
+                WorkerReport::Result { from, result, responder } => {
+                    on_task_result(shared, auction, from, result, responder, &mut delivered).await;
+                }
+                WorkerReport::Failure { from, failure, responder } => {
+                    responder.send(Response::Ack { task_id: spec.task_id });
+                    if let Err(e) = auction.handle(Input::WorkerFailed { from, failure }, clock::now_ms()) {
+                        debug!(error = %e, "failure report not used");
+                    }
+                }
+            },
+            _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {
+                auction.handle_timeout(clock::now_ms());
+            }
+        }
+    }
+}
+
+fn current_worker(auction: &Auction) -> Option<NodeId> {
+    match auction.status() {
+        Status::Awarded { worker, .. } | Status::Running { worker, .. } => Some(worker),
+        _ => None,
+    }
+}
+
+/// Checks a result, counter-signs and stores its receipt, answers the worker, and tells the
+/// auction.
+async fn on_task_result(
+    shared: &Arc<Shared>,
+    auction: &mut Auction,
+    from: NodeId,
+    result: TaskResult,
+    responder: Responder,
+    delivered: &mut Option<(Vec<NamedTensor>, Receipt)>,
+) {
+    if current_worker(auction) != Some(from) {
+        responder.send(Response::error(ErrorCode::NotAuthorized, "this task is not awarded to you (it was re-awarded or ended)"));
+        return;
+    }
+    let body = match validate::task_result(&result, &shared.node_id, &from, &shared.limits) {
+        Ok(b) => b.clone(),
+        Err(e) => {
+            warn!(peer = %from.short(), error = %e, "invalid result");
+            shared.client.penalize(&from, e.to_string()).await;
+            responder.send(Response::error(ErrorCode::Invalid, e.to_string()));
+            let failure = auction.handle(Input::NoAnswer { peer: from }, clock::now_ms());
+            debug!(result = ?failure, "bad result counted as no answer");
+            return;
+        }
+    };
+    let spec = auction.spec();
+    let price_ok = match auction.status() {
+        Status::Awarded { price_stroops, .. } | Status::Running { price_stroops, .. } => body.price_stroops == price_stroops,
+        _ => false,
+    };
+    if body.task_id != spec.task_id || body.model != spec.model || body.input_hash != spec.input_hash || !price_ok {
+        responder.send(Response::error(ErrorCode::Invalid, "receipt does not match the award (task, model, inputs or price)"));
+        return;
+    }
+    let receipt = match CounterSigned::countersign(result.receipt.clone(), &shared.identity) {
+        Ok(r) => r,
+        Err(e) => {
+            responder.send(Response::error(ErrorCode::Internal, e.to_string()));
+            return;
+        }
+    };
+    let ledger = shared.ledger.clone();
+    let to_store = receipt.clone();
+    match tokio::task::spawn_blocking(move || ledger.store_receipt(&to_store, Role::Requester)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            warn!(peer = %from.short(), error = %e, "cannot store the receipt");
+            responder.send(Response::error(ErrorCode::Invalid, format!("receipt not accepted: {e}")));
+            return;
+        }
+        Err(e) => {
+            responder.send(Response::error(ErrorCode::Internal, e.to_string()));
+            return;
+        }
+    }
+    shared.metrics.receipt("requester");
+    responder.send(Response::Receipt(Box::new(receipt.clone())));
+    *delivered = Some((result.outputs, receipt.clone()));
+    if let Err(e) = auction.handle(Input::Result { from, receipt: receipt.inner }, clock::now_ms()) {
+        warn!(error = %e, "auction did not take the result");
+    }
+}
+
+/// A result for a task this node requested.
+pub(crate) async fn on_result(shared: &Arc<Shared>, peer: NodeId, result: TaskResult, responder: Responder) {
+    let task = result.receipt.body.task_id;
+    let pending = lock(&shared.pending).get(&task).cloned();
+    match pending {
+        Some(tx) => {
+            if let Err(mpsc::error::SendError(WorkerReport::Result { responder, .. })) =
+                tx.send(WorkerReport::Result { from: peer, result, responder }).await
+            {
+                responder.send(Response::error(ErrorCode::NotFound, "task already ended"));
+            }
+        }
+        None => {
+            // A retry after we stored and answered: answer the same receipt again.
+            let ledger = shared.ledger.clone();
+            let stored = tokio::task::spawn_blocking(move || ledger.receipt(&task, &peer)).await;
+            match stored {
+                Ok(Ok(Some(s))) => responder.send(Response::Receipt(Box::new(s.receipt))),
+                _ => responder.send(Response::error(ErrorCode::NotFound, "no such task here")),
+            }
+        }
+    }
+}
+
+/// A failure report for a task this node requested.
+pub(crate) async fn on_failure(shared: &Arc<Shared>, peer: NodeId, failure: Signed<TaskFailure>, responder: Responder) {
+    let task = failure.body.task_id;
+    if failure.verify_by(&peer).is_err() {
+        shared.client.penalize(&peer, "failure report not signed by the sender").await;
+        responder.send(Response::error(ErrorCode::BadSignature, "failure report not signed by the sender"));
+        return;
+    }
+    let pending = lock(&shared.pending).get(&task).cloned();
+    match pending {
+        Some(tx) => {
+            if let Err(mpsc::error::SendError(WorkerReport::Failure { responder, .. })) =
+                tx.send(WorkerReport::Failure { from: peer, failure, responder }).await
+            {
+                responder.send(Response::Ack { task_id: task });
+            }
+        }
+        None => responder.send(Response::Ack { task_id: task }),
+    }
+}

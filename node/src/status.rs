@@ -1,0 +1,238 @@
+//! What `crank-node status` shows: a snapshot of a running node, served as JSON by the
+//! local API and printed for people by the CLI.
+
+use std::fmt::Write as _;
+
+use crank_payments::{Balances, Role, StoredReceipt};
+use crank_protocol::{ExecPath, ModelId, NodeId, PathBench, TaskId};
+use serde::{Deserialize, Serialize};
+
+use crate::network::NetworkStatus;
+
+/// The power gate as shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GateView {
+    /// Owner policy.
+    pub policy: String,
+    /// Whether the node takes work now.
+    pub open: bool,
+    /// Why not, in words.
+    pub reason: Option<String>,
+}
+
+/// One known peer's advert, summarised.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdvertView {
+    /// The peer.
+    pub node: NodeId,
+    /// Its libp2p peer id.
+    pub peer_id: String,
+    /// Its software.
+    pub agent: String,
+    /// Its gate.
+    pub gate_open: bool,
+    /// Why closed.
+    pub gate_reason: Option<String>,
+    /// Cores.
+    pub cores: u16,
+    /// Memory, MiB.
+    pub ram_mib: u64,
+    /// Models held.
+    pub models: usize,
+    /// Flat price per task, stroops.
+    pub per_task_stroops: u64,
+    /// Self-benchmark, inferences per second on the reference model (CPU).
+    pub inferences_per_sec: Option<f32>,
+    /// Completed tasks it reports.
+    pub completed: u64,
+    /// Seconds until the advert expires.
+    pub expires_in_secs: u64,
+}
+
+/// One receipt, summarised.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReceiptView {
+    /// The task.
+    pub task_id: TaskId,
+    /// Which side we were on.
+    pub role: Role,
+    /// The other party.
+    pub counterparty: NodeId,
+    /// The model.
+    pub model: ModelId,
+    /// Price, stroops.
+    pub price_stroops: u64,
+    /// Energy, millijoules.
+    pub energy_mj: u64,
+    /// How the energy was obtained.
+    pub energy_method: String,
+    /// Path used.
+    pub path: ExecPath,
+    /// Inference time, microseconds.
+    pub run_micros: u64,
+    /// Whether it has been paid.
+    pub settled: bool,
+}
+
+impl From<&StoredReceipt> for ReceiptView {
+    fn from(s: &StoredReceipt) -> Self {
+        let b = s.body();
+        Self {
+            task_id: b.task_id,
+            role: s.role,
+            counterparty: s.counterparty(),
+            model: b.model,
+            price_stroops: b.price_stroops,
+            energy_mj: b.energy.millijoules,
+            energy_method: b.energy.method.to_string(),
+            path: b.path,
+            run_micros: b.timings.run_micros,
+            settled: s.settlement.is_settled(),
+        }
+    }
+}
+
+/// Inference queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueView {
+    /// Worker threads.
+    pub workers: usize,
+    /// Queue slots.
+    pub slots: usize,
+    /// Jobs waiting.
+    pub queued: usize,
+    /// Jobs running.
+    pub running: usize,
+    /// Tasks accepted and not finished (fetching, queued, running, delivering).
+    pub tasks: usize,
+}
+
+/// A snapshot of a running node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node id (ed25519 public key, hex).
+    pub node_id: NodeId,
+    /// Software version.
+    pub version: String,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Stellar account receiving payouts.
+    pub payout: String,
+    /// Network state.
+    pub network: NetworkStatus,
+    /// Power gate.
+    pub gate: GateView,
+    /// Inference queue.
+    pub queue: QueueView,
+    /// Models held.
+    pub models: Vec<ModelId>,
+    /// Self-benchmark.
+    pub bench: Vec<PathBench>,
+    /// Known adverts of other nodes.
+    pub adverts: Vec<AdvertView>,
+    /// Money owed and paid, per counterparty and in total.
+    pub balances: Balances,
+    /// Recent receipts, newest first.
+    pub receipts: Vec<ReceiptView>,
+}
+
+fn xlm(stroops: u64) -> String {
+    format!("{}.{:07} XLM", stroops / 10_000_000, stroops % 10_000_000)
+}
+
+impl NodeStatus {
+    /// A report for people.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let n = &self.network;
+        let _ = writeln!(s, "crank-node {}  up {} s", self.version, self.uptime_secs);
+        let _ = writeln!(s, "node id   {}", self.node_id);
+        let _ = writeln!(s, "peer id   {}", n.peer_id);
+        let _ = writeln!(s, "payout    {}", self.payout);
+        let _ = writeln!(
+            s,
+            "gate      {} ({}){}",
+            if self.gate.open { "open" } else { "closed" },
+            self.gate.policy,
+            self.gate.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+        );
+        let q = &self.queue;
+        let _ = writeln!(s, "queue     {} running, {} waiting, {} slots, {} workers", q.running, q.queued, q.slots, q.workers);
+        for b in &self.bench {
+            let _ = writeln!(
+                s,
+                "bench     {}: {:.0} inferences/s, {} µJ each (reference model)",
+                b.path, b.inferences_per_sec, b.microjoules_per_inference
+            );
+        }
+        let _ = writeln!(s, "\nlistening (kad {}):", n.kad_mode);
+        for a in &n.listen_addrs {
+            let _ = writeln!(s, "  {a}");
+        }
+        if !n.bootstrap.is_empty() {
+            let _ = writeln!(s, "bootstrap:");
+            for b in &n.bootstrap {
+                let state = if b.connected {
+                    "connected".to_string()
+                } else {
+                    format!("not connected ({} attempts{})", b.attempts, b.last_error.as_deref().map(|e| format!(", last error: {e}")).unwrap_or_default())
+                };
+                let _ = writeln!(s, "  {}  {state}", b.addr);
+            }
+        }
+        let _ = writeln!(s, "\npeers ({} connected, {} in routing table):", n.peers.len(), n.routing_table);
+        for p in &n.peers {
+            let _ = writeln!(
+                s,
+                "  {}  {}  {}{}",
+                p.peer_id,
+                if p.relayed { "relayed" } else { "direct" },
+                p.addr,
+                p.agent.as_deref().map(|a| format!("  {a}")).unwrap_or_default()
+            );
+        }
+        let _ = writeln!(s, "\nadverts ({}):", self.adverts.len());
+        for a in &self.adverts {
+            let _ = writeln!(
+                s,
+                "  {}  {}  {} cores {} MiB  {} models  {} stroops/task  {}  {} done",
+                a.node.short(),
+                a.agent,
+                a.cores,
+                a.ram_mib,
+                a.models,
+                a.per_task_stroops,
+                if a.gate_open { "open".to_string() } else { format!("closed: {}", a.gate_reason.as_deref().unwrap_or("?")) },
+                a.completed,
+            );
+        }
+        let t = &self.balances.total;
+        let _ = writeln!(
+            s,
+            "\nreceipts: {} as worker, {} as requester; owed to us {}, owed by us {}, paid to us {}, paid by us {}",
+            t.receipts_as_worker,
+            t.receipts_as_requester,
+            xlm(t.owed_to_us_stroops),
+            xlm(t.owed_by_us_stroops),
+            xlm(t.paid_to_us_stroops),
+            xlm(t.paid_by_us_stroops)
+        );
+        for r in &self.receipts {
+            let _ = writeln!(
+                s,
+                "  {}  {:9}  {}  model {}  {} stroops  {} mJ {}  {} µs {}{}",
+                r.task_id.short(),
+                format!("{:?}", r.role).to_lowercase(),
+                r.counterparty.short(),
+                r.model.short(),
+                r.price_stroops,
+                r.energy_mj,
+                r.energy_method,
+                r.run_micros,
+                r.path,
+                if r.settled { "  settled" } else { "" }
+            );
+        }
+        s
+    }
+}
