@@ -279,6 +279,19 @@ pub fn classify(supplies: &[Supply]) -> PowerReading {
         Some(((known.iter().sum::<u32>() + n / 2) / n) as u8)
     };
 
+    // A charging battery has a source even where the charger has no entry; Full and
+    // Not charging mean plugged in only where no charger reports its state at all.
+    let charging = batteries
+        .iter()
+        .any(|b| b.status == Some(BatteryStatus::Charging));
+    let held_without_charger_entry = externals.iter().all(|s| s.online.is_none())
+        && batteries.iter().all(|b| {
+            matches!(
+                b.status,
+                Some(BatteryStatus::Full | BatteryStatus::NotCharging)
+            )
+        });
+
     let source = if any_online {
         PowerSource::External
     } else if !has_battery {
@@ -292,19 +305,7 @@ pub fn classify(supplies: &[Supply]) -> PowerReading {
             }
             None => PowerSource::External,
         }
-    } else if batteries
-        .iter()
-        .any(|b| b.status == Some(BatteryStatus::Charging))
-    {
-        PowerSource::External
-    } else if externals.iter().all(|s| s.online.is_none())
-        && batteries.iter().all(|b| {
-            matches!(
-                b.status,
-                Some(BatteryStatus::Full | BatteryStatus::NotCharging)
-            )
-        })
-    {
+    } else if charging || held_without_charger_entry {
         PowerSource::External
     } else {
         PowerSource::Battery
