@@ -539,17 +539,21 @@ async fn monitor_without_a_system_bus_uses_ttys() {
     let t = Tree::new();
     t.tty("pts/0", Duration::from_secs(3));
     let cfg = DeviceConfig {
-        use_logind: true, // no system bus here (or logind absent): must degrade, not fail
+        use_logind: true,
+        // No bus listens here, as in a container: the monitor must degrade, not fail.
+        system_bus_address: Some(format!(
+            "unix:path={}",
+            t.path("no-such-bus-socket").display()
+        )),
         ..t.config(RunPolicy::Idle)
     };
     let monitor = GateMonitor::start(cfg).await.unwrap();
     let snap = monitor.snapshot();
-    if snap.readings.idle.source == IdleSource::TtyAccess {
-        assert!(matches!(
-            snap.state,
-            GateState::Closed(GateReason::UserActive { .. })
-        ));
-    }
+    assert_eq!(snap.readings.idle.source, IdleSource::TtyAccess);
+    assert!(matches!(
+        snap.state,
+        GateState::Closed(GateReason::UserActive { .. })
+    ));
 }
 
 #[test]
@@ -560,4 +564,212 @@ fn real_machine_reads_do_not_fail() {
     let _ = tty_idle(&cfg.dev_root, SystemTime::now());
     let hw = crank_inference::device::probe_hardware(Vec::new());
     assert!(hw.cores >= 1);
+}
+
+/// A private D-Bus daemon for one test, stopped when dropped.
+struct PrivateBus {
+    child: std::process::Child,
+    address: String,
+    _dir: TempDir,
+}
+
+impl PrivateBus {
+    /// Starts `dbus-daemon` on a socket in a temp dir; `None` when the binary is not installed.
+    fn start() -> Option<Self> {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let listen = format!("unix:path={}", dir.path().join("bus").display());
+        let mut child = match std::process::Command::new("dbus-daemon")
+            .args([
+                "--session",
+                "--nofork",
+                "--print-address",
+                "--address",
+                &listen,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => panic!("cannot start dbus-daemon: {e}"),
+        };
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        Some(Self {
+            child,
+            address: line.trim().to_owned(),
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for PrivateBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One session the fake logind reports.
+#[derive(Clone)]
+struct FakeSession {
+    id: &'static str,
+    class: &'static str,
+    kind: &'static str,
+    idle_hint: bool,
+    idle_since: SystemTime,
+}
+
+impl FakeSession {
+    fn path(&self) -> String {
+        format!("/org/freedesktop/login1/session/_{}", self.id)
+    }
+}
+
+/// Serves `ListSessions` and the sessions' `GetAll` under the name org.freedesktop.login1,
+/// answering exactly as logind does (same signatures), until the connection is dropped.
+async fn fake_logind(address: &str, sessions: Vec<FakeSession>) -> zbus::Connection {
+    use futures::StreamExt;
+    use std::collections::HashMap;
+
+    let conn = zbus::connection::Builder::address(address)
+        .build()
+        .await
+        .unwrap();
+    let mut stream = zbus::MessageStream::from(&conn);
+    conn.request_name("org.freedesktop.login1").await.unwrap();
+    let server = conn.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            let header = msg.header();
+            if header.message_type() != zbus::message::Type::MethodCall {
+                continue;
+            }
+            let member = header.member().map(|m| m.as_str().to_owned());
+            let path = header.path().map(|p| p.as_str().to_owned());
+            match member.as_deref() {
+                Some("ListSessions") => {
+                    let rows: Vec<(String, u32, String, String, zbus::OwnedObjectPath)> = sessions
+                        .iter()
+                        .map(|s| {
+                            (
+                                s.id.to_owned(),
+                                1000,
+                                "alice".to_owned(),
+                                "seat0".to_owned(),
+                                zbus::OwnedObjectPath::try_from(s.path()).unwrap(),
+                            )
+                        })
+                        .collect();
+                    server.reply(&header, &rows).await.unwrap();
+                }
+                Some("GetAll") => {
+                    let s = sessions
+                        .iter()
+                        .find(|s| Some(s.path()) == path)
+                        .expect("GetAll on an unknown session");
+                    let since = s
+                        .idle_since
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_micros() as u64;
+                    let mut props: HashMap<&str, zbus::Variant<'_>> = HashMap::new();
+                    props.insert("Id", zbus::Variant::from(s.id));
+                    props.insert("Class", zbus::Variant::from(s.class));
+                    props.insert("Type", zbus::Variant::from(s.kind));
+                    props.insert("IdleHint", zbus::Variant::from(s.idle_hint));
+                    props.insert("IdleSinceHint", zbus::Variant::from(since));
+                    props.insert("Active", zbus::Variant::from(true));
+                    server.reply(&header, &props).await.unwrap();
+                }
+                _ => {}
+            }
+        }
+    });
+    conn
+}
+
+#[tokio::test]
+async fn logind_idle_over_a_real_bus() {
+    let Some(bus) = PrivateBus::start() else {
+        eprintln!("SKIPPED: dbus-daemon is not installed");
+        return;
+    };
+    let now = SystemTime::now();
+    let _logind = fake_logind(
+        &bus.address,
+        vec![
+            FakeSession {
+                id: "2",
+                class: "user",
+                kind: "wayland",
+                idle_hint: true,
+                idle_since: now - Duration::from_secs(900),
+            },
+            FakeSession {
+                id: "5",
+                class: "user",
+                kind: "tty",
+                idle_hint: false,
+                idle_since: now - Duration::from_secs(300),
+            },
+            FakeSession {
+                id: "c1",
+                class: "greeter",
+                kind: "x11",
+                idle_hint: false,
+                idle_since: now,
+            },
+        ],
+    )
+    .await;
+
+    let logind = crank_inference::device::idle::Logind::connect_to(&bus.address)
+        .await
+        .unwrap();
+    let sessions = logind.sessions().await.unwrap();
+    assert_eq!(sessions.len(), 3);
+    assert_eq!(sessions[0].kind, "wayland");
+    assert!(sessions[0].idle_hint);
+    let idle = logind.idle(now).await.unwrap();
+    assert_eq!(idle.source, IdleSource::Logind);
+    assert_eq!(idle.idle_secs, Some(300), "the tty session was used last");
+
+    // The monitor asks the same bus and opens the gate: 300 s idle beats the 180 s default.
+    let t = Tree::new();
+    t.tty("pts/0", Duration::ZERO); // logind wins over terminal access times
+    let cfg = DeviceConfig {
+        use_logind: true,
+        system_bus_address: Some(bus.address.clone()),
+        ..t.config(RunPolicy::ChargingIdle)
+    };
+    let monitor = GateMonitor::start(cfg).await.unwrap();
+    let snap = monitor.snapshot();
+    assert_eq!(snap.readings.idle.source, IdleSource::Logind);
+    assert!(snap.state.is_open(), "{}", snap.state);
+}
+
+#[tokio::test]
+async fn logind_missing_from_the_bus_falls_back_to_ttys() {
+    let Some(bus) = PrivateBus::start() else {
+        eprintln!("SKIPPED: dbus-daemon is not installed");
+        return;
+    };
+    let t = Tree::new();
+    t.tty("pts/0", Duration::from_secs(2));
+    let cfg = DeviceConfig {
+        use_logind: true,
+        system_bus_address: Some(bus.address.clone()),
+        ..t.config(RunPolicy::Idle)
+    };
+    let monitor = GateMonitor::start(cfg).await.unwrap();
+    let snap = monitor.snapshot();
+    assert_eq!(snap.readings.idle.source, IdleSource::TtyAccess);
+    assert!(matches!(
+        snap.state,
+        GateState::Closed(GateReason::UserActive { .. })
+    ));
 }

@@ -120,6 +120,9 @@ pub struct DeviceConfig {
     /// Ask systemd-logind on the system D-Bus for user idle time; tty access times are the
     /// fallback either way.
     pub use_logind: bool,
+    /// D-Bus address of the system bus; absent means the standard one
+    /// (`$DBUS_SYSTEM_BUS_ADDRESS`, else `/run/dbus/system_bus_socket`).
+    pub system_bus_address: Option<String>,
     /// When the node may work: `always`, `idle`, `charging` or `charging-idle`.
     pub run_when: RunPolicy,
     /// Seconds without user input before the user counts as idle.
@@ -147,7 +150,7 @@ impl Default for DeviceConfig {
     /// input, while other processes use under 25 % of the CPU.
     ///
     /// * roots: `/sys/class/power_supply`, `/sys/class/thermal`, `/sys/class/powercap`, `/proc`, `/dev`
-    /// * `use_logind`: true
+    /// * `use_logind`: true; `system_bus_address`: the standard system bus
     /// * `run_when`: `charging-idle`
     /// * `idle_secs`: 180 s
     /// * `cpu_busy_percent`: 25 %, `cpu_resume_percent`: 15 %
@@ -164,6 +167,7 @@ impl Default for DeviceConfig {
             proc_root: PathBuf::from("/proc"),
             dev_root: PathBuf::from("/dev"),
             use_logind: true,
+            system_bus_address: None,
             run_when: RunPolicy::ChargingIdle,
             idle_secs: 180,
             cpu_busy_percent: 25,

@@ -163,9 +163,18 @@ pub struct Logind {
 }
 
 impl Logind {
-    /// Connects to the system bus (must run inside a Tokio runtime).
+    /// Connects to the standard system bus (must run inside a Tokio runtime).
     pub async fn connect() -> Result<Self, LogindError> {
         let conn = zbus::Connection::system()
+            .await
+            .map_err(LogindError::Connect)?;
+        Ok(Self { conn })
+    }
+
+    /// Connects to the bus at a D-Bus address such as `unix:path=/run/dbus/system_bus_socket`.
+    pub async fn connect_to(address: &str) -> Result<Self, LogindError> {
+        let conn = zbus::connection::Builder::address(address)
+            .build()
             .await
             .map_err(LogindError::Connect)?;
         Ok(Self { conn })

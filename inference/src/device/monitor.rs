@@ -179,8 +179,17 @@ impl GateMonitor {
         let policy = cfg.run_when;
         let thresholds = Thresholds::from(&cfg);
         let logind = if cfg.use_logind {
-            match tokio::time::timeout(LOGIND_CONNECT_TIMEOUT, Logind::connect()).await {
-                Ok(Ok(logind)) => Some(logind),
+            let connect = async {
+                match &cfg.system_bus_address {
+                    Some(address) => Logind::connect_to(address).await,
+                    None => Logind::connect().await,
+                }
+            };
+            match tokio::time::timeout(LOGIND_CONNECT_TIMEOUT, connect).await {
+                Ok(Ok(logind)) => {
+                    info!("user idle from logind");
+                    Some(logind)
+                }
                 Ok(Err(e)) => {
                     info!(reason = %e, "no logind; user idle from terminal access times");
                     None
