@@ -386,4 +386,36 @@ mod tests {
             (25, EnergyMethod::CpuTimeEstimate)
         );
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// The delta is what, added to the start, lands on the end modulo the range.
+            #[test]
+            fn counter_delta_inverts_wrapping(max in 1u64..u64::MAX / 4, a in any::<u64>(), b in any::<u64>()) {
+                let (start, end) = (a % max, b % max);
+                let d = counter_delta(start, end, max);
+                prop_assert!(d < max);
+                prop_assert_eq!((start + d) % max, end);
+            }
+
+            /// Estimates are positive and grow with CPU time.
+            #[test]
+            fn estimates_are_positive_and_monotonic(w in 0.01f32..500.0, a in 0u64..10_000_000_000, b in 0u64..10_000_000_000) {
+                let meter = EnergyMeter::new(&DeviceConfig {
+                    powercap_root: PathBuf::from("/nonexistent/powercap"),
+                    watts_per_core: Some(w),
+                    ..DeviceConfig::default()
+                });
+                let (lo, hi) = (a.min(b), a.max(b));
+                let e_lo = meter.start().finish(lo);
+                let e_hi = meter.start().finish(hi);
+                prop_assert!(e_lo.millijoules >= 1);
+                prop_assert!(e_lo.millijoules <= e_hi.millijoules);
+            }
+        }
+    }
 }

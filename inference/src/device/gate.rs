@@ -321,4 +321,85 @@ mod tests {
         assert!(a.differs_materially(&GateState::Open));
         assert!(!GateState::Open.differs_materially(&GateState::Open));
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn arb_readings() -> impl Strategy<Value = Readings> {
+            (
+                prop_oneof![
+                    Just(PowerSource::External),
+                    Just(PowerSource::Battery),
+                    Just(PowerSource::Unknown)
+                ],
+                proptest::option::of(0u8..=100),
+                proptest::option::of(0u64..100_000),
+                proptest::option::of((0f32..=100.0, any::<bool>())),
+                proptest::option::of(-20f32..120.0),
+                any::<bool>(),
+            )
+                .prop_map(|(source, percent, idle, cpu, temp, paused)| Readings {
+                    power: PowerReading {
+                        source,
+                        has_battery: percent.is_some(),
+                        battery_percent: percent,
+                        battery_status: None,
+                        detail: None,
+                    },
+                    idle: UserIdle {
+                        idle_secs: idle,
+                        source: IdleSource::TtyAccess,
+                    },
+                    cpu: cpu.map(|(other_percent, busy)| CpuLoad {
+                        other_percent,
+                        busy,
+                    }),
+                    thermal: temp.map(|celsius| ThermalReading {
+                        celsius,
+                        zone: "z".into(),
+                    }),
+                    paused,
+                })
+        }
+
+        fn arb_thresholds() -> impl Strategy<Value = Thresholds> {
+            (0u64..1_000, 0u8..=100, 30i16..=150, any::<bool>()).prop_map(
+                |(idle_secs, cpu_busy_percent, thermal_limit_celsius, unknown)| Thresholds {
+                    idle_secs,
+                    cpu_busy_percent,
+                    thermal_limit_celsius,
+                    unknown_power_is_external: unknown,
+                },
+            )
+        }
+
+        proptest! {
+            /// A stricter policy never opens where a laxer one stays closed.
+            #[test]
+            fn stricter_policies_open_less(r in arb_readings(), t in arb_thresholds()) {
+                let open = |p| evaluate(p, &r, &t).is_open();
+                if open(RunPolicy::ChargingIdle) {
+                    prop_assert!(open(RunPolicy::Charging) && open(RunPolicy::Idle));
+                }
+                if open(RunPolicy::Charging) || open(RunPolicy::Idle) {
+                    prop_assert!(open(RunPolicy::Always));
+                }
+            }
+
+            /// `always` closes only for a pause or heat; a closed gate always has a reason.
+            #[test]
+            fn always_closes_only_for_pause_or_heat(r in arb_readings(), t in arb_thresholds()) {
+                match evaluate(RunPolicy::Always, &r, &t) {
+                    GateState::Open => {}
+                    GateState::Closed(GateReason::Paused) => prop_assert!(r.paused),
+                    GateState::Closed(GateReason::TooHot { limit, .. }) => {
+                        prop_assert_eq!(limit, t.thermal_limit_celsius);
+                    }
+                    GateState::Closed(other) => prop_assert!(false, "unexpected {}", other),
+                }
+            }
+        }
+    }
 }

@@ -178,4 +178,36 @@ mod tests {
         assert!((0.0..=100.0).contains(&load.other_percent));
         assert!(s.cores() >= 1);
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Over the busy level is busy, under the resume level is not, and in between the
+            /// verdict does not change.
+            #[test]
+            fn latch_follows_its_thresholds(
+                busy in 0u8..=100,
+                gap in 0u8..=100,
+                samples in proptest::collection::vec(0f32..=100.0, 1..50),
+            ) {
+                let resume = busy.saturating_sub(gap);
+                let mut latch = BusyLatch::new(busy, resume);
+                let mut before = false;
+                for p in samples {
+                    let now = latch.update(p);
+                    if p > f32::from(busy) {
+                        prop_assert!(now);
+                    } else if p < f32::from(resume) {
+                        prop_assert!(!now);
+                    } else {
+                        prop_assert_eq!(now, before);
+                    }
+                    before = now;
+                }
+            }
+        }
+    }
 }

@@ -439,4 +439,67 @@ mod tests {
         assert_eq!(r.battery_percent, Some(46));
         assert_eq!(r.source, PowerSource::Battery);
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn arb_supply() -> impl Strategy<Value = Supply> {
+            (
+                prop_oneof![
+                    Just(SupplyKind::Mains),
+                    Just(SupplyKind::Usb),
+                    Just(SupplyKind::Ups),
+                    Just(SupplyKind::Wireless),
+                    Just(SupplyKind::Battery),
+                    Just(SupplyKind::Other("Whatever".into())),
+                ],
+                proptest::option::of(any::<bool>()),
+                proptest::option::of(prop_oneof![
+                    Just(BatteryStatus::Charging),
+                    Just(BatteryStatus::Discharging),
+                    Just(BatteryStatus::Full),
+                    Just(BatteryStatus::NotCharging),
+                    Just(BatteryStatus::Unknown),
+                ]),
+                proptest::option::of(0u8..=100),
+                0u8..10,
+            )
+                .prop_map(|(kind, online, status, percent, n)| Supply {
+                    name: format!("S{n}"),
+                    kind,
+                    online,
+                    peripheral: false,
+                    status,
+                    percent,
+                })
+        }
+
+        proptest! {
+            /// A peripheral's battery never changes the machine's reading.
+            #[test]
+            fn peripherals_change_nothing(
+                supplies in proptest::collection::vec(arb_supply(), 0..6),
+                mut extra in arb_supply(),
+            ) {
+                extra.peripheral = true;
+                let mut with = supplies.clone();
+                with.push(extra);
+                prop_assert_eq!(classify(&supplies), classify(&with));
+            }
+
+            /// Any external supply online means external power.
+            #[test]
+            fn online_supply_is_external(
+                mut supplies in proptest::collection::vec(arb_supply(), 0..6),
+                mut ac in arb_supply(),
+            ) {
+                ac.kind = SupplyKind::Mains;
+                ac.online = Some(true);
+                supplies.push(ac);
+                prop_assert_eq!(classify(&supplies).source, PowerSource::External);
+            }
+        }
+    }
 }
