@@ -1,1 +1,3 @@
 //! Placeholder; filled in by its own change.
+
+pub mod device;
