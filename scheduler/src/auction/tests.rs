@@ -488,6 +488,21 @@ fn no_candidates_fails_at_once_and_bad_specs_are_errors() {
         Auction::new(s, AuctionConfig::default(), &[], &TrustBook::default(), T0),
         Err(SpecError::DeadlinePassed { .. })
     ));
+    let config = AuctionConfig {
+        award_ack_ms: 0,
+        ..AuctionConfig::default()
+    };
+    assert_eq!(
+        Auction::new(
+            spec(Weights::default()),
+            config,
+            &[node(1)],
+            &TrustBook::default(),
+            T0
+        )
+        .unwrap_err(),
+        SpecError::ZeroSetting("award_ack_ms")
+    );
     let mut s = spec(Weights::default());
     s.weights.price = 0.0;
     assert!(matches!(
