@@ -274,7 +274,7 @@ pub enum InputError {
 
 /// Where the auction stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "state")]
+#[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Waiting for answers to a call for bids.
     Collecting {
