@@ -175,9 +175,17 @@ pub fn rank_candidates<'a>(
         );
     }
     let mut ranked: Vec<RankedCandidate> = by_node.into_values().map(|(_, c)| c).collect();
-    ranked.sort_by(RankedCandidate::cmp_rank);
+    // Only the first `limit` need sorting; the tail stays as the exploration pool.
+    let keep = query.limit.min(ranked.len());
+    if keep == 0 {
+        return Vec::new();
+    }
+    if keep < ranked.len() {
+        ranked.select_nth_unstable_by(keep - 1, RankedCandidate::cmp_rank);
+    }
+    ranked[..keep].sort_by(RankedCandidate::cmp_rank);
 
-    let k = query.k.min(ranked.len());
+    let k = query.k.min(keep);
     let explore = query.explore.min(k);
     if explore > 0 {
         let fixed = k - explore;

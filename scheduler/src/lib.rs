@@ -3,7 +3,7 @@
 //! A requester picks a few candidates ([`select_candidates`]), asks them for sealed bids,
 //! awards the task to the bid with the lowest score and, when the winner fails, re-awards to
 //! the next bid or asks the next candidates, until the task's deadline ([`Auction`]). A worker
-//! prices a call for bids from its own costs or declines with a reason ([`quote`]). What each
+//! prices a call for bids from its own costs or declines with a reason ([`quote()`]). What each
 //! peer did with the tasks it was awarded feeds a trust score ([`TrustBook`]) that enters
 //! every later score.
 //!
@@ -35,17 +35,20 @@
 //! Logarithms make the rule free of units and scale: only ratios matter (twice the price,
 //! half the latency), a bid's score does not depend on the other bids, and a weight reads as
 //! "one doubling of this is worth `w / w_price` doublings of price". Trust is this node's
-//! Beta-smoothed success rate for the peer, in `[0.001, 1]` ([`trust`]). Presets: `cheap`
-//! (1, 0.2, 0.1, 1), `fast` (0.3, 1, 0.1, 1), `green` (0.3, 0.2, 1, 1), `balanced`
-//! (1, 1, 0.5, 1), as (price, latency, energy, trust). Ties go to the lower price, then the
-//! lower latency, then the lower node id.
+//! Beta-smoothed success rate for the peer, in `[0.001, 1]` ([`trust`]). Presets, as
+//! (price, latency, energy, trust): `cheap` (1, 0.2, 0.1, 1), `fast` (0.5, 1, 0.1, 1),
+//! `green` (0.5, 0.2, 1, 1), `balanced` (1, 1, 0.5, 1). Under `fast`, a bid twice as fast is
+//! worth four times the price (`2^(1/0.5)`); under `cheap`, only 15 % more (`2^0.2`). Ties go
+//! to the lower price, then the lower latency, then the lower node id.
 //!
 //! # Payment rule: second-score
 //!
 //! The winner is paid the highest price at which it would still have won: the price that
 //! makes its score equal to the runner-up's (`(bid + 1) · exp((S₂ − S₁) / w_price) − 1`),
 //! never below its bid and never above the task's max price. With no runner-up, the max price
-//! is the reserve and is paid. First-price (the winner's own bid) is available as
+//! is the reserve and is paid; the max price is therefore what the submitter risks, and with
+//! a low price weight (`fast`, `green`) a clear winner is often paid close to it. First-price
+//! (the winner's own bid) is available as
 //! [`PaymentRule::FirstPrice`] for comparison in simulations.
 //!
 //! Why second-score (Che 1993; a Vickrey auction on the score): a worker's best bid is then

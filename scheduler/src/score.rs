@@ -35,11 +35,11 @@ pub const MAX_WEIGHT: f64 = 1000.0;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preference {
-    /// Lowest price first; latency and energy barely matter.
+    /// Lowest price first: twice as fast is worth only 15 % more.
     Cheap,
-    /// Lowest latency first; pays up to go fast.
+    /// Lowest latency first: twice as fast is worth four times the price.
     Fast,
-    /// Lowest energy first; pays up to save joules.
+    /// Lowest energy first: half the energy is worth four times the price.
     Green,
     /// Price and latency count equally, energy half as much.
     #[default]
@@ -60,13 +60,13 @@ impl Preference {
                 trust: 1.0,
             },
             Self::Fast => Weights {
-                price: 0.3,
+                price: 0.5,
                 latency: 1.0,
                 energy: 0.1,
                 trust: 1.0,
             },
             Self::Green => Weights {
-                price: 0.3,
+                price: 0.5,
                 latency: 0.2,
                 energy: 1.0,
                 trust: 1.0,

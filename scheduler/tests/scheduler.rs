@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crank_protocol::{
-    Award, Bid, CallForBids, CapabilityAdvert, Capacity, ContentHash, Decline, DeclineReason,
-    Energy, EnergyMethod, ExecPath, FailureReason, GateInfo, GateReason, Hardware, Identity,
-    ModelId, NodeId, PathBench, PowerInfo, Pricing, RunPolicy, Signed, TaskFailure, TaskId,
-    Timings, TrustSummary, UnixMillis, WorkReceipt,
+    Bid, CallForBids, CapabilityAdvert, Capacity, ContentHash, Decline, DeclineReason, Energy,
+    EnergyMethod, ExecPath, FailureReason, GateInfo, GateReason, Hardware, Identity, ModelId,
+    NodeId, PathBench, PowerInfo, Pricing, RunPolicy, Signed, TaskFailure, TaskId, Timings,
+    TrustSummary, UnixMillis, WorkReceipt,
 };
 use crank_scheduler::score::score_bid;
 use crank_scheduler::{
@@ -261,17 +261,13 @@ fn a_task_runs_from_adverts_to_a_counter_signable_result() {
     assert!(price_stroops >= bid.price_stroops && price_stroops <= MAX_PRICE);
 
     // The worker checks the award against its bid, accepts, runs and reports.
-    let award = Award {
-        task_id: TASK,
-        requester: node(0),
-        worker: winner,
-        price_stroops,
-        model: MODEL,
-        model_bytes: 200_000,
-        inputs: Vec::new(),
-        input_hash: INPUT,
-        deadline: T0 + 30_000,
-    };
+    let award = a.award_message(winner, price_stroops, Vec::new());
+    assert_eq!(
+        (award.task_id, award.input_hash, award.deadline),
+        (TASK, INPUT, T0 + 30_000)
+    );
+    let cancel = a.cancel_message(winner);
+    assert_eq!((cancel.requester, cancel.worker), (node(0), winner));
     check_award(&bid, &award, T0 + 510).unwrap();
     a.handle(Input::AwardAccepted { from: winner }, T0 + 510)
         .unwrap();

@@ -32,8 +32,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crank_protocol::validate::looks_like_stellar_account;
 use crank_protocol::{
-    Bid, CallForBids, ContentHash, Decline, DeclineReason, FailureReason, ModelId, NodeId,
-    SignatureError, Signed, TaskFailure, TaskId, UnixMillis, WorkReceipt,
+    Award, Bid, CallForBids, Cancel, ContentHash, Decline, DeclineReason, FailureReason, ModelId,
+    NamedTensor, NodeId, SignatureError, Signed, TaskFailure, TaskId, UnixMillis, WorkReceipt,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
@@ -122,9 +122,9 @@ pub enum SpecError {
     /// The task has no input.
     #[error("task has no input elements")]
     NoInput,
-    /// Fanout or candidate limit is zero.
-    #[error("fanout and max_candidates must be at least 1")]
-    ZeroFanout,
+    /// A setting of [`AuctionConfig`] is zero where it must not be.
+    #[error("auction setting `{0}` must be at least 1")]
+    ZeroSetting(&'static str),
 }
 
 /// Something that happened, fed to [`Auction::handle`].
@@ -144,7 +144,8 @@ pub enum Input {
         /// Its decline.
         decline: Signed<Decline>,
     },
-    /// A request to `peer` (call for bids or award) failed: it did not answer.
+    /// A request to `peer` (call for bids or award) failed or was answered with a protocol
+    /// error: it did not answer. Reports about other requests (a cancel) change nothing.
     NoAnswer {
         /// The peer.
         peer: NodeId,
@@ -273,7 +274,7 @@ pub enum InputError {
 
 /// Where the auction stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "state")]
+#[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Waiting for answers to a call for bids.
     Collecting {
@@ -397,8 +398,16 @@ impl Auction {
         if spec.input_elements == 0 {
             return Err(SpecError::NoInput);
         }
-        if config.fanout == 0 || config.max_candidates == 0 {
-            return Err(SpecError::ZeroFanout);
+        // Zero timers would time every award out in the same step that made it.
+        for (name, value) in [
+            ("fanout", config.fanout as u64),
+            ("max_candidates", config.max_candidates as u64),
+            ("award_ack_ms", config.award_ack_ms),
+            ("result_grace_ms", config.result_grace_ms),
+        ] {
+            if value == 0 {
+                return Err(SpecError::ZeroSetting(name));
+            }
         }
         let mut peers = Vec::new();
         let mut index = BTreeMap::new();
@@ -444,6 +453,30 @@ impl Auction {
         auction.start_round();
         auction.step();
         Ok(auction)
+    }
+
+    /// The award message for an [`Output::SendAward`], to be signed by the node identity.
+    pub fn award_message(&self, to: NodeId, price_stroops: u64, inputs: Vec<NamedTensor>) -> Award {
+        Award {
+            task_id: self.spec.task_id,
+            requester: self.spec.requester,
+            worker: to,
+            price_stroops,
+            model: self.spec.model,
+            model_bytes: self.spec.model_bytes,
+            inputs,
+            input_hash: self.spec.input_hash,
+            deadline: self.spec.deadline,
+        }
+    }
+
+    /// The cancel message for an [`Output::SendCancel`], to be signed by the node identity.
+    pub fn cancel_message(&self, to: NodeId) -> Cancel {
+        Cancel {
+            task_id: self.spec.task_id,
+            requester: self.spec.requester,
+            worker: to,
+        }
     }
 
     /// The task this auction is for.

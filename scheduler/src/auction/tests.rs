@@ -488,6 +488,21 @@ fn no_candidates_fails_at_once_and_bad_specs_are_errors() {
         Auction::new(s, AuctionConfig::default(), &[], &TrustBook::default(), T0),
         Err(SpecError::DeadlinePassed { .. })
     ));
+    let config = AuctionConfig {
+        award_ack_ms: 0,
+        ..AuctionConfig::default()
+    };
+    assert_eq!(
+        Auction::new(
+            spec(Weights::default()),
+            config,
+            &[node(1)],
+            &TrustBook::default(),
+            T0
+        )
+        .unwrap_err(),
+        SpecError::ZeroSetting("award_ack_ms")
+    );
     let mut s = spec(Weights::default());
     s.weights.price = 0.0;
     assert!(matches!(
@@ -505,10 +520,25 @@ fn trace_serialises_and_reads() {
         .unwrap();
     let price = a.trace().awards[0].price_stroops;
     a.handle(receipt(2, price), T0 + 90).unwrap();
+    // Exact through a binary format; through JSON up to float parsing.
+    let bin = postcard::to_allocvec(a.trace()).unwrap();
+    assert_eq!(
+        &postcard::from_bytes::<AuctionTrace>(&bin).unwrap(),
+        a.trace()
+    );
     let json = serde_json::to_string(a.trace()).unwrap();
     let back: AuctionTrace = serde_json::from_str(&json).unwrap();
-    assert_eq!(&back, a.trace());
     assert_eq!(back.answers.len(), 5);
+    assert_eq!(back.awards[0].worker, node(2));
+    assert_eq!(back.awards[0].price_stroops, price);
+    assert!((back.awards[0].score.total - a.trace().awards[0].score.total).abs() < 1e-12);
+    assert_eq!(back.outcome, a.trace().outcome);
+    let value = serde_json::to_value(a.trace()).unwrap();
+    assert_eq!(value["answers"][1]["answer"]["bid"]["price_stroops"], 1_000);
+    assert_eq!(
+        serde_json::to_value(a.status()).unwrap()["completed"]["price_stroops"],
+        price
+    );
     let text = a.trace().to_string();
     assert!(text.contains("round 1 at +0 ms: asked 5"), "{text}");
     assert!(text.contains("second-score price"), "{text}");

@@ -261,7 +261,7 @@ pub struct RoundTrace {
 
 /// What a peer answered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[serde(rename_all = "snake_case")]
 pub enum Answer {
     /// An acceptable bid.
     Bid {
@@ -345,7 +345,7 @@ pub struct AwardTrace {
 
 /// How the task ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[serde(rename_all = "snake_case")]
 pub enum TraceOutcome {
     /// A worker delivered.
     Completed {
@@ -384,7 +384,7 @@ pub struct AuctionTrace {
     pub candidates: Vec<NodeId>,
     /// Calls for bids.
     pub rounds: Vec<RoundTrace>,
-    /// Answers, in arrival order; at most one per asked peer.
+    /// Answers, in arrival order: one per asked peer, plus any answer that came too late.
     pub answers: Vec<AnswerTrace>,
     /// Awards, in order.
     pub awards: Vec<AwardTrace>,
