@@ -23,6 +23,81 @@
 //! - [`trust`]: [`TrustBook`] and its score.
 //! - [`candidates`]: [`select_candidates`] and [`rank_candidates`].
 //!
+//! # Usage
+//!
+//! The driver loop, reduced to one worker that quotes, wins and delivers:
+//!
+//! ```
+//! use crank_protocol::*;
+//! use crank_scheduler::*;
+//!
+//! let (me, worker) = (Identity::from_secret([1; 32]), Identity::from_secret([2; 32]));
+//! let now = 1_700_000_000_000;
+//! let spec = TaskSpec {
+//!     task_id: TaskId([9; 32]),
+//!     requester: me.node_id(),
+//!     model: ModelId([3; 32]),
+//!     model_bytes: 100_000,
+//!     input_hash: ContentHash([4; 32]),
+//!     input_elements: 64,
+//!     max_price_stroops: 5_000,
+//!     deadline: now + 30_000,
+//!     bid_window_ms: 300,
+//!     weights: "fast".parse()?,
+//! };
+//! let trust = TrustBook::default();
+//! let mut auction =
+//!     Auction::new(spec, AuctionConfig::default(), &[worker.node_id()], &trust, now)?;
+//!
+//! // The driver signs and sends the call for bids; the worker quotes from its own costs.
+//! let Some(Output::SendCallForBids { to, cfb, .. }) = auction.poll_output() else { panic!() };
+//! assert_eq!(to, vec![worker.node_id()]);
+//! let state = WorkerState {
+//!     node: worker.node_id(),
+//!     gate_closed: None,
+//!     on_battery: false,
+//!     queue: QueueState { queued: 0, slots: 4, est_wait_ms: 0 },
+//!     cached_models: [ModelId([3; 32])].into(),
+//!     bench: vec![PathBench {
+//!         path: ExecPath::Cpu,
+//!         inferences_per_sec: 500.0,
+//!         microjoules_per_inference: 20_000,
+//!     }],
+//!     measured: Default::default(),
+//!     limits: WorkerLimits::default(),
+//!     payout: "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7".into(),
+//! };
+//! let bid = quote(&cfb, &state, &CostModel::default(), now + 5).expect("a bid");
+//! let bid = Signed::sign(bid, &worker)?;
+//! auction.handle(Input::Bid { from: worker.node_id(), bid }, now + 5)?;
+//!
+//! // Everyone asked has answered, so the award is out; a lone bidder gets the max price.
+//! let Some(Output::SendAward { to, price_stroops }) = auction.poll_output() else { panic!() };
+//! assert_eq!((to, price_stroops), (worker.node_id(), 5_000));
+//! let _award = auction.award_message(to, price_stroops, Vec::new()); // sign, add inputs, send
+//! auction.handle(Input::AwardAccepted { from: to }, now + 10)?;
+//! // Until the result arrives, the driver wakes the auction at `poll_timeout()`.
+//! assert!(auction.poll_timeout().is_some_and(|t| t <= now + 30_000));
+//! # let receipt = Signed::sign(WorkReceipt {
+//! #     task_id: TaskId([9; 32]), requester: me.node_id(), worker: to, model: ModelId([3; 32]),
+//! #     input_hash: ContentHash([4; 32]), output_hash: ContentHash([5; 32]),
+//! #     price_stroops, energy: Energy { millijoules: 1, method: EnergyMethod::CpuTimeEstimate },
+//! #     path: ExecPath::Cpu, timings: Timings { accepted_at: 0, started_at: 0, finished_at: 0,
+//! #     run_micros: 1 }, pair_seq: 1, cumulative_stroops: price_stroops,
+//! #     payout: "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7".into() }, &worker)?;
+//! auction.handle(Input::Result { from: to, receipt }, now + 90)?;
+//! let mut trust = trust;
+//! while let Some(out) = auction.poll_output() {
+//!     match out {
+//!         Output::Trust { peer, outcome } => trust.record(peer, outcome, now + 90),
+//!         Output::Completed { worker, price_stroops } => println!("{worker} earned {price_stroops}"),
+//!         other => unreachable!("{other:?}"),
+//!     }
+//! }
+//! println!("{}", auction.trace()); // what `--verbose` prints
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Score
 //!
 //! Lower wins:

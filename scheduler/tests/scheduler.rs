@@ -746,8 +746,9 @@ proptest! {
         let mut outputs = drain(&mut a);
         let mut now = T0;
         let mut asked: BTreeSet<NodeId> = BTreeSet::new();
-        let mut bids: BTreeMap<NodeId, u64> = BTreeMap::new();
-        let check = |outs: &[Output], asked: &mut BTreeSet<NodeId>, bids: &BTreeMap<NodeId, u64>, now: UnixMillis| -> Result<(), TestCaseError> {
+        // Price, expiry and latency of each bid the auction took.
+        let mut bids: BTreeMap<NodeId, (u64, UnixMillis, u64)> = BTreeMap::new();
+        let check = |outs: &[Output], asked: &mut BTreeSet<NodeId>, bids: &BTreeMap<NodeId, (u64, UnixMillis, u64)>, now: UnixMillis| -> Result<(), TestCaseError> {
             for o in outs {
                 match o {
                     Output::SendCallForBids { to, cfb, .. } => {
@@ -758,9 +759,12 @@ proptest! {
                     Output::SendAward { to, price_stroops } => {
                         prop_assert!(asked.contains(to), "award to a peer never asked");
                         prop_assert!(now < deadline, "award at or after the deadline");
-                        let bid = bids.get(to).copied();
-                        prop_assert!(bid.is_some(), "award without a bid");
-                        prop_assert!(*price_stroops >= bid.unwrap_or(0) && *price_stroops <= MAX_PRICE);
+                        let Some(&(bid, valid_until, latency)) = bids.get(to) else {
+                            return Err(TestCaseError::fail("award without an accepted bid"));
+                        };
+                        prop_assert!(now < valid_until, "award of an expired bid");
+                        prop_assert!(now + latency < deadline, "award of a bid too slow for the deadline");
+                        prop_assert!(*price_stroops >= bid && *price_stroops <= MAX_PRICE);
                     }
                     _ => {}
                 }
@@ -774,14 +778,17 @@ proptest! {
             match to_input(e, &a) {
                 Some(input) => {
                     let offer = match &input {
-                        Input::Bid { from, bid } => Some((*from, bid.body.price_stroops)),
+                        Input::Bid { from, bid } => Some((
+                            *from,
+                            (bid.body.price_stroops, bid.body.valid_until, u64::from(bid.body.est_latency_ms)),
+                        )),
                         _ => None,
                     };
                     // Remember the price of each bid the auction took, for the award check.
                     if a.handle(input, now).is_ok()
-                        && let Some((from, price)) = offer
+                        && let Some((from, terms)) = offer
                     {
-                        prop_assert!(bids.insert(from, price).is_none(), "two bids taken from one peer");
+                        prop_assert!(bids.insert(from, terms).is_none(), "two bids taken from one peer");
                     }
                 }
                 None => a.handle_timeout(now),
