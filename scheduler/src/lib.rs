@@ -19,7 +19,8 @@
 //!   `poll_output()`, `poll_timeout()`), its [`auction::trace::AuctionTrace`] and the
 //!   aggregated [`FailureExplanation`].
 //! - [`score`]: the score formula, [`Preference`] presets, [`Weights`] and the payment rule.
-//! - [`quote`](mod@quote): the worker's [`quote()`] and [`check_award`].
+//! - [`quote`](mod@quote): the worker's [`quote()`], [`check_award`] and the bounded
+//!   [`BidBook`] of its open bids.
 //! - [`trust`]: [`TrustBook`] and its score.
 //! - [`candidates`]: [`select_candidates`] and [`rank_candidates`].
 //!
@@ -163,8 +164,8 @@ pub use auction::{Auction, AuctionConfig, Input, InputError, Output, SpecError, 
 pub use candidates::{CandidateQuery, RankedCandidate, rank_candidates, select_candidates};
 pub use crank_protocol::UnixMillis;
 pub use quote::{
-    CostModel, CostModelError, MeasuredRun, QueueState, WorkerLimits, WorkerState, check_award,
-    quote,
+    BidBook, BidBookError, CostModel, CostModelError, MeasuredRun, QueueState, WorkerLimits,
+    WorkerState, check_award, quote,
 };
 pub use score::{PaymentRule, Preference, Score, Weights, WeightsError};
 pub use trust::{TaskOutcome, TrustBook, TrustError, TrustPrior, TrustRecord};
