@@ -557,6 +557,10 @@ enum Event {
         holder: bool,
         right_price: bool,
     },
+    ResultInvalid {
+        peer: u8,
+        holder: bool,
+    },
     Tick,
 }
 
@@ -571,6 +575,7 @@ fn event() -> impl Strategy<Value = Event> {
         1 => (peer.clone(), prop::bool::weighted(0.8)).prop_map(|(peer, holder)| Event::Reject { peer, holder }),
         2 => (peer.clone(), prop::bool::weighted(0.8), 0u8..7).prop_map(|(peer, holder, reason)| Event::Fail { peer, holder, reason }),
         2 => (peer, prop::bool::weighted(0.8), prop::bool::weighted(0.8)).prop_map(|(peer, holder, right_price)| Event::Result { peer, holder, right_price }),
+        1 => (1u8..12, prop::bool::weighted(0.8)).prop_map(|(peer, holder)| Event::ResultInvalid { peer, holder }),
         2 => Just(Event::Tick),
     ]
 }
@@ -710,6 +715,10 @@ fn to_input(e: &Event, a: &Auction) -> Option<Input> {
                 receipt: receipt(&ident(p), price),
             }
         }
+        Event::ResultInvalid { peer, holder } => Input::ResultInvalid {
+            from: node(pick(peer, holder)),
+            reason: "outputs do not match the receipt".into(),
+        },
         Event::Tick => return None,
     })
 }
