@@ -123,9 +123,9 @@
 //! makes its score equal to the runner-up's (`(bid + 1) · exp((S₂ − S₁) / w_price) − 1`),
 //! never below its bid and never above the task's max price. With no runner-up, the max price
 //! is the reserve and is paid; the max price is therefore what the submitter risks, and with
-//! a low price weight (`fast`, `green`) a clear winner is often paid close to it. First-price
-//! (the winner's own bid) is available as
-//! [`PaymentRule::FirstPrice`] for comparison in simulations.
+//! a low price weight (`fast`, `green`) a clear winner is often paid close to it.
+//! First-price (the winner's own bid) is available as [`PaymentRule::FirstPrice`] for
+//! comparison in simulations.
 //!
 //! Why second-score (Che 1993; a Vickrey auction on the score): a worker's best bid is then
 //! its true cost plus the margin it wants, whatever the others bid, so [`quote()`] can be
@@ -135,8 +135,10 @@
 //! `ln(1 + price)` with a fixed weight, so a bid's own price never changes how the others are
 //! normalised, which keeps the truthfulness argument intact. Extra identities
 //! cannot raise a winner's pay (adding bids can only lower the runner-up's score), and the
-//! requester never pays more than the max price it set. The cost is that a requester pays a
-//! little more than the lowest bid; it buys bids that mean something.
+//! requester never pays more than the max price it set. The cost is that a requester pays
+//! more than the winning bid (up to the max price when the winner is alone or far ahead);
+//! it buys bids that mean something. The argument covers the price: latency and energy are
+//! the bidders' own estimates, checked only by the result timer and, through it, trust.
 //!
 //! # Invariants
 //!
