@@ -19,9 +19,85 @@
 //!   `poll_output()`, `poll_timeout()`), its [`auction::trace::AuctionTrace`] and the
 //!   aggregated [`FailureExplanation`].
 //! - [`score`]: the score formula, [`Preference`] presets, [`Weights`] and the payment rule.
-//! - [`quote`](mod@quote): the worker's [`quote()`] and [`check_award`].
+//! - [`quote`](mod@quote): the worker's [`quote()`], [`check_award`] and the bounded
+//!   [`BidBook`] of its open bids.
 //! - [`trust`]: [`TrustBook`] and its score.
 //! - [`candidates`]: [`select_candidates`] and [`rank_candidates`].
+//!
+//! # Usage
+//!
+//! The driver loop, reduced to one worker that quotes, wins and delivers:
+//!
+//! ```
+//! use crank_protocol::*;
+//! use crank_scheduler::*;
+//!
+//! let (me, worker) = (Identity::from_secret([1; 32]), Identity::from_secret([2; 32]));
+//! let now = 1_700_000_000_000;
+//! let spec = TaskSpec {
+//!     task_id: TaskId([9; 32]),
+//!     requester: me.node_id(),
+//!     model: ModelId([3; 32]),
+//!     model_bytes: 100_000,
+//!     input_hash: ContentHash([4; 32]),
+//!     input_elements: 64,
+//!     max_price_stroops: 5_000,
+//!     deadline: now + 30_000,
+//!     bid_window_ms: 300,
+//!     weights: "fast".parse()?,
+//! };
+//! let trust = TrustBook::default();
+//! let mut auction =
+//!     Auction::new(spec, AuctionConfig::default(), &[worker.node_id()], &trust, now)?;
+//!
+//! // The driver signs and sends the call for bids; the worker quotes from its own costs.
+//! let Some(Output::SendCallForBids { to, cfb, .. }) = auction.poll_output() else { panic!() };
+//! assert_eq!(to, vec![worker.node_id()]);
+//! let state = WorkerState {
+//!     node: worker.node_id(),
+//!     gate_closed: None,
+//!     on_battery: false,
+//!     queue: QueueState { queued: 0, slots: 4, est_wait_ms: 0 },
+//!     cached_models: [ModelId([3; 32])].into(),
+//!     bench: vec![PathBench {
+//!         path: ExecPath::Cpu,
+//!         inferences_per_sec: 500.0,
+//!         microjoules_per_inference: 20_000,
+//!     }],
+//!     measured: Default::default(),
+//!     limits: WorkerLimits::default(),
+//!     payout: "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7".into(),
+//! };
+//! let bid = quote(&cfb, &state, &CostModel::default(), now + 5).expect("a bid");
+//! let bid = Signed::sign(bid, &worker)?;
+//! auction.handle(Input::Bid { from: worker.node_id(), bid }, now + 5)?;
+//!
+//! // Everyone asked has answered, so the award is out; a lone bidder gets the max price.
+//! let Some(Output::SendAward { to, price_stroops }) = auction.poll_output() else { panic!() };
+//! assert_eq!((to, price_stroops), (worker.node_id(), 5_000));
+//! let _award = auction.award_message(to, price_stroops, Vec::new()); // sign, add inputs, send
+//! auction.handle(Input::AwardAccepted { from: to }, now + 10)?;
+//! // Until the result arrives, the driver wakes the auction at `poll_timeout()`.
+//! assert!(auction.poll_timeout().is_some_and(|t| t <= now + 30_000));
+//! # let receipt = Signed::sign(WorkReceipt {
+//! #     task_id: TaskId([9; 32]), requester: me.node_id(), worker: to, model: ModelId([3; 32]),
+//! #     input_hash: ContentHash([4; 32]), output_hash: ContentHash([5; 32]),
+//! #     price_stroops, energy: Energy { millijoules: 1, method: EnergyMethod::CpuTimeEstimate },
+//! #     path: ExecPath::Cpu, timings: Timings { accepted_at: 0, started_at: 0, finished_at: 0,
+//! #     run_micros: 1 }, pair_seq: 1, cumulative_stroops: price_stroops,
+//! #     payout: "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7".into() }, &worker)?;
+//! auction.handle(Input::Result { from: to, receipt }, now + 90)?;
+//! let mut trust = trust;
+//! while let Some(out) = auction.poll_output() {
+//!     match out {
+//!         Output::Trust { peer, outcome } => trust.record(peer, outcome, now + 90),
+//!         Output::Completed { worker, price_stroops } => println!("{worker} earned {price_stroops}"),
+//!         other => unreachable!("{other:?}"),
+//!     }
+//! }
+//! println!("{}", auction.trace()); // what `--verbose` prints
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! # Score
 //!
@@ -47,9 +123,9 @@
 //! makes its score equal to the runner-up's (`(bid + 1) · exp((S₂ − S₁) / w_price) − 1`),
 //! never below its bid and never above the task's max price. With no runner-up, the max price
 //! is the reserve and is paid; the max price is therefore what the submitter risks, and with
-//! a low price weight (`fast`, `green`) a clear winner is often paid close to it. First-price
-//! (the winner's own bid) is available as
-//! [`PaymentRule::FirstPrice`] for comparison in simulations.
+//! a low price weight (`fast`, `green`) a clear winner is often paid close to it.
+//! First-price (the winner's own bid) is available as [`PaymentRule::FirstPrice`] for
+//! comparison in simulations.
 //!
 //! Why second-score (Che 1993; a Vickrey auction on the score): a worker's best bid is then
 //! its true cost plus the margin it wants, whatever the others bid, so [`quote()`] can be
@@ -59,8 +135,10 @@
 //! `ln(1 + price)` with a fixed weight, so a bid's own price never changes how the others are
 //! normalised, which keeps the truthfulness argument intact. Extra identities
 //! cannot raise a winner's pay (adding bids can only lower the runner-up's score), and the
-//! requester never pays more than the max price it set. The cost is that a requester pays a
-//! little more than the lowest bid; it buys bids that mean something.
+//! requester never pays more than the max price it set. The cost is that a requester pays
+//! more than the winning bid (up to the max price when the winner is alone or far ahead);
+//! it buys bids that mean something. The argument covers the price: latency and energy are
+//! the bidders' own estimates, checked only by the result timer and, through it, trust.
 //!
 //! # Invariants
 //!
@@ -88,8 +166,8 @@ pub use auction::{Auction, AuctionConfig, Input, InputError, Output, SpecError, 
 pub use candidates::{CandidateQuery, RankedCandidate, rank_candidates, select_candidates};
 pub use crank_protocol::UnixMillis;
 pub use quote::{
-    CostModel, CostModelError, MeasuredRun, QueueState, WorkerLimits, WorkerState, check_award,
-    quote,
+    BidBook, BidBookError, CostModel, CostModelError, MeasuredRun, QueueState, WorkerLimits,
+    WorkerState, check_award, quote,
 };
 pub use score::{PaymentRule, Preference, Score, Weights, WeightsError};
 pub use trust::{TaskOutcome, TrustBook, TrustError, TrustPrior, TrustRecord};

@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crank_protocol::{
     Award, Bid, CallForBids, DeclineReason, ExecPath, GateReason, ModelId, NodeId, PathBench,
-    UnixMillis,
+    TaskId, UnixMillis,
 };
 use serde::{Deserialize, Serialize};
 
@@ -384,10 +384,91 @@ pub fn check_award(bid: &Bid, award: &Award, now: UnixMillis) -> Result<(), Decl
     }
 }
 
+/// Why a bid could not be remembered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BidBookError {
+    /// Every slot holds a live bid.
+    #[error("{0} open bids already; decline until some expire or are awarded")]
+    Full(usize),
+    /// A bid for this task is already open.
+    #[error("a bid for this task is already open")]
+    Duplicate,
+}
+
+/// The bids a worker has open, so it can check an award against what it offered.
+///
+/// Bounded: expired bids are dropped first, and a full book refuses new bids (the worker then
+/// declines), so a flood of calls for bids cannot grow it.
+#[derive(Debug, Clone, Default)]
+pub struct BidBook {
+    bids: BTreeMap<TaskId, Bid>,
+    capacity: usize,
+}
+
+impl BidBook {
+    /// An empty book of at most `capacity` open bids (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            bids: BTreeMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Remembers a bid the worker is about to send.
+    pub fn insert(&mut self, bid: Bid, now: UnixMillis) -> Result<(), BidBookError> {
+        if self.bids.contains_key(&bid.task_id) {
+            return Err(BidBookError::Duplicate);
+        }
+        if self.bids.len() >= self.capacity {
+            self.prune(now);
+        }
+        if self.bids.len() >= self.capacity {
+            return Err(BidBookError::Full(self.bids.len()));
+        }
+        self.bids.insert(bid.task_id, bid);
+        Ok(())
+    }
+
+    /// Checks an award (already verified by the driver) against the open bid for its task and
+    /// closes that bid; the reason to send back if it does not match.
+    pub fn take_for_award(&mut self, award: &Award, now: UnixMillis) -> Result<Bid, DeclineReason> {
+        let bid = self
+            .bids
+            .get(&award.task_id)
+            .ok_or(DeclineReason::NotBidFor)?;
+        check_award(bid, award, now)?;
+        self.bids
+            .remove(&award.task_id)
+            .ok_or(DeclineReason::NotBidFor)
+    }
+
+    /// Forgets the bid for a task (the requester cancelled, or the call was withdrawn).
+    pub fn remove(&mut self, task: &TaskId) -> Option<Bid> {
+        self.bids.remove(task)
+    }
+
+    /// Drops expired bids; returns how many.
+    pub fn prune(&mut self, now: UnixMillis) -> usize {
+        let before = self.bids.len();
+        self.bids.retain(|_, b| b.valid_until > now);
+        before - self.bids.len()
+    }
+
+    /// Open bids.
+    pub fn len(&self) -> usize {
+        self.bids.len()
+    }
+
+    /// Whether no bid is open.
+    pub fn is_empty(&self) -> bool {
+        self.bids.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crank_protocol::{ContentHash, TaskId};
+    use crank_protocol::ContentHash;
 
     const PAYOUT: &str = "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7";
 
@@ -603,5 +684,60 @@ mod tests {
             check_award(&bid, &award, bid.valid_until),
             Err(DeclineReason::NotBidFor)
         );
+    }
+
+    #[test]
+    fn the_bid_book_matches_awards_and_stays_bounded() {
+        let cost = CostModel::default();
+        let mut book = BidBook::new(2);
+        let bid = quote(&cfb(), &state(), &cost, 1_000).unwrap();
+        book.insert(bid.clone(), 1_000).unwrap();
+        assert_eq!(
+            book.insert(bid.clone(), 1_000),
+            Err(BidBookError::Duplicate)
+        );
+        let mut c2 = cfb();
+        c2.task_id = TaskId([2; 32]);
+        book.insert(quote(&c2, &state(), &cost, 1_000).unwrap(), 1_000)
+            .unwrap();
+        let mut c3 = cfb();
+        c3.task_id = TaskId([3; 32]);
+        let third = quote(&c3, &state(), &cost, 1_000).unwrap();
+        assert_eq!(
+            book.insert(third.clone(), 1_000),
+            Err(BidBookError::Full(2))
+        );
+        let award = Award {
+            task_id: bid.task_id,
+            requester: NodeId([2; 32]),
+            worker: bid.worker,
+            price_stroops: bid.price_stroops,
+            model: ModelId([3; 32]),
+            model_bytes: 100_000,
+            inputs: Vec::new(),
+            input_hash: ContentHash([4; 32]),
+            deadline: 60_000,
+        };
+        let low = Award {
+            price_stroops: bid.price_stroops - 1,
+            ..award.clone()
+        };
+        assert_eq!(
+            book.take_for_award(&low, 2_000),
+            Err(DeclineReason::NotBidFor)
+        );
+        assert_eq!(book.take_for_award(&award, 2_000), Ok(bid.clone()));
+        assert_eq!(
+            book.take_for_award(&award, 2_000),
+            Err(DeclineReason::NotBidFor)
+        );
+        // Once the open bids expire, there is room again.
+        book.insert(third, 1_000).unwrap();
+        assert_eq!(book.len(), 2);
+        let mut c4 = cfb();
+        c4.task_id = TaskId([4; 32]);
+        let later = quote(&c4, &state(), &cost, 40_000).unwrap();
+        book.insert(later, 40_000).unwrap();
+        assert_eq!(book.len(), 1);
     }
 }

@@ -557,6 +557,10 @@ enum Event {
         holder: bool,
         right_price: bool,
     },
+    ResultInvalid {
+        peer: u8,
+        holder: bool,
+    },
     Tick,
 }
 
@@ -571,6 +575,7 @@ fn event() -> impl Strategy<Value = Event> {
         1 => (peer.clone(), prop::bool::weighted(0.8)).prop_map(|(peer, holder)| Event::Reject { peer, holder }),
         2 => (peer.clone(), prop::bool::weighted(0.8), 0u8..7).prop_map(|(peer, holder, reason)| Event::Fail { peer, holder, reason }),
         2 => (peer, prop::bool::weighted(0.8), prop::bool::weighted(0.8)).prop_map(|(peer, holder, right_price)| Event::Result { peer, holder, right_price }),
+        1 => (1u8..12, prop::bool::weighted(0.8)).prop_map(|(peer, holder)| Event::ResultInvalid { peer, holder }),
         2 => Just(Event::Tick),
     ]
 }
@@ -710,6 +715,10 @@ fn to_input(e: &Event, a: &Auction) -> Option<Input> {
                 receipt: receipt(&ident(p), price),
             }
         }
+        Event::ResultInvalid { peer, holder } => Input::ResultInvalid {
+            from: node(pick(peer, holder)),
+            reason: "outputs do not match the receipt".into(),
+        },
         Event::Tick => return None,
     })
 }
@@ -746,8 +755,9 @@ proptest! {
         let mut outputs = drain(&mut a);
         let mut now = T0;
         let mut asked: BTreeSet<NodeId> = BTreeSet::new();
-        let mut bids: BTreeMap<NodeId, u64> = BTreeMap::new();
-        let check = |outs: &[Output], asked: &mut BTreeSet<NodeId>, bids: &BTreeMap<NodeId, u64>, now: UnixMillis| -> Result<(), TestCaseError> {
+        // Price, expiry and latency of each bid the auction took.
+        let mut bids: BTreeMap<NodeId, (u64, UnixMillis, u64)> = BTreeMap::new();
+        let check = |outs: &[Output], asked: &mut BTreeSet<NodeId>, bids: &BTreeMap<NodeId, (u64, UnixMillis, u64)>, now: UnixMillis| -> Result<(), TestCaseError> {
             for o in outs {
                 match o {
                     Output::SendCallForBids { to, cfb, .. } => {
@@ -758,9 +768,12 @@ proptest! {
                     Output::SendAward { to, price_stroops } => {
                         prop_assert!(asked.contains(to), "award to a peer never asked");
                         prop_assert!(now < deadline, "award at or after the deadline");
-                        let bid = bids.get(to).copied();
-                        prop_assert!(bid.is_some(), "award without a bid");
-                        prop_assert!(*price_stroops >= bid.unwrap_or(0) && *price_stroops <= MAX_PRICE);
+                        let Some(&(bid, valid_until, latency)) = bids.get(to) else {
+                            return Err(TestCaseError::fail("award without an accepted bid"));
+                        };
+                        prop_assert!(now < valid_until, "award of an expired bid");
+                        prop_assert!(now + latency < deadline, "award of a bid too slow for the deadline");
+                        prop_assert!(*price_stroops >= bid && *price_stroops <= MAX_PRICE);
                     }
                     _ => {}
                 }
@@ -774,14 +787,17 @@ proptest! {
             match to_input(e, &a) {
                 Some(input) => {
                     let offer = match &input {
-                        Input::Bid { from, bid } => Some((*from, bid.body.price_stroops)),
+                        Input::Bid { from, bid } => Some((
+                            *from,
+                            (bid.body.price_stroops, bid.body.valid_until, u64::from(bid.body.est_latency_ms)),
+                        )),
                         _ => None,
                     };
                     // Remember the price of each bid the auction took, for the award check.
                     if a.handle(input, now).is_ok()
-                        && let Some((from, price)) = offer
+                        && let Some((from, terms)) = offer
                     {
-                        prop_assert!(bids.insert(from, price).is_none(), "two bids taken from one peer");
+                        prop_assert!(bids.insert(from, terms).is_none(), "two bids taken from one peer");
                     }
                 }
                 None => a.handle_timeout(now),

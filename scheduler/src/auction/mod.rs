@@ -144,8 +144,9 @@ pub enum Input {
         /// Its decline.
         decline: Signed<Decline>,
     },
-    /// A request to `peer` (call for bids or award) failed or was answered with a protocol
-    /// error: it did not answer. Reports about other requests (a cancel) change nothing.
+    /// A request to `peer` failed or was answered with a protocol error. For a peer asked
+    /// for a bid: it did not answer. For the award holder: it cannot be reached, so the award
+    /// is withdrawn and the task re-awarded. About anyone else (a failed cancel): nothing.
     NoAnswer {
         /// The peer.
         peer: NodeId,
@@ -170,12 +171,22 @@ pub enum Input {
         failure: Signed<TaskFailure>,
     },
     /// The worker delivered a result whose outputs the driver checked against the receipt
-    /// (`crank_protocol::validate::task_result`).
+    /// (`crank_protocol::validate::task_result`). A receipt that does not verify or does not
+    /// match the award (task, parties, model, inputs, price) is refused with an error, and the
+    /// task is re-awarded: the worker will not send another.
     Result {
         /// The worker.
         from: NodeId,
         /// Its signed receipt.
         receipt: Signed<WorkReceipt>,
+    },
+    /// The award holder's result failed the driver's own checks (outputs that do not match
+    /// the receipt's hash, malformed tensors): the task is re-awarded.
+    ResultInvalid {
+        /// The worker.
+        from: NodeId,
+        /// What was wrong, for the trace.
+        reason: String,
     },
 }
 
@@ -563,6 +574,7 @@ impl Auction {
             Input::AwardRejected { from, decline } => self.on_rejected(from, &decline),
             Input::WorkerFailed { from, failure } => self.on_failed(from, &failure),
             Input::Result { from, receipt } => self.on_result(from, &receipt),
+            Input::ResultInvalid { from, reason } => self.on_result_invalid(from, reason),
         };
         self.step();
         result
@@ -765,6 +777,12 @@ impl Auction {
                 self.end_award(i, AwardEnd::NotDelivered, Some(TaskOutcome::TimedOut));
                 self.award_next();
             }
+            // The holder cannot be reached while it runs the task: give up on it now.
+            (_, Phase::Running { peer: p, .. }) if p == i => {
+                self.end_award(i, AwardEnd::Unreachable, Some(TaskOutcome::TimedOut));
+                self.outputs.push_back(Output::SendCancel { to: peer });
+                self.award_next();
+            }
             // A failed cancel, or a duplicate report: the timers cover the rest.
             _ => {}
         }
@@ -863,19 +881,24 @@ impl Auction {
 
     fn on_result(&mut self, from: NodeId, signed: &Signed<WorkReceipt>) -> Result<(), InputError> {
         let i = self.holder(&from)?;
-        let r = signed
-            .verify_by(&from)
-            .map_err(|source| InputError::Signature { peer: from, source })?;
         let price = match self.phase {
             Phase::Awarded { price, .. } | Phase::Running { price, .. } => price,
             _ => return Err(InputError::NotAwarded(from)),
         };
-        self.check_field(from, r.task_id == self.spec.task_id, "task_id")?;
-        self.check_field(from, r.requester == self.spec.requester, "requester")?;
-        self.check_field(from, r.worker == from, "worker")?;
-        self.check_field(from, r.model == self.spec.model, "model")?;
-        self.check_field(from, r.input_hash == self.spec.input_hash, "input_hash")?;
-        self.check_field(from, r.price_stroops == price, "price_stroops")?;
+        if let Err(e) = self.check_receipt(from, signed, price) {
+            // The worker will not send another result for this award: move on now rather
+            // than wait for the result timer.
+            self.end_award(
+                i,
+                AwardEnd::ResultInvalid {
+                    reason: e.to_string(),
+                },
+                Some(TaskOutcome::Failed),
+            );
+            self.outputs.push_back(Output::SendCancel { to: from });
+            self.award_next();
+            return Err(e);
+        }
         self.end_award(i, AwardEnd::Completed, Some(TaskOutcome::Completed));
         self.phase = Phase::Completed { peer: i, price };
         self.trace.outcome = Some(TraceOutcome::Completed {
@@ -888,6 +911,35 @@ impl Auction {
             worker: from,
             price_stroops: price,
         });
+        Ok(())
+    }
+
+    fn check_receipt(
+        &self,
+        from: NodeId,
+        signed: &Signed<WorkReceipt>,
+        price: u64,
+    ) -> Result<(), InputError> {
+        let r = signed
+            .verify_by(&from)
+            .map_err(|source| InputError::Signature { peer: from, source })?;
+        self.check_field(from, r.task_id == self.spec.task_id, "task_id")?;
+        self.check_field(from, r.requester == self.spec.requester, "requester")?;
+        self.check_field(from, r.worker == from, "worker")?;
+        self.check_field(from, r.model == self.spec.model, "model")?;
+        self.check_field(from, r.input_hash == self.spec.input_hash, "input_hash")?;
+        self.check_field(from, r.price_stroops == price, "price_stroops")
+    }
+
+    fn on_result_invalid(&mut self, from: NodeId, reason: String) -> Result<(), InputError> {
+        let i = self.holder(&from)?;
+        self.end_award(
+            i,
+            AwardEnd::ResultInvalid { reason },
+            Some(TaskOutcome::Failed),
+        );
+        self.outputs.push_back(Output::SendCancel { to: from });
+        self.award_next();
         Ok(())
     }
 

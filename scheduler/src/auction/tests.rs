@@ -211,13 +211,6 @@ fn winner_fails_and_the_next_bid_is_awarded() {
     );
     a.handle(Input::AwardAccepted { from: node(2) }, T0 + 120)
         .unwrap();
-    assert_eq!(
-        a.handle(receipt(2, price + 1), T0 + 200),
-        Err(InputError::Mismatch {
-            peer: node(2),
-            field: "price_stroops"
-        })
-    );
     a.handle(receipt(2, price), T0 + 200).unwrap();
     let out = drain(&mut a);
     assert!(out.contains(&Output::Trust {
@@ -566,4 +559,78 @@ fn first_price_pays_the_bid() {
     drain(&mut a);
     five_bids(&mut a);
     assert_eq!(award_of(&drain(&mut a)), Some((node(1), 50)));
+}
+
+#[test]
+fn a_bad_result_or_an_unreachable_worker_is_re_awarded_at_once() {
+    let mut a = auction(Preference::Balanced.weights(), &[1, 2, 3, 4, 5]);
+    drain(&mut a);
+    five_bids(&mut a);
+    let (w, price) = award_of(&drain(&mut a)).unwrap();
+    assert_eq!(w, node(4));
+    a.handle(Input::AwardAccepted { from: w }, T0 + 20).unwrap();
+    // A receipt that claims another price is refused, and the task moves on.
+    assert_eq!(
+        a.handle(receipt(4, price + 1), T0 + 30),
+        Err(InputError::Mismatch {
+            peer: node(4),
+            field: "price_stroops"
+        })
+    );
+    let out = drain(&mut a);
+    assert!(out.contains(&Output::SendCancel { to: node(4) }));
+    assert!(out.contains(&Output::Trust {
+        peer: node(4),
+        outcome: TaskOutcome::Failed
+    }));
+    let (w, _) = award_of(&out).unwrap();
+    assert_eq!(w, node(2));
+    // Outputs that do not match the receipt, found by the driver.
+    a.handle(Input::AwardAccepted { from: w }, T0 + 40).unwrap();
+    a.handle(
+        Input::ResultInvalid {
+            from: w,
+            reason: "output hash does not match the content".into(),
+        },
+        T0 + 50,
+    )
+    .unwrap();
+    let out = drain(&mut a);
+    assert!(out.contains(&Output::SendCancel { to: node(2) }));
+    let (w, _) = award_of(&out).unwrap();
+    // The next holder becomes unreachable while running.
+    a.handle(Input::AwardAccepted { from: w }, T0 + 60).unwrap();
+    a.handle(Input::NoAnswer { peer: w }, T0 + 70).unwrap();
+    let out = drain(&mut a);
+    assert!(out.contains(&Output::SendCancel { to: w }));
+    assert!(out.contains(&Output::Trust {
+        peer: w,
+        outcome: TaskOutcome::TimedOut
+    }));
+    assert!(award_of(&out).is_some());
+    let ends: Vec<String> = a
+        .trace()
+        .awards
+        .iter()
+        .filter_map(|x| x.end.as_ref().map(AwardEnd::category))
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            "invalid result",
+            "invalid result",
+            "unreachable while running"
+        ]
+    );
+    // Nobody else may slip a result in.
+    assert_eq!(
+        a.handle(
+            Input::ResultInvalid {
+                from: node(4),
+                reason: String::new()
+            },
+            T0 + 80
+        ),
+        Err(InputError::NotAwarded(node(4)))
+    );
 }

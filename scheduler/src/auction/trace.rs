@@ -110,6 +110,13 @@ pub enum AwardEnd {
     },
     /// No result arrived in time.
     ResultTimeout,
+    /// The result did not pass the checks.
+    ResultInvalid {
+        /// What was wrong.
+        reason: String,
+    },
+    /// The worker could not be reached while it held the award.
+    Unreachable,
 }
 
 impl AwardEnd {
@@ -122,6 +129,8 @@ impl AwardEnd {
             Self::AcceptTimeout => "did not accept in time".into(),
             Self::Failed { reason } => failure_category(reason),
             Self::ResultTimeout => "result timed out".into(),
+            Self::ResultInvalid { .. } => "invalid result".into(),
+            Self::Unreachable => "unreachable while running".into(),
         }
     }
 }
