@@ -27,6 +27,7 @@
 )]
 
 pub mod ledger;
+pub mod stellar;
 pub mod types;
 
 pub use ledger::{Ledger, LedgerError};
