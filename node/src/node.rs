@@ -1,7 +1,7 @@
 //! The node runtime: starts every part, routes network events to the worker and requester
 //! sides, keeps the advert fresh, and stops cleanly.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use crank_payments::Ledger;
 use crank_protocol::adverts::AdvertTable;
 use crank_protocol::validate::Limits;
 use crank_protocol::{
-    Bid, Capacity, CapabilityAdvert, ErrorCode, ExecPath, GateInfo, GateReason, Hardware, ModelId, NamedTensor,
+    Capacity, CapabilityAdvert, ErrorCode, ExecPath, GateInfo, GateReason, Hardware, ModelId, NamedTensor,
     NodeId, PathBench, Pricing, Request, Response, Signed, TaskId, Tensor, TrustSummary,
 };
 use crank_scheduler::{MeasuredRun, TrustBook};
@@ -72,39 +72,6 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A bid this node made, remembered until its award arrives.
-#[derive(Debug, Clone)]
-pub(crate) struct BidRecord {
-    pub requester: NodeId,
-    pub bid: Bid,
-}
-
-/// Bids made, bounded: the oldest are forgotten first.
-#[derive(Debug, Default)]
-pub(crate) struct BidBook {
-    order: VecDeque<TaskId>,
-    by_task: HashMap<TaskId, BidRecord>,
-}
-
-impl BidBook {
-    const CAPACITY: usize = 4096;
-
-    pub fn insert(&mut self, task: TaskId, record: BidRecord) {
-        if self.by_task.insert(task, record).is_none() {
-            self.order.push_back(task);
-        }
-        while self.order.len() > Self::CAPACITY {
-            if let Some(old) = self.order.pop_front() {
-                self.by_task.remove(&old);
-            }
-        }
-    }
-
-    pub fn get(&self, task: &TaskId) -> Option<&BidRecord> {
-        self.by_task.get(task)
-    }
-}
-
 /// State shared by every part of a running node.
 pub(crate) struct Shared {
     pub identity: crank_protocol::Identity,
@@ -126,7 +93,7 @@ pub(crate) struct Shared {
     pub advert_seq: AtomicU64,
     pub advert_changed: Notify,
     pub current_advert: Mutex<Option<Signed<CapabilityAdvert>>>,
-    pub bids: Mutex<BidBook>,
+    pub bids: Mutex<crank_scheduler::BidBook>,
     pub running: Mutex<HashMap<TaskId, worker::Running>>,
     pub pending: Mutex<HashMap<TaskId, mpsc::Sender<requester::WorkerReport>>>,
     pub measured: Mutex<BTreeMap<(ModelId, ExecPath), MeasuredRun>>,
@@ -338,7 +305,7 @@ impl Node {
             advert_seq: AtomicU64::new(advert_seq),
             advert_changed: Notify::new(),
             current_advert: Mutex::new(None),
-            bids: Mutex::new(BidBook::default()),
+            bids: Mutex::new(crank_scheduler::BidBook::new(4096)),
             running: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             measured: Mutex::new(BTreeMap::new()),

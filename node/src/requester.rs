@@ -10,7 +10,7 @@ use crank_payments::Role;
 use crank_protocol::tensor::tensors_hash;
 use crank_protocol::validate;
 use crank_protocol::{
-    Award, Cancel, CounterSigned, ErrorCode, ModelId, NamedTensor, NodeId, Receipt, Request, Response, Signed,
+    CounterSigned, ErrorCode, ModelId, NamedTensor, NodeId, Receipt, Request, Response, Signed,
     TaskFailure, TaskId, TaskResult,
 };
 use crank_scheduler::{
@@ -266,17 +266,7 @@ async fn drive(
                     }
                 }
                 Output::SendAward { to, price_stroops } => {
-                    let award = Award {
-                        task_id: spec.task_id,
-                        requester: shared.node_id,
-                        worker: to,
-                        price_stroops,
-                        model: spec.model,
-                        model_bytes: spec.model_bytes,
-                        inputs: inputs.to_vec(),
-                        input_hash: spec.input_hash,
-                        deadline: spec.deadline,
-                    };
+                    let award = auction.award_message(to, price_stroops, inputs.to_vec());
                     match Signed::sign(award, &shared.identity) {
                         Ok(signed) => {
                             debug!(task = %spec.task_id.short(), worker = %to.short(), price = price_stroops, "award");
@@ -290,7 +280,7 @@ async fn drive(
                     }
                 }
                 Output::SendCancel { to } => {
-                    let cancel = Cancel { task_id: spec.task_id, requester: shared.node_id, worker: to };
+                    let cancel = auction.cancel_message(to);
                     if let Ok(signed) = Signed::sign(cancel, &shared.identity) {
                         let client = shared.client.clone();
                         tokio::spawn(async move {
@@ -376,8 +366,7 @@ async fn on_task_result(
             warn!(peer = %from.short(), error = %e, "invalid result");
             shared.client.penalize(&from, e.to_string()).await;
             responder.send(Response::error(ErrorCode::Invalid, e.to_string()));
-            let failure = auction.handle(Input::NoAnswer { peer: from }, clock::now_ms());
-            debug!(result = ?failure, "bad result counted as no answer");
+            let _ = auction.handle(Input::ResultInvalid { from, reason: e.to_string() }, clock::now_ms());
             return;
         }
     };
@@ -387,7 +376,9 @@ async fn on_task_result(
         _ => false,
     };
     if body.task_id != spec.task_id || body.model != spec.model || body.input_hash != spec.input_hash || !price_ok {
-        responder.send(Response::error(ErrorCode::Invalid, "receipt does not match the award (task, model, inputs or price)"));
+        let reason = "receipt does not match the award (task, model, inputs or price)";
+        responder.send(Response::error(ErrorCode::Invalid, reason));
+        let _ = auction.handle(Input::ResultInvalid { from, reason: reason.into() }, clock::now_ms());
         return;
     }
     let receipt = match CounterSigned::countersign(result.receipt.clone(), &shared.identity) {

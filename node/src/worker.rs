@@ -14,13 +14,13 @@ use crank_protocol::{
     Award, CallForBids, Cancel, Decline, DeclineReason, ErrorCode, FailureReason, FetchModel, GateReason, ModelChunk,
     ModelId, NodeId, Request, Response, Signed, TaskFailure, TaskResult, Timings, WorkReceipt,
 };
-use crank_scheduler::{MeasuredRun, QueueState, WorkerLimits, WorkerState, check_award, quote};
+use crank_scheduler::{MeasuredRun, QueueState, WorkerLimits, WorkerState, quote};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::clock;
 use crate::network::Responder;
-use crate::node::{BidRecord, Shared, lock};
+use crate::node::{Shared, lock};
 
 /// Largest model chunk served or asked for.
 pub const CHUNK: u32 = 1024 * 1024;
@@ -97,7 +97,19 @@ pub(crate) async fn on_call_for_bids(shared: &Arc<Shared>, peer: &NodeId, signed
     match quote(cfb, &worker_state(shared), &shared.config.worker.cost, now) {
         Ok(bid) => {
             let task = bid.task_id;
-            lock(&shared.bids).insert(task, BidRecord { requester: *peer, bid: bid.clone() });
+            {
+                let mut book = lock(&shared.bids);
+                // A call repeated by the requester gets a fresh bid in place of the old one.
+                book.remove(&task);
+                if book.insert(bid.clone(), now).is_err() {
+                    let q = shared.engine.queue();
+                    let reason = DeclineReason::QueueFull {
+                        queued: u16::try_from(q.queued).unwrap_or(u16::MAX),
+                        slots: u16::try_from(q.slots).unwrap_or(u16::MAX),
+                    };
+                    return sign_decline(shared, task, reason);
+                }
+            }
             debug!(task = %task.short(), price = bid.price_stroops, path = %bid.path, "bid");
             match Signed::sign(bid, &shared.identity) {
                 Ok(b) => Response::Bid(b),
@@ -127,12 +139,12 @@ pub(crate) async fn on_award(shared: &Arc<Shared>, peer: NodeId, signed: Signed<
         responder.send(Response::error(ErrorCode::NotAuthorized, "award relayed by someone other than its requester"));
         return;
     }
-    let bid = lock(&shared.bids).get(&award.task_id).cloned();
-    let check = match &bid {
-        Some(b) if b.requester == peer => check_award(&b.bid, &award, now),
-        _ => Err(DeclineReason::NotBidFor),
-    };
-    if let Err(reason) = check {
+    if lock(&shared.running).get(&award.task_id).is_some_and(|r| r.requester == peer) {
+        // The requester re-sent an award it did not hear us accept.
+        responder.send(Response::Accepted { task_id: award.task_id });
+        return;
+    }
+    if let Err(reason) = lock(&shared.bids).take_for_award(&award, now) {
         responder.send(sign_decline(shared, award.task_id, reason));
         return;
     }
@@ -153,11 +165,6 @@ pub(crate) async fn on_award(shared: &Arc<Shared>, peer: NodeId, signed: Signed<
     let cancel = CancelToken::new();
     {
         let mut running = lock(&shared.running);
-        if running.contains_key(&award.task_id) {
-            // The requester re-sent an award it did not hear us accept.
-            responder.send(Response::Accepted { task_id: award.task_id });
-            return;
-        }
         running.insert(award.task_id, Running { requester: peer, cancel: cancel.clone(), stop: Some(stop_tx) });
         shared.metrics.queued(running.len());
     }
