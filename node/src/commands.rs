@@ -205,7 +205,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Bootstrap(args) => {
             apply_node_args(&mut config, &args.node)?;
             if args.node.listen.is_empty() {
-                config.network.listen = vec!["/ip4/0.0.0.0/tcp/7400".into(), "/ip4/0.0.0.0/udp/7400/quic-v1".into()];
+                config.network.listen = crank_bootstrap::default_listen();
             }
             bootstrap(config).await
         }

@@ -137,16 +137,17 @@ fn build_behaviour(
     );
 
     let relay_server = Toggle::from(role.bootstrap.then(|| {
+        let l = &config.relay;
         relay::Behaviour::new(
             peer_id,
             relay::Config {
-                max_reservations: 256,
-                max_reservations_per_peer: 4,
-                max_circuits: 64,
-                max_circuits_per_peer: 8,
-                // Enough for a task's inputs and outputs when hole punching fails.
-                max_circuit_bytes: 16 * 1024 * 1024,
-                max_circuit_duration: Duration::from_secs(10 * 60),
+                max_reservations: l.max_reservations,
+                max_reservations_per_peer: l.max_reservations_per_peer,
+                reservation_duration: Duration::from_secs(l.reservation_secs),
+                max_circuits: l.max_circuits,
+                max_circuits_per_peer: l.max_circuits_per_peer,
+                max_circuit_bytes: l.max_circuit_bytes,
+                max_circuit_duration: Duration::from_secs(l.max_circuit_secs),
                 ..relay::Config::default()
             },
         )

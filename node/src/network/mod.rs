@@ -66,13 +66,15 @@ pub struct NetworkConfig {
     pub ban_secs: u64,
     /// First retry delay for an unanswered bootstrap peer, seconds (doubles up to 60 s).
     pub bootstrap_retry_secs: u64,
+    /// Relay server limits (bootstrap nodes only).
+    pub relay: crank_bootstrap::RelayLimits,
 }
 
 impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
             listen: vec!["/ip4/0.0.0.0/tcp/0".into(), "/ip4/0.0.0.0/udp/0/quic-v1".into()],
-            bootstrap: Vec::new(),
+            bootstrap: crank_bootstrap::DEFAULT_PEERS.iter().map(|s| s.to_string()).collect(),
             kad_mode: KadMode::Auto,
             request_timeout_secs: 30,
             idle_connection_timeout_secs: 300,
@@ -82,6 +84,7 @@ impl Default for NetworkConfig {
             ban_threshold: 5,
             ban_secs: 600,
             bootstrap_retry_secs: 1,
+            relay: crank_bootstrap::RelayLimits::default(),
         }
     }
 }
