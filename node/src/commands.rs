@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -17,7 +17,6 @@ use crate::api::{self, TaskJson, TaskResultJson};
 use crate::config::Config;
 use crate::network::{self, KadMode, Role};
 use crate::node::{Node, NodeHandle};
-use crate::tensor_io;
 
 /// One binary for every device in a peer-to-peer AI inference mesh.
 ///
@@ -97,6 +96,7 @@ pub struct NodeArgs {
 /// `join` flags.
 #[derive(Debug, Args)]
 pub struct JoinArgs {
+    /// Network flags.
     #[command(flatten)]
     pub node: NodeArgs,
     /// When to work: always, idle, charging, charging-idle (default; as BOINC).
@@ -110,6 +110,7 @@ pub struct JoinArgs {
 /// `bootstrap` flags.
 #[derive(Debug, Args)]
 pub struct BootstrapArgs {
+    /// Network flags.
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -498,10 +499,17 @@ pub async fn models(config: Config, cmd: ModelsCommand, json: bool) -> Result<()
     match cmd {
         ModelsCommand::Add { file } => {
             let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let had = store.has(&crank_protocol::ModelId::of(&bytes));
+            let id = store.put(&bytes)?;
             // Load it once so a broken file is refused now, not on a worker later.
-            let id = crank_inference::ModelStore::id_of(&bytes);
-            crank_inference::inspect_bytes(&bytes).with_context(|| format!("{} is not a model crank-node can run", file.display()))?;
-            store.put(&bytes)?;
+            let store = std::sync::Arc::new(store);
+            let engine = crank_inference::Engine::new(config.engine.clone(), store.clone())?;
+            if let Err(e) = engine.inspect(&id) {
+                if !had {
+                    let _ = store.remove(&id);
+                }
+                bail!("{} is not a model crank-node can run: {e}", file.display());
+            }
             if json {
                 println!("{}", serde_json::json!({ "model": id.to_hex(), "bytes": bytes.len() }));
             } else {
@@ -527,7 +535,7 @@ pub async fn models(config: Config, cmd: ModelsCommand, json: bool) -> Result<()
 pub fn id(config: &Config, json: bool) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let (identity, _) = crate::identity::load_or_create(&config.data_dir)?;
-    let wallet = crank_payments::Wallet::load_or_create(&config.data_dir.join(crate::PAYOUT_KEY_FILE))?;
+    let wallet = crank_payments::stellar::Wallet::load_or_create(&config.data_dir.join(crate::PAYOUT_KEY_FILE))?;
     let node = identity.node_id();
     let peer = network::peer_id_string(&node);
     if json {
@@ -536,11 +544,6 @@ pub fn id(config: &Config, json: bool) -> Result<()> {
         println!("node id   {node}\npeer id   {peer}\npayout    {}", wallet.address());
     }
     Ok(())
-}
-
-/// Reads a file's text, with the path in the error.
-pub fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 #[cfg(test)]
@@ -567,6 +570,5 @@ mod tests {
             _ => panic!("wrong command"),
         }
         assert!(cli.json);
-        let _ = tensor_io::parse_inputs("[[1]]", &["x".into()]).unwrap();
     }
 }

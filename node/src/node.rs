@@ -13,7 +13,7 @@ use crank_protocol::adverts::AdvertTable;
 use crank_protocol::validate::Limits;
 use crank_protocol::{
     Capacity, CapabilityAdvert, ErrorCode, ExecPath, GateInfo, GateReason, Hardware, ModelId, NamedTensor,
-    NodeId, PathBench, Pricing, Request, Response, Signed, TaskId, Tensor, TrustSummary,
+    NodeId, PathBench, Pricing, Request, Response, Signed, TaskId, Tensor, TensorData, TrustSummary,
 };
 use crank_scheduler::{MeasuredRun, TrustBook};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
@@ -65,6 +65,21 @@ pub enum StartError {
     /// The network could not start.
     #[error(transparent)]
     Network(#[from] network::NetworkError),
+}
+
+/// An error with its chain of sources, `outer: inner: innermost`.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = inner.source();
+    }
+    s
 }
 
 /// Locks a mutex, recovering the data if a thread panicked while holding it.
@@ -245,18 +260,18 @@ impl Node {
         if new_key {
             info!(node = %node_id, "created a new node key");
         }
-        let wallet = crank_payments::Wallet::load_or_create(&data_dir.join(crate::PAYOUT_KEY_FILE))
-            .map_err(|e| StartError::Wallet(e.to_string()))?;
+        let wallet = crank_payments::stellar::Wallet::load_or_create(&data_dir.join(crate::PAYOUT_KEY_FILE))
+            .map_err(|e| StartError::Wallet(chain(&e)))?;
         let payout = wallet.address();
 
         let store = Arc::new(
             ModelStore::open(&data_dir.join("models"), config.engine.max_model_bytes)
-                .map_err(|e| StartError::Store(e.to_string()))?,
+                .map_err(|e| StartError::Store(chain(&e)))?,
         );
         let ledger =
-            Arc::new(Ledger::open(&data_dir.join("ledger.redb")).map_err(|e| StartError::Ledger(e.to_string()))?);
-        let engine = Engine::new(config.engine.clone(), store.clone()).map_err(|e| StartError::Engine(e.to_string()))?;
-        let monitor = GateMonitor::start(config.device.clone()).await.map_err(|e| StartError::Gate(e.to_string()))?;
+            Arc::new(Ledger::open(&data_dir.join("ledger.redb")).map_err(|e| StartError::Ledger(chain(&e)))?);
+        let engine = Engine::new(config.engine.clone(), store.clone()).map_err(|e| StartError::Engine(chain(&e)))?;
+        let monitor = GateMonitor::start(config.device.clone()).await.map_err(|e| StartError::Gate(chain(&e)))?;
         let gate = monitor.subscribe();
         let meter = EnergyMeter::new(&config.device);
         let hardware = device::probe_hardware(Vec::new());
@@ -276,7 +291,7 @@ impl Node {
         .max(clock::now_ms());
 
         // The reference model: every node holds it, and it is what the self-benchmark runs.
-        let reference = store.put(REFERENCE_MODEL).map_err(|e| StartError::Store(e.to_string()))?;
+        let reference = store.put(REFERENCE_MODEL).map_err(|e| StartError::Store(chain(&e)))?;
         let bench = if role.bootstrap || !config.worker.enabled {
             Vec::new()
         } else {
@@ -321,9 +336,7 @@ impl Node {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut rx = stop_rx.clone();
-        tasks.spawn(event_loop.run(async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }));
+        tasks.spawn(event_loop.run(async move { stopped(&mut rx).await }));
         tasks.spawn(dispatch(shared.clone(), events, stop_rx.clone()));
         tasks.spawn(advert_loop(shared.clone(), stop_rx.clone()));
         tasks.spawn(gate_loop(shared.clone(), stop_rx));
@@ -366,7 +379,15 @@ async fn self_benchmark(engine: &Engine, meter: &EnergyMeter, model: ModelId, co
     if config.worker.benchmark_ms == 0 {
         return Vec::new();
     }
-    let input = vec![NamedTensor { name: "X".into(), tensor: Tensor::f32(vec![1, 64], vec![0.5; 64]).unwrap_or_else(|_| Tensor { shape: vec![0], data: crank_protocol::TensorData::F32(vec![]) }) }];
+    // One row of the reference model's input (the digits MLP takes [N, 64] floats).
+    let name = match engine.inspect(&model) {
+        Ok(info) => info.inputs.first().map(|i| i.name.clone()).unwrap_or_default(),
+        Err(e) => {
+            warn!(error = %chain(&e), "reference model does not load; no self-benchmark");
+            return Vec::new();
+        }
+    };
+    let input = vec![NamedTensor { name, tensor: Tensor { shape: vec![1, 64], data: TensorData::F32(vec![0.5; 64]) } }];
     let engine = engine.clone();
     let meter = meter.clone();
     let min = Duration::from_millis(config.worker.benchmark_ms);
@@ -388,7 +409,7 @@ async fn self_benchmark(engine: &Engine, meter: &EnergyMeter, model: ModelId, co
             vec![figures.to_path_bench(ExecPath::Cpu)]
         }
         Ok(Err(e)) => {
-            warn!(error = %e, "self-benchmark failed");
+            warn!(error = %chain(&e), "self-benchmark failed");
             Vec::new()
         }
         Err(e) => {
@@ -398,11 +419,23 @@ async fn self_benchmark(engine: &Engine, meter: &EnergyMeter, model: ModelId, co
     }
 }
 
+/// Resolves once the stop flag is set (or its sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn dispatch(shared: Arc<Shared>, mut events: mpsc::Receiver<NetworkEvent>, mut stop: watch::Receiver<bool>) {
     loop {
         let event = tokio::select! {
             e = events.recv() => match e { Some(e) => e, None => break },
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stopped(&mut stop) => break,
         };
         match event {
             NetworkEvent::Listening { addr } => lock(&shared.listen_addrs).push(addr),
@@ -453,7 +486,7 @@ async fn fetch_advert(shared: Arc<Shared>, node: NodeId) {
 
 async fn handle_request(shared: &Arc<Shared>, peer: NodeId, request: Request, responder: Responder) {
     match request {
-        Request::CallForBids(cfb) => responder.send(worker::on_call_for_bids(shared, &peer, &cfb)),
+        Request::CallForBids(cfb) => responder.send(worker::on_call_for_bids(shared, &peer, &cfb).await),
         Request::Award(award) => worker::on_award(shared, peer, award, responder).await,
         Request::Cancel(cancel) => responder.send(worker::on_cancel(shared, &peer, &cancel)),
         Request::FetchModel(fetch) => responder.send(worker::on_fetch_model(shared, &fetch)),
@@ -484,7 +517,7 @@ async fn advert_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 // Coalesce bursts of changes into one advert.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stopped(&mut stop) => break,
         }
     }
 }
@@ -497,7 +530,7 @@ async fn gate_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             changed = gate.changed() => if changed.is_err() { break },
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stopped(&mut stop) => break,
         }
         let snapshot = gate.borrow_and_update().clone();
         let open = snapshot.state.is_open();

@@ -62,7 +62,7 @@ fn worker_state(shared: &Shared) -> WorkerState {
     WorkerState {
         node: shared.node_id,
         gate_closed: shared.gate_closed(),
-        on_battery: snapshot.readings.power.on_battery(),
+        on_battery: snapshot.readings.power.source == crank_inference::device::power::PowerSource::Battery,
         queue: QueueState {
             queued: u16::try_from(queue.queued + queue.running).unwrap_or(u16::MAX),
             slots: u16::try_from(queue.slots).unwrap_or(u16::MAX),

@@ -28,7 +28,7 @@ pub use event_loop::EventLoop;
 use crate::metrics::Metrics;
 
 /// How the node takes part in the Kademlia DHT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum KadMode {
     /// Serve DHT queries once an external address is confirmed (libp2p's default).
