@@ -9,6 +9,10 @@
 
 use std::time::{Duration, SystemTime};
 
+use crank_inference::device::idle::tty_idle;
+use crank_inference::device::load::{BusyLatch, CpuLoadSampler};
+use crank_inference::device::power::read_power;
+use crank_inference::device::thermal::read_hottest;
 use crank_inference::device::{
     DeviceConfig, GateMonitor, Sampler, Thresholds, evaluate, process_cpu_time, thread_cpu_time,
 };
@@ -58,6 +62,41 @@ fn main() -> anyhow::Result<()> {
     println!(
         "sample (power, ttys, CPU load, thermal): {} µs CPU per sample ({SAMPLES} samples)",
         (sample_cpu / SAMPLES).as_micros()
+    );
+
+    // Where a sample's time goes, input by input.
+    let cost = |f: &mut dyn FnMut()| {
+        let t0 = thread_cpu_time();
+        for _ in 0..SAMPLES {
+            f();
+        }
+        (thread_cpu_time() - t0) / SAMPLES
+    };
+    let now = SystemTime::now();
+    let power = cost(&mut || {
+        std::hint::black_box(read_power(&cfg.power_supply_root));
+    });
+    let ttys = cost(&mut || {
+        std::hint::black_box(tty_idle(&cfg.dev_root, now));
+    });
+    let thermal = cost(&mut || {
+        std::hint::black_box(read_hottest(&cfg.thermal_root));
+    });
+    let mut load =
+        CpuLoadSampler::new(BusyLatch::new(cfg.cpu_busy_percent, cfg.cpu_resume_percent))?;
+    let mut load_cpu = Duration::ZERO;
+    for _ in 0..SAMPLES {
+        std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
+        let t0 = thread_cpu_time();
+        std::hint::black_box(load.sample());
+        load_cpu += thread_cpu_time() - t0;
+    }
+    println!(
+        "  of which: power {} µs, terminals {} µs, CPU load {} µs, thermal {} µs",
+        power.as_micros(),
+        ttys.as_micros(),
+        (load_cpu / SAMPLES).as_micros(),
+        thermal.as_micros()
     );
 
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -34,12 +34,15 @@ impl Tree {
         self.dir.path().join(sub)
     }
 
-    /// Writes a power supply entry with the given attributes.
+    /// Writes a power supply entry with the given attributes. Each file is replaced
+    /// atomically, as sysfs attributes never read half-written while the monitor samples.
     fn supply(&self, name: &str, attrs: &[(&str, &str)]) {
         let dir = self.path("power_supply").join(name);
         fs::create_dir_all(&dir).unwrap();
         for (attr, value) in attrs {
-            fs::write(dir.join(attr), format!("{value}\n")).unwrap();
+            let tmp = self.path(&format!("{name}.{attr}.tmp"));
+            fs::write(&tmp, format!("{value}\n")).unwrap();
+            fs::rename(&tmp, dir.join(attr)).unwrap();
         }
     }
 
@@ -498,8 +501,14 @@ async fn monitor_publishes_when_the_tree_flips() {
 
     t.ac(false);
     t.battery("Discharging", "79");
-    assert_eq!(
+    // A sample may fall between the two writes, so the percent is checked once settled.
+    assert!(matches!(
         changed_within(&mut rx).await,
+        GateState::Closed(GateReason::OnBattery { .. })
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        monitor.snapshot().state,
         GateState::Closed(GateReason::OnBattery { percent: Some(79) })
     );
     let info = gate_info(RunPolicy::Charging, &monitor.snapshot().state);

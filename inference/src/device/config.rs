@@ -157,7 +157,9 @@ impl Default for DeviceConfig {
     /// * `thermal_limit_celsius`: 80 °C — the Raspberry Pi 4's firmware throttles at 80 °C and
     ///   laptop CPUs throttle at 95–105 °C, so the node stops before the firmware has to
     /// * `unknown_power_is_external`: true
-    /// * `sample_interval_ms`: 5000 ms
+    /// * `sample_interval_ms`: 5000 ms — work stops within 5 s of the user coming back or
+    ///   the charger being pulled, for about 6–7 ms of CPU per minute (the `device_gate_cost`
+    ///   example measures it)
     /// * `device_class`: detected; `watts_per_core`: the class default
     fn default() -> Self {
         Self {

@@ -22,7 +22,7 @@
 //! * [`gate`]: the pure decision and its inputs ([`Readings`], [`Thresholds`], [`GateState`]).
 //! * [`monitor`]: the sampler and the task that publishes gate changes on a watch channel.
 //! * [`summary`]: the advert's `PowerInfo` and `GateInfo` from the latest readings.
-//! * [`hardware`], [`energy`], [`bench`]: hardware probe, energy meter, self-benchmark.
+//! * [`hardware`], [`energy`], [`bench`](mod@bench): hardware probe, energy meter, self-benchmark.
 
 #![cfg_attr(
     not(test),

@@ -109,7 +109,7 @@ struct Loop {
 }
 
 impl Loop {
-    /// Takes one sample and decides; `None` if the blocking pool is gone.
+    /// Takes one sample and decides; fails only if the blocking pool is gone.
     async fn sample(
         mut self,
         paused: bool,
