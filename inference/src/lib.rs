@@ -1,3 +1,43 @@
-//! Placeholder; filled in by its own change.
+//! crank-node's inference side: the content-addressed model store and the CPU inference
+//! engine (tract), with a bounded job queue served by dedicated worker threads.
+//!
+//! This crate knows nothing about the network: the node hands it model bytes and jobs, and
+//! gets back outputs with timings for receipts and energy estimates.
+//!
+//! # Layout
+//!
+//! - [`store`]: [`ModelStore`], models on disk named by the blake3 hash of their bytes.
+//! - [`engine`]: [`Engine`], [`EngineConfig`], [`Job`], [`JobHandle`], [`RunOutput`]: the
+//!   queue, the workers, batching, and the limits on model size, input size and run time.
+//! - [`model`]: loading ONNX into an optimised tract plan; [`ModelInfo`], a model's signature.
+//! - [`convert`]: wire tensors (f32, f64, i64, i32, u8) to and from tract tensors.
+//! - [`error`]: [`StoreError`] and [`InferenceError`].
+//! - [`device`]: the device probe (hardware, power source, battery, user idle, CPU load,
+//!   thermal), the power gate and its monitor, the energy meter and the self-benchmark.
+//!
+//! # Invariants
+//!
+//! - Inference never runs on the caller's thread: [`Engine::submit`] only queues, and a full
+//!   queue is an explicit [`InferenceError::QueueFull`].
+//! - A model is parsed and optimised once per content id while it stays in the plan cache.
+//! - Bad input (malformed ONNX, unsupported operators, wrong shapes or types, oversize
+//!   models or inputs) is a typed error; a panic inside the runtime is caught and reported.
+//! - Jobs from different requesters share a batch only when the model's rows are independent.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod cache;
+pub mod convert;
+pub mod engine;
+pub mod error;
+pub mod model;
+pub mod store;
 pub mod device;
+
+pub use engine::{CancelToken, Engine, EngineConfig, Job, JobHandle, QueueState, RunOutput};
+pub use error::{InferenceError, StoreError};
+pub use model::{Dim, ModelInfo, TensorInfo};
+pub use store::ModelStore;
