@@ -110,10 +110,13 @@ async fn three_workers_join_advertise_run_and_both_sides_keep_the_receipt() {
         assert_eq!(body.worker, outcome.worker);
         assert!(body.energy.millijoules > 0);
 
-        // The worker stored the same counter-signed receipt.
+        // The worker stores the same counter-signed receipt when our answer reaches it.
         let worker = mesh.workers().into_iter().find(|w| w.node_id() == outcome.worker).unwrap();
-        let stored = worker.receipts(10);
-        assert!(stored.iter().any(|r| r.receipt == outcome.receipt), "worker lacks the receipt");
+        let started = Instant::now();
+        while !worker.receipts(10).iter().any(|r| r.receipt == outcome.receipt) {
+            assert!(started.elapsed() < Duration::from_secs(10), "worker never stored the receipt");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let mine = mesh.requester().receipts(10);
         assert!(mine.iter().any(|r| r.receipt == outcome.receipt), "requester lacks the receipt");
     }
