@@ -59,6 +59,7 @@ pub struct EventLoop {
     connections: HashMap<PeerId, Conn>,
     offences: HashMap<PeerId, u32>,
     banned: HashMap<PeerId, Instant>,
+    pending_bans: Vec<(PeerId, Instant)>,
     listen_addrs: Vec<Multiaddr>,
 }
 
@@ -93,6 +94,7 @@ impl EventLoop {
             connections: HashMap::new(),
             offences: HashMap::new(),
             banned: HashMap::new(),
+            pending_bans: Vec::new(),
             listen_addrs: Vec::new(),
         }
     }
@@ -107,7 +109,7 @@ impl EventLoop {
     /// Runs until every [`super::Client`] is dropped or `shutdown` resolves.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -161,6 +163,12 @@ impl EventLoop {
                 }
             }
         }
+        let (due, later): (Vec<_>, Vec<_>) = self.pending_bans.drain(..).partition(|(_, at)| *at <= now);
+        self.pending_bans = later;
+        for (peer, _) in due {
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
+            warn!(peer = %peer, secs = self.config.ban_secs, "peer blocked after repeated bad messages");
+        }
         let expired: Vec<PeerId> = self.banned.iter().filter(|(_, until)| **until <= now).map(|(p, _)| *p).collect();
         for peer in expired {
             self.banned.remove(&peer);
@@ -176,10 +184,10 @@ impl EventLoop {
         *count += 1;
         warn!(peer = %peer, offences = *count, reason, "bad message from peer");
         if *count >= self.config.ban_threshold && !self.banned.contains_key(&peer) {
+            // Block a moment later, so the answer explaining the last offence still goes out.
             let until = Instant::now() + Duration::from_secs(self.config.ban_secs);
             self.banned.insert(peer, until);
-            self.swarm.behaviour_mut().blocked.block_peer(peer);
-            warn!(peer = %peer, secs = self.config.ban_secs, "peer blocked after repeated bad messages");
+            self.pending_bans.push((peer, Instant::now() + Duration::from_millis(200)));
         }
     }
 
