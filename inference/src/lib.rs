@@ -31,11 +31,11 @@
 
 mod cache;
 pub mod convert;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod model;
 pub mod store;
-pub mod device;
 
 pub use engine::{CancelToken, Engine, EngineConfig, Job, JobHandle, QueueState, RunOutput};
 pub use error::{InferenceError, StoreError};

@@ -37,7 +37,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "CRANK_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log filter, e.g. info, debug, crank_node=debug (also RUST_LOG).
-    #[arg(long, global = true, env = "CRANK_LOG", default_value = "info", value_name = "FILTER")]
+    #[arg(
+        long,
+        global = true,
+        env = "CRANK_LOG",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
     pub log: String,
     /// Machine-readable JSON output (for scripts).
     #[arg(long, global = true)]
@@ -162,7 +168,9 @@ pub fn load_config(cli: &Cli) -> Result<Config> {
     let file = match &cli.config {
         Some(f) => Some(f.clone()),
         None => {
-            let dir = data_dir_flag.clone().unwrap_or_else(crate::config::default_data_dir);
+            let dir = data_dir_flag
+                .clone()
+                .unwrap_or_else(crate::config::default_data_dir);
             let candidate = dir.join("config.toml");
             candidate.exists().then_some(candidate)
         }
@@ -233,12 +241,19 @@ async fn ctrl_c() {
 /// `join`: run a worker node until interrupted.
 pub async fn join(config: Config, models: &[PathBuf]) -> Result<()> {
     if config.network.bootstrap.is_empty() {
-        tracing::warn!("no bootstrap peers configured: this node waits for others to dial it (pass --bootstrap)");
+        tracing::warn!(
+            "no bootstrap peers configured: this node waits for others to dial it (pass --bootstrap)"
+        );
     }
     let node = Node::start(config, Role::default()).await?;
     for m in models {
-        let bytes = std::fs::read(m).with_context(|| format!("cannot read model {}", m.display()))?;
-        let id = node.handle().add_model(&bytes).await.with_context(|| format!("model {}", m.display()))?;
+        let bytes =
+            std::fs::read(m).with_context(|| format!("cannot read model {}", m.display()))?;
+        let id = node
+            .handle()
+            .add_model(&bytes)
+            .await
+            .with_context(|| format!("model {}", m.display()))?;
         tracing::info!(model = %id, file = %m.display(), "model added");
     }
     serve_until_interrupted(node).await
@@ -272,8 +287,17 @@ fn api_client(config: &Config) -> Option<(String, String)> {
 
 async fn running_api(config: &Config) -> Option<(reqwest::Client, String, String)> {
     let (base, token) = api_client(config)?;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
-    let up = http.get(format!("{base}/health")).send().await.ok()?.status().is_success();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
+    let up = http
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .ok()?
+        .status()
+        .is_success();
     up.then_some((http, base, token))
 }
 
@@ -285,9 +309,17 @@ pub async fn status(config: &Config, json: bool) -> Result<()> {
             config.data_dir.display()
         );
     };
-    let resp = http.get(format!("{base}/status")).bearer_auth(token).send().await?;
+    let resp = http
+        .get(format!("{base}/status"))
+        .bearer_auth(token)
+        .send()
+        .await?;
     if !resp.status().is_success() {
-        bail!("the node answered {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+        bail!(
+            "the node answered {}: {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
     }
     let value: serde_json::Value = resp.json().await?;
     if json {
@@ -311,10 +343,12 @@ fn spinner(msg: &str, json: bool) -> Option<indicatif::ProgressBar> {
 
 /// `submit`: run one task, through the running node's API or a temporary node.
 pub async fn submit(mut config: Config, args: SubmitArgs, json: bool) -> Result<()> {
-    let input = std::fs::read_to_string(&args.input).with_context(|| format!("cannot read input {}", args.input.display()))?;
-    let input_json: serde_json::Value =
-        serde_json::from_str(&input).with_context(|| format!("input {} is not valid JSON", args.input.display()))?;
-    let model_path = std::fs::canonicalize(&args.model).with_context(|| format!("cannot read model {}", args.model.display()))?;
+    let input = std::fs::read_to_string(&args.input)
+        .with_context(|| format!("cannot read input {}", args.input.display()))?;
+    let input_json: serde_json::Value = serde_json::from_str(&input)
+        .with_context(|| format!("input {} is not valid JSON", args.input.display()))?;
+    let model_path = std::fs::canonicalize(&args.model)
+        .with_context(|| format!("cannot read model {}", args.model.display()))?;
     let task = TaskJson {
         model: None,
         model_path: Some(model_path.display().to_string()),
@@ -327,22 +361,36 @@ pub async fn submit(mut config: Config, args: SubmitArgs, json: bool) -> Result<
     };
 
     let result: TaskResultJson = if let Some((_, base, token)) =
-        if args.no_api || !args.bootstrap.is_empty() { None } else { running_api(&config).await }
-    {
+        if args.no_api || !args.bootstrap.is_empty() {
+            None
+        } else {
+            running_api(&config).await
+        } {
         let pb = spinner("running the task through the local node", json);
         let http = reqwest::Client::new();
-        let resp = http.post(format!("{base}/tasks")).bearer_auth(token).json(&task).send().await?;
+        let resp = http
+            .post(format!("{base}/tasks"))
+            .bearer_auth(token)
+            .json(&task)
+            .send()
+            .await?;
         if let Some(pb) = pb {
             pb.finish_and_clear();
         }
         let status = resp.status();
         let body: serde_json::Value = resp.json().await?;
         if !status.is_success() {
-            let msg = body.get("error").and_then(|e| e.as_str()).unwrap_or("unknown error").to_string();
-            if args.verbose {
-                if let Some(t) = body.get("auction").and_then(|t| serde_json::from_value::<AuctionTrace>(t.clone()).ok()) {
-                    eprint!("{}", render_trace(&t));
-                }
+            let msg = body
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("unknown error")
+                .to_string();
+            if args.verbose
+                && let Some(t) = body
+                    .get("auction")
+                    .and_then(|t| serde_json::from_value::<AuctionTrace>(t.clone()).ok())
+            {
+                eprint!("{}", render_trace(&t));
             }
             bail!("{msg}");
         }
@@ -354,7 +402,9 @@ pub async fn submit(mut config: Config, args: SubmitArgs, json: bool) -> Result<
             config.network.bootstrap.push(b.clone());
         }
         if config.network.bootstrap.is_empty() {
-            bail!("no crank-node is running on this data dir and no --bootstrap was given: nothing to submit to");
+            bail!(
+                "no crank-node is running on this data dir and no --bootstrap was given: nothing to submit to"
+            );
         }
         config.worker.enabled = false;
         config.api.enabled = false;
@@ -367,7 +417,9 @@ pub async fn submit(mut config: Config, args: SubmitArgs, json: bool) -> Result<
             if let Some(pb) = &pb {
                 pb.set_message("looking for workers and running the task");
             }
-            let req = api::request_from_json(&handle, task).await.map_err(|e| anyhow!(e))?;
+            let req = api::request_from_json(&handle, task)
+                .await
+                .map_err(|e| anyhow!(e))?;
             match handle.submit(req).await {
                 Ok(o) => Ok(TaskResultJson::from(&o)),
                 Err(crate::SubmitError::Failed { explanation, trace }) => {
@@ -403,14 +455,26 @@ async fn wait_for_bootstrap(handle: &NodeHandle, limit: Duration) -> Result<()> 
     let started = std::time::Instant::now();
     loop {
         let status = handle.status().await?;
-        if status.network.bootstrap.iter().any(|b| b.connected) || status.network.bootstrap.is_empty() {
+        if status.network.bootstrap.iter().any(|b| b.connected)
+            || status.network.bootstrap.is_empty()
+        {
             return Ok(());
         }
-        let all_failed = status.network.bootstrap.iter().all(|b| b.last_error.is_some());
-        if started.elapsed() >= limit || (all_failed && started.elapsed() >= Duration::from_secs(3)) {
+        let all_failed = status
+            .network
+            .bootstrap
+            .iter()
+            .all(|b| b.last_error.is_some());
+        if started.elapsed() >= limit || (all_failed && started.elapsed() >= Duration::from_secs(3))
+        {
             let mut msg = String::from("none of the bootstrap nodes answered:");
             for b in &status.network.bootstrap {
-                let _ = write!(msg, "\n  {}: {}", b.addr, b.last_error.as_deref().unwrap_or("no answer yet"));
+                let _ = write!(
+                    msg,
+                    "\n  {}: {}",
+                    b.addr,
+                    b.last_error.as_deref().unwrap_or("no answer yet")
+                );
             }
             msg.push_str("\ncheck the address (the bootstrap node prints it at start) and that it is running");
             bail!(msg);
@@ -425,8 +489,16 @@ pub fn render_result(r: &TaskResultJson) -> String {
     match &r.predictions {
         Some(preds) => {
             for (i, p) in preds.iter().enumerate() {
-                let row = if preds.len() > 1 { format!(" (row {i})") } else { String::new() };
-                let _ = writeln!(s, "prediction{row}: class {} with probability {:.3}", p.class, p.probability);
+                let row = if preds.len() > 1 {
+                    format!(" (row {i})")
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    s,
+                    "prediction{row}: class {} with probability {:.3}",
+                    p.class, p.probability
+                );
             }
         }
         None => {
@@ -447,10 +519,27 @@ pub fn render_result(r: &TaskResultJson) -> String {
     let b = &r.receipt.inner.body;
     let _ = writeln!(s, "task      {}", r.task_id);
     let _ = writeln!(s, "worker    {}", r.worker_peer_id);
-    let _ = writeln!(s, "price     {} stroops ({:.7} XLM)", r.price_stroops, r.price_stroops as f64 / 1e7);
-    let _ = writeln!(s, "time      {:.1} ms end to end, {} µs inference on {}", r.elapsed_ms, b.timings.run_micros, b.path);
-    let _ = writeln!(s, "energy    {} mJ, {}", b.energy.millijoules, b.energy.method);
-    let verified = if r.receipt.verify().is_ok() { "verified" } else { "NOT VERIFIED" };
+    let _ = writeln!(
+        s,
+        "price     {} stroops ({:.7} XLM)",
+        r.price_stroops,
+        r.price_stroops as f64 / 1e7
+    );
+    let _ = writeln!(
+        s,
+        "time      {:.1} ms end to end, {} µs inference on {}",
+        r.elapsed_ms, b.timings.run_micros, b.path
+    );
+    let _ = writeln!(
+        s,
+        "energy    {} mJ, {}",
+        b.energy.millijoules, b.energy.method
+    );
+    let verified = if r.receipt.verify().is_ok() {
+        "verified"
+    } else {
+        "NOT VERIFIED"
+    };
     let _ = writeln!(
         s,
         "receipt   signed by the worker and counter-signed by us ({verified}); pair #{}, {} stroops owed in all",
@@ -463,12 +552,26 @@ pub fn render_result(r: &TaskResultJson) -> String {
 pub fn render_trace(t: &AuctionTrace) -> String {
     use crank_scheduler::auction::trace::Answer;
     let mut s = String::new();
-    let _ = writeln!(s, "auction: {} candidates, payment rule {:?}, max price {} stroops", t.candidates.len(), t.payment, t.max_price_stroops);
+    let _ = writeln!(
+        s,
+        "auction: {} candidates, payment rule {:?}, max price {} stroops",
+        t.candidates.len(),
+        t.payment,
+        t.max_price_stroops
+    );
     for a in &t.answers {
         let peer = network::peer_id_string(&a.peer);
         let ms = a.at.saturating_sub(t.started_at);
         let what = match &a.answer {
-            Answer::Bid { price_stroops, est_latency_ms, est_energy_mj, path, model_cached, score, .. } => format!(
+            Answer::Bid {
+                price_stroops,
+                est_latency_ms,
+                est_energy_mj,
+                path,
+                model_cached,
+                score,
+                ..
+            } => format!(
                 "bid {price_stroops} stroops, ~{est_latency_ms} ms, {est_energy_mj} mJ on {path}{}, score {:.3}",
                 if *model_cached { ", model cached" } else { "" },
                 score.total
@@ -487,7 +590,10 @@ pub fn render_trace(t: &AuctionTrace) -> String {
             a.bid_price_stroops,
             a.price_stroops,
             a.why,
-            a.end.as_ref().map(|e| format!(", ended: {e:?}")).unwrap_or_default()
+            a.end
+                .as_ref()
+                .map(|e| format!(", ended: {e:?}"))
+                .unwrap_or_default()
         );
     }
     s
@@ -495,10 +601,14 @@ pub fn render_trace(t: &AuctionTrace) -> String {
 
 /// `models add|list`.
 pub async fn models(config: Config, cmd: ModelsCommand, json: bool) -> Result<()> {
-    let store = crank_inference::ModelStore::open(&config.data_dir.join("models"), config.engine.max_model_bytes)?;
+    let store = crank_inference::ModelStore::open(
+        &config.data_dir.join("models"),
+        config.engine.max_model_bytes,
+    )?;
     match cmd {
         ModelsCommand::Add { file } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let had = store.has(&crank_protocol::ModelId::of(&bytes));
             let id = store.put(&bytes)?;
             // Load it once so a broken file is refused now, not on a worker later.
@@ -511,15 +621,25 @@ pub async fn models(config: Config, cmd: ModelsCommand, json: bool) -> Result<()
                 bail!("{} is not a model crank-node can run: {e}", file.display());
             }
             if json {
-                println!("{}", serde_json::json!({ "model": id.to_hex(), "bytes": bytes.len() }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "model": id.to_hex(), "bytes": bytes.len() })
+                );
             } else {
                 println!("{id}  {}", file.display());
             }
         }
         ModelsCommand::List => {
-            let list: Vec<_> = store.list().into_iter().map(|id| (id, store.size(&id).unwrap_or(0))).collect();
+            let list: Vec<_> = store
+                .list()
+                .into_iter()
+                .map(|id| (id, store.size(&id).unwrap_or(0)))
+                .collect();
             if json {
-                let v: Vec<_> = list.iter().map(|(id, n)| serde_json::json!({ "model": id.to_hex(), "bytes": n })).collect();
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|(id, n)| serde_json::json!({ "model": id.to_hex(), "bytes": n }))
+                    .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 for (id, n) in list {
@@ -535,13 +655,21 @@ pub async fn models(config: Config, cmd: ModelsCommand, json: bool) -> Result<()
 pub fn id(config: &Config, json: bool) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let (identity, _) = crate::identity::load_or_create(&config.data_dir)?;
-    let wallet = crank_payments::stellar::Wallet::load_or_create(&config.data_dir.join(crate::PAYOUT_KEY_FILE))?;
+    let wallet = crank_payments::stellar::Wallet::load_or_create(
+        &config.data_dir.join(crate::PAYOUT_KEY_FILE),
+    )?;
     let node = identity.node_id();
     let peer = network::peer_id_string(&node);
     if json {
-        println!("{}", serde_json::json!({ "node_id": node.to_hex(), "peer_id": peer, "payout": wallet.address() }));
+        println!(
+            "{}",
+            serde_json::json!({ "node_id": node.to_hex(), "peer_id": peer, "payout": wallet.address() })
+        );
     } else {
-        println!("node id   {node}\npeer id   {peer}\npayout    {}", wallet.address());
+        println!(
+            "node id   {node}\npeer id   {peer}\npayout    {}",
+            wallet.address()
+        );
     }
     Ok(())
 }
@@ -559,7 +687,17 @@ mod tests {
     #[test]
     fn parses_submit() {
         let cli = Cli::try_parse_from([
-            "crank-node", "--json", "submit", "--model", "m.onnx", "--input", "i.json", "--prefer", "green", "--max-price", "500",
+            "crank-node",
+            "--json",
+            "submit",
+            "--model",
+            "m.onnx",
+            "--input",
+            "i.json",
+            "--prefer",
+            "green",
+            "--max-price",
+            "500",
         ])
         .unwrap();
         match cli.command {

@@ -20,7 +20,10 @@
 //! `crank-scheduler` (the auction), `crank-inference` (models, runners, power gate) and
 //! `crank-payments` (ledger, Stellar).
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod api;
 pub mod clock;
@@ -45,7 +48,11 @@ pub use requester::{ModelSource, SubmitError, SubmitRequest, TaskOutcome};
 pub const PAYOUT_KEY_FILE: &str = "payout.secret";
 
 /// Runs a node until `shutdown` resolves: starts it, serves the local API, then stops cleanly.
-pub async fn run(config: Config, role: network::Role, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+pub async fn run(
+    config: Config,
+    role: network::Role,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
     let node = Node::start(config, role).await?;
     let api = api::serve(node.handle()).await;
     match &api {

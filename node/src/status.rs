@@ -154,10 +154,18 @@ impl NodeStatus {
             "gate      {} ({}){}",
             if self.gate.open { "open" } else { "closed" },
             self.gate.policy,
-            self.gate.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            self.gate
+                .reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
         );
         let q = &self.queue;
-        let _ = writeln!(s, "queue     {} running, {} waiting, {} slots, {} workers", q.running, q.queued, q.slots, q.workers);
+        let _ = writeln!(
+            s,
+            "queue     {} running, {} waiting, {} slots, {} workers",
+            q.running, q.queued, q.slots, q.workers
+        );
         for b in &self.bench {
             let _ = writeln!(
                 s,
@@ -175,12 +183,24 @@ impl NodeStatus {
                 let state = if b.connected {
                     "connected".to_string()
                 } else {
-                    format!("not connected ({} attempts{})", b.attempts, b.last_error.as_deref().map(|e| format!(", last error: {e}")).unwrap_or_default())
+                    format!(
+                        "not connected ({} attempts{})",
+                        b.attempts,
+                        b.last_error
+                            .as_deref()
+                            .map(|e| format!(", last error: {e}"))
+                            .unwrap_or_default()
+                    )
                 };
                 let _ = writeln!(s, "  {}  {state}", b.addr);
             }
         }
-        let _ = writeln!(s, "\npeers ({} connected, {} in routing table):", n.peers.len(), n.routing_table);
+        let _ = writeln!(
+            s,
+            "\npeers ({} connected, {} in routing table):",
+            n.peers.len(),
+            n.routing_table
+        );
         for p in &n.peers {
             let _ = writeln!(
                 s,
@@ -188,7 +208,10 @@ impl NodeStatus {
                 p.peer_id,
                 if p.relayed { "relayed" } else { "direct" },
                 p.addr,
-                p.agent.as_deref().map(|a| format!("  {a}")).unwrap_or_default()
+                p.agent
+                    .as_deref()
+                    .map(|a| format!("  {a}"))
+                    .unwrap_or_default()
             );
         }
         let _ = writeln!(s, "\nadverts ({}):", self.adverts.len());
@@ -202,7 +225,11 @@ impl NodeStatus {
                 a.ram_mib,
                 a.models,
                 a.per_task_stroops,
-                if a.gate_open { "open".to_string() } else { format!("closed: {}", a.gate_reason.as_deref().unwrap_or("?")) },
+                if a.gate_open {
+                    "open".to_string()
+                } else {
+                    format!("closed: {}", a.gate_reason.as_deref().unwrap_or("?"))
+                },
                 a.completed,
             );
         }

@@ -14,13 +14,18 @@ fn repo() -> PathBuf {
 
 fn logs() {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter(filter).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(filter)
+        .try_init();
 }
 
 fn config(dir: &Path, bootstrap: Option<&str>) -> Config {
     logs();
-    let mut c = Config::default();
-    c.data_dir = dir.to_path_buf();
+    let mut c = Config {
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
     c.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
     c.network.bootstrap = bootstrap.map(|b| vec![b.to_string()]).unwrap_or_default();
     c.network.kad_mode = KadMode::Server;
@@ -43,7 +48,9 @@ impl Mesh {
         let mut dirs = Vec::new();
         let mut nodes = Vec::new();
         let d = tempfile::tempdir().unwrap();
-        let boot = Node::start(config(d.path(), None), Role { bootstrap: true }).await.unwrap();
+        let boot = Node::start(config(d.path(), None), Role { bootstrap: true })
+            .await
+            .unwrap();
         let addr = boot.handle().listen_addrs().await[0].clone();
         dirs.push(d);
         nodes.push(boot);
@@ -65,13 +72,20 @@ impl Mesh {
     }
 
     fn workers(&self) -> Vec<NodeHandle> {
-        self.nodes[1..self.nodes.len() - 1].iter().map(Node::handle).collect()
+        self.nodes[1..self.nodes.len() - 1]
+            .iter()
+            .map(Node::handle)
+            .collect()
     }
 
     async fn wait_for_adverts(&self, n: usize) {
         let started = Instant::now();
         while self.requester().known_adverts() < n {
-            assert!(started.elapsed() < Duration::from_secs(30), "requester saw {} adverts, expected {n}", self.requester().known_adverts());
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "requester saw {} adverts, expected {n}",
+                self.requester().known_adverts()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -100,7 +114,11 @@ async fn three_workers_join_advertise_run_and_both_sides_keep_the_receipt() {
         ("digits-mlp.onnx", "digit-3.json", "X", 3),
         ("digits-cnn.onnx", "digit-7-cnn.json", "input", 7),
     ] {
-        let outcome = mesh.requester().submit(digits_request(model, sample, input)).await.unwrap();
+        let outcome = mesh
+            .requester()
+            .submit(digits_request(model, sample, input))
+            .await
+            .unwrap();
         let preds = tensor_io::predictions(&outcome.outputs).expect("classifier outputs");
         assert_eq!(preds[0].class, expected, "{model} on {sample}");
         assert!(preds[0].probability > 0.5);
@@ -111,14 +129,28 @@ async fn three_workers_join_advertise_run_and_both_sides_keep_the_receipt() {
         assert!(body.energy.millijoules > 0);
 
         // The worker stores the same counter-signed receipt when our answer reaches it.
-        let worker = mesh.workers().into_iter().find(|w| w.node_id() == outcome.worker).unwrap();
+        let worker = mesh
+            .workers()
+            .into_iter()
+            .find(|w| w.node_id() == outcome.worker)
+            .unwrap();
         let started = Instant::now();
-        while !worker.receipts(10).iter().any(|r| r.receipt == outcome.receipt) {
-            assert!(started.elapsed() < Duration::from_secs(10), "worker never stored the receipt");
+        while !worker
+            .receipts(10)
+            .iter()
+            .any(|r| r.receipt == outcome.receipt)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "worker never stored the receipt"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let mine = mesh.requester().receipts(10);
-        assert!(mine.iter().any(|r| r.receipt == outcome.receipt), "requester lacks the receipt");
+        assert!(
+            mine.iter().any(|r| r.receipt == outcome.receipt),
+            "requester lacks the receipt"
+        );
     }
     let status = mesh.requester().status().await.unwrap();
     assert_eq!(status.balances.total.receipts_as_requester, 2);
@@ -185,17 +217,35 @@ mod adversary {
         type Request = Vec<u8>;
         type Response = Vec<u8>;
 
-        async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>> {
+        async fn read_request<T: AsyncRead + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+        ) -> io::Result<Vec<u8>> {
             read_frame(io).await
         }
-        async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>> {
+        async fn read_response<T: AsyncRead + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+        ) -> io::Result<Vec<u8>> {
             read_frame(io).await
         }
-        async fn write_request<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, req: Vec<u8>) -> io::Result<()> {
+        async fn write_request<T: AsyncWrite + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+            req: Vec<u8>,
+        ) -> io::Result<()> {
             io.write_all(&req).await?;
             io.close().await
         }
-        async fn write_response<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, res: Vec<u8>) -> io::Result<()> {
+        async fn write_response<T: AsyncWrite + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+            res: Vec<u8>,
+        ) -> io::Result<()> {
             io.write_all(&framed(&res)).await?;
             io.close().await
         }
@@ -214,22 +264,34 @@ mod adversary {
     impl Adversary {
         pub fn new(seed: u8, serve: Serve) -> Self {
             let identity = Identity::from_secret([seed; 32]);
-            let key = libp2p::identity::Keypair::ed25519_from_bytes(identity.secret_bytes()).unwrap();
+            let key =
+                libp2p::identity::Keypair::ed25519_from_bytes(identity.secret_bytes()).unwrap();
             let swarm = SwarmBuilder::with_existing_identity(key)
                 .with_tokio()
-                .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+                .with_tcp(
+                    tcp::Config::default(),
+                    noise::Config::new,
+                    yamux::Config::default,
+                )
                 .unwrap()
                 .with_behaviour(|_| {
                     request_response::Behaviour::with_codec(
                         RawCodec,
                         [(PROTOCOL, ProtocolSupport::Full)],
-                        request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
+                        request_response::Config::default()
+                            .with_request_timeout(Duration::from_secs(20)),
                     )
                 })
                 .unwrap()
                 .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
                 .build();
-            Self { identity, swarm, responses: HashMap::new(), received: Vec::new(), serve }
+            Self {
+                identity,
+                swarm,
+                responses: HashMap::new(),
+                received: Vec::new(),
+                serve,
+            }
         }
 
         pub async fn connect(&mut self, addr: &str) -> PeerId {
@@ -238,7 +300,9 @@ mod adversary {
             loop {
                 match self.swarm.select_next_some().await {
                     SwarmEvent::ConnectionEstablished { peer_id, .. } => return peer_id,
-                    SwarmEvent::OutgoingConnectionError { error, .. } => panic!("dial failed: {error}"),
+                    SwarmEvent::OutgoingConnectionError { error, .. } => {
+                        panic!("dial failed: {error}")
+                    }
                     _ => {}
                 }
             }
@@ -246,18 +310,33 @@ mod adversary {
 
         fn on_event(&mut self, event: SwarmEvent<request_response::Event<Vec<u8>, Vec<u8>>>) {
             match event {
-                SwarmEvent::Behaviour(request_response::Event::Message { message, .. }) => match message {
-                    request_response::Message::Request { request, channel, .. } => {
-                        let req: Request = codec::decode(&request, codec::DEFAULT_MAX_FRAME).unwrap();
-                        let resp = (self.serve)(&req);
-                        self.received.push(req);
-                        let _ = self.swarm.behaviour_mut().send_response(channel, codec::encode(&resp).unwrap());
+                SwarmEvent::Behaviour(request_response::Event::Message { message, .. }) => {
+                    match message {
+                        request_response::Message::Request {
+                            request, channel, ..
+                        } => {
+                            let req: Request =
+                                codec::decode(&request, codec::DEFAULT_MAX_FRAME).unwrap();
+                            let resp = (self.serve)(&req);
+                            self.received.push(req);
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .send_response(channel, codec::encode(&resp).unwrap());
+                        }
+                        request_response::Message::Response {
+                            request_id,
+                            response,
+                        } => {
+                            self.responses.insert(request_id, Ok(response));
+                        }
                     }
-                    request_response::Message::Response { request_id, response } => {
-                        self.responses.insert(request_id, Ok(response));
-                    }
-                },
-                SwarmEvent::Behaviour(request_response::Event::OutboundFailure { request_id, error, .. }) => {
+                }
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    request_id,
+                    error,
+                    ..
+                }) => {
                     self.responses.insert(request_id, Err(error.to_string()));
                 }
                 _ => {}
@@ -278,7 +357,9 @@ mod adversary {
 
         /// Sends a well-framed request and decodes the answer.
         pub async fn send(&mut self, peer: PeerId, req: &Request) -> Result<Response, String> {
-            let bytes = self.send_raw(peer, framed(&codec::encode(req).unwrap())).await?;
+            let bytes = self
+                .send_raw(peer, framed(&codec::encode(req).unwrap()))
+                .await?;
             codec::decode(&bytes, codec::DEFAULT_MAX_FRAME).map_err(|e| e.to_string())
         }
 
@@ -288,7 +369,10 @@ mod adversary {
             while !done(&self.received) {
                 match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await {
                     Ok(event) => self.on_event(event),
-                    Err(_) => panic!("timed out; received {:?}", self.received.iter().map(Request::kind).collect::<Vec<_>>()),
+                    Err(_) => panic!(
+                        "timed out; received {:?}",
+                        self.received.iter().map(Request::kind).collect::<Vec<_>>()
+                    ),
                 }
             }
         }
@@ -298,8 +382,8 @@ mod adversary {
 use adversary::{Adversary, framed, varint};
 use crank_protocol::tensor::tensors_hash;
 use crank_protocol::{
-    Award, CallForBids, ErrorCode, FailureReason, ModelChunk, ModelId, NamedTensor, Request, Response, Signed, TaskId,
-    Tensor,
+    Award, CallForBids, ErrorCode, FailureReason, ModelChunk, ModelId, NamedTensor, Request,
+    Response, Signed, TaskId, Tensor,
 };
 
 fn now_ms() -> u64 {
@@ -324,9 +408,20 @@ fn cfb(adv: &Adversary, task: u8, model: &[u8], inputs: &[NamedTensor]) -> Signe
 }
 
 /// Asks `worker` for a bid and awards the task; returns the worker's answer to the award.
-async fn bid_and_award(adv: &mut Adversary, worker: libp2p::PeerId, me: &crank_protocol::NodeId, task: u8, model: &[u8], inputs: Vec<NamedTensor>) -> Response {
+async fn bid_and_award(
+    adv: &mut Adversary,
+    worker: libp2p::PeerId,
+    me: &crank_protocol::NodeId,
+    task: u8,
+    model: &[u8],
+    inputs: Vec<NamedTensor>,
+) -> Response {
     let call = cfb(adv, task, model, &inputs);
-    let bid = match adv.send(worker, &Request::CallForBids(call.clone())).await.unwrap() {
+    let bid = match adv
+        .send(worker, &Request::CallForBids(call.clone()))
+        .await
+        .unwrap()
+    {
         Response::Bid(b) => b,
         other => panic!("expected a bid, got {other:?}"),
     };
@@ -341,7 +436,12 @@ async fn bid_and_award(adv: &mut Adversary, worker: libp2p::PeerId, me: &crank_p
         inputs,
         deadline: call.body.deadline,
     };
-    adv.send(worker, &Request::Award(Signed::sign(award, &adv.identity).unwrap())).await.unwrap()
+    adv.send(
+        worker,
+        &Request::Award(Signed::sign(award, &adv.identity).unwrap()),
+    )
+    .await
+    .unwrap()
 }
 
 fn failure_of(received: &[Request], task: u8) -> Option<FailureReason> {
@@ -352,7 +452,10 @@ fn failure_of(received: &[Request], task: u8) -> Option<FailureReason> {
 }
 
 fn mlp_input(n: u64) -> Vec<NamedTensor> {
-    vec![NamedTensor { name: "X".into(), tensor: Tensor::f32(vec![1, n], vec![0.5; n as usize]).unwrap() }]
+    vec![NamedTensor {
+        name: "X".into(),
+        tensor: Tensor::f32(vec![1, n], vec![0.5; n as usize]).unwrap(),
+    }]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -362,14 +465,22 @@ async fn bad_frames_get_clear_errors_and_repeat_offenders_are_blocked() {
     let worker = &mesh.workers()[0];
     let addr = worker.listen_addrs().await[0].clone();
     let peer = crank_node::network::peer_id_of(&worker.node_id()).unwrap();
-    let mut adv = Adversary::new(200, Box::new(|_| Response::error(ErrorCode::NotFound, "nothing here")));
+    let mut adv = Adversary::new(
+        200,
+        Box::new(|_| Response::error(ErrorCode::NotFound, "nothing here")),
+    );
     adv.connect(&addr).await;
 
-    let answer = |bytes: Vec<u8>| -> Response { crank_protocol::codec::decode(&bytes, 1 << 20).unwrap() };
+    let answer =
+        |bytes: Vec<u8>| -> Response { crank_protocol::codec::decode(&bytes, 1 << 20).unwrap() };
     let expect_error = |r: Response, code: ErrorCode, needle: &str| match r {
         Response::Error(e) => {
             assert_eq!(e.code, code, "{e}");
-            assert!(e.message.contains(needle), "{:?} lacks {needle:?}", e.message);
+            assert!(
+                e.message.contains(needle),
+                "{:?} lacks {needle:?}",
+                e.message
+            );
         }
         other => panic!("expected an error, got {other:?}"),
     };
@@ -377,32 +488,73 @@ async fn bad_frames_get_clear_errors_and_repeat_offenders_are_blocked() {
     // 1. A length prefix far over the limit: refused without reading the body.
     let mut oversize = varint(64 * 1024 * 1024);
     oversize.extend_from_slice(&[1, 2, 3]);
-    expect_error(answer(adv.send_raw(peer, oversize).await.unwrap()), ErrorCode::Malformed, "exceeds the limit");
+    expect_error(
+        answer(adv.send_raw(peer, oversize).await.unwrap()),
+        ErrorCode::Malformed,
+        "exceeds the limit",
+    );
     // 2. Garbage after a valid version byte.
-    expect_error(answer(adv.send_raw(peer, framed(&[1, 250, 251, 252, 253])).await.unwrap()), ErrorCode::Malformed, "malformed");
+    expect_error(
+        answer(
+            adv.send_raw(peer, framed(&[1, 250, 251, 252, 253]))
+                .await
+                .unwrap(),
+        ),
+        ErrorCode::Malformed,
+        "malformed",
+    );
     // 3. A wire version this node does not speak.
-    expect_error(answer(adv.send_raw(peer, framed(&[9, 0])).await.unwrap()), ErrorCode::Malformed, "version 9");
+    expect_error(
+        answer(adv.send_raw(peer, framed(&[9, 0])).await.unwrap()),
+        ErrorCode::Malformed,
+        "version 9",
+    );
     // 4. A call for bids whose body was changed after signing.
     let mut forged = cfb(&adv, 1, b"model", &mlp_input(64));
     forged.body.max_price_stroops += 1;
-    expect_error(adv.send(peer, &Request::CallForBids(forged)).await.unwrap(), ErrorCode::Invalid, "does not verify");
+    expect_error(
+        adv.send(peer, &Request::CallForBids(forged)).await.unwrap(),
+        ErrorCode::Invalid,
+        "does not verify",
+    );
     // 5. A call for bids signed by us but naming another requester.
     let mut other = cfb(&adv, 2, b"model", &mlp_input(64)).body;
     other.requester = mesh.requester().node_id();
     let signed = Signed::sign(other, &adv.identity).unwrap();
-    expect_error(adv.send(peer, &Request::CallForBids(signed)).await.unwrap(), ErrorCode::Invalid, "signed by");
+    expect_error(
+        adv.send(peer, &Request::CallForBids(signed)).await.unwrap(),
+        ErrorCode::Invalid,
+        "signed by",
+    );
 
     // Five offences: the node blocks us and drops the connection.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let blocked = adv.send(peer, &Request::GetAdvert).await;
-    assert!(blocked.is_err(), "a blocked peer still got an answer: {blocked:?}");
+    assert!(
+        blocked.is_err(),
+        "a blocked peer still got an answer: {blocked:?}"
+    );
     let status = worker.status().await.unwrap();
-    let me = crank_node::network::peer_id_of(&adv.identity.node_id()).unwrap().to_string();
-    assert!(status.network.blocked.contains(&me), "{:?}", status.network.blocked);
-    assert!(worker.metrics_text().contains("crank_invalid_messages_total 5"));
+    let me = crank_node::network::peer_id_of(&adv.identity.node_id())
+        .unwrap()
+        .to_string();
+    assert!(
+        status.network.blocked.contains(&me),
+        "{:?}",
+        status.network.blocked
+    );
+    assert!(
+        worker
+            .metrics_text()
+            .contains("crank_invalid_messages_total 5")
+    );
 
     // The node keeps working for everyone else.
-    let outcome = mesh.requester().submit(digits_request("digits-mlp.onnx", "digit-3.json", "X")).await.unwrap();
+    let outcome = mesh
+        .requester()
+        .submit(digits_request("digits-mlp.onnx", "digit-3.json", "X"))
+        .await
+        .unwrap();
     assert_eq!(outcome.worker, worker.node_id());
     mesh.stop().await;
 }
@@ -419,7 +571,10 @@ async fn workers_refuse_bad_models_and_inputs_and_say_why() {
     // The worker already holds the reference model (the MLP); use a copy with one byte
     // changed in its producer name so the worker must fetch it.
     let mut fresh = real.clone();
-    let pos = fresh.windows(7).position(|w| w == b"skl2onn").expect("producer name");
+    let pos = fresh
+        .windows(7)
+        .position(|w| w == b"skl2onn")
+        .expect("producer name");
     fresh[pos] = b'S';
 
     let (tampered, garbage_c, fresh_c) = (fresh.clone(), garbage.clone(), fresh.clone());
@@ -430,21 +585,32 @@ async fn workers_refuse_bad_models_and_inputs_and_say_why() {
             Request::FetchModel(f) if f.model == ModelId::of(&tampered) => {
                 let mut bytes = tampered.clone();
                 bytes[100] ^= 0xff;
-                Response::ModelChunk(ModelChunk { model: f.model, total_len: bytes.len() as u64, offset: 0, bytes })
+                Response::ModelChunk(ModelChunk {
+                    model: f.model,
+                    total_len: bytes.len() as u64,
+                    offset: 0,
+                    bytes,
+                })
             }
-            Request::FetchModel(f) if f.model == ModelId::of(&garbage_c) => Response::ModelChunk(ModelChunk {
-                model: f.model,
-                total_len: garbage_c.len() as u64,
-                offset: 0,
-                bytes: garbage_c.clone(),
-            }),
-            Request::FetchModel(f) if f.model == ModelId::of(&fresh_c) => Response::ModelChunk(ModelChunk {
-                model: f.model,
-                total_len: fresh_c.len() as u64,
-                offset: 0,
-                bytes: fresh_c.clone(),
-            }),
-            Request::Failure(f) => Response::Ack { task_id: f.body.task_id },
+            Request::FetchModel(f) if f.model == ModelId::of(&garbage_c) => {
+                Response::ModelChunk(ModelChunk {
+                    model: f.model,
+                    total_len: garbage_c.len() as u64,
+                    offset: 0,
+                    bytes: garbage_c.clone(),
+                })
+            }
+            Request::FetchModel(f) if f.model == ModelId::of(&fresh_c) => {
+                Response::ModelChunk(ModelChunk {
+                    model: f.model,
+                    total_len: fresh_c.len() as u64,
+                    offset: 0,
+                    bytes: fresh_c.clone(),
+                })
+            }
+            Request::Failure(f) => Response::Ack {
+                task_id: f.body.task_id,
+            },
             _ => Response::error(ErrorCode::NotFound, "no"),
         }),
     );
@@ -452,23 +618,43 @@ async fn workers_refuse_bad_models_and_inputs_and_say_why() {
     let me = worker.node_id();
 
     // 1. Model bytes that do not match the model's hash: refused, reported, not stored.
-    assert!(matches!(bid_and_award(&mut adv, peer, &me, 11, &fresh, mlp_input(64)).await, Response::Accepted { .. }));
-    adv.pump_until(Duration::from_secs(20), |r| failure_of(r, 11).is_some()).await;
+    assert!(matches!(
+        bid_and_award(&mut adv, peer, &me, 11, &fresh, mlp_input(64)).await,
+        Response::Accepted { .. }
+    ));
+    adv.pump_until(Duration::from_secs(20), |r| failure_of(r, 11).is_some())
+        .await;
     match failure_of(&adv.received, 11).unwrap() {
-        FailureReason::ModelUnavailable { message } => assert!(message.contains("hash"), "{message}"),
+        FailureReason::ModelUnavailable { message } => {
+            assert!(message.contains("hash"), "{message}")
+        }
         other => panic!("unexpected {other:?}"),
     }
     let status = worker.status().await.unwrap();
-    assert!(!status.models.contains(&ModelId::of(&fresh)), "a model with the wrong bytes was stored");
+    assert!(
+        !status.models.contains(&ModelId::of(&fresh)),
+        "a model with the wrong bytes was stored"
+    );
 
     // 2. A file that is not ONNX at all.
-    assert!(matches!(bid_and_award(&mut adv, peer, &me, 12, &garbage, mlp_input(64)).await, Response::Accepted { .. }));
-    adv.pump_until(Duration::from_secs(20), |r| failure_of(r, 12).is_some()).await;
-    assert!(matches!(failure_of(&adv.received, 12).unwrap(), FailureReason::ModelInvalid { .. }));
+    assert!(matches!(
+        bid_and_award(&mut adv, peer, &me, 12, &garbage, mlp_input(64)).await,
+        Response::Accepted { .. }
+    ));
+    adv.pump_until(Duration::from_secs(20), |r| failure_of(r, 12).is_some())
+        .await;
+    assert!(matches!(
+        failure_of(&adv.received, 12).unwrap(),
+        FailureReason::ModelInvalid { .. }
+    ));
 
     // 3. The real model with an input of the wrong shape.
-    assert!(matches!(bid_and_award(&mut adv, peer, &me, 13, &real, mlp_input(10)).await, Response::Accepted { .. }));
-    adv.pump_until(Duration::from_secs(20), |r| failure_of(r, 13).is_some()).await;
+    assert!(matches!(
+        bid_and_award(&mut adv, peer, &me, 13, &real, mlp_input(10)).await,
+        Response::Accepted { .. }
+    ));
+    adv.pump_until(Duration::from_secs(20), |r| failure_of(r, 13).is_some())
+        .await;
     match failure_of(&adv.received, 13).unwrap() {
         FailureReason::InputInvalid { message } => assert!(message.contains("64"), "{message}"),
         other => panic!("unexpected {other:?}"),
@@ -487,24 +673,43 @@ async fn workers_refuse_bad_models_and_inputs_and_say_why() {
         inputs,
         deadline: now_ms() + 10_000,
     };
-    match adv.send(peer, &Request::Award(Signed::sign(award, &adv.identity).unwrap())).await.unwrap() {
+    match adv
+        .send(
+            peer,
+            &Request::Award(Signed::sign(award, &adv.identity).unwrap()),
+        )
+        .await
+        .unwrap()
+    {
         Response::Decline(d) => assert_eq!(d.body.reason, crank_protocol::DeclineReason::NotBidFor),
         other => panic!("unexpected {other:?}"),
     }
 
     // Nothing stored was lost, and the worker still works.
     mesh.wait_for_adverts(2).await;
-    let outcome = mesh.requester().submit(digits_request("digits-mlp.onnx", "digit-5.json", "X")).await.unwrap();
-    assert_eq!(tensor_io::predictions(&outcome.outputs).unwrap()[0].class, 5);
+    let outcome = mesh
+        .requester()
+        .submit(digits_request("digits-mlp.onnx", "digit-5.json", "X"))
+        .await
+        .unwrap();
+    assert_eq!(
+        tensor_io::predictions(&outcome.outputs).unwrap()[0].class,
+        5
+    );
     mesh.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requesters_refuse_bad_models_and_inputs_before_asking_anyone() {
     let d = tempfile::tempdir().unwrap();
-    let node = Node::start(config(d.path(), None), Role::default()).await.unwrap();
+    let node = Node::start(config(d.path(), None), Role::default())
+        .await
+        .unwrap();
     let h = node.handle();
-    let garbage = SubmitRequest::new(ModelSource::Bytes(b"not an onnx file".to_vec()), mlp_input(64));
+    let garbage = SubmitRequest::new(
+        ModelSource::Bytes(b"not an onnx file".to_vec()),
+        mlp_input(64),
+    );
     let e = h.submit(garbage).await.unwrap_err();
     assert!(matches!(e, crank_node::SubmitError::Model(_)), "{e}");
     let real = std::fs::read(repo().join("models/digits-mlp.onnx")).unwrap();
@@ -519,14 +724,22 @@ async fn requesters_refuse_bad_models_and_inputs_before_asking_anyone() {
 async fn bootstrap_addresses_that_do_not_parse_or_answer_are_explained() {
     let d = tempfile::tempdir().unwrap();
     let mut c = config(d.path(), Some("not-a-multiaddr"));
-    let e = Node::start(c.clone(), Role::default()).await.err().expect("bad address accepted");
+    let e = Node::start(c.clone(), Role::default())
+        .await
+        .err()
+        .expect("bad address accepted");
     assert!(e.to_string().contains("not-a-multiaddr"), "{e}");
     c.network.bootstrap = vec!["/ip4/127.0.0.1/tcp/9".into()];
-    let e = Node::start(c.clone(), Role::default()).await.err().expect("address without peer id accepted");
+    let e = Node::start(c.clone(), Role::default())
+        .await
+        .err()
+        .expect("address without peer id accepted");
     assert!(e.to_string().contains("/p2p/"), "{e}");
 
     // Nothing listens on port 9: the node runs, says why, and keeps retrying.
-    let peer = crank_node::network::peer_id_of(&crank_protocol::Identity::from_secret([5; 32]).node_id()).unwrap();
+    let peer =
+        crank_node::network::peer_id_of(&crank_protocol::Identity::from_secret([5; 32]).node_id())
+            .unwrap();
     c.network.bootstrap = vec![format!("/ip4/127.0.0.1/tcp/9/p2p/{peer}")];
     let node = Node::start(c, Role::default()).await.unwrap();
     let started = Instant::now();
@@ -535,10 +748,16 @@ async fn bootstrap_addresses_that_do_not_parse_or_answer_are_explained() {
         let b = &s.network.bootstrap[0];
         if let Some(err) = &b.last_error {
             assert!(!b.connected);
-            assert!(err.to_lowercase().contains("refused") || err.contains("Failed"), "{err}");
+            assert!(
+                err.to_lowercase().contains("refused") || err.contains("Failed"),
+                "{err}"
+            );
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "no dial error reported");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no dial error reported"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     node.shutdown().await;
