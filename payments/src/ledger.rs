@@ -35,6 +35,10 @@ use crate::types::{
     StoredReceipt,
 };
 
+mod intents;
+
+pub use intents::{IntentDraft, IntentRecord, IntentState};
+
 const RECEIPTS: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("receipts");
 const PENDING: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("pending");
 const PAIR_SEQ: TableDefinition<&[u8; 72], &[u8; 32]> = TableDefinition::new("pair_seq");
@@ -385,6 +389,7 @@ pub(crate) struct Tables<'t> {
     order: Table<'t, u64, &'static [u8; 64]>,
     balances: Table<'t, &'static [u8; 32], &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
+    intents: Table<'t, u64, &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -397,6 +402,7 @@ impl<'t> Tables<'t> {
             order: txn.open_table(ORDER)?,
             balances: txn.open_table(BALANCES)?,
             meta: txn.open_table(META)?,
+            intents: txn.open_table(intents::INTENTS)?,
         })
     }
 
@@ -1015,7 +1021,60 @@ impl Ledger {
                 order.len()?
             )));
         }
-        drop((receipts, order));
+        // Settlement states agree with the intents that caused them.
+        let intents = txn.open_table(intents::INTENTS)?;
+        let mut by_id: BTreeMap<u64, IntentRecord> = BTreeMap::new();
+        for entry in intents.iter()? {
+            let (k, v) = entry?;
+            by_id.insert(k.value(), decode("intents", v.value())?);
+        }
+        for entry in receipts.iter()? {
+            let (_, v) = entry?;
+            let rec: StoredReceipt = decode("receipts", v.value())?;
+            if let Settlement::InFlight { intent } = rec.settlement {
+                let ok = by_id.get(&intent).is_some_and(|i| {
+                    i.state == IntentState::Pending && i.draft.manifest.keys().contains(&rec.key())
+                });
+                if !ok {
+                    return Err(LedgerError::Inconsistent(format!(
+                        "receipt {} is reserved by intent {intent}, which is not a pending intent paying it",
+                        rec.key()
+                    )));
+                }
+            }
+        }
+        for i in by_id.values() {
+            for key in i.draft.manifest.keys() {
+                let Some(v) = receipts.get(&key.to_bytes())? else {
+                    return Err(LedgerError::Inconsistent(format!(
+                        "intent {} names missing receipt {key}",
+                        i.id
+                    )));
+                };
+                let rec: StoredReceipt = decode("receipts", v.value())?;
+                let ok = match (&i.state, rec.settlement) {
+                    (IntentState::Pending, Settlement::InFlight { intent }) => intent == i.id,
+                    (IntentState::Settled { .. }, Settlement::Settled { tx_hash, .. }) => {
+                        tx_hash == i.draft.tx_hash
+                    }
+                    // A failed intent's receipts may since be unpaid, reserved or paid by a
+                    // later intent; they just must not claim this one.
+                    (IntentState::Failed { .. }, Settlement::InFlight { intent }) => intent != i.id,
+                    (IntentState::Failed { .. }, Settlement::Settled { tx_hash, .. }) => {
+                        tx_hash != i.draft.tx_hash
+                    }
+                    (IntentState::Failed { .. }, Settlement::Unsettled) => true,
+                    _ => false,
+                };
+                if !ok {
+                    return Err(LedgerError::Inconsistent(format!(
+                        "receipt {key} is {:?} but intent {} is {:?}",
+                        rec.settlement, i.id, i.state
+                    )));
+                }
+            }
+        }
+        drop((receipts, order, intents));
         let kept = self.balances()?;
         let mut kept_nonzero = kept.counterparties;
         kept_nonzero.retain(|_, b| *b != CounterpartyBalance::default());
@@ -1442,6 +1501,10 @@ mod props {
         Store { p: usize, k: usize, forgery: u8 },
         /// Close and reopen the ledger file.
         Reopen,
+        /// Record an intent paying the unsettled requester-side receipts picked by `mask`.
+        Intent { mask: u32 },
+        /// End the pending intent, settled or failed.
+        Finish { settle: bool },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1449,6 +1512,8 @@ mod props {
             8 => (0..3usize, 0..6usize, prop_oneof![4 => Just(0u8), 1 => 1..=3u8])
                 .prop_map(|(p, k, forgery)| Op::Store { p, k, forgery }),
             1 => Just(Op::Reopen),
+            2 => any::<u32>().prop_map(|mask| Op::Intent { mask }),
+            2 => any::<bool>().prop_map(|settle| Op::Finish { settle }),
         ]
     }
 
@@ -1538,9 +1603,80 @@ mod props {
             let path = dir.path().join("l.redb");
             let mut ledger = Some(Ledger::open(&path).unwrap());
             let mut model: BTreeMap<ReceiptKey, (Receipt, Role)> = BTreeMap::new();
+            // Payment state per receipt, as the model sees it.
+            let mut paid: BTreeMap<ReceiptKey, Settlement> = BTreeMap::new();
+            let mut pending: Option<(u64, Vec<ReceiptKey>, crate::TxHash)> = None;
+            let mut next_intent = 1u64;
             let roles = pairs().map(|(_, _, r)| r);
             for op in ops {
                 match op {
+                    Op::Intent { mask } => {
+                        let l = ledger.as_ref().unwrap();
+                        let picked: Vec<&Receipt> = model
+                            .iter()
+                            .filter(|(k, (_, role))| {
+                                *role == Role::Requester
+                                    && paid.get(*k).is_none_or(|s| *s == Settlement::Unsettled)
+                            })
+                            .enumerate()
+                            .filter(|(i, _)| mask & (1 << (i % 32)) != 0)
+                            .map(|(_, (_, (r, _)))| r)
+                            .filter(|r| r.inner.body.price_stroops > 0)
+                            .collect();
+                        if picked.is_empty() {
+                            continue;
+                        }
+                        let lines = picked
+                            .iter()
+                            .map(|r| crate::manifest::ManifestLine {
+                                payout: r.inner.body.payout.clone(),
+                                task: r.inner.body.task_id,
+                                worker: r.inner.body.worker,
+                                amount_stroops: r.inner.body.price_stroops,
+                            })
+                            .collect();
+                        let manifest = crate::manifest::Manifest::new(lines).unwrap();
+                        let tx_hash = crate::TxHash([next_intent as u8; 32]);
+                        let draft = IntentDraft {
+                            payer: super::tests::PAYOUT.into(),
+                            sequence: next_intent as i64,
+                            max_time: 0,
+                            tx_hash,
+                            envelope_xdr: "AAAA".into(),
+                            manifest: manifest.clone(),
+                        };
+                        let got = l.create_intent(draft);
+                        if pending.is_some() {
+                            prop_assert!(matches!(got, Err(LedgerError::IntentState { .. })), "{:?}", got);
+                        } else {
+                            let rec = got.unwrap();
+                            prop_assert_eq!(rec.id, next_intent);
+                            for k in manifest.keys() {
+                                paid.insert(k, Settlement::InFlight { intent: rec.id });
+                            }
+                            pending = Some((rec.id, manifest.keys(), tx_hash));
+                            next_intent += 1;
+                        }
+                    }
+                    Op::Finish { settle } => {
+                        let l = ledger.as_ref().unwrap();
+                        let Some((id, keys, hash)) = pending.take() else { continue };
+                        if settle {
+                            l.settle_intent(id, 7, 100).unwrap();
+                            // Idempotent, and a settled intent cannot fail.
+                            l.settle_intent(id, 7, 100).unwrap();
+                            prop_assert!(l.fail_intent(id, "late").is_err());
+                            for k in keys {
+                                paid.insert(k, Settlement::Settled { tx_hash: hash, settled_at: 0 });
+                            }
+                        } else {
+                            l.fail_intent(id, "test").unwrap();
+                            prop_assert!(l.settle_intent(id, 7, 100).is_err());
+                            for k in keys {
+                                paid.insert(k, Settlement::Unsettled);
+                            }
+                        }
+                    }
                     Op::Reopen => {
                         // The old handle must close before the file can be opened again.
                         drop(ledger.take());
@@ -1570,7 +1706,12 @@ mod props {
                 let got = l.receipt(&key.task, &key.worker).unwrap().unwrap();
                 prop_assert_eq!(&got.receipt, r);
                 prop_assert_eq!(got.role, *role);
-                prop_assert_eq!(got.settlement, Settlement::Unsettled);
+                // Exactly the payment state the model expects (settled times aside).
+                let want = paid.get(key).copied().unwrap_or(Settlement::Unsettled);
+                match (got.settlement, want) {
+                    (Settlement::Settled { tx_hash: a, .. }, Settlement::Settled { tx_hash: b, .. }) => prop_assert_eq!(a, b),
+                    (g, w) => prop_assert_eq!(g, w),
+                }
                 // Re-storing is idempotent.
                 prop_assert_eq!(l.store_receipt(r, *role).unwrap(), Stored::AlreadyStored);
             }
@@ -1586,7 +1727,16 @@ mod props {
             // Totals equal the sum of the receipts.
             l.audit().unwrap();
             let bal = l.balances().unwrap();
-            let owed_by_us: u64 = model.values().filter(|(_, r)| *r == Role::Requester).map(|(r, _)| r.inner.body.price_stroops).sum();
+            let state = |k: &ReceiptKey| paid.get(k).copied().unwrap_or(Settlement::Unsettled);
+            let sum = |f: &dyn Fn(&ReceiptKey, Role) -> bool| -> u64 {
+                model.iter().filter(|(k, (_, role))| f(k, *role)).map(|(_, (r, _))| r.inner.body.price_stroops).sum()
+            };
+            let owed_by_us = sum(&|k, role| role == Role::Requester && !state(k).is_settled());
+            let in_flight = sum(&|k, role| role == Role::Requester && matches!(state(k), Settlement::InFlight { .. }));
+            let paid_by_us = sum(&|k, role| role == Role::Requester && state(k).is_settled());
+            prop_assert_eq!(bal.total.in_flight_stroops, in_flight);
+            prop_assert_eq!(bal.total.paid_by_us_stroops, paid_by_us);
+            prop_assert_eq!(l.pending_intents().unwrap().len(), usize::from(pending.is_some()));
             let owed_to_us: u64 = model.values().filter(|(_, r)| *r == Role::Worker).map(|(r, _)| r.inner.body.price_stroops).sum();
             prop_assert_eq!(bal.total.owed_by_us_stroops, owed_by_us);
             prop_assert_eq!(bal.total.owed_to_us_stroops, owed_to_us);

@@ -26,10 +26,15 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod config;
+pub mod horizon;
 pub mod ledger;
+pub mod manifest;
 pub mod stellar;
 pub mod types;
 
+pub use config::{SettlementConfig, StellarConfig};
+pub use horizon::{Horizon, HorizonError};
 pub use ledger::{Ledger, LedgerError};
 pub use types::{
     Balances, CounterpartyBalance, PendingReceipt, ReceiptKey, Role, Settlement, Stored,
