@@ -15,6 +15,9 @@
 //! | `counters` | requester ‖ worker | (last sequence number, cumulative stroops) |
 //! | `order` | insertion number | task ‖ worker, for newest-first listings |
 //! | `balances` | counterparty | postcard [`CounterpartyBalance`] |
+//! | `owed` | task ‖ worker | () for requester-side receipts that are `Unsettled` |
+//! | `intents` | intent id | postcard [`IntentRecord`] |
+//! | `pending_intents` | intent id | () while the intent is `Pending` |
 //! | `meta` | name | caller's bytes |
 
 use std::collections::BTreeMap;
@@ -47,6 +50,8 @@ const ORDER: TableDefinition<u64, &[u8; 64]> = TableDefinition::new("order");
 const BALANCES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("balances");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const INFO: TableDefinition<&str, u64> = TableDefinition::new("ledger_info");
+/// Requester-side receipts not yet paid nor being paid: what settlement plans from.
+const OWED: TableDefinition<&[u8; 64], ()> = TableDefinition::new("owed");
 
 /// The on-disk layout this code writes; a file with a higher number is refused.
 const SCHEMA_VERSION: u64 = 1;
@@ -389,7 +394,9 @@ pub(crate) struct Tables<'t> {
     order: Table<'t, u64, &'static [u8; 64]>,
     balances: Table<'t, &'static [u8; 32], &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
+    owed: Table<'t, &'static [u8; 64], ()>,
     intents: Table<'t, u64, &'static [u8]>,
+    pending_intents: Table<'t, u64, ()>,
 }
 
 impl<'t> Tables<'t> {
@@ -402,7 +409,9 @@ impl<'t> Tables<'t> {
             order: txn.open_table(ORDER)?,
             balances: txn.open_table(BALANCES)?,
             meta: txn.open_table(META)?,
+            owed: txn.open_table(OWED)?,
             intents: txn.open_table(intents::INTENTS)?,
+            pending_intents: txn.open_table(intents::PENDING_INTENTS)?,
         })
     }
 
@@ -550,8 +559,20 @@ impl<'t> Tables<'t> {
         contribute(&mut b, rec.role, rec.price_stroops(), &to, true)?;
         self.put_balance(&party, &b)?;
         rec.settlement = to;
-        self.receipts
-            .insert(&rec.key().to_bytes(), encode(rec)?.as_slice())?;
+        let key = rec.key().to_bytes();
+        self.receipts.insert(&key, encode(rec)?.as_slice())?;
+        self.index_owed(rec)?;
+        Ok(())
+    }
+
+    /// Keeps the `owed` index in step with one receipt's role and settlement state.
+    fn index_owed(&mut self, rec: &StoredReceipt) -> Result<(), LedgerError> {
+        let key = rec.key().to_bytes();
+        if rec.role == Role::Requester && rec.settlement == Settlement::Unsettled {
+            self.owed.insert(&key, ())?;
+        } else {
+            self.owed.remove(&key)?;
+        }
         Ok(())
     }
 
@@ -685,7 +706,7 @@ impl Ledger {
         sign: impl FnOnce(u64, u64) -> Result<Signed<WorkReceipt>, E>,
     ) -> Result<Signed<WorkReceipt>, LedgerError>
     where
-        E: std::error::Error + Send + Sync + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         self.write(|t, _| {
             let pair = pair_bytes(requester, worker);
@@ -696,7 +717,7 @@ impl Ledger {
             let cumulative = cumulative
                 .checked_add(price_stroops)
                 .ok_or(LedgerError::Overflow("cumulative amount"))?;
-            let signed = sign(seq, cumulative).map_err(|e| LedgerError::Sign(Box::new(e)))?;
+            let signed = sign(seq, cumulative).map_err(|e| LedgerError::Sign(e.into()))?;
             let body = signed.verify_by(worker)?;
             let key = ReceiptKey::of(body);
             let wrong = |what: &str| invalid(key, format!("the signed receipt has a different {what} than assigned"));
@@ -801,6 +822,7 @@ impl Ledger {
             t.receipts
                 .insert(&key.to_bytes(), encode(&rec)?.as_slice())?;
             t.order.insert(rec.order, &key.to_bytes())?;
+            t.index_owed(&rec)?;
             let party = rec.counterparty();
             let mut b = t.balance(&party)?;
             contribute(&mut b, role, body.price_stroops, &rec.settlement, true)?;
@@ -862,6 +884,25 @@ impl Ledger {
             if keep(&rec) {
                 out.push(rec);
             }
+        }
+        Ok(out)
+    }
+
+    /// Receipts where this node is the requester that are neither paid nor being paid, in
+    /// task order: what settlement plans from.
+    pub fn owed_receipts(&self) -> Result<Vec<StoredReceipt>, LedgerError> {
+        let txn = self.db.begin_read()?;
+        let owed = txn.open_table(OWED)?;
+        let receipts = txn.open_table(RECEIPTS)?;
+        let mut out = Vec::new();
+        for entry in owed.iter()? {
+            let (k, _) = entry?;
+            let Some(v) = receipts.get(k.value())? else {
+                return Err(LedgerError::Inconsistent(
+                    "an owed-index entry points at a missing receipt".into(),
+                ));
+            };
+            out.push(decode("receipts", v.value())?);
         }
         Ok(out)
     }
@@ -1015,6 +1056,25 @@ impl Ledger {
             count(b, rec.role)?;
             n += 1;
         }
+        let owed = txn.open_table(OWED)?;
+        let mut n_owed = 0u64;
+        for entry in receipts.iter()? {
+            let (k, v) = entry?;
+            let rec: StoredReceipt = decode("receipts", v.value())?;
+            let want = rec.role == Role::Requester && rec.settlement == Settlement::Unsettled;
+            if owed.get(k.value())?.is_some() != want {
+                return Err(LedgerError::Inconsistent(format!(
+                    "owed index disagrees with receipt {}",
+                    rec.key()
+                )));
+            }
+            n_owed += u64::from(want);
+        }
+        if owed.len()? != n_owed {
+            return Err(LedgerError::Inconsistent(
+                "owed index lists receipts that are not owed".into(),
+            ));
+        }
         if order.len()? != n {
             return Err(LedgerError::Inconsistent(format!(
                 "{} insertion-order entries for {n} receipts",
@@ -1074,7 +1134,26 @@ impl Ledger {
                 }
             }
         }
-        drop((receipts, order, intents));
+        let pending_index = txn.open_table(intents::PENDING_INTENTS)?;
+        for i in by_id.values() {
+            if pending_index.get(i.id)?.is_some() != (i.state == IntentState::Pending) {
+                return Err(LedgerError::Inconsistent(format!(
+                    "pending-intent index disagrees with intent {}",
+                    i.id
+                )));
+            }
+        }
+        if pending_index.len()?
+            != by_id
+                .values()
+                .filter(|i| i.state == IntentState::Pending)
+                .count() as u64
+        {
+            return Err(LedgerError::Inconsistent(
+                "pending-intent index lists unknown intents".into(),
+            ));
+        }
+        drop((receipts, order, intents, owed, pending_index));
         let kept = self.balances()?;
         let mut kept_nonzero = kept.counterparties;
         kept_nonzero.retain(|_, b| *b != CounterpartyBalance::default());
@@ -1737,6 +1816,11 @@ mod props {
             prop_assert_eq!(bal.total.in_flight_stroops, in_flight);
             prop_assert_eq!(bal.total.paid_by_us_stroops, paid_by_us);
             prop_assert_eq!(l.pending_intents().unwrap().len(), usize::from(pending.is_some()));
+            let owed_now = model
+                .iter()
+                .filter(|(k, (_, role))| *role == Role::Requester && state(k) == Settlement::Unsettled)
+                .count();
+            prop_assert_eq!(l.owed_receipts().unwrap().len(), owed_now);
             let owed_to_us: u64 = model.values().filter(|(_, r)| *r == Role::Worker).map(|(r, _)| r.inner.body.price_stroops).sum();
             prop_assert_eq!(bal.total.owed_by_us_stroops, owed_by_us);
             prop_assert_eq!(bal.total.owed_to_us_stroops, owed_to_us);

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crank_protocol::NodeId;
+use futures::StreamExt;
 use stellar_xdr::{Hash, Memo};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
@@ -35,7 +36,10 @@ use crate::manifest::{Manifest, ManifestError, ManifestLine};
 use crate::stellar::{
     Payment, TxError, TxParams, Wallet, build_payments, format_xlm, sign_transaction,
 };
-use crate::types::{Role, Settlement, StoredReceipt, TxHash};
+use crate::types::{StoredReceipt, TxHash};
+
+/// Payout accounts looked up at once while planning.
+const LOOKUP_CONCURRENCY: usize = 8;
 
 /// Why settlement could not proceed.
 #[derive(Debug, thiserror::Error)]
@@ -348,11 +352,8 @@ impl Settler {
 
     /// What a round in `mode` would pay now. Asks Horizon whether each payout account exists.
     pub async fn plan(&self, mode: SettleMode) -> Result<Plan, SettleError> {
-        let owed = self.ledger.scan_receipts(usize::MAX, |r| {
-            r.role == Role::Requester
-                && r.settlement == Settlement::Unsettled
-                && r.price_stroops() > 0
-        })?;
+        let mut owed = self.ledger.owed_receipts()?;
+        owed.retain(|r| r.price_stroops() > 0);
         let mut per_worker: BTreeMap<NodeId, (u64, Vec<StoredReceipt>)> = BTreeMap::new();
         for r in owed {
             let e = per_worker.entry(r.body().worker).or_default();
@@ -379,9 +380,20 @@ impl Settler {
                     });
             }
         }
+        // A payment to a missing account would fail the whole transaction, so each address
+        // is checked first, a few requests at a time.
+        let checks: Vec<(String, Vec<ManifestLine>, Result<bool, HorizonError>)> =
+            futures::stream::iter(by_payout)
+                .map(|(payout, lines)| async move {
+                    let exists = self.horizon.account(&payout).await.map(|a| a.is_some());
+                    (payout, lines, exists)
+                })
+                .buffered(LOOKUP_CONCURRENCY)
+                .collect()
+                .await;
         let mut payable: Vec<Vec<ManifestLine>> = Vec::new();
-        for (payout, lines) in by_payout {
-            if self.horizon.account(&payout).await?.is_none() {
+        for (payout, lines, exists) in checks {
+            if !exists? {
                 plan.skipped
                     .push(skipped(&payout, &lines, explain("op_no_destination")));
                 continue;

@@ -17,6 +17,8 @@ use crate::manifest::Manifest;
 use crate::types::{Role, Settlement, TxHash};
 
 pub(super) const INTENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("intents");
+pub(super) const PENDING_INTENTS: TableDefinition<u64, ()> =
+    TableDefinition::new("pending_intents");
 
 /// Where a settlement intent stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,16 +88,12 @@ impl Ledger {
     /// sequence number and would fail if the first never applies.
     pub fn create_intent(&self, draft: IntentDraft) -> Result<IntentRecord, LedgerError> {
         self.write(|t, _| {
-            for entry in t.intents.iter()? {
-                let (id, v) = entry?;
-                let rec: IntentRecord = decode("intents", v.value())?;
-                if rec.state == IntentState::Pending {
-                    return Err(LedgerError::IntentState {
-                        id: id.value(),
-                        state: "pending".into(),
-                        why: "resolve it before recording another settlement",
-                    });
-                }
+            if let Some((id, _)) = t.pending_intents.first()? {
+                return Err(LedgerError::IntentState {
+                    id: id.value(),
+                    state: "pending".into(),
+                    why: "resolve it before recording another settlement",
+                });
             }
             let id = match t.intents.last()? {
                 Some((k, _)) => k
@@ -136,6 +134,7 @@ impl Ledger {
                 last_error: None,
             };
             t.intents.insert(id, encode(&rec)?.as_slice())?;
+            t.pending_intents.insert(id, ())?;
             info!(intent = id, tx = %rec.draft.tx_hash, receipts = rec.draft.manifest.lines().len(), "settlement intent recorded");
             Ok((rec, true))
         })
@@ -225,6 +224,7 @@ impl Ledger {
                 fee_charged,
                 settled_at,
             };
+            t.pending_intents.remove(id)?;
             info!(intent = id, tx = %rec.draft.tx_hash, ledger, "settlement applied");
             Ok(true)
         })
@@ -256,6 +256,7 @@ impl Ledger {
                 reason: reason.to_owned(),
                 failed_at: now_ms(),
             };
+            t.pending_intents.remove(id)?;
             info!(intent = id, tx = %rec.draft.tx_hash, reason, "settlement will not apply; receipts released");
             Ok(true)
         })
@@ -273,10 +274,18 @@ impl Ledger {
 
     /// Intents whose outcome is not known yet, oldest first.
     pub fn pending_intents(&self) -> Result<Vec<IntentRecord>, LedgerError> {
-        let mut all = self.intents(usize::MAX)?;
-        all.retain(|i| i.state == IntentState::Pending);
-        all.reverse();
-        Ok(all)
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(PENDING_INTENTS)?;
+        let table = txn.open_table(INTENTS)?;
+        let mut out = Vec::new();
+        for entry in index.iter()? {
+            let (id, _) = entry?;
+            match table.get(id.value())? {
+                Some(v) => out.push(decode("intents", v.value())?),
+                None => return Err(LedgerError::NoSuchIntent(id.value())),
+            }
+        }
+        Ok(out)
     }
 
     /// Up to `limit` intents, newest first: the settlement history.
