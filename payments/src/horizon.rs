@@ -163,9 +163,6 @@ pub enum HorizonError {
     /// Horizon could not parse the transaction.
     #[error("Horizon says the transaction is malformed: {0}")]
     Malformed(String),
-    /// Friendbot already funded this account.
-    #[error("the account is already funded")]
-    AlreadyFunded,
     /// Funding is not configured (empty friendbot URL).
     #[error("no friendbot URL is configured; fund the account by other means")]
     NoFriendbot,
@@ -240,8 +237,8 @@ pub struct TxRecord {
 /// What friendbot did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Funded {
-    /// The account was created and funded by this transaction.
-    Funded(TxHash),
+    /// The account was created and funded (by this transaction, when friendbot said which).
+    Funded(Option<TxHash>),
     /// The account already existed and was funded before.
     AlreadyFunded,
 }
@@ -595,14 +592,24 @@ impl Horizon {
         let url = format!("{}?addr={address}", self.friendbot.trim_end_matches('/'));
         let (status, body) = self.get(&url).await?;
         if status.is_success() {
-            let rec = Self::tx_record(&url, &body)?;
-            return Ok(Funded::Funded(rec.hash));
+            // Friendbot versions differ in what else they return; the hash is enough.
+            let hash = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("hash")?.as_str()?.parse().ok());
+            return Ok(Funded::Funded(hash));
         }
         let p: ProblemJson = serde_json::from_slice(&body).unwrap_or_default();
-        if status.as_u16() == 400 && p.detail.contains("already funded") {
+        if status.as_u16() == 400
+            && (p.detail.contains("already funded") || p.detail.contains("AlreadyExist"))
+        {
             return Ok(Funded::AlreadyFunded);
         }
-        Err(Self::problem(&url, status, &body))
+        match Self::problem(&url, status, &body) {
+            HorizonError::TxFailed(f) if f.op_codes.iter().any(|c| c == "op_already_exists") => {
+                Ok(Funded::AlreadyFunded)
+            }
+            other => Err(other),
+        }
     }
 }
 

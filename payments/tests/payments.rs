@@ -724,7 +724,11 @@ const CHILD_ENV: &str = "CRANK_PAYMENTS_CRASH_CHILD";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by the crash tests in a child process"]
 async fn crash_child() {
-    let spec = std::env::var(CHILD_ENV).expect("run by the crash tests");
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        // Only meaningful as the crash tests' child; `--include-ignored` runs land here.
+        println!("not started by a crash test; nothing to do");
+        return;
+    };
     let v: serde_json::Value = serde_json::from_str(&spec).unwrap();
     let ledger = Arc::new(Ledger::open(Path::new(v["ledger"].as_str().unwrap())).unwrap());
     let stellar = StellarConfig::local(
