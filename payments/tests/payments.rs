@@ -457,11 +457,7 @@ async fn unknown_outcome_waits_for_the_time_bound_before_rebuilding() {
     let f = Fixture::new(2).await;
     let rs = receipts(2, 2);
     let ledger = f.ledger_with(&rs);
-    let config = SettlementConfig {
-        validity_secs: 2,
-        expiry_margin_secs: 1,
-        ..quick()
-    };
+    let config = quick();
     let s = f.settler(ledger.clone(), config);
     // Every submission of the first envelope times out before applying.
     f.horizon.inject(Fault::TimeoutBeforeApply, 3);
@@ -484,7 +480,7 @@ async fn unknown_outcome_waits_for_the_time_bound_before_rebuilding() {
     let s = f.settler(
         ledger.clone(),
         SettlementConfig {
-            validity_secs: 2,
+            validity_secs: 3,
             expiry_margin_secs: 1,
             ..quick()
         },
@@ -501,7 +497,7 @@ async fn unknown_outcome_waits_for_the_time_bound_before_rebuilding() {
         1,
         "no second envelope yet"
     );
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let r = s.settle(SettleMode::All).await.unwrap();
     assert_eq!(r.failed.len(), 1, "{:?}", r.stopped);
     assert_eq!(r.failed[0].tx_hash, first.draft.tx_hash);
