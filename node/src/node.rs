@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::network::{self, Client, NetworkEvent, Responder};
+use crate::wallet::NodeWallet;
 use crate::{clock, identity, requester, worker};
 
 /// The reference model every node carries: the digits MLP, used for the self-benchmark.
@@ -97,6 +98,7 @@ pub(crate) struct Shared {
     pub store: Arc<ModelStore>,
     pub engine: Engine,
     pub ledger: Arc<Ledger>,
+    pub wallet: Arc<NodeWallet>,
     pub metrics: Metrics,
     pub meter: EnergyMeter,
     pub gate: watch::Receiver<GateSnapshot>,
@@ -283,10 +285,6 @@ impl Node {
         if new_key {
             info!(node = %node_id, "created a new node key");
         }
-        let wallet =
-            crank_payments::stellar::Wallet::load_or_create(&data_dir.join(crate::PAYOUT_KEY_FILE))
-                .map_err(|e| StartError::Wallet(chain(&e)))?;
-        let payout = wallet.address();
 
         let store = Arc::new(
             ModelStore::open(&data_dir.join("models"), config.engine.max_model_bytes)
@@ -296,6 +294,9 @@ impl Node {
             Ledger::open(&data_dir.join("ledger.redb"))
                 .map_err(|e| StartError::Ledger(chain(&e)))?,
         );
+        let wallet =
+            Arc::new(NodeWallet::open(&config, ledger.clone()).map_err(StartError::Wallet)?);
+        let payout = wallet.address();
         let engine = Engine::new(config.engine.clone(), store.clone())
             .map_err(|e| StartError::Engine(chain(&e)))?;
         let monitor = GateMonitor::start(config.device.clone())
@@ -340,6 +341,7 @@ impl Node {
             store,
             engine,
             ledger,
+            wallet: wallet.clone(),
             metrics,
             meter,
             gate,
@@ -371,7 +373,12 @@ impl Node {
         tasks.spawn(event_loop.run(async move { stopped(&mut rx).await }));
         tasks.spawn(dispatch(shared.clone(), events, stop_rx.clone()));
         tasks.spawn(advert_loop(shared.clone(), stop_rx.clone()));
-        tasks.spawn(gate_loop(shared.clone(), stop_rx));
+        tasks.spawn(gate_loop(shared.clone(), stop_rx.clone()));
+        tasks.spawn(crate::wallet::settlement_loop(
+            wallet,
+            shared.config.settlement.clone(),
+            stop_rx,
+        ));
         for id in shared.store.list() {
             if let Err(e) = shared.client.provide(id.provider_key()).await {
                 warn!(error = %e, "cannot announce a model");
@@ -687,6 +694,11 @@ impl NodeHandle {
     /// Pauses or resumes work (the gate closes with "paused by the owner").
     pub fn set_paused(&self, paused: bool) {
         self.shared.monitor.set_paused(paused);
+    }
+
+    /// The node's wallet (payout key, balances, settlement).
+    pub fn wallet(&self) -> &NodeWallet {
+        &self.shared.wallet
     }
 
     /// Stored receipts, newest first.

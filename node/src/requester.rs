@@ -471,6 +471,24 @@ async fn on_task_result(
         );
         return;
     }
+    // The ledger's own checks: the pair's sequence number and cumulative total chain with
+    // what we stored before, and the payout is a valid account.
+    let ledger = shared.ledger.clone();
+    let signed = result.receipt.clone();
+    match tokio::task::spawn_blocking(move || ledger.check_new_receipt(&signed)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let reason = format!("receipt refused: {}", crate::node::chain(&e));
+            warn!(peer = %from.short(), reason = %reason, "result refused");
+            responder.send(Response::error(ErrorCode::Invalid, &reason));
+            let _ = auction.handle(Input::ResultInvalid { from, reason }, clock::now_ms());
+            return;
+        }
+        Err(e) => {
+            responder.send(Response::error(ErrorCode::Internal, e.to_string()));
+            return;
+        }
+    }
     let receipt = match CounterSigned::countersign(result.receipt.clone(), &shared.identity) {
         Ok(r) => r,
         Err(e) => {

@@ -762,3 +762,85 @@ async fn bootstrap_addresses_that_do_not_parse_or_answer_are_explained() {
     }
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn owed_receipts_are_settled_on_a_local_stellar_network_exactly_once() {
+    use crank_node::wallet::SettleView;
+    let horizon = crank_testnet::server::LocalHorizon::start(
+        crank_testnet::network::NetworkConfig::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let stellar = crank_payments::StellarConfig::local(&horizon.url(), &horizon.passphrase());
+    let mesh = Mesh::start(2, |_, c| {
+        c.stellar = stellar.clone();
+        c.settlement.auto = false;
+        c.settlement.policy.threshold_stroops = 1;
+    })
+    .await;
+    for n in &mesh.nodes[1..] {
+        n.handle().wallet().fund().await.unwrap();
+    }
+    mesh.wait_for_adverts(3).await;
+    let mut owed: std::collections::BTreeMap<String, u64> = Default::default();
+    for sample in ["digit-1.json", "digit-2.json", "digit-4.json"] {
+        let o = mesh
+            .requester()
+            .submit(digits_request("digits-mlp.onnx", sample, "X"))
+            .await
+            .unwrap();
+        *owed.entry(o.receipt.inner.body.payout.clone()).or_default() += o.price_stroops;
+    }
+    let before: Vec<i64> = owed
+        .keys()
+        .map(|a| horizon.account(a).unwrap().balance)
+        .collect();
+    // Friendbot funding counts as included transactions too.
+    let funded = horizon.included();
+
+    let wallet = mesh.requester();
+    // A dry run signs but changes nothing.
+    match wallet.wallet().settle(false, true).await.unwrap() {
+        SettleView::DryRun { transactions } => {
+            assert_eq!(transactions.len(), 1);
+            let xdr = transactions[0]["envelope_xdr"].as_str().unwrap();
+            assert!(xdr.len() > 100);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(horizon.included(), funded);
+    // Real settlement: one transaction, one payment per worker.
+    match wallet.wallet().settle(false, false).await.unwrap() {
+        SettleView::Submitted {
+            receipts_paid,
+            stroops_paid,
+            paid,
+            ..
+        } => {
+            assert_eq!(receipts_paid, 3);
+            assert_eq!(stroops_paid as u64, owed.values().sum::<u64>());
+            assert_eq!(paid.len(), 1);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    for ((addr, amount), b) in owed.iter().zip(before) {
+        assert_eq!(
+            horizon.account(addr).unwrap().balance,
+            b + *amount as i64,
+            "{addr}"
+        );
+    }
+    // Nothing is paid twice.
+    match wallet.wallet().settle(true, false).await.unwrap() {
+        SettleView::Submitted { receipts_paid, .. } => assert_eq!(receipts_paid, 0),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(horizon.included(), funded + 1);
+    let history = wallet.wallet().history(10).unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].draft.manifest.lines().len(), 3);
+    let status = wallet.status().await.unwrap();
+    assert_eq!(status.balances.total.owed_by_us_stroops, 0);
+    mesh.stop().await;
+}
