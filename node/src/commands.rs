@@ -565,8 +565,9 @@ pub fn render_result(r: &TaskResultJson) -> String {
     );
     let _ = writeln!(
         s,
-        "energy    {} mJ, {}",
-        b.energy.millijoules, b.energy.method
+        "energy    {:.3} mJ, {}",
+        b.energy.microjoules as f64 / 1000.0,
+        b.energy.method
     );
     let verified = if r.receipt.verify().is_ok() {
         "verified"

@@ -205,6 +205,7 @@ impl Shared {
             payout: self.payout.clone(),
             trust: self.own_record(),
             bench: self.bench.clone(),
+            addrs: lock(&self.listen_addrs).iter().take(8).cloned().collect(),
             capacity: Capacity {
                 workers: u16::try_from(queue.workers).unwrap_or(u16::MAX),
                 queue_slots: u16::try_from(queue.slots).unwrap_or(u16::MAX),
@@ -233,8 +234,12 @@ impl Shared {
             return;
         }
         let node = advert.body.node;
+        let addrs = advert.body.addrs.clone();
         match lock(&self.adverts).insert(advert, clock::now_ms()) {
-            Ok(_) => debug!(peer = %node.short(), "advert stored"),
+            Ok(_) => {
+                debug!(peer = %node.short(), "advert stored");
+                self.client.add_peer_addresses(&node, &addrs);
+            }
             Err(e) => debug!(peer = %node.short(), reason = %e, "advert not stored"),
         }
     }
@@ -505,7 +510,10 @@ async fn dispatch(
             _ = stopped(&mut stop) => break,
         };
         match event {
-            NetworkEvent::Listening { addr } => lock(&shared.listen_addrs).push(addr),
+            NetworkEvent::Listening { addr } => {
+                lock(&shared.listen_addrs).push(addr);
+                shared.advert_changed.notify_one();
+            }
             NetworkEvent::PeerConnected { node } => debug!(peer = %node.short(), "peer connected"),
             NetworkEvent::PeerDisconnected { node } => {
                 debug!(peer = %node.short(), "peer disconnected");

@@ -126,7 +126,7 @@ async fn three_workers_join_advertise_run_and_both_sides_keep_the_receipt() {
         let body = outcome.receipt.verify().unwrap();
         assert_eq!(body.requester, mesh.requester().node_id());
         assert_eq!(body.worker, outcome.worker);
-        assert!(body.energy.millijoules > 0);
+        assert!(body.energy.microjoules > 0);
 
         // The worker stores the same counter-signed receipt when our answer reaches it.
         let worker = mesh
