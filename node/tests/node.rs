@@ -844,3 +844,129 @@ async fn owed_receipts_are_settled_on_a_local_stellar_network_exactly_once() {
     assert_eq!(status.balances.total.owed_by_us_stroops, 0);
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_local_api_needs_the_token_and_runs_tasks_from_json() {
+    let mesh = Mesh::start(1, |i, c| {
+        if i == 1 {
+            // The requester serves the API on a free loopback port.
+            c.api.enabled = true;
+            c.api.listen = "127.0.0.1:0".into();
+        }
+    })
+    .await;
+    let node = mesh.requester();
+    let addr = crank_node::api::serve(node.clone()).await.unwrap();
+    let dir = node.config().data_dir.clone();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("api.addr"))
+            .unwrap()
+            .trim(),
+        addr.to_string()
+    );
+    let token = std::fs::read_to_string(dir.join("api.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(dir.join("api.token"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}");
+
+    assert_eq!(
+        http.get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{base}/status"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let wrong = http
+        .get(format!("{base}/status"))
+        .bearer_auth("0".repeat(64))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let status: serde_json::Value = http
+        .get(format!("{base}/status"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["node_id"], node.node_id().to_hex());
+
+    mesh.wait_for_adverts(2).await;
+    let input: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("models/samples/digit-6.json")).unwrap(),
+    )
+    .unwrap();
+    let body = serde_json::json!({
+        "model_path": repo().join("models/digits-mlp.onnx").display().to_string(),
+        "input": input,
+        "prefer": "cheap",
+    });
+    let resp = http
+        .post(format!("{base}/tasks"))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let result: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(result["predictions"][0]["class"], 6);
+    assert_eq!(result["worker"], mesh.workers()[0].node_id().to_hex());
+    // The receipt in the answer verifies.
+    let receipt: crank_protocol::Receipt =
+        serde_json::from_value(result["receipt"].clone()).unwrap();
+    assert!(receipt.verify().is_ok());
+
+    // Bad JSON input is a 400 with a reason, and the node keeps serving.
+    let bad = serde_json::json!({ "model_path": "/nonexistent.onnx", "input": [[1]] });
+    let resp = http
+        .post(format!("{base}/tasks"))
+        .bearer_auth(&token)
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let err: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        err["error"].as_str().unwrap().contains("nonexistent"),
+        "{err}"
+    );
+
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("crank_tasks_total{role=\"requester\",outcome=\"completed\"} 1"),
+        "{metrics}"
+    );
+    mesh.stop().await;
+}

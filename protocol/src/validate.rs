@@ -220,7 +220,10 @@ pub fn advert<'a>(
         ));
     }
     if a.addrs.len() > 16 {
-        return Err(field("addrs", format!("{} listed, limit 16", a.addrs.len())));
+        return Err(field(
+            "addrs",
+            format!("{} listed, limit 16", a.addrs.len()),
+        ));
     }
     for addr in &a.addrs {
         text("addrs", addr, limits)?;

@@ -281,7 +281,10 @@ impl EventLoop {
             Command::AddAddresses { peer, addrs } => {
                 for addr in addrs {
                     // Strip our own suffix: the address names the peer already.
-                    let addr: Multiaddr = addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect();
+                    let addr: Multiaddr = addr
+                        .iter()
+                        .filter(|p| !matches!(p, Protocol::P2p(_)))
+                        .collect();
                     self.swarm.add_peer_address(peer, addr);
                 }
             }
