@@ -733,3 +733,35 @@ fn sample_inputs_parse_and_classify() {
     }
     assert!(correct >= 18, "{correct}/20 sample digits classified");
 }
+
+#[tokio::test]
+async fn runs_with_several_threads_agree_with_single_threaded_runs() {
+    let f = fixture();
+    let m = manifest();
+    let data = split();
+    let wide = load(&f, &m, "digits-wide");
+    let mut results = Vec::new();
+    for threads in [1, 2] {
+        let engine = f.engine(EngineConfig {
+            workers: 1,
+            threads_per_run: threads,
+            ..EngineConfig::default()
+        });
+        let out = engine
+            .submit(job(wide.id, rows_input("input", false, &data.features)))
+            .unwrap()
+            .await
+            .unwrap();
+        results.push(probabilities(&out).1.to_vec());
+    }
+    let predicted = argmax_rows(&results[1], 10);
+    let correct = predicted
+        .iter()
+        .zip(&data.labels)
+        .filter(|(p, l)| p == l)
+        .count();
+    assert_eq!(correct, wide.correct);
+    for (a, b) in results[0].iter().zip(&results[1]) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+}
