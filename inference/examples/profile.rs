@@ -1,4 +1,5 @@
-//! Per-operator time of one model in the optimised tract plan, as the engine builds it.
+//! Per-operator time of one model in the optimised tract plan (tract's own plan, before the
+//! engine swaps in its short-row softmax kernel).
 //!
 //! `cargo run --release -p crank-inference --example profile -- MODEL.onnx BATCH [RUNS]`
 //! prints each plan node with its mean time per run, slowest first: the tool to find where a
