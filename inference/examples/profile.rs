@@ -1,5 +1,4 @@
-//! Per-operator time of one model in the optimised tract plan (tract's own plan, before the
-//! engine swaps in its short-row softmax kernel).
+//! Per-operator time of one model in the optimised tract plan, built as the engine builds it.
 //!
 //! `cargo run --release -p crank-inference --example profile -- MODEL.onnx BATCH [RUNS]`
 //! prints each plan node with its mean time per run, slowest first: the tool to find where a

@@ -31,7 +31,6 @@ mod cache;
 pub mod convert;
 pub mod engine;
 pub mod error;
-mod kernels;
 pub mod model;
 pub mod store;
 

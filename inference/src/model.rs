@@ -297,11 +297,7 @@ fn load_inner(
         && inputs
             .iter()
             .all(|t| !t.shape.iter().skip(1).any(|d| *d == batch_dim));
-    let mut optimised = typed.into_optimized().map_err(invalid)?;
-    let patched = crate::kernels::patch(&mut optimised).map_err(invalid)?;
-    if patched > 0 {
-        debug!(model = %id, nodes = patched, "softmax nodes replaced by the short-row kernel");
-    }
+    let optimised = typed.into_optimized().map_err(invalid)?;
     let plan_nodes = optimised.nodes().len();
     let plan = TypedSimplePlan::new_with_options(optimised, options).map_err(invalid)?;
     Ok(LoadedModel {
