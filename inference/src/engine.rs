@@ -822,6 +822,16 @@ mod tests {
     }
 
     #[test]
+    fn engine_and_handles_can_cross_threads() {
+        fn send_sync_clone<T: Send + Sync + Clone>() {}
+        fn send<T: Send>() {}
+        send_sync_clone::<Engine>();
+        send_sync_clone::<CancelToken>();
+        send::<JobHandle>();
+        send::<Job>();
+    }
+
+    #[test]
     fn cancel_tokens_share_their_flag() {
         let a = CancelToken::new();
         let b = a.clone();
