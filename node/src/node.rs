@@ -217,6 +217,12 @@ impl Shared {
         Ok(signed)
     }
 
+    /// Whether this node offers work at all: bootstrap nodes and requester-only nodes do
+    /// not advertise, so requesters never ask them for bids.
+    pub fn offers_work(&self) -> bool {
+        self.config.worker.enabled && !self.role.bootstrap
+    }
+
     /// The advert to hand out: the current one if still fresh, else a new one.
     pub fn advert(&self) -> Option<Signed<CapabilityAdvert>> {
         let now = clock::now_ms();
@@ -248,7 +254,8 @@ impl Shared {
     pub async fn add_model(&self, bytes: &[u8]) -> Result<ModelId, crank_inference::StoreError> {
         let had = self.store.list().len();
         let id = self.store.put(bytes)?;
-        if self.store.list().len() != had {
+        // Provider records say "ask me to run it": only nodes that take work announce.
+        if self.store.list().len() != had && self.offers_work() {
             if let Err(e) = self.client.provide(id.provider_key()).await {
                 warn!(error = %e, "cannot announce the model");
             }
@@ -325,6 +332,11 @@ impl Node {
         // A restart also moves past any sequence number handed out but not yet persisted.
         .max(clock::now_ms());
 
+        // Quotes scale the self-benchmark by model size and input elements relative to the
+        // reference model, so the cost model must know its real size (one row = 64 elements).
+        let mut config = config;
+        config.worker.cost.reference_model_bytes = REFERENCE_MODEL.len() as u64;
+        config.worker.cost.reference_input_elements = 64;
         // The reference model: every node holds it, and it is what the self-benchmark runs.
         let reference = store
             .put(REFERENCE_MODEL)
@@ -384,9 +396,11 @@ impl Node {
             shared.config.settlement.clone(),
             stop_rx,
         ));
-        for id in shared.store.list() {
-            if let Err(e) = shared.client.provide(id.provider_key()).await {
-                warn!(error = %e, "cannot announce a model");
+        if shared.offers_work() {
+            for id in shared.store.list() {
+                if let Err(e) = shared.client.provide(id.provider_key()).await {
+                    warn!(error = %e, "cannot announce a model");
+                }
             }
         }
         info!(node = %node_id, peer = %network::peer_id_string(&node_id), payout = %shared.payout, "node started");
@@ -424,6 +438,9 @@ impl Node {
     }
 }
 
+/// Rows per self-benchmark run.
+const BENCH_ROWS: u64 = 256;
+
 /// Runs the reference model for about half a second to measure speed and energy per inference.
 async fn self_benchmark(
     engine: &Engine,
@@ -446,11 +463,18 @@ async fn self_benchmark(
             return Vec::new();
         }
     };
+    // A batch of rows, so the figure is the compute rate per row rather than the fixed cost
+    // of one call (quotes add that fixed cost separately as `overhead_ms`). Figures below
+    // are per row: one row of the reference model is one "inference".
     let input = vec![NamedTensor {
         name,
         tensor: Tensor {
-            shape: vec![1, 64],
-            data: TensorData::F32(vec![0.5; 64]),
+            shape: vec![BENCH_ROWS, 64],
+            data: TensorData::F32(
+                (0..BENCH_ROWS * 64)
+                    .map(|i| (i % 17) as f32 / 16.0)
+                    .collect(),
+            ),
         },
     }];
     let engine = engine.clone();
@@ -467,7 +491,10 @@ async fn self_benchmark(
     })
     .await;
     match result {
-        Ok(Ok(figures)) => {
+        Ok(Ok(mut figures)) => {
+            figures.inferences_per_sec *= BENCH_ROWS as f32;
+            figures.microjoules_per_inference =
+                (figures.microjoules_per_inference / BENCH_ROWS).max(1);
             info!(
                 inferences_per_sec = figures.inferences_per_sec,
                 microjoules = figures.microjoules_per_inference,
@@ -517,6 +544,11 @@ async fn dispatch(
             NetworkEvent::PeerConnected { node } => debug!(peer = %node.short(), "peer connected"),
             NetworkEvent::PeerDisconnected { node } => {
                 debug!(peer = %node.short(), "peer disconnected");
+                // Tasks awarded to it learn at once, instead of at their result timeout.
+                let pending: Vec<_> = lock(&shared.pending).values().cloned().collect();
+                for tx in pending {
+                    let _ = tx.try_send(requester::WorkerReport::Disconnected { peer: node });
+                }
             }
             NetworkEvent::PeerIdentified { node, speaks_crank } => {
                 if speaks_crank {
@@ -584,6 +616,10 @@ async fn handle_request(
         Request::FetchModel(fetch) => responder.send(worker::on_fetch_model(shared, &fetch)),
         Request::Result(result) => requester::on_result(shared, peer, result, responder).await,
         Request::Failure(failure) => requester::on_failure(shared, peer, failure, responder).await,
+        Request::GetAdvert if !shared.offers_work() => responder.send(Response::error(
+            ErrorCode::NotFound,
+            "this node takes no work and has no advert",
+        )),
         Request::GetAdvert => match shared.advert() {
             Some(a) => responder.send(Response::Advert(Box::new(a))),
             None => responder.send(Response::error(
@@ -596,6 +632,9 @@ async fn handle_request(
 
 async fn advert_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let interval = Duration::from_secs(shared.config.advert.interval_secs.max(1));
+    if !shared.offers_work() {
+        return;
+    }
     loop {
         match shared.build_advert() {
             Ok(advert) => {
@@ -675,6 +714,11 @@ impl NodeHandle {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         lock(&self.shared.listen_addrs).clone()
+    }
+
+    /// Tasks accepted and not finished (fetching, queued, running or delivering).
+    pub fn running_tasks(&self) -> usize {
+        lock(&self.shared.running).len()
     }
 
     /// Number of fresh adverts of other nodes.

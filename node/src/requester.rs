@@ -40,6 +40,8 @@ pub(crate) enum WorkerReport {
         failure: Signed<TaskFailure>,
         responder: Responder,
     },
+    /// The last connection to a peer closed (it may have crashed).
+    Disconnected { peer: NodeId },
 }
 
 /// Where the model of a submission comes from.
@@ -398,6 +400,12 @@ async fn drive(
                     responder.send(Response::Ack { task_id: spec.task_id });
                     if let Err(e) = auction.handle(Input::WorkerFailed { from, failure }, clock::now_ms()) {
                         debug!(error = %e, "failure report not used");
+                    }
+                }
+                WorkerReport::Disconnected { peer } => {
+                    if current_worker(auction) == Some(peer) {
+                        info!(task = %spec.task_id.short(), worker = %peer.short(), "worker disconnected; re-awarding");
+                        let _ = auction.handle(Input::NoAnswer { peer }, clock::now_ms());
                     }
                 }
             },

@@ -169,7 +169,7 @@ impl NodeStatus {
         for b in &self.bench {
             let _ = writeln!(
                 s,
-                "bench     {}: {:.0} inferences/s, {} µJ each (reference model)",
+                "bench     {}: {:.0} rows/s, {} µJ per row (reference model, batches of 256)",
                 b.path, b.inferences_per_sec, b.microjoules_per_inference
             );
         }
