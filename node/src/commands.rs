@@ -582,55 +582,9 @@ pub fn render_result(r: &TaskResultJson) -> String {
     s
 }
 
-/// The auction for people (`--verbose`).
+/// The auction for people (`--verbose`): every answer with its score, the award and why.
 pub fn render_trace(t: &AuctionTrace) -> String {
-    use crank_scheduler::auction::trace::Answer;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "auction: {} candidates, payment rule {:?}, max price {} stroops",
-        t.candidates.len(),
-        t.payment,
-        t.max_price_stroops
-    );
-    for a in &t.answers {
-        let peer = network::peer_id_string(&a.peer);
-        let ms = a.at.saturating_sub(t.started_at);
-        let what = match &a.answer {
-            Answer::Bid {
-                price_stroops,
-                est_latency_ms,
-                est_energy_mj,
-                path,
-                model_cached,
-                score,
-                ..
-            } => format!(
-                "bid {price_stroops} stroops, ~{est_latency_ms} ms, {est_energy_mj} mJ on {path}{}, score {:.3}",
-                if *model_cached { ", model cached" } else { "" },
-                score.total
-            ),
-            Answer::Decline { reason } => format!("declined: {reason}"),
-            Answer::Rejected { reason } => format!("rejected: {reason}"),
-            Answer::NoAnswer => "did not answer".to_string(),
-        };
-        let _ = writeln!(s, "  round {} +{ms} ms  {peer}  {what}", a.round);
-    }
-    for a in &t.awards {
-        let _ = writeln!(
-            s,
-            "  award → {}  bid {} stroops, pays {} ({}){}",
-            network::peer_id_string(&a.worker),
-            a.bid_price_stroops,
-            a.price_stroops,
-            a.why,
-            a.end
-                .as_ref()
-                .map(|e| format!(", ended: {e:?}"))
-                .unwrap_or_default()
-        );
-    }
-    s
+    format!("auction\n{t}")
 }
 
 /// `models add|list`.
