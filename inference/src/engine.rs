@@ -726,7 +726,7 @@ fn run_plan(
     cap: Instant,
 ) -> Result<(TVec<TValue>, Duration), RunError> {
     let mut state = model.take_state().map_err(RunError::Failed)?;
-    let cpu_start = cpu_time::ThreadTime::try_now().ok();
+    let cpu_start = crate::device::thread_cpu_time();
     let check = || -> Option<Stop> {
         if shared.shutdown.load(Ordering::Relaxed) {
             return Some(Stop::Shutdown);
@@ -751,9 +751,7 @@ fn run_plan(
             tract_onnx::tract_core::plan::eval(ctx, op_state, node, values)
         })
     }));
-    let cpu = cpu_start
-        .and_then(|t| t.try_elapsed().ok())
-        .unwrap_or_default();
+    let cpu = crate::device::thread_cpu_time().saturating_sub(cpu_start);
     match outcome {
         Ok(Ok(outputs)) => {
             model.put_state(state);
