@@ -36,6 +36,8 @@ pub mod error;
 pub mod model;
 pub mod store;
 pub mod device;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 
 pub use engine::{CancelToken, Engine, EngineConfig, Job, JobHandle, QueueState, RunOutput};
 pub use error::{InferenceError, StoreError};
