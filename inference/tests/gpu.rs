@@ -142,10 +142,13 @@ fn assert_close(what: &str, gpu: &Tensor, cpu: &Tensor, abs: f32, rel: f32) -> f
             }
             worst
         }
-        (g, c) => {
-            assert_eq!(g, c, "{what}: integer outputs differ");
+        (TensorData::I64(g), TensorData::I64(c)) => {
+            for (i, (x, y)) in g.iter().zip(c).enumerate() {
+                assert_eq!(x, y, "{what}: element {i}: gpu {x} vs tract {y}");
+            }
             0.0
         }
+        (g, c) => panic!("{what}: gpu gives {}, tract {}", g.dtype(), c.dtype()),
     }
 }
 
@@ -835,6 +838,22 @@ fn operator_cases(rng: &mut Rng) -> Vec<Case> {
                 .int_output("y"),
         );
     }
+    // Ties: floored values repeat, so first and last index differ.
+    for last in [0, 1] {
+        cases.push(
+            Case::new(&format!("ArgMax with ties, select_last {last}"))
+                .input("x", &[5, 12])
+                .range(-2.0, 2.0)
+                .node(node("Floor", &["x"], &["f"], vec![]))
+                .node(node(
+                    "ArgMax",
+                    &["f"],
+                    &["y"],
+                    vec![attr_int("axis", 1), attr_int("select_last_index", last)],
+                ))
+                .int_output("y"),
+        );
+    }
     cases.push(
         Case::new("Cast float to int64 and back")
             .input("x", &[64])
@@ -861,12 +880,62 @@ fn operator_cases(rng: &mut Rng) -> Vec<Case> {
     cases.push(
         Case::new("Gather of int64 data")
             .input("x", &[4, 6])
-            .constant(const_i64("table", &[5], vec![10, -20, 1 << 40, i64::MIN, 7]))
+            .constant(const_i64("table", &[6], vec![10, -20, 1 << 40, i64::MIN, 7, i64::MAX]))
             .node(node("ArgMax", &["x"], &["a"], vec![attr_int("axis", 1), attr_int("keepdims", 0)]))
             .node(node("Gather", &["table", "a"], &["y"], vec![attr_int("axis", 0)]))
             .int_output("y"),
     );
     cases
+}
+
+/// Casts beyond the int32 range. tract's optimised float-to-int64 cast returns i32::MIN
+/// there (it converts through 32 bits), so the reference is Rust's `as`, which saturates at
+/// the int64 bounds: the GPU splits such values exactly into two words.
+#[test]
+fn large_casts_match_rust_semantics() {
+    let Some((_lock, rt)) = gpu() else { return };
+    let cpu = cpu();
+    let mut rng = Rng(99);
+    for scale in [3.0e9f32, 1.0e13, 4.0e18, 1.0e20] {
+        let case = Case::new(&format!("Cast at scale {scale:e}"))
+            .input("x", &[256])
+            .constant(const_f32("s", &[], vec![scale]))
+            .node(node("Mul", &["x", "s"], &["m"], vec![]))
+            .node(node("Cast", &["m"], &["i"], vec![attr_int("to", 7)]))
+            .node(node("Cast", &["i"], &["y"], vec![attr_int("to", 1)]))
+            .int_output("i")
+            .output("y");
+        let bytes = case.bytes();
+        let id = cpu.store.put(&bytes).unwrap();
+        let model = rt.load(id, &bytes).unwrap();
+        let x: Vec<f32> = (0..256).map(|_| rng.uniform(-2.0, 2.0)).collect();
+        let inputs = vec![NamedTensor {
+            name: "x".into(),
+            tensor: Tensor::f32(vec![256], x.clone()).unwrap(),
+        }];
+        let got = model.run(&inputs).unwrap();
+        let TensorData::I64(ints) = &got[0].tensor.data else {
+            panic!("int64 expected")
+        };
+        let back = f32s(&got[1].tensor);
+        for (k, v) in x.iter().enumerate() {
+            let want = (v * scale) as i64;
+            assert_eq!(ints[k], want, "scale {scale:e}, x {v}");
+            let w = want as f32;
+            assert!(
+                (back[k] - w).abs() <= w.abs() * 2.4e-7,
+                "scale {scale:e}: {} back to {} (want {w})",
+                want,
+                back[k]
+            );
+        }
+        let tract = cpu.run(id, inputs);
+        let TensorData::I64(t) = &tract[0].tensor.data else {
+            panic!("int64 expected")
+        };
+        let differ = t.iter().zip(ints).filter(|(a, b)| a != b).count();
+        eprintln!("cast at scale {scale:e}: GPU equals Rust `as`; tract differs on {differ}/256");
+    }
 }
 
 #[test]
@@ -1043,6 +1112,9 @@ fn the_engine_runs_supported_models_on_the_gpu_and_others_on_tract() {
         engine.gpu().unwrap().path_for(&store, &id).unwrap(),
         ExecPath::Cpu
     );
+    let reason = engine.gpu().unwrap().fallback_reason(&store, &id).unwrap();
+    assert!(reason.is_some_and(|r| r.contains("Sin")));
+    assert_eq!(engine.gpu().unwrap().fallback_reason(&store, &mlp).unwrap(), None);
 }
 
 #[test]

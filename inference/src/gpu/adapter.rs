@@ -110,16 +110,9 @@ mod tests {
     fn info(name: &str, device_type: wgpu::DeviceType) -> wgpu::AdapterInfo {
         wgpu::AdapterInfo {
             name: name.into(),
-            vendor: 0,
-            device: 0,
-            device_type,
-            device_pci_bus_id: String::new(),
             driver: "drv".into(),
             driver_info: "1.0".into(),
-            backend: wgpu::Backend::Vulkan,
-            subgroup_min_size: 4,
-            subgroup_max_size: 64,
-            transient_saves_memory: None,
+            ..wgpu::AdapterInfo::new(device_type, wgpu::Backend::Vulkan)
         }
     }
 

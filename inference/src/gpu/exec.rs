@@ -71,6 +71,18 @@ impl GpuExecutor {
         })
     }
 
+    /// Why this model runs on tract (`None` when it runs on the GPU); loads it on first use.
+    pub fn fallback_reason(
+        &self,
+        store: &ModelStore,
+        id: &ModelId,
+    ) -> Result<Option<String>, InferenceError> {
+        Ok(match &*self.slot(store, id)? {
+            GpuSlot::Ready(_) => None,
+            GpuSlot::Cpu(reason) => Some(reason.clone()),
+        })
+    }
+
     fn slot(&self, store: &ModelStore, id: &ModelId) -> Result<Arc<GpuSlot>, InferenceError> {
         self.models.get_or_load(id, || {
             let bytes = store.read(id)?;

@@ -276,18 +276,6 @@ impl Op {
             _ => &[],
         }
     }
-
-    /// Whether the output is the first input's buffer under another shape (no kernel).
-    pub fn is_view(&self) -> bool {
-        matches!(
-            self,
-            Self::Reshape { .. }
-                | Self::Flatten { .. }
-                | Self::Squeeze { .. }
-                | Self::Unsqueeze { .. }
-                | Self::Identity
-        )
-    }
 }
 
 /// One node of the graph.
@@ -476,20 +464,6 @@ impl Graph {
             outputs,
             nodes,
         })
-    }
-
-    /// How many nodes read each value, counting graph outputs as readers.
-    pub fn use_counts(&self) -> Vec<usize> {
-        let mut uses = vec![0; self.values.len()];
-        for n in &self.nodes {
-            for id in n.inputs.iter().flatten() {
-                uses[*id] += 1;
-            }
-        }
-        for (id, _) in &self.outputs {
-            uses[*id] += 1;
-        }
-        uses
     }
 
     /// The constant behind a value, if it is one.

@@ -76,33 +76,8 @@ impl Plan {
         let max_binding = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
-        let meta = |id: ValueId| -> Result<&Meta, GpuError> {
-            program
-                .meta
-                .get(id)
-                .and_then(Option::as_ref)
-                .ok_or_else(|| GpuError::Backend(format!("value {id} has no shape in the plan")))
-        };
-        let name = |id: ValueId| graph.values.get(id).map_or("?", |v| v.name.as_str());
-        let checked = |id: ValueId| -> Result<&Meta, GpuError> {
-            let m = meta(id)?;
-            let bytes = m.bytes();
-            if bytes == 0 {
-                return Err(GpuError::unsupported(
-                    "tensor",
-                    name(id),
-                    format!("empty tensor {:?}", m.shape),
-                ));
-            }
-            if size_class(bytes) > max_binding {
-                return Err(GpuError::TooLarge {
-                    value: name(id).to_string(),
-                    bytes,
-                    limit: max_binding,
-                });
-            }
-            Ok(m)
-        };
+        let name = |id: ValueId| value_name(graph, id);
+        let checked = |id: ValueId| checked_meta(graph, program, id, max_binding);
 
         // Input buffers.
         let mut homes: HashMap<ValueId, Home> = HashMap::new();
@@ -177,14 +152,6 @@ impl Plan {
         }
         let slots: Vec<PooledBuffer> = slot_class.iter().map(|c| rt.pool.take(*c)).collect();
 
-        let buffer_of = |home: Home| -> Result<&wgpu::Buffer, GpuError> {
-            match home {
-                Home::Input(i) => inputs.get(i).map(|(b, _)| b.buffer()),
-                Home::Weight(id) => weights.get(&id),
-                Home::Slot(s) => slots.get(s).map(PooledBuffer::buffer),
-            }
-            .ok_or_else(|| GpuError::Backend("plan refers to a missing buffer".into()))
-        };
         let home_of = |id: ValueId| -> Result<Home, GpuError> {
             homes.get(&id).copied().ok_or_else(|| {
                 GpuError::Backend(format!("value `{}` has no buffer in the plan", name(id)))
@@ -229,10 +196,10 @@ impl Plan {
                 });
             let mut bound: Vec<(&wgpu::Buffer, u64)> = Vec::new();
             for r in &step.reads {
-                bound.push((buffer_of(home_of(*r)?)?, checked(*r)?.bytes()));
+                bound.push((buffer_in(home_of(*r)?, &inputs, weights, &slots)?, checked(*r)?.bytes()));
             }
             bound.push((
-                buffer_of(home_of(step.write)?)?,
+                buffer_in(home_of(step.write)?, &inputs, weights, &slots)?,
                 checked(step.write)?.bytes(),
             ));
             if step.kernel.uses_error_flag()
@@ -334,12 +301,7 @@ impl Plan {
             encoder.copy_buffer_to_buffer(flag, 0, &self.staging, 0, 4);
         }
         for out in &self.outputs {
-            let src = match out.home {
-                Home::Input(i) => self.inputs.get(i).map(|(b, _)| b.buffer()),
-                Home::Weight(id) => weights.get(&id),
-                Home::Slot(s) => self.slots.get(s).map(PooledBuffer::buffer),
-            }
-            .ok_or_else(|| GpuError::Backend("output has no buffer".into()))?;
+            let src = buffer_in(out.home, &self.inputs, weights, &self.slots)?;
             encoder.copy_buffer_to_buffer(src, 0, &self.staging, out.offset, out.meta.bytes());
         }
         let index = rt.queue.submit([encoder.finish()]);
@@ -420,6 +382,55 @@ impl Plan {
             })
             .collect()
     }
+}
+
+fn value_name(graph: &Graph, id: ValueId) -> &str {
+    graph.values.get(id).map_or("?", |v| v.name.as_str())
+}
+
+/// A value's shape and type, checked to fit one buffer binding on this device.
+fn checked_meta<'p>(
+    graph: &Graph,
+    program: &'p Program,
+    id: ValueId,
+    max_binding: u64,
+) -> Result<&'p Meta, GpuError> {
+    let m = program
+        .meta
+        .get(id)
+        .and_then(Option::as_ref)
+        .ok_or_else(|| GpuError::Backend(format!("value {id} has no shape in the plan")))?;
+    let bytes = m.bytes();
+    if bytes == 0 {
+        return Err(GpuError::unsupported(
+            "tensor",
+            value_name(graph, id),
+            format!("empty tensor {:?}", m.shape),
+        ));
+    }
+    if size_class(bytes) > max_binding {
+        return Err(GpuError::TooLarge {
+            value: value_name(graph, id).to_string(),
+            bytes,
+            limit: max_binding,
+        });
+    }
+    Ok(m)
+}
+
+/// The buffer behind a home.
+fn buffer_in<'a>(
+    home: Home,
+    inputs: &'a [(PooledBuffer, Meta)],
+    weights: &'a HashMap<ValueId, wgpu::Buffer>,
+    slots: &'a [PooledBuffer],
+) -> Result<&'a wgpu::Buffer, GpuError> {
+    match home {
+        Home::Input(i) => inputs.get(i).map(|(b, _)| b.buffer()),
+        Home::Weight(id) => weights.get(&id),
+        Home::Slot(s) => slots.get(s).map(PooledBuffer::buffer),
+    }
+    .ok_or_else(|| GpuError::Backend("plan refers to a missing buffer".into()))
 }
 
 /// Little-endian bytes of a tensor for the GPU (`int64` is already two LE words).
