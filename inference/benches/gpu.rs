@@ -30,7 +30,14 @@ struct Stats {
     iterations: usize,
 }
 
-fn measure(engine: &Engine, id: ModelId, inputs: &[NamedTensor], rows: usize, budget: Duration, path: ExecPath) -> anyhow::Result<Stats> {
+fn measure(
+    engine: &Engine,
+    id: ModelId,
+    inputs: &[NamedTensor],
+    rows: usize,
+    budget: Duration,
+    path: ExecPath,
+) -> anyhow::Result<Stats> {
     let job = || Job::new(id, inputs.to_vec(), Duration::from_secs(600));
     for _ in 0..3 {
         let out = engine.submit(job())?.wait()?;
@@ -68,7 +75,11 @@ fn main() -> anyhow::Result<()> {
                 a.backend,
                 a.kind,
                 a.driver,
-                if a.emulated { ", CPU-emulated: never advertised" } else { "" }
+                if a.emulated {
+                    ", CPU-emulated: never advertised"
+                } else {
+                    ""
+                }
             );
         }
         return Ok(());
@@ -76,7 +87,10 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = all.into_iter().filter(|a| !a.starts_with("--")).collect();
     let seconds: f64 = args.first().map_or(Ok(1.0), |s| s.parse())?;
     let batches: Vec<usize> = if args.len() > 1 {
-        args[1..].iter().map(|s| s.parse()).collect::<Result<_, _>>()?
+        args[1..]
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()?
     } else {
         vec![1, 64]
     };
@@ -131,7 +145,15 @@ fn main() -> anyhow::Result<()> {
 
     println!(
         "{:<12} {:>5} | {:>11} {:>11} {:>12} | {:>11} {:>11} {:>12} | {:>7}",
-        "model", "batch", "tract p50", "tract p99", "tract rows/s", "gpu p50", "gpu p99", "gpu rows/s", "speedup"
+        "model",
+        "batch",
+        "tract p50",
+        "tract p99",
+        "tract rows/s",
+        "gpu p50",
+        "gpu p99",
+        "gpu rows/s",
+        "speedup"
     );
     for (name, input, image) in MODELS {
         let id = store.put(&std::fs::read(dir.join(format!("{name}.onnx")))?)?;

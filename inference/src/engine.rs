@@ -715,8 +715,7 @@ fn run_jobs_gpu(shared: &Shared, model: &LoadedModel, valid: Vec<Pending>) -> Op
         .map(|p| p.job.deadline)
         .max()
         .map_or(cap, |d| d.min(cap));
-    let stop =
-        || shared.shutdown.load(Ordering::Relaxed) || valid.iter().all(Pending::abandoned);
+    let stop = || shared.shutdown.load(Ordering::Relaxed) || valid.iter().all(Pending::abandoned);
     let started = Instant::now();
     let done = gpu.run_batch(&shared.store, &model.info, &bound, deadline, &stop);
     drop(bound);
@@ -724,13 +723,18 @@ fn run_jobs_gpu(shared: &Shared, model: &LoadedModel, valid: Vec<Pending>) -> Op
         return Some(valid);
     };
     let now = Instant::now();
-    let total_rows: u64 = valid
-        .iter()
-        .map(|p| p.job.inputs.first().and_then(|t| t.tensor.shape.first().copied()).unwrap_or(1))
-        .sum();
+    // Batched models take one batch axis, so any input's first dimension is the row count.
+    let rows_of = |p: &Pending| {
+        p.job
+            .inputs
+            .first()
+            .and_then(|t| t.tensor.shape.first().copied())
+            .unwrap_or(1)
+    };
+    let total_rows: u64 = valid.iter().map(rows_of).sum();
     let batch_size = valid.len();
     for (p, outputs) in valid.into_iter().zip(done.outputs) {
-        let rows = p.job.inputs.first().and_then(|t| t.tensor.shape.first().copied()).unwrap_or(1);
+        let rows = rows_of(&p);
         let answer = if p.abandoned() {
             Err(InferenceError::Cancelled)
         } else if p.job.deadline <= now {

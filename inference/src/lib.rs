@@ -33,13 +33,13 @@
 
 mod cache;
 pub mod convert;
+pub mod device;
 pub mod engine;
 pub mod error;
-pub mod model;
-pub mod store;
-pub mod device;
 #[cfg(feature = "gpu")]
 pub mod gpu;
+pub mod model;
+pub mod store;
 
 pub use engine::{CancelToken, Engine, EngineConfig, Job, JobHandle, QueueState, RunOutput};
 pub use error::{InferenceError, StoreError};

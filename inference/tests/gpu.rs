@@ -22,7 +22,8 @@ use crank_protocol::{ExecPath, ModelId, NamedTensor, Tensor, TensorData};
 use prost::Message;
 use tract_onnx::pb::{
     self, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto, attribute_proto::AttributeType,
+    TensorShapeProto, TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType,
     tensor_shape_proto::{Dimension, dimension},
     type_proto,
 };
@@ -210,7 +211,10 @@ fn reference_models_agree_with_tract_on_the_test_split() {
         let mut correct = 0;
         for r in 0..n {
             let (a, b) = (argmax(&p[r * 10..][..10]), argmax(&q[r * 10..][..10]));
-            assert_eq!(a, b, "{name}: row {r} predicts {a} on the GPU, {b} on tract");
+            assert_eq!(
+                a, b,
+                "{name}: row {r} predicts {a} on the GPU, {b} on tract"
+            );
             same += 1;
             correct += usize::from(a as i64 == data.labels[r]);
         }
@@ -292,7 +296,11 @@ fn node(op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>)
     }
 }
 
-fn value_info(name: &str, elem: pb::tensor_proto::DataType, dims: Option<&[usize]>) -> ValueInfoProto {
+fn value_info(
+    name: &str,
+    elem: pb::tensor_proto::DataType,
+    dims: Option<&[usize]>,
+) -> ValueInfoProto {
     ValueInfoProto {
         name: name.into(),
         r#type: Some(TypeProto {
@@ -672,12 +680,21 @@ fn operator_cases(rng: &mut Rng) -> Vec<Case> {
     }
     // Convolutions.
     for (label, x, w, attrs, bias) in [
-        ("Conv plain", vec![2, 3, 7, 6], vec![4, 3, 3, 3], vec![], true),
+        (
+            "Conv plain",
+            vec![2, 3, 7, 6],
+            vec![4, 3, 3, 3],
+            vec![],
+            true,
+        ),
         (
             "Conv pads strides",
             vec![1, 2, 9, 9],
             vec![3, 2, 3, 3],
-            vec![attr_ints("pads", &[1, 2, 0, 1]), attr_ints("strides", &[2, 2])],
+            vec![
+                attr_ints("pads", &[1, 2, 0, 1]),
+                attr_ints("strides", &[2, 2]),
+            ],
             true,
         ),
         (
@@ -698,14 +715,21 @@ fn operator_cases(rng: &mut Rng) -> Vec<Case> {
             "Conv SAME_UPPER stride 2",
             vec![1, 3, 8, 7],
             vec![2, 3, 3, 3],
-            vec![attr_str("auto_pad", "SAME_UPPER"), attr_ints("strides", &[2, 2])],
+            vec![
+                attr_str("auto_pad", "SAME_UPPER"),
+                attr_ints("strides", &[2, 2]),
+            ],
             true,
         ),
-        ("Conv 1-D", vec![2, 3, 11], vec![4, 3, 3], vec![attr_ints("pads", &[1, 1])], true),
+        (
+            "Conv 1-D",
+            vec![2, 3, 11],
+            vec![4, 3, 3],
+            vec![attr_ints("pads", &[1, 1])],
+            true,
+        ),
     ] {
-        let mut c = Case::new(label)
-            .input("x", &x)
-            .weight("w", &w, rng);
+        let mut c = Case::new(label).input("x", &x).weight("w", &w, rng);
         let mut ins = vec!["x", "w"];
         if bias {
             c = c.weight("b", &[w[0]], rng);
@@ -718,7 +742,12 @@ fn operator_cases(rng: &mut Rng) -> Vec<Case> {
             .input("x", &[1, 1, 8, 8])
             .weight("w", &[4, 1, 3, 3], rng)
             .weight("b", &[4], rng)
-            .node(node("Conv", &["x", "w", "b"], &["c"], vec![attr_ints("pads", &[1, 1, 1, 1])]))
+            .node(node(
+                "Conv",
+                &["x", "w", "b"],
+                &["c"],
+                vec![attr_ints("pads", &[1, 1, 1, 1])],
+            ))
             .node(node("Relu", &["c"], &["y"], vec![]))
             .output("y"),
     );
@@ -728,13 +757,19 @@ fn operator_cases(rng: &mut Rng) -> Vec<Case> {
             "MaxPool 3x3 stride 2",
             "MaxPool",
             vec![2, 3, 9, 8],
-            vec![attr_ints("kernel_shape", &[3, 3]), attr_ints("strides", &[2, 2])],
+            vec![
+                attr_ints("kernel_shape", &[3, 3]),
+                attr_ints("strides", &[2, 2]),
+            ],
         ),
         (
             "MaxPool padded",
             "MaxPool",
             vec![1, 2, 6, 6],
-            vec![attr_ints("kernel_shape", &[3, 3]), attr_ints("pads", &[1, 1, 1, 1])],
+            vec![
+                attr_ints("kernel_shape", &[3, 3]),
+                attr_ints("pads", &[1, 1, 1, 1]),
+            ],
         ),
         (
             "MaxPool ceil_mode",
@@ -750,13 +785,19 @@ fn operator_cases(rng: &mut Rng) -> Vec<Case> {
             "MaxPool dilated",
             "MaxPool",
             vec![1, 1, 8, 8],
-            vec![attr_ints("kernel_shape", &[2, 2]), attr_ints("dilations", &[2, 2])],
+            vec![
+                attr_ints("kernel_shape", &[2, 2]),
+                attr_ints("dilations", &[2, 2]),
+            ],
         ),
         (
             "AveragePool padded excluding pads",
             "AveragePool",
             vec![1, 2, 6, 5],
-            vec![attr_ints("kernel_shape", &[3, 3]), attr_ints("pads", &[1, 1, 1, 1])],
+            vec![
+                attr_ints("kernel_shape", &[3, 3]),
+                attr_ints("pads", &[1, 1, 1, 1]),
+            ],
         ),
         (
             "AveragePool padded including pads",
@@ -810,8 +851,18 @@ fn operator_cases(rng: &mut Rng) -> Vec<Case> {
         Case::new("Unsqueeze and Squeeze by attribute (opset 11)")
             .opset(11)
             .input("x", &[3, 4])
-            .node(node("Unsqueeze", &["x"], &["u"], vec![attr_ints("axes", &[0, 3])]))
-            .node(node("Squeeze", &["u"], &["s"], vec![attr_ints("axes", &[0])]))
+            .node(node(
+                "Unsqueeze",
+                &["x"],
+                &["u"],
+                vec![attr_ints("axes", &[0, 3])],
+            ))
+            .node(node(
+                "Squeeze",
+                &["u"],
+                &["s"],
+                vec![attr_ints("axes", &[0])],
+            ))
             .node(node("Abs", &["s"], &["y"], vec![]))
             .output("y"),
     );
@@ -867,22 +918,46 @@ fn operator_cases(rng: &mut Rng) -> Vec<Case> {
         Case::new("Gather axis 0 with negative indices")
             .input("x", &[5, 3])
             .constant(const_i64("idx", &[2, 2], vec![0, -1, 3, -5]))
-            .node(node("Gather", &["x", "idx"], &["y"], vec![attr_int("axis", 0)]))
+            .node(node(
+                "Gather",
+                &["x", "idx"],
+                &["y"],
+                vec![attr_int("axis", 0)],
+            ))
             .output("y"),
     );
     cases.push(
         Case::new("Gather axis 1")
             .input("x", &[2, 6, 3])
             .constant(const_i64("idx", &[3], vec![5, 0, 2]))
-            .node(node("Gather", &["x", "idx"], &["y"], vec![attr_int("axis", 1)]))
+            .node(node(
+                "Gather",
+                &["x", "idx"],
+                &["y"],
+                vec![attr_int("axis", 1)],
+            ))
             .output("y"),
     );
     cases.push(
         Case::new("Gather of int64 data")
             .input("x", &[4, 6])
-            .constant(const_i64("table", &[6], vec![10, -20, 1 << 40, i64::MIN, 7, i64::MAX]))
-            .node(node("ArgMax", &["x"], &["a"], vec![attr_int("axis", 1), attr_int("keepdims", 0)]))
-            .node(node("Gather", &["table", "a"], &["y"], vec![attr_int("axis", 0)]))
+            .constant(const_i64(
+                "table",
+                &[6],
+                vec![10, -20, 1 << 40, i64::MIN, 7, i64::MAX],
+            ))
+            .node(node(
+                "ArgMax",
+                &["x"],
+                &["a"],
+                vec![attr_int("axis", 1), attr_int("keepdims", 0)],
+            ))
+            .node(node(
+                "Gather",
+                &["table", "a"],
+                &["y"],
+                vec![attr_int("axis", 0)],
+            ))
             .int_output("y"),
     );
     cases
@@ -982,7 +1057,12 @@ fn bad_models_and_inputs_are_errors_not_panics() {
     }
     let bytes = std::fs::read(models_dir().join("digits-wide.onnx")).unwrap();
     let model = rt.load(id, &bytes).unwrap();
-    let run = |name: &str, t: Tensor| model.run(&[NamedTensor { name: name.into(), tensor: t }]);
+    let run = |name: &str, t: Tensor| {
+        model.run(&[NamedTensor {
+            name: name.into(),
+            tensor: t,
+        }])
+    };
     assert!(matches!(
         run("input", Tensor::f32(vec![1, 63], vec![0.0; 63]).unwrap()),
         Err(GpuError::InputInvalid(_))
@@ -1026,7 +1106,10 @@ fn bad_models_and_inputs_are_errors_not_panics() {
         name: "x".into(),
         tensor: Tensor::f32(vec![3, 2], (0..6).map(|_| rng.uniform(0.0, 1.0)).collect()).unwrap(),
     };
-    assert!(matches!(m.run(&[x.clone()]), Err(GpuError::Kernel(_))));
+    assert!(matches!(
+        m.run(std::slice::from_ref(&x)),
+        Err(GpuError::Kernel(_))
+    ));
     // The failed plan was dropped; the next run builds a fresh one and fails the same way.
     assert!(matches!(m.run(&[x]), Err(GpuError::Kernel(_))));
 }
@@ -1063,7 +1146,13 @@ fn the_engine_runs_supported_models_on_the_gpu_and_others_on_tract() {
                 name: "X".into(),
                 tensor: Tensor::f32(vec![1, 64], data.features[r].clone()).unwrap(),
             };
-            (r, x.clone(), engine.submit(Job::new(mlp, vec![x], Duration::from_secs(120))).unwrap())
+            (
+                r,
+                x.clone(),
+                engine
+                    .submit(Job::new(mlp, vec![x], Duration::from_secs(120)))
+                    .unwrap(),
+            )
         })
         .collect();
     let mut batched = 0;
@@ -1114,7 +1203,10 @@ fn the_engine_runs_supported_models_on_the_gpu_and_others_on_tract() {
     );
     let reason = engine.gpu().unwrap().fallback_reason(&store, &id).unwrap();
     assert!(reason.is_some_and(|r| r.contains("Sin")));
-    assert_eq!(engine.gpu().unwrap().fallback_reason(&store, &mlp).unwrap(), None);
+    assert_eq!(
+        engine.gpu().unwrap().fallback_reason(&store, &mlp).unwrap(),
+        None
+    );
 }
 
 #[test]

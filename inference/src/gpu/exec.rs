@@ -126,7 +126,11 @@ impl GpuExecutor {
         };
         let rows: Vec<u64> = jobs
             .iter()
-            .map(|j| j.first().and_then(|t| t.shape.first().copied()).unwrap_or(1))
+            .map(|j| {
+                j.first()
+                    .and_then(|t| t.shape.first().copied())
+                    .unwrap_or(1)
+            })
             .collect();
         let batched: Vec<WireTensor>;
         let inputs: Vec<&WireTensor> = if jobs.len() == 1 {
@@ -134,7 +138,8 @@ impl GpuExecutor {
         } else {
             batched = (0..info.inputs.len())
                 .map(|ix| {
-                    let parts: Vec<&WireTensor> = jobs.iter().filter_map(|j| j.get(ix).copied()).collect();
+                    let parts: Vec<&WireTensor> =
+                        jobs.iter().filter_map(|j| j.get(ix).copied()).collect();
                     concat_rows(&parts)
                 })
                 .collect::<Result<_, _>>()
@@ -229,7 +234,10 @@ mod tests {
             shape: vec![3],
             data: TensorData::I64(vec![7, 8, 9]),
         };
-        assert_eq!(split_rows(&labels, 3, 0, 1).unwrap().data, TensorData::I64(vec![7]));
+        assert_eq!(
+            split_rows(&labels, 3, 0, 1).unwrap().data,
+            TensorData::I64(vec![7])
+        );
         assert!(split_rows(&t, 4, 0, 1).is_none());
         assert!(split_rows(&t, 3, 2, 4).is_none());
     }

@@ -203,7 +203,10 @@ fn axis(node: &Node, a: i64, rank: usize, inclusive: bool) -> Result<usize, GpuE
     if (0..r).contains(&v) {
         Ok(v as usize)
     } else {
-        Err(shape_err(node, format!("axis {a} is out of range for rank {rank}")))
+        Err(shape_err(
+            node,
+            format!("axis {a} is out of range for rank {rank}"),
+        ))
     }
 }
 
@@ -232,8 +235,16 @@ pub(crate) fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let r = a.len().max(b.len());
     let mut out = vec![0; r];
     for i in 0..r {
-        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        let da = if i + a.len() >= r {
+            a[i + a.len() - r]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= r {
+            b[i + b.len() - r]
+        } else {
+            1
+        };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
@@ -471,7 +482,15 @@ impl Lowering<'_> {
         (out, Act::None)
     }
 
-    fn push(&mut self, node: usize, kernel: Kernel, params: Vec<u32>, reads: Vec<ValueId>, write: ValueId, groups: [u32; 3]) {
+    fn push(
+        &mut self,
+        node: usize,
+        kernel: Kernel,
+        params: Vec<u32>,
+        reads: Vec<ValueId>,
+        write: ValueId,
+        groups: [u32; 3],
+    ) {
         let reads = reads.iter().map(|r| self.root[*r]).collect();
         self.steps.push(Step {
             node,
@@ -538,7 +557,10 @@ impl Lowering<'_> {
             } => {
                 let (x, m) = self.f32_input(node, 0)?;
                 if m.shape.len() < 3 {
-                    return Err(shape_err(node, format!("pool input {:?} is not N,C,…", m.shape)));
+                    return Err(shape_err(
+                        node,
+                        format!("pool input {:?} is not N,C,…", m.shape),
+                    ));
                 }
                 let kernel = window.kernel.clone().unwrap_or_default();
                 let axes = window_axes(node, window, &m.shape[2..], &kernel)?;
@@ -547,7 +569,10 @@ impl Lowering<'_> {
             Op::GlobalPool { max } => {
                 let (x, m) = self.f32_input(node, 0)?;
                 if m.shape.len() < 3 {
-                    return Err(shape_err(node, format!("pool input {:?} is not N,C,…", m.shape)));
+                    return Err(shape_err(
+                        node,
+                        format!("pool input {:?} is not N,C,…", m.shape),
+                    ));
                 }
                 // All spatial axes pooled at once: a window as wide as their product.
                 let spatial = product(&m.shape[2..]);
@@ -589,7 +614,10 @@ impl Lowering<'_> {
                 let m = self.meta(node, src)?.clone();
                 let axes = match axes {
                     Some(a) => Some(a.clone()),
-                    None => self.host_const(node, 1)?.and_then(Const::ints).map(<[i64]>::to_vec),
+                    None => self
+                        .host_const(node, 1)?
+                        .and_then(Const::ints)
+                        .map(<[i64]>::to_vec),
                 };
                 let r = m.shape.len();
                 let drop: Vec<usize> = match axes {
@@ -600,7 +628,10 @@ impl Lowering<'_> {
                     None => (0..r).filter(|i| m.shape[*i] == 1).collect(),
                 };
                 if drop.iter().any(|d| m.shape[*d] != 1) {
-                    return Err(shape_err(node, format!("cannot squeeze {:?} at {drop:?}", m.shape)));
+                    return Err(shape_err(
+                        node,
+                        format!("cannot squeeze {:?} at {drop:?}", m.shape),
+                    ));
                 }
                 let shape = (0..r)
                     .filter(|i| !drop.contains(i))
@@ -706,7 +737,13 @@ impl Lowering<'_> {
                 self.push(
                     ix,
                     Kernel::ArgMax,
-                    vec![u(n), u(len), u(inner), u32::from(*select_last), u32::from(*min)],
+                    vec![
+                        u(n),
+                        u(len),
+                        u(inner),
+                        u32::from(*select_last),
+                        u32::from(*min),
+                    ],
                     vec![x],
                     out,
                     grid(n, WG_1D),
@@ -787,7 +824,10 @@ impl Lowering<'_> {
         }
         let (ab, bb) = (&a2[..a2.len() - 2], &b2[..b2.len() - 2]);
         let batch_shape = broadcast(ab, bb).ok_or_else(|| {
-            shape_err(node, format!("batch axes {ab:?} and {bb:?} do not broadcast"))
+            shape_err(
+                node,
+                format!("batch axes {ab:?} and {bb:?} do not broadcast"),
+            )
         })?;
         let batch = product(&batch_shape);
         let stride_of = |dims: &[usize], mat: usize| -> Result<usize, GpuError> {
@@ -881,11 +921,22 @@ impl Lowering<'_> {
         let (&[a0, a1], &[b0, b1]) = (am.shape.as_slice(), bm.shape.as_slice()) else {
             return Err(shape_err(
                 node,
-                format!("Gemm needs 2-D inputs, got {:?} and {:?}", am.shape, bm.shape),
+                format!(
+                    "Gemm needs 2-D inputs, got {:?} and {:?}",
+                    am.shape, bm.shape
+                ),
             ));
         };
-        let (m, k, a_rs, a_cs) = if trans_a { (a1, a0, 1, a1) } else { (a0, a1, a1, 1) };
-        let (k2, n, b_rs, b_cs) = if trans_b { (b1, b0, 1, b1) } else { (b0, b1, b1, 1) };
+        let (m, k, a_rs, a_cs) = if trans_a {
+            (a1, a0, 1, a1)
+        } else {
+            (a0, a1, a1, 1)
+        };
+        let (k2, n, b_rs, b_cs) = if trans_b {
+            (b1, b0, 1, b1)
+        } else {
+            (b0, b1, b1, 1)
+        };
         if k != k2 {
             return Err(shape_err(
                 node,
@@ -1029,7 +1080,13 @@ impl Lowering<'_> {
         Ok(())
     }
 
-    fn conv(&mut self, ix: usize, node: &Node, window: &Window, group: usize) -> Result<(), GpuError> {
+    fn conv(
+        &mut self,
+        ix: usize,
+        node: &Node,
+        window: &Window,
+        group: usize,
+    ) -> Result<(), GpuError> {
         let (x, xm) = self.f32_input(node, 0)?;
         let (w, wm) = self.f32_input(node, 1)?;
         let r = xm.shape.len();
@@ -1037,7 +1094,10 @@ impl Lowering<'_> {
             return Err(GpuError::unsupported(
                 "Conv",
                 &node.name,
-                format!("input {:?} with weights {:?} (1-D and 2-D only)", xm.shape, wm.shape),
+                format!(
+                    "input {:?} with weights {:?} (1-D and 2-D only)",
+                    xm.shape, wm.shape
+                ),
             ));
         }
         let (batch, c) = (xm.shape[0], xm.shape[1]);
@@ -1068,7 +1128,10 @@ impl Lowering<'_> {
             Some(_) => {
                 let (bid, bm) = self.f32_input(node, 2)?;
                 if bm.shape != [oc] {
-                    return Err(shape_err(node, format!("bias {:?} is not [{oc}]", bm.shape)));
+                    return Err(shape_err(
+                        node,
+                        format!("bias {:?} is not [{oc}]", bm.shape),
+                    ));
                 }
                 Some(bid)
             }
@@ -1210,13 +1273,19 @@ fn reshape(
     }
     if let Some(i) = infer {
         let known = product(&out);
-        if known == 0 || total % known != 0 {
-            return Err(shape_err(node, format!("cannot reshape {input:?} to {spec:?}")));
+        if known == 0 || !total.is_multiple_of(known) {
+            return Err(shape_err(
+                node,
+                format!("cannot reshape {input:?} to {spec:?}"),
+            ));
         }
         out[i] = total / known;
     }
     if product(&out) != total {
-        return Err(shape_err(node, format!("cannot reshape {input:?} to {spec:?}")));
+        return Err(shape_err(
+            node,
+            format!("cannot reshape {input:?} to {spec:?}"),
+        ));
     }
     Ok(out)
 }
@@ -1374,7 +1443,10 @@ mod tests {
     #[test]
     fn reshape_rules() {
         let n = dummy();
-        assert_eq!(reshape(&n, &[2, 3, 4], &[0, -1], false).unwrap(), vec![2, 12]);
+        assert_eq!(
+            reshape(&n, &[2, 3, 4], &[0, -1], false).unwrap(),
+            vec![2, 12]
+        );
         assert_eq!(reshape(&n, &[6, 1], &[-1], false).unwrap(), vec![6]);
         assert!(reshape(&n, &[6], &[4, -1], false).is_err());
         assert!(reshape(&n, &[6], &[-1, -1], false).is_err());
@@ -1393,7 +1465,10 @@ mod tests {
         };
         let one = |w: &Window, input| window_axes(&n, w, &[input], &[3]).unwrap()[0];
         assert_eq!(one(&w(Padding::Valid, false, 1), 8).output, 6);
-        assert_eq!(one(&w(Padding::Explicit(vec![1], vec![1]), false, 1), 8).output, 8);
+        assert_eq!(
+            one(&w(Padding::Explicit(vec![1], vec![1]), false, 1), 8).output,
+            8
+        );
         let same = one(&w(Padding::Same { upper: true }, false, 2), 7);
         assert_eq!((same.output, same.pad_begin, same.pad_end), (4, 1, 1));
         let lower = one(&w(Padding::Same { upper: false }, false, 2), 8);

@@ -159,12 +159,28 @@ fn scoped<T>(
 /// Kernel limits the device must meet (wgpu's defaults meet them all).
 fn fits(limits: &wgpu::Limits) -> Result<(), String> {
     let need = [
-        ("storage buffers per stage", limits.max_storage_buffers_per_shader_stage, 4),
-        ("invocations per workgroup", limits.max_compute_invocations_per_workgroup, 256),
+        (
+            "storage buffers per stage",
+            limits.max_storage_buffers_per_shader_stage,
+            4,
+        ),
+        (
+            "invocations per workgroup",
+            limits.max_compute_invocations_per_workgroup,
+            256,
+        ),
         ("workgroup size x", limits.max_compute_workgroup_size_x, 256),
         ("workgroup size y", limits.max_compute_workgroup_size_y, 16),
-        ("workgroup storage bytes", limits.max_compute_workgroup_storage_size, 8192),
-        ("uniform buffers per stage", limits.max_uniform_buffers_per_shader_stage, 1),
+        (
+            "workgroup storage bytes",
+            limits.max_compute_workgroup_storage_size,
+            8192,
+        ),
+        (
+            "uniform buffers per stage",
+            limits.max_uniform_buffers_per_shader_stage,
+            1,
+        ),
     ];
     for (what, have, want) in need {
         if have < want {

@@ -250,8 +250,7 @@ impl GpuModel {
             let plan = self.plan(&shapes)?;
             let mut guard = plan.lock().unwrap_or_else(|p| p.into_inner());
             let rt = &self.inner.rt;
-            let result =
-                rt.scoped(|| guard.run(rt, &self.inner.weights, inputs, deadline, stop));
+            let result = rt.scoped(|| guard.run(rt, &self.inner.weights, inputs, deadline, stop));
             if result.is_err() {
                 // A failed or abandoned run may leave the plan mid-use; build a fresh one.
                 guard.broken = true;
@@ -326,7 +325,9 @@ impl GpuModel {
                 .iter()
                 .map(|d| usize::try_from(*d))
                 .collect::<Result<_, _>>()
-                .map_err(|_| GpuError::InputInvalid(format!("input `{}` is too large", decl.name)))?;
+                .map_err(|_| {
+                    GpuError::InputInvalid(format!("input `{}` is too large", decl.name))
+                })?;
             let mismatch = || {
                 GpuError::InputInvalid(format!(
                     "input `{}` expects {} with dims {:?}, got {} {:?}",

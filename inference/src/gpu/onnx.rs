@@ -232,7 +232,11 @@ pub(crate) enum Op {
     /// Element-wise unary operation.
     Unary(UnOp),
     /// Softmax or LogSoftmax; `coerce_2d` is the pre-opset-13 form (flatten from `axis`).
-    Softmax { axis: i64, coerce_2d: bool, log: bool },
+    Softmax {
+        axis: i64,
+        coerce_2d: bool,
+        log: bool,
+    },
     /// 1-D or 2-D convolution (NCHW).
     Conv { window: Window, group: usize },
     /// MaxPool or AveragePool (1-D or 2-D).
@@ -387,12 +391,13 @@ impl Graph {
             };
             if n.op_type == "Constant" && n.domain.is_empty() {
                 let c = constant_node(n, &name)?;
-                let out = n
-                    .output
-                    .first()
-                    .ok_or_else(|| GpuError::ModelInvalid(format!("node `{name}` has no output")))?;
+                let out = n.output.first().ok_or_else(|| {
+                    GpuError::ModelInvalid(format!("node `{name}` has no output"))
+                })?;
                 if by_name.contains_key(out) {
-                    return Err(GpuError::ModelInvalid(format!("value `{out}` defined twice")));
+                    return Err(GpuError::ModelInvalid(format!(
+                        "value `{out}` defined twice"
+                    )));
                 }
                 by_name.insert(out.clone(), values.len());
                 values.push(Value {
@@ -419,7 +424,9 @@ impl Graph {
                     continue;
                 }
                 if by_name.contains_key(out) {
-                    return Err(GpuError::ModelInvalid(format!("value `{out}` defined twice")));
+                    return Err(GpuError::ModelInvalid(format!(
+                        "value `{out}` defined twice"
+                    )));
                 }
                 by_name.insert(out.clone(), values.len());
                 if let Some((node, _)) = parsed.last_mut() {
@@ -589,9 +596,7 @@ fn load_const(t: &TensorProto, what: &str) -> Result<Const, GpuError> {
             let v: Vec<f32> = if raw.is_empty() {
                 t.float_data.clone()
             } else {
-                le_words::<4>(raw, &bad)?
-                    .map(f32::from_le_bytes)
-                    .collect()
+                le_words::<4>(raw, &bad)?.map(f32::from_le_bytes).collect()
             };
             check(v.len())?;
             ConstData::F32(v)
@@ -600,9 +605,7 @@ fn load_const(t: &TensorProto, what: &str) -> Result<Const, GpuError> {
             let v: Vec<i64> = if raw.is_empty() {
                 t.int64_data.clone()
             } else {
-                le_words::<8>(raw, &bad)?
-                    .map(i64::from_le_bytes)
-                    .collect()
+                le_words::<8>(raw, &bad)?.map(i64::from_le_bytes).collect()
             };
             check(v.len())?;
             ConstData::I64(v)
@@ -633,8 +636,11 @@ fn le_words<'a, const N: usize>(
     raw: &'a [u8],
     bad: &dyn Fn(String) -> GpuError,
 ) -> Result<impl Iterator<Item = [u8; N]> + 'a, GpuError> {
-    if raw.len() % N != 0 {
-        return Err(bad(format!("{} raw bytes is not a whole number of elements", raw.len())));
+    if !raw.len().is_multiple_of(N) {
+        return Err(bad(format!(
+            "{} raw bytes is not a whole number of elements",
+            raw.len()
+        )));
     }
     Ok(raw
         .chunks_exact(N)
@@ -648,10 +654,9 @@ fn constant_node(n: &NodeProto, name: &str) -> Result<Const, GpuError> {
         .ok_or_else(|| GpuError::ModelInvalid(format!("Constant `{name}` has no value")))?;
     match a.name.as_str() {
         "value" => {
-            let t = a
-                .t
-                .as_ref()
-                .ok_or_else(|| GpuError::ModelInvalid(format!("Constant `{name}` has no tensor")))?;
+            let t = a.t.as_ref().ok_or_else(|| {
+                GpuError::ModelInvalid(format!("Constant `{name}` has no tensor"))
+            })?;
             load_const(t, name)
         }
         "value_float" => Ok(Const {
@@ -880,7 +885,10 @@ fn parse_op(n: &NodeProto, name: &str, opset: i64) -> Result<Op, GpuError> {
         "Floor" => unary(UnOp::Floor),
         "Ceil" => unary(UnOp::Ceil),
         "Elu" => unary(UnOp::Elu(a.float("alpha", 1.0))),
-        "HardSigmoid" => unary(UnOp::HardSigmoid(a.float("alpha", 0.2), a.float("beta", 0.5))),
+        "HardSigmoid" => unary(UnOp::HardSigmoid(
+            a.float("alpha", 0.2),
+            a.float("beta", 0.5),
+        )),
         "Softplus" => unary(UnOp::Softplus),
         "Erf" => unary(UnOp::Erf),
         "Clip" if opset < 11 => Err(GpuError::unsupported(
@@ -902,11 +910,18 @@ fn parse_op(n: &NodeProto, name: &str, opset: i64) -> Result<Op, GpuError> {
                 .ok_or_else(|| GpuError::ModelInvalid(format!("node `{name}`: bad group")))?,
         }),
         "MaxPool" | "AveragePool" => {
-            if op_type == "MaxPool" && n.output.len() > 1 && n.output.iter().skip(1).any(|o| !o.is_empty()) {
+            if op_type == "MaxPool"
+                && n.output.len() > 1
+                && n.output.iter().skip(1).any(|o| !o.is_empty())
+            {
                 return Err(GpuError::unsupported(op_type, name, "the Indices output"));
             }
             if a.int("storage_order", 0) != 0 {
-                return Err(GpuError::unsupported(op_type, name, "column-major storage_order"));
+                return Err(GpuError::unsupported(
+                    op_type,
+                    name,
+                    "column-major storage_order",
+                ));
             }
             let window = a.window(true)?;
             if window.kernel.is_none() {
@@ -1041,7 +1056,10 @@ mod tests {
         let raw = TensorProto {
             dims: vec![2],
             data_type: DataType::Float as i32,
-            raw_data: [1.5f32, -2.0].iter().flat_map(|f| f.to_le_bytes()).collect(),
+            raw_data: [1.5f32, -2.0]
+                .iter()
+                .flat_map(|f| f.to_le_bytes())
+                .collect(),
             ..TensorProto::default()
         };
         let typed = TensorProto {
@@ -1050,7 +1068,10 @@ mod tests {
             float_data: vec![1.5, -2.0],
             ..TensorProto::default()
         };
-        assert_eq!(load_const(&raw, "a").unwrap(), load_const(&typed, "b").unwrap());
+        assert_eq!(
+            load_const(&raw, "a").unwrap(),
+            load_const(&typed, "b").unwrap()
+        );
         let ints = TensorProto {
             dims: vec![3],
             data_type: DataType::Int32 as i32,

@@ -196,7 +196,10 @@ impl Plan {
                 });
             let mut bound: Vec<(&wgpu::Buffer, u64)> = Vec::new();
             for r in &step.reads {
-                bound.push((buffer_in(home_of(*r)?, &inputs, weights, &slots)?, checked(*r)?.bytes()));
+                bound.push((
+                    buffer_in(home_of(*r)?, &inputs, weights, &slots)?,
+                    checked(*r)?.bytes(),
+                ));
             }
             bound.push((
                 buffer_in(home_of(step.write)?, &inputs, weights, &slots)?,
