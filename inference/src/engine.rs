@@ -717,7 +717,17 @@ fn run_jobs_gpu(shared: &Shared, model: &LoadedModel, valid: Vec<Pending>) -> Op
         .map_or(cap, |d| d.min(cap));
     let stop = || shared.shutdown.load(Ordering::Relaxed) || valid.iter().all(Pending::abandoned);
     let started = Instant::now();
-    let done = gpu.run_batch(&shared.store, &model.info, &bound, deadline, &stop);
+    // Padding a batch with zero rows is exact only when rows are known to be independent,
+    // which the batching probe established.
+    let pad_rows = shared.config.batching && model.info.batchable;
+    let done = gpu.run_batch(
+        &shared.store,
+        &model.info,
+        &bound,
+        pad_rows,
+        deadline,
+        &stop,
+    );
     drop(bound);
     let Some(done) = done else {
         return Some(valid);

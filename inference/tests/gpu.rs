@@ -541,6 +541,32 @@ fn operator_cases(rng: &mut Rng) -> Vec<Case> {
             .node(node("Relu", &["h"], &["y"], vec![]))
             .output("y"),
     );
+    // The tiled kernel (16 rows or more) with transposed operands and a column bias.
+    cases.push(
+        Case::new("Gemm tA=1 tB=1 bias=[70,1] 70x33x40")
+            .input("a", &[40, 70])
+            .weight("b", &[33, 40], rng)
+            .weight("c", &[70, 1], rng)
+            .node(node(
+                "Gemm",
+                &["a", "b", "c"],
+                &["y"],
+                vec![
+                    attr_int("transA", 1),
+                    attr_int("transB", 1),
+                    attr_float("alpha", 0.75),
+                    attr_float("beta", 1.5),
+                ],
+            ))
+            .output("y"),
+    );
+    cases.push(
+        Case::new("MatMul batched [3,20,17]x[17,66] (tiled)")
+            .input("a", &[3, 20, 17])
+            .input("b", &[17, 66])
+            .node(node("MatMul", &["a", "b"], &["y"], vec![]))
+            .output("y"),
+    );
     // MatMul: plain, batched, broadcast batch, 1-D operands, and fused bias + relu.
     for (a, b) in [
         (vec![3, 4], vec![4, 6]),

@@ -106,11 +106,16 @@ impl GpuExecutor {
 
     /// Runs a batch of jobs (each job's inputs in graph order) as one GPU run. `None` means
     /// "run it on tract": the model falls back, or this run failed or was abandoned.
+    ///
+    /// With `pad_rows` (the model's rows are known to be independent), the batch is padded
+    /// with zero rows up to a size bucket ([`row_bucket`]), so that the handful of plans per
+    /// model serve every batch size instead of one plan per size.
     pub(crate) fn run_batch(
         &self,
         store: &ModelStore,
         info: &ModelInfo,
         jobs: &[Vec<&WireTensor>],
+        pad_rows: bool,
         deadline: Instant,
         stop: &dyn Fn() -> bool,
     ) -> Option<GpuBatch> {
@@ -132,19 +137,21 @@ impl GpuExecutor {
                     .unwrap_or(1)
             })
             .collect();
-        let batched: Vec<WireTensor>;
-        let inputs: Vec<&WireTensor> = if jobs.len() == 1 {
+        let total: u64 = rows.iter().sum();
+        let padded = if pad_rows { row_bucket(total) } else { total };
+        let owned: Vec<WireTensor>;
+        let inputs: Vec<&WireTensor> = if jobs.len() == 1 && padded == total {
             jobs.first()?.clone()
         } else {
-            batched = (0..info.inputs.len())
+            owned = (0..info.inputs.len())
                 .map(|ix| {
                     let parts: Vec<&WireTensor> =
                         jobs.iter().filter_map(|j| j.get(ix).copied()).collect();
-                    concat_rows(&parts)
+                    let joined = concat_rows(&parts).ok()?;
+                    pad_zero_rows(joined, padded)
                 })
-                .collect::<Result<_, _>>()
-                .ok()?;
-            batched.iter().collect()
+                .collect::<Option<_>>()?;
+            owned.iter().collect()
         };
         let started = Instant::now();
         let cpu_start = cpu_time::ThreadTime::try_now().ok();
@@ -173,16 +180,15 @@ impl GpuExecutor {
             warn!(model = %info.id, "GPU outputs do not match the model's signature; running on tract");
             return None;
         }
-        let total: u64 = rows.iter().sum();
         let mut per_job = Vec::with_capacity(jobs.len());
         let mut start = 0u64;
         for r in &rows {
             let mut outs = Vec::with_capacity(outputs.len());
             for (t, i) in outputs.iter().zip(&info.outputs) {
-                let tensor = if jobs.len() == 1 {
+                let tensor = if jobs.len() == 1 && padded == total {
                     t.clone()
                 } else {
-                    split_rows(t, total, start, start + r)?
+                    split_rows(t, padded, start, start + r)?
                 };
                 outs.push(NamedTensor {
                     name: i.name.clone(),
@@ -198,6 +204,35 @@ impl GpuExecutor {
             cpu,
         })
     }
+}
+
+/// The batch size a run of `rows` rows is padded to: a power of two up to 1024, then a
+/// multiple of 1024. At most twice the work, and at most about a dozen plans per model.
+pub(crate) fn row_bucket(rows: u64) -> u64 {
+    if rows <= 1024 {
+        rows.max(1).next_power_of_two()
+    } else {
+        rows.div_ceil(1024) * 1024
+    }
+}
+
+/// `t` with zero rows appended along axis 0 up to `rows` rows.
+fn pad_zero_rows(mut t: WireTensor, rows: u64) -> Option<WireTensor> {
+    let have = *t.shape.first()?;
+    if have >= rows {
+        return Some(t);
+    }
+    let per_row = t.shape.iter().skip(1).product::<u64>();
+    let extra = usize::try_from((rows - have).checked_mul(per_row)?).ok()?;
+    match &mut t.data {
+        TensorData::F32(v) => v.resize(v.len() + extra, 0.0),
+        TensorData::F64(v) => v.resize(v.len() + extra, 0.0),
+        TensorData::I64(v) => v.resize(v.len() + extra, 0),
+        TensorData::I32(v) => v.resize(v.len() + extra, 0),
+        TensorData::U8(v) => v.resize(v.len() + extra, 0),
+    }
+    t.shape[0] = rows;
+    Some(t)
 }
 
 /// Rows `start..end` of a tensor whose axis 0 has `total` rows.
@@ -222,6 +257,24 @@ fn split_rows(t: &WireTensor, total: u64, start: u64, end: u64) -> Option<WireTe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_pad_to_few_sizes() {
+        let sizes: Vec<u64> = [0, 1, 2, 3, 5, 8, 9, 33, 1000, 1024, 1025, 5000]
+            .iter()
+            .map(|r| row_bucket(*r))
+            .collect();
+        assert_eq!(sizes, [1, 1, 2, 4, 8, 8, 16, 64, 1024, 1024, 2048, 5120]);
+        for r in 1..5000 {
+            let b = row_bucket(r);
+            assert!(b >= r && b < 2 * r + 1024);
+        }
+        let t = WireTensor::f32(vec![3, 2], vec![1., 2., 3., 4., 5., 6.]).unwrap();
+        let p = pad_zero_rows(t.clone(), 4).unwrap();
+        assert_eq!(p.shape, vec![4, 2]);
+        assert_eq!(split_rows(&p, 4, 0, 3).unwrap(), t);
+        assert_eq!(pad_zero_rows(t.clone(), 2).unwrap(), t);
+    }
 
     #[test]
     fn rows_split_back_out_of_a_batch() {

@@ -16,6 +16,7 @@ const PRELUDE: &str = include_str!("wgsl/prelude.wgsl");
 fn body(k: Kernel) -> &'static str {
     match k {
         Kernel::MatMul => include_str!("wgsl/matmul.wgsl"),
+        Kernel::MatVec => include_str!("wgsl/matvec.wgsl"),
         Kernel::Conv => include_str!("wgsl/conv.wgsl"),
         Kernel::Pool => include_str!("wgsl/pool.wgsl"),
         Kernel::Binary => include_str!("wgsl/binary.wgsl"),

@@ -37,6 +37,8 @@ impl Meta {
 pub(crate) enum Kernel {
     /// Tiled matrix product with bias and activation: reads a, b, bias.
     MatMul,
+    /// The same product for fewer than [`SMALL_M`] rows, one thread per output.
+    MatVec,
     /// Direct 2-D convolution with bias and activation: reads x, w, bias.
     Conv,
     /// Max or average pooling: reads x.
@@ -59,8 +61,9 @@ pub(crate) enum Kernel {
 
 impl Kernel {
     /// Every kernel, for compiling them all up front.
-    pub const ALL: [Kernel; 10] = [
+    pub const ALL: [Kernel; 11] = [
         Kernel::MatMul,
+        Kernel::MatVec,
         Kernel::Conv,
         Kernel::Pool,
         Kernel::Binary,
@@ -87,6 +90,9 @@ pub(crate) const WG_1D: u32 = 256;
 pub(crate) const WG_ROW: u32 = 64;
 /// Output tile of the matrix-product kernel, rows and columns.
 pub(crate) const MM_TILE: u32 = 64;
+/// Matrix products with fewer rows than this use [`Kernel::MatVec`]: a 64-row tile would
+/// mostly compute padding.
+pub(crate) const SMALL_M: usize = 16;
 /// Highest rank the broadcasting kernel handles.
 pub(crate) const MAX_BINARY_RANK: usize = 6;
 
@@ -894,10 +900,10 @@ impl Lowering<'_> {
             beta: 1.0,
             act,
         });
-        let groups = matmul_groups(m, n, batch);
+        let (kernel, groups) = matmul_kernel(m, n, batch);
         self.push(
             ix,
-            Kernel::MatMul,
+            kernel,
             params,
             vec![a, b, bias.unwrap_or(a)],
             out,
@@ -986,13 +992,14 @@ impl Lowering<'_> {
             beta,
             act,
         });
+        let (kernel, groups) = matmul_kernel(m, n, 1);
         self.push(
             ix,
-            Kernel::MatMul,
+            kernel,
             params,
             vec![a, b, bias.map_or(a, |(c, _)| c)],
             out,
-            matmul_groups(m, n, 1),
+            groups,
         );
         Ok(())
     }
@@ -1330,12 +1337,20 @@ fn matmul_params(p: MatMulParams) -> Vec<u32> {
     ]
 }
 
-fn matmul_groups(m: usize, n: usize, batch: usize) -> [u32; 3] {
-    [
-        u(n.div_ceil(MM_TILE as usize).max(1)),
-        u(m.div_ceil(MM_TILE as usize).max(1)),
-        u(batch.max(1)),
-    ]
+/// The product kernel for `m` rows and its workgroups.
+fn matmul_kernel(m: usize, n: usize, batch: usize) -> (Kernel, [u32; 3]) {
+    if m < SMALL_M {
+        (Kernel::MatVec, grid(batch * m * n, WG_1D))
+    } else {
+        (
+            Kernel::MatMul,
+            [
+                u(n.div_ceil(MM_TILE as usize).max(1)),
+                u(m.div_ceil(MM_TILE as usize).max(1)),
+                u(batch.max(1)),
+            ],
+        )
+    }
 }
 
 #[cfg(test)]
@@ -1357,8 +1372,8 @@ mod tests {
     #[test]
     fn mlp_lowers_with_fused_bias_and_relu() {
         let g = graph("digits-mlp");
-        let p = lower(&g, &[vec![5, 64]]).unwrap();
-        assert_eq!(out_shapes(&g, &p), vec![vec![5], vec![5, 10]]);
+        let p = lower(&g, &[vec![50, 64]]).unwrap();
+        assert_eq!(out_shapes(&g, &p), vec![vec![50], vec![50, 10]]);
         let kernels: Vec<Kernel> = p.steps.iter().map(|s| s.kernel).collect();
         // MatMul+Add+Relu, MatMul+Add, Softmax, ArgMax, Gather; Cast, Reshape and Identity
         // are views.
@@ -1377,13 +1392,17 @@ mod tests {
         assert_eq!(p.steps[1].params[14], Act::None as u32);
         let label = g.outputs[0].0;
         assert_eq!(p.meta[label].as_ref().unwrap().dtype, DType::I64);
+        // One row takes the one-thread-per-output product.
+        let p = lower(&g, &[vec![1, 64]]).unwrap();
+        assert_eq!(p.steps[0].kernel, Kernel::MatVec);
+        assert_eq!(p.steps[0].groups, [1, 1, 1]);
     }
 
     #[test]
     fn cnn_and_wide_shapes() {
         let g = graph("digits-cnn");
-        let p = lower(&g, &[vec![3, 1, 8, 8]]).unwrap();
-        assert_eq!(out_shapes(&g, &p), vec![vec![3, 10]]);
+        let p = lower(&g, &[vec![30, 1, 8, 8]]).unwrap();
+        assert_eq!(out_shapes(&g, &p), vec![vec![30, 10]]);
         let kernels: Vec<Kernel> = p.steps.iter().map(|s| s.kernel).collect();
         assert_eq!(
             kernels,

@@ -67,7 +67,8 @@ pub struct GpuConfig {
     pub adapter_name: String,
     /// Most bytes of unused buffers the pool keeps for reuse. Default 256 MiB.
     pub pool_bytes: u64,
-    /// Plans (one per set of input shapes, i.e. per batch size) kept per model. Default 4.
+    /// Plans (one per set of input shapes, i.e. per batch size) kept per model. The engine
+    /// pads batches to powers of two, so 8 covers batches up to 128 rows. Default 8.
     pub plans_per_model: usize,
     /// Longest one GPU run may take before it is abandoned; in TOML `max_run_time_ms`
     /// (milliseconds). Default 60 s.
@@ -84,7 +85,7 @@ impl Default for GpuConfig {
             allow_cpu_adapter: false,
             adapter_name: String::new(),
             pool_bytes: 256 * 1024 * 1024,
-            plans_per_model: 4,
+            plans_per_model: 8,
             max_run_time: Duration::from_secs(60),
             models: 8,
         }
@@ -367,5 +368,43 @@ impl GpuRuntime {
     /// Bytes of idle buffers kept by the pool.
     pub fn pool_idle_bytes(&self) -> u64 {
         self.shared.pool.idle_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_toml_round_trip() {
+        let c = GpuConfig::default();
+        assert!(c.enabled && !c.allow_cpu_adapter);
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("max_run_time_ms = 60000"), "{text}");
+        assert_eq!(toml::from_str::<GpuConfig>(&text).unwrap(), c);
+        let partial: GpuConfig = toml::from_str("allow_cpu_adapter = true").unwrap();
+        assert!(partial.allow_cpu_adapter);
+        assert_eq!(partial.plans_per_model, 8);
+        assert!(toml::from_str::<GpuConfig>("alow_cpu_adapter = true").is_err());
+    }
+
+    #[test]
+    fn kernel_limits_are_checked() {
+        assert!(fits(&wgpu::Limits::default()).is_ok());
+        let small = wgpu::Limits {
+            max_storage_buffers_per_shader_stage: 2,
+            ..wgpu::Limits::default()
+        };
+        assert!(fits(&small).unwrap_err().contains("storage buffers"));
+    }
+
+    #[test]
+    fn probe_respects_the_enabled_switch() {
+        let off = GpuConfig {
+            enabled: false,
+            allow_cpu_adapter: true,
+            ..GpuConfig::default()
+        };
+        assert!(GpuRuntime::probe(&off).is_none());
     }
 }
