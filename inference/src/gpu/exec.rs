@@ -119,6 +119,10 @@ impl GpuExecutor {
         deadline: Instant,
         stop: &dyn Fn() -> bool,
     ) -> Option<GpuBatch> {
+        if self.runtime.is_lost() {
+            // Logged once, by the device-lost callback.
+            return None;
+        }
         let slot = match self.slot(store, &info.id) {
             Ok(s) => s,
             Err(e) => {

@@ -365,6 +365,12 @@ impl GpuRuntime {
         GpuModel::load(self.shared.clone(), id, bytes)
     }
 
+    /// Whether the device was lost (driver reset, GPU removed); every later run fails, so
+    /// the engine stops trying and a node may probe again.
+    pub fn is_lost(&self) -> bool {
+        self.shared.is_lost()
+    }
+
     /// Bytes of idle buffers kept by the pool.
     pub fn pool_idle_bytes(&self) -> u64 {
         self.shared.pool.idle_bytes()
