@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Submits digit-classification tasks through a requester node's local API, a few at a time,
+and records every outcome as one JSON line: completed (worker, receipt, prediction) or failed
+(HTTP status and the node's error text). A request that gets no answer at all is recorded as
+`lost`, which the summary treats as a broken invariant: a task may fail, but only with an error.
+
+Usage: workload.py --api http://127.0.0.1:PORT --token-file DIR/api.token --tasks 20
+                   [--concurrency 4] [--interval 0.2] [--out outcomes.jsonl] [--tag wave1]
+                   [--first 0]
+Only the standard library is used, so it runs under `ip netns exec` with any python3.
+"""
+
+import argparse
+import concurrent.futures
+import json
+import os
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def task_for(i):
+    """Task i alternates the MLP and the CNN over the ten sample digits."""
+    digit = i % 10
+    if i % 2 == 0:
+        return "digits-mlp", os.path.join(ROOT, "models/digits-mlp.onnx"), \
+            os.path.join(ROOT, f"models/samples/digit-{digit}.json"), digit
+    return "digits-cnn", os.path.join(ROOT, "models/digits-cnn.onnx"), \
+        os.path.join(ROOT, f"models/samples/digit-{digit}-cnn.json"), digit
+
+
+def submit(args, token, i, start_at):
+    # Paced: task i starts no earlier than its slot, so faults land in the middle of the load.
+    delay = start_at - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+    name, model, sample, digit = task_for(i)
+    with open(sample, encoding="utf-8") as f:
+        inputs = json.load(f)
+    body = {"model_path": model, "input": inputs, "prefer": args.prefer}
+    if args.deadline_ms:
+        body["deadline_ms"] = args.deadline_ms
+    req = urllib.request.Request(
+        args.api.rstrip("/") + "/tasks",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    rec = {"index": i, "tag": args.tag, "model": name, "digit": digit,
+           "submitted_at": time.time()}
+    start = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=args.http_timeout) as resp:
+            out = json.loads(resp.read())
+        rec.update(status="completed", http=resp.status, task_id=out.get("task_id"),
+                   worker=out.get("worker"), price_stroops=out.get("price_stroops"),
+                   prediction=(out.get("predictions") or [{}])[0].get("class"),
+                   receipt=out.get("receipt"))
+    except urllib.error.HTTPError as e:
+        text = e.read().decode(errors="replace")
+        try:
+            err = json.loads(text).get("error") or text
+        except ValueError:
+            err = text
+        rec.update(status="failed", http=e.code, error=err.strip() or f"HTTP {e.code}")
+    except Exception as e:  # no answer at all: connection refused, reset, timed out
+        rec.update(status="lost", http=None, error=f"{type(e).__name__}: {e}")
+    rec["elapsed_s"] = round(time.monotonic() - start, 3)
+    return rec
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--api", required=True, help="requester API base URL")
+    p.add_argument("--token-file", required=True)
+    p.add_argument("--tasks", type=int, default=20)
+    p.add_argument("--first", type=int, default=0, help="index of the first task")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--out", default="-", help="JSON lines file to append to")
+    p.add_argument("--tag", default="", help="label stored with each outcome")
+    p.add_argument("--interval", type=float, default=0.0,
+                   help="seconds between task starts (0: as fast as the pool allows)")
+    p.add_argument("--prefer", default="cheap")
+    p.add_argument("--deadline-ms", type=int, default=0)
+    p.add_argument("--http-timeout", type=float, default=180.0)
+    args = p.parse_args()
+    with open(args.token_file, encoding="utf-8") as f:
+        token = f.read().strip()
+    out = sys.stdout if args.out == "-" else open(args.out, "a", encoding="utf-8")
+    lock = threading.Lock()
+    counts = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+        t0 = time.monotonic()
+        futures = [pool.submit(submit, args, token, i, t0 + n * args.interval)
+                   for n, i in enumerate(range(args.first, args.first + args.tasks))]
+        for fut in concurrent.futures.as_completed(futures):
+            rec = fut.result()
+            with lock:
+                out.write(json.dumps(rec) + "\n")
+                out.flush()
+                counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+            what = f"worker {rec['worker'][:12]} says {rec['prediction']}" \
+                if rec["status"] == "completed" else rec["error"][:160]
+            print(f"   task {rec['index']:>3} {rec['model']:<10} digit {rec['digit']} "
+                  f"{rec['status']:<9} {rec['elapsed_s']:>6.2f}s  {what}", file=sys.stderr)
+    print(f"   {args.tag or 'workload'}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
