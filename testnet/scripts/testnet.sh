@@ -404,16 +404,30 @@ wait_outcomes() {
   done
 }
 
-# The worker with a task running now, or worker1.
+# The worker that has won the most tasks so far (the one whose loss hurts), or worker1.
 busy_worker() {
-  local n
+  local top n
+  top=$(jq -r 'select(.status == "completed") | .worker' "$RUN/outcomes.jsonl" 2>/dev/null \
+    | sort | uniq -c | sort -rn | awk 'NR == 1 {print $2}')
   for n in $NODES; do
-    case $n in worker*) ;; *) continue ;; esac
-    if [ "$(api "$n" GET /status | jq '.queue.running // 0' 2>/dev/null || echo 0)" -gt 0 ] 2>/dev/null; then
-      echo "$n"; return
-    fi
+    if [ -n "$top" ] && [ "$(cat "$RUN/$n/node_id" 2>/dev/null)" = "$top" ]; then echo "$n"; return; fi
   done
   echo worker1
+}
+
+# Waits until the requester is connected to NODE again; records how long it took.
+wait_advert_of() {
+  local node=$1 id start
+  id=$(cat "$RUN/$node/node_id")
+  start=$(date +%s.%N)
+  for _ in $(seq 1 120); do
+    if api requester GET /status | jq -e --arg id "$id" '.network.peers[]? | select(.node == $id)' >/dev/null 2>&1; then
+      event "requester connected to $node again $(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)") s after its restart"
+      return 0
+    fi
+    sleep 0.5
+  done
+  event "requester not connected to $node 60 s after its restart"
 }
 
 cmd_run() {
@@ -453,6 +467,7 @@ cmd_run() {
   cmd_fault kill9 "$victim"
   sleep 2
   cmd_fault restart "$victim"
+  wait_advert_of "$victim"
   wait $job || true
 
   # Wave 2 with the bootstrap node stopped: connected nodes keep working.

@@ -41,7 +41,8 @@ def submit(args, token, i, start_at):
     name, model, sample, digit = task_for(i)
     with open(sample, encoding="utf-8") as f:
         inputs = json.load(f)
-    body = {"model_path": model, "input": inputs, "prefer": args.prefer}
+    prefer = args.prefer.split(",")[i % len(args.prefer.split(","))]
+    body = {"model_path": model, "input": inputs, "prefer": prefer}
     if args.deadline_ms:
         body["deadline_ms"] = args.deadline_ms
     req = urllib.request.Request(
@@ -50,7 +51,7 @@ def submit(args, token, i, start_at):
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         method="POST",
     )
-    rec = {"index": i, "tag": args.tag, "model": name, "digit": digit,
+    rec = {"index": i, "tag": args.tag, "model": name, "digit": digit, "prefer": prefer,
            "submitted_at": time.time()}
     start = time.monotonic()
     try:
@@ -84,7 +85,8 @@ def main():
     p.add_argument("--tag", default="", help="label stored with each outcome")
     p.add_argument("--interval", type=float, default=0.0,
                    help="seconds between task starts (0: as fast as the pool allows)")
-    p.add_argument("--prefer", default="cheap")
+    p.add_argument("--prefer", default="cheap,fast,balanced,green",
+                   help="auction preferences, cycled over the tasks")
     p.add_argument("--deadline-ms", type=int, default=0)
     p.add_argument("--http-timeout", type=float, default=180.0)
     args = p.parse_args()
