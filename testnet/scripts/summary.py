@@ -245,6 +245,12 @@ def main():
                    f"receipt for task {k[0][:16]} is in a settled settlement but the ledger "
                    f"says {r.get('settlement')}")
 
+    winners = collections.OrderedDict()
+    for o in sorted(completed, key=lambda o: o["index"]):
+        w = winners.setdefault(o["tag"], collections.Counter())
+        w[name_of.get(o.get("worker"), "?")] += 1
+    winners = {k: dict(sorted(v.items())) for k, v in winners.items()}
+
     per_worker = []
     received = collections.Counter()
     for pay in payments:
@@ -292,7 +298,8 @@ def main():
         "tasks": {"submitted": submitted, "completed": len(completed), "failed": len(failed),
                   "lost": len(lost), "predictions_matching_label": right,
                   "failed_by_reason": dict(failed_by_reason.most_common()),
-                  "by_wave": {k: dict(v) for k, v in waves.items()}},
+                  "by_wave": {k: dict(v) for k, v in waves.items()},
+                  "winners_by_wave": winners},
         "receipts": {"requester_side": len(req_side), "worker_side": len(worker_side),
                      "completed_with_receipt_on_both_sides": both},
         "settlement": {"settled_transactions": len(settled), "pending": len(pending),
@@ -304,7 +311,7 @@ def main():
                        "receipts_unpaid": len(unpaid)},
         "per_worker": per_worker,
         "faults": [{"at_s": round(e["t"] - t0, 1), "event": e["event"]} for e in events
-                   if e["event"].startswith(("fault", "INVARIANT", "submit", "settle"))],
+                   if not e["event"].startswith("down")],
         "invariants_ok": not breaches,
         "breaches": breaches,
     }
@@ -325,7 +332,9 @@ def print_table(s):
           f"{t['failed']}, lost {t['lost']}; predictions matching the label "
           f"{t['predictions_matching_label']}/{t['completed']}")
     for wave, c in t["by_wave"].items():
-        print(f"  {wave:<22} " + ", ".join(f"{v} {k}" for k, v in sorted(c.items())))
+        won = t["winners_by_wave"].get(wave, {})
+        print(f"  {wave:<22} " + ", ".join(f"{v} {k}" for k, v in sorted(c.items()))
+              + ("   (won by " + ", ".join(f"{k} {v}" for k, v in won.items()) + ")" if won else ""))
     if t["failed_by_reason"]:
         print("failed, by reason:")
         for r, n in t["failed_by_reason"].items():

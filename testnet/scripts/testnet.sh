@@ -455,9 +455,14 @@ cmd_run() {
   trap 'cleanup_run' EXIT INT TERM
   cmd_up "${up_args[@]}"
   load_env
-  local wave1=$((tasks * 6 / 10)) wave2 wave3=0 victim
-  [ $netns = 1 ] && wave3=$((tasks / 5))
-  wave2=$((tasks - wave1 - wave3))
+  local wave1 wave2 wave3=0 wave4=0 wave5=0 victim
+  if [ $netns = 1 ]; then
+    wave1=$((tasks / 2)); wave2=$((tasks / 5)); wave3=$((tasks / 10)); wave4=$((tasks / 10))
+    [ "$wave4" -gt 5 ] && wave4=5
+    wave5=$((tasks - wave1 - wave2 - wave3 - wave4))
+  else
+    wave1=$((tasks * 6 / 10)); wave2=$((tasks - wave1))
+  fi
 
   # Wave 1 with a worker killed (kill -9) in the middle and restarted on the same data dir.
   cmd_submit --tasks "$wave1" --concurrency "$conc" --interval "$interval" --tag wave1-kill9 &
@@ -474,12 +479,20 @@ cmd_run() {
   cmd_fault stop-bootstrap
   cmd_submit --tasks "$wave2" --concurrency "$conc" --interval "$interval" --tag wave2-no-bootstrap || true
 
-  # Wave 3 (netns only): a worker's link cut, then healed.
-  if [ "$wave3" -gt 0 ]; then
-    local cut=worker$workers
+  if [ $netns = 1 ]; then
+    # Wave 3: the busiest worker's link cut; the others take the work.
+    local cut
+    cut=$(busy_worker)
     cmd_fault partition "$cut"
-    cmd_submit --tasks "$wave3" --concurrency "$conc" --interval "$interval" --tag wave3-partition || true
+    cmd_submit --tasks "$wave3" --concurrency "$conc" --interval "$interval" --tag wave3-partition-worker || true
     cmd_fault heal "$cut"
+    # Wave 4: the requester cut off from everyone; its tasks must fail with an error.
+    cmd_fault partition requester
+    cmd_submit --tasks "$wave4" --concurrency "$conc" --interval "$interval" --tag wave4-isolated-requester || true
+    cmd_fault heal requester
+    sleep 1
+    # Wave 5: healed.
+    cmd_submit --tasks "$wave5" --concurrency "$conc" --interval "$interval" --tag wave5-healed || true
   fi
 
   # Settlement, with Horizon timing out after applying the first transaction: the payment must
