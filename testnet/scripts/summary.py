@@ -51,6 +51,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True)
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--out", default="summary.json", help="file name under RUN for the JSON")
     args = p.parse_args()
     run = args.run
     col = os.path.join(run, "collect")
@@ -315,7 +316,7 @@ def main():
         "invariants_ok": not breaches,
         "breaches": breaches,
     }
-    with open(os.path.join(run, "summary.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(run, args.out), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
     if args.json:
         json.dump(summary, sys.stdout, indent=2)

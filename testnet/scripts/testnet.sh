@@ -6,7 +6,8 @@
 # checks the invariants and exits non-zero when one breaks.
 #
 # Usage: testnet/scripts/testnet.sh COMMAND [ARGS]   (see testnet/README.md)
-#   run [--small] [--workers N] [--tasks M] [--concurrency C] [--netns] [--json] [--keep]
+#   run [--small] [--workers N] [--tasks M] [--concurrency C] [--interval S] [--netns]
+#       [--negative] [--json] [--keep]
 #   up [--workers N] [--netns]      down
 #   submit [--tasks M] [--concurrency C] [--tag T]
 #   fault kill9 NODE | restart NODE | stop NODE | stop-bootstrap | partition NODE | heal NODE
@@ -431,10 +432,11 @@ wait_advert_of() {
 }
 
 cmd_run() {
-  local workers=5 tasks=100 conc=4 interval=0.1 netns=0 json=() keep=0
+  local workers=5 tasks=100 conc=4 interval=0.1 netns=0 json=() keep=0 negative=0
   while [ $# -gt 0 ]; do
     case $1 in
-      --small) workers=3; tasks=20; conc=3; interval=0.25 ;;
+      --small) workers=3; tasks=20; conc=3; interval=0.25; negative=1 ;;
+      --negative) negative=1 ;;
       --interval) interval=$2; shift ;;
       --workers) workers=$2; shift ;;
       --tasks) tasks=$2; shift ;;
@@ -502,6 +504,17 @@ cmd_run() {
   cmd_collect
   local rc=0
   cmd_summary "${json[@]}" || rc=$?
+  if [ $negative = 1 ] && [ $rc = 0 ]; then
+    # The checks must be able to fail: pay the busiest worker twice and expect a breach.
+    cmd_fault double-pay "$(busy_worker)"
+    cmd_collect
+    if "$PY" "$SCRIPTS/summary.py" --run "$RUN" --json --out summary-negative.json >/dev/null; then
+      say "testnet: a deliberate double payment was NOT caught by the summary"
+      rc=1
+    else
+      event "negative check: the deliberate double payment was caught ($(jq -r '[.breaches[].detail] | join("; ")' "$RUN/summary-negative.json"))"
+    fi
+  fi
   [ $keep = 1 ] && { trap - EXIT INT TERM; say "testnet left running at $RUN ('$0 down' stops it)"; }
   return $rc
 }
