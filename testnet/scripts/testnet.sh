@@ -300,6 +300,7 @@ cmd_fault() {
     kill9)
       alive "$node" || die "$node is not running"
       kill -9 "$(pid_of "$node")"
+      for _ in $(seq 1 100); do alive "$node" || break; sleep 0.05; done
       event "fault: kill -9 $node (pid $(pid_of "$node"))"
       ;;
     stop)
@@ -497,8 +498,17 @@ cmd_run() {
     cmd_submit --tasks "$wave5" --concurrency "$conc" --interval "$interval" --tag wave5-healed || true
   fi
 
-  # Settlement, with Horizon timing out after applying the first transaction: the payment must
-  # still be made exactly once.
+  # Settlement, with Horizon cutting the connection after applying each of the next three
+  # submissions and the requester killed (kill -9) in the middle of it, then restarted: the
+  # payment must still be made exactly once.
+  cmd_fault horizon drop_after_apply 3
+  event "settle started in the background"
+  API_TIMEOUT=120 api requester POST /wallet/settle '{"all":true}' >>"$RUN/settle.jsonl" 2>&1 &
+  local settling=$!
+  sleep 0.5
+  cmd_fault kill9 requester
+  wait $settling || true
+  cmd_fault restart requester
   cmd_fault horizon timeout_after_apply 1
   cmd_settle
   cmd_collect
