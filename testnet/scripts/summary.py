@@ -91,7 +91,10 @@ def main():
         if not (o.get("error") or "").strip():
             breach("task lost without an error", f"task {o['index']} failed with no error text")
     failed_by_reason = collections.Counter(reason_class(o["error"]) for o in failed)
-    right = sum(1 for o in completed if o.get("prediction") == o["digit"])
+    single = [o for o in completed if "rows" not in o]
+    batches = [o for o in completed if "rows" in o]
+    right = sum(1 for o in single if o.get("prediction") == o["digit"])
+    batch_acc = collections.Counter(f"{o['correct']}/{o['rows']}" for o in batches)
     waves = collections.OrderedDict()
     for o in sorted(outcomes, key=lambda o: o["index"]):
         w = waves.setdefault(o["tag"], collections.Counter())
@@ -298,6 +301,8 @@ def main():
         "workers": len(workers),
         "tasks": {"submitted": submitted, "completed": len(completed), "failed": len(failed),
                   "lost": len(lost), "predictions_matching_label": right,
+                  "single_image_tasks": len(single),
+                  "wide_batch_accuracy": dict(batch_acc),
                   "failed_by_reason": dict(failed_by_reason.most_common()),
                   "by_wave": {k: dict(v) for k, v in waves.items()},
                   "winners_by_wave": winners},
@@ -331,7 +336,10 @@ def print_table(s):
     print(f"== testnet summary ({s['mode']}, {s['workers']} workers) — {s['run']}")
     print(f"tasks      submitted {t['submitted']}, completed {t['completed']}, failed "
           f"{t['failed']}, lost {t['lost']}; predictions matching the label "
-          f"{t['predictions_matching_label']}/{t['completed']}")
+          f"{t['predictions_matching_label']}/{t['single_image_tasks']}")
+    if t["wide_batch_accuracy"]:
+        print("  wide-MLP batches right on " + ", ".join(
+            f"{k} rows ×{v}" for k, v in t["wide_batch_accuracy"].items()))
     for wave, c in t["by_wave"].items():
         won = t["winners_by_wave"].get(wave, {})
         print(f"  {wave:<22} " + ", ".join(f"{v} {k}" for k, v in sorted(c.items()))

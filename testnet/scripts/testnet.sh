@@ -7,11 +7,11 @@
 #
 # Usage: testnet/scripts/testnet.sh COMMAND [ARGS]   (see testnet/README.md)
 #   run [--small] [--workers N] [--tasks M] [--concurrency C] [--interval S] [--netns]
-#       [--negative] [--json] [--keep]
+#       [--wide-every K] [--negative] [--json] [--keep]
 #   up [--workers N] [--netns]      down
-#   submit [--tasks M] [--concurrency C] [--tag T]
-#   fault kill9 NODE | restart NODE | stop NODE | stop-bootstrap | partition NODE | heal NODE
-#         | horizon FAULT [COUNT]
+#   submit [--tasks M] [--concurrency C] [--interval S] [--wide-every K] [--tag T]
+#   fault kill9 NODE | restart NODE | stop NODE | stop-bootstrap | pause NODE | resume NODE
+#         | partition NODE | heal NODE | horizon FAULT [COUNT] | double-pay NODE
 #   settle                          collect        summary [--json]
 #   status                          api NODE METHOD PATH [JSON]
 # State lives in $TESTNET_RUN (default ${CARGO_TARGET_DIR:-target}/testnet/current, a link to
@@ -277,9 +277,10 @@ cmd_down() {
 
 cmd_submit() {
   load_env
-  local tasks=10 conc=4 tag=workload first interval=0
+  local tasks=10 conc=4 tag=workload first interval=0 wide=${WIDE_EVERY:-0}
   while [ $# -gt 0 ]; do
     case $1 in
+      --wide-every) wide=$2; shift ;;
       --tasks) tasks=$2; shift ;;
       --interval) interval=$2; shift ;;
       --concurrency) conc=$2; shift ;;
@@ -293,7 +294,8 @@ cmd_submit() {
   # shellcheck disable=SC2046
   $(nsx requester) "$PY" "$SCRIPTS/workload.py" --api "http://$(tr -d '\n' <"$RUN/requester/api.addr")" \
     --token-file "$RUN/requester/api.token" --tasks "$tasks" --first "$first" \
-    --concurrency "$conc" --interval "$interval" --tag "$tag" --out "$RUN/outcomes.jsonl"
+    --concurrency "$conc" --interval "$interval" --wide-every "$wide" --tag "$tag" \
+    --out "$RUN/outcomes.jsonl"
 }
 
 cmd_fault() {
@@ -313,6 +315,14 @@ cmd_fault() {
       event "fault: stopped $node (SIGTERM)"
       ;;
     stop-bootstrap) cmd_fault stop bootstrap ;;
+    pause|resume)
+      # SIGSTOP freezes the process with its connections open: a hung node, not a dead one.
+      alive "$node" || die "$node is not running"
+      local sig=STOP
+      [ "$what" = resume ] && sig=CONT
+      kill -"$sig" "$(pid_of "$node")"
+      event "fault: $what $node (SIG$sig)"
+      ;;
     restart)
       ! alive "$node" || die "$node is still running"
       local before after
@@ -349,7 +359,7 @@ cmd_fault() {
         "$RUN/requester/payout.secret" "$dest" "$amount")
       event "fault: paid $node $amount stroops a second time, outside the node (tx ${tx:0:16})"
       ;;
-    *) die "fault: kill9|stop|restart NODE, stop-bootstrap, partition|heal NODE, horizon FAULT [COUNT], double-pay NODE" ;;
+    *) die "fault: kill9|stop|restart|pause|resume NODE, stop-bootstrap, partition|heal NODE, horizon FAULT [COUNT], double-pay NODE" ;;
   esac
 }
 
@@ -436,10 +446,11 @@ wait_advert_of() {
 }
 
 cmd_run() {
-  local workers=5 tasks=100 conc=4 interval=0.1 netns=0 json=() keep=0 negative=0
+  local workers=5 tasks=100 conc=4 interval=0.1 netns=0 json=() keep=0 negative=0 wide=10
   while [ $# -gt 0 ]; do
     case $1 in
-      --small) workers=3; tasks=20; conc=3; interval=0.25; negative=1 ;;
+      --small) workers=3; tasks=20; conc=3; interval=0.25; negative=1; wide=0 ;;
+      --wide-every) wide=$2; shift ;;
       --negative) negative=1 ;;
       --interval) interval=$2; shift ;;
       --workers) workers=$2; shift ;;
@@ -458,6 +469,7 @@ cmd_run() {
   fi
   local up_args=(--workers "$workers")
   [ $netns = 1 ] && up_args+=(--netns)
+  export WIDE_EVERY=$wide
   trap 'cleanup_run' EXIT INT TERM
   cmd_up "${up_args[@]}"
   load_env

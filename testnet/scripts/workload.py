@@ -23,8 +23,12 @@ import urllib.request
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
-def task_for(i):
-    """Task i alternates the MLP and the CNN over the ten sample digits."""
+def task_for(i, wide_every=0):
+    """Task i alternates the MLP and the CNN over the ten sample digits; with wide_every=K,
+    every Kth task is instead the wide MLP on the whole 360-row held-out test set."""
+    if wide_every and i % wide_every == wide_every - 1:
+        return "digits-wide", os.path.join(ROOT, "models/digits-wide.onnx"), \
+            os.path.join(ROOT, "models/digits-test.json"), None
     digit = i % 10
     if i % 2 == 0:
         return "digits-mlp", os.path.join(ROOT, "models/digits-mlp.onnx"), \
@@ -38,9 +42,13 @@ def submit(args, token, i, start_at):
     delay = start_at - time.monotonic()
     if delay > 0:
         time.sleep(delay)
-    name, model, sample, digit = task_for(i)
+    name, model, sample, digit = task_for(i, args.wide_every)
     with open(sample, encoding="utf-8") as f:
         inputs = json.load(f)
+    labels = None
+    if digit is None:
+        labels = inputs["labels"]
+        inputs = inputs["features"]
     prefer = args.prefer.split(",")[i % len(args.prefer.split(","))]
     body = {"model_path": model, "input": inputs, "prefer": prefer}
     if args.deadline_ms:
@@ -57,10 +65,14 @@ def submit(args, token, i, start_at):
     try:
         with urllib.request.urlopen(req, timeout=args.http_timeout) as resp:
             out = json.loads(resp.read())
+        preds = [p.get("class") for p in out.get("predictions") or []]
         rec.update(status="completed", http=resp.status, task_id=out.get("task_id"),
                    worker=out.get("worker"), price_stroops=out.get("price_stroops"),
-                   prediction=(out.get("predictions") or [{}])[0].get("class"),
+                   prediction=preds[0] if preds else None,
                    receipt=out.get("receipt"))
+        if labels is not None:
+            rec.update(prediction=None, rows=len(labels),
+                       correct=sum(1 for p, l in zip(preds, labels) if p == l))
     except urllib.error.HTTPError as e:
         text = e.read().decode(errors="replace")
         try:
@@ -85,6 +97,8 @@ def main():
     p.add_argument("--tag", default="", help="label stored with each outcome")
     p.add_argument("--interval", type=float, default=0.0,
                    help="seconds between task starts (0: as fast as the pool allows)")
+    p.add_argument("--wide-every", type=int, default=0,
+                   help="every Kth task runs the wide MLP on the 360-row test set (0: never)")
     p.add_argument("--prefer", default="cheap,fast,balanced,green",
                    help="auction preferences, cycled over the tasks")
     p.add_argument("--deadline-ms", type=int, default=0)
@@ -105,9 +119,13 @@ def main():
                 out.write(json.dumps(rec) + "\n")
                 out.flush()
                 counts[rec["status"]] = counts.get(rec["status"], 0) + 1
-            what = f"worker {rec['worker'][:12]} says {rec['prediction']}" \
-                if rec["status"] == "completed" else rec["error"][:160]
-            print(f"   task {rec['index']:>3} {rec['model']:<10} digit {rec['digit']} "
+            if rec["status"] != "completed":
+                what = rec["error"][:160]
+            elif "rows" in rec:
+                what = f"worker {rec['worker'][:12]} right on {rec['correct']}/{rec['rows']} rows"
+            else:
+                what = f"worker {rec['worker'][:12]} says {rec['prediction']}"
+            print(f"   task {rec['index']:>3} {rec['model']:<11} digit {rec['digit']} "
                   f"{rec['status']:<9} {rec['elapsed_s']:>6.2f}s  {what}", file=sys.stderr)
     print(f"   {args.tag or 'workload'}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
           file=sys.stderr)
