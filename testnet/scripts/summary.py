@@ -95,6 +95,12 @@ def main():
     batches = [o for o in completed if "rows" in o]
     right = sum(1 for o in single if o.get("prediction") == o["digit"])
     batch_acc = collections.Counter(f"{o['correct']}/{o['rows']}" for o in batches)
+    prices = sorted(o.get("price_stroops") or 0 for o in completed)
+    price_stats = {}
+    if prices:
+        price_stats = {"min": prices[0], "median": prices[len(prices) // 2], "max": prices[-1],
+                       "total": sum(prices),
+                       "tasks_at_100000_or_more": sum(1 for x in prices if x >= 100_000)}
     waves = collections.OrderedDict()
     for o in sorted(outcomes, key=lambda o: o["index"]):
         w = waves.setdefault(o["tag"], collections.Counter())
@@ -303,6 +309,7 @@ def main():
                   "lost": len(lost), "predictions_matching_label": right,
                   "single_image_tasks": len(single),
                   "wide_batch_accuracy": dict(batch_acc),
+                  "price_stroops": price_stats,
                   "failed_by_reason": dict(failed_by_reason.most_common()),
                   "by_wave": {k: dict(v) for k, v in waves.items()},
                   "winners_by_wave": winners},
@@ -340,6 +347,10 @@ def print_table(s):
     if t["wide_batch_accuracy"]:
         print("  wide-MLP batches right on " + ", ".join(
             f"{k} rows ×{v}" for k, v in t["wide_batch_accuracy"].items()))
+    if t["price_stroops"]:
+        ps = t["price_stroops"]
+        print(f"  price per task (stroops): min {ps['min']}, median {ps['median']}, max {ps['max']}; "
+              f"{ps['tasks_at_100000_or_more']} task(s) at 100000 (the default highest price) or more")
     for wave, c in t["by_wave"].items():
         won = t["winners_by_wave"].get(wave, {})
         print(f"  {wave:<22} " + ", ".join(f"{v} {k}" for k, v in sorted(c.items()))

@@ -49,7 +49,11 @@ nsx() {
 }
 
 pid_of() { cat "$RUN/pids/$1.pid" 2>/dev/null || true; }
-alive() { local p; p=$(pid_of "$1"); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+# A zombie (killed, not yet reaped by whoever inherited it) counts as dead.
+pid_alive() {
+  [ -n "$1" ] && kill -0 "$1" 2>/dev/null && ! grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat" 2>/dev/null
+}
+alive() { pid_alive "$(pid_of "$1")"; }
 
 # Waits until a new line matching $2 appears in $1 after line $3; prints it.
 wait_line() {
@@ -262,7 +266,7 @@ cmd_down() {
   for _ in $(seq 1 50); do
     local any=0
     for f in "$RUN"/pids/*.pid; do
-      [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && any=1
+      [ -f "$f" ] && pid_alive "$(cat "$f")" && any=1
     done
     [ $any = 0 ] && break
     sleep 0.1
