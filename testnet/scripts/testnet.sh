@@ -530,6 +530,11 @@ cmd_run() {
   cmd_fault restart requester
   cmd_fault horizon timeout_after_apply 1
   cmd_settle
+  if grep -q "resolving settlements left pending" "$RUN/requester.log"; then
+    event "the restarted requester found a settlement left pending by the kill and resolved it"
+  else
+    event "the kill did not catch the settlement in flight (it had finished)"
+  fi
   cmd_collect
   local rc=0
   cmd_summary "${json[@]}" || rc=$?
