@@ -77,8 +77,15 @@ node_ip() {
   esac
 }
 
+# The bootstrap keeps one port across restarts, so that the others can find it again.
 listen_addr() {
-  if [ "$MODE" = netns ]; then echo "/ip4/$(node_ip "$1")/tcp/0"; else echo /ip4/127.0.0.1/tcp/0; fi
+  local port=0
+  [ "$1" = bootstrap ] && port=$BOOT_PORT
+  if [ "$MODE" = netns ]; then echo "/ip4/$(node_ip "$1")/tcp/$port"; else echo "/ip4/127.0.0.1/tcp/$port"; fi
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # Starts (or restarts, with the same data dir) one node and waits until it listens.
@@ -187,9 +194,11 @@ cmd_up() {
   NODES="bootstrap requester $(seq -f 'worker%g' -s ' ' 1 "$workers")"
   NETID=$(($$ % 200 + 20))
   NET=10.231.$NETID
+  BOOT_PORT=7400
+  [ "$MODE" = loopback ] && BOOT_PORT=$(free_port)
   {
     echo "MODE=$MODE"; echo "WORKERS=$workers"; echo "NODES='$NODES'"
-    echo "NETID=$NETID"; echo "NET=$NET"
+    echo "NETID=$NETID"; echo "NET=$NET"; echo "BOOT_PORT=$BOOT_PORT"
   } >"$RUN/env.sh"
   if [ "$MODE" = netns ]; then
     event "netns: bridge crbr$NETID $NET.0/24, one namespace per node"
@@ -226,6 +235,7 @@ cmd_up() {
     starters+=($!)
   done
   wait_all "${starters[@]}"
+  node_id bootstrap >"$RUN/bootstrap/node_id"
   for n in $NODES; do
     [ "$n" = bootstrap ] && continue
     # shellcheck disable=SC2046
@@ -477,13 +487,15 @@ cmd_run() {
   trap 'cleanup_run' EXIT INT TERM
   cmd_up "${up_args[@]}"
   load_env
-  local wave1 wave2 wave3=0 wave4=0 wave5=0 victim
+  local wave1 wave2 wave3=0 wave4=0 wave5=0 last victim
+  last=$((tasks / 10))
+  [ "$last" -lt 2 ] && last=2
   if [ $netns = 1 ]; then
-    wave1=$((tasks / 2)); wave2=$((tasks / 5)); wave3=$((tasks / 10)); wave4=$((tasks / 10))
+    wave1=$((tasks * 2 / 5)); wave2=$((tasks / 5)); wave3=$((tasks / 10)); wave4=$((tasks / 10))
     [ "$wave4" -gt 5 ] && wave4=5
-    wave5=$((tasks - wave1 - wave2 - wave3 - wave4))
+    wave5=$((tasks - wave1 - wave2 - wave3 - wave4 - last))
   else
-    wave1=$((tasks * 6 / 10)); wave2=$((tasks - wave1))
+    wave1=$((tasks / 2)); wave2=$((tasks - wave1 - last))
   fi
 
   # Wave 1 with a worker killed (kill -9) in the middle and restarted on the same data dir.
@@ -528,13 +540,25 @@ cmd_run() {
   cmd_fault kill9 requester
   wait $settling || true
   cmd_fault restart requester
-  cmd_fault horizon timeout_after_apply 1
-  cmd_settle
+  for _ in $(seq 1 100); do
+    grep -q "pending settlements resolved\|pending settlements not resolved" "$RUN/requester.log" && break
+    sleep 0.1
+  done
   if grep -q "resolving settlements left pending" "$RUN/requester.log"; then
     event "the restarted requester found a settlement left pending by the kill and resolved it"
   else
     event "the kill did not catch the settlement in flight (it had finished)"
   fi
+
+  # The requester came back while the bootstrap was down, so it knows no one. The bootstrap
+  # returns on its old port and address; the mesh must heal and take work again.
+  cmd_fault restart bootstrap
+  wait_adverts "$workers"
+  cmd_submit --tasks "$last" --concurrency "$conc" --interval "$interval" --tag wave-last-rejoined || true
+
+  # A second settlement pays for the last wave, with one more Horizon timeout after applying.
+  cmd_fault horizon timeout_after_apply 1
+  cmd_settle
   cmd_collect
   local rc=0
   cmd_summary "${json[@]}" || rc=$?
