@@ -193,6 +193,8 @@ cmd_up() {
   MODE=$mode
   NODES="bootstrap requester $(seq -f 'worker%g' -s ' ' 1 "$workers")"
   NETID=$(($$ % 200 + 20))
+  # Another run (or a crashed one) may hold this bridge; take the next free id.
+  while ip link show "crbr$NETID" >/dev/null 2>&1; do NETID=$(((NETID - 19) % 200 + 20)); done
   NET=10.231.$NETID
   BOOT_PORT=7400
   [ "$MODE" = loopback ] && BOOT_PORT=$(free_port)
