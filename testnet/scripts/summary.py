@@ -16,7 +16,8 @@ Invariants (each breach is listed with the task or transaction it concerns):
   * a restarted node keeps its identity (and so its key and ledger);
   * nothing paid twice: each paying transaction on Horizon belongs to exactly one settled
     settlement, no receipt is in two settled settlements, and what each worker received on
-    Horizon equals the sum of its receipts (requester side, worker side, and its balance);
+    Horizon equals the sum of its receipts on the requester's side and its balance;
+  * a worker's ledger matches its payments: the receipts it holds add up to what it received;
   * nothing left unpaid after settling everything.
 """
 
@@ -290,8 +291,10 @@ def main():
             breach("no payment made twice",
                    f"{n} received {got} stroops for receipts worth {req_owed}")
         if wallet.get(n) is not None and wk_owed != got and not unpaid:
-            breach("no payment made twice",
-                   f"{n}'s own receipts are worth {wk_owed} stroops but it received {got}")
+            lacking = req_receipts - wk_receipts
+            breach("worker's ledger matches its payments",
+                   f"{n}'s own receipts are worth {wk_owed} stroops but it received {got}"
+                   + (f" (it lacks {lacking} receipt(s) the requester holds)" if lacking > 0 else ""))
         if bal is not None and bal != FRIENDBOT_STROOPS + got:
             breach("no payment made twice",
                    f"{n}'s Horizon balance is {bal}, expected {FRIENDBOT_STROOPS} + {got}")

@@ -505,6 +505,14 @@ cmd_run() {
   local job=$!
   wait_outcomes $((wave1 / 3)) $job
   victim=$(busy_worker)
+  # Aim for a moment when the victim is running a task (tried for about three seconds).
+  local running=0
+  for _ in $(seq 1 100); do
+    running=$(API_TIMEOUT=2 api "$victim" GET /status 2>/dev/null | jq '.queue.running + .queue.queued' 2>/dev/null || echo 0)
+    [ "${running:-0}" -gt 0 ] 2>/dev/null && break
+    kill -0 $job 2>/dev/null || break
+  done
+  event "killing $victim while it runs ${running:-0} task(s)"
   cmd_fault kill9 "$victim"
   sleep 2
   cmd_fault restart "$victim"
