@@ -16,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
             Request::Failure(s) => drop(s.verify()),
             Request::Cancel(s) => drop(s.verify()),
             Request::Result(r) => drop(r.receipt.verify()),
-            Request::FetchModel(_) | Request::GetAdvert => {}
+            Request::Settlement(n) => {
+                let me = crank_protocol::NodeId([0; 32]);
+                drop(crank_protocol::validate::settlement_notice(n, &me));
+            }
+            Request::FetchModel(_) | Request::GetAdvert | Request::GetReceipt { .. } => {}
         }
     }
 });

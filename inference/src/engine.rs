@@ -122,6 +122,10 @@ pub struct Job {
     pub deadline: Instant,
     /// Withdraws the job.
     pub cancel: CancelToken,
+    /// The path to run on, when the caller chose one (a worker runs a task on the path it
+    /// bid with); `None` lets the engine choose: the GPU when attached and it takes the model.
+    /// A path that cannot take the model falls back to the other.
+    pub path: Option<ExecPath>,
 }
 
 impl Job {
@@ -132,7 +136,15 @@ impl Job {
             inputs,
             deadline: Instant::now() + timeout,
             cancel: CancelToken::new(),
+            path: None,
         }
+    }
+
+    /// The same job, to run on `path` where it can.
+    #[must_use]
+    pub fn on_path(mut self, path: ExecPath) -> Self {
+        self.path = Some(path);
+        self
     }
 }
 
@@ -704,6 +716,10 @@ fn run_jobs_gpu(shared: &Shared, model: &LoadedModel, valid: Vec<Pending>) -> Op
     let Some(gpu) = shared.gpu.get() else {
         return Some(valid);
     };
+    // A job pinned to the CPU (its worker bid the tract path) keeps its whole batch there.
+    if valid.iter().any(|p| p.job.path == Some(ExecPath::Cpu)) {
+        return Some(valid);
+    }
     let bound: Vec<Vec<&crank_protocol::Tensor>> =
         match valid.iter().map(|p| model.bind(&p.job.inputs)).collect() {
             Ok(b) => b,

@@ -127,6 +127,8 @@ pub struct WorkerConfig {
     pub benchmark_ms: u64,
     /// How the node prices its work: tariff, battery wear, margin, per-task and per-second prices.
     pub cost: CostModel,
+    /// The GPU path (binaries built with the `gpu` feature, the default).
+    pub gpu: GpuSettings,
 }
 
 impl Default for WorkerConfig {
@@ -135,6 +137,31 @@ impl Default for WorkerConfig {
             enabled: true,
             benchmark_ms: 500,
             cost: CostModel::default(),
+            gpu: GpuSettings::default(),
+        }
+    }
+}
+
+/// The GPU path (`[worker.gpu]`). The node looks for a GPU at start, benchmarks it beside the
+/// CPU, advertises both paths and bids with whichever is cheaper for each task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GpuSettings {
+    /// Look for a GPU at all.
+    pub enabled: bool,
+    /// Also run on a CPU-emulated adapter (lavapipe, SwiftShader) when no real GPU exists; for
+    /// tests. Such an adapter is never advertised as a GPU.
+    pub allow_cpu_adapter: bool,
+    /// Only adapters whose name contains this (case-insensitive); empty for any.
+    pub adapter_name: String,
+}
+
+impl Default for GpuSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            allow_cpu_adapter: false,
+            adapter_name: String::new(),
         }
     }
 }

@@ -12,9 +12,9 @@ use crank_payments::Ledger;
 use crank_protocol::adverts::AdvertTable;
 use crank_protocol::validate::Limits;
 use crank_protocol::{
-    CapabilityAdvert, Capacity, ErrorCode, ExecPath, GateInfo, GateReason, Hardware, ModelId,
-    NamedTensor, NodeId, PathBench, Pricing, Request, Response, Signed, TaskId, Tensor, TensorData,
-    TrustSummary,
+    CapabilityAdvert, Capacity, ErrorCode, ExecPath, GateInfo, GateReason, GpuAdapter, Hardware,
+    ModelId, NamedTensor, NodeId, PaidReceipt, PathBench, Pricing, Request, Response,
+    SettlementNotice, Signed, TaskId, Tensor, TensorData, TrustSummary,
 };
 use crank_scheduler::{MeasuredRun, TrustBook};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
@@ -316,7 +316,16 @@ impl Node {
             .map_err(|e| StartError::Gate(chain(&e)))?;
         let gate = monitor.subscribe();
         let meter = EnergyMeter::new(&config.device);
-        let hardware = device::probe_hardware(Vec::new());
+        let gpus = if role.bootstrap || !config.worker.enabled {
+            Vec::new()
+        } else {
+            let engine = engine.clone();
+            let settings = config.worker.gpu.clone();
+            tokio::task::spawn_blocking(move || attach_gpu(&engine, &settings))
+                .await
+                .unwrap_or_default()
+        };
+        let hardware = device::probe_hardware(gpus);
 
         let trust = match ledger.get_meta(TRUST_KEY) {
             Ok(Some(bytes)) => serde_json::from_slice::<TrustBook>(&bytes).unwrap_or_else(|e| {
@@ -344,7 +353,11 @@ impl Node {
         let bench = if role.bootstrap || !config.worker.enabled {
             Vec::new()
         } else {
-            self_benchmark(&engine, &meter, reference, &config).await
+            let mut bench = Vec::new();
+            for path in paths_for(&engine, &store, &reference) {
+                bench.extend(self_benchmark(&engine, &meter, reference, path, &config).await);
+            }
+            bench
         };
 
         let metrics = Metrics::new();
@@ -391,6 +404,8 @@ impl Node {
         tasks.spawn(dispatch(shared.clone(), events, stop_rx.clone()));
         tasks.spawn(advert_loop(shared.clone(), stop_rx.clone()));
         tasks.spawn(gate_loop(shared.clone(), stop_rx.clone()));
+        tasks.spawn(settlement_notices(shared.clone(), stop_rx.clone()));
+        tasks.spawn(worker::recover_receipts(shared.clone(), stop_rx.clone()));
         tasks.spawn(crate::wallet::settlement_loop(
             wallet,
             shared.config.settlement.clone(),
@@ -441,11 +456,66 @@ impl Node {
 /// Rows per self-benchmark run.
 const BENCH_ROWS: u64 = 256;
 
-/// Runs the reference model for about half a second to measure speed and energy per inference.
+/// Opens the GPU path when the configuration allows and a GPU is found; returns the adapters
+/// to advertise (never a CPU-emulated one, even when it runs tasks for tests).
+#[cfg(feature = "gpu")]
+fn attach_gpu(engine: &Engine, settings: &crate::config::GpuSettings) -> Vec<GpuAdapter> {
+    use crank_inference::gpu::{GpuConfig, GpuRuntime};
+    if !settings.enabled {
+        return Vec::new();
+    }
+    // Probing loads the graphics drivers; one probe at a time per process, because some
+    // software drivers are not safe to open from several threads at once.
+    static PROBE: Mutex<()> = Mutex::new(());
+    let _one = PROBE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cfg = GpuConfig {
+        enabled: true,
+        allow_cpu_adapter: settings.allow_cpu_adapter,
+        adapter_name: settings.adapter_name.clone(),
+        ..GpuConfig::default()
+    };
+    let Some(runtime) = GpuRuntime::probe(&cfg) else {
+        return Vec::new();
+    };
+    let adapters = runtime.adapters_for_advert();
+    engine.use_gpu(runtime);
+    adapters
+}
+
+#[cfg(not(feature = "gpu"))]
+fn attach_gpu(_engine: &Engine, settings: &crate::config::GpuSettings) -> Vec<GpuAdapter> {
+    if settings.enabled {
+        debug!("built without the gpu feature: CPU path only");
+    }
+    Vec::new()
+}
+
+/// The paths the reference model can run on: the CPU, and the GPU when one is attached and
+/// takes the model.
+fn paths_for(engine: &Engine, store: &ModelStore, model: &ModelId) -> Vec<ExecPath> {
+    let mut paths = vec![ExecPath::Cpu];
+    #[cfg(feature = "gpu")]
+    if let Some(gpu) = engine.gpu() {
+        match gpu.path_for(store, model) {
+            Ok(ExecPath::Gpu) => paths.push(ExecPath::Gpu),
+            Ok(ExecPath::Cpu) => {}
+            Err(e) => warn!(error = %chain(&e), "reference model does not load on the GPU"),
+        }
+    }
+    #[cfg(not(feature = "gpu"))]
+    let _ = (engine, store, model);
+    paths
+}
+
+/// Runs the reference model on one path for about half a second to measure speed and energy
+/// per inference.
 async fn self_benchmark(
     engine: &Engine,
     meter: &EnergyMeter,
     model: ModelId,
+    path: ExecPath,
     config: &Config,
 ) -> Vec<PathBench> {
     if config.worker.benchmark_ms == 0 {
@@ -481,8 +551,8 @@ async fn self_benchmark(
     let meter = meter.clone();
     let min = Duration::from_millis(config.worker.benchmark_ms);
     let result = tokio::task::spawn_blocking(move || {
-        device::measure(&meter, 10_000, min, || {
-            let job = Job::new(model, input.clone(), Duration::from_secs(10));
+        device::measure(&meter, 3, min, || {
+            let job = Job::new(model, input.clone(), Duration::from_secs(10)).on_path(path);
             engine
                 .submit(job)
                 .and_then(crank_inference::JobHandle::wait)
@@ -496,12 +566,13 @@ async fn self_benchmark(
             figures.microjoules_per_inference =
                 (figures.microjoules_per_inference / BENCH_ROWS).max(1);
             info!(
+                %path,
                 inferences_per_sec = figures.inferences_per_sec,
                 microjoules = figures.microjoules_per_inference,
                 method = %figures.method,
                 "self-benchmark on the reference model"
             );
-            vec![figures.to_path_bench(ExecPath::Cpu)]
+            vec![figures.to_path_bench(path)]
         }
         Ok(Err(e)) => {
             warn!(error = %chain(&e), "self-benchmark failed");
@@ -577,6 +648,99 @@ async fn dispatch(
     }
 }
 
+/// Ledger key of the newest settlement whose workers were told.
+const NOTIFIED_KEY: &str = "settlement_notified";
+
+/// Tells workers about settlements that paid them, so each can check its payment against the
+/// ledger and mark its receipts paid. Runs when a settlement applies, and every half minute
+/// for ones resolved after a restart.
+async fn settlement_notices(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = shared.wallet.settled.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(30)) => {}
+            () = stopped(&mut stop) => return,
+        }
+        send_settlement_notices(&shared).await;
+    }
+}
+
+async fn send_settlement_notices(shared: &Arc<Shared>) {
+    let done = match shared.ledger.get_meta(NOTIFIED_KEY) {
+        Ok(Some(b)) => b.try_into().map(u64::from_be_bytes).unwrap_or(0),
+        Ok(None) => 0,
+        Err(e) => {
+            warn!(error = %chain(&e), "cannot read which settlements were announced");
+            return;
+        }
+    };
+    let mut intents = match shared.ledger.intents(64) {
+        Ok(list) => list,
+        Err(e) => {
+            warn!(error = %chain(&e), "cannot read settlements");
+            return;
+        }
+    };
+    intents.retain(|i| i.id > done);
+    intents.sort_by_key(|i| i.id);
+    let mut newest = done;
+    for intent in intents {
+        match intent.state {
+            crank_payments::IntentState::Settled { .. } => {}
+            crank_payments::IntentState::Failed { .. } => {
+                newest = intent.id;
+                continue;
+            }
+            // Announce in order: a later settlement waits for an earlier one to resolve.
+            crank_payments::IntentState::Pending => break,
+        }
+        let lines = intent.draft.manifest.lines();
+        let notice = SettlementNotice {
+            tx_hash: intent.draft.tx_hash.0,
+            receipts: lines
+                .iter()
+                .map(|l| PaidReceipt {
+                    payout: l.payout.clone(),
+                    task_id: l.task,
+                    worker: l.worker,
+                    amount_stroops: l.amount_stroops,
+                })
+                .collect(),
+        };
+        let workers: std::collections::BTreeSet<NodeId> = lines.iter().map(|l| l.worker).collect();
+        let sends = workers.into_iter().map(|worker| {
+            let notice = notice.clone();
+            async move {
+                let answer = shared
+                    .client
+                    .request(&worker, Request::Settlement(notice))
+                    .await;
+                match answer {
+                    Ok(Response::PaymentRecorded { receipts }) => {
+                        info!(worker = %worker.short(), tx = %intent.draft.tx_hash, receipts, "worker confirmed its payment")
+                    }
+                    Ok(Response::Error(e)) => {
+                        warn!(worker = %worker.short(), tx = %intent.draft.tx_hash, error = %e, "worker did not accept the settlement notice")
+                    }
+                    Ok(other) => {
+                        warn!(worker = %worker.short(), kind = other.kind(), "unexpected answer to a settlement notice")
+                    }
+                    Err(e) => {
+                        warn!(worker = %worker.short(), tx = %intent.draft.tx_hash, error = %e, "worker not told of its payment")
+                    }
+                }
+            }
+        });
+        futures::future::join_all(sends).await;
+        newest = intent.id;
+    }
+    if newest != done {
+        if let Err(e) = shared.ledger.put_meta(NOTIFIED_KEY, &newest.to_be_bytes()) {
+            warn!(error = %chain(&e), "cannot record which settlements were announced");
+        }
+    }
+}
+
 /// Asks a newly identified peer for its advert, so we need not wait for the next gossip round.
 async fn fetch_advert(shared: Arc<Shared>, node: NodeId) {
     match shared.client.request(&node, Request::GetAdvert).await {
@@ -620,6 +784,12 @@ async fn handle_request(
             ErrorCode::NotFound,
             "this node takes no work and has no advert",
         )),
+        Request::GetReceipt { task_id } => {
+            responder.send(requester::on_get_receipt(shared, peer, task_id).await)
+        }
+        Request::Settlement(notice) => {
+            responder.send(worker::on_settlement(shared, &peer, &notice).await)
+        }
         Request::GetAdvert => match shared.advert() {
             Some(a) => responder.send(Response::Advert(Box::new(a))),
             None => responder.send(Response::error(

@@ -571,6 +571,27 @@ pub(crate) async fn on_result(
     }
 }
 
+/// A worker asks for the counter-signed receipt of a task it did for us (it crashed after
+/// sending the result and before storing our answer).
+pub(crate) async fn on_get_receipt(shared: &Arc<Shared>, peer: NodeId, task: TaskId) -> Response {
+    let ledger = shared.ledger.clone();
+    match tokio::task::spawn_blocking(move || ledger.receipt(&task, &peer)).await {
+        Ok(Ok(Some(s))) => Response::Receipt(Box::new(s.receipt)),
+        Ok(Ok(None)) => Response::error(
+            ErrorCode::NotFound,
+            "no counter-signed receipt for this task and worker",
+        ),
+        Ok(Err(e)) => {
+            warn!(task = %task.short(), error = %crate::node::chain(&e), "cannot read a receipt");
+            Response::error(ErrorCode::Internal, "cannot read the ledger")
+        }
+        Err(e) => {
+            warn!(task = %task.short(), error = %e, "receipt lookup failed");
+            Response::error(ErrorCode::Internal, "cannot read the ledger")
+        }
+    }
+}
+
 /// A failure report for a task this node requested.
 pub(crate) async fn on_failure(
     shared: &Arc<Shared>,

@@ -13,9 +13,14 @@ use std::time::Duration;
 use crank_payments::cli::{self, SettleOutput, WalletBalance};
 use crank_payments::settle::{DryRunTx, FailedTx, PaidTx, Skipped};
 use crank_payments::stellar::format_xlm;
-use crank_payments::{IntentRecord, IntentState, Ledger, SettleMode, Settler};
+use crank_payments::stellar::{decode_envelope, envelope_hash};
+use crank_payments::{
+    Horizon, IntentRecord, IntentState, Ledger, Manifest, ManifestLine, ReceiptKey, SettleMode,
+    Settler, TxHash, verify_payout,
+};
+use crank_protocol::{NodeId, SettlementNotice};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
@@ -50,6 +55,8 @@ pub struct NodeWallet {
     ledger: Arc<Ledger>,
     settler: Settler,
     stellar: crank_payments::StellarConfig,
+    /// Woken when a settlement applied, so the workers it paid are told at once.
+    pub(crate) settled: Notify,
 }
 
 impl std::fmt::Debug for NodeWallet {
@@ -107,6 +114,7 @@ impl NodeWallet {
             ledger,
             settler,
             stellar: config.stellar.clone(),
+            settled: Notify::new(),
         })
     }
 
@@ -150,16 +158,75 @@ impl NodeWallet {
             SettleOutput::DryRun(txs) => Ok(SettleView::DryRun {
                 transactions: txs.iter().map(json::<DryRunTx>).collect(),
             }),
-            SettleOutput::Submitted(r) => Ok(SettleView::Submitted {
-                receipts_paid: r.receipts_paid(),
-                stroops_paid: r.stroops_paid(),
-                paid: r.paid.iter().map(json::<PaidTx>).collect(),
-                failed: r.failed.iter().map(json::<FailedTx>).collect(),
-                pending: r.pending.len(),
-                skipped: r.skipped.iter().map(json::<Skipped>).collect(),
-                stopped: r.stopped.as_ref().map(|e| chain(e)),
-            }),
+            SettleOutput::Submitted(r) => {
+                if !r.paid.is_empty() {
+                    self.settled.notify_one();
+                }
+                Ok(SettleView::Submitted {
+                    receipts_paid: r.receipts_paid(),
+                    stroops_paid: r.stroops_paid(),
+                    paid: r.paid.iter().map(json::<PaidTx>).collect(),
+                    failed: r.failed.iter().map(json::<FailedTx>).collect(),
+                    pending: r.pending.len(),
+                    skipped: r.skipped.iter().map(json::<Skipped>).collect(),
+                    stopped: r.stopped.as_ref().map(|e| chain(e)),
+                })
+            }
         }
+    }
+
+    /// Worker side: checks a payer's settlement notice against the ledger and records the
+    /// receipts it paid; returns how many changed state.
+    ///
+    /// The transaction must be applied on the network this node is configured for, its hash
+    /// must be the notice's, its memo must commit to the notice's whole list, and it must pay
+    /// this node's address exactly the sum of its lines. Nothing is recorded otherwise.
+    pub async fn record_notice(
+        &self,
+        me: &NodeId,
+        notice: &SettlementNotice,
+    ) -> Result<usize, String> {
+        let lines = notice
+            .receipts
+            .iter()
+            .map(|r| ManifestLine {
+                payout: r.payout.clone(),
+                task: r.task_id,
+                worker: r.worker,
+                amount_stroops: r.amount_stroops,
+            })
+            .collect();
+        let manifest = Manifest::new(lines).map_err(|e| format!("bad manifest: {e}"))?;
+        let hash = TxHash(notice.tx_hash);
+        let horizon = Horizon::new(&self.stellar).map_err(|e| chain(&e))?;
+        let tx = horizon
+            .transaction(&hash)
+            .await
+            .map_err(|e| format!("cannot look the transaction up: {}", chain(&e)))?
+            .ok_or_else(|| format!("the ledger does not know transaction {hash}"))?;
+        if !tx.successful {
+            return Err(format!(
+                "transaction {hash} failed in the ledger; it paid nothing"
+            ));
+        }
+        let envelope = decode_envelope(&tx.envelope_xdr).map_err(|e| chain(&e))?;
+        let computed =
+            envelope_hash(&envelope, &self.stellar.network_passphrase).map_err(|e| chain(&e))?;
+        if computed != hash {
+            return Err(format!(
+                "Horizon returned an envelope hashing to {computed}, not {hash}"
+            ));
+        }
+        let covered = verify_payout(&manifest, &envelope, &self.address())
+            .map_err(|e| format!("the payment does not match: {e}"))?;
+        let ours: Vec<ReceiptKey> = covered
+            .receipts
+            .into_iter()
+            .filter(|k| &k.worker == me)
+            .collect();
+        self.ledger
+            .record_payment_received(&ours, hash)
+            .map_err(|e| chain(&e))
     }
 
     /// Settlements, newest first.

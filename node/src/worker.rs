@@ -11,12 +11,12 @@ use crank_payments::Role;
 use crank_protocol::tensor::tensors_hash;
 use crank_protocol::validate;
 use crank_protocol::{
-    Award, CallForBids, Cancel, Decline, DeclineReason, ErrorCode, FailureReason, FetchModel,
-    GateReason, ModelChunk, ModelId, NodeId, Request, Response, Signed, TaskFailure, TaskResult,
-    Timings, WorkReceipt,
+    Award, CallForBids, Cancel, Decline, DeclineReason, ErrorCode, ExecPath, FailureReason,
+    FetchModel, GateReason, ModelChunk, ModelId, NodeId, Request, Response, SettlementNotice,
+    Signed, TaskFailure, TaskResult, Timings, WorkReceipt,
 };
 use crank_scheduler::{MeasuredRun, QueueState, WorkerLimits, WorkerState, quote};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::clock;
@@ -91,6 +91,116 @@ fn worker_state(shared: &Shared) -> WorkerState {
             max_run_ms: u64::try_from(engine.max_run_time.as_millis()).unwrap_or(u64::MAX),
         },
         payout: shared.payout.clone(),
+    }
+}
+
+/// How long a receipt may wait for its counter-signature before a requester that says it has
+/// none is believed (its deliveries and re-awards are long over by then).
+const PENDING_PATIENCE_MS: u64 = 60 * 60 * 1000;
+
+/// Completes receipts this node issued but never stored counter-signed (it crashed after
+/// sending a result and before storing the answer): asks each requester for its copy, at
+/// start and then every minute, and gives up on receipts a requester does not know after an
+/// hour. A receipt the requester holds, and will pay, is never missing on our side.
+pub(crate) async fn recover_receipts(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    if !shared.offers_work() {
+        return;
+    }
+    let mut wait = Duration::from_secs(5);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = crate::node::stopped(&mut stop) => return,
+        }
+        wait = Duration::from_secs(60);
+        let ledger = shared.ledger.clone();
+        let pending = match tokio::task::spawn_blocking(move || ledger.pending_receipts(256)).await
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                warn!(error = %crate::node::chain(&e), "cannot read pending receipts");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let now = clock::now_ms();
+        for p in pending {
+            let body = &p.receipt.body;
+            // A task still being delivered is the delivery loop's business.
+            if lock(&shared.running).contains_key(&body.task_id) {
+                continue;
+            }
+            let answer = shared
+                .client
+                .request(
+                    &body.requester,
+                    Request::GetReceipt {
+                        task_id: body.task_id,
+                    },
+                )
+                .await;
+            match answer {
+                Ok(Response::Receipt(cs)) => {
+                    if cs.verify().is_err()
+                        || cs.inner != p.receipt
+                        || cs.countersigner != body.requester
+                    {
+                        warn!(task = %body.task_id.short(), "requester sent a receipt that does not match ours");
+                        continue;
+                    }
+                    let ledger = shared.ledger.clone();
+                    match tokio::task::spawn_blocking(move || {
+                        ledger.store_receipt(&cs, Role::Worker)
+                    })
+                    .await
+                    {
+                        Ok(Ok(_)) => {
+                            shared.metrics.receipt("worker");
+                            info!(task = %body.task_id.short(), "counter-signed receipt recovered from the requester");
+                        }
+                        Ok(Err(e)) => {
+                            warn!(task = %body.task_id.short(), error = %crate::node::chain(&e), "cannot store a recovered receipt")
+                        }
+                        Err(_) => {}
+                    }
+                }
+                Ok(Response::Error(e)) if now.saturating_sub(p.issued_at) > PENDING_PATIENCE_MS => {
+                    info!(task = %body.task_id.short(), error = %e, "requester never counter-signed this receipt; giving up on it");
+                    let ledger = shared.ledger.clone();
+                    let (t, w) = (body.task_id, body.worker);
+                    let _ =
+                        tokio::task::spawn_blocking(move || ledger.abandon_pending(&t, &w)).await;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    debug!(task = %body.task_id.short(), error = %e, "requester not reachable; asking for the receipt later")
+                }
+            }
+        }
+    }
+}
+
+/// Checks a payer's settlement notice against the ledger and records the receipts it paid.
+pub(crate) async fn on_settlement(
+    shared: &Arc<Shared>,
+    peer: &NodeId,
+    notice: &SettlementNotice,
+) -> Response {
+    if let Err(e) = validate::settlement_notice(notice, &shared.node_id) {
+        warn!(peer = %peer.short(), error = %e, "invalid settlement notice");
+        return Response::error(ErrorCode::Invalid, e.to_string());
+    }
+    match shared.wallet.record_notice(&shared.node_id, notice).await {
+        Ok(n) => {
+            info!(peer = %peer.short(), receipts = n, "payment checked against the ledger; receipts marked paid");
+            Response::PaymentRecorded {
+                receipts: u32::try_from(n).unwrap_or(u32::MAX),
+            }
+        }
+        Err(e) => {
+            warn!(peer = %peer.short(), error = %e, "settlement notice does not check out");
+            Response::error(ErrorCode::Invalid, e)
+        }
     }
 }
 
@@ -178,10 +288,13 @@ pub(crate) async fn on_award(
         });
         return;
     }
-    if let Err(reason) = lock(&shared.bids).take_for_award(&award, now) {
-        responder.send(sign_decline(shared, award.task_id, reason));
-        return;
-    }
+    let bid = match lock(&shared.bids).take_for_award(&award, now) {
+        Ok(bid) => bid,
+        Err(reason) => {
+            responder.send(sign_decline(shared, award.task_id, reason));
+            return;
+        }
+    };
     if let Some(reason) = shared.gate_closed() {
         responder.send(sign_decline(
             shared,
@@ -220,7 +333,7 @@ pub(crate) async fn on_award(
     let shared = shared.clone();
     tokio::spawn(async move {
         let task_id = award.task_id;
-        execute(&shared, award, cancel, stop_rx).await;
+        execute(&shared, award, bid.path, cancel, stop_rx).await;
         let n = {
             let mut running = lock(&shared.running);
             running.remove(&task_id);
@@ -261,6 +374,7 @@ fn failure_of(e: &InferenceError) -> FailureReason {
 async fn execute(
     shared: &Arc<Shared>,
     award: Award,
+    path: ExecPath,
     cancel: CancelToken,
     mut stop: oneshot::Receiver<Stop>,
 ) {
@@ -291,6 +405,8 @@ async fn execute(
         inputs: award.inputs.clone(),
         deadline: Instant::now() + timeout,
         cancel: cancel.clone(),
+        // The path this node bid with: its price and latency were quoted for it.
+        path: Some(path),
     };
     let span = shared.meter.start();
     let started_at = clock::now_ms();
@@ -527,45 +643,63 @@ async fn ensure_model(
             message: format!("model is {size} bytes; the limit is {limit}"),
         });
     }
-    let mut sources = vec![*requester];
-    if let Ok(providers) = shared.client.providers(model.provider_key()).await {
-        sources.extend(
-            providers
-                .into_iter()
-                .filter(|p| p != requester && *p != shared.node_id)
-                .take(3),
-        );
-    }
-    let mut last_error = String::from("no source");
-    for source in sources {
-        match fetch_model(shared, &source, model, size).await {
-            Ok(bytes) => match shared.store.put_verified(model, &bytes) {
-                Ok(()) => {
-                    info!(model = %model.short(), bytes = size, from = %source.short(), "model fetched and verified");
-                    if let Err(e) = shared.client.provide(model.provider_key()).await {
-                        debug!(error = %e, "cannot announce the model");
-                    }
-                    shared.advert_changed.notify_one();
-                    return Ok(());
-                }
-                Err(e) => {
-                    warn!(model = %model.short(), from = %source.short(), error = %e, "fetched model rejected");
-                    shared
-                        .client
-                        .penalize(&source, format!("served a bad model: {e}"))
-                        .await;
-                    last_error = e.to_string();
-                }
-            },
-            Err(e) => {
-                debug!(model = %model.short(), from = %source.short(), error = %e, "model fetch failed");
-                last_error = e;
-            }
+    // The requester holds the model and is connected: ask it first. Only when it cannot serve
+    // it is the DHT asked for other holders, and not for long: the task's deadline runs.
+    let mut last_error = match fetch_from(shared, requester, model, size).await {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    let lookup = shared.client.providers(model.provider_key());
+    let providers = match tokio::time::timeout(Duration::from_secs(2), lookup).await {
+        Ok(Ok(p)) => p,
+        _ => Vec::new(),
+    };
+    for source in providers
+        .into_iter()
+        .filter(|p| p != requester && *p != shared.node_id)
+        .take(3)
+    {
+        match fetch_from(shared, &source, model, size).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last_error = e,
         }
     }
     Err(FailureReason::ModelUnavailable {
         message: last_error,
     })
+}
+
+/// Fetches a model from one holder, verifies it against its content id and stores it.
+async fn fetch_from(
+    shared: &Arc<Shared>,
+    source: &NodeId,
+    model: &ModelId,
+    size: u64,
+) -> Result<(), String> {
+    match fetch_model(shared, source, model, size).await {
+        Ok(bytes) => match shared.store.put_verified(model, &bytes) {
+            Ok(()) => {
+                info!(model = %model.short(), bytes = size, from = %source.short(), "model fetched and verified");
+                if let Err(e) = shared.client.provide(model.provider_key()).await {
+                    debug!(error = %e, "cannot announce the model");
+                }
+                shared.advert_changed.notify_one();
+                Ok(())
+            }
+            Err(e) => {
+                warn!(model = %model.short(), from = %source.short(), error = %e, "fetched model rejected");
+                shared
+                    .client
+                    .penalize(source, format!("served a bad model: {e}"))
+                    .await;
+                Err(e.to_string())
+            }
+        },
+        Err(e) => {
+            debug!(model = %model.short(), from = %source.short(), error = %e, "model fetch failed");
+            Err(e)
+        }
+    }
 }
 
 async fn fetch_model(

@@ -844,6 +844,28 @@ async fn owed_receipts_are_settled_on_a_local_stellar_network_exactly_once() {
     assert_eq!(history[0].draft.manifest.lines().len(), 3);
     let status = wallet.status().await.unwrap();
     assert_eq!(status.balances.total.owed_by_us_stroops, 0);
+    // Each worker is told, checks the transaction on the ledger against the manifest, and
+    // records its receipts as paid: nothing owed to it, what it was paid matches the chain.
+    let total_paid: u64 = owed.values().sum();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut owed_to_workers = 0;
+        let mut paid_to_workers = 0;
+        for w in mesh.workers() {
+            let b = w.status().await.unwrap().balances.total;
+            owed_to_workers += b.owed_to_us_stroops;
+            paid_to_workers += b.paid_to_us_stroops;
+        }
+        if owed_to_workers == 0 {
+            assert_eq!(paid_to_workers, total_paid);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "workers still see {owed_to_workers} stroops owed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     mesh.stop().await;
 }
 

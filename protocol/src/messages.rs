@@ -691,6 +691,34 @@ impl Signable for Cancel {
     const DOMAIN: &'static str = "crank/1/cancel";
 }
 
+/// One receipt a settlement transaction paid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaidReceipt {
+    /// The Stellar account paid (`G…`).
+    pub payout: String,
+    /// The receipt's task.
+    pub task_id: TaskId,
+    /// The receipt's worker.
+    pub worker: NodeId,
+    /// The receipt's price, stroops.
+    pub amount_stroops: u64,
+}
+
+/// Payer → worker: a Stellar transaction paid these receipts.
+///
+/// Not signed, on purpose: the worker believes the ledger, not the payer. It looks the
+/// transaction up on Horizon, checks that its memo commits to exactly this list and that the
+/// payment to its own address equals the sum of its lines, and only then marks its receipts
+/// paid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettlementNotice {
+    /// The transaction's hash.
+    pub tx_hash: [u8; 32],
+    /// Every receipt the transaction pays (the memo commits to all of them, not only the
+    /// receiver's).
+    pub receipts: Vec<PaidReceipt>,
+}
+
 /// A request frame of the task protocol.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
@@ -709,6 +737,14 @@ pub enum Request {
     /// Any → any: send me your current advert (so a newly connected peer need not wait for
     /// the next gossip round).
     GetAdvert,
+    /// Payer → worker: a settlement paid your receipts; here is what it paid.
+    Settlement(SettlementNotice),
+    /// Worker → requester: send me the counter-signed receipt for this task (a worker that
+    /// crashed after sending its result, before storing the answer, asks on restart).
+    GetReceipt {
+        /// The task.
+        task_id: TaskId,
+    },
 }
 
 impl Request {
@@ -722,6 +758,8 @@ impl Request {
             Self::Failure(_) => "failure",
             Self::Cancel(_) => "cancel",
             Self::GetAdvert => "get_advert",
+            Self::Settlement(_) => "settlement",
+            Self::GetReceipt { .. } => "get_receipt",
         }
     }
 }
@@ -775,7 +813,7 @@ pub enum Response {
     },
     /// To [`Request::FetchModel`].
     ModelChunk(ModelChunk),
-    /// To [`Request::Result`]: the receipt, counter-signed.
+    /// To [`Request::Result`] and [`Request::GetReceipt`]: the receipt, counter-signed.
     Receipt(Box<Receipt>),
     /// To [`Request::Failure`] and [`Request::Cancel`].
     Ack {
@@ -784,6 +822,11 @@ pub enum Response {
     },
     /// To [`Request::GetAdvert`].
     Advert(Box<Signed<CapabilityAdvert>>),
+    /// To [`Request::Settlement`]: the payment checked out against the ledger.
+    PaymentRecorded {
+        /// Receipts newly recorded as paid (0 when they already were).
+        receipts: u32,
+    },
     /// The request was refused.
     Error(WireError),
 }
@@ -799,6 +842,7 @@ impl Response {
             Self::Receipt(_) => "receipt",
             Self::Ack { .. } => "ack",
             Self::Advert(_) => "advert",
+            Self::PaymentRecorded { .. } => "payment_recorded",
             Self::Error(_) => "error",
         }
     }

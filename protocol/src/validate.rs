@@ -6,7 +6,9 @@
 
 use crate::UnixMillis;
 use crate::ids::NodeId;
-use crate::messages::{Award, CallForBids, CapabilityAdvert, TaskResult, WorkReceipt};
+use crate::messages::{
+    Award, CallForBids, CapabilityAdvert, SettlementNotice, TaskResult, WorkReceipt,
+};
 use crate::sign::{SignatureError, Signed};
 use crate::tensor::{TensorError, tensors_hash};
 
@@ -250,6 +252,37 @@ pub fn call_for_bids<'a>(
     Ok(c)
 }
 
+/// Most receipts one settlement notice may list (the frame limit binds first for long
+/// payout strings; this keeps the worker's check bounded either way).
+pub const MAX_NOTICE_RECEIPTS: usize = 50_000;
+
+/// Validates a settlement notice sent to `me`: bounded, well-formed, and paying at least one
+/// receipt of ours. Whether the payment happened is for the ledger to say.
+pub fn settlement_notice<'a>(
+    notice: &'a SettlementNotice,
+    me: &NodeId,
+) -> Result<&'a SettlementNotice, ValidationError> {
+    let n = notice.receipts.len();
+    if n == 0 || n > MAX_NOTICE_RECEIPTS {
+        return Err(field(
+            "receipts",
+            format!("{n} receipts; 1 to {MAX_NOTICE_RECEIPTS} allowed"),
+        ));
+    }
+    let mut ours = 0usize;
+    for r in &notice.receipts {
+        payout(&r.payout)?;
+        if r.amount_stroops == 0 {
+            return Err(field("amount_stroops", "a paid receipt has a price"));
+        }
+        ours += usize::from(&r.worker == me);
+    }
+    if ours == 0 {
+        return Err(field("receipts", "none of them is this node's"));
+    }
+    Ok(notice)
+}
+
 /// Verifies and validates an award addressed to `me`.
 pub fn award<'a>(
     signed: &'a Signed<Award>,
@@ -323,5 +356,31 @@ mod tests {
         assert!(!looks_like_stellar_account(
             "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN1"
         ));
+    }
+
+    #[test]
+    fn settlement_notices_must_be_bounded_well_formed_and_ours() {
+        use crate::ids::TaskId;
+        use crate::messages::PaidReceipt;
+        let me = NodeId([1; 32]);
+        let line = |worker: NodeId, amount: u64, payout: &str| PaidReceipt {
+            payout: payout.into(),
+            task_id: TaskId([7; 32]),
+            worker,
+            amount_stroops: amount,
+        };
+        let good = "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7";
+        let notice = |receipts| SettlementNotice {
+            tx_hash: [3; 32],
+            receipts,
+        };
+        assert!(settlement_notice(&notice(vec![line(me, 5, good)]), &me).is_ok());
+        let err = |n: SettlementNotice| settlement_notice(&n, &me).unwrap_err().to_string();
+        assert!(err(notice(vec![])).contains("receipts"));
+        assert!(err(notice(vec![line(NodeId([2; 32]), 5, good)])).contains("this node"));
+        assert!(err(notice(vec![line(me, 0, good)])).contains("amount_stroops"));
+        assert!(err(notice(vec![line(me, 5, "GAAZ")])).contains("payout"));
+        let many = vec![line(me, 1, good); MAX_NOTICE_RECEIPTS + 1];
+        assert!(err(notice(many)).contains("allowed"));
     }
 }

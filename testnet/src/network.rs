@@ -362,6 +362,9 @@ impl Network {
                 "thresholds": {"low_threshold": 0, "med_threshold": 0, "high_threshold": 0},
                 "balances": [{"balance": format_amount(a.balance), "asset_type": "native"}],
                 "signers": [{"weight": 1, "key": address, "type": "ed25519_public_key"}],
+                // Account data entries (none here); SDKs read it for the memo-required check.
+                "data": {},
+                "flags": {"auth_required": false, "auth_revocable": false, "auth_immutable": false, "auth_clawback_enabled": false},
             }),
         }
     }

@@ -158,12 +158,10 @@ impl GpuExecutor {
             owned.iter().collect()
         };
         let started = Instant::now();
-        let cpu_start = cpu_time::ThreadTime::try_now().ok();
+        let cpu_start = crate::device::thread_cpu_time();
         let result = model.run_ordered(&inputs, deadline, stop);
         let run = started.elapsed();
-        let cpu = cpu_start
-            .and_then(|t| t.try_elapsed().ok())
-            .unwrap_or_default();
+        let cpu = crate::device::thread_cpu_time().saturating_sub(cpu_start);
         let outputs = match result {
             Ok(o) => o,
             Err(e @ (GpuError::Cancelled | GpuError::TimedOut(_))) => {
