@@ -1,0 +1,199 @@
+//! Address arithmetic and bookkeeping for getting through NAT: relayed addresses, circuit
+//! limits, hole-punch state.
+//!
+//! The event loop owns the swarm and calls these; they hold no libp2p state of their own, so
+//! they can be tested without a network.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+
+/// Bytes a request frame may need on the wire beyond its encoded length: the length prefix,
+/// yamux frame headers and noise tags for a frame of up to 16 MiB, plus room for the stream's
+/// protocol negotiation and the small answer.
+const WIRE_OVERHEAD: u64 = 8 * 1024;
+
+/// Whether the address goes through a relay.
+pub(crate) fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+/// The relay named in a relayed address: the `/p2p/<relay>` just before `/p2p-circuit`.
+pub(crate) fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+    let mut last_peer = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(peer) => last_peer = Some(peer),
+            Protocol::P2pCircuit => return last_peer,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The address without any `/p2p/<peer>` component.
+pub(crate) fn strip_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
+}
+
+/// `<relay addr>/p2p/<relay>/p2p-circuit`, and `/p2p/<target>` when given: the address to
+/// listen on for a reservation (no target) or to dial a peer through the relay.
+pub(crate) fn circuit_via(
+    relay_addr: &Multiaddr,
+    relay: PeerId,
+    target: Option<PeerId>,
+) -> Multiaddr {
+    let mut addr = strip_p2p(relay_addr)
+        .with(Protocol::P2p(relay))
+        .with(Protocol::P2pCircuit);
+    if let Some(t) = target {
+        addr.push(Protocol::P2p(t));
+    }
+    addr
+}
+
+/// What a relay allows one relayed connection, as it announced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CircuitLimit {
+    /// Bytes in both directions together.
+    pub bytes: Option<u64>,
+    /// Lifetime.
+    pub secs: Option<u64>,
+}
+
+impl CircuitLimit {
+    /// From the optional limit libp2p reports (its type is not exported, so take the parts).
+    pub fn new(bytes: Option<u64>, duration: Option<Duration>) -> Self {
+        Self {
+            bytes,
+            secs: duration.map(|d| d.as_secs()),
+        }
+    }
+
+    /// Whether a request frame of `frame_bytes` can cross a circuit with this limit.
+    pub fn fits(&self, frame_bytes: u64) -> bool {
+        match self.bytes {
+            Some(limit) if limit > 0 => frame_bytes.saturating_add(WIRE_OVERHEAD) <= limit,
+            _ => true,
+        }
+    }
+}
+
+impl fmt::Display for CircuitLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.bytes, self.secs) {
+            (None, None) => f.write_str("none announced"),
+            (b, s) => {
+                let bytes = b.map_or("unlimited bytes".to_string(), |b| format!("{b} bytes"));
+                let secs = s.map_or("no time limit".to_string(), |s| format!("{s} s"));
+                write!(f, "{bytes}, {secs}")
+            }
+        }
+    }
+}
+
+/// One hole punch with one peer.
+#[derive(Debug, Clone)]
+pub(crate) struct Punch {
+    /// When the relayed connection that starts it came up.
+    pub started: Instant,
+    /// How it ended, once it has.
+    pub outcome: Option<PunchOutcome>,
+}
+
+/// How a hole punch ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PunchOutcome {
+    /// A direct connection after this long.
+    Direct(Duration),
+    /// No direct connection; why.
+    Failed(String),
+}
+
+impl Punch {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            started: now,
+            outcome: None,
+        }
+    }
+
+    /// Whether requests should still wait for it.
+    pub fn pending(&self, now: Instant, wait: Duration) -> bool {
+        self.outcome.is_none() && now.saturating_duration_since(self.started) < wait
+    }
+}
+
+impl fmt::Display for Punch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.outcome {
+            None => f.write_str("in progress"),
+            Some(PunchOutcome::Direct(d)) => write!(f, "direct after {} ms", d.as_millis()),
+            Some(PunchOutcome::Failed(why)) => write!(f, "failed: {why}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(n: u8) -> PeerId {
+        let kp = libp2p::identity::Keypair::ed25519_from_bytes([n; 32]).unwrap();
+        kp.public().to_peer_id()
+    }
+
+    #[test]
+    fn relayed_addresses_name_their_relay() {
+        let (r, t) = (peer(1), peer(2));
+        let base: Multiaddr = "/ip4/10.77.0.10/tcp/7400".parse().unwrap();
+        let listen = circuit_via(&base, r, None);
+        assert_eq!(
+            listen.to_string(),
+            format!("/ip4/10.77.0.10/tcp/7400/p2p/{r}/p2p-circuit")
+        );
+        let dial = circuit_via(&base.clone().with(Protocol::P2p(r)), r, Some(t));
+        assert_eq!(
+            dial.to_string(),
+            format!("/ip4/10.77.0.10/tcp/7400/p2p/{r}/p2p-circuit/p2p/{t}")
+        );
+        assert!(is_relayed(&dial));
+        assert_eq!(relay_of(&dial), Some(r));
+        assert_eq!(relay_of(&listen), Some(r));
+        assert!(!is_relayed(&base));
+        assert_eq!(relay_of(&base.with(Protocol::P2p(t))), None);
+        // An inbound circuit's remote address is only `/p2p/<src>`: no relay in it.
+        assert_eq!(relay_of(&Multiaddr::empty().with(Protocol::P2p(t))), None);
+    }
+
+    #[test]
+    fn circuit_limits_leave_room_for_framing() {
+        let l = CircuitLimit::new(Some(128 * 1024), Some(Duration::from_secs(120)));
+        assert!(l.fits(64 * 1024));
+        assert!(!l.fits(128 * 1024));
+        assert!(!l.fits(128 * 1024 - 100));
+        assert_eq!(l.to_string(), "131072 bytes, 120 s");
+        assert!(CircuitLimit::new(None, None).fits(u64::MAX));
+        assert!(CircuitLimit::new(Some(0), None).fits(1 << 40));
+        assert_eq!(CircuitLimit::default().to_string(), "none announced");
+    }
+
+    #[test]
+    fn punches_stop_holding_requests_when_done_or_late() {
+        let t0 = Instant::now();
+        let wait = Duration::from_secs(3);
+        let mut p = Punch::new(t0);
+        assert!(p.pending(t0 + Duration::from_secs(1), wait));
+        assert!(!p.pending(t0 + Duration::from_secs(4), wait));
+        assert_eq!(p.to_string(), "in progress");
+        p.outcome = Some(PunchOutcome::Direct(Duration::from_millis(250)));
+        assert!(!p.pending(t0, wait));
+        assert_eq!(p.to_string(), "direct after 250 ms");
+        p.outcome = Some(PunchOutcome::Failed("timed out".into()));
+        assert_eq!(p.to_string(), "failed: timed out");
+    }
+}

@@ -1,0 +1,307 @@
+#!/usr/bin/env bash
+# Two crank-nodes, each behind its own NAT router, and one public bootstrap/relay node, all in
+# Linux network namespaces on this machine. Real `crank-node` processes: both NAT'd nodes join
+# through the bootstrap node, learn through AutoNAT that they are private, reserve a relay
+# slot, and the requester (worker disabled) submits a real ONNX task that only the other node
+# can run. Prints, per run, the times to the relay reservation and to the task's receipt and
+# whether the two nodes ended up connected directly (hole punching, DCUtR) or through the relay.
+#
+#   internet 10.77.0.0/24 (a bridge in its own namespace; nothing routes beyond it)
+#     ├── boot   10.77.0.10    crank-node bootstrap (Kademlia server, relay, AutoNAT server)
+#     ├── nat-a  10.77.0.11 ── LAN 192.168.10.0/24 ── a 192.168.10.2  requester only
+#     └── nat-b  10.77.0.12 ── LAN 192.168.20.0/24 ── b 192.168.20.2  worker
+#
+# The NAT routers masquerade LAN traffic (nftables, or iptables) and forward nothing from the
+# internet side that is not a reply. Unsolicited packets to a router's own address get the
+# kernel's answer (TCP reset, ICMP port unreachable), as on most Linux home routers;
+# --drop makes them vanish instead.
+#
+# Usage: testnet/nat/run.sh [--runs N] [--bin PATH] [--symmetric] [--drop] [--keep DIR]
+#   --runs N      repeat with fresh nodes and keys (hole-punch success rate); default 1
+#   --bin PATH    the crank-node binary (default: build with cargo, debug)
+#   --symmetric   routers pick a random external port per connection (endpoint-dependent
+#                 mapping): hole punching cannot work and tasks must go over the relay
+#   --drop        routers drop unsolicited inbound packets silently
+#   --keep DIR    keep data dirs and logs in DIR
+#
+# Needs root and `ip netns`; without them it prints why and exits 0 (a skip). Installs
+# iproute2 and nftables with apt-get if they are missing. Removes everything it made on exit.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+runs=1
+bin=""
+symmetric=0
+drop=0
+keep=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) runs="$2"; shift 2 ;;
+    --bin) bin="$2"; shift 2 ;;
+    --symmetric) symmetric=1; shift ;;
+    --drop) drop=1; shift ;;
+    --keep) keep="$2"; shift 2 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+say() { echo "nat-test: $*"; }
+skip() { say "SKIP: $*"; exit 0; }
+
+# --- can we do this here? -------------------------------------------------------------------
+[ "$(id -u)" = 0 ] || skip "needs root for network namespaces (run as root, e.g. in CI)"
+if ! command -v ip >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1 && ! command -v iptables >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    say "installing iproute2 and nftables"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get install -y -qq --no-install-recommends iproute2 nftables ||
+      { apt-get update -qq && apt-get install -y -qq --no-install-recommends iproute2 nftables; }; } >/dev/null 2>&1 ||
+      skip "iproute2/nftables missing and apt-get could not install them"
+  else
+    skip "needs iproute2 and nftables or iptables"
+  fi
+fi
+command -v ip >/dev/null 2>&1 || skip "no ip command (iproute2)"
+command -v python3 >/dev/null 2>&1 || skip "needs python3 to read the nodes' JSON status"
+P="cn$$"   # namespace prefix: unique per run of this script
+probe="${P}probe"
+ip netns add "$probe" 2>/dev/null || skip "cannot create network namespaces here (ip netns add failed: no CAP_SYS_ADMIN?)"
+ip netns del "$probe"
+
+# --- the binary ---------------------------------------------------------------------------------
+if [ -z "$bin" ]; then
+  say "building crank-node (cargo build -p crank-node)"
+  cargo build -q -p crank-node
+  bin="${CARGO_TARGET_DIR:-target}/debug/crank-node"
+fi
+[ -x "$bin" ] || { echo "no crank-node binary at $bin" >&2; exit 1; }
+bin="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
+model="$PWD/models/digits-mlp.onnx"
+[ -f "$model" ] || { echo "missing $model" >&2; exit 1; }
+
+work="$(mktemp -d /tmp/crank-nat.XXXXXX)"
+pids=()
+namespaces=()
+
+stop_nodes() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+cleanup() {
+  local rc=$?
+  stop_nodes
+  local ns
+  for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+  if [ -n "$keep" ]; then
+    mkdir -p "$keep" && cp -r "$work"/. "$keep"/ && say "logs and data kept in $keep"
+  fi
+  rm -rf "$work"
+  exit $rc
+}
+trap cleanup EXIT INT TERM
+
+# The input: a test image of a 3 (the committed sample, or the first 3 of the test split).
+input="$work/digit-3.json"
+if [ -f models/samples/digit-3.json ]; then
+  cp models/samples/digit-3.json "$input"
+else
+  python3 - "$input" <<'EOF'
+import json, sys
+t = json.load(open("models/digits-test.json"))
+i = t["labels"].index(3)
+json.dump([t["features"][i]], open(sys.argv[1], "w"))
+EOF
+fi
+
+# --- the network --------------------------------------------------------------------------------
+NS_INET="${P}inet" NS_BOOT="${P}boot" NS_RA="${P}nat-a" NS_RB="${P}nat-b" NS_A="${P}a" NS_B="${P}b"
+in_ns() { local ns="$1"; shift; ip netns exec "$ns" "$@"; }
+
+router_rules() {  # ns: masquerade out of wan, forward only LAN->WAN and replies
+  local ns="$1" masq="masquerade"
+  [ "$symmetric" = 1 ] && masq="masquerade random"
+  if command -v nft >/dev/null 2>&1; then
+    in_ns "$ns" nft -f - <<EOF
+table ip nat {
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "wan" $masq
+  }
+}
+table ip filter {
+  chain forward {
+    type filter hook forward priority 0; policy drop;
+    ct state established,related accept
+    iifname "lan" oifname "wan" accept
+  }
+  chain input {
+    type filter hook input priority 0; policy accept;
+    iifname "wan" ct state new $( [ "$drop" = 1 ] && echo drop || echo accept )
+  }
+}
+EOF
+  else
+    local flags=""
+    [ "$symmetric" = 1 ] && flags="--random"
+    in_ns "$ns" iptables -t nat -A POSTROUTING -o wan -j MASQUERADE $flags
+    in_ns "$ns" iptables -P FORWARD DROP
+    in_ns "$ns" iptables -A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+    in_ns "$ns" iptables -A FORWARD -i lan -o wan -j ACCEPT
+    [ "$drop" = 1 ] && in_ns "$ns" iptables -A INPUT -i wan -m conntrack --ctstate NEW -j DROP
+  fi
+}
+
+make_network() {
+  local ns
+  for ns in "$NS_INET" "$NS_BOOT" "$NS_RA" "$NS_RB" "$NS_A" "$NS_B"; do
+    ip netns add "$ns"
+    namespaces+=("$ns")
+    in_ns "$ns" ip link set lo up
+  done
+  in_ns "$NS_INET" ip link add br0 type bridge
+  in_ns "$NS_INET" ip link set br0 up
+  # hosts on the internet segment: namespace, bridge port, interface name, address
+  local spec port name addr
+  for spec in "$NS_BOOT vboot eth0 10.77.0.10" "$NS_RA vnata wan 10.77.0.11" "$NS_RB vnatb wan 10.77.0.12"; do
+    read -r ns port name addr <<<"$spec"
+    ip link add "$port" netns "$NS_INET" type veth peer name "$name" netns "$ns"
+    in_ns "$NS_INET" ip link set "$port" master br0 up
+    in_ns "$ns" ip addr add "$addr/24" dev "$name"
+    in_ns "$ns" ip link set "$name" up
+  done
+  # LANs behind the routers
+  for spec in "$NS_RA $NS_A 192.168.10" "$NS_RB $NS_B 192.168.20"; do
+    read -r ns name addr <<<"$spec"
+    ip link add lan netns "$ns" type veth peer name eth0 netns "$name"
+    in_ns "$ns" ip addr add "$addr.1/24" dev lan
+    in_ns "$ns" ip link set lan up
+    in_ns "$name" ip addr add "$addr.2/24" dev eth0
+    in_ns "$name" ip link set eth0 up
+    in_ns "$name" ip route add default via "$addr.1"
+    in_ns "$ns" sysctl -qw net.ipv4.ip_forward=1
+    router_rules "$ns"
+  done
+}
+
+remove_network() {
+  local ns
+  for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+  namespaces=()
+}
+
+# --- one run ------------------------------------------------------------------------------------
+export CRANK_NETWORK__AUTONAT_ONLY_GLOBAL_IPS=false   # every address here is private
+export CRANK_ADVERT__INTERVAL_SECS=2                  # the requester hears the worker soon
+export CRANK_WORKER__BENCHMARK_MS=200
+
+json_get() {  # file, python expression over `s` (the parsed JSON)
+  python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"
+}
+now_ms() { date +%s%3N; }
+
+start_node() {  # name ns log args...
+  local name="$1" ns="$2"; shift 2
+  in_ns "$ns" "$bin" --data-dir "$work/$run/$name" --log "info,crank_node=debug,libp2p_dcutr=debug" "$@" \
+    >"$work/$run/$name.log" 2>&1 &
+  pids+=($!)
+}
+
+status_json() {  # name ns out
+  in_ns "$2" "$bin" --data-dir "$work/$run/$1" --json status >"$3" 2>/dev/null
+}
+
+results=()
+one_run() {
+  run="run$1"
+  mkdir -p "$work/$run"
+  make_network
+  local boot_id
+  boot_id="$("$bin" --data-dir "$work/$run/boot" --json id | python3 -c 'import json,sys; print(json.load(sys.stdin)["peer_id"])')"
+  local boot="/ip4/10.77.0.10/tcp/7400/p2p/$boot_id"
+  start_node boot "$NS_BOOT" bootstrap --listen /ip4/0.0.0.0/tcp/7400 --listen /ip4/0.0.0.0/udp/7400/quic-v1 \
+    --external-address /ip4/10.77.0.10/tcp/7400 --external-address /ip4/10.77.0.10/udp/7400/quic-v1 --api 127.0.0.1:0
+  local t0
+  t0="$(now_ms)"
+  start_node b "$NS_B" join --bootstrap "$boot" --listen /ip4/0.0.0.0/tcp/4001 --listen /ip4/0.0.0.0/udp/4001/quic-v1 \
+    --run-when always --api 127.0.0.1:0
+  CRANK_WORKER__ENABLED=false start_node a "$NS_A" join --bootstrap "$boot" --listen /ip4/0.0.0.0/tcp/4001 \
+    --listen /ip4/0.0.0.0/udp/4001/quic-v1 --api 127.0.0.1:0
+
+  # Wait for the worker's relay reservation.
+  local s="$work/$run/status.json" reserved="" deadline=$(( $(now_ms) + 60000 ))
+  while [ "$(now_ms)" -lt "$deadline" ]; do
+    if status_json b "$NS_B" "$s" &&
+       reserved="$(json_get "$s" '[r["accepted_after_ms"] for r in s["network"]["relay_reservations"] if r["accepted"]][0] if any(r["accepted"] for r in s["network"]["relay_reservations"]) else ""')" &&
+       [ -n "$reserved" ]; then
+      break
+    fi
+    sleep 0.2
+  done
+  if [ -z "$reserved" ]; then
+    say "run $1: the worker got no relay reservation within 60 s"
+    tail -n 30 "$work/$run/b.log" >&2 || true
+    results+=("fail")
+    return 1
+  fi
+  local reach
+  reach="$(json_get "$s" 's["network"]["reachability"]')"
+
+  # The task: from a (requester only) to b (the only worker).
+  local out="$work/$run/submit.json" rc=0 t_sub
+  t_sub="$(now_ms)"
+  in_ns "$NS_A" "$bin" --data-dir "$work/$run/a" --json submit --model "$model" --input "$input" \
+    >"$out" 2>"$work/$run/submit.err" || rc=$?
+  local t_done
+  t_done="$(now_ms)"
+  if [ $rc != 0 ]; then
+    say "run $1: the task failed: $(tail -n 5 "$work/$run/submit.err")"
+    results+=("fail")
+    return 1
+  fi
+  local class
+  class="$(json_get "$out" 's["predictions"][0]["class"]')"
+  [ "$class" = 3 ] || { say "run $1: wrong prediction $class"; results+=("fail"); return 1; }
+
+  # How are a and b connected now? Give a punch that is under way a moment to finish.
+  sleep 1
+  local sa="$work/$run/status-a.json" sb="$work/$run/status-b.json" b_id a_id
+  status_json a "$NS_A" "$sa"
+  status_json b "$NS_B" "$sb"
+  b_id="$(json_get "$sb" 's["network"]["peer_id"]')"
+  a_id="$(json_get "$sa" 's["network"]["peer_id"]')"
+  local path_a path_b punch_a punch_b
+  path_a="$(json_get "$sa" "next(('relayed' if p['relayed'] else 'direct') for p in s['network']['peers'] if p['peer_id']=='$b_id')")"
+  path_b="$(json_get "$sb" "next(('relayed' if p['relayed'] else 'direct') for p in s['network']['peers'] if p['peer_id']=='$a_id')")"
+  punch_a="$(json_get "$sa" "next(p.get('hole_punch') for p in s['network']['peers'] if p['peer_id']=='$b_id')")"
+  punch_b="$(json_get "$sb" "next(p.get('hole_punch') for p in s['network']['peers'] if p['peer_id']=='$a_id')")"
+  local receipts
+  receipts="$(json_get "$sb" 's["balances"]["total"]["receipts_as_worker"]')"
+  say "run $1: b $reach, relay reservation after ${reserved} ms; task done $(( t_done - t0 )) ms after start (submit took $(( t_done - t_sub )) ms), class $class, receipt stored by the worker: $receipts"
+  say "run $1: a sees b $path_a (hole punch: $punch_a); b sees a $path_b (hole punch: $punch_b)"
+  results+=("ok $reserved $(( t_done - t0 )) $path_a")
+  stop_nodes
+  remove_network
+}
+
+say "$runs run(s); NAT: $([ "$symmetric" = 1 ] && echo "random ports (endpoint-dependent)" || echo "port-preserving masquerade"), unsolicited inbound $([ "$drop" = 1 ] && echo dropped || echo refused)"
+failed=0
+for i in $(seq 1 "$runs"); do
+  one_run "$i" || { failed=$((failed + 1)); stop_nodes; remove_network; }
+done
+
+python3 - "${results[@]}" <<'EOF'
+import statistics, sys
+rows = [r.split() for r in sys.argv[1:]]
+ok = [r for r in rows if r[0] == "ok"]
+direct = sum(1 for r in ok if r[3] == "direct")
+line = f"nat-test: {len(rows)} run(s), {len(ok)} task(s) done, {direct} direct after hole punching, {len(ok) - direct} over the relay"
+if ok:
+    res = [int(r[1]) for r in ok]
+    task = [int(r[2]) for r in ok]
+    line += f"; relay reservation median {statistics.median(res) / 1000:.2f} s (min {min(res) / 1000:.2f}, max {max(res) / 1000:.2f}); first task median {statistics.median(task) / 1000:.2f} s after start (min {min(task) / 1000:.2f}, max {max(task) / 1000:.2f})"
+print(line)
+EOF
+[ "$failed" = 0 ]
