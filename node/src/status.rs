@@ -185,8 +185,13 @@ impl NodeStatus {
         }
         let _ = writeln!(
             s,
-            "reachability  {} (AutoNAT); hole punches: {} succeeded, {} failed",
-            n.reachability, n.hole_punch.succeeded, n.hole_punch.failed
+            "reachability  {} (AutoNAT{}); hole punches: {} succeeded, {} failed",
+            n.reachability,
+            n.reachability_after_ms
+                .map(|ms| format!(", {ms} ms after start"))
+                .unwrap_or_default(),
+            n.hole_punch.succeeded,
+            n.hole_punch.failed
         );
         if !n.relay_reservations.is_empty() {
             let _ = writeln!(s, "relay reservations:");

@@ -146,8 +146,13 @@ async fn tasks_run_through_the_relay_when_no_direct_path_exists() {
 
     // The requester hears of the worker by gossip and reaches it through the relay.
     let q = requester.handle();
+    let worker_node = w.node_id();
     wait_until("the worker's advert", Duration::from_secs(20), async || {
-        (q.known_adverts() >= 1).then_some(())
+        let s = q.status().await.ok()?;
+        s.adverts
+            .iter()
+            .any(|a| a.node == worker_node)
+            .then_some(())
     })
     .await;
     let bytes = std::fs::read(repo().join("models/digits-mlp.onnx")).unwrap();

@@ -12,16 +12,17 @@
 #     └── nat-b  10.77.0.12 ── LAN 192.168.20.0/24 ── b 192.168.20.2  worker
 #
 # The NAT routers masquerade LAN traffic (nftables, or iptables) and forward nothing from the
-# internet side that is not a reply. Unsolicited packets to a router's own address get the
-# kernel's answer (TCP reset, ICMP port unreachable), as on most Linux home routers;
-# --drop makes them vanish instead.
+# internet side that is not a reply. Unsolicited packets from the internet side are dropped
+# silently, as consumer routers do ("stealth" firewall); --refuse lets the router's kernel
+# answer them instead (TCP reset, ICMP port unreachable), as a bare Linux masquerade does.
 #
-# Usage: testnet/nat/run.sh [--runs N] [--bin PATH] [--symmetric] [--drop] [--keep DIR]
+# Usage: testnet/nat/run.sh [--runs N] [--bin PATH] [--symmetric] [--refuse] [--autonat] [--keep DIR]
 #   --runs N      repeat with fresh nodes and keys (hole-punch success rate); default 1
 #   --bin PATH    the crank-node binary (default: build with cargo, debug)
 #   --symmetric   routers pick a random external port per connection (endpoint-dependent
 #                 mapping): hole punching cannot work and tasks must go over the relay
-#   --drop        routers drop unsolicited inbound packets silently
+#   --refuse      routers answer unsolicited inbound packets with a reset instead of dropping
+#   --autonat     also wait (up to 60 s) for the worker's AutoNAT verdict and report its time
 #   --keep DIR    keep data dirs and logs in DIR
 #
 # Needs root and `ip netns`; without them it prints why and exits 0 (a skip). Installs
@@ -32,16 +33,18 @@ cd "$(dirname "$0")/../.."
 runs=1
 bin=""
 symmetric=0
-drop=0
+drop=1
 keep=""
+autonat=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs="$2"; shift 2 ;;
     --bin) bin="$2"; shift 2 ;;
     --symmetric) symmetric=1; shift ;;
-    --drop) drop=1; shift ;;
+    --refuse) drop=0; shift ;;
+    --autonat) autonat=1; shift ;;
     --keep) keep="$2"; shift 2 ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -246,8 +249,27 @@ one_run() {
     results+=("fail")
     return 1
   fi
-  local reach
+  local reach b_node
   reach="$(json_get "$s" 's["network"]["reachability"]')"
+  b_node="$(json_get "$s" 's["node_id"]')"
+
+  # Wait until the requester has heard the worker's advert (gossip through the bootstrap node),
+  # so that the auction has the worker to ask.
+  local sa0="$work/$run/status-a0.json" heard=""
+  deadline=$(( $(now_ms) + 30000 ))
+  while [ "$(now_ms)" -lt "$deadline" ]; do
+    if status_json a "$NS_A" "$sa0" &&
+       [ "$(json_get "$sa0" "any(a['node'] == '$b_node' for a in s['adverts'])")" = True ]; then
+      heard=1
+      break
+    fi
+    sleep 0.2
+  done
+  if [ -z "$heard" ]; then
+    say "run $1: the requester never heard the worker's advert within 30 s"
+    results+=("fail")
+    return 1
+  fi
 
   # The task: from a (requester only) to b (the only worker).
   local out="$work/$run/submit.json" rc=0 t_sub
@@ -281,6 +303,17 @@ one_run() {
   receipts="$(json_get "$sb" 's["balances"]["total"]["receipts_as_worker"]')"
   say "run $1: b $reach, relay reservation after ${reserved} ms; task done $(( t_done - t0 )) ms after start (submit took $(( t_done - t_sub )) ms), class $class, receipt stored by the worker: $receipts"
   say "run $1: a sees b $path_a (hole punch: $punch_a); b sees a $path_b (hole punch: $punch_b)"
+  if [ "$autonat" = 1 ]; then
+    local verdict="" sb2="$work/$run/status-b2.json"
+    deadline=$(( $(now_ms) + 60000 ))
+    while [ "$(now_ms)" -lt "$deadline" ]; do
+      status_json b "$NS_B" "$sb2" &&
+        verdict="$(json_get "$sb2" "'%s after %s ms, kad %s' % (s['network']['reachability'], s['network']['reachability_after_ms'], s['network']['kad_mode']) if s['network']['reachability'] != 'unknown' else ''")" &&
+        [ -n "$verdict" ] && break
+      sleep 0.5
+    done
+    say "run $1: b's AutoNAT verdict: ${verdict:-none within 60 s}"
+  fi
   results+=("ok $reserved $(( t_done - t0 )) $path_a")
   stop_nodes
   remove_network

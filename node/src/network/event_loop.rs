@@ -119,11 +119,13 @@ struct ClosedCircuit {
 /// Most requests held for one peer; beyond this they go out at once.
 const MAX_HELD_PER_PEER: usize = 64;
 /// A relayed connection is closed once a direct one has been up this long and nothing is in flight.
-const RELAYED_CLOSE_GRACE: Duration = Duration::from_millis(500);
+const RELAYED_CLOSE_GRACE: Duration = Duration::from_millis(200);
 /// How long a closed circuit is remembered.
 const CLOSED_CIRCUIT_MEMORY: Duration = Duration::from_secs(60);
 /// First retry after a refused or lost reservation (doubles up to a minute).
 const RESERVATION_RETRY: Duration = Duration::from_secs(2);
+/// Direct dials DCUtR makes before it gives up (libp2p-dcutr's `MAX_NUMBER_OF_UPGRADE_ATTEMPTS`).
+const PUNCH_ATTEMPTS: u32 = 3;
 /// A hole punch with no direct connection after this long has failed. DCUtR reports failures
 /// only on the side that accepted the relayed connection; the other side learns it this way.
 const PUNCH_GIVE_UP: Duration = Duration::from_secs(10);
@@ -152,6 +154,7 @@ pub struct EventLoop {
     pending_bans: Vec<(PeerId, Instant)>,
     listen_addrs: Vec<Multiaddr>,
     reachability: Reachability,
+    reachability_since: Option<Duration>,
     /// Connected relay servers and the address we dialed each at.
     relays: BTreeMap<PeerId, Multiaddr>,
     reservations: BTreeMap<PeerId, Reservation>,
@@ -216,6 +219,7 @@ impl EventLoop {
             pending_bans: Vec::new(),
             listen_addrs: Vec::new(),
             reachability: Reachability::Unknown,
+            reachability_since: None,
             relays: BTreeMap::new(),
             reservations: BTreeMap::new(),
             reservation_retry: HashMap::new(),
@@ -668,7 +672,9 @@ impl EventLoop {
         match self.config.relay_client {
             RelayClientMode::Never => false,
             RelayClientMode::Always => true,
-            RelayClientMode::Auto => self.reachability == Reachability::Private,
+            // Until AutoNAT answers (seconds to tens of seconds behind a NAT that drops probes),
+            // a node is treated as unreachable, so that peers can reach it from the start.
+            RelayClientMode::Auto => self.reachability != Reachability::Public,
         }
     }
 
@@ -835,6 +841,9 @@ impl EventLoop {
                 .collect(),
             blocked: self.banned.keys().map(|p| p.to_string()).collect(),
             reachability: self.reachability,
+            reachability_after_ms: self
+                .reachability_since
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             relay_reservations,
             hole_punch: self.punches,
             relay_server: self.role.bootstrap.then(|| self.relay_server.clone()),
@@ -949,6 +958,7 @@ impl EventLoop {
                 } else {
                     debug!(peer = %peer, error = %error, "dial failed");
                 }
+                self.on_punch_dial_failed(peer, &error.to_string());
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             other => trace!(event = ?other, "swarm event"),
@@ -1107,6 +1117,7 @@ impl EventLoop {
                     "reachability changed"
                 );
                 self.reachability = reachability;
+                self.reachability_since = Some(self.started.elapsed());
                 self.update_kad_mode();
                 self.ensure_reservations(Instant::now());
             }
@@ -1273,6 +1284,32 @@ impl EventLoop {
         }
     }
 
+    /// A failed direct dial to a peer we are hole punching with is a failed punch attempt.
+    /// DCUtR reports failures only on the side that accepted the relayed connection; this is
+    /// how the other side learns them, and stops holding requests for the punch.
+    fn on_punch_dial_failed(&mut self, peer: PeerId, error: &str) {
+        let relayed = self.conns.values().any(|c| c.peer == peer && c.relayed);
+        let direct = self.conns.values().any(|c| c.peer == peer && !c.relayed);
+        let Some(p) = self.peers.get_mut(&peer).and_then(|s| s.punch.as_mut()) else {
+            return;
+        };
+        if !relayed || direct || p.outcome.is_some() {
+            return;
+        }
+        p.dial_failures += 1;
+        if p.dial_failures >= PUNCH_ATTEMPTS {
+            let took = p.started.elapsed();
+            let error = nat::first_line(error, 160);
+            warn!(peer = %peer, ms = took.as_millis() as u64, error = %error, "hole punch failed: staying on the relay");
+            p.outcome = Some(PunchOutcome::Failed(format!(
+                "{} direct dials failed, the last with: {error}",
+                p.dial_failures
+            )));
+            self.punches.failed += 1;
+            self.flush(peer);
+        }
+    }
+
     fn on_hole_punch(&mut self, peer: PeerId, result: Result<ConnectionId, String>) {
         let now = Instant::now();
         let state = self.peers.entry(peer).or_default();
@@ -1291,6 +1328,7 @@ impl EventLoop {
                 let direct = self.conns.values().any(|c| c.peer == peer && !c.relayed);
                 if !direct && punch.outcome.is_none() {
                     self.punches.failed += 1;
+                    let e = nat::first_line(&e, 160);
                     warn!(peer = %peer, ms = took.as_millis() as u64, error = %e, "hole punch failed: staying on the relay");
                     punch.outcome = Some(PunchOutcome::Failed(e));
                 }

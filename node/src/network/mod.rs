@@ -45,7 +45,7 @@ pub enum KadMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum RelayClientMode {
-    /// Reserve while AutoNAT says the node is not publicly reachable (private).
+    /// Reserve unless AutoNAT says the node is publicly reachable (so also before it knows).
     #[default]
     Auto,
     /// Always reserve (a device known to sit behind NAT, e.g. a phone on a mobile network).
@@ -109,7 +109,8 @@ pub struct NetworkConfig {
     /// forwarded port). Announced to peers at once and put in relay reservations; bootstrap
     /// nodes need one unless AutoNAT confirms an address first.
     pub external_addresses: Vec<String>,
-    /// When to reserve a slot on relay nodes: auto (while not publicly reachable), always, never.
+    /// When to reserve a slot on relay nodes: auto (unless known to be publicly reachable),
+    /// always, never.
     pub relay_client: RelayClientMode,
     /// Relays to hold a reservation on at once (each is a way in for peers).
     pub max_relay_reservations: usize,
@@ -147,7 +148,7 @@ impl Default for NetworkConfig {
             external_addresses: Vec::new(),
             relay_client: RelayClientMode::Auto,
             max_relay_reservations: 2,
-            hole_punch_wait_ms: 3000,
+            hole_punch_wait_ms: 1000,
             autonat_only_global_ips: true,
             autonat_boot_delay_secs: 3,
         }
@@ -394,6 +395,9 @@ pub struct NetworkStatus {
     /// Whether peers can dial us directly, as AutoNAT last found.
     #[serde(default)]
     pub reachability: Reachability,
+    /// Milliseconds from node start to AutoNAT's latest verdict (none while unknown from the start).
+    #[serde(default)]
+    pub reachability_after_ms: Option<u64>,
     /// Our relay reservations.
     #[serde(default)]
     pub relay_reservations: Vec<ReservationStatus>,

@@ -56,6 +56,19 @@ pub(crate) fn circuit_via(
     addr
 }
 
+/// The first line of a (often multi-line) libp2p error, at most `max` characters.
+pub(crate) fn first_line(text: &str, max: usize) -> String {
+    let line = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_end_matches([':', ' ']);
+    match line.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line.to_string(),
+    }
+}
+
 /// What a relay allows one relayed connection, as it announced.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct CircuitLimit {
@@ -103,6 +116,8 @@ pub(crate) struct Punch {
     pub started: Instant,
     /// How it ended, once it has.
     pub outcome: Option<PunchOutcome>,
+    /// Direct dials to the peer that failed meanwhile.
+    pub dial_failures: u32,
 }
 
 /// How a hole punch ended.
@@ -119,6 +134,7 @@ impl Punch {
         Self {
             started: now,
             outcome: None,
+            dial_failures: 0,
         }
     }
 
@@ -168,6 +184,14 @@ mod tests {
         assert_eq!(relay_of(&base.with(Protocol::P2p(t))), None);
         // An inbound circuit's remote address is only `/p2p/<src>`: no relay in it.
         assert_eq!(relay_of(&Multiaddr::empty().with(Protocol::P2p(t))), None);
+    }
+
+    #[test]
+    fn errors_are_cut_to_their_first_line() {
+        assert_eq!(first_line("a: b\n  c\n", 100), "a: b");
+        assert_eq!(first_line("Failed to dial: \n  [x]", 100), "Failed to dial");
+        assert_eq!(first_line("ééééé", 3), "ééé…");
+        assert_eq!(first_line("", 3), "");
     }
 
     #[test]
