@@ -185,7 +185,8 @@ async fn tasks_run_through_the_relay_when_no_direct_path_exists() {
     }
 }
 
-/// A bare network endpoint: the client plus a task that answers every inbound request.
+/// A bare network endpoint: the client plus a task that answers every inbound request: a
+/// model fetch with as many bytes as asked for, anything else with an error.
 async fn endpoint(
     identity: &Identity,
     config: &Config,
@@ -200,11 +201,19 @@ async fn endpoint(
     }));
     tokio::spawn(async move {
         while let Some(e) = events.recv().await {
-            if let NetworkEvent::InboundRequest { responder, .. } = e {
-                responder.send(Response::error(
-                    crank_protocol::ErrorCode::Internal,
-                    "test endpoint",
-                ));
+            if let NetworkEvent::InboundRequest {
+                responder, request, ..
+            } = e
+            {
+                responder.send(match *request {
+                    Request::FetchModel(f) => Response::ModelChunk(crank_protocol::ModelChunk {
+                        model: f.model,
+                        total_len: u64::from(f.max_len),
+                        offset: 0,
+                        bytes: vec![7; f.max_len as usize],
+                    }),
+                    _ => Response::error(crank_protocol::ErrorCode::Internal, "test endpoint"),
+                });
             }
         }
     });
@@ -307,5 +316,27 @@ async fn a_request_larger_than_the_circuit_limit_names_the_limit() {
 
     // Small requests still pass afterwards.
     assert!(requester.request(&target, Request::GetAdvert).await.is_ok());
+
+    // An answer too large for the circuit comes back as an error naming the limit, and the
+    // circuit survives it.
+    let fetch = |max_len| {
+        Request::FetchModel(crank_protocol::FetchModel {
+            model: ModelId([1; 32]),
+            offset: 0,
+            max_len,
+        })
+    };
+    match requester.request(&target, fetch(4096)).await.unwrap() {
+        Response::ModelChunk(c) => assert_eq!(c.bytes.len(), 4096),
+        other => panic!("expected a chunk, got {other:?}"),
+    }
+    match requester.request(&target, fetch(200 * 1024)).await.unwrap() {
+        Response::Error(e) => {
+            assert_eq!(e.code, crank_protocol::ErrorCode::Busy);
+            assert!(e.message.contains(&limit.to_string()), "{e}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert!(requester.request(&target, fetch(1024)).await.is_ok());
     let _ = stop_tx.send(true);
 }

@@ -16,13 +16,15 @@
 # silently, as consumer routers do ("stealth" firewall); --refuse lets the router's kernel
 # answer them instead (TCP reset, ICMP port unreachable), as a bare Linux masquerade does.
 #
-# Usage: testnet/nat/run.sh [--runs N] [--bin PATH] [--symmetric] [--refuse] [--autonat] [--keep DIR]
+# Usage: testnet/nat/run.sh [--runs N] [--bin PATH] [--symmetric] [--refuse] [--autonat] [--status]
+#                           [--keep DIR]
 #   --runs N      repeat with fresh nodes and keys (hole-punch success rate); default 1
 #   --bin PATH    the crank-node binary (default: build with cargo, debug)
 #   --symmetric   routers pick a random external port per connection (endpoint-dependent
 #                 mapping): hole punching cannot work and tasks must go over the relay
 #   --refuse      routers answer unsolicited inbound packets with a reset instead of dropping
 #   --autonat     also wait (up to 60 s) for the worker's AutoNAT verdict and report its time
+#   --status      print `crank-node status` of the three nodes after each task
 #   --keep DIR    keep data dirs and logs in DIR
 #
 # Needs root and `ip netns`; without them it prints why and exits 0 (a skip). Installs
@@ -36,6 +38,7 @@ symmetric=0
 drop=1
 keep=""
 autonat=0
+show_status=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs="$2"; shift 2 ;;
@@ -43,8 +46,9 @@ while [ $# -gt 0 ]; do
     --symmetric) symmetric=1; shift ;;
     --refuse) drop=0; shift ;;
     --autonat) autonat=1; shift ;;
+    --status) show_status=1; shift ;;
     --keep) keep="$2"; shift 2 ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -303,6 +307,14 @@ one_run() {
   receipts="$(json_get "$sb" 's["balances"]["total"]["receipts_as_worker"]')"
   say "run $1: b $reach, relay reservation after ${reserved} ms; task done $(( t_done - t0 )) ms after start (submit took $(( t_done - t_sub )) ms), class $class, receipt stored by the worker: $receipts"
   say "run $1: a sees b $path_a (hole punch: $punch_a); b sees a $path_b (hole punch: $punch_b)"
+  if [ "$show_status" = 1 ]; then
+    local who ns
+    for who in "boot $NS_BOOT" "a $NS_A" "b $NS_B"; do
+      read -r who ns <<<"$who"
+      echo "----- crank-node status ($who) -----"
+      in_ns "$ns" "$bin" --data-dir "$work/$run/$who" status | sed -n '/^listening/,/^adverts/p' | sed '$d'
+    done
+  fi
   if [ "$autonat" = 1 ]; then
     local verdict="" sb2="$work/$run/status-b2.json"
     deadline=$(( $(now_ms) + 60000 ))

@@ -38,6 +38,7 @@ type PendingReply = std::pin::Pin<
         dyn std::future::Future<
                 Output = (
                     PeerId,
+                    ConnectionId,
                     Result<Response, oneshot::error::RecvError>,
                     ResponseChannel<Frame<Response>>,
                 ),
@@ -267,8 +268,9 @@ impl EventLoop {
                     Some(cmd) => self.on_command(cmd),
                     None => break,
                 },
-                Some((peer, answer, channel)) = self.pending_replies.next(), if !self.pending_replies.is_empty() => {
+                Some((peer, connection, answer, channel)) = self.pending_replies.next(), if !self.pending_replies.is_empty() => {
                     let response = answer.unwrap_or_else(|_| Response::error(ErrorCode::Internal, "the node dropped the request"));
+                    let response = self.fit_relay(peer, connection, response);
                     self.metrics.response_sent(response.kind());
                     if let Some(f) = self.in_flight.get_mut(&peer) {
                         f.inbound = f.inbound.saturating_sub(1);
@@ -374,12 +376,12 @@ impl EventLoop {
             let next = self
                 .bootstrap
                 .values()
-                .map(|b| b.next_attempt.saturating_duration_since(now).as_secs())
+                .map(|b| b.next_attempt.saturating_duration_since(now).as_millis() as u64)
                 .min()
                 .unwrap_or(0);
             warn!(
                 bootstrap_nodes = self.bootstrap.len(),
-                retry_in_secs = next,
+                retry_in_ms = next,
                 "none of the bootstrap nodes answers; this node is alone until one does (check the addresses and that they run)"
             );
         } else if !none_answer {
@@ -825,7 +827,13 @@ impl EventLoop {
         NetworkStatus {
             peer_id: local.to_string(),
             listen_addrs: self.listen_addrs.iter().map(with_p2p).collect(),
-            external_addrs: self.swarm.external_addresses().map(with_p2p).collect(),
+            external_addrs: {
+                // The same address can be both configured and confirmed by AutoNAT.
+                let mut a: Vec<String> = self.swarm.external_addresses().map(with_p2p).collect();
+                a.sort();
+                a.dedup();
+                a
+            },
             peers,
             routing_table,
             kad_mode: self.swarm.behaviour_mut().kad.mode().to_string(),
@@ -952,13 +960,18 @@ impl EventLoop {
                 error,
                 ..
             } => {
+                let why = nat::dial_error_summary(&error);
                 if let Some(b) = self.bootstrap.get_mut(&peer) {
-                    warn!(addr = %b.text, error = %error, retry_in_secs = b.backoff.as_secs(), "bootstrap node did not answer");
-                    b.last_error = Some(error.to_string());
+                    let retry_in_ms = b
+                        .next_attempt
+                        .saturating_duration_since(Instant::now())
+                        .as_millis() as u64;
+                    warn!(addr = %b.text, error = %why, retry_in_ms, "bootstrap node did not answer");
+                    b.last_error = Some(why.clone());
                 } else {
                     debug!(peer = %peer, error = %error, "dial failed");
                 }
-                self.on_punch_dial_failed(peer, &error.to_string());
+                self.on_punch_dial_failed(peer, &why);
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             other => trace!(event = ?other, "swarm event"),
@@ -1134,9 +1147,14 @@ impl EventLoop {
 
     fn on_identified(&mut self, peer: PeerId, connection: ConnectionId, info: identify::Info) {
         if info.protocols.contains(&KAD_PROTOCOL) {
+            let seen_at = self.conns.get(&connection).map(|c| c.addr.clone());
             for addr in &info.listen_addrs {
-                // Circuit addresses are reached through the relay; keep the table direct.
-                if !nat::is_relayed(addr) {
+                // Circuit addresses are reached through the relay; keep the table direct, and
+                // keep out addresses that mean nothing from where we see the peer.
+                let plausible = seen_at
+                    .as_ref()
+                    .is_none_or(|seen| nat::worth_dialing(addr, seen));
+                if !nat::is_relayed(addr) && plausible {
                     self.swarm
                         .behaviour_mut()
                         .kad
@@ -1299,7 +1317,7 @@ impl EventLoop {
         p.dial_failures += 1;
         if p.dial_failures >= PUNCH_ATTEMPTS {
             let took = p.started.elapsed();
-            let error = nat::first_line(error, 160);
+            let error = nat::first_line(error, 200);
             warn!(peer = %peer, ms = took.as_millis() as u64, error = %error, "hole punch failed: staying on the relay");
             p.outcome = Some(PunchOutcome::Failed(format!(
                 "{} direct dials failed, the last with: {error}",
@@ -1352,6 +1370,35 @@ impl EventLoop {
         Ok(advert)
     }
 
+    /// Replaces a response that cannot cross the relayed connection it must go back on with
+    /// an error naming the limit: sending it would only make the relay cut the circuit.
+    fn fit_relay(&self, peer: PeerId, connection: ConnectionId, response: Response) -> Response {
+        let Some(c) = self.conns.get(&connection) else {
+            return response;
+        };
+        let Some(limit) = c
+            .limit
+            .filter(|l| c.relayed && l.bytes.is_some_and(|b| b > 0))
+        else {
+            return response;
+        };
+        let Ok(frame) = codec::encode(&response).map(|b| b.len() as u64) else {
+            return response;
+        };
+        if limit.fits(frame) {
+            return response;
+        }
+        let limit_bytes = limit.bytes.unwrap_or(0);
+        warn!(peer = %peer, frame, limit_bytes, "response refused: it does not fit the relay");
+        Response::error(
+            ErrorCode::Busy,
+            format!(
+                "the {} answer is {frame} bytes but this relayed connection may carry at most {limit_bytes} bytes; ask again over a direct connection or for less",
+                response.kind()
+            ),
+        )
+    }
+
     /// Explains a request that failed on a relayed connection by the relay's limits.
     fn relay_failure(
         &self,
@@ -1380,7 +1427,11 @@ impl EventLoop {
 
     fn on_task_event(&mut self, event: request_response::Event<Frame<Request>, Frame<Response>>) {
         match event {
-            request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Event::Message {
+                peer,
+                message,
+                connection_id,
+            } => match message {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
@@ -1399,8 +1450,9 @@ impl EventLoop {
                             self.metrics.request_received(request.kind());
                             let (tx, rx) = oneshot::channel();
                             self.in_flight.entry(peer).or_default().inbound += 1;
-                            self.pending_replies
-                                .push(Box::pin(async move { (peer, rx.await, channel) }));
+                            self.pending_replies.push(Box::pin(async move {
+                                (peer, connection_id, rx.await, channel)
+                            }));
                             self.emit(NetworkEvent::InboundRequest {
                                 peer: node,
                                 request: Box::new(request),

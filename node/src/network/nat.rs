@@ -56,6 +56,88 @@ pub(crate) fn circuit_via(
     addr
 }
 
+/// The IP address at the start of a multiaddr, if any.
+fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    match addr.iter().next()? {
+        Protocol::Ip4(ip) => Some(ip.into()),
+        Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
+    }
+}
+
+/// How far an IP address is meaningful: this host, a private network, or everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Scope {
+    Host,
+    Private,
+    Global,
+}
+
+fn scope(ip: std::net::IpAddr) -> Scope {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            if v4.is_loopback() {
+                Scope::Host
+            } else if v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                // 100.64.0.0/10: carrier-grade NAT space, private to the carrier.
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+            {
+                Scope::Private
+            } else {
+                Scope::Global
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            if v6.is_loopback() {
+                Scope::Host
+            } else if v6.is_unspecified() || v6.is_unique_local() || v6.is_unicast_link_local() {
+                Scope::Private
+            } else {
+                Scope::Global
+            }
+        }
+    }
+}
+
+/// Whether a listen address a peer announced is worth dialing, given the address we reach it
+/// at: a loopback address only from the same host, a private one only from a private network
+/// (or the same host). Others would send our dials to some unrelated machine on our side.
+pub(crate) fn worth_dialing(announced: &Multiaddr, seen_at: &Multiaddr) -> bool {
+    match (ip_of(announced), ip_of(seen_at)) {
+        (Some(a), Some(seen)) => scope(a) >= scope(seen) || scope(a) == Scope::Global,
+        // DNS names and addresses we cannot place are left to the dialer.
+        _ => true,
+    }
+}
+
+/// A dial error in one line per address: the innermost cause, which is what a person can act
+/// on ("Connection refused"), rather than libp2p's nested, multi-line report.
+pub(crate) fn dial_error_summary(error: &libp2p::swarm::DialError) -> String {
+    use libp2p::swarm::DialError;
+    match error {
+        DialError::Transport(errors) if errors.len() == 1 => {
+            errors.iter().map(|(_, e)| innermost(e)).collect()
+        }
+        DialError::Transport(errors) if !errors.is_empty() => errors
+            .iter()
+            .map(|(addr, e)| format!("{addr}: {}", innermost(e)))
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => first_line(&other.to_string(), 200),
+    }
+}
+
+/// The deepest cause in an error's source chain, on one line.
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = error;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    first_line(&cur.to_string(), 200)
+}
+
 /// The first line of a (often multi-line) libp2p error, at most `max` characters.
 pub(crate) fn first_line(text: &str, max: usize) -> String {
     let line = text
@@ -184,6 +266,34 @@ mod tests {
         assert_eq!(relay_of(&base.with(Protocol::P2p(t))), None);
         // An inbound circuit's remote address is only `/p2p/<src>`: no relay in it.
         assert_eq!(relay_of(&Multiaddr::empty().with(Protocol::P2p(t))), None);
+    }
+
+    #[test]
+    fn announced_addresses_are_dialed_only_where_they_mean_something() {
+        let a = |s: &str| s.parse::<Multiaddr>().unwrap();
+        let public = a("/ip4/203.0.113.7/tcp/7400");
+        let lan = a("/ip4/192.168.1.20/tcp/4001");
+        let loopback = a("/ip4/127.0.0.1/tcp/4001");
+        let cgnat = a("/ip4/100.72.1.1/tcp/4001");
+        // Seen over the internet: only its public addresses are worth a dial.
+        assert!(worth_dialing(&public, &public));
+        assert!(!worth_dialing(&lan, &public));
+        assert!(!worth_dialing(&loopback, &public));
+        assert!(!worth_dialing(&cgnat, &public));
+        // Seen on the LAN: its LAN and public addresses, not its loopback.
+        assert!(worth_dialing(&lan, &lan));
+        assert!(worth_dialing(&public, &lan));
+        assert!(!worth_dialing(&loopback, &lan));
+        // Same host: anything.
+        assert!(worth_dialing(&loopback, &loopback));
+        assert!(worth_dialing(&lan, &loopback));
+        // Names are left alone.
+        assert!(worth_dialing(&a("/dns4/boot.example/tcp/7400"), &public));
+        assert!(worth_dialing(&a("/ip6/::1/tcp/1"), &a("/ip6/::1/tcp/2")));
+        assert!(!worth_dialing(
+            &a("/ip6/fd00::1/tcp/1"),
+            &a("/ip6/2001:db8::1/tcp/2")
+        ));
     }
 
     #[test]
