@@ -25,6 +25,8 @@
 #   --refuse      routers answer unsolicited inbound packets with a reset instead of dropping
 #   --autonat     also wait (up to 60 s) for the worker's AutoNAT verdict and report its time
 #   --status      print `crank-node status` of the three nodes after each task
+#   --restart-relay  after the task, restart the bootstrap/relay node, wait for the worker to
+#                 reserve again and run a second task
 #   --keep DIR    keep data dirs and logs in DIR
 #
 # Needs root and `ip netns`; without them it prints why and exits 0 (a skip). Installs
@@ -39,6 +41,7 @@ drop=1
 keep=""
 autonat=0
 show_status=0
+restart_relay=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs="$2"; shift 2 ;;
@@ -47,8 +50,9 @@ while [ $# -gt 0 ]; do
     --refuse) drop=0; shift ;;
     --autonat) autonat=1; shift ;;
     --status) show_status=1; shift ;;
+    --restart-relay) restart_relay=1; shift ;;
     --keep) keep="$2"; shift 2 ;;
-    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -92,10 +96,14 @@ pids=()
 namespaces=()
 
 stop_nodes() {
-  local p
+  local p ns
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   pids=()
+  # Anything still running inside our namespaces was started by this script.
+  for ns in "${namespaces[@]}"; do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+  done
 }
 cleanup() {
   local rc=$?
@@ -209,9 +217,9 @@ json_get() {  # file, python expression over `s` (the parsed JSON)
 }
 now_ms() { date +%s%3N; }
 
-start_node() {  # name ns log args...
+start_node() {  # name ns args...; `ip netns exec` execs the node, so $! is the node itself
   local name="$1" ns="$2"; shift 2
-  in_ns "$ns" "$bin" --data-dir "$work/$run/$name" --log "info,crank_node=debug,libp2p_dcutr=debug" "$@" \
+  ip netns exec "$ns" "$bin" --data-dir "$work/$run/$name" --log "info,crank_node=debug,libp2p_dcutr=debug" "$@" \
     >"$work/$run/$name.log" 2>&1 &
   pids+=($!)
 }
@@ -228,8 +236,12 @@ one_run() {
   local boot_id
   boot_id="$("$bin" --data-dir "$work/$run/boot" --json id | python3 -c 'import json,sys; print(json.load(sys.stdin)["peer_id"])')"
   local boot="/ip4/10.77.0.10/tcp/7400/p2p/$boot_id"
-  start_node boot "$NS_BOOT" bootstrap --listen /ip4/0.0.0.0/tcp/7400 --listen /ip4/0.0.0.0/udp/7400/quic-v1 \
-    --external-address /ip4/10.77.0.10/tcp/7400 --external-address /ip4/10.77.0.10/udp/7400/quic-v1 --api 127.0.0.1:0
+  start_boot() {
+    start_node boot "$NS_BOOT" bootstrap --listen /ip4/0.0.0.0/tcp/7400 --listen /ip4/0.0.0.0/udp/7400/quic-v1 \
+      --external-address /ip4/10.77.0.10/tcp/7400 --external-address /ip4/10.77.0.10/udp/7400/quic-v1 --api 127.0.0.1:0
+    boot_pid=$!
+  }
+  start_boot
   local t0
   t0="$(now_ms)"
   start_node b "$NS_B" join --bootstrap "$boot" --listen /ip4/0.0.0.0/tcp/4001 --listen /ip4/0.0.0.0/udp/4001/quic-v1 \
@@ -327,6 +339,33 @@ one_run() {
     say "run $1: b's AutoNAT verdict: ${verdict:-none within 60 s}"
   fi
   results+=("ok $reserved $(( t_done - t0 )) $path_a")
+  if [ "$restart_relay" = 1 ]; then
+    # The relay goes away and comes back (same key, same address): the worker must notice,
+    # redial, reserve again, and the mesh must run the next task.
+    local t_kill back="" s3="$work/$run/status-b3.json"
+    t_kill="$(now_ms)"
+    kill "$boot_pid"; wait "$boot_pid" 2>/dev/null || true
+    mv "$work/$run/boot.log" "$work/$run/boot-1.log"
+    sleep 1
+    start_boot
+    deadline=$(( $(now_ms) + 90000 ))
+    while [ "$(now_ms)" -lt "$deadline" ]; do
+      status_json b "$NS_B" "$s3" &&
+        back="$(json_get "$s3" "next((r['accepted_after_ms'] for r in s['network']['relay_reservations'] if r['accepted'] and r['accepted_after_ms'] > $(( t_kill - t0 ))), '')")" &&
+        [ -n "$back" ] && break
+      sleep 0.2
+    done
+    if [ -z "$back" ]; then
+      say "run $1: no new reservation within 90 s of the relay's restart"
+      tail -n 20 "$work/$run/b.log" >&2 || true
+      return 1
+    fi
+    say "run $1: relay restarted; the worker reserved again $(( back - (t_kill - t0) )) ms after the relay went away"
+    local out2="$work/$run/submit2.json"
+    in_ns "$NS_A" "$bin" --data-dir "$work/$run/a" --json submit --model "$model" --input "$input" \
+      >"$out2" 2>"$work/$run/submit2.err" || { say "run $1: the task after the restart failed: $(tail -n 3 "$work/$run/submit2.err")"; return 1; }
+    say "run $1: task after the relay restart: class $(json_get "$out2" 's["predictions"][0]["class"]')"
+  fi
   stop_nodes
   remove_network
 }
