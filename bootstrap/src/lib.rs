@@ -6,6 +6,10 @@
 //! AutoNAT probes so nodes learn whether they are publicly reachable, and takes no tasks. This
 //! crate holds those settings as plain data; the node's network module applies them, so only
 //! that module knows libp2p.
+//!
+//! A relay hands out reservations only once it knows an address peers can dial it at, since
+//! the reservation is what NAT'd nodes announce. Give it one with `--external-address`
+//! (`[network] external_addresses`); otherwise it waits until AutoNAT confirms one.
 
 #![cfg_attr(
     not(test),
