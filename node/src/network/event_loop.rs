@@ -71,6 +71,8 @@ struct Conn {
     relay: Option<PeerId>,
     limit: Option<CircuitLimit>,
     opened: Instant,
+    /// We asked libp2p to close it (a direct connection took over).
+    closing: bool,
 }
 
 /// What we know about a connected peer beyond its connections.
@@ -274,6 +276,9 @@ impl EventLoop {
                     self.metrics.response_sent(response.kind());
                     if let Some(f) = self.in_flight.get_mut(&peer) {
                         f.inbound = f.inbound.saturating_sub(1);
+                        if f.outbound == 0 && f.inbound == 0 {
+                            self.in_flight.remove(&peer);
+                        }
                     }
                     if self.swarm.behaviour_mut().tasks.send_response(channel, Frame::Valid(response)).is_err() {
                         debug!(peer = %peer, "response not sent: the connection closed");
@@ -646,7 +651,7 @@ impl EventLoop {
         let to_close: Vec<(ConnectionId, PeerId)> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.relayed)
+            .filter(|(_, c)| c.relayed && !c.closing)
             .filter(|(_, c)| {
                 direct_since
                     .get(&c.peer)
@@ -661,7 +666,10 @@ impl EventLoop {
             .collect();
         for (id, peer) in to_close {
             if self.swarm.close_connection(id) {
-                debug!(peer = %peer, "relayed connection closed: a direct one took over");
+                debug!(peer = %peer, "closing the relayed connection: a direct one took over");
+            }
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.closing = true;
             }
         }
     }
@@ -1040,6 +1048,7 @@ impl EventLoop {
                 relay,
                 limit,
                 opened: now,
+                closing: false,
             },
         );
         let state = self.peers.entry(peer).or_default();
@@ -1330,7 +1339,10 @@ impl EventLoop {
 
     fn on_hole_punch(&mut self, peer: PeerId, result: Result<ConnectionId, String>) {
         let now = Instant::now();
-        let state = self.peers.entry(peer).or_default();
+        let Some(state) = self.peers.get_mut(&peer) else {
+            debug!(peer = %peer, "hole punch result for a peer no longer connected");
+            return;
+        };
         let punch = state.punch.get_or_insert_with(|| Punch::new(now));
         let took = now.saturating_duration_since(punch.started);
         match result {
