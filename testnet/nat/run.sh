@@ -319,6 +319,11 @@ one_run() {
   receipts="$(json_get "$sb" 's["balances"]["total"]["receipts_as_worker"]')"
   say "run $1: b $reach, relay reservation after ${reserved} ms; task done $(( t_done - t0 )) ms after start (submit took $(( t_done - t_sub )) ms), class $class, receipt stored by the worker: $receipts"
   say "run $1: a sees b $path_a (hole punch: $punch_a); b sees a $path_b (hole punch: $punch_b)"
+  # Which connection carried the task's inputs (a's award) and outputs (b's result)?
+  local award_path result_path
+  award_path="$(sed 's/\x1b\[[0-9;]*m//g' "$work/$run/a.log" | grep -a 'request sent' | grep -a 'kind="\?award' | tail -1 | grep -ao 'path="\?[a-z ]*' | sed 's/path="\?//')"
+  result_path="$(sed 's/\x1b\[[0-9;]*m//g' "$work/$run/b.log" | grep -a 'request sent' | grep -a 'kind="\?result' | tail -1 | grep -ao 'path="\?[a-z ]*' | sed 's/path="\?//')"
+  say "run $1: the award (inputs) went ${award_path:-?}, the result (outputs) came back ${result_path:-?}"
   if [ "$show_status" = 1 ]; then
     local who ns
     for who in "boot $NS_BOOT" "a $NS_A" "b $NS_B"; do

@@ -530,12 +530,24 @@ impl EventLoop {
         if !self.swarm.is_connected(&peer) {
             self.add_relay_candidates(peer);
         }
+        let path = match (direct.is_empty(), relay_only) {
+            (false, _) => "direct",
+            (true, true) => "relayed",
+            (true, false) => "new connection",
+        };
         for held in queue {
             if relay_only && let Err(e) = self.check_relay_limit(&peer, &relayed, &held.request) {
                 warn!(peer = %peer, error = %e, "request refused: it does not fit the relay");
                 let _ = held.reply.send(Err(e));
                 continue;
             }
+            debug!(
+                peer = %peer,
+                kind = held.request.kind(),
+                path,
+                held_ms = now.saturating_duration_since(held.since).as_millis() as u64,
+                "request sent"
+            );
             let id = self
                 .swarm
                 .behaviour_mut()
