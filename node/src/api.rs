@@ -126,6 +126,9 @@ pub async fn serve(node: NodeHandle) -> Result<SocketAddr, ApiError> {
         .route("/receipts", get(receipts))
         .route("/models", post(upload_model))
         .route("/tasks", post(submit_task))
+        .route("/wallet", get(wallet_balance))
+        .route("/wallet/settle", post(wallet_settle))
+        .route("/wallet/history", get(wallet_history))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(AppState { node, token });
     tokio::spawn(async move {
@@ -367,4 +370,63 @@ async fn submit_task(
             Err(HttpError(code, body))
         }
     }
+}
+
+async fn wallet_balance(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, HttpError> {
+    authorize(&state, &headers)?;
+    let b = state
+        .node
+        .wallet()
+        .balance()
+        .await
+        .map_err(|e| http_error(StatusCode::BAD_GATEWAY, e))?;
+    serde_json::to_value(b)
+        .map(Json)
+        .map_err(|e| http_error(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
+/// Body of `POST /wallet/settle`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SettleJson {
+    /// Pay everything owed, not only what crossed the threshold.
+    pub all: bool,
+    /// Sign but do not submit; return the envelopes.
+    pub dry_run: bool,
+}
+
+async fn wallet_settle(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<SettleJson>,
+) -> Result<Json<Value>, HttpError> {
+    authorize(&state, &headers)?;
+    let v = state
+        .node
+        .wallet()
+        .settle(req.all, req.dry_run)
+        .await
+        .map_err(|e| http_error(StatusCode::BAD_GATEWAY, e))?;
+    serde_json::to_value(v)
+        .map(Json)
+        .map_err(|e| http_error(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
+async fn wallet_history(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<Limit>,
+) -> Result<Json<Value>, HttpError> {
+    authorize(&state, &headers)?;
+    let list = state
+        .node
+        .wallet()
+        .history(q.limit.unwrap_or(50).min(10_000))
+        .map_err(|e| http_error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    serde_json::to_value(list)
+        .map(Json)
+        .map_err(|e| http_error(StatusCode::INTERNAL_SERVER_ERROR, e))
 }

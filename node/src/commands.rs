@@ -76,6 +76,11 @@ pub enum Command {
     /// Manage the local model store.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// The Stellar payout wallet: address, testnet funding, balances, settlement, history.
+    ///
+    /// Payments go to the Stellar testnet by default ([stellar] in the config to change).
+    #[command(subcommand)]
+    Wallet(WalletCommand),
     /// Print the effective configuration (defaults, file, environment, flags).
     Config,
     /// Print this node's ids (creating the keys on first run).
@@ -154,6 +159,33 @@ pub struct SubmitArgs {
     pub no_api: bool,
 }
 
+/// `wallet` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum WalletCommand {
+    /// Print the payout address (G…), creating the key on first run.
+    Address,
+    /// Create and fund the account through friendbot (testnet only).
+    Fund,
+    /// On-chain XLM, what we owe others (unsettled) and what others owe us.
+    Balance,
+    /// Pay what we owe now, in batched transactions (one payment per worker, up to 100 per
+    /// transaction), exactly once.
+    Settle {
+        /// Print the signed envelopes as base64 XDR, one per line, without submitting.
+        #[arg(long)]
+        dry_run: bool,
+        /// Pay everything owed, not only workers over the threshold.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Each settlement with its transaction hash and the receipts it paid.
+    History {
+        /// How many to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
 /// `models` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
@@ -229,6 +261,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Submit(args) => submit(config, args, json).await,
         Command::Status => status(&config, json).await,
         Command::Models(cmd) => models(config, cmd, json).await,
+        Command::Wallet(cmd) => wallet(config, cmd, json).await,
         Command::Config => {
             print!("{}", config.to_toml());
             Ok(())
@@ -540,8 +573,9 @@ pub fn render_result(r: &TaskResultJson) -> String {
     );
     let _ = writeln!(
         s,
-        "energy    {} mJ, {}",
-        b.energy.millijoules, b.energy.method
+        "energy    {:.3} mJ, {}",
+        b.energy.microjoules as f64 / 1000.0,
+        b.energy.method
     );
     let verified = if r.receipt.verify().is_ok() {
         "verified"
@@ -556,55 +590,9 @@ pub fn render_result(r: &TaskResultJson) -> String {
     s
 }
 
-/// The auction for people (`--verbose`).
+/// The auction for people (`--verbose`): every answer with its score, the award and why.
 pub fn render_trace(t: &AuctionTrace) -> String {
-    use crank_scheduler::auction::trace::Answer;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "auction: {} candidates, payment rule {:?}, max price {} stroops",
-        t.candidates.len(),
-        t.payment,
-        t.max_price_stroops
-    );
-    for a in &t.answers {
-        let peer = network::peer_id_string(&a.peer);
-        let ms = a.at.saturating_sub(t.started_at);
-        let what = match &a.answer {
-            Answer::Bid {
-                price_stroops,
-                est_latency_ms,
-                est_energy_mj,
-                path,
-                model_cached,
-                score,
-                ..
-            } => format!(
-                "bid {price_stroops} stroops, ~{est_latency_ms} ms, {est_energy_mj} mJ on {path}{}, score {:.3}",
-                if *model_cached { ", model cached" } else { "" },
-                score.total
-            ),
-            Answer::Decline { reason } => format!("declined: {reason}"),
-            Answer::Rejected { reason } => format!("rejected: {reason}"),
-            Answer::NoAnswer => "did not answer".to_string(),
-        };
-        let _ = writeln!(s, "  round {} +{ms} ms  {peer}  {what}", a.round);
-    }
-    for a in &t.awards {
-        let _ = writeln!(
-            s,
-            "  award → {}  bid {} stroops, pays {} ({}){}",
-            network::peer_id_string(&a.worker),
-            a.bid_price_stroops,
-            a.price_stroops,
-            a.why,
-            a.end
-                .as_ref()
-                .map(|e| format!(", ended: {e:?}"))
-                .unwrap_or_default()
-        );
-    }
-    s
+    format!("auction\n{t}")
 }
 
 /// `models add|list`.
@@ -653,6 +641,150 @@ pub async fn models(config: Config, cmd: ModelsCommand, json: bool) -> Result<()
                 for (id, n) in list {
                     println!("{id}  {n} bytes");
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn api_call(
+    config: &Config,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<Option<serde_json::Value>> {
+    let Some((http, base, token)) = running_api(config).await else {
+        return Ok(None);
+    };
+    let mut req = http
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(300));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await?;
+    let status = resp.status();
+    let value: serde_json::Value = resp.json().await?;
+    if !status.is_success() {
+        bail!(
+            "{}",
+            value
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("the node refused the request")
+        );
+    }
+    Ok(Some(value))
+}
+
+/// `wallet …`: through the running node when there is one (it holds the ledger), else directly.
+pub async fn wallet(config: Config, cmd: WalletCommand, json: bool) -> Result<()> {
+    use crate::wallet::{NodeWallet, SettleView, render_history, render_settle};
+    std::fs::create_dir_all(&config.data_dir)?;
+    match cmd {
+        WalletCommand::Address => {
+            let w = crank_payments::stellar::Wallet::load_or_create(
+                &config.data_dir.join(crate::PAYOUT_KEY_FILE),
+            )?;
+            if json {
+                println!("{}", serde_json::json!({ "address": w.address() }));
+            } else {
+                println!("{}", w.address());
+            }
+        }
+        WalletCommand::Fund => {
+            let w = crank_payments::stellar::Wallet::load_or_create(
+                &config.data_dir.join(crate::PAYOUT_KEY_FILE),
+            )?;
+            let funded = crank_payments::cli::fund(&config.stellar, &w)
+                .await
+                .with_context(|| {
+                    format!(
+                        "funding {} through {}",
+                        w.address(),
+                        config.stellar.friendbot_url
+                    )
+                })?;
+            let text = match funded {
+                crank_payments::horizon::Funded::Funded(Some(tx)) => {
+                    format!("funded {} (tx {})", w.address(), tx.to_hex())
+                }
+                crank_payments::horizon::Funded::Funded(None) => format!("funded {}", w.address()),
+                crank_payments::horizon::Funded::AlreadyFunded => {
+                    format!("{} was already funded", w.address())
+                }
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "address": w.address(), "result": text })
+                );
+            } else {
+                println!("{text}");
+            }
+        }
+        WalletCommand::Balance => {
+            let value = match api_call(&config, reqwest::Method::GET, "/wallet", None).await? {
+                Some(v) => v,
+                None => serde_json::to_value(
+                    NodeWallet::open_dir(&config)
+                        .map_err(|e| anyhow!(e))?
+                        .balance()
+                        .await
+                        .map_err(|e| anyhow!(e))?,
+                )?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let b: crank_payments::cli::WalletBalance = serde_json::from_value(value)?;
+                println!("{b}");
+            }
+        }
+        WalletCommand::Settle { dry_run, all } => {
+            let body = serde_json::json!({ "all": all, "dry_run": dry_run });
+            let value = match api_call(&config, reqwest::Method::POST, "/wallet/settle", Some(body))
+                .await?
+            {
+                Some(v) => v,
+                None => serde_json::to_value(
+                    NodeWallet::open_dir(&config)
+                        .map_err(|e| anyhow!(e))?
+                        .settle(all, dry_run)
+                        .await
+                        .map_err(|e| anyhow!(e))?,
+                )?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let v: SettleView = serde_json::from_value(value)?;
+                print!("{}", render_settle(&v));
+            }
+        }
+        WalletCommand::History { limit } => {
+            let value = match api_call(
+                &config,
+                reqwest::Method::GET,
+                &format!("/wallet/history?limit={limit}"),
+                None,
+            )
+            .await?
+            {
+                Some(v) => v,
+                None => serde_json::to_value(
+                    NodeWallet::open_dir(&config)
+                        .map_err(|e| anyhow!(e))?
+                        .history(limit)
+                        .map_err(|e| anyhow!(e))?,
+                )?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let list: Vec<crank_payments::IntentRecord> = serde_json::from_value(value)?;
+                print!("{}", render_history(&list));
             }
         }
     }

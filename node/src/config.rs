@@ -14,7 +14,10 @@ use crank_inference::EngineConfig;
 use crank_inference::device::DeviceConfig;
 use crank_scheduler::{AuctionConfig, CostModel, TrustPrior};
 
+use crank_payments::StellarConfig;
+
 use crate::network::NetworkConfig;
+use crate::wallet::SettlementSettings;
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +159,10 @@ pub struct Config {
     pub engine: EngineConfig,
     /// The device: power gate policy and thresholds, sysfs roots, energy figures.
     pub device: DeviceConfig,
+    /// Stellar: Horizon and friendbot URLs, network passphrase, fees (default: public testnet).
+    pub stellar: StellarConfig,
+    /// Settlement of what this node owes: automatic threshold payments, batch size, validity.
+    pub settlement: SettlementSettings,
 }
 
 impl Default for Config {
@@ -169,6 +176,8 @@ impl Default for Config {
             worker: WorkerConfig::default(),
             engine: EngineConfig::default(),
             device: DeviceConfig::default(),
+            stellar: StellarConfig::default(),
+            settlement: SettlementSettings::default(),
         }
     }
 }
@@ -356,5 +365,7 @@ mod tests {
         assert_eq!(c.worker, d.worker);
         assert_eq!(c.engine, d.engine);
         assert_eq!(c.device, d.device);
+        assert_eq!(c.stellar, d.stellar);
+        assert_eq!(c.settlement, d.settlement);
     }
 }

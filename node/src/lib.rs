@@ -13,6 +13,7 @@
 //! - [`network`]: the only module that knows libp2p: swarm, codec, event loop, `Client`.
 //! - [`node`]: the runtime that ties the parts together ([`Node`], [`NodeHandle`]).
 //! - `worker` / `requester`: the two sides of the task flow.
+//! - [`wallet`]: the payout key and settlement of what this node owes (Stellar).
 //! - [`api`]: the local HTTP API (token-protected) and `/metrics`.
 //! - [`commands`]: what each CLI subcommand does; `main.rs` only parses and dispatches.
 //!
@@ -36,6 +37,7 @@ pub mod node;
 mod requester;
 pub mod status;
 pub mod tensor_io;
+pub mod wallet;
 mod worker;
 
 use std::future::Future;

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::network::{self, Client, NetworkEvent, Responder};
+use crate::wallet::NodeWallet;
 use crate::{clock, identity, requester, worker};
 
 /// The reference model every node carries: the digits MLP, used for the self-benchmark.
@@ -97,6 +98,7 @@ pub(crate) struct Shared {
     pub store: Arc<ModelStore>,
     pub engine: Engine,
     pub ledger: Arc<Ledger>,
+    pub wallet: Arc<NodeWallet>,
     pub metrics: Metrics,
     pub meter: EnergyMeter,
     pub gate: watch::Receiver<GateSnapshot>,
@@ -203,6 +205,7 @@ impl Shared {
             payout: self.payout.clone(),
             trust: self.own_record(),
             bench: self.bench.clone(),
+            addrs: lock(&self.listen_addrs).iter().take(8).cloned().collect(),
             capacity: Capacity {
                 workers: u16::try_from(queue.workers).unwrap_or(u16::MAX),
                 queue_slots: u16::try_from(queue.slots).unwrap_or(u16::MAX),
@@ -212,6 +215,12 @@ impl Shared {
         let signed = Signed::sign(body, &self.identity)?;
         *lock(&self.current_advert) = Some(signed.clone());
         Ok(signed)
+    }
+
+    /// Whether this node offers work at all: bootstrap nodes and requester-only nodes do
+    /// not advertise, so requesters never ask them for bids.
+    pub fn offers_work(&self) -> bool {
+        self.config.worker.enabled && !self.role.bootstrap
     }
 
     /// The advert to hand out: the current one if still fresh, else a new one.
@@ -231,8 +240,12 @@ impl Shared {
             return;
         }
         let node = advert.body.node;
+        let addrs = advert.body.addrs.clone();
         match lock(&self.adverts).insert(advert, clock::now_ms()) {
-            Ok(_) => debug!(peer = %node.short(), "advert stored"),
+            Ok(_) => {
+                debug!(peer = %node.short(), "advert stored");
+                self.client.add_peer_addresses(&node, &addrs);
+            }
             Err(e) => debug!(peer = %node.short(), reason = %e, "advert not stored"),
         }
     }
@@ -241,7 +254,8 @@ impl Shared {
     pub async fn add_model(&self, bytes: &[u8]) -> Result<ModelId, crank_inference::StoreError> {
         let had = self.store.list().len();
         let id = self.store.put(bytes)?;
-        if self.store.list().len() != had {
+        // Provider records say "ask me to run it": only nodes that take work announce.
+        if self.store.list().len() != had && self.offers_work() {
             if let Err(e) = self.client.provide(id.provider_key()).await {
                 warn!(error = %e, "cannot announce the model");
             }
@@ -283,10 +297,6 @@ impl Node {
         if new_key {
             info!(node = %node_id, "created a new node key");
         }
-        let wallet =
-            crank_payments::stellar::Wallet::load_or_create(&data_dir.join(crate::PAYOUT_KEY_FILE))
-                .map_err(|e| StartError::Wallet(chain(&e)))?;
-        let payout = wallet.address();
 
         let store = Arc::new(
             ModelStore::open(&data_dir.join("models"), config.engine.max_model_bytes)
@@ -296,6 +306,9 @@ impl Node {
             Ledger::open(&data_dir.join("ledger.redb"))
                 .map_err(|e| StartError::Ledger(chain(&e)))?,
         );
+        let wallet =
+            Arc::new(NodeWallet::open(&config, ledger.clone()).map_err(StartError::Wallet)?);
+        let payout = wallet.address();
         let engine = Engine::new(config.engine.clone(), store.clone())
             .map_err(|e| StartError::Engine(chain(&e)))?;
         let monitor = GateMonitor::start(config.device.clone())
@@ -319,6 +332,11 @@ impl Node {
         // A restart also moves past any sequence number handed out but not yet persisted.
         .max(clock::now_ms());
 
+        // Quotes scale the self-benchmark by model size and input elements relative to the
+        // reference model, so the cost model must know its real size (one row = 64 elements).
+        let mut config = config;
+        config.worker.cost.reference_model_bytes = REFERENCE_MODEL.len() as u64;
+        config.worker.cost.reference_input_elements = 64;
         // The reference model: every node holds it, and it is what the self-benchmark runs.
         let reference = store
             .put(REFERENCE_MODEL)
@@ -340,6 +358,7 @@ impl Node {
             store,
             engine,
             ledger,
+            wallet: wallet.clone(),
             metrics,
             meter,
             gate,
@@ -371,10 +390,17 @@ impl Node {
         tasks.spawn(event_loop.run(async move { stopped(&mut rx).await }));
         tasks.spawn(dispatch(shared.clone(), events, stop_rx.clone()));
         tasks.spawn(advert_loop(shared.clone(), stop_rx.clone()));
-        tasks.spawn(gate_loop(shared.clone(), stop_rx));
-        for id in shared.store.list() {
-            if let Err(e) = shared.client.provide(id.provider_key()).await {
-                warn!(error = %e, "cannot announce a model");
+        tasks.spawn(gate_loop(shared.clone(), stop_rx.clone()));
+        tasks.spawn(crate::wallet::settlement_loop(
+            wallet,
+            shared.config.settlement.clone(),
+            stop_rx,
+        ));
+        if shared.offers_work() {
+            for id in shared.store.list() {
+                if let Err(e) = shared.client.provide(id.provider_key()).await {
+                    warn!(error = %e, "cannot announce a model");
+                }
             }
         }
         info!(node = %node_id, peer = %network::peer_id_string(&node_id), payout = %shared.payout, "node started");
@@ -412,6 +438,9 @@ impl Node {
     }
 }
 
+/// Rows per self-benchmark run.
+const BENCH_ROWS: u64 = 256;
+
 /// Runs the reference model for about half a second to measure speed and energy per inference.
 async fn self_benchmark(
     engine: &Engine,
@@ -434,11 +463,18 @@ async fn self_benchmark(
             return Vec::new();
         }
     };
+    // A batch of rows, so the figure is the compute rate per row rather than the fixed cost
+    // of one call (quotes add that fixed cost separately as `overhead_ms`). Figures below
+    // are per row: one row of the reference model is one "inference".
     let input = vec![NamedTensor {
         name,
         tensor: Tensor {
-            shape: vec![1, 64],
-            data: TensorData::F32(vec![0.5; 64]),
+            shape: vec![BENCH_ROWS, 64],
+            data: TensorData::F32(
+                (0..BENCH_ROWS * 64)
+                    .map(|i| (i % 17) as f32 / 16.0)
+                    .collect(),
+            ),
         },
     }];
     let engine = engine.clone();
@@ -455,7 +491,10 @@ async fn self_benchmark(
     })
     .await;
     match result {
-        Ok(Ok(figures)) => {
+        Ok(Ok(mut figures)) => {
+            figures.inferences_per_sec *= BENCH_ROWS as f32;
+            figures.microjoules_per_inference =
+                (figures.microjoules_per_inference / BENCH_ROWS).max(1);
             info!(
                 inferences_per_sec = figures.inferences_per_sec,
                 microjoules = figures.microjoules_per_inference,
@@ -498,10 +537,18 @@ async fn dispatch(
             _ = stopped(&mut stop) => break,
         };
         match event {
-            NetworkEvent::Listening { addr } => lock(&shared.listen_addrs).push(addr),
+            NetworkEvent::Listening { addr } => {
+                lock(&shared.listen_addrs).push(addr);
+                shared.advert_changed.notify_one();
+            }
             NetworkEvent::PeerConnected { node } => debug!(peer = %node.short(), "peer connected"),
             NetworkEvent::PeerDisconnected { node } => {
                 debug!(peer = %node.short(), "peer disconnected");
+                // Tasks awarded to it learn at once, instead of at their result timeout.
+                let pending: Vec<_> = lock(&shared.pending).values().cloned().collect();
+                for tx in pending {
+                    let _ = tx.try_send(requester::WorkerReport::Disconnected { peer: node });
+                }
             }
             NetworkEvent::PeerIdentified { node, speaks_crank } => {
                 if speaks_crank {
@@ -569,6 +616,10 @@ async fn handle_request(
         Request::FetchModel(fetch) => responder.send(worker::on_fetch_model(shared, &fetch)),
         Request::Result(result) => requester::on_result(shared, peer, result, responder).await,
         Request::Failure(failure) => requester::on_failure(shared, peer, failure, responder).await,
+        Request::GetAdvert if !shared.offers_work() => responder.send(Response::error(
+            ErrorCode::NotFound,
+            "this node takes no work and has no advert",
+        )),
         Request::GetAdvert => match shared.advert() {
             Some(a) => responder.send(Response::Advert(Box::new(a))),
             None => responder.send(Response::error(
@@ -581,6 +632,9 @@ async fn handle_request(
 
 async fn advert_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let interval = Duration::from_secs(shared.config.advert.interval_secs.max(1));
+    if !shared.offers_work() {
+        return;
+    }
     loop {
         match shared.build_advert() {
             Ok(advert) => {
@@ -662,6 +716,11 @@ impl NodeHandle {
         lock(&self.shared.listen_addrs).clone()
     }
 
+    /// Tasks accepted and not finished (fetching, queued, running or delivering).
+    pub fn running_tasks(&self) -> usize {
+        lock(&self.shared.running).len()
+    }
+
     /// Number of fresh adverts of other nodes.
     pub fn known_adverts(&self) -> usize {
         let now = clock::now_ms();
@@ -687,6 +746,11 @@ impl NodeHandle {
     /// Pauses or resumes work (the gate closes with "paused by the owner").
     pub fn set_paused(&self, paused: bool) {
         self.shared.monitor.set_paused(paused);
+    }
+
+    /// The node's wallet (payout key, balances, settlement).
+    pub fn wallet(&self) -> &NodeWallet {
+        &self.shared.wallet
     }
 
     /// Stored receipts, newest first.

@@ -40,6 +40,8 @@ pub(crate) enum WorkerReport {
         failure: Signed<TaskFailure>,
         responder: Responder,
     },
+    /// The last connection to a peer closed (it may have crashed).
+    Disconnected { peer: NodeId },
 }
 
 /// Where the model of a submission comes from.
@@ -400,6 +402,12 @@ async fn drive(
                         debug!(error = %e, "failure report not used");
                     }
                 }
+                WorkerReport::Disconnected { peer } => {
+                    if current_worker(auction) == Some(peer) {
+                        info!(task = %spec.task_id.short(), worker = %peer.short(), "worker disconnected; re-awarding");
+                        let _ = auction.handle(Input::NoAnswer { peer }, clock::now_ms());
+                    }
+                }
             },
             _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {
                 auction.handle_timeout(clock::now_ms());
@@ -470,6 +478,24 @@ async fn on_task_result(
             clock::now_ms(),
         );
         return;
+    }
+    // The ledger's own checks: the pair's sequence number and cumulative total chain with
+    // what we stored before, and the payout is a valid account.
+    let ledger = shared.ledger.clone();
+    let signed = result.receipt.clone();
+    match tokio::task::spawn_blocking(move || ledger.check_new_receipt(&signed)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let reason = format!("receipt refused: {}", crate::node::chain(&e));
+            warn!(peer = %from.short(), reason = %reason, "result refused");
+            responder.send(Response::error(ErrorCode::Invalid, &reason));
+            let _ = auction.handle(Input::ResultInvalid { from, reason }, clock::now_ms());
+            return;
+        }
+        Err(e) => {
+            responder.send(Response::error(ErrorCode::Internal, e.to_string()));
+            return;
+        }
     }
     let receipt = match CounterSigned::countersign(result.receipt.clone(), &shared.identity) {
         Ok(r) => r,

@@ -62,8 +62,8 @@ pub struct ReceiptView {
     pub model: ModelId,
     /// Price, stroops.
     pub price_stroops: u64,
-    /// Energy, millijoules.
-    pub energy_mj: u64,
+    /// Energy, microjoules.
+    pub energy_uj: u64,
     /// How the energy was obtained.
     pub energy_method: String,
     /// Path used.
@@ -83,7 +83,7 @@ impl From<&StoredReceipt> for ReceiptView {
             counterparty: s.counterparty(),
             model: b.model,
             price_stroops: b.price_stroops,
-            energy_mj: b.energy.millijoules,
+            energy_uj: b.energy.microjoules,
             energy_method: b.energy.method.to_string(),
             path: b.path,
             run_micros: b.timings.run_micros,
@@ -169,7 +169,7 @@ impl NodeStatus {
         for b in &self.bench {
             let _ = writeln!(
                 s,
-                "bench     {}: {:.0} inferences/s, {} µJ each (reference model)",
+                "bench     {}: {:.0} rows/s, {} µJ per row (reference model, batches of 256)",
                 b.path, b.inferences_per_sec, b.microjoules_per_inference
             );
         }
@@ -309,13 +309,13 @@ impl NodeStatus {
         for r in &self.receipts {
             let _ = writeln!(
                 s,
-                "  {}  {:9}  {}  model {}  {} stroops  {} mJ {}  {} µs {}{}",
+                "  {}  {:9}  {}  model {}  {} stroops  {} µJ {}  {} µs {}{}",
                 r.task_id.short(),
                 format!("{:?}", r.role).to_lowercase(),
                 r.counterparty.short(),
                 r.model.short(),
                 r.price_stroops,
-                r.energy_mj,
+                r.energy_uj,
                 r.energy_method,
                 r.run_micros,
                 r.path,

@@ -327,7 +327,7 @@ async fn execute(
         MeasuredRun {
             input_elements,
             run_micros: run.run_micros,
-            microjoules: energy.millijoules.saturating_mul(1000),
+            microjoules: energy.microjoules,
         },
     );
 

@@ -111,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
             output_hash: ContentHash([5; 32]),
             price_stroops: price,
             energy: Energy {
-                millijoules: 100,
+                microjoules: 100_000,
                 method: EnergyMethod::CpuTimeEstimate,
             },
             path: ExecPath::Cpu,

@@ -22,7 +22,7 @@ pub async fn fund(config: &StellarConfig, wallet: &Wallet) -> Result<Funded, Hor
 }
 
 /// Money on chain and in the ledger.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WalletBalance {
     /// The wallet's address.
     pub address: String,

@@ -1225,7 +1225,7 @@ pub(crate) mod tests {
             output_hash: ContentHash([9; 32]),
             price_stroops: price,
             energy: Energy {
-                millijoules: 10,
+                microjoules: 10_000,
                 method: EnergyMethod::CpuTimeEstimate,
             },
             path: ExecPath::Cpu,

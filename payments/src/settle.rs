@@ -119,7 +119,7 @@ pub enum SettleMode {
 }
 
 /// Receipts left out of a round because their payout address cannot be paid now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Skipped {
     /// The payout address.
     pub payout: String,
@@ -161,7 +161,7 @@ pub enum Outcome {
 }
 
 /// A transaction a round paid.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PaidTx {
     /// The intent id.
     pub intent: u64,
@@ -178,7 +178,7 @@ pub struct PaidTx {
 }
 
 /// An intent that ended without paying.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FailedTx {
     /// The intent id.
     pub intent: u64,
@@ -255,7 +255,7 @@ impl SettleReport {
 }
 
 /// A transaction signed by a dry run, not recorded and not submitted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DryRunTx {
     /// Its hash for the configured network.
     pub tx_hash: TxHash,

@@ -69,7 +69,7 @@ fn receipts(n: u16, per_worker: u64) -> Vec<Receipt> {
                 output_hash: ContentHash([5; 32]),
                 price_stroops: price,
                 energy: Energy {
-                    millijoules: 100,
+                    microjoules: 100_000,
                     method: EnergyMethod::CpuTimeEstimate,
                 },
                 path: ExecPath::Cpu,

@@ -463,6 +463,16 @@ impl EventLoop {
                 let _ = reply.send(self.status());
             }
             Command::Penalize { peer, reason } => self.penalize(peer, &reason),
+            Command::AddAddresses { peer, addrs } => {
+                for addr in addrs {
+                    // Strip our own suffix: the address names the peer already.
+                    let addr: Multiaddr = addr
+                        .iter()
+                        .filter(|p| !matches!(p, Protocol::P2p(_)))
+                        .collect();
+                    self.swarm.add_peer_address(peer, addr);
+                }
+            }
         }
     }
 

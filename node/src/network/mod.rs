@@ -437,6 +437,10 @@ enum Command {
         peer: PeerId,
         reason: String,
     },
+    AddAddresses {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
 }
 
 /// A cheap, cloneable handle for sending commands to the event loop.
@@ -510,6 +514,16 @@ impl Client {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Status { reply }).await?;
         rx.await.map_err(|_| NetworkError::Stopped)
+    }
+
+    /// Remembers addresses a peer advertised, so requests to it can dial it. Addresses that
+    /// do not parse are skipped; if the command queue is full the hint is dropped.
+    pub fn add_peer_addresses(&self, peer: &NodeId, addrs: &[String]) {
+        let Ok(peer) = peer_id_of(peer) else { return };
+        let addrs: Vec<Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        if !addrs.is_empty() {
+            let _ = self.tx.try_send(Command::AddAddresses { peer, addrs });
+        }
     }
 
     /// Counts an offence against a peer (a message that failed verification or validation).

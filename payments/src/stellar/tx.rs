@@ -65,7 +65,7 @@ pub enum TxError {
 }
 
 /// One native XLM payment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Payment {
     /// Destination account, `G…` strkey.
     pub destination: String,
