@@ -465,12 +465,9 @@ impl EventLoop {
             Command::Penalize { peer, reason } => self.penalize(peer, &reason),
             Command::AddAddresses { peer, addrs } => {
                 for addr in addrs {
-                    // Strip our own suffix: the address names the peer already.
-                    let addr: Multiaddr = addr
-                        .iter()
-                        .filter(|p| !matches!(p, Protocol::P2p(_)))
-                        .collect();
-                    self.swarm.add_peer_address(peer, addr);
+                    // The swarm keys addresses by peer; a relayed address keeps its relay's id.
+                    self.swarm
+                        .add_peer_address(peer, nat::without_peer_suffix(&addr, &peer));
                 }
             }
         }

@@ -40,6 +40,16 @@ pub(crate) fn strip_p2p(addr: &Multiaddr) -> Multiaddr {
         .collect()
 }
 
+/// The address without a trailing `/p2p/<peer>` naming `peer` itself. Other `/p2p/`
+/// components stay: in a relayed address they name the relay, which the dial needs.
+pub(crate) fn without_peer_suffix(addr: &Multiaddr, peer: &PeerId) -> Multiaddr {
+    let mut addr = addr.clone();
+    if addr.iter().last() == Some(Protocol::P2p(*peer)) {
+        addr.pop();
+    }
+    addr
+}
+
 /// `<relay addr>/p2p/<relay>/p2p-circuit`, and `/p2p/<target>` when given: the address to
 /// listen on for a reservation (no target) or to dial a peer through the relay.
 pub(crate) fn circuit_via(
@@ -266,6 +276,24 @@ mod tests {
         assert_eq!(relay_of(&base.with(Protocol::P2p(t))), None);
         // An inbound circuit's remote address is only `/p2p/<src>`: no relay in it.
         assert_eq!(relay_of(&Multiaddr::empty().with(Protocol::P2p(t))), None);
+    }
+
+    #[test]
+    fn a_peer_suffix_goes_but_a_relay_stays() {
+        let (r, t) = (peer(1), peer(2));
+        let base: Multiaddr = "/ip4/10.0.0.1/tcp/7400".parse().unwrap();
+        assert_eq!(
+            without_peer_suffix(&base.clone().with(Protocol::P2p(t)), &t),
+            base
+        );
+        let circuit = circuit_via(&base, r, Some(t));
+        assert_eq!(
+            without_peer_suffix(&circuit, &t),
+            circuit_via(&base, r, None)
+        );
+        // Someone else's suffix is not ours to drop.
+        assert_eq!(without_peer_suffix(&circuit, &r), circuit);
+        assert_eq!(without_peer_suffix(&base, &t), base);
     }
 
     #[test]
