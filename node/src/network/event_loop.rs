@@ -464,10 +464,14 @@ impl EventLoop {
             }
             Command::Penalize { peer, reason } => self.penalize(peer, &reason),
             Command::AddAddresses { peer, addrs } => {
-                for addr in addrs {
-                    // The swarm keys addresses by peer; a relayed address keeps its relay's id.
-                    self.swarm
-                        .add_peer_address(peer, nat::without_peer_suffix(&addr, &peer));
+                let seen_at = self
+                    .conns
+                    .values()
+                    .filter(|c| c.peer == peer)
+                    .min_by_key(|c| c.relayed)
+                    .map(|c| c.addr.clone());
+                for addr in nat::advertised_worth_dialing(&addrs, &peer, seen_at.as_ref()) {
+                    self.swarm.add_peer_address(peer, addr);
                 }
             }
         }

@@ -122,6 +122,34 @@ pub(crate) fn worth_dialing(announced: &Multiaddr, seen_at: &Multiaddr) -> bool 
     }
 }
 
+/// The addresses from a peer's advert worth handing to the dialer. A loopback address is kept
+/// only when the peer announced nothing wider (a mesh on one host): otherwise it names our own
+/// host, where a dial may reach a different node (even ourselves), and a connection to the
+/// wrong peer fails the whole dial. Where we already see the peer (`seen_at`), addresses that
+/// mean nothing from there go too. Relayed addresses are kept whole.
+pub(crate) fn advertised_worth_dialing(
+    addrs: &[Multiaddr],
+    peer: &PeerId,
+    seen_at: Option<&Multiaddr>,
+) -> Vec<Multiaddr> {
+    let addrs: Vec<Multiaddr> = addrs.iter().map(|a| without_peer_suffix(a, peer)).collect();
+    let only_host = addrs
+        .iter()
+        .filter(|a| !is_relayed(a))
+        .filter_map(ip_of)
+        .all(|ip| scope(ip) == Scope::Host);
+    addrs
+        .into_iter()
+        .filter(|a| {
+            is_relayed(a)
+                || match ip_of(a) {
+                    Some(ip) if scope(ip) == Scope::Host => only_host,
+                    _ => seen_at.is_none_or(|seen| is_relayed(seen) || worth_dialing(a, seen)),
+                }
+        })
+        .collect()
+}
+
 /// A dial error in one line per address: the innermost cause, which is what a person can act
 /// on ("Connection refused"), rather than libp2p's nested, multi-line report.
 pub(crate) fn dial_error_summary(error: &libp2p::swarm::DialError) -> String {
@@ -294,6 +322,38 @@ mod tests {
         // Someone else's suffix is not ours to drop.
         assert_eq!(without_peer_suffix(&circuit, &r), circuit);
         assert_eq!(without_peer_suffix(&base, &t), base);
+    }
+
+    #[test]
+    fn advertised_loopback_addresses_count_only_on_a_one_host_mesh() {
+        let t = peer(2);
+        let a = |s: &str| -> Multiaddr { s.parse().unwrap() };
+        let lo = a("/ip4/127.0.0.1/tcp/4001");
+        let lan = a("/ip4/192.168.20.2/tcp/4001");
+        let public = a("/ip4/203.0.113.5/tcp/4001");
+        let circuit = circuit_via(&a("/ip4/10.77.0.10/tcp/7400"), peer(1), Some(t));
+        let with_id = |m: &Multiaddr| m.clone().with(Protocol::P2p(t));
+        // A node on a LAN: its loopback address would be our own host.
+        let kept =
+            advertised_worth_dialing(&[with_id(&lo), with_id(&lan), circuit.clone()], &t, None);
+        assert_eq!(
+            kept,
+            vec![
+                lan.clone(),
+                circuit_via(&a("/ip4/10.77.0.10/tcp/7400"), peer(1), None)
+            ]
+        );
+        // A loopback-only mesh: the peer is on this host.
+        assert_eq!(
+            advertised_worth_dialing(&[with_id(&lo)], &t, None),
+            vec![lo.clone()]
+        );
+        // Seen at a public address: its private LAN address is not ours to dial.
+        let kept = advertised_worth_dialing(&[lan.clone(), public.clone()], &t, Some(&public));
+        assert_eq!(kept, vec![public.clone()]);
+        // Seen only through a relay: we cannot tell, so the dialer may try.
+        let kept = advertised_worth_dialing(&[lan.clone()], &t, Some(&circuit));
+        assert_eq!(kept, vec![lan]);
     }
 
     #[test]
