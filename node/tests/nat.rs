@@ -338,5 +338,30 @@ async fn a_request_larger_than_the_circuit_limit_names_the_limit() {
         other => panic!("expected an error, got {other:?}"),
     }
     assert!(requester.request(&target, fetch(1024)).await.is_ok());
+
+    // Answers that fit one by one but not together: the relay cuts the circuit at its byte
+    // limit, the failed request says so, and the next one gets a fresh circuit.
+    let mut cut = None;
+    for _ in 0..4 {
+        match requester.request(&target, fetch(40 * 1024)).await {
+            Ok(Response::ModelChunk(_)) => {}
+            Ok(other) => panic!("unexpected answer {other:?}"),
+            Err(e) => {
+                cut = Some(e);
+                break;
+            }
+        }
+    }
+    match cut {
+        Some(RequestError::RelayClosed { limits, .. }) => {
+            assert!(limits.contains(&limit.to_string()), "{limits}")
+        }
+        other => panic!("expected the relay to cut the circuit, got {other:?}"),
+    }
+    let again = wait_until("a fresh circuit", Duration::from_secs(10), async || {
+        requester.request(&target, fetch(1024)).await.ok()
+    })
+    .await;
+    assert!(matches!(again, Response::ModelChunk(_)), "{again:?}");
     let _ = stop_tx.send(true);
 }
