@@ -352,7 +352,7 @@ mod tests {
         let kept = advertised_worth_dialing(&[lan.clone(), public.clone()], &t, Some(&public));
         assert_eq!(kept, vec![public.clone()]);
         // Seen only through a relay: we cannot tell, so the dialer may try.
-        let kept = advertised_worth_dialing(&[lan.clone()], &t, Some(&circuit));
+        let kept = advertised_worth_dialing(std::slice::from_ref(&lan), &t, Some(&circuit));
         assert_eq!(kept, vec![lan]);
     }
 
