@@ -16,9 +16,10 @@
 # silently, as consumer routers do ("stealth" firewall); --refuse lets the router's kernel
 # answer them instead (TCP reset, ICMP port unreachable), as a bare Linux masquerade does.
 #
-# Usage: testnet/nat/run.sh [--runs N] [--bin PATH] [--symmetric] [--refuse] [--autonat] [--status]
-#                           [--keep DIR]
-#   --runs N      repeat with fresh nodes and keys (hole-punch success rate); default 1
+# Usage: testnet/nat/run.sh [--repeat N] [--bin PATH] [--symmetric] [--refuse] [--autonat] [--status]
+#                           [--restart-relay] [--keep DIR]
+#   --repeat N    repeat with fresh namespaces, nodes and keys (hole-punch success rate);
+#                 default 1 (--runs N is the same)
 #   --bin PATH    the crank-node binary (default: build with cargo, debug)
 #   --symmetric   routers pick a random external port per connection (endpoint-dependent
 #                 mapping): hole punching cannot work and tasks must go over the relay
@@ -30,7 +31,8 @@
 #   --keep DIR    keep data dirs and logs in DIR
 #
 # Needs root and `ip netns`; without them it prints why and exits 0 (a skip). Installs
-# iproute2 and nftables with apt-get if they are missing. Removes everything it made on exit.
+# iproute2, nftables and python3 with apt-get if they are missing. Removes everything it made
+# on exit. Ends with one line, "nat-test: PASS ..." or "nat-test: FAIL ...", and exits 1 on FAIL.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -44,7 +46,7 @@ show_status=0
 restart_relay=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    --runs) runs="$2"; shift 2 ;;
+    --runs|--repeat) runs="$2"; shift 2 ;;
     --bin) bin="$2"; shift 2 ;;
     --symmetric) symmetric=1; shift ;;
     --refuse) drop=0; shift ;;
@@ -52,7 +54,7 @@ while [ $# -gt 0 ]; do
     --status) show_status=1; shift ;;
     --restart-relay) restart_relay=1; shift ;;
     --keep) keep="$2"; shift 2 ;;
-    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -62,16 +64,18 @@ skip() { say "SKIP: $*"; exit 0; }
 
 # --- can we do this here? -------------------------------------------------------------------
 [ "$(id -u)" = 0 ] || skip "needs root for network namespaces (run as root, e.g. in CI)"
-if ! command -v ip >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1 && ! command -v iptables >/dev/null 2>&1; then
-  if command -v apt-get >/dev/null 2>&1; then
-    say "installing iproute2 and nftables"
-    export DEBIAN_FRONTEND=noninteractive
-    { apt-get install -y -qq --no-install-recommends iproute2 nftables ||
-      { apt-get update -qq && apt-get install -y -qq --no-install-recommends iproute2 nftables; }; } >/dev/null 2>&1 ||
-      skip "iproute2/nftables missing and apt-get could not install them"
-  else
-    skip "needs iproute2 and nftables or iptables"
-  fi
+need=""
+command -v ip >/dev/null 2>&1 || need="$need iproute2"
+command -v nft >/dev/null 2>&1 || command -v iptables >/dev/null 2>&1 || need="$need nftables"
+command -v python3 >/dev/null 2>&1 || need="$need python3"
+if [ -n "$need" ]; then
+  command -v apt-get >/dev/null 2>&1 || skip "needs$need and there is no apt-get to install them"
+  say "installing$need"
+  export DEBIAN_FRONTEND=noninteractive
+  # shellcheck disable=SC2086
+  { apt-get install -y -qq --no-install-recommends $need ||
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends $need; }; } >/dev/null 2>&1 ||
+    skip "$need missing and apt-get could not install them"
 fi
 command -v ip >/dev/null 2>&1 || skip "no ip command (iproute2)"
 command -v python3 >/dev/null 2>&1 || skip "needs python3 to read the nodes' JSON status"
@@ -83,7 +87,7 @@ ip netns del "$probe"
 # --- the binary ---------------------------------------------------------------------------------
 if [ -z "$bin" ]; then
   say "building crank-node (cargo build -p crank-node)"
-  cargo build -q -p crank-node
+  cargo build -q --locked -p crank-node
   bin="${CARGO_TARGET_DIR:-target}/debug/crank-node"
 fi
 [ -x "$bin" ] || { echo "no crank-node binary at $bin" >&2; exit 1; }
@@ -211,6 +215,7 @@ remove_network() {
 export CRANK_NETWORK__AUTONAT_ONLY_GLOBAL_IPS=false   # every address here is private
 export CRANK_ADVERT__INTERVAL_SECS=2                  # the requester hears the worker soon
 export CRANK_WORKER__BENCHMARK_MS=200
+export NO_COLOR=1                                     # plain logs, for grep and for people
 
 json_get() {  # file, python expression over `s` (the parsed JSON)
   python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"
@@ -234,7 +239,7 @@ one_run() {
   mkdir -p "$work/$run"
   make_network
   local boot_id
-  boot_id="$("$bin" --data-dir "$work/$run/boot" --json id | python3 -c 'import json,sys; print(json.load(sys.stdin)["peer_id"])')"
+  boot_id="$("$bin" --data-dir "$work/$run/boot" --json id 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["peer_id"])')"
   local boot="/ip4/10.77.0.10/tcp/7400/p2p/$boot_id"
   start_boot() {
     start_node boot "$NS_BOOT" bootstrap --listen /ip4/0.0.0.0/tcp/7400 --listen /ip4/0.0.0.0/udp/7400/quic-v1 \
@@ -259,6 +264,8 @@ one_run() {
     fi
     sleep 0.2
   done
+  local t_reserved
+  t_reserved="$(now_ms)"
   if [ -z "$reserved" ]; then
     say "run $1: the worker got no relay reservation within 60 s"
     tail -n 30 "$work/$run/b.log" >&2 || true
@@ -317,7 +324,7 @@ one_run() {
   punch_b="$(json_get "$sb" "next(p.get('hole_punch') for p in s['network']['peers'] if p['peer_id']=='$a_id')")"
   local receipts
   receipts="$(json_get "$sb" 's["balances"]["total"]["receipts_as_worker"]')"
-  say "run $1: b $reach, relay reservation after ${reserved} ms; task done $(( t_done - t0 )) ms after start (submit took $(( t_done - t_sub )) ms), class $class, receipt stored by the worker: $receipts"
+  say "run $1: b $reach, relay reservation ${reserved} ms after its network started ($(( t_reserved - t0 )) ms after launch, polled; the rest is the self-benchmark); task done $(( t_done - t0 )) ms after launch (submit took $(( t_done - t_sub )) ms), class $class, receipt stored by the worker: $receipts"
   say "run $1: a sees b $path_a (hole punch: $punch_a); b sees a $path_b (hole punch: $punch_b)"
   # Which connection carried the task's inputs (a's award) and outputs (b's result)?
   local award_path result_path
@@ -343,7 +350,7 @@ one_run() {
     done
     say "run $1: b's AutoNAT verdict: ${verdict:-none within 60 s}"
   fi
-  results+=("ok $reserved $(( t_done - t0 )) $path_a")
+  results+=("ok $reserved $(( t_done - t0 )) $path_a $(( t_reserved - t0 ))")
   if [ "$restart_relay" = 1 ]; then
     # The relay goes away and comes back (same key, same address): the worker must notice,
     # redial, reserve again, and the mesh must run the next task.
@@ -356,7 +363,7 @@ one_run() {
     deadline=$(( $(now_ms) + 90000 ))
     while [ "$(now_ms)" -lt "$deadline" ]; do
       status_json b "$NS_B" "$s3" &&
-        back="$(json_get "$s3" "next((r['accepted_after_ms'] for r in s['network']['relay_reservations'] if r['accepted'] and r['accepted_after_ms'] > $(( t_kill - t0 ))), '')")" &&
+        back="$(json_get "$s3" "next((r['accepted_after_ms'] for r in s['network']['relay_reservations'] if r['accepted'] and r['accepted_after_ms'] > $reserved), '')")" &&
         [ -n "$back" ] && break
       sleep 0.2
     done
@@ -365,7 +372,7 @@ one_run() {
       tail -n 20 "$work/$run/b.log" >&2 || true
       return 1
     fi
-    say "run $1: relay restarted; the worker reserved again $(( back - (t_kill - t0) )) ms after the relay went away"
+    say "run $1: relay restarted; the worker reserved again $(( $(now_ms) - t_kill )) ms after the relay went away (polled; the relay was down 1 s)"
     local out2="$work/$run/submit2.json"
     in_ns "$NS_A" "$bin" --data-dir "$work/$run/a" --json submit --model "$model" --input "$input" \
       >"$out2" 2>"$work/$run/submit2.err" || { say "run $1: the task after the restart failed: $(tail -n 3 "$work/$run/submit2.err")"; return 1; }
@@ -386,11 +393,19 @@ import statistics, sys
 rows = [r.split() for r in sys.argv[1:]]
 ok = [r for r in rows if r[0] == "ok"]
 direct = sum(1 for r in ok if r[3] == "direct")
-line = f"nat-test: {len(rows)} run(s), {len(ok)} task(s) done, {direct} direct after hole punching, {len(ok) - direct} over the relay"
+line = f"nat-test: {len(ok)} task(s) done, {direct} direct after hole punching, {len(ok) - direct} over the relay"
+def spread(name, values, note):
+    v = [int(x) / 1000 for x in values]
+    return f"{name} median {statistics.median(v):.2f} s (min {min(v):.2f}, max {max(v):.2f}) {note}"
 if ok:
-    res = [int(r[1]) for r in ok]
-    task = [int(r[2]) for r in ok]
-    line += f"; relay reservation median {statistics.median(res) / 1000:.2f} s (min {min(res) / 1000:.2f}, max {max(res) / 1000:.2f}); first task median {statistics.median(task) / 1000:.2f} s after start (min {min(task) / 1000:.2f}, max {max(task) / 1000:.2f})"
+    line += "; " + spread("relay reservation", [r[1] for r in ok], "after the worker's network started")
+    line += "; " + spread("reservation seen", [r[4] for r in ok], "after launch")
+    line += "; " + spread("first task done", [r[2] for r in ok], "after launch")
 print(line)
 EOF
-[ "$failed" = 0 ]
+if [ "$failed" = 0 ]; then
+  say "PASS: $runs run(s), every task ran between the two NAT'd nodes"
+else
+  say "FAIL: $failed of $runs run(s) failed (see above; --keep DIR keeps the logs)"
+  exit 1
+fi
