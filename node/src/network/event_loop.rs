@@ -156,6 +156,8 @@ pub struct EventLoop {
     banned: HashMap<PeerId, Instant>,
     pending_bans: Vec<(PeerId, Instant)>,
     listen_addrs: Vec<Multiaddr>,
+    /// Every listen address ever reported to the node.
+    announced_listen: HashSet<Multiaddr>,
     reachability: Reachability,
     reachability_since: Option<Duration>,
     /// Connected relay servers and the address we dialed each at.
@@ -221,6 +223,7 @@ impl EventLoop {
             banned: HashMap::new(),
             pending_bans: Vec::new(),
             listen_addrs: Vec::new(),
+            announced_listen: HashSet::new(),
             reachability: Reachability::Unknown,
             reachability_since: None,
             relays: BTreeMap::new(),
@@ -906,10 +909,17 @@ impl EventLoop {
                 } else {
                     info!(addr = %full, "listening");
                 }
-                self.listen_addrs.push(address);
-                self.emit(NetworkEvent::Listening {
-                    addr: full.to_string(),
-                });
+                if !self.listen_addrs.contains(&address) {
+                    self.listen_addrs.push(address.clone());
+                }
+                // A relay may list one address twice, and a new reservation on a relay that
+                // restarted brings the same addresses again: the node keeps every address it
+                // is told, so tell it each one once.
+                if self.announced_listen.insert(address) {
+                    self.emit(NetworkEvent::Listening {
+                        addr: full.to_string(),
+                    });
+                }
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listen_addrs.retain(|a| a != &address)
