@@ -82,11 +82,28 @@ command -v python3 >/dev/null 2>&1 || skip "needs python3 to read the nodes' JSO
 P="cn$$"   # namespace prefix: unique per run of this script
 probe="${P}probe"
 ip netns add "$probe" 2>/dev/null || skip "cannot create network namespaces here (ip netns add failed: no CAP_SYS_ADMIN?)"
+# veth pairs, bridges and a NAT table must work too (kernel modules a container may lack).
+fw=""
+probe_ok=0
+if ip -n "$probe" link add pv0 type veth peer name pv1 2>/dev/null &&
+   ip -n "$probe" link add pbr type bridge 2>/dev/null; then
+  probe_ok=1
+  if command -v nft >/dev/null 2>&1 &&
+     ip netns exec "$probe" nft add table ip probe 2>/dev/null &&
+     ip netns exec "$probe" nft add chain ip probe p '{ type nat hook postrouting priority srcnat; }' 2>/dev/null; then
+    fw=nft
+  elif command -v iptables >/dev/null 2>&1 &&
+     ip netns exec "$probe" iptables -t nat -A POSTROUTING -o pv0 -j MASQUERADE 2>/dev/null; then
+    fw=iptables
+  fi
+fi
 ip netns del "$probe"
+[ "$probe_ok" = 1 ] || skip "cannot make veth pairs or bridges in a namespace here (kernel modules veth/bridge?)"
+[ -n "$fw" ] || skip "neither nftables nor iptables can make a NAT table here (kernel modules nf_tables/nf_nat?)"
 
 # --- the binary ---------------------------------------------------------------------------------
 if [ -z "$bin" ]; then
-  say "building crank-node (cargo build -p crank-node)"
+  say "building crank-node (cargo build --locked -p crank-node)"
   cargo build -q --locked -p crank-node
   bin="${CARGO_TARGET_DIR:-target}/debug/crank-node"
 fi
@@ -142,7 +159,7 @@ in_ns() { local ns="$1"; shift; ip netns exec "$ns" "$@"; }
 router_rules() {  # ns: masquerade out of wan, forward only LAN->WAN and replies
   local ns="$1" masq="masquerade"
   [ "$symmetric" = 1 ] && masq="masquerade random"
-  if command -v nft >/dev/null 2>&1; then
+  if [ "$fw" = nft ]; then
     in_ns "$ns" nft -f - <<EOF
 table ip nat {
   chain postrouting {
@@ -205,6 +222,22 @@ make_network() {
   done
 }
 
+# The setup runs where bash ignores `set -e` (inside `one_run || ...`), so check its result:
+# every LAN host has a route to the bootstrap node and every router masquerades.
+network_ok() {
+  local ns
+  for ns in "$NS_A" "$NS_B"; do
+    ip -n "$ns" route get 10.77.0.10 >/dev/null 2>&1 || { say "network setup failed: no route from $ns"; return 1; }
+  done
+  for ns in "$NS_RA" "$NS_RB"; do
+    if [ "$fw" = nft ]; then
+      in_ns "$ns" nft list table ip nat 2>/dev/null | grep -q masquerade
+    else
+      in_ns "$ns" iptables -t nat -S POSTROUTING 2>/dev/null | grep -q MASQUERADE
+    fi || { say "network setup failed: router $ns has no masquerade rule"; return 1; }
+  done
+}
+
 remove_network() {
   local ns
   for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
@@ -229,6 +262,17 @@ start_node() {  # name ns args...; `ip netns exec` execs the node, so $! is the 
   pids+=($!)
 }
 
+all_alive() {  # every node this run started is still running; else say so, with its logs
+  local p f
+  for p in "${pids[@]}"; do
+    if ! kill -0 "$p" 2>/dev/null; then
+      say "$run: a node (pid $p) stopped early; the last lines of each log:"
+      for f in "$work/$run"/*.log; do [ -s "$f" ] && { echo "--- $f"; tail -n 5 "$f"; }; done >&2
+      return 1
+    fi
+  done
+}
+
 status_json() {  # name ns out
   in_ns "$2" "$bin" --data-dir "$work/$run/$1" --json status >"$3" 2>/dev/null
 }
@@ -238,6 +282,7 @@ one_run() {
   run="run$1"
   mkdir -p "$work/$run"
   make_network
+  network_ok || { results+=("fail"); return 1; }
   local boot_id
   boot_id="$("$bin" --data-dir "$work/$run/boot" --json id 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["peer_id"])')"
   local boot="/ip4/10.77.0.10/tcp/7400/p2p/$boot_id"
@@ -257,6 +302,7 @@ one_run() {
   # Wait for the worker's relay reservation.
   local s="$work/$run/status.json" reserved="" deadline=$(( $(now_ms) + 60000 ))
   while [ "$(now_ms)" -lt "$deadline" ]; do
+    all_alive || break
     if status_json b "$NS_B" "$s" &&
        reserved="$(json_get "$s" '[r["accepted_after_ms"] for r in s["network"]["relay_reservations"] if r["accepted"]][0] if any(r["accepted"] for r in s["network"]["relay_reservations"]) else ""')" &&
        [ -n "$reserved" ]; then
@@ -267,7 +313,7 @@ one_run() {
   local t_reserved
   t_reserved="$(now_ms)"
   if [ -z "$reserved" ]; then
-    say "run $1: the worker got no relay reservation within 60 s"
+    say "run $1: the worker got no relay reservation (waited up to 60 s)"
     tail -n 30 "$work/$run/b.log" >&2 || true
     results+=("fail")
     return 1
@@ -281,6 +327,7 @@ one_run() {
   local sa0="$work/$run/status-a0.json" heard=""
   deadline=$(( $(now_ms) + 30000 ))
   while [ "$(now_ms)" -lt "$deadline" ]; do
+    all_alive || break
     if status_json a "$NS_A" "$sa0" &&
        [ "$(json_get "$sa0" "any(a['node'] == '$b_node' for a in s['adverts'])")" = True ]; then
       heard=1
