@@ -28,6 +28,8 @@
 #   --status      print `crank-node status` of the three nodes after each task
 #   --restart-relay  after the task, restart the bootstrap/relay node, wait for the worker to
 #                 reserve again and run a second task
+#   --quic        the NAT'd nodes reach the bootstrap node over QUIC (UDP) instead of TCP, so
+#                 hole punching tries UDP
 #   --keep DIR    keep data dirs and logs in DIR
 #
 # Needs root and `ip netns`; without them it prints why and exits 0 (a skip). Installs
@@ -44,6 +46,7 @@ keep=""
 autonat=0
 show_status=0
 restart_relay=0
+quic=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs|--repeat) runs="$2"; shift 2 ;;
@@ -53,8 +56,9 @@ while [ $# -gt 0 ]; do
     --autonat) autonat=1; shift ;;
     --status) show_status=1; shift ;;
     --restart-relay) restart_relay=1; shift ;;
+    --quic) quic=1; shift ;;
     --keep) keep="$2"; shift 2 ;;
-    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -286,6 +290,7 @@ one_run() {
   local boot_id
   boot_id="$("$bin" --data-dir "$work/$run/boot" --json id 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["peer_id"])')"
   local boot="/ip4/10.77.0.10/tcp/7400/p2p/$boot_id"
+  [ "$quic" = 1 ] && boot="/ip4/10.77.0.10/udp/7400/quic-v1/p2p/$boot_id"
   start_boot() {
     start_node boot "$NS_BOOT" bootstrap --listen /ip4/0.0.0.0/tcp/7400 --listen /ip4/0.0.0.0/udp/7400/quic-v1 \
       --external-address /ip4/10.77.0.10/tcp/7400 --external-address /ip4/10.77.0.10/udp/7400/quic-v1 --api 127.0.0.1:0
