@@ -376,7 +376,20 @@ one_run() {
   punch_b="$(json_get "$sb" "next(p.get('hole_punch') for p in s['network']['peers'] if p['peer_id']=='$a_id')")"
   local receipts
   receipts="$(json_get "$sb" 's["balances"]["total"]["receipts_as_worker"]')"
-  say "run $1: b $reach, relay reservation ${reserved} ms after its network started ($(( t_reserved - t0 )) ms after launch, polled; the rest is the self-benchmark); task done $(( t_done - t0 )) ms after launch (submit took $(( t_done - t_sub )) ms), class $class, receipt stored by the worker: $receipts"
+  # From the logs (one clock): the worker's network start to the requester's completed task,
+  # which leaves out the worker's self-benchmark before its network starts.
+  local task_after_net
+  task_after_net="$(python3 - "$work/$run/b.log" "$work/$run/a.log" <<'EOF'
+import datetime, sys
+def stamp(path, text):
+    for line in open(path, errors="replace"):
+        if text in line:
+            return datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00"))
+start, done = stamp(sys.argv[1], "node started"), stamp(sys.argv[2], "task completed")
+print(round((done - start).total_seconds() * 1000) if start and done else "?")
+EOF
+)"
+  say "run $1: b $reach, relay reservation ${reserved} ms after its network started ($(( t_reserved - t0 )) ms after launch, polled; the rest is the self-benchmark); task done $(( t_done - t0 )) ms after launch, ${task_after_net} ms after the worker's network started (submit took $(( t_done - t_sub )) ms), class $class, receipt stored by the worker: $receipts"
   say "run $1: a sees b $path_a (hole punch: $punch_a); b sees a $path_b (hole punch: $punch_b)"
   # Which connection carried the task's inputs (a's award) and outputs (b's result)?
   local award_path result_path
@@ -402,7 +415,7 @@ one_run() {
     done
     say "run $1: b's AutoNAT verdict: ${verdict:-none within 60 s}"
   fi
-  results+=("ok $reserved $(( t_done - t0 )) $path_a $(( t_reserved - t0 ))")
+  results+=("ok $reserved $(( t_done - t0 )) $path_a $(( t_reserved - t0 )) $task_after_net")
   if [ "$restart_relay" = 1 ]; then
     # The relay goes away and comes back (same key, same address): the worker must notice,
     # redial, reserve again, and the mesh must run the next task.
@@ -453,6 +466,9 @@ if ok:
     line += "; " + spread("relay reservation", [r[1] for r in ok], "after the worker's network started")
     line += "; " + spread("reservation seen", [r[4] for r in ok], "after launch")
     line += "; " + spread("first task done", [r[2] for r in ok], "after launch")
+    net = [r[5] for r in ok if r[5] != "?"]
+    if net:
+        line += ", " + spread("", net, "after the worker's network started").lstrip()
 print(line)
 EOF
 if [ "$failed" = 0 ]; then
