@@ -234,11 +234,16 @@ network_ok() {
     ip -n "$ns" route get 10.77.0.10 >/dev/null 2>&1 || { say "network setup failed: no route from $ns"; return 1; }
   done
   for ns in "$NS_RA" "$NS_RB"; do
+    local rules  # read whole, not piped to `grep -q`: with pipefail its early exit fails the pipe
     if [ "$fw" = nft ]; then
-      in_ns "$ns" nft list table ip nat 2>/dev/null | grep -q masquerade
+      rules="$(in_ns "$ns" nft list table ip nat 2>/dev/null || true)"
     else
-      in_ns "$ns" iptables -t nat -S POSTROUTING 2>/dev/null | grep -q MASQUERADE
-    fi || { say "network setup failed: router $ns has no masquerade rule"; return 1; }
+      rules="$(in_ns "$ns" iptables -t nat -S POSTROUTING 2>/dev/null || true)"
+    fi
+    case "$rules" in
+      *masquerade* | *MASQUERADE*) ;;
+      *) say "network setup failed: router $ns has no masquerade rule"; return 1 ;;
+    esac
   done
 }
 
