@@ -6,6 +6,10 @@
 //! AutoNAT probes so nodes learn whether they are publicly reachable, and takes no tasks. This
 //! crate holds those settings as plain data; the node's network module applies them, so only
 //! that module knows libp2p.
+//!
+//! A relay hands out reservations only once it knows an address peers can dial it at, since
+//! the reservation is what NAT'd nodes announce. Give it one with `--external-address`
+//! (`[network] external_addresses`); otherwise it waits until AutoNAT confirms one.
 
 #![cfg_attr(
     not(test),
@@ -56,6 +60,88 @@ pub struct RelayLimits {
     pub max_circuit_secs: u64,
 }
 
+/// Why relay limits cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelayLimitsError {
+    /// A count or a duration is zero: the relay would refuse everything.
+    #[error("relay limit `{0}` must be at least 1")]
+    Zero(&'static str),
+    /// A duration does not fit the relay protocol's 32-bit seconds field.
+    #[error("relay limit `{name}` is {secs} s; the relay protocol carries at most {max} s")]
+    TooLong {
+        /// The setting.
+        name: &'static str,
+        /// Its value.
+        secs: u64,
+        /// The most the protocol can carry.
+        max: u64,
+    },
+    /// The per-peer count exceeds the total.
+    #[error("relay limit `{per_peer}` ({value}) exceeds `{total}` ({total_value})")]
+    PerPeerAboveTotal {
+        /// The per-peer setting.
+        per_peer: &'static str,
+        /// Its value.
+        value: usize,
+        /// The total setting.
+        total: &'static str,
+        /// Its value.
+        total_value: usize,
+    },
+}
+
+impl RelayLimits {
+    /// Checks the limits before a relay uses them. `max_circuit_bytes = 0` means no byte limit.
+    pub fn check(&self) -> Result<(), RelayLimitsError> {
+        for (name, v) in [
+            ("max_reservations", self.max_reservations),
+            ("max_reservations_per_peer", self.max_reservations_per_peer),
+            ("max_circuits", self.max_circuits),
+            ("max_circuits_per_peer", self.max_circuits_per_peer),
+        ] {
+            if v == 0 {
+                return Err(RelayLimitsError::Zero(name));
+            }
+        }
+        let max = u64::from(u32::MAX);
+        for (name, secs) in [
+            ("reservation_secs", self.reservation_secs),
+            ("max_circuit_secs", self.max_circuit_secs),
+        ] {
+            if secs == 0 {
+                return Err(RelayLimitsError::Zero(name));
+            }
+            if secs > max {
+                return Err(RelayLimitsError::TooLong { name, secs, max });
+            }
+        }
+        for (per_peer, value, total, total_value) in [
+            (
+                "max_reservations_per_peer",
+                self.max_reservations_per_peer,
+                "max_reservations",
+                self.max_reservations,
+            ),
+            (
+                "max_circuits_per_peer",
+                self.max_circuits_per_peer,
+                "max_circuits",
+                self.max_circuits,
+            ),
+        ] {
+            if value > total_value {
+                return Err(RelayLimitsError::PerPeerAboveTotal {
+                    per_peer,
+                    value,
+                    total,
+                    total_value,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for RelayLimits {
     fn default() -> Self {
         Self {
@@ -73,6 +159,37 @@ impl Default for RelayLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_limits_are_explained() {
+        assert_eq!(RelayLimits::default().check(), Ok(()));
+        let l = RelayLimits {
+            max_circuits: 0,
+            ..RelayLimits::default()
+        };
+        assert_eq!(l.check(), Err(RelayLimitsError::Zero("max_circuits")));
+        let l = RelayLimits {
+            max_circuit_secs: u64::from(u32::MAX) + 1,
+            ..RelayLimits::default()
+        };
+        let e = l.check().unwrap_err();
+        assert!(e.to_string().contains("max_circuit_secs"), "{e}");
+        let l = RelayLimits {
+            max_reservations: 2,
+            max_reservations_per_peer: 3,
+            ..RelayLimits::default()
+        };
+        assert!(matches!(
+            l.check(),
+            Err(RelayLimitsError::PerPeerAboveTotal { value: 3, .. })
+        ));
+        // No byte limit at all is allowed (libp2p reads 0 as unlimited).
+        let l = RelayLimits {
+            max_circuit_bytes: 0,
+            ..RelayLimits::default()
+        };
+        assert_eq!(l.check(), Ok(()));
+    }
 
     #[test]
     fn defaults_fit_a_task() {

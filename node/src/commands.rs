@@ -102,6 +102,10 @@ pub struct NodeArgs {
     /// Local API address (loopback; port 0 picks one).
     #[arg(long, value_name = "ADDR")]
     pub api: Option<String>,
+    /// Address peers can reach this node at (repeatable), e.g. /ip4/203.0.113.7/tcp/7400:
+    /// a public server's address or a forwarded port. A bootstrap node needs one for its relay.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub external_address: Vec<String>,
 }
 
 /// `join` flags.
@@ -228,6 +232,10 @@ fn apply_node_args(config: &mut Config, args: &NodeArgs) -> Result<()> {
     if let Some(a) = &args.api {
         config.api.listen = a.clone();
     }
+    config
+        .network
+        .external_addresses
+        .extend(args.external_address.iter().cloned());
     Ok(())
 }
 

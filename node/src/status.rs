@@ -177,6 +177,60 @@ impl NodeStatus {
         for a in &n.listen_addrs {
             let _ = writeln!(s, "  {a}");
         }
+        if !n.external_addrs.is_empty() {
+            let _ = writeln!(s, "external addresses:");
+            for a in &n.external_addrs {
+                let _ = writeln!(s, "  {a}");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "reachability  {} (AutoNAT{}); hole punches: {} succeeded, {} failed",
+            n.reachability,
+            n.reachability_after_ms
+                .map(|ms| format!(", {ms} ms after start"))
+                .unwrap_or_default(),
+            n.hole_punch.succeeded,
+            n.hole_punch.failed
+        );
+        if !n.relay_reservations.is_empty() {
+            let _ = writeln!(s, "relay reservations:");
+            for r in &n.relay_reservations {
+                let state = match (r.accepted, r.accepted_after_ms) {
+                    (true, Some(ms)) => format!("accepted {ms} ms after start"),
+                    (true, None) => "accepted".to_string(),
+                    (false, _) => "requested".to_string(),
+                };
+                let limit = match (r.limit_bytes, r.limit_secs) {
+                    (None, None) => String::new(),
+                    (b, t) => format!(
+                        ", circuits limited to {} / {}",
+                        b.map_or("any size".to_string(), |b| format!("{b} bytes")),
+                        t.map_or("any time".to_string(), |t| format!("{t} s"))
+                    ),
+                };
+                let renewed = if r.renewals > 0 {
+                    format!(", renewed {}×", r.renewals)
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(s, "  {}  {state}{limit}{renewed}", r.addr);
+            }
+        }
+        if let Some(r) = &n.relay_server {
+            let _ = writeln!(
+                s,
+                "relay server  {}: {} reservations, {} circuits, {} refused",
+                if r.enabled {
+                    "on"
+                } else {
+                    "off until an external address is confirmed"
+                },
+                r.reservations,
+                r.circuits,
+                r.denied
+            );
+        }
         if !n.bootstrap.is_empty() {
             let _ = writeln!(s, "bootstrap:");
             for b in &n.bootstrap {
@@ -202,15 +256,23 @@ impl NodeStatus {
             n.routing_table
         );
         for p in &n.peers {
+            let path = match (&p.via_relay, p.relayed) {
+                (Some(r), true) => format!("relayed via {r}"),
+                (None, true) => "relayed".to_string(),
+                (_, false) => "direct".to_string(),
+            };
             let _ = writeln!(
                 s,
-                "  {}  {}  {}{}",
+                "  {}  {path}  {}{}{}",
                 p.peer_id,
-                if p.relayed { "relayed" } else { "direct" },
                 p.addr,
                 p.agent
                     .as_deref()
                     .map(|a| format!("  {a}"))
+                    .unwrap_or_default(),
+                p.hole_punch
+                    .as_deref()
+                    .map(|h| format!("  (hole punch: {h})"))
                     .unwrap_or_default()
             );
         }

@@ -112,11 +112,13 @@ fn build_behaviour(
     } else {
         config.kad_mode
     };
-    kad.set_mode(match mode {
-        KadMode::Auto => None,
-        KadMode::Server => Some(kad::Mode::Server),
-        KadMode::Client => Some(kad::Mode::Client),
-    });
+    // Auto starts as a client: the event loop turns it into a server once the node is known
+    // to be reachable directly. libp2p's own automatic mode would also count a relay
+    // reservation as reachability and serve the DHT through a rate-limited relay.
+    kad.set_mode(Some(match mode {
+        KadMode::Auto | KadMode::Client => kad::Mode::Client,
+        KadMode::Server => kad::Mode::Server,
+    }));
 
     // Content-addressed ids: the same advert bytes relayed twice are one message.
     let gossip_config = gossipsub::ConfigBuilder::default()
@@ -166,11 +168,15 @@ fn build_behaviour(
         )
     }));
 
+    // Probe soon after start (a NAT'd node needs the answer before it reserves a relay
+    // slot) and retry sooner than libp2p's 90 s when a probe found no server yet.
     let autonat = autonat::Behaviour::new(
         peer_id,
         autonat::Config {
-            only_global_ips: false,
-            boot_delay: Duration::from_secs(5),
+            only_global_ips: config.autonat_only_global_ips,
+            boot_delay: Duration::from_secs(config.autonat_boot_delay_secs),
+            retry_interval: Duration::from_secs(30),
+            throttle_server_period: Duration::from_secs(30),
             ..Default::default()
         },
     );

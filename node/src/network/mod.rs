@@ -13,6 +13,7 @@
 mod behaviour;
 mod codec;
 mod event_loop;
+mod nat;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -38,6 +39,42 @@ pub enum KadMode {
     Server,
     /// Never serve DHT queries (phones, battery devices).
     Client,
+}
+
+/// When a node reserves a slot on relay nodes so that peers can reach it through them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayClientMode {
+    /// Reserve unless AutoNAT says the node is publicly reachable (so also before it knows).
+    #[default]
+    Auto,
+    /// Always reserve (a device known to sit behind NAT, e.g. a phone on a mobile network).
+    Always,
+    /// Never reserve (a public server, or a node that must not be reached through relays).
+    Never,
+}
+
+/// Whether others can dial this node directly, as AutoNAT last found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reachability {
+    /// A peer dialed us back at an address we announced.
+    Public,
+    /// Peers tried to dial us back and could not (behind NAT or a firewall).
+    Private,
+    /// Not known yet (no probe answered, or no peer to ask).
+    #[default]
+    Unknown,
+}
+
+impl std::fmt::Display for Reachability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Public => "public",
+            Self::Private => "private",
+            Self::Unknown => "unknown",
+        })
+    }
 }
 
 /// Network settings (the `[network]` table of the config file).
@@ -68,6 +105,23 @@ pub struct NetworkConfig {
     pub bootstrap_retry_secs: u64,
     /// Relay server limits (bootstrap nodes only).
     pub relay: crank_bootstrap::RelayLimits,
+    /// Addresses others can reach this node at, as its operator knows them (a public VM, a
+    /// forwarded port). Announced to peers at once and put in relay reservations; bootstrap
+    /// nodes need one unless AutoNAT confirms an address first.
+    pub external_addresses: Vec<String>,
+    /// When to reserve a slot on relay nodes: auto (unless known to be publicly reachable),
+    /// always, never.
+    pub relay_client: RelayClientMode,
+    /// Relays to hold a reservation on at once (each is a way in for peers).
+    pub max_relay_reservations: usize,
+    /// How long a request to a peer reached only through a relay waits for a hole punch in
+    /// flight, milliseconds, before it goes over the relay.
+    pub hole_punch_wait_ms: u64,
+    /// AutoNAT: count only publicly routable addresses as reachable. Turn off on a LAN or a
+    /// test network where every address is private.
+    pub autonat_only_global_ips: bool,
+    /// AutoNAT: first probe this long after start, seconds.
+    pub autonat_boot_delay_secs: u64,
 }
 
 impl Default for NetworkConfig {
@@ -91,6 +145,12 @@ impl Default for NetworkConfig {
             ban_secs: 600,
             bootstrap_retry_secs: 1,
             relay: crank_bootstrap::RelayLimits::default(),
+            external_addresses: Vec::new(),
+            relay_client: RelayClientMode::Auto,
+            max_relay_reservations: 2,
+            hole_punch_wait_ms: 1000,
+            autonat_only_global_ips: true,
+            autonat_boot_delay_secs: 3,
         }
     }
 }
@@ -122,6 +182,9 @@ pub enum NetworkError {
         /// Why.
         reason: String,
     },
+    /// The relay limits in the config cannot be used.
+    #[error("[network.relay]: {0}")]
+    RelayLimits(#[from] crank_bootstrap::RelayLimitsError),
     /// The event loop has stopped.
     #[error("the network event loop has stopped")]
     Stopped,
@@ -145,6 +208,32 @@ pub enum RequestError {
     /// The response was oversize or malformed.
     #[error("the peer sent a bad response: {0}")]
     BadResponse(String),
+    /// The request cannot cross the relay, the only way to the peer: it is larger than the
+    /// relay's per-circuit byte limit.
+    #[error(
+        "the request is {frame_bytes} bytes but the relay {relay} lets a relayed connection carry at most {limit_bytes} bytes, and no direct connection to the peer exists (hole punch: {punch})"
+    )]
+    RelayLimit {
+        /// Size of the encoded request frame.
+        frame_bytes: u64,
+        /// The relay's circuit byte limit.
+        limit_bytes: u64,
+        /// The relay's peer id.
+        relay: String,
+        /// What became of the hole punch.
+        punch: String,
+    },
+    /// The relayed connection carrying the request closed before the answer, as a relay does
+    /// when a circuit reaches its byte or time limit.
+    #[error(
+        "the relayed connection closed before the answer ({reason}); the relay's circuit limits are {limits}"
+    )]
+    RelayClosed {
+        /// Why the connection closed, as libp2p reports it.
+        reason: String,
+        /// The circuit limits the relay announced.
+        limits: String,
+    },
     /// Any other transport failure.
     #[error("transport error: {0}")]
     Io(String),
@@ -214,10 +303,61 @@ pub struct PeerStatus {
     pub peer_id: String,
     /// Remote address of the first connection.
     pub addr: String,
-    /// Whether that connection goes through a relay.
+    /// Whether every connection to the peer goes through a relay (no direct connection).
     pub relayed: bool,
     /// Software the peer reports (after identify).
     pub agent: Option<String>,
+    /// Open connections to the peer (direct and relayed).
+    #[serde(default)]
+    pub connections: usize,
+    /// The relay in use when `relayed` (its peer id).
+    #[serde(default)]
+    pub via_relay: Option<String>,
+    /// The latest hole punch with this peer: "in progress", "direct after N ms" or "failed: …".
+    #[serde(default)]
+    pub hole_punch: Option<String>,
+}
+
+/// One reservation this node holds (or asked for) on a relay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReservationStatus {
+    /// The relay's peer id.
+    pub relay: String,
+    /// The address peers reach us at through it (`…/p2p-circuit/p2p/<us>`).
+    pub addr: String,
+    /// Whether the relay accepted it (false while the request is in flight).
+    pub accepted: bool,
+    /// Milliseconds from node start to the first acceptance.
+    pub accepted_after_ms: Option<u64>,
+    /// Times the reservation was renewed.
+    pub renewals: u32,
+    /// Bytes one relayed connection may carry, as the relay announced.
+    pub limit_bytes: Option<u64>,
+    /// Seconds one relayed connection may last, as the relay announced.
+    pub limit_secs: Option<u64>,
+}
+
+/// Hole punching (DCUtR) outcomes since start.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct HolePunchStats {
+    /// Punches that ended in a direct connection.
+    pub succeeded: u32,
+    /// Punches that failed (the peers stay on the relay).
+    pub failed: u32,
+}
+
+/// The relay server of a bootstrap node.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RelayServerStatus {
+    /// Whether it serves (libp2p turns it on only once the node has a confirmed external
+    /// address, so that reservations carry an address peers can dial).
+    pub enabled: bool,
+    /// Reservations held by peers now.
+    pub reservations: usize,
+    /// Relayed connections open now.
+    pub circuits: usize,
+    /// Reservations and circuits refused since start (over a limit, or no reservation).
+    pub denied: u64,
 }
 
 /// State of one configured bootstrap peer.
@@ -252,6 +392,21 @@ pub struct NetworkStatus {
     pub bootstrap: Vec<BootstrapStatus>,
     /// Peers blocked for misbehaviour.
     pub blocked: Vec<String>,
+    /// Whether peers can dial us directly, as AutoNAT last found.
+    #[serde(default)]
+    pub reachability: Reachability,
+    /// Milliseconds from node start to AutoNAT's latest verdict (none while unknown from the start).
+    #[serde(default)]
+    pub reachability_after_ms: Option<u64>,
+    /// Our relay reservations.
+    #[serde(default)]
+    pub relay_reservations: Vec<ReservationStatus>,
+    /// Hole punching outcomes.
+    #[serde(default)]
+    pub hole_punch: HolePunchStats,
+    /// The relay server, on bootstrap nodes.
+    #[serde(default)]
+    pub relay_server: Option<RelayServerStatus>,
 }
 
 #[derive(Debug)]
@@ -457,13 +612,33 @@ pub fn new(
         .iter()
         .map(|s| parse_addr(s))
         .collect::<Result<_, _>>()?;
+    if role.bootstrap {
+        config.relay.check()?;
+    }
+    let external: Vec<Multiaddr> = config
+        .external_addresses
+        .iter()
+        .map(|s| parse_addr(s))
+        .collect::<Result<_, _>>()?;
     let swarm = behaviour::build_swarm(keypair, config, &role)?;
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (event_tx, event_rx) = mpsc::channel(1024);
-    let mut event_loop =
-        EventLoop::new(swarm, cmd_rx, event_tx, config.clone(), bootstrap, metrics);
+    let mut event_loop = EventLoop::new(
+        swarm,
+        event_loop::Channels {
+            commands: cmd_rx,
+            events: event_tx,
+        },
+        config.clone(),
+        role,
+        bootstrap,
+        metrics,
+    );
     for addr in listen {
         event_loop.listen(addr)?;
+    }
+    for addr in external {
+        event_loop.add_external_address(addr);
     }
     Ok((Client { tx: cmd_tx }, event_rx, event_loop))
 }
