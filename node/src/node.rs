@@ -464,6 +464,10 @@ fn attach_gpu(engine: &Engine, settings: &crate::config::GpuSettings) -> Vec<Gpu
     if !settings.enabled {
         return Vec::new();
     }
+    if !settings.allow_cpu_adapter && !gpu_device_nodes() {
+        debug!("no GPU device nodes (/dev/dri/renderD*, /dev/nvidia*): CPU path only");
+        return Vec::new();
+    }
     // Probing loads the graphics drivers; one probe at a time per process, because some
     // software drivers are not safe to open from several threads at once.
     static PROBE: Mutex<()> = Mutex::new(());
@@ -482,6 +486,21 @@ fn attach_gpu(engine: &Engine, settings: &crate::config::GpuSettings) -> Vec<Gpu
     let adapters = runtime.adapters_for_advert();
     engine.use_gpu(runtime);
     adapters
+}
+
+/// Whether the kernel exposes a GPU at all. A server or container without one would
+/// otherwise load every graphics driver (and their complaints about missing displays) only
+/// to find a software rasteriser that is never used.
+#[cfg(feature = "gpu")]
+fn gpu_device_nodes() -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    let render = std::fs::read_dir("/dev/dri").is_ok_and(|dir| {
+        dir.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("renderD"))
+    });
+    render || std::path::Path::new("/dev/nvidia0").exists()
 }
 
 #[cfg(not(feature = "gpu"))]

@@ -8,6 +8,9 @@ use crank_node::network::{KadMode, Role};
 use crank_node::{ModelSource, Node, NodeHandle, SubmitRequest, tensor_io};
 use crank_protocol::RunPolicy;
 
+/// Relayed paths in one process (the real-NAT test is `testnet/nat/run.sh`).
+mod nat;
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
