@@ -988,6 +988,17 @@ impl NodeHandle {
                     .iter()
                     .find(|b| b.path == ExecPath::Cpu)
                     .map(|b| b.inferences_per_sec),
+                gpu_inferences_per_sec: a
+                    .bench
+                    .iter()
+                    .find(|b| b.path == ExecPath::Gpu)
+                    .map(|b| b.inferences_per_sec),
+                gpus: a
+                    .hardware
+                    .gpus
+                    .iter()
+                    .map(|g| format!("{} ({})", g.name, g.backend))
+                    .collect(),
                 completed: a.trust.completed,
                 expires_in_secs: a.expires_at.saturating_sub(now) / 1000,
             })

@@ -43,6 +43,12 @@ pub struct AdvertView {
     pub per_task_stroops: u64,
     /// Self-benchmark, inferences per second on the reference model (CPU).
     pub inferences_per_sec: Option<f32>,
+    /// Self-benchmark on its GPU path, when it has one.
+    #[serde(default)]
+    pub gpu_inferences_per_sec: Option<f32>,
+    /// GPU adapters it advertises ("name (backend)"); software renderers never appear.
+    #[serde(default)]
+    pub gpus: Vec<String>,
     /// Completed tasks it reports.
     pub completed: u64,
     /// Seconds until the advert expires.
@@ -294,6 +300,20 @@ impl NodeStatus {
                 },
                 a.completed,
             );
+            if !a.gpus.is_empty() || a.gpu_inferences_per_sec.is_some() {
+                let _ = writeln!(
+                    s,
+                    "      gpu: {}{}",
+                    if a.gpus.is_empty() {
+                        "no adapter advertised".to_string()
+                    } else {
+                        a.gpus.join(", ")
+                    },
+                    a.gpu_inferences_per_sec
+                        .map(|r| format!(", {r:.0} rows/s"))
+                        .unwrap_or_default()
+                );
+            }
         }
         let t = &self.balances.total;
         let _ = writeln!(

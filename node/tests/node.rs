@@ -1230,3 +1230,62 @@ async fn a_gate_that_closes_mid_task_aborts_it_and_another_worker_finishes() {
     assert_eq!(status.gate.reason.as_deref(), Some("on battery 54 %"));
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_with_a_gpu_benchmarks_both_paths_and_runs_on_the_one_it_bid_with() {
+    use crank_protocol::ExecPath;
+    use crank_scheduler::auction::trace::Answer;
+    // Mesa's software Vulkan (lavapipe) stands in for a GPU: allowed to run tasks here, never
+    // advertised as a GPU.
+    let mesh = Mesh::start(1, |i, c| {
+        if i == 0 {
+            c.worker.gpu.allow_cpu_adapter = true;
+            c.worker.benchmark_ms = 200;
+        }
+    })
+    .await;
+    let worker = mesh.workers()[0].clone();
+    let own = worker.status().await.unwrap();
+    let paths: Vec<ExecPath> = own.bench.iter().map(|b| b.path).collect();
+    if !paths.contains(&ExecPath::Gpu) {
+        eprintln!(
+            "skipped: no Vulkan adapter here (apt-get install mesa-vulkan-drivers libvulkan1)"
+        );
+        mesh.stop().await;
+        return;
+    }
+    assert_eq!(paths, vec![ExecPath::Cpu, ExecPath::Gpu]);
+    mesh.wait_for_adverts(1).await;
+    let seen = mesh.requester().status().await.unwrap();
+    let advert = &seen.adverts[0];
+    assert!(
+        advert.gpus.is_empty(),
+        "a software renderer was advertised: {:?}",
+        advert.gpus
+    );
+    assert!(advert.gpu_inferences_per_sec.unwrap() > 0.0);
+    assert!(advert.inferences_per_sec.unwrap() > 0.0);
+
+    for sample in ["digit-3.json", "digit-7.json"] {
+        let o = mesh
+            .requester()
+            .submit(digits_request("digits-mlp.onnx", sample, "X"))
+            .await
+            .unwrap();
+        let bid_path = o
+            .trace
+            .answers
+            .iter()
+            .find_map(|a| match &a.answer {
+                Answer::Bid { path, .. } if a.peer == o.worker => Some(*path),
+                _ => None,
+            })
+            .unwrap();
+        // The task ran on the path the worker priced, and the prediction is the label.
+        assert_eq!(o.receipt.inner.body.path, bid_path);
+        let label: i64 = sample[6..7].parse().unwrap();
+        let preds = tensor_io::predictions(&o.outputs).unwrap();
+        assert_eq!(preds[0].class, label, "{sample}");
+    }
+    mesh.stop().await;
+}
