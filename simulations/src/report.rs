@@ -471,12 +471,20 @@ fn plot_hourly(path: &Path, report: &MarketReport) -> Result<(), ReportError> {
     root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
     let (top, bottom) = root.split_vertically(420);
     let hours = report.hourly.iter().map(|r| r.hour).max().unwrap_or(0) + 1;
+    #[allow(clippy::cast_precision_loss)]
+    let lowest = report
+        .hourly
+        .iter()
+        .filter(|r| r.arrived > 0)
+        .map(|r| 100.0 * r.completed as f64 / r.arrived as f64)
+        .fold(100.0f64, f64::min);
+    let floor = ((lowest - 2.0) / 5.0).floor().max(0.0) * 5.0;
     let mut chart = ChartBuilder::on(&top)
         .caption("Completion by hour of arrival, under churn", ("sans-serif", 20))
         .margin(15)
         .x_label_area_size(35)
         .y_label_area_size(55)
-        .build_cartesian_2d(0f64..f64::from(hours), 0f64..100f64)
+        .build_cartesian_2d(0f64..f64::from(hours), floor..100.5f64)
         .map_err(|x| e(x.to_string()))?;
     chart
         .configure_mesh()

@@ -316,11 +316,6 @@ impl Device {
         self.has_battery && !self.state.external
     }
 
-    /// Running jobs.
-    pub(crate) fn running(&self) -> usize {
-        self.jobs.iter().filter(|j| j.started_at.is_some()).count()
-    }
-
     /// Re-evaluates the gate after a state change; returns whether it changed materially.
     pub(crate) fn update_gate(&mut self, now: u64, timing: &AdvertTiming) -> bool {
         let (gate, readings) = gate_for(self.policy, self.has_battery, self.state);

@@ -747,18 +747,31 @@ impl<'a> Shard<'a> {
         if !d.online() || (obeys_gate && d.gate.is_some()) {
             return;
         }
-        let mut running = d.running();
+        // CPU runs share the workers; the GPU takes one run at a time.
+        let busy = |p: ExecPath, jobs: &[Job]| {
+            jobs.iter()
+                .filter(|j| j.started_at.is_some() && j.path == p)
+                .count()
+        };
+        let mut cpu = busy(ExecPath::Cpu, &d.jobs);
+        let mut gpu = busy(ExecPath::Gpu, &d.jobs);
+        let workers = usize::from(d.workers);
         let mut started = Vec::new();
-        for j in d.jobs.iter_mut() {
-            if running >= usize::from(d.workers) {
-                break;
+        for j in d.jobs.iter_mut().filter(|j| j.started_at.is_none()) {
+            let free = match j.path {
+                ExecPath::Cpu => cpu < workers,
+                ExecPath::Gpu => gpu < 1,
+            };
+            if !free {
+                continue;
             }
-            if j.started_at.is_none() {
-                j.started_at = Some(now);
-                j.mark = now;
-                running += 1;
-                started.push((j.task, j.attempt, now + j.busy_ms()));
+            match j.path {
+                ExecPath::Cpu => cpu += 1,
+                ExecPath::Gpu => gpu += 1,
             }
+            j.started_at = Some(now);
+            j.mark = now;
+            started.push((j.task, j.attempt, now + j.busy_ms()));
         }
         let era = d.era;
         for (task, attempt, at) in started {

@@ -39,7 +39,9 @@ impl ModelSpec {
     }
 }
 
-/// The repository's three digit classifiers (see `models/manifest.json`).
+/// The repository's three digit classifiers (see `models/manifest.json`), asked to classify
+/// batches of up to a few thousand images: bulk jobs from a few milliseconds on a GPU to
+/// minutes on a phone.
 pub fn default_models() -> Vec<ModelSpec> {
     let m = |name: &str, blake3: &str, bytes, share, max_batch| ModelSpec {
         name: name.into(),
@@ -54,22 +56,22 @@ pub fn default_models() -> Vec<ModelSpec> {
             "digits-mlp",
             "bbaf3e8522dcafcd42b4b575961881e283011bbba3e54c637faf4851a449b5ac",
             20_308,
-            0.5,
-            1024,
+            0.4,
+            4096,
         ),
         m(
             "digits-cnn",
             "76a3c98eed6d750790986f6b924d20fe19f30b8dab69c1c1a73016adca7858eb",
             15_934,
             0.3,
-            1024,
+            4096,
         ),
         m(
             "digits-wide",
             "af69f4b637100fe9ad9613cd0d62944c14294cbbbb3b6a6901740ea4d680c148",
             2_386_456,
-            0.2,
-            1024,
+            0.3,
+            8192,
         ),
     ]
 }
@@ -216,9 +218,9 @@ mod tests {
         };
         // 14:00 is the peak, 02:00 the trough: 1.6 against 0.4 of the mean rate.
         assert!(hour(14) > 3 * hour(2), "{} vs {}", hour(14), hour(2));
-        assert!(tasks.iter().all(|t| t.batch >= 1 && t.batch <= 1024 && t.requester < 10));
+        assert!(tasks.iter().all(|t| t.batch >= 1 && t.batch <= 8192 && t.requester < 10));
         let wide = tasks.iter().filter(|t| t.model == 2).count();
-        assert!((wide as f64 / 50_000.0 - 0.2).abs() < 0.01);
+        assert!((wide as f64 / 50_000.0 - 0.3).abs() < 0.01);
         assert_eq!(tasks, draw_tasks(&cfg, 1, 0, 50_000, DAY_MS, 10, 1_000));
     }
 }
