@@ -7,7 +7,10 @@
 //! crate holds those settings as plain data; the node's network module applies them, so only
 //! that module knows libp2p.
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +19,10 @@ pub const DEFAULT_PORT: u16 = 7400;
 
 /// Listen addresses of a bootstrap node unless told otherwise.
 pub fn default_listen() -> Vec<String> {
-    vec![format!("/ip4/0.0.0.0/tcp/{DEFAULT_PORT}"), format!("/ip4/0.0.0.0/udp/{DEFAULT_PORT}/quic-v1")]
+    vec![
+        format!("/ip4/0.0.0.0/tcp/{DEFAULT_PORT}"),
+        format!("/ip4/0.0.0.0/udp/{DEFAULT_PORT}/quic-v1"),
+    ]
 }
 
 /// Bootstrap peers every node dials unless its config says otherwise.
@@ -73,6 +79,10 @@ mod tests {
         let l = RelayLimits::default();
         // A task's inputs travel in one frame of at most 8 MiB; the circuit must carry it.
         assert!(l.max_circuit_bytes >= 8 * 1024 * 1024);
-        assert!(default_listen().iter().all(|a| a.contains(&DEFAULT_PORT.to_string())));
+        assert!(
+            default_listen()
+                .iter()
+                .all(|a| a.contains(&DEFAULT_PORT.to_string()))
+        );
     }
 }

@@ -248,6 +248,9 @@ struct Shared {
     running: AtomicUsize,
     shutdown: AtomicBool,
     run_options: RunOptions,
+    /// The GPU path, once attached with [`Engine::use_gpu`].
+    #[cfg(feature = "gpu")]
+    gpu: std::sync::OnceLock<crate::gpu::GpuExecutor>,
 }
 
 /// Owns the worker threads; the last engine handle to go stops and joins them.
@@ -315,6 +318,8 @@ impl Engine {
             running: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             run_options,
+            #[cfg(feature = "gpu")]
+            gpu: std::sync::OnceLock::new(),
         });
         let workers = Arc::new(Workers {
             shared: shared.clone(),
@@ -431,6 +436,22 @@ impl Engine {
         }
         s.ready.notify_one();
         Ok(JobHandle { rx, cancel })
+    }
+
+    /// Runs models on this GPU from now on, where they are supported; the others (and any
+    /// GPU run that fails) stay on tract. Returns false if a GPU was already attached.
+    #[cfg(feature = "gpu")]
+    pub fn use_gpu(&self, runtime: crate::gpu::GpuRuntime) -> bool {
+        self.shared
+            .gpu
+            .set(crate::gpu::GpuExecutor::new(runtime))
+            .is_ok()
+    }
+
+    /// The attached GPU path, if any.
+    #[cfg(feature = "gpu")]
+    pub fn gpu(&self) -> Option<&crate::gpu::GpuExecutor> {
+        self.shared.gpu.get()
     }
 
     /// Workers, capacity, waiting and running jobs.
@@ -608,6 +629,10 @@ fn run_jobs(shared: &Shared, model: &LoadedModel, jobs: Vec<Pending>) {
     if valid.is_empty() {
         return;
     }
+    #[cfg(feature = "gpu")]
+    let Some(valid) = run_jobs_gpu(shared, model, valid) else {
+        return;
+    };
     let (inputs, rows) = match build_inputs(model, &valid) {
         Ok(x) => x,
         Err(e) => {
@@ -672,6 +697,73 @@ fn run_jobs(shared: &Shared, model: &LoadedModel, jobs: Vec<Pending>) {
     }
 }
 
+/// Runs validated jobs on the GPU when one is attached and takes the model; answers them
+/// and returns `None`, or returns the jobs for tract.
+#[cfg(feature = "gpu")]
+fn run_jobs_gpu(shared: &Shared, model: &LoadedModel, valid: Vec<Pending>) -> Option<Vec<Pending>> {
+    let Some(gpu) = shared.gpu.get() else {
+        return Some(valid);
+    };
+    let bound: Vec<Vec<&crank_protocol::Tensor>> =
+        match valid.iter().map(|p| model.bind(&p.job.inputs)).collect() {
+            Ok(b) => b,
+            Err(_) => return Some(valid),
+        };
+    let cap = Instant::now() + shared.config.max_run_time;
+    let deadline = valid
+        .iter()
+        .map(|p| p.job.deadline)
+        .max()
+        .map_or(cap, |d| d.min(cap));
+    let stop = || shared.shutdown.load(Ordering::Relaxed) || valid.iter().all(Pending::abandoned);
+    let started = Instant::now();
+    // Padding a batch with zero rows is exact only when rows are known to be independent,
+    // which the batching probe established.
+    let pad_rows = shared.config.batching && model.info.batchable;
+    let done = gpu.run_batch(
+        &shared.store,
+        &model.info,
+        &bound,
+        pad_rows,
+        deadline,
+        &stop,
+    );
+    drop(bound);
+    let Some(done) = done else {
+        return Some(valid);
+    };
+    let now = Instant::now();
+    // Batched models take one batch axis, so any input's first dimension is the row count.
+    let rows_of = |p: &Pending| {
+        p.job
+            .inputs
+            .first()
+            .and_then(|t| t.tensor.shape.first().copied())
+            .unwrap_or(1)
+    };
+    let total_rows: u64 = valid.iter().map(rows_of).sum();
+    let batch_size = valid.len();
+    for (p, outputs) in valid.into_iter().zip(done.outputs) {
+        let rows = rows_of(&p);
+        let answer = if p.abandoned() {
+            Err(InferenceError::Cancelled)
+        } else if p.job.deadline <= now {
+            Err(p.timed_out(now))
+        } else {
+            Ok(RunOutput {
+                outputs,
+                run_micros: micros(done.run),
+                cpu_micros: micros(done.cpu.mul_f64(rows as f64 / total_rows.max(1) as f64)),
+                queue_micros: micros(started.saturating_duration_since(p.submitted)),
+                path: ExecPath::Gpu,
+                batch_size,
+            })
+        };
+        p.answer(answer);
+    }
+    None
+}
+
 /// The runtime inputs for a group of validated jobs, and each job's row count.
 fn build_inputs(
     model: &LoadedModel,
@@ -726,7 +818,7 @@ fn run_plan(
     cap: Instant,
 ) -> Result<(TVec<TValue>, Duration), RunError> {
     let mut state = model.take_state().map_err(RunError::Failed)?;
-    let cpu_start = cpu_time::ThreadTime::try_now().ok();
+    let cpu_start = crate::device::thread_cpu_time();
     let check = || -> Option<Stop> {
         if shared.shutdown.load(Ordering::Relaxed) {
             return Some(Stop::Shutdown);
@@ -751,9 +843,7 @@ fn run_plan(
             tract_onnx::tract_core::plan::eval(ctx, op_state, node, values)
         })
     }));
-    let cpu = cpu_start
-        .and_then(|t| t.try_elapsed().ok())
-        .unwrap_or_default();
+    let cpu = crate::device::thread_cpu_time().saturating_sub(cpu_start);
     match outcome {
         Ok(Ok(outputs)) => {
             model.put_state(state);
@@ -819,6 +909,16 @@ mod tests {
         assert_eq!(partial.max_run_time, Duration::from_millis(1500));
         assert_eq!(partial.queue_slots, 64);
         assert!(serde_json::from_str::<EngineConfig>(r#"{"wrokers": 3}"#).is_err());
+    }
+
+    #[test]
+    fn engine_and_handles_can_cross_threads() {
+        fn send_sync_clone<T: Send + Sync + Clone>() {}
+        fn send<T: Send>() {}
+        send_sync_clone::<Engine>();
+        send_sync_clone::<CancelToken>();
+        send::<JobHandle>();
+        send::<Job>();
     }
 
     #[test]

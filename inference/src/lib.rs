@@ -14,6 +14,8 @@
 //! - [`error`]: [`StoreError`] and [`InferenceError`].
 //! - [`device`]: the device probe (hardware, power source, battery, user idle, CPU load,
 //!   thermal), the power gate and its monitor, the energy meter and the self-benchmark.
+//! - `gpu` (cargo feature `gpu`): the wgpu path: WGSL kernels, an ONNX graph runner, the
+//!   adapter probe; `Engine::use_gpu` routes supported models to it, others stay on tract.
 //!
 //! # Invariants
 //!
@@ -31,11 +33,13 @@
 
 mod cache;
 pub mod convert;
+pub mod device;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod model;
 pub mod store;
-pub mod device;
 
 pub use engine::{CancelToken, Engine, EngineConfig, Job, JobHandle, QueueState, RunOutput};
 pub use error::{InferenceError, StoreError};

@@ -617,6 +617,32 @@ mod tests {
         assert!(concat_rows(&[]).is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn concatenated_rows_split_back_into_their_parts(
+            parts in proptest::collection::vec((1u64..4, proptest::collection::vec(-1e3f32..1e3, 12)), 1..6)
+        ) {
+            // Each part has `rows` rows of 3 columns, filled from the generated values.
+            let tensors: Vec<WireTensor> = parts
+                .iter()
+                .map(|(rows, vals)| {
+                    let n = (*rows * 3) as usize;
+                    WireTensor::f32(vec![*rows, 3], vals.iter().cycle().take(n).copied().collect()).unwrap()
+                })
+                .collect();
+            let refs: Vec<&WireTensor> = tensors.iter().collect();
+            let joined = concat_rows(&refs).unwrap();
+            let t = convert::to_tract(&joined).unwrap();
+            let mut start = 0usize;
+            for part in &tensors {
+                let end = start + part.shape[0] as usize;
+                proptest::prop_assert_eq!(&convert::from_tract(&t, Some((start, end))).unwrap(), part);
+                start = end;
+            }
+            proptest::prop_assert_eq!(start as u64, joined.shape[0]);
+        }
+    }
+
     #[test]
     fn probe_rows_differ_and_stay_in_unit_range() {
         let a: Vec<f64> = (0..64).map(|i| probe_value(0, i)).collect();

@@ -408,7 +408,7 @@ fn rapl_energy_is_attributed_by_cpu_share() {
     t.proc_stat(10_200);
     let e = span.finish(500_000);
     assert_eq!(e.method, EnergyMethod::Rapl);
-    assert_eq!(e.millijoules, 1_500);
+    assert_eq!(e.microjoules, 1_500_000);
 }
 
 #[test]
@@ -422,7 +422,7 @@ fn rapl_counter_wrap_is_handled() {
     t.proc_stat(110);
     let e = span.finish(100_000); // the whole busy time: all of it
     assert_eq!(e.method, EnergyMethod::Rapl);
-    assert_eq!(e.millijoules, 3);
+    assert_eq!(e.microjoules, 3_000);
 }
 
 #[test]
@@ -436,7 +436,7 @@ fn two_packages_are_summed() {
     t.set_energy("intel-rapl:0", 4_000_000);
     t.set_energy("intel-rapl:1", 2_000_000);
     t.proc_stat(100);
-    assert_eq!(span.finish(1_000_000).millijoules, 6_000);
+    assert_eq!(span.finish(1_000_000).microjoules, 6_000_000);
 }
 
 #[test]
@@ -456,9 +456,9 @@ fn estimate_without_readable_rapl() {
     assert_eq!(meter.method(), EnergyMethod::CpuTimeEstimate);
     let e = meter.start().finish(2_000_000);
     assert_eq!(e.method, EnergyMethod::CpuTimeEstimate);
-    assert_eq!(e.millijoules, 6_000);
+    assert_eq!(e.microjoules, 6_000_000);
     assert_eq!(
-        meter.start().finish(0).millijoules,
+        meter.start().finish(0).microjoules,
         1,
         "figures stay positive"
     );
@@ -475,7 +475,7 @@ fn rapl_that_does_not_tick_falls_back_to_the_estimate() {
     };
     let e = EnergyMeter::new(&cfg).start().finish(1_000);
     assert_eq!(e.method, EnergyMethod::CpuTimeEstimate);
-    assert_eq!(e.millijoules, 2);
+    assert_eq!(e.microjoules, 2_000);
 }
 
 async fn changed_within(

@@ -607,9 +607,16 @@ async fn run_time_cap_and_deadlines_stop_jobs() {
 
     // A deadline that passes during the run stops it.
     let engine = f.engine(config(1));
-    let mut j = long_job(wide.id, &data);
-    j.deadline = Instant::now() + Duration::from_millis(20);
-    let e = engine.submit(j).unwrap().await.unwrap_err();
+    // Three long jobs' worth of rows: the run takes far longer than the deadline. On a
+    // heavily loaded machine the deadline may already pass while submit checks the inputs,
+    // which is the same error from an earlier place.
+    let rows: Vec<Vec<f32>> = data.features.iter().cycle().take(60_000).cloned().collect();
+    let mut j = job(wide.id, rows_input("input", false, &rows));
+    j.deadline = Instant::now() + Duration::from_millis(150);
+    let e = match engine.submit(j) {
+        Ok(h) => h.await.unwrap_err(),
+        Err(e) => e,
+    };
     assert!(matches!(e, InferenceError::TimedOut { .. }), "{e:?}");
 }
 
@@ -732,4 +739,36 @@ fn sample_inputs_parse_and_classify() {
         }
     }
     assert!(correct >= 18, "{correct}/20 sample digits classified");
+}
+
+#[tokio::test]
+async fn runs_with_several_threads_agree_with_single_threaded_runs() {
+    let f = fixture();
+    let m = manifest();
+    let data = split();
+    let wide = load(&f, &m, "digits-wide");
+    let mut results = Vec::new();
+    for threads in [1, 2] {
+        let engine = f.engine(EngineConfig {
+            workers: 1,
+            threads_per_run: threads,
+            ..EngineConfig::default()
+        });
+        let out = engine
+            .submit(job(wide.id, rows_input("input", false, &data.features)))
+            .unwrap()
+            .await
+            .unwrap();
+        results.push(probabilities(&out).1.to_vec());
+    }
+    let predicted = argmax_rows(&results[1], 10);
+    let correct = predicted
+        .iter()
+        .zip(&data.labels)
+        .filter(|(p, l)| p == l)
+        .count();
+    assert_eq!(correct, wide.correct);
+    for (a, b) in results[0].iter().zip(&results[1]) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
 }

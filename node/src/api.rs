@@ -60,7 +60,10 @@ pub enum ApiError {
 /// Loads the token, creating it on first use.
 pub fn load_or_create_token(data_dir: &Path) -> Result<String, ApiError> {
     let path = data_dir.join(TOKEN_FILE);
-    let err = |message: String| ApiError::Token { path: path.clone(), message };
+    let err = |message: String| ApiError::Token {
+        path: path.clone(),
+        message,
+    };
     match std::fs::read_to_string(&path) {
         Ok(t) => {
             check_secret_permissions(&path).map_err(|e| err(e.to_string()))?;
@@ -70,7 +73,8 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String, ApiError> {
             let mut bytes = [0u8; 32];
             getrandom::fill(&mut bytes).map_err(|e| err(e.to_string()))?;
             let token = hex::encode(bytes);
-            write_secret_file(&path, format!("{token}\n").as_bytes()).map_err(|e| err(e.to_string()))?;
+            write_secret_file(&path, format!("{token}\n").as_bytes())
+                .map_err(|e| err(e.to_string()))?;
             Ok(token)
         }
         Err(e) => Err(err(e.to_string())),
@@ -89,19 +93,32 @@ pub async fn serve(node: NodeHandle) -> Result<SocketAddr, ApiError> {
     if !config.api.enabled {
         return Err(ApiError::Disabled);
     }
-    let addr: SocketAddr = config.api.listen.parse().map_err(|_| ApiError::Address(config.api.listen.clone()))?;
+    let addr: SocketAddr = config
+        .api
+        .listen
+        .parse()
+        .map_err(|_| ApiError::Address(config.api.listen.clone()))?;
     if !addr.ip().is_loopback() {
         return Err(ApiError::Address(config.api.listen.clone()));
     }
     let token = load_or_create_token(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| ApiError::Bind { addr: addr.to_string(), source })?;
-    let bound = listener.local_addr().map_err(|source| ApiError::Bind { addr: addr.to_string(), source })?;
+        .map_err(|source| ApiError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| ApiError::Bind {
+        addr: addr.to_string(),
+        source,
+    })?;
     if let Err(e) = std::fs::write(config.data_dir.join(ADDR_FILE), format!("{bound}\n")) {
         tracing::warn!(error = %e, "cannot write the API address file");
     }
-    let max_body = usize::try_from(config.engine.max_model_bytes).unwrap_or(usize::MAX).saturating_mul(2).max(1 << 20);
+    let max_body = usize::try_from(config.engine.max_model_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(2)
+        .max(1 << 20);
     let app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
@@ -109,6 +126,9 @@ pub async fn serve(node: NodeHandle) -> Result<SocketAddr, ApiError> {
         .route("/receipts", get(receipts))
         .route("/models", post(upload_model))
         .route("/tasks", post(submit_task))
+        .route("/wallet", get(wallet_balance))
+        .route("/wallet/settle", post(wallet_settle))
+        .route("/wallet/history", get(wallet_history))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(AppState { node, token });
     tokio::spawn(async move {
@@ -132,26 +152,51 @@ fn http_error(code: StatusCode, message: impl std::fmt::Display) -> HttpError {
 }
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), HttpError> {
-    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     // Constant-time comparison: the token is a secret.
     let ok = given.is_some_and(|g| {
-        g.len() == state.token.len() && g.bytes().zip(state.token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        g.len() == state.token.len()
+            && g.bytes()
+                .zip(state.token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
     });
     if ok {
         Ok(())
     } else {
-        Err(http_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (see api.token in the data dir)"))
+        Err(http_error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (see api.token in the data dir)",
+        ))
     }
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.node.metrics_text())
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.node.metrics_text(),
+    )
 }
 
-async fn status(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, HttpError> {
+async fn status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, HttpError> {
     authorize(&state, &headers)?;
-    let s = state.node.status().await.map_err(|e| http_error(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    serde_json::to_value(s).map(Json).map_err(|e| http_error(StatusCode::INTERNAL_SERVER_ERROR, e))
+    let s = state
+        .node
+        .status()
+        .await
+        .map_err(|e| http_error(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    serde_json::to_value(s)
+        .map(Json)
+        .map_err(|e| http_error(StatusCode::INTERNAL_SERVER_ERROR, e))
 }
 
 #[derive(Deserialize)]
@@ -159,15 +204,29 @@ struct Limit {
     limit: Option<usize>,
 }
 
-async fn receipts(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<Limit>) -> Result<Json<Value>, HttpError> {
+async fn receipts(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<Limit>,
+) -> Result<Json<Value>, HttpError> {
     authorize(&state, &headers)?;
     let list = state.node.receipts(q.limit.unwrap_or(100).min(10_000));
-    serde_json::to_value(list).map(Json).map_err(|e| http_error(StatusCode::INTERNAL_SERVER_ERROR, e))
+    serde_json::to_value(list)
+        .map(Json)
+        .map_err(|e| http_error(StatusCode::INTERNAL_SERVER_ERROR, e))
 }
 
-async fn upload_model(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Json<Value>, HttpError> {
+async fn upload_model(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, HttpError> {
     authorize(&state, &headers)?;
-    let id = state.node.add_model(&body).await.map_err(|e| http_error(StatusCode::BAD_REQUEST, e))?;
+    let id = state
+        .node
+        .add_model(&body)
+        .await
+        .map_err(|e| http_error(StatusCode::BAD_REQUEST, e))?;
     Ok(Json(json!({ "model": id.to_hex(), "bytes": body.len() })))
 }
 
@@ -245,12 +304,18 @@ impl From<&TaskOutcome> for TaskResultJson {
 /// Turns a JSON submission into a request (reading the model file if named).
 pub async fn request_from_json(node: &NodeHandle, task: TaskJson) -> Result<SubmitRequest, String> {
     let model = match (task.model, task.model_path, task.model_base64) {
-        (Some(id), None, None) => ModelSource::Id(id.parse::<ModelId>().map_err(|e| e.to_string())?),
-        (None, Some(path), None) => {
-            ModelSource::Bytes(tokio::fs::read(&path).await.map_err(|e| format!("cannot read model {path}: {e}"))?)
+        (Some(id), None, None) => {
+            ModelSource::Id(id.parse::<ModelId>().map_err(|e| e.to_string())?)
         }
+        (None, Some(path), None) => ModelSource::Bytes(
+            tokio::fs::read(&path)
+                .await
+                .map_err(|e| format!("cannot read model {path}: {e}"))?,
+        ),
         (None, None, Some(b64)) => ModelSource::Bytes(
-            base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| format!("model_base64: {e}"))?,
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| format!("model_base64: {e}"))?,
         ),
         _ => return Err("give exactly one of model, model_path, model_base64".into()),
     };
@@ -260,7 +325,8 @@ pub async fn request_from_json(node: &NodeHandle, task: TaskJson) -> Result<Subm
         ModelSource::Bytes(bytes) => node.add_model(bytes).await.map_err(|e| e.to_string())?,
     };
     let names = node.input_names(&id).map_err(|e| e.to_string())?;
-    let inputs = tensor_io::parse_inputs(&task.input.to_string(), &names).map_err(|e| e.to_string())?;
+    let inputs =
+        tensor_io::parse_inputs(&task.input.to_string(), &names).map_err(|e| e.to_string())?;
     let prefer = match task.prefer {
         Some(p) => p.parse::<Preference>().map_err(|e| e.to_string())?,
         None => Preference::Balanced,
@@ -275,16 +341,24 @@ pub async fn request_from_json(node: &NodeHandle, task: TaskJson) -> Result<Subm
     })
 }
 
-async fn submit_task(State(state): State<AppState>, headers: HeaderMap, Json(task): Json<TaskJson>) -> Result<Json<Value>, HttpError> {
+async fn submit_task(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(task): Json<TaskJson>,
+) -> Result<Json<Value>, HttpError> {
     authorize(&state, &headers)?;
-    let req = request_from_json(&state.node, task).await.map_err(|e| http_error(StatusCode::BAD_REQUEST, e))?;
+    let req = request_from_json(&state.node, task)
+        .await
+        .map_err(|e| http_error(StatusCode::BAD_REQUEST, e))?;
     match state.node.submit(req).await {
         Ok(outcome) => serde_json::to_value(TaskResultJson::from(&outcome))
             .map(Json)
             .map_err(|e| http_error(StatusCode::INTERNAL_SERVER_ERROR, e)),
         Err(e) => {
             let code = match &e {
-                SubmitError::Model(_) | SubmitError::Input(_) | SubmitError::Spec(_) => StatusCode::BAD_REQUEST,
+                SubmitError::Model(_) | SubmitError::Input(_) | SubmitError::Spec(_) => {
+                    StatusCode::BAD_REQUEST
+                }
                 SubmitError::NoCandidates { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 SubmitError::Failed { .. } => StatusCode::BAD_GATEWAY,
             };
@@ -296,4 +370,63 @@ async fn submit_task(State(state): State<AppState>, headers: HeaderMap, Json(tas
             Err(HttpError(code, body))
         }
     }
+}
+
+async fn wallet_balance(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, HttpError> {
+    authorize(&state, &headers)?;
+    let b = state
+        .node
+        .wallet()
+        .balance()
+        .await
+        .map_err(|e| http_error(StatusCode::BAD_GATEWAY, e))?;
+    serde_json::to_value(b)
+        .map(Json)
+        .map_err(|e| http_error(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
+/// Body of `POST /wallet/settle`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SettleJson {
+    /// Pay everything owed, not only what crossed the threshold.
+    pub all: bool,
+    /// Sign but do not submit; return the envelopes.
+    pub dry_run: bool,
+}
+
+async fn wallet_settle(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<SettleJson>,
+) -> Result<Json<Value>, HttpError> {
+    authorize(&state, &headers)?;
+    let v = state
+        .node
+        .wallet()
+        .settle(req.all, req.dry_run)
+        .await
+        .map_err(|e| http_error(StatusCode::BAD_GATEWAY, e))?;
+    serde_json::to_value(v)
+        .map(Json)
+        .map_err(|e| http_error(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
+async fn wallet_history(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<Limit>,
+) -> Result<Json<Value>, HttpError> {
+    authorize(&state, &headers)?;
+    let list = state
+        .node
+        .wallet()
+        .history(q.limit.unwrap_or(50).min(10_000))
+        .map_err(|e| http_error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    serde_json::to_value(list)
+        .map(Json)
+        .map_err(|e| http_error(StatusCode::INTERNAL_SERVER_ERROR, e))
 }

@@ -37,7 +37,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "CRANK_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log filter, e.g. info, debug, crank_node=debug (also RUST_LOG).
-    #[arg(long, global = true, env = "CRANK_LOG", default_value = "info", value_name = "FILTER")]
+    #[arg(
+        long,
+        global = true,
+        env = "CRANK_LOG",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
     pub log: String,
     /// Machine-readable JSON output (for scripts).
     #[arg(long, global = true)]
@@ -70,6 +76,11 @@ pub enum Command {
     /// Manage the local model store.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// The Stellar payout wallet: address, testnet funding, balances, settlement, history.
+    ///
+    /// Payments go to the Stellar testnet by default ([stellar] in the config to change).
+    #[command(subcommand)]
+    Wallet(WalletCommand),
     /// Print the effective configuration (defaults, file, environment, flags).
     Config,
     /// Print this node's ids (creating the keys on first run).
@@ -144,6 +155,33 @@ pub struct SubmitArgs {
     pub no_api: bool,
 }
 
+/// `wallet` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum WalletCommand {
+    /// Print the payout address (G…), creating the key on first run.
+    Address,
+    /// Create and fund the account through friendbot (testnet only).
+    Fund,
+    /// On-chain XLM, what we owe others (unsettled) and what others owe us.
+    Balance,
+    /// Pay what we owe now, in batched transactions (one payment per worker, up to 100 per
+    /// transaction), exactly once.
+    Settle {
+        /// Print the signed envelopes as base64 XDR, one per line, without submitting.
+        #[arg(long)]
+        dry_run: bool,
+        /// Pay everything owed, not only workers over the threshold.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Each settlement with its transaction hash and the receipts it paid.
+    History {
+        /// How many to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
 /// `models` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
@@ -162,7 +200,9 @@ pub fn load_config(cli: &Cli) -> Result<Config> {
     let file = match &cli.config {
         Some(f) => Some(f.clone()),
         None => {
-            let dir = data_dir_flag.clone().unwrap_or_else(crate::config::default_data_dir);
+            let dir = data_dir_flag
+                .clone()
+                .unwrap_or_else(crate::config::default_data_dir);
             let candidate = dir.join("config.toml");
             candidate.exists().then_some(candidate)
         }
@@ -213,6 +253,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Submit(args) => submit(config, args, json).await,
         Command::Status => status(&config, json).await,
         Command::Models(cmd) => models(config, cmd, json).await,
+        Command::Wallet(cmd) => wallet(config, cmd, json).await,
         Command::Config => {
             print!("{}", config.to_toml());
             Ok(())
@@ -233,12 +274,19 @@ async fn ctrl_c() {
 /// `join`: run a worker node until interrupted.
 pub async fn join(config: Config, models: &[PathBuf]) -> Result<()> {
     if config.network.bootstrap.is_empty() {
-        tracing::warn!("no bootstrap peers configured: this node waits for others to dial it (pass --bootstrap)");
+        tracing::warn!(
+            "no bootstrap peers configured: this node waits for others to dial it (pass --bootstrap)"
+        );
     }
     let node = Node::start(config, Role::default()).await?;
     for m in models {
-        let bytes = std::fs::read(m).with_context(|| format!("cannot read model {}", m.display()))?;
-        let id = node.handle().add_model(&bytes).await.with_context(|| format!("model {}", m.display()))?;
+        let bytes =
+            std::fs::read(m).with_context(|| format!("cannot read model {}", m.display()))?;
+        let id = node
+            .handle()
+            .add_model(&bytes)
+            .await
+            .with_context(|| format!("model {}", m.display()))?;
         tracing::info!(model = %id, file = %m.display(), "model added");
     }
     serve_until_interrupted(node).await
@@ -272,8 +320,17 @@ fn api_client(config: &Config) -> Option<(String, String)> {
 
 async fn running_api(config: &Config) -> Option<(reqwest::Client, String, String)> {
     let (base, token) = api_client(config)?;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
-    let up = http.get(format!("{base}/health")).send().await.ok()?.status().is_success();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
+    let up = http
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .ok()?
+        .status()
+        .is_success();
     up.then_some((http, base, token))
 }
 
@@ -285,9 +342,17 @@ pub async fn status(config: &Config, json: bool) -> Result<()> {
             config.data_dir.display()
         );
     };
-    let resp = http.get(format!("{base}/status")).bearer_auth(token).send().await?;
+    let resp = http
+        .get(format!("{base}/status"))
+        .bearer_auth(token)
+        .send()
+        .await?;
     if !resp.status().is_success() {
-        bail!("the node answered {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+        bail!(
+            "the node answered {}: {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
     }
     let value: serde_json::Value = resp.json().await?;
     if json {
@@ -311,10 +376,12 @@ fn spinner(msg: &str, json: bool) -> Option<indicatif::ProgressBar> {
 
 /// `submit`: run one task, through the running node's API or a temporary node.
 pub async fn submit(mut config: Config, args: SubmitArgs, json: bool) -> Result<()> {
-    let input = std::fs::read_to_string(&args.input).with_context(|| format!("cannot read input {}", args.input.display()))?;
-    let input_json: serde_json::Value =
-        serde_json::from_str(&input).with_context(|| format!("input {} is not valid JSON", args.input.display()))?;
-    let model_path = std::fs::canonicalize(&args.model).with_context(|| format!("cannot read model {}", args.model.display()))?;
+    let input = std::fs::read_to_string(&args.input)
+        .with_context(|| format!("cannot read input {}", args.input.display()))?;
+    let input_json: serde_json::Value = serde_json::from_str(&input)
+        .with_context(|| format!("input {} is not valid JSON", args.input.display()))?;
+    let model_path = std::fs::canonicalize(&args.model)
+        .with_context(|| format!("cannot read model {}", args.model.display()))?;
     let task = TaskJson {
         model: None,
         model_path: Some(model_path.display().to_string()),
@@ -327,22 +394,36 @@ pub async fn submit(mut config: Config, args: SubmitArgs, json: bool) -> Result<
     };
 
     let result: TaskResultJson = if let Some((_, base, token)) =
-        if args.no_api || !args.bootstrap.is_empty() { None } else { running_api(&config).await }
-    {
+        if args.no_api || !args.bootstrap.is_empty() {
+            None
+        } else {
+            running_api(&config).await
+        } {
         let pb = spinner("running the task through the local node", json);
         let http = reqwest::Client::new();
-        let resp = http.post(format!("{base}/tasks")).bearer_auth(token).json(&task).send().await?;
+        let resp = http
+            .post(format!("{base}/tasks"))
+            .bearer_auth(token)
+            .json(&task)
+            .send()
+            .await?;
         if let Some(pb) = pb {
             pb.finish_and_clear();
         }
         let status = resp.status();
         let body: serde_json::Value = resp.json().await?;
         if !status.is_success() {
-            let msg = body.get("error").and_then(|e| e.as_str()).unwrap_or("unknown error").to_string();
-            if args.verbose {
-                if let Some(t) = body.get("auction").and_then(|t| serde_json::from_value::<AuctionTrace>(t.clone()).ok()) {
-                    eprint!("{}", render_trace(&t));
-                }
+            let msg = body
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("unknown error")
+                .to_string();
+            if args.verbose
+                && let Some(t) = body
+                    .get("auction")
+                    .and_then(|t| serde_json::from_value::<AuctionTrace>(t.clone()).ok())
+            {
+                eprint!("{}", render_trace(&t));
             }
             bail!("{msg}");
         }
@@ -354,7 +435,9 @@ pub async fn submit(mut config: Config, args: SubmitArgs, json: bool) -> Result<
             config.network.bootstrap.push(b.clone());
         }
         if config.network.bootstrap.is_empty() {
-            bail!("no crank-node is running on this data dir and no --bootstrap was given: nothing to submit to");
+            bail!(
+                "no crank-node is running on this data dir and no --bootstrap was given: nothing to submit to"
+            );
         }
         config.worker.enabled = false;
         config.api.enabled = false;
@@ -367,7 +450,9 @@ pub async fn submit(mut config: Config, args: SubmitArgs, json: bool) -> Result<
             if let Some(pb) = &pb {
                 pb.set_message("looking for workers and running the task");
             }
-            let req = api::request_from_json(&handle, task).await.map_err(|e| anyhow!(e))?;
+            let req = api::request_from_json(&handle, task)
+                .await
+                .map_err(|e| anyhow!(e))?;
             match handle.submit(req).await {
                 Ok(o) => Ok(TaskResultJson::from(&o)),
                 Err(crate::SubmitError::Failed { explanation, trace }) => {
@@ -403,14 +488,26 @@ async fn wait_for_bootstrap(handle: &NodeHandle, limit: Duration) -> Result<()> 
     let started = std::time::Instant::now();
     loop {
         let status = handle.status().await?;
-        if status.network.bootstrap.iter().any(|b| b.connected) || status.network.bootstrap.is_empty() {
+        if status.network.bootstrap.iter().any(|b| b.connected)
+            || status.network.bootstrap.is_empty()
+        {
             return Ok(());
         }
-        let all_failed = status.network.bootstrap.iter().all(|b| b.last_error.is_some());
-        if started.elapsed() >= limit || (all_failed && started.elapsed() >= Duration::from_secs(3)) {
+        let all_failed = status
+            .network
+            .bootstrap
+            .iter()
+            .all(|b| b.last_error.is_some());
+        if started.elapsed() >= limit || (all_failed && started.elapsed() >= Duration::from_secs(3))
+        {
             let mut msg = String::from("none of the bootstrap nodes answered:");
             for b in &status.network.bootstrap {
-                let _ = write!(msg, "\n  {}: {}", b.addr, b.last_error.as_deref().unwrap_or("no answer yet"));
+                let _ = write!(
+                    msg,
+                    "\n  {}: {}",
+                    b.addr,
+                    b.last_error.as_deref().unwrap_or("no answer yet")
+                );
             }
             msg.push_str("\ncheck the address (the bootstrap node prints it at start) and that it is running");
             bail!(msg);
@@ -425,8 +522,16 @@ pub fn render_result(r: &TaskResultJson) -> String {
     match &r.predictions {
         Some(preds) => {
             for (i, p) in preds.iter().enumerate() {
-                let row = if preds.len() > 1 { format!(" (row {i})") } else { String::new() };
-                let _ = writeln!(s, "prediction{row}: class {} with probability {:.3}", p.class, p.probability);
+                let row = if preds.len() > 1 {
+                    format!(" (row {i})")
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    s,
+                    "prediction{row}: class {} with probability {:.3}",
+                    p.class, p.probability
+                );
             }
         }
         None => {
@@ -447,10 +552,28 @@ pub fn render_result(r: &TaskResultJson) -> String {
     let b = &r.receipt.inner.body;
     let _ = writeln!(s, "task      {}", r.task_id);
     let _ = writeln!(s, "worker    {}", r.worker_peer_id);
-    let _ = writeln!(s, "price     {} stroops ({:.7} XLM)", r.price_stroops, r.price_stroops as f64 / 1e7);
-    let _ = writeln!(s, "time      {:.1} ms end to end, {} µs inference on {}", r.elapsed_ms, b.timings.run_micros, b.path);
-    let _ = writeln!(s, "energy    {} mJ, {}", b.energy.millijoules, b.energy.method);
-    let verified = if r.receipt.verify().is_ok() { "verified" } else { "NOT VERIFIED" };
+    let _ = writeln!(
+        s,
+        "price     {} stroops ({:.7} XLM)",
+        r.price_stroops,
+        r.price_stroops as f64 / 1e7
+    );
+    let _ = writeln!(
+        s,
+        "time      {:.1} ms end to end, {} µs inference on {}",
+        r.elapsed_ms, b.timings.run_micros, b.path
+    );
+    let _ = writeln!(
+        s,
+        "energy    {:.3} mJ, {}",
+        b.energy.microjoules as f64 / 1000.0,
+        b.energy.method
+    );
+    let verified = if r.receipt.verify().is_ok() {
+        "verified"
+    } else {
+        "NOT VERIFIED"
+    };
     let _ = writeln!(
         s,
         "receipt   signed by the worker and counter-signed by us ({verified}); pair #{}, {} stroops owed in all",
@@ -459,46 +582,21 @@ pub fn render_result(r: &TaskResultJson) -> String {
     s
 }
 
-/// The auction for people (`--verbose`).
+/// The auction for people (`--verbose`): every answer with its score, the award and why.
 pub fn render_trace(t: &AuctionTrace) -> String {
-    use crank_scheduler::auction::trace::Answer;
-    let mut s = String::new();
-    let _ = writeln!(s, "auction: {} candidates, payment rule {:?}, max price {} stroops", t.candidates.len(), t.payment, t.max_price_stroops);
-    for a in &t.answers {
-        let peer = network::peer_id_string(&a.peer);
-        let ms = a.at.saturating_sub(t.started_at);
-        let what = match &a.answer {
-            Answer::Bid { price_stroops, est_latency_ms, est_energy_mj, path, model_cached, score, .. } => format!(
-                "bid {price_stroops} stroops, ~{est_latency_ms} ms, {est_energy_mj} mJ on {path}{}, score {:.3}",
-                if *model_cached { ", model cached" } else { "" },
-                score.total
-            ),
-            Answer::Decline { reason } => format!("declined: {reason}"),
-            Answer::Rejected { reason } => format!("rejected: {reason}"),
-            Answer::NoAnswer => "did not answer".to_string(),
-        };
-        let _ = writeln!(s, "  round {} +{ms} ms  {peer}  {what}", a.round);
-    }
-    for a in &t.awards {
-        let _ = writeln!(
-            s,
-            "  award → {}  bid {} stroops, pays {} ({}){}",
-            network::peer_id_string(&a.worker),
-            a.bid_price_stroops,
-            a.price_stroops,
-            a.why,
-            a.end.as_ref().map(|e| format!(", ended: {e:?}")).unwrap_or_default()
-        );
-    }
-    s
+    format!("auction\n{t}")
 }
 
 /// `models add|list`.
 pub async fn models(config: Config, cmd: ModelsCommand, json: bool) -> Result<()> {
-    let store = crank_inference::ModelStore::open(&config.data_dir.join("models"), config.engine.max_model_bytes)?;
+    let store = crank_inference::ModelStore::open(
+        &config.data_dir.join("models"),
+        config.engine.max_model_bytes,
+    )?;
     match cmd {
         ModelsCommand::Add { file } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let had = store.has(&crank_protocol::ModelId::of(&bytes));
             let id = store.put(&bytes)?;
             // Load it once so a broken file is refused now, not on a worker later.
@@ -511,15 +609,25 @@ pub async fn models(config: Config, cmd: ModelsCommand, json: bool) -> Result<()
                 bail!("{} is not a model crank-node can run: {e}", file.display());
             }
             if json {
-                println!("{}", serde_json::json!({ "model": id.to_hex(), "bytes": bytes.len() }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "model": id.to_hex(), "bytes": bytes.len() })
+                );
             } else {
                 println!("{id}  {}", file.display());
             }
         }
         ModelsCommand::List => {
-            let list: Vec<_> = store.list().into_iter().map(|id| (id, store.size(&id).unwrap_or(0))).collect();
+            let list: Vec<_> = store
+                .list()
+                .into_iter()
+                .map(|id| (id, store.size(&id).unwrap_or(0)))
+                .collect();
             if json {
-                let v: Vec<_> = list.iter().map(|(id, n)| serde_json::json!({ "model": id.to_hex(), "bytes": n })).collect();
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|(id, n)| serde_json::json!({ "model": id.to_hex(), "bytes": n }))
+                    .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 for (id, n) in list {
@@ -531,17 +639,169 @@ pub async fn models(config: Config, cmd: ModelsCommand, json: bool) -> Result<()
     Ok(())
 }
 
+async fn api_call(
+    config: &Config,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<Option<serde_json::Value>> {
+    let Some((http, base, token)) = running_api(config).await else {
+        return Ok(None);
+    };
+    let mut req = http
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(300));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await?;
+    let status = resp.status();
+    let value: serde_json::Value = resp.json().await?;
+    if !status.is_success() {
+        bail!(
+            "{}",
+            value
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("the node refused the request")
+        );
+    }
+    Ok(Some(value))
+}
+
+/// `wallet …`: through the running node when there is one (it holds the ledger), else directly.
+pub async fn wallet(config: Config, cmd: WalletCommand, json: bool) -> Result<()> {
+    use crate::wallet::{NodeWallet, SettleView, render_history, render_settle};
+    std::fs::create_dir_all(&config.data_dir)?;
+    match cmd {
+        WalletCommand::Address => {
+            let w = crank_payments::stellar::Wallet::load_or_create(
+                &config.data_dir.join(crate::PAYOUT_KEY_FILE),
+            )?;
+            if json {
+                println!("{}", serde_json::json!({ "address": w.address() }));
+            } else {
+                println!("{}", w.address());
+            }
+        }
+        WalletCommand::Fund => {
+            let w = crank_payments::stellar::Wallet::load_or_create(
+                &config.data_dir.join(crate::PAYOUT_KEY_FILE),
+            )?;
+            let funded = crank_payments::cli::fund(&config.stellar, &w)
+                .await
+                .with_context(|| {
+                    format!(
+                        "funding {} through {}",
+                        w.address(),
+                        config.stellar.friendbot_url
+                    )
+                })?;
+            let text = match funded {
+                crank_payments::horizon::Funded::Funded(Some(tx)) => {
+                    format!("funded {} (tx {})", w.address(), tx.to_hex())
+                }
+                crank_payments::horizon::Funded::Funded(None) => format!("funded {}", w.address()),
+                crank_payments::horizon::Funded::AlreadyFunded => {
+                    format!("{} was already funded", w.address())
+                }
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "address": w.address(), "result": text })
+                );
+            } else {
+                println!("{text}");
+            }
+        }
+        WalletCommand::Balance => {
+            let value = match api_call(&config, reqwest::Method::GET, "/wallet", None).await? {
+                Some(v) => v,
+                None => serde_json::to_value(
+                    NodeWallet::open_dir(&config)
+                        .map_err(|e| anyhow!(e))?
+                        .balance()
+                        .await
+                        .map_err(|e| anyhow!(e))?,
+                )?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let b: crank_payments::cli::WalletBalance = serde_json::from_value(value)?;
+                println!("{b}");
+            }
+        }
+        WalletCommand::Settle { dry_run, all } => {
+            let body = serde_json::json!({ "all": all, "dry_run": dry_run });
+            let value = match api_call(&config, reqwest::Method::POST, "/wallet/settle", Some(body))
+                .await?
+            {
+                Some(v) => v,
+                None => serde_json::to_value(
+                    NodeWallet::open_dir(&config)
+                        .map_err(|e| anyhow!(e))?
+                        .settle(all, dry_run)
+                        .await
+                        .map_err(|e| anyhow!(e))?,
+                )?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let v: SettleView = serde_json::from_value(value)?;
+                print!("{}", render_settle(&v));
+            }
+        }
+        WalletCommand::History { limit } => {
+            let value = match api_call(
+                &config,
+                reqwest::Method::GET,
+                &format!("/wallet/history?limit={limit}"),
+                None,
+            )
+            .await?
+            {
+                Some(v) => v,
+                None => serde_json::to_value(
+                    NodeWallet::open_dir(&config)
+                        .map_err(|e| anyhow!(e))?
+                        .history(limit)
+                        .map_err(|e| anyhow!(e))?,
+                )?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let list: Vec<crank_payments::IntentRecord> = serde_json::from_value(value)?;
+                print!("{}", render_history(&list));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `id`: node id, peer id, payout address.
 pub fn id(config: &Config, json: bool) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let (identity, _) = crate::identity::load_or_create(&config.data_dir)?;
-    let wallet = crank_payments::stellar::Wallet::load_or_create(&config.data_dir.join(crate::PAYOUT_KEY_FILE))?;
+    let wallet = crank_payments::stellar::Wallet::load_or_create(
+        &config.data_dir.join(crate::PAYOUT_KEY_FILE),
+    )?;
     let node = identity.node_id();
     let peer = network::peer_id_string(&node);
     if json {
-        println!("{}", serde_json::json!({ "node_id": node.to_hex(), "peer_id": peer, "payout": wallet.address() }));
+        println!(
+            "{}",
+            serde_json::json!({ "node_id": node.to_hex(), "peer_id": peer, "payout": wallet.address() })
+        );
     } else {
-        println!("node id   {node}\npeer id   {peer}\npayout    {}", wallet.address());
+        println!(
+            "node id   {node}\npeer id   {peer}\npayout    {}",
+            wallet.address()
+        );
     }
     Ok(())
 }
@@ -559,7 +819,17 @@ mod tests {
     #[test]
     fn parses_submit() {
         let cli = Cli::try_parse_from([
-            "crank-node", "--json", "submit", "--model", "m.onnx", "--input", "i.json", "--prefer", "green", "--max-price", "500",
+            "crank-node",
+            "--json",
+            "submit",
+            "--model",
+            "m.onnx",
+            "--input",
+            "i.json",
+            "--prefer",
+            "green",
+            "--max-price",
+            "500",
         ])
         .unwrap();
         match cli.command {

@@ -14,7 +14,10 @@ use crank_inference::EngineConfig;
 use crank_inference::device::DeviceConfig;
 use crank_scheduler::{AuctionConfig, CostModel, TrustPrior};
 
+use crank_payments::StellarConfig;
+
 use crate::network::NetworkConfig;
+use crate::wallet::SettlementSettings;
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +60,10 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { enabled: true, listen: "127.0.0.1:7070".into() }
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:7070".into(),
+        }
     }
 }
 
@@ -73,7 +79,10 @@ pub struct AdvertConfig {
 
 impl Default for AdvertConfig {
     fn default() -> Self {
-        Self { interval_secs: 30, ttl_secs: 120 }
+        Self {
+            interval_secs: 30,
+            ttl_secs: 120,
+        }
     }
 }
 
@@ -122,7 +131,11 @@ pub struct WorkerConfig {
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { enabled: true, benchmark_ms: 500, cost: CostModel::default() }
+        Self {
+            enabled: true,
+            benchmark_ms: 500,
+            cost: CostModel::default(),
+        }
     }
 }
 
@@ -146,6 +159,10 @@ pub struct Config {
     pub engine: EngineConfig,
     /// The device: power gate policy and thresholds, sysfs roots, energy figures.
     pub device: DeviceConfig,
+    /// Stellar: Horizon and friendbot URLs, network passphrase, fees (default: public testnet).
+    pub stellar: StellarConfig,
+    /// Settlement of what this node owes: automatic threshold payments, batch size, validity.
+    pub settlement: SettlementSettings,
 }
 
 impl Default for Config {
@@ -159,6 +176,8 @@ impl Default for Config {
             worker: WorkerConfig::default(),
             engine: EngineConfig::default(),
             device: DeviceConfig::default(),
+            stellar: StellarConfig::default(),
+            settlement: SettlementSettings::default(),
         }
     }
 }
@@ -175,37 +194,68 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 const TOP_LEVEL: &[&str] = &[
-    "data_dir", "network", "api", "advert", "requester", "worker", "engine", "device", "stellar", "settlement",
+    "data_dir",
+    "network",
+    "api",
+    "advert",
+    "requester",
+    "worker",
+    "engine",
+    "device",
+    "stellar",
+    "settlement",
 ];
 
 impl Config {
     /// Loads defaults, then `file` (if given), then environment overrides from `env`.
-    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let mut table = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })?;
                 text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.into(),
+                        message: e.to_string(),
+                    })?
             }
             None => toml::Table::new(),
         };
         let mut env_vars: Vec<String> = Vec::new();
         for (var, value) in env {
-            let Some(rest) = var.strip_prefix("CRANK_") else { continue };
+            let Some(rest) = var.strip_prefix("CRANK_") else {
+                continue;
+            };
             let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-            if !path.first().is_some_and(|p| TOP_LEVEL.contains(&p.as_str())) || path.iter().any(String::is_empty) {
+            if !path
+                .first()
+                .is_some_and(|p| TOP_LEVEL.contains(&p.as_str()))
+                || path.iter().any(String::is_empty)
+            {
                 continue;
             }
             set_path(&mut table, &path, parse_env_value(&value));
             env_vars.push(var);
         }
-        let source = file.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("(defaults)"));
+        let source = file
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("(defaults)"));
         Self::deserialize(toml::Value::Table(table)).map_err(|e| {
             if env_vars.is_empty() {
-                ConfigError::Parse { path: source, message: e.to_string() }
+                ConfigError::Parse {
+                    path: source,
+                    message: e.to_string(),
+                }
             } else {
-                ConfigError::Env { var: env_vars.join(", "), message: e.to_string() }
+                ConfigError::Env {
+                    var: env_vars.join(", "),
+                    message: e.to_string(),
+                }
             }
         })
     }
@@ -225,10 +275,14 @@ fn parse_env_value(value: &str) -> toml::Value {
 }
 
 fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut cur = table;
     for key in parents {
-        let entry = cur.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = cur
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         if !entry.is_table() {
             *entry = toml::Value::Table(toml::Table::new());
         }
@@ -243,15 +297,29 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
     fn defaults_then_file_then_env() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "data_dir = \"/tmp/x\"\n[network]\nkad_mode = \"client\"\nrequest_timeout_secs = 9\n").unwrap();
-        let c = Config::load(Some(&file), env(&[("CRANK_NETWORK__KAD_MODE", "server"), ("CRANK_LOG", "debug")])).unwrap();
+        std::fs::write(
+            &file,
+            "data_dir = \"/tmp/x\"\n[network]\nkad_mode = \"client\"\nrequest_timeout_secs = 9\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("CRANK_NETWORK__KAD_MODE", "server"),
+                ("CRANK_LOG", "debug"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.network.kad_mode, crate::network::KadMode::Server);
         assert_eq!(c.network.request_timeout_secs, 9);
@@ -262,7 +330,10 @@ mod tests {
     fn env_lists_and_numbers() {
         let c = Config::load(
             None,
-            env(&[("CRANK_NETWORK__LISTEN", "[\"/ip4/127.0.0.1/tcp/0\"]"), ("CRANK_ADVERT__TTL_SECS", "60")]),
+            env(&[
+                ("CRANK_NETWORK__LISTEN", "[\"/ip4/127.0.0.1/tcp/0\"]"),
+                ("CRANK_ADVERT__TTL_SECS", "60"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.network.listen, vec!["/ip4/127.0.0.1/tcp/0".to_string()]);
@@ -276,7 +347,9 @@ mod tests {
         std::fs::write(&file, "[network]\nlisten_on = []\n").unwrap();
         let e = Config::load(Some(&file), vec![]).unwrap_err().to_string();
         assert!(e.contains("listen_on"), "{e}");
-        let e = Config::load(None, env(&[("CRANK_ADVERT__TTL_SECS", "soon")])).unwrap_err().to_string();
+        let e = Config::load(None, env(&[("CRANK_ADVERT__TTL_SECS", "soon")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("CRANK_ADVERT__TTL_SECS"), "{e}");
     }
 
@@ -292,5 +365,7 @@ mod tests {
         assert_eq!(c.worker, d.worker);
         assert_eq!(c.engine, d.engine);
         assert_eq!(c.device, d.device);
+        assert_eq!(c.stellar, d.stellar);
+        assert_eq!(c.settlement, d.settlement);
     }
 }

@@ -49,17 +49,27 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
     }
-    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(contents)?;
     f.sync_all()
 }
 
 /// Refuses secret files that group or others can read.
 pub fn check_secret_permissions(path: &Path) -> Result<(), IdentityError> {
-    let meta = fs::metadata(path).map_err(|source| IdentityError::Io { path: path.into(), source })?;
+    let meta = fs::metadata(path).map_err(|source| IdentityError::Io {
+        path: path.into(),
+        source,
+    })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(IdentityError::Permissions { path: path.into(), mode });
+        return Err(IdentityError::Permissions {
+            path: path.into(),
+            mode,
+        });
     }
     Ok(())
 }
@@ -67,19 +77,28 @@ pub fn check_secret_permissions(path: &Path) -> Result<(), IdentityError> {
 /// Loads the node key from `data_dir`, creating it on first run. Returns whether it was new.
 pub fn load_or_create(data_dir: &Path) -> Result<(Identity, bool), IdentityError> {
     let path = data_dir.join(NODE_KEY_FILE);
-    let io = |source| IdentityError::Io { path: path.clone(), source };
+    let io = |source| IdentityError::Io {
+        path: path.clone(),
+        source,
+    };
     match fs::read_to_string(&path) {
         Ok(text) => {
             check_secret_permissions(&path)?;
             let hex_part = text
                 .strip_prefix(HEADER)
-                .ok_or_else(|| IdentityError::Corrupt { path: path.clone(), why: "missing header".into() })?
+                .ok_or_else(|| IdentityError::Corrupt {
+                    path: path.clone(),
+                    why: "missing header".into(),
+                })?
                 .trim();
-            let bytes = hex::decode(hex_part)
-                .map_err(|e| IdentityError::Corrupt { path: path.clone(), why: e.to_string() })?;
-            let secret: [u8; 32] = bytes
-                .try_into()
-                .map_err(|_| IdentityError::Corrupt { path: path.clone(), why: "key is not 32 bytes".into() })?;
+            let bytes = hex::decode(hex_part).map_err(|e| IdentityError::Corrupt {
+                path: path.clone(),
+                why: e.to_string(),
+            })?;
+            let secret: [u8; 32] = bytes.try_into().map_err(|_| IdentityError::Corrupt {
+                path: path.clone(),
+                why: "key is not 32 bytes".into(),
+            })?;
             Ok((Identity::from_secret(secret), false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -104,7 +123,11 @@ mod tests {
         let (b, new_b) = load_or_create(dir.path()).unwrap();
         assert!(new_a && !new_b);
         assert_eq!(a.node_id(), b.node_id());
-        let mode = fs::metadata(dir.path().join(NODE_KEY_FILE)).unwrap().permissions().mode() & 0o777;
+        let mode = fs::metadata(dir.path().join(NODE_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
     }
 
@@ -114,9 +137,15 @@ mod tests {
         load_or_create(dir.path()).unwrap();
         let path = dir.path().join(NODE_KEY_FILE);
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(load_or_create(dir.path()), Err(IdentityError::Permissions { .. })));
+        assert!(matches!(
+            load_or_create(dir.path()),
+            Err(IdentityError::Permissions { .. })
+        ));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         fs::write(&path, "garbage").unwrap();
-        assert!(matches!(load_or_create(dir.path()), Err(IdentityError::Corrupt { .. })));
+        assert!(matches!(
+            load_or_create(dir.path()),
+            Err(IdentityError::Corrupt { .. })
+        ));
     }
 }

@@ -13,6 +13,7 @@
 //! - [`network`]: the only module that knows libp2p: swarm, codec, event loop, `Client`.
 //! - [`node`]: the runtime that ties the parts together ([`Node`], [`NodeHandle`]).
 //! - `worker` / `requester`: the two sides of the task flow.
+//! - [`wallet`]: the payout key and settlement of what this node owes (Stellar).
 //! - [`api`]: the local HTTP API (token-protected) and `/metrics`.
 //! - [`commands`]: what each CLI subcommand does; `main.rs` only parses and dispatches.
 //!
@@ -20,7 +21,10 @@
 //! `crank-scheduler` (the auction), `crank-inference` (models, runners, power gate) and
 //! `crank-payments` (ledger, Stellar).
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod api;
 pub mod clock;
@@ -33,6 +37,7 @@ pub mod node;
 mod requester;
 pub mod status;
 pub mod tensor_io;
+pub mod wallet;
 mod worker;
 
 use std::future::Future;
@@ -45,7 +50,11 @@ pub use requester::{ModelSource, SubmitError, SubmitRequest, TaskOutcome};
 pub const PAYOUT_KEY_FILE: &str = "payout.secret";
 
 /// Runs a node until `shutdown` resolves: starts it, serves the local API, then stops cleanly.
-pub async fn run(config: Config, role: network::Role, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+pub async fn run(
+    config: Config,
+    role: network::Role,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
     let node = Node::start(config, role).await?;
     let api = api::serve(node.handle()).await;
     match &api {

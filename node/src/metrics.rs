@@ -57,29 +57,73 @@ impl Metrics {
         let peers = Gauge::default();
         registry.register("peers", "Connected peers", peers.clone());
         let requests_received = Family::<Labels, Counter>::default();
-        registry.register("requests_received", "Task-protocol requests received, by kind", requests_received.clone());
+        registry.register(
+            "requests_received",
+            "Task-protocol requests received, by kind",
+            requests_received.clone(),
+        );
         let requests_sent = Family::<Labels, Counter>::default();
-        registry.register("requests_sent", "Task-protocol requests sent, by kind", requests_sent.clone());
+        registry.register(
+            "requests_sent",
+            "Task-protocol requests sent, by kind",
+            requests_sent.clone(),
+        );
         let responses_sent = Family::<Labels, Counter>::default();
-        registry.register("responses_sent", "Task-protocol responses sent, by kind", responses_sent.clone());
+        registry.register(
+            "responses_sent",
+            "Task-protocol responses sent, by kind",
+            responses_sent.clone(),
+        );
         let invalid_messages = Counter::default();
-        registry.register("invalid_messages", "Messages refused as malformed, badly signed or invalid", invalid_messages.clone());
+        registry.register(
+            "invalid_messages",
+            "Messages refused as malformed, badly signed or invalid",
+            invalid_messages.clone(),
+        );
         let adverts_received = Counter::default();
-        registry.register("adverts_received", "Valid adverts received by gossip", adverts_received.clone());
+        registry.register(
+            "adverts_received",
+            "Valid adverts received by gossip",
+            adverts_received.clone(),
+        );
         let events_dropped = Counter::default();
-        registry.register("events_dropped", "Network events dropped because the node was overloaded", events_dropped.clone());
+        registry.register(
+            "events_dropped",
+            "Network events dropped because the node was overloaded",
+            events_dropped.clone(),
+        );
         let tasks = Family::<Labels, Counter>::default();
         registry.register("tasks", "Tasks by role and outcome", tasks.clone());
         let task_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register("task_seconds", "Submit-to-result time of requested tasks", task_seconds.clone());
+        registry.register(
+            "task_seconds",
+            "Submit-to-result time of requested tasks",
+            task_seconds.clone(),
+        );
         let inference_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
-        registry.register("inference_seconds", "Inference run time of tasks done here", inference_seconds.clone());
+        registry.register(
+            "inference_seconds",
+            "Inference run time of tasks done here",
+            inference_seconds.clone(),
+        );
         let gate_open = Gauge::default();
-        registry.register("gate_open", "1 when the power gate lets the node work", gate_open.clone());
+        registry.register(
+            "gate_open",
+            "1 when the power gate lets the node work",
+            gate_open.clone(),
+        );
         let queued = Gauge::default();
-        registry.register("queued_tasks", "Tasks accepted and not yet finished", queued.clone());
+        registry.register(
+            "queued_tasks",
+            "Tasks accepted and not yet finished",
+            queued.clone(),
+        );
         let receipts = Family::<Labels, Counter>::default();
-        registry.register("receipts", "Counter-signed receipts stored, by role", receipts.clone());
+        registry.register(
+            "receipts",
+            "Counter-signed receipts stored, by role",
+            receipts.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -113,13 +157,22 @@ impl Metrics {
         self.inner.peers.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
     pub(crate) fn request_received(&self, kind: &str) {
-        self.inner.requests_received.get_or_create(&label("kind", kind)).inc();
+        self.inner
+            .requests_received
+            .get_or_create(&label("kind", kind))
+            .inc();
     }
     pub(crate) fn request_sent(&self, kind: &str) {
-        self.inner.requests_sent.get_or_create(&label("kind", kind)).inc();
+        self.inner
+            .requests_sent
+            .get_or_create(&label("kind", kind))
+            .inc();
     }
     pub(crate) fn response_sent(&self, kind: &str) {
-        self.inner.responses_sent.get_or_create(&label("kind", kind)).inc();
+        self.inner
+            .responses_sent
+            .get_or_create(&label("kind", kind))
+            .inc();
     }
     pub(crate) fn invalid_message(&self) {
         self.inner.invalid_messages.inc();
@@ -131,7 +184,13 @@ impl Metrics {
         self.inner.events_dropped.inc();
     }
     pub(crate) fn task(&self, role: &str, outcome: &str) {
-        self.inner.tasks.get_or_create(&vec![("role".into(), role.into()), ("outcome".into(), outcome.into())]).inc();
+        self.inner
+            .tasks
+            .get_or_create(&vec![
+                ("role".into(), role.into()),
+                ("outcome".into(), outcome.into()),
+            ])
+            .inc();
     }
     pub(crate) fn task_seconds(&self, secs: f64) {
         self.inner.task_seconds.observe(secs);
@@ -146,7 +205,10 @@ impl Metrics {
         self.inner.queued.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
     pub(crate) fn receipt(&self, role: &str) {
-        self.inner.receipts.get_or_create(&label("role", role)).inc();
+        self.inner
+            .receipts
+            .get_or_create(&label("role", role))
+            .inc();
     }
 }
 
@@ -161,6 +223,9 @@ mod tests {
         m.set_peers(3);
         let text = m.encode();
         assert!(text.contains("crank_peers 3"), "{text}");
-        assert!(text.contains("crank_requests_received_total{kind=\"award\"} 1"), "{text}");
+        assert!(
+            text.contains("crank_requests_received_total{kind=\"award\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -12,8 +12,9 @@ use crank_payments::Ledger;
 use crank_protocol::adverts::AdvertTable;
 use crank_protocol::validate::Limits;
 use crank_protocol::{
-    Capacity, CapabilityAdvert, ErrorCode, ExecPath, GateInfo, GateReason, Hardware, ModelId, NamedTensor,
-    NodeId, PathBench, Pricing, Request, Response, Signed, TaskId, Tensor, TensorData, TrustSummary,
+    CapabilityAdvert, Capacity, ErrorCode, ExecPath, GateInfo, GateReason, Hardware, ModelId,
+    NamedTensor, NodeId, PathBench, Pricing, Request, Response, Signed, TaskId, Tensor, TensorData,
+    TrustSummary,
 };
 use crank_scheduler::{MeasuredRun, TrustBook};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
@@ -23,6 +24,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::network::{self, Client, NetworkEvent, Responder};
+use crate::wallet::NodeWallet;
 use crate::{clock, identity, requester, worker};
 
 /// The reference model every node carries: the digits MLP, used for the self-benchmark.
@@ -96,6 +98,7 @@ pub(crate) struct Shared {
     pub store: Arc<ModelStore>,
     pub engine: Engine,
     pub ledger: Arc<Ledger>,
+    pub wallet: Arc<NodeWallet>,
     pub metrics: Metrics,
     pub meter: EnergyMeter,
     pub gate: watch::Receiver<GateSnapshot>,
@@ -150,8 +153,15 @@ impl Shared {
 
     /// What this node did as a worker: counter-signed receipts and failures.
     fn own_record(&self) -> TrustSummary {
-        let completed = self.ledger.balances().map(|b| b.total.receipts_as_worker).unwrap_or(0);
-        TrustSummary { completed, failed: self.worker_failures.load(Ordering::Relaxed) }
+        let completed = self
+            .ledger
+            .balances()
+            .map(|b| b.total.receipts_as_worker)
+            .unwrap_or(0);
+        TrustSummary {
+            completed,
+            failed: self.worker_failures.load(Ordering::Relaxed),
+        }
     }
 
     /// Builds and signs the current advert, with a fresh sequence number.
@@ -161,7 +171,11 @@ impl Shared {
         let queue = self.engine.queue();
         let (power, mut gate) = device::summarize(&snapshot, &self.meter, self.hardware.cores);
         if let Some(reason) = self.gate_closed() {
-            gate = GateInfo { policy: gate.policy, open: false, reason: Some(reason) };
+            gate = GateInfo {
+                policy: gate.policy,
+                open: false,
+                reason: Some(reason),
+            };
         }
         let seq = self.advert_seq.fetch_add(1, Ordering::SeqCst) + 1;
         // Persist the sequence number so a restart never reuses one (peers would call it stale).
@@ -178,11 +192,20 @@ impl Shared {
             hardware: self.hardware.clone(),
             power,
             gate,
-            models: self.store.list().into_iter().take(self.limits.max_advert_models).collect(),
-            pricing: Pricing { per_task_stroops: cost.per_task_stroops, per_second_stroops: cost.per_second_stroops },
+            models: self
+                .store
+                .list()
+                .into_iter()
+                .take(self.limits.max_advert_models)
+                .collect(),
+            pricing: Pricing {
+                per_task_stroops: cost.per_task_stroops,
+                per_second_stroops: cost.per_second_stroops,
+            },
             payout: self.payout.clone(),
             trust: self.own_record(),
             bench: self.bench.clone(),
+            addrs: lock(&self.listen_addrs).iter().take(8).cloned().collect(),
             capacity: Capacity {
                 workers: u16::try_from(queue.workers).unwrap_or(u16::MAX),
                 queue_slots: u16::try_from(queue.slots).unwrap_or(u16::MAX),
@@ -194,13 +217,19 @@ impl Shared {
         Ok(signed)
     }
 
+    /// Whether this node offers work at all: bootstrap nodes and requester-only nodes do
+    /// not advertise, so requesters never ask them for bids.
+    pub fn offers_work(&self) -> bool {
+        self.config.worker.enabled && !self.role.bootstrap
+    }
+
     /// The advert to hand out: the current one if still fresh, else a new one.
     pub fn advert(&self) -> Option<Signed<CapabilityAdvert>> {
         let now = clock::now_ms();
-        if let Some(a) = lock(&self.current_advert).as_ref() {
-            if a.body.expires_at > now + 5_000 {
-                return Some(a.clone());
-            }
+        if let Some(a) = lock(&self.current_advert).as_ref()
+            && a.body.expires_at > now + 5_000
+        {
+            return Some(a.clone());
         }
         self.build_advert().ok()
     }
@@ -211,8 +240,12 @@ impl Shared {
             return;
         }
         let node = advert.body.node;
+        let addrs = advert.body.addrs.clone();
         match lock(&self.adverts).insert(advert, clock::now_ms()) {
-            Ok(_) => debug!(peer = %node.short(), "advert stored"),
+            Ok(_) => {
+                debug!(peer = %node.short(), "advert stored");
+                self.client.add_peer_addresses(&node, &addrs);
+            }
             Err(e) => debug!(peer = %node.short(), reason = %e, "advert not stored"),
         }
     }
@@ -221,7 +254,8 @@ impl Shared {
     pub async fn add_model(&self, bytes: &[u8]) -> Result<ModelId, crank_inference::StoreError> {
         let had = self.store.list().len();
         let id = self.store.put(bytes)?;
-        if self.store.list().len() != had {
+        // Provider records say "ask me to run it": only nodes that take work announce.
+        if self.store.list().len() != had && self.offers_work() {
             if let Err(e) = self.client.provide(id.provider_key()).await {
                 warn!(error = %e, "cannot announce the model");
             }
@@ -254,24 +288,32 @@ impl Node {
     /// Starts a node: keys, stores, engine, gate, network, and the background loops.
     pub async fn start(config: Config, role: network::Role) -> Result<Node, StartError> {
         let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir { path: data_dir.clone(), source })?;
+        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
         let (identity, new_key) = identity::load_or_create(&data_dir)?;
         let node_id = identity.node_id();
         if new_key {
             info!(node = %node_id, "created a new node key");
         }
-        let wallet = crank_payments::stellar::Wallet::load_or_create(&data_dir.join(crate::PAYOUT_KEY_FILE))
-            .map_err(|e| StartError::Wallet(chain(&e)))?;
-        let payout = wallet.address();
 
         let store = Arc::new(
             ModelStore::open(&data_dir.join("models"), config.engine.max_model_bytes)
                 .map_err(|e| StartError::Store(chain(&e)))?,
         );
-        let ledger =
-            Arc::new(Ledger::open(&data_dir.join("ledger.redb")).map_err(|e| StartError::Ledger(chain(&e)))?);
-        let engine = Engine::new(config.engine.clone(), store.clone()).map_err(|e| StartError::Engine(chain(&e)))?;
-        let monitor = GateMonitor::start(config.device.clone()).await.map_err(|e| StartError::Gate(chain(&e)))?;
+        let ledger = Arc::new(
+            Ledger::open(&data_dir.join("ledger.redb"))
+                .map_err(|e| StartError::Ledger(chain(&e)))?,
+        );
+        let wallet =
+            Arc::new(NodeWallet::open(&config, ledger.clone()).map_err(StartError::Wallet)?);
+        let payout = wallet.address();
+        let engine = Engine::new(config.engine.clone(), store.clone())
+            .map_err(|e| StartError::Engine(chain(&e)))?;
+        let monitor = GateMonitor::start(config.device.clone())
+            .await
+            .map_err(|e| StartError::Gate(chain(&e)))?;
         let gate = monitor.subscribe();
         let meter = EnergyMeter::new(&config.device);
         let hardware = device::probe_hardware(Vec::new());
@@ -290,8 +332,15 @@ impl Node {
         // A restart also moves past any sequence number handed out but not yet persisted.
         .max(clock::now_ms());
 
+        // Quotes scale the self-benchmark by model size and input elements relative to the
+        // reference model, so the cost model must know its real size (one row = 64 elements).
+        let mut config = config;
+        config.worker.cost.reference_model_bytes = REFERENCE_MODEL.len() as u64;
+        config.worker.cost.reference_input_elements = 64;
         // The reference model: every node holds it, and it is what the self-benchmark runs.
-        let reference = store.put(REFERENCE_MODEL).map_err(|e| StartError::Store(chain(&e)))?;
+        let reference = store
+            .put(REFERENCE_MODEL)
+            .map_err(|e| StartError::Store(chain(&e)))?;
         let bench = if role.bootstrap || !config.worker.enabled {
             Vec::new()
         } else {
@@ -299,7 +348,8 @@ impl Node {
         };
 
         let metrics = Metrics::new();
-        let (client, events, event_loop) = network::new(&identity, &config.network, role.clone(), metrics.clone())?;
+        let (client, events, event_loop) =
+            network::new(&identity, &config.network, role.clone(), metrics.clone())?;
         let limits = Limits::default();
         let shared = Arc::new(Shared {
             identity,
@@ -308,6 +358,7 @@ impl Node {
             store,
             engine,
             ledger,
+            wallet: wallet.clone(),
             metrics,
             meter,
             gate,
@@ -339,19 +390,32 @@ impl Node {
         tasks.spawn(event_loop.run(async move { stopped(&mut rx).await }));
         tasks.spawn(dispatch(shared.clone(), events, stop_rx.clone()));
         tasks.spawn(advert_loop(shared.clone(), stop_rx.clone()));
-        tasks.spawn(gate_loop(shared.clone(), stop_rx));
-        for id in shared.store.list() {
-            if let Err(e) = shared.client.provide(id.provider_key()).await {
-                warn!(error = %e, "cannot announce a model");
+        tasks.spawn(gate_loop(shared.clone(), stop_rx.clone()));
+        tasks.spawn(crate::wallet::settlement_loop(
+            wallet,
+            shared.config.settlement.clone(),
+            stop_rx,
+        ));
+        if shared.offers_work() {
+            for id in shared.store.list() {
+                if let Err(e) = shared.client.provide(id.provider_key()).await {
+                    warn!(error = %e, "cannot announce a model");
+                }
             }
         }
         info!(node = %node_id, peer = %network::peer_id_string(&node_id), payout = %shared.payout, "node started");
-        Ok(Node { shared, tasks, stop })
+        Ok(Node {
+            shared,
+            tasks,
+            stop,
+        })
     }
 
     /// A handle for in-process use.
     pub fn handle(&self) -> NodeHandle {
-        NodeHandle { shared: self.shared.clone() }
+        NodeHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Stops the background loops, aborts running tasks and waits for them.
@@ -374,32 +438,63 @@ impl Node {
     }
 }
 
+/// Rows per self-benchmark run.
+const BENCH_ROWS: u64 = 256;
+
 /// Runs the reference model for about half a second to measure speed and energy per inference.
-async fn self_benchmark(engine: &Engine, meter: &EnergyMeter, model: ModelId, config: &Config) -> Vec<PathBench> {
+async fn self_benchmark(
+    engine: &Engine,
+    meter: &EnergyMeter,
+    model: ModelId,
+    config: &Config,
+) -> Vec<PathBench> {
     if config.worker.benchmark_ms == 0 {
         return Vec::new();
     }
     // One row of the reference model's input (the digits MLP takes [N, 64] floats).
     let name = match engine.inspect(&model) {
-        Ok(info) => info.inputs.first().map(|i| i.name.clone()).unwrap_or_default(),
+        Ok(info) => info
+            .inputs
+            .first()
+            .map(|i| i.name.clone())
+            .unwrap_or_default(),
         Err(e) => {
             warn!(error = %chain(&e), "reference model does not load; no self-benchmark");
             return Vec::new();
         }
     };
-    let input = vec![NamedTensor { name, tensor: Tensor { shape: vec![1, 64], data: TensorData::F32(vec![0.5; 64]) } }];
+    // A batch of rows, so the figure is the compute rate per row rather than the fixed cost
+    // of one call (quotes add that fixed cost separately as `overhead_ms`). Figures below
+    // are per row: one row of the reference model is one "inference".
+    let input = vec![NamedTensor {
+        name,
+        tensor: Tensor {
+            shape: vec![BENCH_ROWS, 64],
+            data: TensorData::F32(
+                (0..BENCH_ROWS * 64)
+                    .map(|i| (i % 17) as f32 / 16.0)
+                    .collect(),
+            ),
+        },
+    }];
     let engine = engine.clone();
     let meter = meter.clone();
     let min = Duration::from_millis(config.worker.benchmark_ms);
     let result = tokio::task::spawn_blocking(move || {
         device::measure(&meter, 10_000, min, || {
             let job = Job::new(model, input.clone(), Duration::from_secs(10));
-            engine.submit(job).and_then(crank_inference::JobHandle::wait).map(|_| ())
+            engine
+                .submit(job)
+                .and_then(crank_inference::JobHandle::wait)
+                .map(|_| ())
         })
     })
     .await;
     match result {
-        Ok(Ok(figures)) => {
+        Ok(Ok(mut figures)) => {
+            figures.inferences_per_sec *= BENCH_ROWS as f32;
+            figures.microjoules_per_inference =
+                (figures.microjoules_per_inference / BENCH_ROWS).max(1);
             info!(
                 inferences_per_sec = figures.inferences_per_sec,
                 microjoules = figures.microjoules_per_inference,
@@ -431,17 +526,29 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     }
 }
 
-async fn dispatch(shared: Arc<Shared>, mut events: mpsc::Receiver<NetworkEvent>, mut stop: watch::Receiver<bool>) {
+async fn dispatch(
+    shared: Arc<Shared>,
+    mut events: mpsc::Receiver<NetworkEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let event = tokio::select! {
             e = events.recv() => match e { Some(e) => e, None => break },
             _ = stopped(&mut stop) => break,
         };
         match event {
-            NetworkEvent::Listening { addr } => lock(&shared.listen_addrs).push(addr),
+            NetworkEvent::Listening { addr } => {
+                lock(&shared.listen_addrs).push(addr);
+                shared.advert_changed.notify_one();
+            }
             NetworkEvent::PeerConnected { node } => debug!(peer = %node.short(), "peer connected"),
             NetworkEvent::PeerDisconnected { node } => {
                 debug!(peer = %node.short(), "peer disconnected");
+                // Tasks awarded to it learn at once, instead of at their result timeout.
+                let pending: Vec<_> = lock(&shared.pending).values().cloned().collect();
+                for tx in pending {
+                    let _ = tx.try_send(requester::WorkerReport::Disconnected { peer: node });
+                }
             }
             NetworkEvent::PeerIdentified { node, speaks_crank } => {
                 if speaks_crank {
@@ -449,18 +556,23 @@ async fn dispatch(shared: Arc<Shared>, mut events: mpsc::Receiver<NetworkEvent>,
                 }
             }
             NetworkEvent::Advert(advert) => shared.accept_advert(*advert),
-            NetworkEvent::InboundRequest { peer, request, responder } => {
-                match shared.inbound.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let shared = shared.clone();
-                        tokio::spawn(async move {
-                            handle_request(&shared, peer, request, responder).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(_) => responder.send(Response::error(ErrorCode::Busy, "too many requests in flight; try later")),
+            NetworkEvent::InboundRequest {
+                peer,
+                request,
+                responder,
+            } => match shared.inbound.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        handle_request(&shared, peer, *request, responder).await;
+                        drop(permit);
+                    });
                 }
-            }
+                Err(_) => responder.send(Response::error(
+                    ErrorCode::Busy,
+                    "too many requests in flight; try later",
+                )),
+            },
         }
     }
 }
@@ -468,39 +580,61 @@ async fn dispatch(shared: Arc<Shared>, mut events: mpsc::Receiver<NetworkEvent>,
 /// Asks a newly identified peer for its advert, so we need not wait for the next gossip round.
 async fn fetch_advert(shared: Arc<Shared>, node: NodeId) {
     match shared.client.request(&node, Request::GetAdvert).await {
-        Ok(Response::Advert(advert)) => match crank_protocol::validate::advert(&advert, clock::now_ms(), &shared.limits) {
-            Ok(body) if body.node == node => shared.accept_advert(*advert),
-            Ok(_) => {
-                warn!(peer = %node.short(), "peer sent someone else's advert");
-                shared.client.penalize(&node, "sent someone else's advert").await;
+        Ok(Response::Advert(advert)) => {
+            match crank_protocol::validate::advert(&advert, clock::now_ms(), &shared.limits) {
+                Ok(body) if body.node == node => shared.accept_advert(*advert),
+                Ok(_) => {
+                    warn!(peer = %node.short(), "peer sent someone else's advert");
+                    shared
+                        .client
+                        .penalize(&node, "sent someone else's advert")
+                        .await;
+                }
+                Err(e) => {
+                    warn!(peer = %node.short(), error = %e, "peer sent an invalid advert");
+                    shared.client.penalize(&node, e.to_string()).await;
+                }
             }
-            Err(e) => {
-                warn!(peer = %node.short(), error = %e, "peer sent an invalid advert");
-                shared.client.penalize(&node, e.to_string()).await;
-            }
-        },
+        }
         Ok(other) => debug!(peer = %node.short(), kind = other.kind(), "no advert from peer"),
         Err(e) => debug!(peer = %node.short(), error = %e, "advert request failed"),
     }
 }
 
-async fn handle_request(shared: &Arc<Shared>, peer: NodeId, request: Request, responder: Responder) {
+async fn handle_request(
+    shared: &Arc<Shared>,
+    peer: NodeId,
+    request: Request,
+    responder: Responder,
+) {
     match request {
-        Request::CallForBids(cfb) => responder.send(worker::on_call_for_bids(shared, &peer, &cfb).await),
+        Request::CallForBids(cfb) => {
+            responder.send(worker::on_call_for_bids(shared, &peer, &cfb).await)
+        }
         Request::Award(award) => worker::on_award(shared, peer, award, responder).await,
         Request::Cancel(cancel) => responder.send(worker::on_cancel(shared, &peer, &cancel)),
         Request::FetchModel(fetch) => responder.send(worker::on_fetch_model(shared, &fetch)),
         Request::Result(result) => requester::on_result(shared, peer, result, responder).await,
         Request::Failure(failure) => requester::on_failure(shared, peer, failure, responder).await,
+        Request::GetAdvert if !shared.offers_work() => responder.send(Response::error(
+            ErrorCode::NotFound,
+            "this node takes no work and has no advert",
+        )),
         Request::GetAdvert => match shared.advert() {
             Some(a) => responder.send(Response::Advert(Box::new(a))),
-            None => responder.send(Response::error(ErrorCode::Internal, "cannot sign an advert")),
+            None => responder.send(Response::error(
+                ErrorCode::Internal,
+                "cannot sign an advert",
+            )),
         },
     }
 }
 
 async fn advert_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let interval = Duration::from_secs(shared.config.advert.interval_secs.max(1));
+    if !shared.offers_work() {
+        return;
+    }
     loop {
         match shared.build_advert() {
             Ok(advert) => {
@@ -582,10 +716,18 @@ impl NodeHandle {
         lock(&self.shared.listen_addrs).clone()
     }
 
+    /// Tasks accepted and not finished (fetching, queued, running or delivering).
+    pub fn running_tasks(&self) -> usize {
+        lock(&self.shared.running).len()
+    }
+
     /// Number of fresh adverts of other nodes.
     pub fn known_adverts(&self) -> usize {
         let now = clock::now_ms();
-        lock(&self.shared.adverts).fresh(now).filter(|a| a.node != self.shared.node_id).count()
+        lock(&self.shared.adverts)
+            .fresh(now)
+            .filter(|a| a.node != self.shared.node_id)
+            .count()
     }
 
     /// Adds a model to the local store and announces it.
@@ -594,7 +736,10 @@ impl NodeHandle {
     }
 
     /// Runs a task on the mesh.
-    pub async fn submit(&self, req: crate::SubmitRequest) -> Result<crate::TaskOutcome, crate::SubmitError> {
+    pub async fn submit(
+        &self,
+        req: crate::SubmitRequest,
+    ) -> Result<crate::TaskOutcome, crate::SubmitError> {
         requester::submit(&self.shared, req).await
     }
 
@@ -603,14 +748,29 @@ impl NodeHandle {
         self.shared.monitor.set_paused(paused);
     }
 
+    /// The node's wallet (payout key, balances, settlement).
+    pub fn wallet(&self) -> &NodeWallet {
+        &self.shared.wallet
+    }
+
     /// Stored receipts, newest first.
     pub fn receipts(&self, limit: usize) -> Vec<crank_payments::StoredReceipt> {
         self.shared.ledger.receipts(None, limit).unwrap_or_default()
     }
 
     /// The names of a model's graph inputs (for naming unnamed input tensors).
-    pub fn input_names(&self, model: &ModelId) -> Result<Vec<String>, crank_inference::InferenceError> {
-        Ok(self.shared.engine.inspect(model)?.inputs.iter().map(|i| i.name.clone()).collect())
+    pub fn input_names(
+        &self,
+        model: &ModelId,
+    ) -> Result<Vec<String>, crank_inference::InferenceError> {
+        Ok(self
+            .shared
+            .engine
+            .inspect(model)?
+            .inputs
+            .iter()
+            .map(|i| i.name.clone())
+            .collect())
     }
 
     /// A snapshot for `crank-node status`.
@@ -634,7 +794,11 @@ impl NodeHandle {
                 ram_mib: a.hardware.ram_mib,
                 models: a.models.len(),
                 per_task_stroops: a.pricing.per_task_stroops,
-                inferences_per_sec: a.bench.iter().find(|b| b.path == ExecPath::Cpu).map(|b| b.inferences_per_sec),
+                inferences_per_sec: a
+                    .bench
+                    .iter()
+                    .find(|b| b.path == ExecPath::Cpu)
+                    .map(|b| b.inferences_per_sec),
                 completed: a.trust.completed,
                 expires_in_secs: a.expires_at.saturating_sub(now) / 1000,
             })
@@ -646,7 +810,11 @@ impl NodeHandle {
             uptime_secs: s.started.elapsed().as_secs(),
             payout: s.payout.clone(),
             network,
-            gate: GateView { policy: snapshot.policy.to_string(), open: reason.is_none(), reason: reason.map(|r| r.to_string()) },
+            gate: GateView {
+                policy: snapshot.policy.to_string(),
+                open: reason.is_none(),
+                reason: reason.map(|r| r.to_string()),
+            },
             queue: QueueView {
                 workers: queue.workers,
                 slots: queue.slots,
@@ -658,7 +826,13 @@ impl NodeHandle {
             bench: s.bench.clone(),
             adverts,
             balances: s.ledger.balances().unwrap_or_default(),
-            receipts: s.ledger.receipts(None, 20).unwrap_or_default().iter().map(ReceiptView::from).collect(),
+            receipts: s
+                .ledger
+                .receipts(None, 20)
+                .unwrap_or_default()
+                .iter()
+                .map(ReceiptView::from)
+                .collect(),
         })
     }
 }

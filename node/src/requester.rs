@@ -14,8 +14,8 @@ use crank_protocol::{
     TaskFailure, TaskId, TaskResult,
 };
 use crank_scheduler::{
-    Auction, AuctionTrace, CandidateQuery, FailureExplanation, Input, Output, Preference, Status, TaskSpec,
-    select_candidates,
+    Auction, AuctionTrace, CandidateQuery, FailureExplanation, Input, Output, Preference, Status,
+    TaskSpec, select_candidates,
 };
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -30,8 +30,18 @@ use crate::node::{Shared, lock};
 /// What a worker sent about a task this node requested.
 #[derive(Debug)]
 pub(crate) enum WorkerReport {
-    Result { from: NodeId, result: TaskResult, responder: Responder },
-    Failure { from: NodeId, failure: Signed<TaskFailure>, responder: Responder },
+    Result {
+        from: NodeId,
+        result: TaskResult,
+        responder: Responder,
+    },
+    Failure {
+        from: NodeId,
+        failure: Signed<TaskFailure>,
+        responder: Responder,
+    },
+    /// The last connection to a peer closed (it may have crashed).
+    Disconnected { peer: NodeId },
 }
 
 /// Where the model of a submission comes from.
@@ -63,7 +73,14 @@ pub struct SubmitRequest {
 impl SubmitRequest {
     /// A request with the config's defaults and balanced preferences.
     pub fn new(model: ModelSource, inputs: Vec<NamedTensor>) -> Self {
-        Self { model, inputs, max_price_stroops: None, deadline_ms: None, bid_window_ms: None, prefer: Preference::Balanced }
+        Self {
+            model,
+            inputs,
+            max_price_stroops: None,
+            deadline_ms: None,
+            bid_window_ms: None,
+            prefer: Preference::Balanced,
+        }
     }
 }
 
@@ -98,7 +115,9 @@ pub enum SubmitError {
     #[error("input does not fit the model: {0}")]
     Input(String),
     /// No peer that could run the task is known.
-    #[error("no peers that could run the task were found within {waited_ms} ms ({known} adverts known); check that the node joined the mesh (crank-node status) or pass --bootstrap")]
+    #[error(
+        "no peers that could run the task were found within {waited_ms} ms ({known} adverts known); check that the node joined the mesh (crank-node status) or pass --bootstrap"
+    )]
     NoCandidates {
         /// Time spent waiting for adverts.
         waited_ms: u64,
@@ -119,7 +138,10 @@ pub enum SubmitError {
 }
 
 fn count_candidates(shared: &Shared, now: u64) -> usize {
-    lock(&shared.adverts).fresh(now).filter(|a| a.node != shared.node_id).count()
+    lock(&shared.adverts)
+        .fresh(now)
+        .filter(|a| a.node != shared.node_id)
+        .count()
 }
 
 /// Waits until at least one other node's advert is known, or the discovery time is up.
@@ -140,12 +162,22 @@ async fn wait_for_adverts(shared: &Shared) -> Result<(), SubmitError> {
     }
 }
 
-fn check_inputs(shared: &Shared, model: &ModelId, inputs: &[NamedTensor]) -> Result<(), SubmitError> {
+fn check_inputs(
+    shared: &Shared,
+    model: &ModelId,
+    inputs: &[NamedTensor],
+) -> Result<(), SubmitError> {
     for t in inputs {
-        t.tensor.validate(shared.limits.max_elements).map_err(|e| SubmitError::Input(format!("`{}`: {e}", t.name)))?;
+        t.tensor
+            .validate(shared.limits.max_elements)
+            .map_err(|e| SubmitError::Input(format!("`{}`: {e}", t.name)))?;
     }
-    let info = shared.engine.inspect(model).map_err(|e| SubmitError::Model(e.to_string()))?;
-    info.check_inputs(inputs).map_err(|e| SubmitError::Input(e.to_string()))
+    let info = shared
+        .engine
+        .inspect(model)
+        .map_err(|e| SubmitError::Model(e.to_string()))?;
+    info.check_inputs(inputs)
+        .map_err(|e| SubmitError::Input(e.to_string()))
 }
 
 type Answer = (NodeId, AnswerKind);
@@ -156,14 +188,23 @@ enum AnswerKind {
 }
 
 /// Runs a task on the mesh: auction, award, result, counter-signed receipt.
-pub(crate) async fn submit(shared: &Arc<Shared>, req: SubmitRequest) -> Result<TaskOutcome, SubmitError> {
+pub(crate) async fn submit(
+    shared: &Arc<Shared>,
+    req: SubmitRequest,
+) -> Result<TaskOutcome, SubmitError> {
     let started = Instant::now();
     let cfg = &shared.config.requester;
     let model = match req.model {
-        ModelSource::Bytes(bytes) => shared.add_model(&bytes).await.map_err(|e| SubmitError::Model(e.to_string()))?,
+        ModelSource::Bytes(bytes) => shared
+            .add_model(&bytes)
+            .await
+            .map_err(|e| SubmitError::Model(e.to_string()))?,
         ModelSource::Id(id) => id,
     };
-    let model_bytes = shared.store.size(&model).ok_or_else(|| SubmitError::Model(format!("model {model} is not in the store")))?;
+    let model_bytes = shared
+        .store
+        .size(&model)
+        .ok_or_else(|| SubmitError::Model(format!("model {model} is not in the store")))?;
     check_inputs(shared, &model, &req.inputs)?;
     wait_for_adverts(shared).await?;
 
@@ -187,7 +228,12 @@ pub(crate) async fn submit(shared: &Arc<Shared>, req: SubmitRequest) -> Result<T
     };
 
     // Holders of the model (Kademlia) rank first; adverts say who else could run it.
-    let providers: BTreeSet<NodeId> = match tokio::time::timeout(Duration::from_millis(300), shared.client.providers(model.provider_key())).await {
+    let providers: BTreeSet<NodeId> = match tokio::time::timeout(
+        Duration::from_millis(300),
+        shared.client.providers(model.provider_key()),
+    )
+    .await
+    {
         Ok(Ok(p)) => p.into_iter().collect(),
         _ => BTreeSet::new(),
     };
@@ -209,7 +255,8 @@ pub(crate) async fn submit(shared: &Arc<Shared>, req: SubmitRequest) -> Result<T
     };
     let mut auction = {
         let trust = lock(&shared.trust);
-        Auction::new(spec, cfg.auction.clone(), &candidates, &trust, now).map_err(|e| SubmitError::Spec(e.to_string()))?
+        Auction::new(spec, cfg.auction.clone(), &candidates, &trust, now)
+            .map_err(|e| SubmitError::Spec(e.to_string()))?
     };
     debug!(task = %task_id.short(), candidates = candidates.len(), "auction started");
 
@@ -224,12 +271,24 @@ pub(crate) async fn submit(shared: &Arc<Shared>, req: SubmitRequest) -> Result<T
         Ok((worker, price_stroops, outputs, receipt)) => {
             shared.metrics.task("requester", "completed");
             info!(task = %task_id.short(), worker = %worker.short(), price = price_stroops, ms = elapsed_ms, "task completed");
-            Ok(TaskOutcome { task_id, model, worker, price_stroops, outputs, receipt, elapsed_ms, trace: auction.trace().clone() })
+            Ok(TaskOutcome {
+                task_id,
+                model,
+                worker,
+                price_stroops,
+                outputs,
+                receipt,
+                elapsed_ms,
+                trace: auction.trace().clone(),
+            })
         }
         Err(explanation) => {
             shared.metrics.task("requester", "failed");
             info!(task = %task_id.short(), reason = %explanation, "task failed");
-            Err(SubmitError::Failed { explanation, trace: Box::new(auction.trace().clone()) })
+            Err(SubmitError::Failed {
+                explanation,
+                trace: Box::new(auction.trace().clone()),
+            })
         }
     }
 }
@@ -243,7 +302,8 @@ async fn drive(
     reports: &mut mpsc::Receiver<WorkerReport>,
 ) -> Result<Done, FailureExplanation> {
     let spec = auction.spec().clone();
-    let mut answers: FuturesUnordered<futures::future::BoxFuture<'static, Answer>> = FuturesUnordered::new();
+    let mut answers: FuturesUnordered<futures::future::BoxFuture<'static, Answer>> =
+        FuturesUnordered::new();
     let mut delivered: Option<(Vec<NamedTensor>, Receipt)> = None;
     loop {
         while let Some(output) = auction.poll_output() {
@@ -261,7 +321,12 @@ async fn drive(
                         let client = shared.client.clone();
                         let req = Request::CallForBids(signed.clone());
                         answers.push(Box::pin(async move {
-                            (peer, AnswerKind::ToCall(client.request(&peer, req).await.map_err(|e| e.to_string())))
+                            (
+                                peer,
+                                AnswerKind::ToCall(
+                                    client.request(&peer, req).await.map_err(|e| e.to_string()),
+                                ),
+                            )
                         }));
                     }
                 }
@@ -272,7 +337,10 @@ async fn drive(
                             debug!(task = %spec.task_id.short(), worker = %to.short(), price = price_stroops, "award");
                             let client = shared.client.clone();
                             answers.push(Box::pin(async move {
-                                let r = client.request(&to, Request::Award(signed)).await.map_err(|e| e.to_string());
+                                let r = client
+                                    .request(&to, Request::Award(signed))
+                                    .await
+                                    .map_err(|e| e.to_string());
                                 (to, AnswerKind::ToAward(r))
                             }));
                         }
@@ -292,7 +360,10 @@ async fn drive(
                     lock(&shared.trust).record(peer, outcome, clock::now_ms());
                     shared.save_trust();
                 }
-                Output::Completed { worker, price_stroops } => {
+                Output::Completed {
+                    worker,
+                    price_stroops,
+                } => {
                     if let Some((outputs, receipt)) = delivered.take() {
                         return Ok((worker, price_stroops, outputs, receipt));
                     }
@@ -331,6 +402,12 @@ async fn drive(
                         debug!(error = %e, "failure report not used");
                     }
                 }
+                WorkerReport::Disconnected { peer } => {
+                    if current_worker(auction) == Some(peer) {
+                        info!(task = %spec.task_id.short(), worker = %peer.short(), "worker disconnected; re-awarding");
+                        let _ = auction.handle(Input::NoAnswer { peer }, clock::now_ms());
+                    }
+                }
             },
             _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {
                 auction.handle_timeout(clock::now_ms());
@@ -357,7 +434,10 @@ async fn on_task_result(
     delivered: &mut Option<(Vec<NamedTensor>, Receipt)>,
 ) {
     if current_worker(auction) != Some(from) {
-        responder.send(Response::error(ErrorCode::NotAuthorized, "this task is not awarded to you (it was re-awarded or ended)"));
+        responder.send(Response::error(
+            ErrorCode::NotAuthorized,
+            "this task is not awarded to you (it was re-awarded or ended)",
+        ));
         return;
     }
     let body = match validate::task_result(&result, &shared.node_id, &from, &shared.limits) {
@@ -366,20 +446,56 @@ async fn on_task_result(
             warn!(peer = %from.short(), error = %e, "invalid result");
             shared.client.penalize(&from, e.to_string()).await;
             responder.send(Response::error(ErrorCode::Invalid, e.to_string()));
-            let _ = auction.handle(Input::ResultInvalid { from, reason: e.to_string() }, clock::now_ms());
+            let _ = auction.handle(
+                Input::ResultInvalid {
+                    from,
+                    reason: e.to_string(),
+                },
+                clock::now_ms(),
+            );
             return;
         }
     };
     let spec = auction.spec();
     let price_ok = match auction.status() {
-        Status::Awarded { price_stroops, .. } | Status::Running { price_stroops, .. } => body.price_stroops == price_stroops,
+        Status::Awarded { price_stroops, .. } | Status::Running { price_stroops, .. } => {
+            body.price_stroops == price_stroops
+        }
         _ => false,
     };
-    if body.task_id != spec.task_id || body.model != spec.model || body.input_hash != spec.input_hash || !price_ok {
+    if body.task_id != spec.task_id
+        || body.model != spec.model
+        || body.input_hash != spec.input_hash
+        || !price_ok
+    {
         let reason = "receipt does not match the award (task, model, inputs or price)";
         responder.send(Response::error(ErrorCode::Invalid, reason));
-        let _ = auction.handle(Input::ResultInvalid { from, reason: reason.into() }, clock::now_ms());
+        let _ = auction.handle(
+            Input::ResultInvalid {
+                from,
+                reason: reason.into(),
+            },
+            clock::now_ms(),
+        );
         return;
+    }
+    // The ledger's own checks: the pair's sequence number and cumulative total chain with
+    // what we stored before, and the payout is a valid account.
+    let ledger = shared.ledger.clone();
+    let signed = result.receipt.clone();
+    match tokio::task::spawn_blocking(move || ledger.check_new_receipt(&signed)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let reason = format!("receipt refused: {}", crate::node::chain(&e));
+            warn!(peer = %from.short(), reason = %reason, "result refused");
+            responder.send(Response::error(ErrorCode::Invalid, &reason));
+            let _ = auction.handle(Input::ResultInvalid { from, reason }, clock::now_ms());
+            return;
+        }
+        Err(e) => {
+            responder.send(Response::error(ErrorCode::Internal, e.to_string()));
+            return;
+        }
     }
     let receipt = match CounterSigned::countersign(result.receipt.clone(), &shared.identity) {
         Ok(r) => r,
@@ -390,11 +506,16 @@ async fn on_task_result(
     };
     let ledger = shared.ledger.clone();
     let to_store = receipt.clone();
-    match tokio::task::spawn_blocking(move || ledger.store_receipt(&to_store, Role::Requester)).await {
+    match tokio::task::spawn_blocking(move || ledger.store_receipt(&to_store, Role::Requester))
+        .await
+    {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             warn!(peer = %from.short(), error = %e, "cannot store the receipt");
-            responder.send(Response::error(ErrorCode::Invalid, format!("receipt not accepted: {e}")));
+            responder.send(Response::error(
+                ErrorCode::Invalid,
+                format!("receipt not accepted: {e}"),
+            ));
             return;
         }
         Err(e) => {
@@ -405,19 +526,35 @@ async fn on_task_result(
     shared.metrics.receipt("requester");
     responder.send(Response::Receipt(Box::new(receipt.clone())));
     *delivered = Some((result.outputs, receipt.clone()));
-    if let Err(e) = auction.handle(Input::Result { from, receipt: receipt.inner }, clock::now_ms()) {
+    if let Err(e) = auction.handle(
+        Input::Result {
+            from,
+            receipt: receipt.inner,
+        },
+        clock::now_ms(),
+    ) {
         warn!(error = %e, "auction did not take the result");
     }
 }
 
 /// A result for a task this node requested.
-pub(crate) async fn on_result(shared: &Arc<Shared>, peer: NodeId, result: TaskResult, responder: Responder) {
+pub(crate) async fn on_result(
+    shared: &Arc<Shared>,
+    peer: NodeId,
+    result: TaskResult,
+    responder: Responder,
+) {
     let task = result.receipt.body.task_id;
     let pending = lock(&shared.pending).get(&task).cloned();
     match pending {
         Some(tx) => {
-            if let Err(mpsc::error::SendError(WorkerReport::Result { responder, .. })) =
-                tx.send(WorkerReport::Result { from: peer, result, responder }).await
+            if let Err(mpsc::error::SendError(WorkerReport::Result { responder, .. })) = tx
+                .send(WorkerReport::Result {
+                    from: peer,
+                    result,
+                    responder,
+                })
+                .await
             {
                 responder.send(Response::error(ErrorCode::NotFound, "task already ended"));
             }
@@ -435,18 +572,34 @@ pub(crate) async fn on_result(shared: &Arc<Shared>, peer: NodeId, result: TaskRe
 }
 
 /// A failure report for a task this node requested.
-pub(crate) async fn on_failure(shared: &Arc<Shared>, peer: NodeId, failure: Signed<TaskFailure>, responder: Responder) {
+pub(crate) async fn on_failure(
+    shared: &Arc<Shared>,
+    peer: NodeId,
+    failure: Signed<TaskFailure>,
+    responder: Responder,
+) {
     let task = failure.body.task_id;
     if failure.verify_by(&peer).is_err() {
-        shared.client.penalize(&peer, "failure report not signed by the sender").await;
-        responder.send(Response::error(ErrorCode::BadSignature, "failure report not signed by the sender"));
+        shared
+            .client
+            .penalize(&peer, "failure report not signed by the sender")
+            .await;
+        responder.send(Response::error(
+            ErrorCode::BadSignature,
+            "failure report not signed by the sender",
+        ));
         return;
     }
     let pending = lock(&shared.pending).get(&task).cloned();
     match pending {
         Some(tx) => {
-            if let Err(mpsc::error::SendError(WorkerReport::Failure { responder, .. })) =
-                tx.send(WorkerReport::Failure { from: peer, failure, responder }).await
+            if let Err(mpsc::error::SendError(WorkerReport::Failure { responder, .. })) = tx
+                .send(WorkerReport::Failure {
+                    from: peer,
+                    failure,
+                    responder,
+                })
+                .await
             {
                 responder.send(Response::Ack { task_id: task });
             }

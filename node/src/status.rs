@@ -62,8 +62,8 @@ pub struct ReceiptView {
     pub model: ModelId,
     /// Price, stroops.
     pub price_stroops: u64,
-    /// Energy, millijoules.
-    pub energy_mj: u64,
+    /// Energy, microjoules.
+    pub energy_uj: u64,
     /// How the energy was obtained.
     pub energy_method: String,
     /// Path used.
@@ -83,7 +83,7 @@ impl From<&StoredReceipt> for ReceiptView {
             counterparty: s.counterparty(),
             model: b.model,
             price_stroops: b.price_stroops,
-            energy_mj: b.energy.millijoules,
+            energy_uj: b.energy.microjoules,
             energy_method: b.energy.method.to_string(),
             path: b.path,
             run_micros: b.timings.run_micros,
@@ -154,14 +154,22 @@ impl NodeStatus {
             "gate      {} ({}){}",
             if self.gate.open { "open" } else { "closed" },
             self.gate.policy,
-            self.gate.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            self.gate
+                .reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
         );
         let q = &self.queue;
-        let _ = writeln!(s, "queue     {} running, {} waiting, {} slots, {} workers", q.running, q.queued, q.slots, q.workers);
+        let _ = writeln!(
+            s,
+            "queue     {} running, {} waiting, {} slots, {} workers",
+            q.running, q.queued, q.slots, q.workers
+        );
         for b in &self.bench {
             let _ = writeln!(
                 s,
-                "bench     {}: {:.0} inferences/s, {} µJ each (reference model)",
+                "bench     {}: {:.0} rows/s, {} µJ per row (reference model, batches of 256)",
                 b.path, b.inferences_per_sec, b.microjoules_per_inference
             );
         }
@@ -175,12 +183,24 @@ impl NodeStatus {
                 let state = if b.connected {
                     "connected".to_string()
                 } else {
-                    format!("not connected ({} attempts{})", b.attempts, b.last_error.as_deref().map(|e| format!(", last error: {e}")).unwrap_or_default())
+                    format!(
+                        "not connected ({} attempts{})",
+                        b.attempts,
+                        b.last_error
+                            .as_deref()
+                            .map(|e| format!(", last error: {e}"))
+                            .unwrap_or_default()
+                    )
                 };
                 let _ = writeln!(s, "  {}  {state}", b.addr);
             }
         }
-        let _ = writeln!(s, "\npeers ({} connected, {} in routing table):", n.peers.len(), n.routing_table);
+        let _ = writeln!(
+            s,
+            "\npeers ({} connected, {} in routing table):",
+            n.peers.len(),
+            n.routing_table
+        );
         for p in &n.peers {
             let _ = writeln!(
                 s,
@@ -188,7 +208,10 @@ impl NodeStatus {
                 p.peer_id,
                 if p.relayed { "relayed" } else { "direct" },
                 p.addr,
-                p.agent.as_deref().map(|a| format!("  {a}")).unwrap_or_default()
+                p.agent
+                    .as_deref()
+                    .map(|a| format!("  {a}"))
+                    .unwrap_or_default()
             );
         }
         let _ = writeln!(s, "\nadverts ({}):", self.adverts.len());
@@ -202,7 +225,11 @@ impl NodeStatus {
                 a.ram_mib,
                 a.models,
                 a.per_task_stroops,
-                if a.gate_open { "open".to_string() } else { format!("closed: {}", a.gate_reason.as_deref().unwrap_or("?")) },
+                if a.gate_open {
+                    "open".to_string()
+                } else {
+                    format!("closed: {}", a.gate_reason.as_deref().unwrap_or("?"))
+                },
                 a.completed,
             );
         }
@@ -220,13 +247,13 @@ impl NodeStatus {
         for r in &self.receipts {
             let _ = writeln!(
                 s,
-                "  {}  {:9}  {}  model {}  {} stroops  {} mJ {}  {} µs {}{}",
+                "  {}  {:9}  {}  model {}  {} stroops  {} µJ {}  {} µs {}{}",
                 r.task_id.short(),
                 format!("{:?}", r.role).to_lowercase(),
                 r.counterparty.short(),
                 r.model.short(),
                 r.price_stroops,
-                r.energy_mj,
+                r.energy_uj,
                 r.energy_method,
                 r.run_micros,
                 r.path,

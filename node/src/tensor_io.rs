@@ -40,13 +40,21 @@ fn default_dtype() -> String {
     "float32".into()
 }
 
-fn flatten(v: &Value, depth: usize, shape: &mut Vec<u64>, out: &mut Vec<f64>) -> Result<(), InputError> {
+fn flatten(
+    v: &Value,
+    depth: usize,
+    shape: &mut Vec<u64>,
+    out: &mut Vec<f64>,
+) -> Result<(), InputError> {
     match v {
         Value::Number(n) => {
             if depth != shape.len() {
                 return Err(InputError::Shape("ragged nested array".into()));
             }
-            out.push(n.as_f64().ok_or_else(|| InputError::Shape(format!("{n} is not a number")))?);
+            out.push(
+                n.as_f64()
+                    .ok_or_else(|| InputError::Shape(format!("{n} is not a number")))?,
+            );
             Ok(())
         }
         Value::Array(items) => {
@@ -56,7 +64,9 @@ fn flatten(v: &Value, depth: usize, shape: &mut Vec<u64>, out: &mut Vec<f64>) ->
                 }
                 shape.push(items.len() as u64);
             } else if shape.get(depth) != Some(&(items.len() as u64)) {
-                return Err(InputError::Shape("ragged nested array: rows differ in length".into()));
+                return Err(InputError::Shape(
+                    "ragged nested array: rows differ in length".into(),
+                ));
             }
             if depth >= crank_protocol::tensor::MAX_RANK {
                 return Err(InputError::Shape("too many dimensions".into()));
@@ -66,7 +76,9 @@ fn flatten(v: &Value, depth: usize, shape: &mut Vec<u64>, out: &mut Vec<f64>) ->
             }
             Ok(())
         }
-        other => Err(InputError::Shape(format!("expected numbers, found {other}"))),
+        other => Err(InputError::Shape(format!(
+            "expected numbers, found {other}"
+        ))),
     }
 }
 
@@ -74,7 +86,10 @@ fn from_nested(v: &Value) -> Result<Tensor, InputError> {
     let mut shape = Vec::new();
     let mut values = Vec::new();
     flatten(v, 0, &mut shape, &mut values)?;
-    Ok(Tensor { shape, data: TensorData::F32(values.into_iter().map(|x| x as f32).collect()) })
+    Ok(Tensor {
+        shape,
+        data: TensorData::F32(values.into_iter().map(|x| x as f32).collect()),
+    })
 }
 
 fn numbers<T>(data: &[Value], conv: impl Fn(&Value) -> Option<T>) -> Result<Vec<T>, InputError> {
@@ -88,12 +103,21 @@ fn from_object(t: &JsonTensor) -> Result<Tensor, InputError> {
         "float32" | "f32" => TensorData::F32(numbers(&t.data, |v| v.as_f64().map(|x| x as f32))?),
         "float64" | "f64" => TensorData::F64(numbers(&t.data, Value::as_f64)?),
         "int64" | "i64" => TensorData::I64(numbers(&t.data, Value::as_i64)?),
-        "int32" | "i32" => TensorData::I32(numbers(&t.data, |v| v.as_i64().and_then(|x| i32::try_from(x).ok()))?),
-        "uint8" | "u8" => TensorData::U8(numbers(&t.data, |v| v.as_u64().and_then(|x| u8::try_from(x).ok()))?),
+        "int32" | "i32" => TensorData::I32(numbers(&t.data, |v| {
+            v.as_i64().and_then(|x| i32::try_from(x).ok())
+        })?),
+        "uint8" | "u8" => TensorData::U8(numbers(&t.data, |v| {
+            v.as_u64().and_then(|x| u8::try_from(x).ok())
+        })?),
         other => return Err(InputError::Shape(format!("unknown dtype {other:?}"))),
     };
-    let tensor = Tensor { shape: t.shape.clone(), data };
-    tensor.check_shape().map_err(|e| InputError::Shape(e.to_string()))?;
+    let tensor = Tensor {
+        shape: t.shape.clone(),
+        data,
+    };
+    tensor
+        .check_shape()
+        .map_err(|e| InputError::Shape(e.to_string()))?;
     Ok(tensor)
 }
 
@@ -112,10 +136,9 @@ pub fn parse_inputs(text: &str, default_names: &[String]) -> Result<Vec<NamedTen
     let mut name_or_default = |name: Option<String>| -> Result<String, InputError> {
         match name {
             Some(n) => Ok(n),
-            None => unnamed
-                .next()
-                .cloned()
-                .ok_or_else(|| InputError::Shape("more unnamed tensors than the model has inputs".into())),
+            None => unnamed.next().cloned().ok_or_else(|| {
+                InputError::Shape("more unnamed tensors than the model has inputs".into())
+            }),
         }
     };
     let mut out = Vec::new();
@@ -123,18 +146,27 @@ pub fn parse_inputs(text: &str, default_names: &[String]) -> Result<Vec<NamedTen
         Value::Object(map) if !map.contains_key("shape") => {
             for (name, value) in map {
                 let (_, tensor) = tensor_value(value)?;
-                out.push(NamedTensor { name: name.clone(), tensor });
+                out.push(NamedTensor {
+                    name: name.clone(),
+                    tensor,
+                });
             }
         }
         Value::Array(items) if items.iter().all(Value::is_object) && !items.is_empty() => {
             for item in items {
                 let (name, tensor) = tensor_value(item)?;
-                out.push(NamedTensor { name: name_or_default(name)?, tensor });
+                out.push(NamedTensor {
+                    name: name_or_default(name)?,
+                    tensor,
+                });
             }
         }
         other => {
             let (name, tensor) = tensor_value(other)?;
-            out.push(NamedTensor { name: name_or_default(name)?, tensor });
+            out.push(NamedTensor {
+                name: name_or_default(name)?,
+                tensor,
+            });
         }
     }
     Ok(out)
@@ -149,7 +181,12 @@ pub fn to_json(t: &NamedTensor) -> JsonTensor {
         TensorData::I32(v) => v.iter().map(|x| Value::from(*x)).collect(),
         TensorData::U8(v) => v.iter().map(|x| Value::from(*x)).collect(),
     };
-    JsonTensor { name: Some(t.name.clone()), shape: t.tensor.shape.clone(), dtype: t.tensor.data.dtype().into(), data }
+    JsonTensor {
+        name: Some(t.name.clone()),
+        shape: t.tensor.shape.clone(),
+        dtype: t.tensor.data.dtype().into(),
+        data,
+    }
 }
 
 /// A classifier's answer for one row of the batch.
@@ -165,14 +202,18 @@ pub struct Prediction {
 /// `[rows, classes]` float tensor of probabilities (each row sums to about 1), optionally
 /// beside an int64 label tensor.
 pub fn predictions(outputs: &[NamedTensor]) -> Option<Vec<Prediction>> {
-    let probs = outputs.iter().find_map(|o| match (&o.tensor.data, o.tensor.shape.as_slice()) {
-        (TensorData::F32(v), [rows, classes]) if *classes > 1 && !v.is_empty() => {
-            let c = usize::try_from(*classes).ok()?;
-            let rows_ok = v.chunks(c).all(|r| (r.iter().sum::<f32>() - 1.0).abs() < 1e-3 && r.iter().all(|p| *p >= -1e-6));
-            (rows_ok && v.len() as u64 == rows * classes).then_some((v, c))
-        }
-        _ => None,
-    })?;
+    let probs = outputs
+        .iter()
+        .find_map(|o| match (&o.tensor.data, o.tensor.shape.as_slice()) {
+            (TensorData::F32(v), [rows, classes]) if *classes > 1 && !v.is_empty() => {
+                let c = usize::try_from(*classes).ok()?;
+                let rows_ok = v.chunks(c).all(|r| {
+                    (r.iter().sum::<f32>() - 1.0).abs() < 1e-3 && r.iter().all(|p| *p >= -1e-6)
+                });
+                (rows_ok && v.len() as u64 == rows * classes).then_some((v, c))
+            }
+            _ => None,
+        })?;
     let labels = outputs.iter().find_map(|o| match &o.tensor.data {
         TensorData::I64(v) if o.tensor.shape.len() == 1 => Some(v),
         _ => None,
@@ -185,9 +226,17 @@ pub fn predictions(outputs: &[NamedTensor]) -> Option<Vec<Prediction>> {
                 let (best, p) = row
                     .iter()
                     .enumerate()
-                    .fold((0usize, f32::MIN), |acc, (j, p)| if *p > acc.1 { (j, *p) } else { acc });
-                let class = labels.and_then(|l| l.get(i).copied()).unwrap_or(best as i64);
-                Prediction { class, probability: p }
+                    .fold(
+                        (0usize, f32::MIN),
+                        |acc, (j, p)| if *p > acc.1 { (j, *p) } else { acc },
+                    );
+                let class = labels
+                    .and_then(|l| l.get(i).copied())
+                    .unwrap_or(best as i64);
+                Prediction {
+                    class,
+                    probability: p,
+                }
             })
             .collect(),
     )
@@ -206,7 +255,11 @@ mod tests {
 
     #[test]
     fn objects_lists_and_maps() {
-        let t = parse_inputs(r#"{"shape":[2],"dtype":"int64","data":[1,2]}"#, &["ids".into()]).unwrap();
+        let t = parse_inputs(
+            r#"{"shape":[2],"dtype":"int64","data":[1,2]}"#,
+            &["ids".into()],
+        )
+        .unwrap();
         assert_eq!(t[0].tensor.data, TensorData::I64(vec![1, 2]));
         let t = parse_inputs(r#"{"a":[[1.0]],"b":{"shape":[1],"data":[2]}}"#, &[]).unwrap();
         assert_eq!(t.len(), 2);
@@ -215,21 +268,49 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_explained() {
-        assert!(parse_inputs("[[1,2],[3]]", &["x".into()]).unwrap_err().to_string().contains("ragged"));
+        assert!(
+            parse_inputs("[[1,2],[3]]", &["x".into()])
+                .unwrap_err()
+                .to_string()
+                .contains("ragged")
+        );
         assert!(parse_inputs("{", &["x".into()]).is_err());
         assert!(parse_inputs(r#"["a"]"#, &["x".into()]).is_err());
         assert!(parse_inputs(r#"{"shape":[3],"data":[1,2]}"#, &["x".into()]).is_err());
-        assert!(parse_inputs("[1]", &[]).unwrap_err().to_string().contains("more unnamed"));
+        assert!(
+            parse_inputs("[1]", &[])
+                .unwrap_err()
+                .to_string()
+                .contains("more unnamed")
+        );
     }
 
     #[test]
     fn classifier_outputs_become_predictions() {
         let outs = vec![
-            NamedTensor { name: "label".into(), tensor: Tensor { shape: vec![1], data: TensorData::I64(vec![7]) } },
-            NamedTensor { name: "probabilities".into(), tensor: Tensor::f32(vec![1, 3], vec![0.1, 0.2, 0.7]).unwrap() },
+            NamedTensor {
+                name: "label".into(),
+                tensor: Tensor {
+                    shape: vec![1],
+                    data: TensorData::I64(vec![7]),
+                },
+            },
+            NamedTensor {
+                name: "probabilities".into(),
+                tensor: Tensor::f32(vec![1, 3], vec![0.1, 0.2, 0.7]).unwrap(),
+            },
         ];
-        assert_eq!(predictions(&outs), Some(vec![Prediction { class: 7, probability: 0.7 }]));
-        let raw = vec![NamedTensor { name: "y".into(), tensor: Tensor::f32(vec![1, 2], vec![3.0, 4.0]).unwrap() }];
+        assert_eq!(
+            predictions(&outs),
+            Some(vec![Prediction {
+                class: 7,
+                probability: 0.7
+            }])
+        );
+        let raw = vec![NamedTensor {
+            name: "y".into(),
+            tensor: Tensor::f32(vec![1, 2], vec![3.0, 4.0]).unwrap(),
+        }];
         assert_eq!(predictions(&raw), None);
     }
 }

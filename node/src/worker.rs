@@ -11,8 +11,9 @@ use crank_payments::Role;
 use crank_protocol::tensor::tensors_hash;
 use crank_protocol::validate;
 use crank_protocol::{
-    Award, CallForBids, Cancel, Decline, DeclineReason, ErrorCode, FailureReason, FetchModel, GateReason, ModelChunk,
-    ModelId, NodeId, Request, Response, Signed, TaskFailure, TaskResult, Timings, WorkReceipt,
+    Award, CallForBids, Cancel, Decline, DeclineReason, ErrorCode, FailureReason, FetchModel,
+    GateReason, ModelChunk, ModelId, NodeId, Request, Response, Signed, TaskFailure, TaskResult,
+    Timings, WorkReceipt,
 };
 use crank_scheduler::{MeasuredRun, QueueState, WorkerLimits, WorkerState, quote};
 use tokio::sync::oneshot;
@@ -42,8 +43,16 @@ pub(crate) struct Running {
     pub stop: Option<oneshot::Sender<Stop>>,
 }
 
-fn sign_decline(shared: &Shared, task_id: crank_protocol::TaskId, reason: DeclineReason) -> Response {
-    let decline = Decline { task_id, worker: shared.node_id, reason };
+fn sign_decline(
+    shared: &Shared,
+    task_id: crank_protocol::TaskId,
+    reason: DeclineReason,
+) -> Response {
+    let decline = Decline {
+        task_id,
+        worker: shared.node_id,
+        reason,
+    };
     match Signed::sign(decline, &shared.identity) {
         Ok(d) => Response::Decline(d),
         Err(e) => Response::error(ErrorCode::Internal, e.to_string()),
@@ -55,14 +64,19 @@ fn worker_state(shared: &Shared) -> WorkerState {
     let snapshot = shared.gate_snapshot();
     let measured = lock(&shared.measured).clone();
     // Expected wait: the work ahead of us spread over the workers.
-    let per_task_ms = shared.bench.first().map(|b| (1000.0 / f64::from(b.inferences_per_sec.max(0.001))) as u64).unwrap_or(10);
+    let per_task_ms = shared
+        .bench
+        .first()
+        .map(|b| (1000.0 / f64::from(b.inferences_per_sec.max(0.001))) as u64)
+        .unwrap_or(10);
     let ahead = (queue.queued + queue.running) as u64;
     let est_wait_ms = ahead * per_task_ms / (queue.workers.max(1) as u64);
     let engine = shared.engine.config();
     WorkerState {
         node: shared.node_id,
         gate_closed: shared.gate_closed(),
-        on_battery: snapshot.readings.power.source == crank_inference::device::power::PowerSource::Battery,
+        on_battery: snapshot.readings.power.source
+            == crank_inference::device::power::PowerSource::Battery,
         queue: QueueState {
             queued: u16::try_from(queue.queued + queue.running).unwrap_or(u16::MAX),
             slots: u16::try_from(queue.slots).unwrap_or(u16::MAX),
@@ -81,7 +95,11 @@ fn worker_state(shared: &Shared) -> WorkerState {
 }
 
 /// Answers a call for bids with a signed bid or a signed, explained decline.
-pub(crate) async fn on_call_for_bids(shared: &Arc<Shared>, peer: &NodeId, signed: &Signed<CallForBids>) -> Response {
+pub(crate) async fn on_call_for_bids(
+    shared: &Arc<Shared>,
+    peer: &NodeId,
+    signed: &Signed<CallForBids>,
+) -> Response {
     let now = clock::now_ms();
     let cfb = match validate::call_for_bids(signed, now, &shared.limits) {
         Ok(c) => c,
@@ -92,7 +110,10 @@ pub(crate) async fn on_call_for_bids(shared: &Arc<Shared>, peer: &NodeId, signed
         }
     };
     if &cfb.requester != peer {
-        return Response::error(ErrorCode::NotAuthorized, "call for bids relayed by someone other than its requester");
+        return Response::error(
+            ErrorCode::NotAuthorized,
+            "call for bids relayed by someone other than its requester",
+        );
     }
     match quote(cfb, &worker_state(shared), &shared.config.worker.cost, now) {
         Ok(bid) => {
@@ -124,7 +145,12 @@ pub(crate) async fn on_call_for_bids(shared: &Arc<Shared>, peer: &NodeId, signed
 }
 
 /// Accepts an award (answering at once) and runs the task in the background.
-pub(crate) async fn on_award(shared: &Arc<Shared>, peer: NodeId, signed: Signed<Award>, responder: Responder) {
+pub(crate) async fn on_award(
+    shared: &Arc<Shared>,
+    peer: NodeId,
+    signed: Signed<Award>,
+    responder: Responder,
+) {
     let now = clock::now_ms();
     let award = match validate::award(&signed, &shared.node_id, now, &shared.limits) {
         Ok(a) => a.clone(),
@@ -136,12 +162,20 @@ pub(crate) async fn on_award(shared: &Arc<Shared>, peer: NodeId, signed: Signed<
         }
     };
     if award.requester != peer {
-        responder.send(Response::error(ErrorCode::NotAuthorized, "award relayed by someone other than its requester"));
+        responder.send(Response::error(
+            ErrorCode::NotAuthorized,
+            "award relayed by someone other than its requester",
+        ));
         return;
     }
-    if lock(&shared.running).get(&award.task_id).is_some_and(|r| r.requester == peer) {
+    if lock(&shared.running)
+        .get(&award.task_id)
+        .is_some_and(|r| r.requester == peer)
+    {
         // The requester re-sent an award it did not hear us accept.
-        responder.send(Response::Accepted { task_id: award.task_id });
+        responder.send(Response::Accepted {
+            task_id: award.task_id,
+        });
         return;
     }
     if let Err(reason) = lock(&shared.bids).take_for_award(&award, now) {
@@ -149,7 +183,11 @@ pub(crate) async fn on_award(shared: &Arc<Shared>, peer: NodeId, signed: Signed<
         return;
     }
     if let Some(reason) = shared.gate_closed() {
-        responder.send(sign_decline(shared, award.task_id, DeclineReason::Gate { reason }));
+        responder.send(sign_decline(
+            shared,
+            award.task_id,
+            DeclineReason::Gate { reason },
+        ));
         return;
     }
     let queue = shared.engine.queue();
@@ -165,10 +203,19 @@ pub(crate) async fn on_award(shared: &Arc<Shared>, peer: NodeId, signed: Signed<
     let cancel = CancelToken::new();
     {
         let mut running = lock(&shared.running);
-        running.insert(award.task_id, Running { requester: peer, cancel: cancel.clone(), stop: Some(stop_tx) });
+        running.insert(
+            award.task_id,
+            Running {
+                requester: peer,
+                cancel: cancel.clone(),
+                stop: Some(stop_tx),
+            },
+        );
         shared.metrics.queued(running.len());
     }
-    responder.send(Response::Accepted { task_id: award.task_id });
+    responder.send(Response::Accepted {
+        task_id: award.task_id,
+    });
     info!(task = %award.task_id.short(), requester = %peer.short(), price = award.price_stroops, "award accepted");
     let shared = shared.clone();
     tokio::spawn(async move {
@@ -187,23 +234,36 @@ pub(crate) async fn on_award(shared: &Arc<Shared>, peer: NodeId, signed: Signed<
 fn failure_of(e: &InferenceError) -> FailureReason {
     match e {
         InferenceError::ModelNotFound(_) | InferenceError::Store(_) => {
-            FailureReason::ModelUnavailable { message: e.to_string() }
+            FailureReason::ModelUnavailable {
+                message: e.to_string(),
+            }
         }
         InferenceError::ModelTooLarge { .. }
         | InferenceError::ModelInvalid(_)
-        | InferenceError::UnsupportedOperator { .. } => FailureReason::ModelInvalid { message: e.to_string() },
+        | InferenceError::UnsupportedOperator { .. } => FailureReason::ModelInvalid {
+            message: e.to_string(),
+        },
         InferenceError::InputInvalid(_) | InferenceError::TooManyElements { .. } => {
-            FailureReason::InputInvalid { message: e.to_string() }
+            FailureReason::InputInvalid {
+                message: e.to_string(),
+            }
         }
-        InferenceError::TimedOut { limit, .. } => {
-            FailureReason::TimedOut { limit_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX) }
-        }
+        InferenceError::TimedOut { limit, .. } => FailureReason::TimedOut {
+            limit_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+        },
         InferenceError::ShuttingDown => FailureReason::ShuttingDown,
-        _ => FailureReason::Inference { message: e.to_string() },
+        _ => FailureReason::Inference {
+            message: e.to_string(),
+        },
     }
 }
 
-async fn execute(shared: &Arc<Shared>, award: Award, cancel: CancelToken, mut stop: oneshot::Receiver<Stop>) {
+async fn execute(
+    shared: &Arc<Shared>,
+    award: Award,
+    cancel: CancelToken,
+    mut stop: oneshot::Receiver<Stop>,
+) {
     let accepted_at = clock::now_ms();
     let task = award.task_id;
     let requester = award.requester;
@@ -221,8 +281,17 @@ async fn execute(shared: &Arc<Shared>, award: Award, cancel: CancelToken, mut st
     }
 
     let timeout = Duration::from_millis(award.deadline.saturating_sub(clock::now_ms()));
-    let input_elements: u64 = award.inputs.iter().map(|t| t.tensor.data.len() as u64).sum();
-    let job = Job { model: award.model, inputs: award.inputs.clone(), deadline: Instant::now() + timeout, cancel: cancel.clone() };
+    let input_elements: u64 = award
+        .inputs
+        .iter()
+        .map(|t| t.tensor.data.len() as u64)
+        .sum();
+    let job = Job {
+        model: award.model,
+        inputs: award.inputs.clone(),
+        deadline: Instant::now() + timeout,
+        cancel: cancel.clone(),
+    };
     let span = shared.meter.start();
     let started_at = clock::now_ms();
     let handle = match shared.engine.submit(job) {
@@ -250,10 +319,16 @@ async fn execute(shared: &Arc<Shared>, award: Award, cancel: CancelToken, mut st
     };
     let finished_at = clock::now_ms();
     let energy = span.finish(run.cpu_micros);
-    shared.metrics.inference_seconds(run.run_micros as f64 / 1e6);
+    shared
+        .metrics
+        .inference_seconds(run.run_micros as f64 / 1e6);
     lock(&shared.measured).insert(
         (award.model, run.path),
-        MeasuredRun { input_elements, run_micros: run.run_micros, microjoules: energy.millijoules.saturating_mul(1000) },
+        MeasuredRun {
+            input_elements,
+            run_micros: run.run_micros,
+            microjoules: energy.microjoules,
+        },
     );
 
     let output_hash = tensors_hash(&run.outputs);
@@ -265,31 +340,48 @@ async fn execute(shared: &Arc<Shared>, award: Award, cancel: CancelToken, mut st
     let path = run.path;
     let issued = tokio::task::spawn_blocking(move || {
         let a = award_for_receipt;
-        ledger.issue_receipt(&a.requester, &me, a.price_stroops, |pair_seq, cumulative_stroops| {
-            let body = WorkReceipt {
-                task_id: a.task_id,
-                requester: a.requester,
-                worker: me,
-                model: a.model,
-                input_hash: a.input_hash,
-                output_hash,
-                price_stroops: a.price_stroops,
-                energy,
-                path,
-                timings: Timings { accepted_at, started_at, finished_at, run_micros: run.run_micros },
-                pair_seq,
-                cumulative_stroops,
-                payout,
-            };
-            Signed::sign(body, &identity)
-        })
+        ledger.issue_receipt(
+            &a.requester,
+            &me,
+            a.price_stroops,
+            |pair_seq, cumulative_stroops| {
+                let body = WorkReceipt {
+                    task_id: a.task_id,
+                    requester: a.requester,
+                    worker: me,
+                    model: a.model,
+                    input_hash: a.input_hash,
+                    output_hash,
+                    price_stroops: a.price_stroops,
+                    energy,
+                    path,
+                    timings: Timings {
+                        accepted_at,
+                        started_at,
+                        finished_at,
+                        run_micros: run.run_micros,
+                    },
+                    pair_seq,
+                    cumulative_stroops,
+                    payout,
+                };
+                Signed::sign(body, &identity)
+            },
+        )
     })
     .await;
     let receipt = match issued {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             warn!(task = %task.short(), error = %e, "cannot issue the receipt");
-            report_failure(shared, &award, FailureReason::Inference { message: format!("receipt: {e}") }).await;
+            report_failure(
+                shared,
+                &award,
+                FailureReason::Inference {
+                    message: format!("receipt: {e}"),
+                },
+            )
+            .await;
             return;
         }
         Err(e) => {
@@ -297,7 +389,15 @@ async fn execute(shared: &Arc<Shared>, award: Award, cancel: CancelToken, mut st
             return;
         }
     };
-    deliver(shared, &award, TaskResult { receipt, outputs: run.outputs }).await;
+    deliver(
+        shared,
+        &award,
+        TaskResult {
+            receipt,
+            outputs: run.outputs,
+        },
+    )
+    .await;
 }
 
 /// Sends the result until the requester counter-signs it, or the deadline (plus grace) passes.
@@ -306,23 +406,36 @@ async fn deliver(shared: &Arc<Shared>, award: &Award, result: TaskResult) {
     let give_up = award.deadline + 10_000;
     let mut backoff = Duration::from_millis(200);
     loop {
-        match shared.client.request(&award.requester, Request::Result(result.clone())).await {
+        match shared
+            .client
+            .request(&award.requester, Request::Result(result.clone()))
+            .await
+        {
             Ok(Response::Receipt(cs)) => {
-                let ok = cs.verify().is_ok() && cs.inner == result.receipt && cs.countersigner == award.requester;
+                let ok = cs.verify().is_ok()
+                    && cs.inner == result.receipt
+                    && cs.countersigner == award.requester;
                 if !ok {
                     warn!(task = %task.short(), "requester sent a receipt that does not match ours");
-                    shared.client.penalize(&award.requester, "bad counter-signed receipt").await;
+                    shared
+                        .client
+                        .penalize(&award.requester, "bad counter-signed receipt")
+                        .await;
                     return;
                 }
                 let ledger = shared.ledger.clone();
-                let stored = tokio::task::spawn_blocking(move || ledger.store_receipt(&cs, Role::Worker)).await;
+                let stored =
+                    tokio::task::spawn_blocking(move || ledger.store_receipt(&cs, Role::Worker))
+                        .await;
                 match stored {
                     Ok(Ok(_)) => {
                         shared.metrics.receipt("worker");
                         shared.metrics.task("worker", "completed");
                         info!(task = %task.short(), price = award.price_stroops, "task done; receipt counter-signed");
                     }
-                    Ok(Err(e)) => warn!(task = %task.short(), error = %e, "cannot store the counter-signed receipt"),
+                    Ok(Err(e)) => {
+                        warn!(task = %task.short(), error = %e, "cannot store the counter-signed receipt")
+                    }
                     Err(e) => warn!(task = %task.short(), error = %e, "receipt store task failed"),
                 }
                 return;
@@ -369,12 +482,25 @@ async fn on_stop(shared: &Arc<Shared>, award: &Award, stop: Option<Stop>) {
 }
 
 async fn report_failure(shared: &Arc<Shared>, award: &Award, reason: FailureReason) {
-    shared.worker_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .worker_failures
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     shared.metrics.task("worker", "failed");
-    let failure = TaskFailure { task_id: award.task_id, requester: award.requester, worker: shared.node_id, reason };
-    let Ok(signed) = Signed::sign(failure, &shared.identity) else { return };
+    let failure = TaskFailure {
+        task_id: award.task_id,
+        requester: award.requester,
+        worker: shared.node_id,
+        reason,
+    };
+    let Ok(signed) = Signed::sign(failure, &shared.identity) else {
+        return;
+    };
     for attempt in 0..3 {
-        match shared.client.request(&award.requester, Request::Failure(signed.clone())).await {
+        match shared
+            .client
+            .request(&award.requester, Request::Failure(signed.clone()))
+            .await
+        {
             Ok(_) => return,
             Err(e) => {
                 debug!(task = %award.task_id.short(), attempt, error = %e, "failure report not delivered");
@@ -386,17 +512,29 @@ async fn report_failure(shared: &Arc<Shared>, award: &Award, reason: FailureReas
 
 /// Makes sure the model is in the store: fetched from the requester, else from a provider,
 /// and verified against its content id.
-async fn ensure_model(shared: &Arc<Shared>, requester: &NodeId, model: &ModelId, size: u64) -> Result<(), FailureReason> {
+async fn ensure_model(
+    shared: &Arc<Shared>,
+    requester: &NodeId,
+    model: &ModelId,
+    size: u64,
+) -> Result<(), FailureReason> {
     if shared.store.has(model) {
         return Ok(());
     }
     let limit = shared.engine.config().max_model_bytes;
     if size > limit {
-        return Err(FailureReason::ModelInvalid { message: format!("model is {size} bytes; the limit is {limit}") });
+        return Err(FailureReason::ModelInvalid {
+            message: format!("model is {size} bytes; the limit is {limit}"),
+        });
     }
     let mut sources = vec![*requester];
     if let Ok(providers) = shared.client.providers(model.provider_key()).await {
-        sources.extend(providers.into_iter().filter(|p| p != requester && *p != shared.node_id).take(3));
+        sources.extend(
+            providers
+                .into_iter()
+                .filter(|p| p != requester && *p != shared.node_id)
+                .take(3),
+        );
     }
     let mut last_error = String::from("no source");
     for source in sources {
@@ -412,7 +550,10 @@ async fn ensure_model(shared: &Arc<Shared>, requester: &NodeId, model: &ModelId,
                 }
                 Err(e) => {
                     warn!(model = %model.short(), from = %source.short(), error = %e, "fetched model rejected");
-                    shared.client.penalize(&source, format!("served a bad model: {e}")).await;
+                    shared
+                        .client
+                        .penalize(&source, format!("served a bad model: {e}"))
+                        .await;
                     last_error = e.to_string();
                 }
             },
@@ -422,17 +563,38 @@ async fn ensure_model(shared: &Arc<Shared>, requester: &NodeId, model: &ModelId,
             }
         }
     }
-    Err(FailureReason::ModelUnavailable { message: last_error })
+    Err(FailureReason::ModelUnavailable {
+        message: last_error,
+    })
 }
 
-async fn fetch_model(shared: &Arc<Shared>, source: &NodeId, model: &ModelId, size: u64) -> Result<Vec<u8>, String> {
+async fn fetch_model(
+    shared: &Arc<Shared>,
+    source: &NodeId,
+    model: &ModelId,
+    size: u64,
+) -> Result<Vec<u8>, String> {
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(64 << 20));
     let mut next_log = size / 4;
     while (bytes.len() as u64) < size {
         let offset = bytes.len() as u64;
-        let req = Request::FetchModel(FetchModel { model: *model, offset, max_len: CHUNK });
-        match shared.client.request(source, req).await.map_err(|e| e.to_string())? {
-            Response::ModelChunk(ModelChunk { model: m, total_len, offset: o, bytes: chunk }) => {
+        let req = Request::FetchModel(FetchModel {
+            model: *model,
+            offset,
+            max_len: CHUNK,
+        });
+        match shared
+            .client
+            .request(source, req)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Response::ModelChunk(ModelChunk {
+                model: m,
+                total_len,
+                offset: o,
+                bytes: chunk,
+            }) => {
                 if m != *model || o != offset || total_len != size || chunk.is_empty() {
                     return Err("peer sent a chunk that does not match the request".into());
                 }
@@ -454,10 +616,16 @@ async fn fetch_model(shared: &Arc<Shared>, source: &NodeId, model: &ModelId, siz
 
 /// Serves part of a model this node holds.
 pub(crate) fn on_fetch_model(shared: &Shared, fetch: &FetchModel) -> Response {
-    match shared.store.read_chunk(&fetch.model, fetch.offset, fetch.max_len.min(CHUNK)) {
-        Ok((total_len, bytes)) => {
-            Response::ModelChunk(ModelChunk { model: fetch.model, total_len, offset: fetch.offset, bytes })
-        }
+    match shared
+        .store
+        .read_chunk(&fetch.model, fetch.offset, fetch.max_len.min(CHUNK))
+    {
+        Ok((total_len, bytes)) => Response::ModelChunk(ModelChunk {
+            model: fetch.model,
+            total_len,
+            offset: fetch.offset,
+            bytes,
+        }),
         Err(e) => Response::error(ErrorCode::NotFound, e.to_string()),
     }
 }
@@ -471,15 +639,19 @@ pub(crate) fn on_cancel(shared: &Shared, peer: &NodeId, signed: &Signed<Cancel>)
         return Response::error(ErrorCode::Invalid, "cancel addressed to another worker");
     }
     let mut running = lock(&shared.running);
-    if running.get(&cancel.task_id).is_some_and(|r| r.requester == *peer) {
-        if let Some(mut r) = running.remove(&cancel.task_id) {
-            r.cancel.cancel();
-            if let Some(stop) = r.stop.take() {
-                let _ = stop.send(Stop::Cancelled);
-            }
+    if running
+        .get(&cancel.task_id)
+        .is_some_and(|r| r.requester == *peer)
+        && let Some(mut r) = running.remove(&cancel.task_id)
+    {
+        r.cancel.cancel();
+        if let Some(stop) = r.stop.take() {
+            let _ = stop.send(Stop::Cancelled);
         }
     }
-    Response::Ack { task_id: cancel.task_id }
+    Response::Ack {
+        task_id: cancel.task_id,
+    }
 }
 
 /// Aborts every running task (the power gate closed).

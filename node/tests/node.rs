@@ -14,13 +14,18 @@ fn repo() -> PathBuf {
 
 fn logs() {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter(filter).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(filter)
+        .try_init();
 }
 
 fn config(dir: &Path, bootstrap: Option<&str>) -> Config {
     logs();
-    let mut c = Config::default();
-    c.data_dir = dir.to_path_buf();
+    let mut c = Config {
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
     c.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
     c.network.bootstrap = bootstrap.map(|b| vec![b.to_string()]).unwrap_or_default();
     c.network.kad_mode = KadMode::Server;
@@ -29,6 +34,8 @@ fn config(dir: &Path, bootstrap: Option<&str>) -> Config {
     c.device.run_when = RunPolicy::Always;
     c.device.sample_interval_ms = 250;
     c.worker.benchmark_ms = 50;
+    // Test machines are busy: give results more slack than the default before re-awarding.
+    c.requester.auction.result_grace_ms = 15_000;
     c
 }
 
@@ -43,7 +50,9 @@ impl Mesh {
         let mut dirs = Vec::new();
         let mut nodes = Vec::new();
         let d = tempfile::tempdir().unwrap();
-        let boot = Node::start(config(d.path(), None), Role { bootstrap: true }).await.unwrap();
+        let boot = Node::start(config(d.path(), None), Role { bootstrap: true })
+            .await
+            .unwrap();
         let addr = boot.handle().listen_addrs().await[0].clone();
         dirs.push(d);
         nodes.push(boot);
@@ -65,13 +74,20 @@ impl Mesh {
     }
 
     fn workers(&self) -> Vec<NodeHandle> {
-        self.nodes[1..self.nodes.len() - 1].iter().map(Node::handle).collect()
+        self.nodes[1..self.nodes.len() - 1]
+            .iter()
+            .map(Node::handle)
+            .collect()
     }
 
     async fn wait_for_adverts(&self, n: usize) {
         let started = Instant::now();
         while self.requester().known_adverts() < n {
-            assert!(started.elapsed() < Duration::from_secs(30), "requester saw {} adverts, expected {n}", self.requester().known_adverts());
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "requester saw {} adverts, expected {n}",
+                self.requester().known_adverts()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -93,14 +109,18 @@ fn digits_request(model: &str, sample: &str, input_name: &str) -> SubmitRequest 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_workers_join_advertise_run_and_both_sides_keep_the_receipt() {
     let mesh = Mesh::start(3, |_, _| {}).await;
-    // Bootstrap + 3 workers advertise; the requester sees them all.
-    mesh.wait_for_adverts(4).await;
+    // The 3 workers advertise (bootstrap and requester-only nodes do not).
+    mesh.wait_for_adverts(3).await;
 
     for (model, sample, input, expected) in [
         ("digits-mlp.onnx", "digit-3.json", "X", 3),
         ("digits-cnn.onnx", "digit-7-cnn.json", "input", 7),
     ] {
-        let outcome = mesh.requester().submit(digits_request(model, sample, input)).await.unwrap();
+        let outcome = mesh
+            .requester()
+            .submit(digits_request(model, sample, input))
+            .await
+            .unwrap();
         let preds = tensor_io::predictions(&outcome.outputs).expect("classifier outputs");
         assert_eq!(preds[0].class, expected, "{model} on {sample}");
         assert!(preds[0].probability > 0.5);
@@ -108,20 +128,1078 @@ async fn three_workers_join_advertise_run_and_both_sides_keep_the_receipt() {
         let body = outcome.receipt.verify().unwrap();
         assert_eq!(body.requester, mesh.requester().node_id());
         assert_eq!(body.worker, outcome.worker);
-        assert!(body.energy.millijoules > 0);
+        assert!(body.energy.microjoules > 0);
 
         // The worker stores the same counter-signed receipt when our answer reaches it.
-        let worker = mesh.workers().into_iter().find(|w| w.node_id() == outcome.worker).unwrap();
+        let worker = mesh
+            .workers()
+            .into_iter()
+            .find(|w| w.node_id() == outcome.worker)
+            .unwrap();
         let started = Instant::now();
-        while !worker.receipts(10).iter().any(|r| r.receipt == outcome.receipt) {
-            assert!(started.elapsed() < Duration::from_secs(10), "worker never stored the receipt");
+        while !worker
+            .receipts(10)
+            .iter()
+            .any(|r| r.receipt == outcome.receipt)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "worker never stored the receipt"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let mine = mesh.requester().receipts(10);
-        assert!(mine.iter().any(|r| r.receipt == outcome.receipt), "requester lacks the receipt");
+        assert!(
+            mine.iter().any(|r| r.receipt == outcome.receipt),
+            "requester lacks the receipt"
+        );
     }
     let status = mesh.requester().status().await.unwrap();
     assert_eq!(status.balances.total.receipts_as_requester, 2);
     assert!(status.adverts.len() >= 3);
+    mesh.stop().await;
+}
+
+/// A misbehaving peer: a bare libp2p swarm that speaks the task protocol with raw frames, so
+/// it can send anything, and answers the node's requests with whatever a test wants.
+mod adversary {
+    use std::collections::HashMap;
+    use std::io;
+    use std::time::Duration;
+
+    use crank_protocol::codec;
+    use crank_protocol::{Identity, Request, Response};
+    use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+    use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, noise, tcp, yamux};
+
+    const PROTOCOL: StreamProtocol = StreamProtocol::new("/crank/task/1");
+
+    /// Writes requests verbatim (so a test can lie in the length prefix); frames responses.
+    #[derive(Debug, Clone, Default)]
+    pub struct RawCodec;
+
+    async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+        let mut len = 0usize;
+        for shift in (0..35).step_by(7) {
+            let mut b = [0u8; 1];
+            io.read_exact(&mut b).await?;
+            len |= usize::from(b[0] & 0x7f) << shift;
+            if b[0] & 0x80 == 0 {
+                let mut buf = vec![0u8; len];
+                io.read_exact(&mut buf).await?;
+                return Ok(buf);
+            }
+        }
+        Err(io::Error::other("bad length prefix"))
+    }
+
+    pub fn varint(mut n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                return out;
+            }
+            out.push(b | 0x80);
+        }
+    }
+
+    pub fn framed(payload: &[u8]) -> Vec<u8> {
+        let mut v = varint(payload.len());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    impl request_response::Codec for RawCodec {
+        type Protocol = StreamProtocol;
+        type Request = Vec<u8>;
+        type Response = Vec<u8>;
+
+        async fn read_request<T: AsyncRead + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+        ) -> io::Result<Vec<u8>> {
+            read_frame(io).await
+        }
+        async fn read_response<T: AsyncRead + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+        ) -> io::Result<Vec<u8>> {
+            read_frame(io).await
+        }
+        async fn write_request<T: AsyncWrite + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+            req: Vec<u8>,
+        ) -> io::Result<()> {
+            io.write_all(&req).await?;
+            io.close().await
+        }
+        async fn write_response<T: AsyncWrite + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+            res: Vec<u8>,
+        ) -> io::Result<()> {
+            io.write_all(&framed(&res)).await?;
+            io.close().await
+        }
+    }
+
+    type Serve = Box<dyn FnMut(&Request) -> Response + Send>;
+
+    pub struct Adversary {
+        pub identity: Identity,
+        swarm: Swarm<request_response::Behaviour<RawCodec>>,
+        responses: HashMap<OutboundRequestId, Result<Vec<u8>, String>>,
+        pub received: Vec<Request>,
+        serve: Serve,
+    }
+
+    impl Adversary {
+        pub fn new(seed: u8, serve: Serve) -> Self {
+            let identity = Identity::from_secret([seed; 32]);
+            let key =
+                libp2p::identity::Keypair::ed25519_from_bytes(identity.secret_bytes()).unwrap();
+            let swarm = SwarmBuilder::with_existing_identity(key)
+                .with_tokio()
+                .with_tcp(
+                    tcp::Config::default(),
+                    noise::Config::new,
+                    yamux::Config::default,
+                )
+                .unwrap()
+                .with_behaviour(|_| {
+                    request_response::Behaviour::with_codec(
+                        RawCodec,
+                        [(PROTOCOL, ProtocolSupport::Full)],
+                        request_response::Config::default()
+                            .with_request_timeout(Duration::from_secs(20)),
+                    )
+                })
+                .unwrap()
+                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+                .build();
+            Self {
+                identity,
+                swarm,
+                responses: HashMap::new(),
+                received: Vec::new(),
+                serve,
+            }
+        }
+
+        pub async fn connect(&mut self, addr: &str) -> PeerId {
+            let addr: Multiaddr = addr.parse().unwrap();
+            self.swarm.dial(addr).unwrap();
+            loop {
+                match self.swarm.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } => return peer_id,
+                    SwarmEvent::OutgoingConnectionError { error, .. } => {
+                        panic!("dial failed: {error}")
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        fn on_event(&mut self, event: SwarmEvent<request_response::Event<Vec<u8>, Vec<u8>>>) {
+            match event {
+                SwarmEvent::Behaviour(request_response::Event::Message { message, .. }) => {
+                    match message {
+                        request_response::Message::Request {
+                            request, channel, ..
+                        } => {
+                            let req: Request =
+                                codec::decode(&request, codec::DEFAULT_MAX_FRAME).unwrap();
+                            let resp = (self.serve)(&req);
+                            self.received.push(req);
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .send_response(channel, codec::encode(&resp).unwrap());
+                        }
+                        request_response::Message::Response {
+                            request_id,
+                            response,
+                        } => {
+                            self.responses.insert(request_id, Ok(response));
+                        }
+                    }
+                }
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    request_id,
+                    error,
+                    ..
+                }) => {
+                    self.responses.insert(request_id, Err(error.to_string()));
+                }
+                _ => {}
+            }
+        }
+
+        /// Sends bytes verbatim and waits for the answer (or the failure).
+        pub async fn send_raw(&mut self, peer: PeerId, raw: Vec<u8>) -> Result<Vec<u8>, String> {
+            let id = self.swarm.behaviour_mut().send_request(&peer, raw);
+            loop {
+                if let Some(r) = self.responses.remove(&id) {
+                    return r;
+                }
+                let event = self.swarm.select_next_some().await;
+                self.on_event(event);
+            }
+        }
+
+        /// Sends a well-framed request and decodes the answer.
+        pub async fn send(&mut self, peer: PeerId, req: &Request) -> Result<Response, String> {
+            let bytes = self
+                .send_raw(peer, framed(&codec::encode(req).unwrap()))
+                .await?;
+            codec::decode(&bytes, codec::DEFAULT_MAX_FRAME).map_err(|e| e.to_string())
+        }
+
+        /// Serves the node's requests until `done` holds for what was received, or `limit` passes.
+        pub async fn pump_until(&mut self, limit: Duration, done: impl Fn(&[Request]) -> bool) {
+            let deadline = tokio::time::Instant::now() + limit;
+            while !done(&self.received) {
+                match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await {
+                    Ok(event) => self.on_event(event),
+                    Err(_) => panic!(
+                        "timed out; received {:?}",
+                        self.received.iter().map(Request::kind).collect::<Vec<_>>()
+                    ),
+                }
+            }
+        }
+    }
+}
+
+use adversary::{Adversary, framed, varint};
+use crank_protocol::tensor::tensors_hash;
+use crank_protocol::{
+    Award, CallForBids, ErrorCode, FailureReason, ModelChunk, ModelId, NamedTensor, Request,
+    Response, Signed, TaskId, Tensor,
+};
+
+fn now_ms() -> u64 {
+    crank_node::clock::now_ms()
+}
+
+fn cfb(adv: &Adversary, task: u8, model: &[u8], inputs: &[NamedTensor]) -> Signed<CallForBids> {
+    let now = now_ms();
+    let body = CallForBids {
+        task_id: TaskId([task; 32]),
+        requester: adv.identity.node_id(),
+        model: ModelId::of(model),
+        model_bytes: model.len() as u64,
+        input_hash: tensors_hash(inputs),
+        input_elements: inputs.iter().map(|t| t.tensor.data.len() as u64).sum(),
+        max_price_stroops: 1_000_000,
+        bid_deadline: now + 2_000,
+        deadline: now + 30_000,
+        issued_at: now,
+    };
+    Signed::sign(body, &adv.identity).unwrap()
+}
+
+/// Asks `worker` for a bid and awards the task; returns the worker's answer to the award.
+async fn bid_and_award(
+    adv: &mut Adversary,
+    worker: libp2p::PeerId,
+    me: &crank_protocol::NodeId,
+    task: u8,
+    model: &[u8],
+    inputs: Vec<NamedTensor>,
+) -> Response {
+    let call = cfb(adv, task, model, &inputs);
+    let bid = match adv
+        .send(worker, &Request::CallForBids(call.clone()))
+        .await
+        .unwrap()
+    {
+        Response::Bid(b) => b,
+        other => panic!("expected a bid, got {other:?}"),
+    };
+    let award = Award {
+        task_id: call.body.task_id,
+        requester: adv.identity.node_id(),
+        worker: *me,
+        price_stroops: bid.body.price_stroops,
+        model: call.body.model,
+        model_bytes: call.body.model_bytes,
+        input_hash: tensors_hash(&inputs),
+        inputs,
+        deadline: call.body.deadline,
+    };
+    adv.send(
+        worker,
+        &Request::Award(Signed::sign(award, &adv.identity).unwrap()),
+    )
+    .await
+    .unwrap()
+}
+
+fn failure_of(received: &[Request], task: u8) -> Option<FailureReason> {
+    received.iter().find_map(|r| match r {
+        Request::Failure(f) if f.body.task_id == TaskId([task; 32]) => Some(f.body.reason.clone()),
+        _ => None,
+    })
+}
+
+fn mlp_input(n: u64) -> Vec<NamedTensor> {
+    vec![NamedTensor {
+        name: "X".into(),
+        tensor: Tensor::f32(vec![1, n], vec![0.5; n as usize]).unwrap(),
+    }]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_frames_get_clear_errors_and_repeat_offenders_are_blocked() {
+    let mesh = Mesh::start(1, |_, _| {}).await;
+    mesh.wait_for_adverts(1).await;
+    let worker = &mesh.workers()[0];
+    let addr = worker.listen_addrs().await[0].clone();
+    let peer = crank_node::network::peer_id_of(&worker.node_id()).unwrap();
+    let mut adv = Adversary::new(
+        200,
+        Box::new(|_| Response::error(ErrorCode::NotFound, "nothing here")),
+    );
+    adv.connect(&addr).await;
+
+    let answer =
+        |bytes: Vec<u8>| -> Response { crank_protocol::codec::decode(&bytes, 1 << 20).unwrap() };
+    let expect_error = |r: Response, code: ErrorCode, needle: &str| match r {
+        Response::Error(e) => {
+            assert_eq!(e.code, code, "{e}");
+            assert!(
+                e.message.contains(needle),
+                "{:?} lacks {needle:?}",
+                e.message
+            );
+        }
+        other => panic!("expected an error, got {other:?}"),
+    };
+
+    // 1. A length prefix far over the limit: refused without reading the body.
+    let mut oversize = varint(64 * 1024 * 1024);
+    oversize.extend_from_slice(&[1, 2, 3]);
+    expect_error(
+        answer(adv.send_raw(peer, oversize).await.unwrap()),
+        ErrorCode::Malformed,
+        "exceeds the limit",
+    );
+    // 2. Garbage after a valid version byte.
+    expect_error(
+        answer(
+            adv.send_raw(peer, framed(&[1, 250, 251, 252, 253]))
+                .await
+                .unwrap(),
+        ),
+        ErrorCode::Malformed,
+        "malformed",
+    );
+    // 3. A wire version this node does not speak.
+    expect_error(
+        answer(adv.send_raw(peer, framed(&[9, 0])).await.unwrap()),
+        ErrorCode::Malformed,
+        "version 9",
+    );
+    // 4. A call for bids whose body was changed after signing.
+    let mut forged = cfb(&adv, 1, b"model", &mlp_input(64));
+    forged.body.max_price_stroops += 1;
+    expect_error(
+        adv.send(peer, &Request::CallForBids(forged)).await.unwrap(),
+        ErrorCode::Invalid,
+        "does not verify",
+    );
+    // 5. A call for bids signed by us but naming another requester.
+    let mut other = cfb(&adv, 2, b"model", &mlp_input(64)).body;
+    other.requester = mesh.requester().node_id();
+    let signed = Signed::sign(other, &adv.identity).unwrap();
+    expect_error(
+        adv.send(peer, &Request::CallForBids(signed)).await.unwrap(),
+        ErrorCode::Invalid,
+        "signed by",
+    );
+
+    // Five offences: the node blocks us and drops the connection.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let blocked = adv.send(peer, &Request::GetAdvert).await;
+    assert!(
+        blocked.is_err(),
+        "a blocked peer still got an answer: {blocked:?}"
+    );
+    let status = worker.status().await.unwrap();
+    let me = crank_node::network::peer_id_of(&adv.identity.node_id())
+        .unwrap()
+        .to_string();
+    assert!(
+        status.network.blocked.contains(&me),
+        "{:?}",
+        status.network.blocked
+    );
+    assert!(
+        worker
+            .metrics_text()
+            .contains("crank_invalid_messages_total 5")
+    );
+
+    // The node keeps working for everyone else.
+    let outcome = mesh
+        .requester()
+        .submit(digits_request("digits-mlp.onnx", "digit-3.json", "X"))
+        .await
+        .unwrap();
+    assert_eq!(outcome.worker, worker.node_id());
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_refuse_bad_models_and_inputs_and_say_why() {
+    let mesh = Mesh::start(1, |_, _| {}).await;
+    let worker = mesh.workers()[0].clone();
+    let addr = worker.listen_addrs().await[0].clone();
+    let peer = crank_node::network::peer_id_of(&worker.node_id()).unwrap();
+    let real = std::fs::read(repo().join("models/digits-mlp.onnx")).unwrap();
+    // A model file that is not ONNX (its content id is honest: it hashes to itself).
+    let garbage: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    // The worker already holds the reference model (the MLP); use a copy with one byte
+    // changed in its producer name so the worker must fetch it.
+    let mut fresh = real.clone();
+    let pos = fresh
+        .windows(7)
+        .position(|w| w == b"skl2onn")
+        .expect("producer name");
+    fresh[pos] = b'S';
+
+    let (tampered, garbage_c, fresh_c) = (fresh.clone(), garbage.clone(), fresh.clone());
+    let mut adv = Adversary::new(
+        201,
+        Box::new(move |req| match req {
+            // Task 1: serve bytes that do not match the content id (flip one byte).
+            Request::FetchModel(f) if f.model == ModelId::of(&tampered) => {
+                let mut bytes = tampered.clone();
+                bytes[100] ^= 0xff;
+                Response::ModelChunk(ModelChunk {
+                    model: f.model,
+                    total_len: bytes.len() as u64,
+                    offset: 0,
+                    bytes,
+                })
+            }
+            Request::FetchModel(f) if f.model == ModelId::of(&garbage_c) => {
+                Response::ModelChunk(ModelChunk {
+                    model: f.model,
+                    total_len: garbage_c.len() as u64,
+                    offset: 0,
+                    bytes: garbage_c.clone(),
+                })
+            }
+            Request::FetchModel(f) if f.model == ModelId::of(&fresh_c) => {
+                Response::ModelChunk(ModelChunk {
+                    model: f.model,
+                    total_len: fresh_c.len() as u64,
+                    offset: 0,
+                    bytes: fresh_c.clone(),
+                })
+            }
+            Request::Failure(f) => Response::Ack {
+                task_id: f.body.task_id,
+            },
+            _ => Response::error(ErrorCode::NotFound, "no"),
+        }),
+    );
+    adv.connect(&addr).await;
+    let me = worker.node_id();
+
+    // 1. Model bytes that do not match the model's hash: refused, reported, not stored.
+    assert!(matches!(
+        bid_and_award(&mut adv, peer, &me, 11, &fresh, mlp_input(64)).await,
+        Response::Accepted { .. }
+    ));
+    adv.pump_until(Duration::from_secs(20), |r| failure_of(r, 11).is_some())
+        .await;
+    match failure_of(&adv.received, 11).unwrap() {
+        FailureReason::ModelUnavailable { message } => {
+            assert!(message.contains("hash"), "{message}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let status = worker.status().await.unwrap();
+    assert!(
+        !status.models.contains(&ModelId::of(&fresh)),
+        "a model with the wrong bytes was stored"
+    );
+
+    // 2. A file that is not ONNX at all.
+    assert!(matches!(
+        bid_and_award(&mut adv, peer, &me, 12, &garbage, mlp_input(64)).await,
+        Response::Accepted { .. }
+    ));
+    adv.pump_until(Duration::from_secs(20), |r| failure_of(r, 12).is_some())
+        .await;
+    assert!(matches!(
+        failure_of(&adv.received, 12).unwrap(),
+        FailureReason::ModelInvalid { .. }
+    ));
+
+    // 3. The real model with an input of the wrong shape.
+    assert!(matches!(
+        bid_and_award(&mut adv, peer, &me, 13, &real, mlp_input(10)).await,
+        Response::Accepted { .. }
+    ));
+    adv.pump_until(Duration::from_secs(20), |r| failure_of(r, 13).is_some())
+        .await;
+    match failure_of(&adv.received, 13).unwrap() {
+        FailureReason::InputInvalid { message } => assert!(message.contains("64"), "{message}"),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // 4. An award for a task we never bid on.
+    let inputs = mlp_input(64);
+    let award = Award {
+        task_id: TaskId([14; 32]),
+        requester: adv.identity.node_id(),
+        worker: me,
+        price_stroops: 1,
+        model: ModelId::of(&real),
+        model_bytes: real.len() as u64,
+        input_hash: tensors_hash(&inputs),
+        inputs,
+        deadline: now_ms() + 10_000,
+    };
+    match adv
+        .send(
+            peer,
+            &Request::Award(Signed::sign(award, &adv.identity).unwrap()),
+        )
+        .await
+        .unwrap()
+    {
+        Response::Decline(d) => assert_eq!(d.body.reason, crank_protocol::DeclineReason::NotBidFor),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // Nothing stored was lost, and the worker still works.
+    mesh.wait_for_adverts(1).await;
+    let outcome = mesh
+        .requester()
+        .submit(digits_request("digits-mlp.onnx", "digit-5.json", "X"))
+        .await
+        .unwrap();
+    assert_eq!(
+        tensor_io::predictions(&outcome.outputs).unwrap()[0].class,
+        5
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requesters_refuse_bad_models_and_inputs_before_asking_anyone() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(config(d.path(), None), Role::default())
+        .await
+        .unwrap();
+    let h = node.handle();
+    let garbage = SubmitRequest::new(
+        ModelSource::Bytes(b"not an onnx file".to_vec()),
+        mlp_input(64),
+    );
+    let e = h.submit(garbage).await.unwrap_err();
+    assert!(matches!(e, crank_node::SubmitError::Model(_)), "{e}");
+    let real = std::fs::read(repo().join("models/digits-mlp.onnx")).unwrap();
+    let wrong = SubmitRequest::new(ModelSource::Bytes(real), mlp_input(10));
+    let e = h.submit(wrong).await.unwrap_err();
+    assert!(matches!(e, crank_node::SubmitError::Input(_)), "{e}");
+    assert!(e.to_string().contains("64"), "{e}");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_addresses_that_do_not_parse_or_answer_are_explained() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = config(d.path(), Some("not-a-multiaddr"));
+    let e = Node::start(c.clone(), Role::default())
+        .await
+        .err()
+        .expect("bad address accepted");
+    assert!(e.to_string().contains("not-a-multiaddr"), "{e}");
+    c.network.bootstrap = vec!["/ip4/127.0.0.1/tcp/9".into()];
+    let e = Node::start(c.clone(), Role::default())
+        .await
+        .err()
+        .expect("address without peer id accepted");
+    assert!(e.to_string().contains("/p2p/"), "{e}");
+
+    // Nothing listens on port 9: the node runs, says why, and keeps retrying.
+    let peer =
+        crank_node::network::peer_id_of(&crank_protocol::Identity::from_secret([5; 32]).node_id())
+            .unwrap();
+    c.network.bootstrap = vec![format!("/ip4/127.0.0.1/tcp/9/p2p/{peer}")];
+    let node = Node::start(c, Role::default()).await.unwrap();
+    let started = Instant::now();
+    loop {
+        let s = node.handle().status().await.unwrap();
+        let b = &s.network.bootstrap[0];
+        if let Some(err) = &b.last_error {
+            assert!(!b.connected);
+            assert!(
+                err.to_lowercase().contains("refused") || err.contains("Failed"),
+                "{err}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no dial error reported"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn owed_receipts_are_settled_on_a_local_stellar_network_exactly_once() {
+    use crank_node::wallet::SettleView;
+    let horizon = crank_testnet::server::LocalHorizon::start(
+        crank_testnet::network::NetworkConfig::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let stellar = crank_payments::StellarConfig::local(&horizon.url(), &horizon.passphrase());
+    let mesh = Mesh::start(2, |_, c| {
+        c.stellar = stellar.clone();
+        c.settlement.auto = false;
+        c.settlement.policy.threshold_stroops = 1;
+    })
+    .await;
+    for n in &mesh.nodes[1..] {
+        n.handle().wallet().fund().await.unwrap();
+    }
+    mesh.wait_for_adverts(2).await;
+    let mut owed: std::collections::BTreeMap<String, u64> = Default::default();
+    for sample in ["digit-1.json", "digit-2.json", "digit-4.json"] {
+        let o = mesh
+            .requester()
+            .submit(digits_request("digits-mlp.onnx", sample, "X"))
+            .await
+            .unwrap();
+        *owed.entry(o.receipt.inner.body.payout.clone()).or_default() += o.price_stroops;
+    }
+    let before: Vec<i64> = owed
+        .keys()
+        .map(|a| horizon.account(a).unwrap().balance)
+        .collect();
+    // Friendbot funding counts as included transactions too.
+    let funded = horizon.included();
+
+    let wallet = mesh.requester();
+    // A dry run signs but changes nothing.
+    match wallet.wallet().settle(false, true).await.unwrap() {
+        SettleView::DryRun { transactions } => {
+            assert_eq!(transactions.len(), 1);
+            let xdr = transactions[0]["envelope_xdr"].as_str().unwrap();
+            assert!(xdr.len() > 100);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(horizon.included(), funded);
+    // Real settlement: one transaction, one payment per worker.
+    match wallet.wallet().settle(false, false).await.unwrap() {
+        SettleView::Submitted {
+            receipts_paid,
+            stroops_paid,
+            paid,
+            ..
+        } => {
+            assert_eq!(receipts_paid, 3);
+            assert_eq!(stroops_paid as u64, owed.values().sum::<u64>());
+            assert_eq!(paid.len(), 1);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    for ((addr, amount), b) in owed.iter().zip(before) {
+        assert_eq!(
+            horizon.account(addr).unwrap().balance,
+            b + *amount as i64,
+            "{addr}"
+        );
+    }
+    // Nothing is paid twice.
+    match wallet.wallet().settle(true, false).await.unwrap() {
+        SettleView::Submitted { receipts_paid, .. } => assert_eq!(receipts_paid, 0),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(horizon.included(), funded + 1);
+    let history = wallet.wallet().history(10).unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].draft.manifest.lines().len(), 3);
+    let status = wallet.status().await.unwrap();
+    assert_eq!(status.balances.total.owed_by_us_stroops, 0);
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_local_api_needs_the_token_and_runs_tasks_from_json() {
+    let mesh = Mesh::start(1, |i, c| {
+        if i == 1 {
+            // The requester serves the API on a free loopback port.
+            c.api.enabled = true;
+            c.api.listen = "127.0.0.1:0".into();
+        }
+    })
+    .await;
+    let node = mesh.requester();
+    let addr = crank_node::api::serve(node.clone()).await.unwrap();
+    let dir = node.config().data_dir.clone();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("api.addr"))
+            .unwrap()
+            .trim(),
+        addr.to_string()
+    );
+    let token = std::fs::read_to_string(dir.join("api.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(dir.join("api.token"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}");
+
+    assert_eq!(
+        http.get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{base}/status"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let wrong = http
+        .get(format!("{base}/status"))
+        .bearer_auth("0".repeat(64))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let status: serde_json::Value = http
+        .get(format!("{base}/status"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["node_id"], node.node_id().to_hex());
+
+    mesh.wait_for_adverts(1).await;
+    let input: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("models/samples/digit-6.json")).unwrap(),
+    )
+    .unwrap();
+    let body = serde_json::json!({
+        "model_path": repo().join("models/digits-mlp.onnx").display().to_string(),
+        "input": input,
+        "prefer": "cheap",
+    });
+    let resp = http
+        .post(format!("{base}/tasks"))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let result: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(result["predictions"][0]["class"], 6);
+    assert_eq!(result["worker"], mesh.workers()[0].node_id().to_hex());
+    // The receipt in the answer verifies.
+    let receipt: crank_protocol::Receipt =
+        serde_json::from_value(result["receipt"].clone()).unwrap();
+    assert!(receipt.verify().is_ok());
+
+    // Bad JSON input is a 400 with a reason, and the node keeps serving.
+    let bad = serde_json::json!({ "model_path": "/nonexistent.onnx", "input": [[1]] });
+    let resp = http
+        .post(format!("{base}/tasks"))
+        .bearer_auth(&token)
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let err: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        err["error"].as_str().unwrap().contains("nonexistent"),
+        "{err}"
+    );
+
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("crank_tasks_total{role=\"requester\",outcome=\"completed\"} 1"),
+        "{metrics}"
+    );
+    mesh.stop().await;
+}
+
+/// A fake `/sys/class/power_supply`: a laptop with an AC adapter and a battery.
+struct FakePower {
+    dir: tempfile::TempDir,
+}
+
+impl FakePower {
+    fn on_ac() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ac = dir.path().join("AC");
+        let bat = dir.path().join("BAT0");
+        std::fs::create_dir_all(&ac).unwrap();
+        std::fs::create_dir_all(&bat).unwrap();
+        std::fs::write(ac.join("type"), "Mains\n").unwrap();
+        std::fs::write(bat.join("type"), "Battery\n").unwrap();
+        let p = Self { dir };
+        p.set(true, 80);
+        p
+    }
+
+    fn set(&self, ac_online: bool, percent: u8) {
+        let ac = self.dir.path().join("AC");
+        let bat = self.dir.path().join("BAT0");
+        std::fs::write(ac.join("online"), if ac_online { "1\n" } else { "0\n" }).unwrap();
+        std::fs::write(
+            bat.join("status"),
+            if ac_online {
+                "Charging\n"
+            } else {
+                "Discharging\n"
+            },
+        )
+        .unwrap();
+        std::fs::write(bat.join("capacity"), format!("{percent}\n")).unwrap();
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+/// A batch big enough that the wide model runs for a while (about a second here).
+fn slow_request(rows: u64) -> SubmitRequest {
+    let bytes = std::fs::read(repo().join("models/digits-wide.onnx")).unwrap();
+    let values: Vec<f32> = (0..rows * 64).map(|i| (i % 17) as f32 / 16.0).collect();
+    let inputs = vec![NamedTensor {
+        name: "input".into(),
+        tensor: Tensor::f32(vec![rows, 64], values).unwrap(),
+    }];
+    SubmitRequest {
+        deadline_ms: Some(90_000),
+        ..SubmitRequest::new(ModelSource::Bytes(bytes), inputs)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cheapest_of_five_workers_wins_and_the_auction_is_explained() {
+    let prices = [500u64, 200, 100, 400, 300];
+    let mesh = Mesh::start(5, |i, c| {
+        if let Some(p) = prices.get(i) {
+            c.worker.cost.per_task_stroops = *p * 100;
+        }
+    })
+    .await;
+    mesh.wait_for_adverts(5).await;
+    let cheapest = mesh.workers()[2].node_id();
+    let mut req = digits_request("digits-mlp.onnx", "digit-8.json", "X");
+    req.prefer = crank_scheduler::Preference::Cheap;
+    let o = mesh.requester().submit(req).await.unwrap();
+    assert_eq!(o.worker, cheapest);
+    // Second-score: paid at least its bid, never more than the runner-up's asking price.
+    let bids: Vec<u64> = o
+        .trace
+        .answers
+        .iter()
+        .filter_map(|a| match &a.answer {
+            crank_scheduler::auction::trace::Answer::Bid { price_stroops, .. } => {
+                Some(*price_stroops)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(bids.len() >= 4, "{bids:?}");
+    let mut sorted = bids.clone();
+    sorted.sort_unstable();
+    assert!(
+        o.price_stroops >= sorted[0] && o.price_stroops <= sorted[1],
+        "{} not in [{}, {}]",
+        o.price_stroops,
+        sorted[0],
+        sorted[1]
+    );
+    let shown = crank_node::commands::render_trace(&o.trace);
+    assert!(shown.contains("award"), "{shown}");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_declines_come_back_aggregated() {
+    let power: Vec<FakePower> = (0..3).map(|_| FakePower::on_ac()).collect();
+    for p in &power {
+        p.set(false, 54);
+    }
+    let roots: Vec<PathBuf> = power.iter().map(FakePower::root).collect();
+    let mut mesh = Mesh::start(5, |i, c| {
+        if let Some(r) = roots.get(i) {
+            c.device.run_when = RunPolicy::Charging;
+            c.device.power_supply_root = r.clone();
+        }
+    })
+    .await;
+    // Worker 4's owner pauses it: its advert says so.
+    mesh.nodes[4].handle().set_paused(true);
+    mesh.wait_for_adverts(5).await;
+    let started = Instant::now();
+    while mesh
+        .requester()
+        .status()
+        .await
+        .unwrap()
+        .adverts
+        .iter()
+        .filter(|a| !a.gate_open)
+        .count()
+        < 4
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "closed gates not advertised"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Worker 5 goes away after its advert was seen: it will not answer.
+    let gone = mesh.nodes.remove(5);
+    gone.shutdown().await;
+    let e = mesh
+        .requester()
+        .submit(digits_request("digits-mlp.onnx", "digit-1.json", "X"))
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("3 on battery"), "{text}");
+    assert!(text.contains("1 paused"), "{text}");
+    assert!(text.contains("1 did not answer"), "{text}");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_winner_that_dies_mid_task_is_replaced_within_the_deadline() {
+    let mut mesh = Mesh::start(3, |_, c| c.requester.auction.result_grace_ms = 1_000).await;
+    mesh.wait_for_adverts(3).await;
+    let requester = mesh.requester();
+    let task = tokio::spawn(async move { requester.submit(slow_request(12_000)).await });
+    // Find the winner while it runs, then kill it.
+    let started = Instant::now();
+    let victim = loop {
+        if let Some(i) = (1..=3).find(|i| mesh.nodes[*i].handle().running_tasks() > 0) {
+            break i;
+        }
+        if task.is_finished() {
+            panic!(
+                "the task ended before any worker started it: {:?}",
+                task.await.unwrap()
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no worker started the task"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let dead = mesh.nodes[victim].handle().node_id();
+    mesh.nodes.remove(victim).shutdown().await;
+    let o = task.await.unwrap().unwrap();
+    assert_ne!(o.worker, dead, "the dead worker cannot have delivered");
+    assert!(o.trace.awards.len() >= 2, "{:?}", o.trace.awards);
+    assert!(o.elapsed_ms < 90_000.0);
+    assert!(o.receipt.verify().is_ok());
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gate_that_closes_mid_task_aborts_it_and_another_worker_finishes() {
+    use crank_scheduler::auction::trace::AwardEnd;
+    let power = FakePower::on_ac();
+    let root = power.root();
+    let mesh = Mesh::start(2, |i, c| {
+        if i == 0 {
+            // This worker runs on a laptop whose charger is about to be unplugged.
+            c.device.run_when = RunPolicy::Charging;
+            c.device.power_supply_root = root.clone();
+            c.device.sample_interval_ms = 200;
+            c.worker.cost.per_task_stroops = 1; // cheapest: it wins first
+        } else if i == 1 {
+            c.worker.cost.per_task_stroops = 100_000;
+        }
+    })
+    .await;
+    mesh.wait_for_adverts(2).await;
+    let laptop = mesh.workers()[0].clone();
+    let requester = mesh.requester();
+    let mut req = slow_request(16_000);
+    req.prefer = crank_scheduler::Preference::Cheap;
+    req.max_price_stroops = Some(1_000_000);
+    let task = tokio::spawn(async move { requester.submit(req).await });
+    let started = Instant::now();
+    while laptop.running_tasks() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the laptop never started the task"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    power.set(false, 54);
+    let o = task.await.unwrap().unwrap();
+    assert_ne!(o.worker, laptop.node_id());
+    let first = &o.trace.awards[0];
+    assert_eq!(first.worker, laptop.node_id());
+    match &first.end {
+        Some(AwardEnd::Failed {
+            reason: FailureReason::Aborted { reason },
+        }) => {
+            assert_eq!(reason.to_string(), "on battery 54 %")
+        }
+        other => panic!("first award ended {other:?}"),
+    }
+    let status = laptop.status().await.unwrap();
+    assert!(!status.gate.open);
+    assert_eq!(status.gate.reason.as_deref(), Some("on battery 54 %"));
     mesh.stop().await;
 }

@@ -15,6 +15,9 @@
 //! | `counters` | requester ‖ worker | (last sequence number, cumulative stroops) |
 //! | `order` | insertion number | task ‖ worker, for newest-first listings |
 //! | `balances` | counterparty | postcard [`CounterpartyBalance`] |
+//! | `owed` | task ‖ worker | () for requester-side receipts that are `Unsettled` |
+//! | `intents` | intent id | postcard [`IntentRecord`] |
+//! | `pending_intents` | intent id | () while the intent is `Pending` |
 //! | `meta` | name | caller's bytes |
 
 use std::collections::BTreeMap;
@@ -35,6 +38,10 @@ use crate::types::{
     StoredReceipt,
 };
 
+mod intents;
+
+pub use intents::{IntentDraft, IntentRecord, IntentState};
+
 const RECEIPTS: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("receipts");
 const PENDING: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("pending");
 const PAIR_SEQ: TableDefinition<&[u8; 72], &[u8; 32]> = TableDefinition::new("pair_seq");
@@ -43,6 +50,8 @@ const ORDER: TableDefinition<u64, &[u8; 64]> = TableDefinition::new("order");
 const BALANCES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("balances");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const INFO: TableDefinition<&str, u64> = TableDefinition::new("ledger_info");
+/// Requester-side receipts not yet paid nor being paid: what settlement plans from.
+const OWED: TableDefinition<&[u8; 64], ()> = TableDefinition::new("owed");
 
 /// The on-disk layout this code writes; a file with a higher number is refused.
 const SCHEMA_VERSION: u64 = 1;
@@ -385,6 +394,9 @@ pub(crate) struct Tables<'t> {
     order: Table<'t, u64, &'static [u8; 64]>,
     balances: Table<'t, &'static [u8; 32], &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
+    owed: Table<'t, &'static [u8; 64], ()>,
+    intents: Table<'t, u64, &'static [u8]>,
+    pending_intents: Table<'t, u64, ()>,
 }
 
 impl<'t> Tables<'t> {
@@ -397,6 +409,9 @@ impl<'t> Tables<'t> {
             order: txn.open_table(ORDER)?,
             balances: txn.open_table(BALANCES)?,
             meta: txn.open_table(META)?,
+            owed: txn.open_table(OWED)?,
+            intents: txn.open_table(intents::INTENTS)?,
+            pending_intents: txn.open_table(intents::PENDING_INTENTS)?,
         })
     }
 
@@ -544,8 +559,20 @@ impl<'t> Tables<'t> {
         contribute(&mut b, rec.role, rec.price_stroops(), &to, true)?;
         self.put_balance(&party, &b)?;
         rec.settlement = to;
-        self.receipts
-            .insert(&rec.key().to_bytes(), encode(rec)?.as_slice())?;
+        let key = rec.key().to_bytes();
+        self.receipts.insert(&key, encode(rec)?.as_slice())?;
+        self.index_owed(rec)?;
+        Ok(())
+    }
+
+    /// Keeps the `owed` index in step with one receipt's role and settlement state.
+    fn index_owed(&mut self, rec: &StoredReceipt) -> Result<(), LedgerError> {
+        let key = rec.key().to_bytes();
+        if rec.role == Role::Requester && rec.settlement == Settlement::Unsettled {
+            self.owed.insert(&key, ())?;
+        } else {
+            self.owed.remove(&key)?;
+        }
         Ok(())
     }
 
@@ -679,7 +706,7 @@ impl Ledger {
         sign: impl FnOnce(u64, u64) -> Result<Signed<WorkReceipt>, E>,
     ) -> Result<Signed<WorkReceipt>, LedgerError>
     where
-        E: std::error::Error + Send + Sync + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         self.write(|t, _| {
             let pair = pair_bytes(requester, worker);
@@ -690,7 +717,7 @@ impl Ledger {
             let cumulative = cumulative
                 .checked_add(price_stroops)
                 .ok_or(LedgerError::Overflow("cumulative amount"))?;
-            let signed = sign(seq, cumulative).map_err(|e| LedgerError::Sign(Box::new(e)))?;
+            let signed = sign(seq, cumulative).map_err(|e| LedgerError::Sign(e.into()))?;
             let body = signed.verify_by(worker)?;
             let key = ReceiptKey::of(body);
             let wrong = |what: &str| invalid(key, format!("the signed receipt has a different {what} than assigned"));
@@ -795,6 +822,7 @@ impl Ledger {
             t.receipts
                 .insert(&key.to_bytes(), encode(&rec)?.as_slice())?;
             t.order.insert(rec.order, &key.to_bytes())?;
+            t.index_owed(&rec)?;
             let party = rec.counterparty();
             let mut b = t.balance(&party)?;
             contribute(&mut b, role, body.price_stroops, &rec.settlement, true)?;
@@ -856,6 +884,25 @@ impl Ledger {
             if keep(&rec) {
                 out.push(rec);
             }
+        }
+        Ok(out)
+    }
+
+    /// Receipts where this node is the requester that are neither paid nor being paid, in
+    /// task order: what settlement plans from.
+    pub fn owed_receipts(&self) -> Result<Vec<StoredReceipt>, LedgerError> {
+        let txn = self.db.begin_read()?;
+        let owed = txn.open_table(OWED)?;
+        let receipts = txn.open_table(RECEIPTS)?;
+        let mut out = Vec::new();
+        for entry in owed.iter()? {
+            let (k, _) = entry?;
+            let Some(v) = receipts.get(k.value())? else {
+                return Err(LedgerError::Inconsistent(
+                    "an owed-index entry points at a missing receipt".into(),
+                ));
+            };
+            out.push(decode("receipts", v.value())?);
         }
         Ok(out)
     }
@@ -1009,13 +1056,104 @@ impl Ledger {
             count(b, rec.role)?;
             n += 1;
         }
+        let owed = txn.open_table(OWED)?;
+        let mut n_owed = 0u64;
+        for entry in receipts.iter()? {
+            let (k, v) = entry?;
+            let rec: StoredReceipt = decode("receipts", v.value())?;
+            let want = rec.role == Role::Requester && rec.settlement == Settlement::Unsettled;
+            if owed.get(k.value())?.is_some() != want {
+                return Err(LedgerError::Inconsistent(format!(
+                    "owed index disagrees with receipt {}",
+                    rec.key()
+                )));
+            }
+            n_owed += u64::from(want);
+        }
+        if owed.len()? != n_owed {
+            return Err(LedgerError::Inconsistent(
+                "owed index lists receipts that are not owed".into(),
+            ));
+        }
         if order.len()? != n {
             return Err(LedgerError::Inconsistent(format!(
                 "{} insertion-order entries for {n} receipts",
                 order.len()?
             )));
         }
-        drop((receipts, order));
+        // Settlement states agree with the intents that caused them.
+        let intents = txn.open_table(intents::INTENTS)?;
+        let mut by_id: BTreeMap<u64, IntentRecord> = BTreeMap::new();
+        for entry in intents.iter()? {
+            let (k, v) = entry?;
+            by_id.insert(k.value(), decode("intents", v.value())?);
+        }
+        for entry in receipts.iter()? {
+            let (_, v) = entry?;
+            let rec: StoredReceipt = decode("receipts", v.value())?;
+            if let Settlement::InFlight { intent } = rec.settlement {
+                let ok = by_id.get(&intent).is_some_and(|i| {
+                    i.state == IntentState::Pending && i.draft.manifest.keys().contains(&rec.key())
+                });
+                if !ok {
+                    return Err(LedgerError::Inconsistent(format!(
+                        "receipt {} is reserved by intent {intent}, which is not a pending intent paying it",
+                        rec.key()
+                    )));
+                }
+            }
+        }
+        for i in by_id.values() {
+            for key in i.draft.manifest.keys() {
+                let Some(v) = receipts.get(&key.to_bytes())? else {
+                    return Err(LedgerError::Inconsistent(format!(
+                        "intent {} names missing receipt {key}",
+                        i.id
+                    )));
+                };
+                let rec: StoredReceipt = decode("receipts", v.value())?;
+                let ok = match (&i.state, rec.settlement) {
+                    (IntentState::Pending, Settlement::InFlight { intent }) => intent == i.id,
+                    (IntentState::Settled { .. }, Settlement::Settled { tx_hash, .. }) => {
+                        tx_hash == i.draft.tx_hash
+                    }
+                    // A failed intent's receipts may since be unpaid, reserved or paid by a
+                    // later intent; they just must not claim this one.
+                    (IntentState::Failed { .. }, Settlement::InFlight { intent }) => intent != i.id,
+                    (IntentState::Failed { .. }, Settlement::Settled { tx_hash, .. }) => {
+                        tx_hash != i.draft.tx_hash
+                    }
+                    (IntentState::Failed { .. }, Settlement::Unsettled) => true,
+                    _ => false,
+                };
+                if !ok {
+                    return Err(LedgerError::Inconsistent(format!(
+                        "receipt {key} is {:?} but intent {} is {:?}",
+                        rec.settlement, i.id, i.state
+                    )));
+                }
+            }
+        }
+        let pending_index = txn.open_table(intents::PENDING_INTENTS)?;
+        for i in by_id.values() {
+            if pending_index.get(i.id)?.is_some() != (i.state == IntentState::Pending) {
+                return Err(LedgerError::Inconsistent(format!(
+                    "pending-intent index disagrees with intent {}",
+                    i.id
+                )));
+            }
+        }
+        if pending_index.len()?
+            != by_id
+                .values()
+                .filter(|i| i.state == IntentState::Pending)
+                .count() as u64
+        {
+            return Err(LedgerError::Inconsistent(
+                "pending-intent index lists unknown intents".into(),
+            ));
+        }
+        drop((receipts, order, intents, owed, pending_index));
         let kept = self.balances()?;
         let mut kept_nonzero = kept.counterparties;
         kept_nonzero.retain(|_, b| *b != CounterpartyBalance::default());
@@ -1087,7 +1225,7 @@ pub(crate) mod tests {
             output_hash: ContentHash([9; 32]),
             price_stroops: price,
             energy: Energy {
-                millijoules: 10,
+                microjoules: 10_000,
                 method: EnergyMethod::CpuTimeEstimate,
             },
             path: ExecPath::Cpu,
@@ -1442,6 +1580,10 @@ mod props {
         Store { p: usize, k: usize, forgery: u8 },
         /// Close and reopen the ledger file.
         Reopen,
+        /// Record an intent paying the unsettled requester-side receipts picked by `mask`.
+        Intent { mask: u32 },
+        /// End the pending intent, settled or failed.
+        Finish { settle: bool },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1449,6 +1591,8 @@ mod props {
             8 => (0..3usize, 0..6usize, prop_oneof![4 => Just(0u8), 1 => 1..=3u8])
                 .prop_map(|(p, k, forgery)| Op::Store { p, k, forgery }),
             1 => Just(Op::Reopen),
+            2 => any::<u32>().prop_map(|mask| Op::Intent { mask }),
+            2 => any::<bool>().prop_map(|settle| Op::Finish { settle }),
         ]
     }
 
@@ -1538,9 +1682,80 @@ mod props {
             let path = dir.path().join("l.redb");
             let mut ledger = Some(Ledger::open(&path).unwrap());
             let mut model: BTreeMap<ReceiptKey, (Receipt, Role)> = BTreeMap::new();
+            // Payment state per receipt, as the model sees it.
+            let mut paid: BTreeMap<ReceiptKey, Settlement> = BTreeMap::new();
+            let mut pending: Option<(u64, Vec<ReceiptKey>, crate::TxHash)> = None;
+            let mut next_intent = 1u64;
             let roles = pairs().map(|(_, _, r)| r);
             for op in ops {
                 match op {
+                    Op::Intent { mask } => {
+                        let l = ledger.as_ref().unwrap();
+                        let picked: Vec<&Receipt> = model
+                            .iter()
+                            .filter(|(k, (_, role))| {
+                                *role == Role::Requester
+                                    && paid.get(*k).is_none_or(|s| *s == Settlement::Unsettled)
+                            })
+                            .enumerate()
+                            .filter(|(i, _)| mask & (1 << (i % 32)) != 0)
+                            .map(|(_, (_, (r, _)))| r)
+                            .filter(|r| r.inner.body.price_stroops > 0)
+                            .collect();
+                        if picked.is_empty() {
+                            continue;
+                        }
+                        let lines = picked
+                            .iter()
+                            .map(|r| crate::manifest::ManifestLine {
+                                payout: r.inner.body.payout.clone(),
+                                task: r.inner.body.task_id,
+                                worker: r.inner.body.worker,
+                                amount_stroops: r.inner.body.price_stroops,
+                            })
+                            .collect();
+                        let manifest = crate::manifest::Manifest::new(lines).unwrap();
+                        let tx_hash = crate::TxHash([next_intent as u8; 32]);
+                        let draft = IntentDraft {
+                            payer: super::tests::PAYOUT.into(),
+                            sequence: next_intent as i64,
+                            max_time: 0,
+                            tx_hash,
+                            envelope_xdr: "AAAA".into(),
+                            manifest: manifest.clone(),
+                        };
+                        let got = l.create_intent(draft);
+                        if pending.is_some() {
+                            prop_assert!(matches!(got, Err(LedgerError::IntentState { .. })), "{:?}", got);
+                        } else {
+                            let rec = got.unwrap();
+                            prop_assert_eq!(rec.id, next_intent);
+                            for k in manifest.keys() {
+                                paid.insert(k, Settlement::InFlight { intent: rec.id });
+                            }
+                            pending = Some((rec.id, manifest.keys(), tx_hash));
+                            next_intent += 1;
+                        }
+                    }
+                    Op::Finish { settle } => {
+                        let l = ledger.as_ref().unwrap();
+                        let Some((id, keys, hash)) = pending.take() else { continue };
+                        if settle {
+                            l.settle_intent(id, 7, 100).unwrap();
+                            // Idempotent, and a settled intent cannot fail.
+                            l.settle_intent(id, 7, 100).unwrap();
+                            prop_assert!(l.fail_intent(id, "late").is_err());
+                            for k in keys {
+                                paid.insert(k, Settlement::Settled { tx_hash: hash, settled_at: 0 });
+                            }
+                        } else {
+                            l.fail_intent(id, "test").unwrap();
+                            prop_assert!(l.settle_intent(id, 7, 100).is_err());
+                            for k in keys {
+                                paid.insert(k, Settlement::Unsettled);
+                            }
+                        }
+                    }
                     Op::Reopen => {
                         // The old handle must close before the file can be opened again.
                         drop(ledger.take());
@@ -1570,7 +1785,12 @@ mod props {
                 let got = l.receipt(&key.task, &key.worker).unwrap().unwrap();
                 prop_assert_eq!(&got.receipt, r);
                 prop_assert_eq!(got.role, *role);
-                prop_assert_eq!(got.settlement, Settlement::Unsettled);
+                // Exactly the payment state the model expects (settled times aside).
+                let want = paid.get(key).copied().unwrap_or(Settlement::Unsettled);
+                match (got.settlement, want) {
+                    (Settlement::Settled { tx_hash: a, .. }, Settlement::Settled { tx_hash: b, .. }) => prop_assert_eq!(a, b),
+                    (g, w) => prop_assert_eq!(g, w),
+                }
                 // Re-storing is idempotent.
                 prop_assert_eq!(l.store_receipt(r, *role).unwrap(), Stored::AlreadyStored);
             }
@@ -1586,7 +1806,21 @@ mod props {
             // Totals equal the sum of the receipts.
             l.audit().unwrap();
             let bal = l.balances().unwrap();
-            let owed_by_us: u64 = model.values().filter(|(_, r)| *r == Role::Requester).map(|(r, _)| r.inner.body.price_stroops).sum();
+            let state = |k: &ReceiptKey| paid.get(k).copied().unwrap_or(Settlement::Unsettled);
+            let sum = |f: &dyn Fn(&ReceiptKey, Role) -> bool| -> u64 {
+                model.iter().filter(|(k, (_, role))| f(k, *role)).map(|(_, (r, _))| r.inner.body.price_stroops).sum()
+            };
+            let owed_by_us = sum(&|k, role| role == Role::Requester && !state(k).is_settled());
+            let in_flight = sum(&|k, role| role == Role::Requester && matches!(state(k), Settlement::InFlight { .. }));
+            let paid_by_us = sum(&|k, role| role == Role::Requester && state(k).is_settled());
+            prop_assert_eq!(bal.total.in_flight_stroops, in_flight);
+            prop_assert_eq!(bal.total.paid_by_us_stroops, paid_by_us);
+            prop_assert_eq!(l.pending_intents().unwrap().len(), usize::from(pending.is_some()));
+            let owed_now = model
+                .iter()
+                .filter(|(k, (_, role))| *role == Role::Requester && state(k) == Settlement::Unsettled)
+                .count();
+            prop_assert_eq!(l.owed_receipts().unwrap().len(), owed_now);
             let owed_to_us: u64 = model.values().filter(|(_, r)| *r == Role::Worker).map(|(r, _)| r.inner.body.price_stroops).sum();
             prop_assert_eq!(bal.total.owed_by_us_stroops, owed_by_us);
             prop_assert_eq!(bal.total.owed_to_us_stroops, owed_to_us);

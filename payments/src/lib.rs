@@ -11,7 +11,15 @@
 //!
 //! - [`ledger`]: the receipt ledger ([`Ledger`]): issuing receipts with gap-free per-pair
 //!   sequence numbers, storing counter-signed receipts idempotently, balances per counterparty,
-//!   and small node state (`put_meta` / `get_meta`).
+//!   settlement intents, and small node state (`put_meta` / `get_meta`).
+//! - [`stellar`]: the payout [`Wallet`], payment transactions built, hashed and signed with
+//!   `stellar-xdr`, envelope decoding and verification.
+//! - [`horizon`]: an async Horizon client ([`Horizon`]) with plain-language result codes.
+//! - [`manifest`]: which receipts a transaction pays, the memo commitment to them, and
+//!   [`verify_payout`] for workers.
+//! - [`settle`]: exactly-once batched settlement ([`Settler`]).
+//! - [`cli`]: the functions behind `crank-node wallet …`.
+//! - [`config`]: [`StellarConfig`] and [`SettlementConfig`].
 //!
 //! # Invariants
 //!
@@ -20,17 +28,31 @@
 //! - Every stored receipt carries two verified signatures (worker and requester).
 //! - A receipt is in exactly one settlement state; the per-counterparty totals kept by the
 //!   ledger always equal the sum over the stored receipts ([`Ledger::audit`] checks it).
+//! - A settlement transaction is recorded, with the receipts it reserves, before it is first
+//!   submitted; only that identical envelope is ever resubmitted; its receipts are released
+//!   only once it provably cannot apply (failed in a ledger, sequence number used by another
+//!   transaction, or time bound passed with the hash unknown).
 
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod cli;
+pub mod config;
+pub mod horizon;
 pub mod ledger;
+pub mod manifest;
+pub mod settle;
 pub mod stellar;
 pub mod types;
 
-pub use ledger::{Ledger, LedgerError};
+pub use config::{SettlementConfig, StellarConfig};
+pub use horizon::{Horizon, HorizonError};
+pub use ledger::{IntentDraft, IntentRecord, IntentState, Ledger, LedgerError};
+pub use manifest::{Manifest, ManifestError, ManifestLine, verify_payout};
+pub use settle::{Outcome, SettleError, SettleMode, SettleReport, Settler};
+pub use stellar::Wallet;
 pub use types::{
     Balances, CounterpartyBalance, PendingReceipt, ReceiptKey, Role, Settlement, Stored,
     StoredReceipt, TxHash,

@@ -282,6 +282,9 @@ pub struct CapabilityAdvert {
     pub bench: Vec<PathBench>,
     /// Current capacity.
     pub capacity: Capacity,
+    /// Addresses the node can be dialled at (multiaddrs, most reachable first), so a
+    /// requester can reach a worker it learned about by gossip.
+    pub addrs: Vec<String>,
 }
 
 impl Signable for CapabilityAdvert {
@@ -525,8 +528,8 @@ impl fmt::Display for EnergyMethod {
 /// Energy spent on one task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Energy {
-    /// Millijoules.
-    pub millijoules: u64,
+    /// Microjoules (at least 1).
+    pub microjoules: u64,
     /// How it was obtained.
     pub method: EnergyMethod,
 }

@@ -219,6 +219,15 @@ pub fn advert<'a>(
             "an open gate has no reason; a closed gate has one",
         ));
     }
+    if a.addrs.len() > 16 {
+        return Err(field(
+            "addrs",
+            format!("{} listed, limit 16", a.addrs.len()),
+        ));
+    }
+    for addr in &a.addrs {
+        text("addrs", addr, limits)?;
+    }
     payout(&a.payout)?;
     Ok(a)
 }

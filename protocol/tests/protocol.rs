@@ -57,6 +57,7 @@ fn advert(node: &Identity, seq: u64, now: UnixMillis) -> Signed<CapabilityAdvert
             queue_slots: 8,
             queued: 0,
         },
+        addrs: vec![],
     };
     Signed::sign(body, node).unwrap()
 }
@@ -165,7 +166,7 @@ fn award_and_result_validation() {
         output_hash: tensors_hash(&outputs),
         price_stroops: 100,
         energy: Energy {
-            millijoules: 3,
+            microjoules: 3_000,
             method: EnergyMethod::CpuTimeEstimate,
         },
         path: ExecPath::Cpu,

@@ -178,6 +178,7 @@ fn advert(i: usize) -> CapabilityAdvert {
             queue_slots: 8,
             queued: (i % 9) as u16,
         },
+        addrs: vec![],
     }
 }
 

@@ -298,6 +298,7 @@ mod tests {
                 queue_slots: 4,
                 queued,
             },
+            addrs: vec![],
         }
     }
 

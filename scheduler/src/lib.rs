@@ -69,12 +69,13 @@
 //!     payout: "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7".into(),
 //! };
 //! let bid = quote(&cfb, &state, &CostModel::default(), now + 5).expect("a bid");
+//! let asked = bid.price_stroops;
 //! let bid = Signed::sign(bid, &worker)?;
 //! auction.handle(Input::Bid { from: worker.node_id(), bid }, now + 5)?;
 //!
-//! // Everyone asked has answered, so the award is out; a lone bidder gets the max price.
+//! // Everyone asked has answered, so the award is out; a lone bidder is paid its own bid.
 //! let Some(Output::SendAward { to, price_stroops }) = auction.poll_output() else { panic!() };
-//! assert_eq!((to, price_stroops), (worker.node_id(), 5_000));
+//! assert_eq!((to, price_stroops), (worker.node_id(), asked));
 //! let _award = auction.award_message(to, price_stroops, Vec::new()); // sign, add inputs, send
 //! auction.handle(Input::AwardAccepted { from: to }, now + 10)?;
 //! // Until the result arrives, the driver wakes the auction at `poll_timeout()`.
@@ -82,7 +83,7 @@
 //! # let receipt = Signed::sign(WorkReceipt {
 //! #     task_id: TaskId([9; 32]), requester: me.node_id(), worker: to, model: ModelId([3; 32]),
 //! #     input_hash: ContentHash([4; 32]), output_hash: ContentHash([5; 32]),
-//! #     price_stroops, energy: Energy { millijoules: 1, method: EnergyMethod::CpuTimeEstimate },
+//! #     price_stroops, energy: Energy { microjoules: 1_000, method: EnergyMethod::CpuTimeEstimate },
 //! #     path: ExecPath::Cpu, timings: Timings { accepted_at: 0, started_at: 0, finished_at: 0,
 //! #     run_micros: 1 }, pair_seq: 1, cumulative_stroops: price_stroops,
 //! #     payout: "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7".into() }, &worker)?;
@@ -121,9 +122,10 @@
 //!
 //! The winner is paid the highest price at which it would still have won: the price that
 //! makes its score equal to the runner-up's (`(bid + 1) · exp((S₂ − S₁) / w_price) − 1`),
-//! never below its bid and never above the task's max price. With no runner-up, the max price
-//! is the reserve and is paid; the max price is therefore what the submitter risks, and with
-//! a low price weight (`fast`, `green`) a clear winner is often paid close to it.
+//! never below its bid and never above the task's max price. With no runner-up there is no
+//! competitor to price against, and the winner is paid its own bid: a generous max price is
+//! not paid just because one worker answered. With a low price weight (`fast`, `green`) a
+//! clear winner can still be paid close to the max price, which is what the submitter risks.
 //! First-price (the winner's own bid) is available as [`PaymentRule::FirstPrice`] for
 //! comparison in simulations.
 //!

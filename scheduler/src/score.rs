@@ -282,7 +282,7 @@ fn ln1p_u64(x: u64) -> f64 {
 #[serde(rename_all = "kebab-case")]
 pub enum PaymentRule {
     /// The price at which the winner's score would equal the runner-up's, capped at the max
-    /// price (the max price when there is no runner-up). Truthful bidding is each worker's best
+    /// price (its own bid when there is no runner-up). Truthful bidding is each worker's best
     /// strategy, so quotes can simply be cost plus margin.
     #[default]
     SecondScore,
@@ -330,8 +330,10 @@ pub fn award_price(
     match rule {
         PaymentRule::FirstPrice => bid_price,
         PaymentRule::SecondScore => {
+            // Alone, there is no competitor to price against: the winner gets its own bid, so
+            // a generous max price is not paid just because one worker answered.
             let Some(second) = runner_up else {
-                return cap;
+                return bid_price;
             };
             // Solve w_p·ln(1 + p) + rest = second for p, where rest = winner − w_p·ln(1 + bid).
             let gap = (second - winner).max(0.0);
@@ -436,9 +438,10 @@ mod tests {
             &w,
         );
         assert!((200..=201).contains(&p), "{p}");
+        // Alone: its own bid, not the max price.
         assert_eq!(
             award_price(PaymentRule::SecondScore, 100, win.total, None, 10_000, &w),
-            10_000
+            100
         );
         assert_eq!(
             award_price(

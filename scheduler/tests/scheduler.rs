@@ -63,7 +63,7 @@ fn receipt(worker: &Identity, price: u64) -> Signed<WorkReceipt> {
             output_hash: ContentHash([9; 32]),
             price_stroops: price,
             energy: Energy {
-                millijoules: 12,
+                microjoules: 12_000,
                 method: EnergyMethod::CpuTimeEstimate,
             },
             path: ExecPath::Cpu,
@@ -161,6 +161,7 @@ fn advert_of(w: &Worker, now: UnixMillis) -> CapabilityAdvert {
             queue_slots: w.state.queue.slots,
             queued: w.state.queue.queued,
         },
+        addrs: vec![],
     }
 }
 

@@ -298,12 +298,12 @@ impl EnergySpan {
     pub fn finish(self, task_cpu_micros: u64) -> Energy {
         let (uj, method) = self.finish_microjoules(task_cpu_micros);
         Energy {
-            millijoules: uj.div_ceil(1000).max(1),
+            microjoules: uj.max(1),
             method,
         }
     }
 
-    /// Ends the span, in microjoules (for figures per inference, finer than millijoules).
+    /// Ends the span, in microjoules, with the method.
     pub fn finish_microjoules(self, task_cpu_micros: u64) -> (u64, EnergyMethod) {
         if let Some(uj) = self.measure_rapl(task_cpu_micros) {
             return (uj.max(1), EnergyMethod::Rapl);
@@ -378,9 +378,9 @@ mod tests {
         let meter = EnergyMeter::new(&cfg);
         assert_eq!(meter.method(), EnergyMethod::CpuTimeEstimate);
         let e = meter.start().finish(400_000);
-        assert_eq!(e.millijoules, 1_000);
+        assert_eq!(e.microjoules, 1_000_000);
         assert_eq!(e.method, EnergyMethod::CpuTimeEstimate);
-        assert_eq!(meter.start().finish(0).millijoules, 1);
+        assert_eq!(meter.start().finish(0).microjoules, 1);
         assert_eq!(
             meter.start().finish_microjoules(10),
             (25, EnergyMethod::CpuTimeEstimate)
@@ -413,8 +413,8 @@ mod tests {
                 let (lo, hi) = (a.min(b), a.max(b));
                 let e_lo = meter.start().finish(lo);
                 let e_hi = meter.start().finish(hi);
-                prop_assert!(e_lo.millijoules >= 1);
-                prop_assert!(e_lo.millijoules <= e_hi.millijoules);
+                prop_assert!(e_lo.microjoules >= 1);
+                prop_assert!(e_lo.microjoules <= e_hi.microjoules);
             }
         }
     }

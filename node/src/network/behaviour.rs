@@ -5,8 +5,8 @@ use std::time::Duration;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, Swarm, SwarmBuilder, allow_block_list, autonat, connection_limits, dcutr, gossipsub,
-    identify, kad, noise, ping, relay, request_response, tcp, yamux,
+    StreamProtocol, Swarm, SwarmBuilder, allow_block_list, autonat, connection_limits, dcutr,
+    gossipsub, identify, kad, noise, ping, relay, request_response, tcp, yamux,
 };
 
 use super::codec::{TASK_PROTOCOL, TaskCodec};
@@ -49,7 +49,11 @@ pub(crate) fn build_swarm(
     let idle = secs(config.idle_connection_timeout_secs);
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .map_err(setup)?
         .with_quic()
         .with_dns()
@@ -103,7 +107,11 @@ fn build_behaviour(
         },
     );
     let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
-    let mode = if role.bootstrap { KadMode::Server } else { config.kad_mode };
+    let mode = if role.bootstrap {
+        KadMode::Server
+    } else {
+        config.kad_mode
+    };
     kad.set_mode(match mode {
         KadMode::Auto => None,
         KadMode::Server => Some(kad::Mode::Server),
@@ -113,7 +121,9 @@ fn build_behaviour(
     // Content-addressed ids: the same advert bytes relayed twice are one message.
     let gossip_config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Strict)
-        .message_id_fn(|m: &gossipsub::Message| gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec()))
+        .message_id_fn(|m: &gossipsub::Message| {
+            gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+        })
         .validate_messages()
         .heartbeat_interval(Duration::from_millis(config.gossip_heartbeat_ms.max(100)))
         .heartbeat_initial_delay(Duration::from_millis(100))
@@ -125,7 +135,10 @@ fn build_behaviour(
         .flood_publish(true)
         .max_transmit_size(crank_protocol::codec::MAX_ADVERT_FRAME)
         .build()?;
-    let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+    let mut gossipsub = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(key.clone()),
+        gossip_config,
+    )?;
     gossipsub.subscribe(&gossipsub::IdentTopic::new(ADVERT_TOPIC))?;
 
     let tasks = request_response::Behaviour::with_codec(
@@ -155,7 +168,11 @@ fn build_behaviour(
 
     let autonat = autonat::Behaviour::new(
         peer_id,
-        autonat::Config { only_global_ips: false, boot_delay: Duration::from_secs(5), ..Default::default() },
+        autonat::Config {
+            only_global_ips: false,
+            boot_delay: Duration::from_secs(5),
+            ..Default::default()
+        },
     );
 
     Ok(Behaviour {

@@ -35,7 +35,10 @@ pub struct TaskCodec {
 
 impl Default for TaskCodec {
     fn default() -> Self {
-        Self { max_request: codec::DEFAULT_MAX_FRAME, max_response: codec::DEFAULT_MAX_FRAME }
+        Self {
+            max_request: codec::DEFAULT_MAX_FRAME,
+            max_response: codec::DEFAULT_MAX_FRAME,
+        }
     }
 }
 
@@ -46,14 +49,18 @@ async fn read_varint<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<usiz
         io.read_exact(&mut b).await?;
         value |= u64::from(b[0] & 0x7f) << shift;
         if b[0] & 0x80 == 0 {
-            return usize::try_from(value)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "length prefix overflows"));
+            return usize::try_from(value).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidData, "length prefix overflows")
+            });
         }
         if shift >= 56 {
             break;
         }
     }
-    Err(io::Error::new(io::ErrorKind::InvalidData, "length prefix too long"))
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "length prefix too long",
+    ))
 }
 
 async fn read_frame<T, M>(io: &mut T, max: usize) -> io::Result<Frame<M>>
@@ -80,7 +87,10 @@ where
     M: serde::Serialize,
 {
     let Frame::Valid(msg) = msg else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "refusing to send an invalid frame"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "refusing to send an invalid frame",
+        ));
     };
     let bytes = codec::encode(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let mut prefix = unsigned_varint_bytes(bytes.len());
@@ -114,21 +124,35 @@ impl libp2p::request_response::Codec for TaskCodec {
         read_frame(io, self.max_request).await
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Self::Response>
+    async fn read_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Self::Response>
     where
         T: AsyncRead + Unpin + Send,
     {
         read_frame(io, self.max_response).await
     }
 
-    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Self::Request) -> io::Result<()>
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Self::Request,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
         write_frame(io, &req).await
     }
 
-    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, res: Self::Response) -> io::Result<()>
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Self::Response,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
@@ -144,14 +168,21 @@ mod tests {
     use libp2p::request_response::Codec as _;
 
     fn req() -> Request {
-        Request::FetchModel(FetchModel { model: ModelId([3; 32]), offset: 0, max_len: 10 })
+        Request::FetchModel(FetchModel {
+            model: ModelId([3; 32]),
+            offset: 0,
+            max_len: 10,
+        })
     }
 
     #[tokio::test]
     async fn round_trip_through_a_stream() {
         let mut codec = TaskCodec::default();
         let mut buf = Cursor::new(Vec::new());
-        codec.write_request(&TASK_PROTOCOL, &mut buf, Frame::Valid(req())).await.unwrap();
+        codec
+            .write_request(&TASK_PROTOCOL, &mut buf, Frame::Valid(req()))
+            .await
+            .unwrap();
         buf.set_position(0);
         match codec.read_request(&TASK_PROTOCOL, &mut buf).await.unwrap() {
             Frame::Valid(r) => assert_eq!(r, req()),
@@ -161,15 +192,30 @@ mod tests {
 
     #[tokio::test]
     async fn oversize_and_garbage_become_invalid_frames() {
-        let mut codec = TaskCodec { max_request: 16, max_response: 16 };
+        let mut codec = TaskCodec {
+            max_request: 16,
+            max_response: 16,
+        };
         let mut big = unsigned_varint_bytes(1_000_000);
         big.extend_from_slice(&[0; 32]);
-        let got = codec.read_request(&TASK_PROTOCOL, &mut Cursor::new(big)).await.unwrap();
-        assert!(matches!(got, Frame::Invalid(CodecError::TooLarge { len: 1_000_000, limit: 16 })));
+        let got = codec
+            .read_request(&TASK_PROTOCOL, &mut Cursor::new(big))
+            .await
+            .unwrap();
+        assert!(matches!(
+            got,
+            Frame::Invalid(CodecError::TooLarge {
+                len: 1_000_000,
+                limit: 16
+            })
+        ));
 
         let mut garbage = unsigned_varint_bytes(4);
         garbage.extend_from_slice(&[1, 250, 251, 252]);
-        let got = codec.read_request(&TASK_PROTOCOL, &mut Cursor::new(garbage)).await.unwrap();
+        let got = codec
+            .read_request(&TASK_PROTOCOL, &mut Cursor::new(garbage))
+            .await
+            .unwrap();
         assert!(matches!(got, Frame::Invalid(CodecError::Malformed(_))));
     }
 
@@ -178,8 +224,18 @@ mod tests {
         let mut codec = TaskCodec::default();
         let mut short = unsigned_varint_bytes(100);
         short.extend_from_slice(&[1, 2, 3]);
-        assert!(codec.read_request(&TASK_PROTOCOL, &mut Cursor::new(short)).await.is_err());
+        assert!(
+            codec
+                .read_request(&TASK_PROTOCOL, &mut Cursor::new(short))
+                .await
+                .is_err()
+        );
         let endless = vec![0xffu8; 20];
-        assert!(codec.read_request(&TASK_PROTOCOL, &mut Cursor::new(endless)).await.is_err());
+        assert!(
+            codec
+                .read_request(&TASK_PROTOCOL, &mut Cursor::new(endless))
+                .await
+                .is_err()
+        );
     }
 }

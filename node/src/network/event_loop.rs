@@ -20,13 +20,20 @@ use tracing::{debug, info, trace, warn};
 use super::behaviour::{ADVERT_TOPIC, Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use super::codec::{Frame, TASK_PROTOCOL};
 use super::{
-    BootstrapStatus, Command, NetworkConfig, NetworkError, NetworkEvent, NetworkStatus, PeerStatus, RequestError,
-    Responder, node_id_of,
+    BootstrapStatus, Command, NetworkConfig, NetworkError, NetworkEvent, NetworkStatus, PeerStatus,
+    RequestError, Responder, node_id_of,
 };
 use crate::metrics::Metrics;
 
 type PendingReply = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (Result<Response, oneshot::error::RecvError>, ResponseChannel<Frame<Response>>)> + Send>,
+    Box<
+        dyn std::future::Future<
+                Output = (
+                    Result<Response, oneshot::error::RecvError>,
+                    ResponseChannel<Frame<Response>>,
+                ),
+            > + Send,
+    >,
 >;
 
 struct Bootstrap {
@@ -59,6 +66,7 @@ pub struct EventLoop {
     connections: HashMap<PeerId, Conn>,
     offences: HashMap<PeerId, u32>,
     banned: HashMap<PeerId, Instant>,
+    pending_bans: Vec<(PeerId, Instant)>,
     listen_addrs: Vec<Multiaddr>,
 }
 
@@ -76,7 +84,17 @@ impl EventLoop {
         let bootstrap = bootstrap
             .into_iter()
             .map(|(peer, (text, addr))| {
-                (peer, Bootstrap { text, addr, attempts: 0, next_attempt: now, backoff: retry, last_error: None })
+                (
+                    peer,
+                    Bootstrap {
+                        text,
+                        addr,
+                        attempts: 0,
+                        next_attempt: now,
+                        backoff: retry,
+                        last_error: None,
+                    },
+                )
             })
             .collect();
         Self {
@@ -93,6 +111,7 @@ impl EventLoop {
             connections: HashMap::new(),
             offences: HashMap::new(),
             banned: HashMap::new(),
+            pending_bans: Vec::new(),
             listen_addrs: Vec::new(),
         }
     }
@@ -101,13 +120,16 @@ impl EventLoop {
         self.swarm
             .listen_on(addr.clone())
             .map(|_| ())
-            .map_err(|e| NetworkError::Listen { addr: addr.to_string(), reason: e.to_string() })
+            .map_err(|e| NetworkError::Listen {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })
     }
 
     /// Runs until every [`super::Client`] is dropped or `shutdown` resolves.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -148,12 +170,17 @@ impl EventLoop {
             .map(|(peer, _)| *peer)
             .collect();
         for peer in due {
-            let Some(b) = self.bootstrap.get_mut(&peer) else { continue };
+            let Some(b) = self.bootstrap.get_mut(&peer) else {
+                continue;
+            };
             b.attempts += 1;
             b.next_attempt = now + b.backoff;
             b.backoff = (b.backoff * 2).min(Duration::from_secs(60));
             let addr = b.addr.clone();
-            self.swarm.behaviour_mut().kad.add_address(&peer, strip_p2p(&addr));
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, strip_p2p(&addr));
             if let Err(e) = self.swarm.dial(addr.clone()) {
                 warn!(addr = %addr, error = %e, "cannot dial bootstrap node");
                 if let Some(b) = self.bootstrap.get_mut(&peer) {
@@ -161,7 +188,19 @@ impl EventLoop {
                 }
             }
         }
-        let expired: Vec<PeerId> = self.banned.iter().filter(|(_, until)| **until <= now).map(|(p, _)| *p).collect();
+        let (due, later): (Vec<_>, Vec<_>) =
+            self.pending_bans.drain(..).partition(|(_, at)| *at <= now);
+        self.pending_bans = later;
+        for (peer, _) in due {
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
+            warn!(peer = %peer, secs = self.config.ban_secs, "peer blocked after repeated bad messages");
+        }
+        let expired: Vec<PeerId> = self
+            .banned
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(p, _)| *p)
+            .collect();
         for peer in expired {
             self.banned.remove(&peer);
             self.offences.remove(&peer);
@@ -176,10 +215,11 @@ impl EventLoop {
         *count += 1;
         warn!(peer = %peer, offences = *count, reason, "bad message from peer");
         if *count >= self.config.ban_threshold && !self.banned.contains_key(&peer) {
+            // Block a moment later, so the answer explaining the last offence still goes out.
             let until = Instant::now() + Duration::from_secs(self.config.ban_secs);
             self.banned.insert(peer, until);
-            self.swarm.behaviour_mut().blocked.block_peer(peer);
-            warn!(peer = %peer, secs = self.config.ban_secs, "peer blocked after repeated bad messages");
+            self.pending_bans
+                .push((peer, Instant::now() + Duration::from_millis(200)));
         }
     }
 
@@ -189,9 +229,17 @@ impl EventLoop {
                 let result = self.swarm.dial(addr).map_err(|e| e.to_string());
                 let _ = reply.send(result);
             }
-            Command::Request { peer, request, reply } => {
+            Command::Request {
+                peer,
+                request,
+                reply,
+            } => {
                 self.metrics.request_sent(request.kind());
-                let id = self.swarm.behaviour_mut().tasks.send_request(&peer, Frame::Valid(request));
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .tasks
+                    .send_request(&peer, Frame::Valid(*request));
                 self.pending_requests.insert(id, reply);
             }
             Command::Publish { advert } => match codec::encode(&*advert) {
@@ -209,25 +257,50 @@ impl EventLoop {
                 Err(e) => warn!(error = %e, "cannot encode advert"),
             },
             Command::Provide { key } => {
-                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(kad::RecordKey::new(&key)) {
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .start_providing(kad::RecordKey::new(&key))
+                {
                     warn!(error = ?e, "cannot register provider record");
                 }
             }
             Command::GetProviders { key, reply } => {
-                let id = self.swarm.behaviour_mut().kad.get_providers(kad::RecordKey::new(&key));
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(kad::RecordKey::new(&key));
                 self.pending_providers.insert(id, (reply, HashSet::new()));
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
             Command::Penalize { peer, reason } => self.penalize(peer, &reason),
+            Command::AddAddresses { peer, addrs } => {
+                for addr in addrs {
+                    // Strip our own suffix: the address names the peer already.
+                    let addr: Multiaddr = addr
+                        .iter()
+                        .filter(|p| !matches!(p, Protocol::P2p(_)))
+                        .collect();
+                    self.swarm.add_peer_address(peer, addr);
+                }
+            }
         }
     }
 
     fn status(&mut self) -> NetworkStatus {
         let local = *self.swarm.local_peer_id();
         let with_p2p = |a: &Multiaddr| a.clone().with_p2p(local).unwrap_or_else(|a| a).to_string();
-        let routing_table = self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum();
+        let routing_table = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum();
         let mut peers: Vec<PeerStatus> = self
             .connections
             .iter()
@@ -270,10 +343,19 @@ impl EventLoop {
                 let full = address.clone().with_p2p(local).unwrap_or_else(|a| a);
                 info!(addr = %full, "listening");
                 self.listen_addrs.push(address);
-                self.emit(NetworkEvent::Listening { addr: full.to_string() });
+                self.emit(NetworkEvent::Listening {
+                    addr: full.to_string(),
+                });
             }
-            SwarmEvent::ExpiredListenAddr { address, .. } => self.listen_addrs.retain(|a| a != &address),
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address)
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
                 let addr = match &endpoint {
                     ConnectedPoint::Dialer { address, .. } => address.clone(),
                     ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
@@ -291,7 +373,14 @@ impl EventLoop {
                     }
                 }
                 if num_established.get() == 1 {
-                    self.connections.insert(peer_id, Conn { addr, relayed, agent: None });
+                    self.connections.insert(
+                        peer_id,
+                        Conn {
+                            addr,
+                            relayed,
+                            agent: None,
+                        },
+                    );
                     self.metrics.set_peers(self.connections.len());
                     if let Some(node) = node_id_of(&peer_id) {
                         self.emit(NetworkEvent::PeerConnected { node });
@@ -304,7 +393,11 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
                 if num_established == 0 {
                     self.connections.remove(&peer_id);
                     self.metrics.set_peers(self.connections.len());
@@ -313,7 +406,11 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
                 if let Some(b) = self.bootstrap.get_mut(&peer) {
                     warn!(addr = %b.text, error = %error, retry_in_secs = b.backoff.as_secs(), "bootstrap node did not answer");
                     b.last_error = Some(error.to_string());
@@ -331,7 +428,10 @@ impl EventLoop {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if info.protocols.contains(&KAD_PROTOCOL) {
                     for addr in &info.listen_addrs {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer_id, addr.clone());
                     }
                 }
                 if let Some(c) = self.connections.get_mut(&peer_id) {
@@ -342,17 +442,20 @@ impl EventLoop {
                     self.emit(NetworkEvent::PeerIdentified { node, speaks_crank });
                 }
             }
-            BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message_id, message }) => {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
                 let verdict = self.check_advert(&message);
                 let acceptance = match &verdict {
                     Ok(_) => gossipsub::MessageAcceptance::Accept,
                     Err(_) => gossipsub::MessageAcceptance::Reject,
                 };
-                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
-                    &message_id,
-                    &propagation_source,
-                    acceptance,
-                );
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
                 match verdict {
                     Ok(advert) => {
                         self.metrics.advert_received();
@@ -365,17 +468,19 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Tasks(event) => self.on_task_event(event),
-            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, .. }) => {
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            }) => {
                 if let kad::QueryResult::GetProviders(result) = result {
-                    if let Some((_, found)) = self.pending_providers.get_mut(&id) {
-                        if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
-                            found.extend(providers.iter().filter_map(node_id_of));
-                        }
+                    if let Some((_, found)) = self.pending_providers.get_mut(&id)
+                        && let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result
+                    {
+                        found.extend(providers.iter().filter_map(node_id_of));
                     }
-                    if step.last {
-                        if let Some((reply, found)) = self.pending_providers.remove(&id) {
-                            let _ = reply.send(found.into_iter().collect());
-                        }
+                    if step.last
+                        && let Some((reply, found)) = self.pending_providers.remove(&id)
+                    {
+                        let _ = reply.send(found.into_iter().collect());
                     }
                 }
             }
@@ -386,10 +491,14 @@ impl EventLoop {
         }
     }
 
-    fn check_advert(&self, message: &gossipsub::Message) -> Result<Signed<CapabilityAdvert>, String> {
-        let advert: Signed<CapabilityAdvert> =
-            codec::decode(&message.data, MAX_ADVERT_FRAME).map_err(|e| format!("undecodable advert: {e}"))?;
-        validate::advert(&advert, crate::clock::now_ms(), &self.limits).map_err(|e| e.to_string())?;
+    fn check_advert(
+        &self,
+        message: &gossipsub::Message,
+    ) -> Result<Signed<CapabilityAdvert>, String> {
+        let advert: Signed<CapabilityAdvert> = codec::decode(&message.data, MAX_ADVERT_FRAME)
+            .map_err(|e| format!("undecodable advert: {e}"))?;
+        validate::advert(&advert, crate::clock::now_ms(), &self.limits)
+            .map_err(|e| e.to_string())?;
         let author = message.source.as_ref().and_then(node_id_of);
         if author != Some(advert.body.node) {
             return Err("advert published by a different peer than the one it describes".into());
@@ -397,14 +506,22 @@ impl EventLoop {
         Ok(advert)
     }
 
-    fn on_task_event(&mut self, event: request_response::Event<Frame<crank_protocol::Request>, Frame<Response>>) {
+    fn on_task_event(
+        &mut self,
+        event: request_response::Event<Frame<crank_protocol::Request>, Frame<Response>>,
+    ) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
                     let Some(node) = node_id_of(&peer) else {
                         let _ = self.swarm.behaviour_mut().tasks.send_response(
                             channel,
-                            Frame::Valid(Response::error(ErrorCode::NotAuthorized, "peer id is not an ed25519 key")),
+                            Frame::Valid(Response::error(
+                                ErrorCode::NotAuthorized,
+                                "peer id is not an ed25519 key",
+                            )),
                         );
                         return;
                     };
@@ -412,21 +529,28 @@ impl EventLoop {
                         Frame::Valid(request) => {
                             self.metrics.request_received(request.kind());
                             let (tx, rx) = oneshot::channel();
-                            self.pending_replies.push(Box::pin(async move { (rx.await, channel) }));
-                            self.emit(NetworkEvent::InboundRequest { peer: node, request, responder: Responder { tx } });
+                            self.pending_replies
+                                .push(Box::pin(async move { (rx.await, channel) }));
+                            self.emit(NetworkEvent::InboundRequest {
+                                peer: node,
+                                request: Box::new(request),
+                                responder: Responder { tx },
+                            });
                         }
                         Frame::Invalid(e) => {
                             let reason = e.to_string();
-                            let _ = self
-                                .swarm
-                                .behaviour_mut()
-                                .tasks
-                                .send_response(channel, Frame::Valid(Response::error(ErrorCode::Malformed, &reason)));
+                            let _ = self.swarm.behaviour_mut().tasks.send_response(
+                                channel,
+                                Frame::Valid(Response::error(ErrorCode::Malformed, &reason)),
+                            );
                             self.penalize(peer, &reason);
                         }
                     }
                 }
-                request_response::Message::Response { request_id, response } => {
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
                     let result = match response {
                         Frame::Valid(r) => Ok(r),
                         Frame::Invalid(e) => {
@@ -439,7 +563,12 @@ impl EventLoop {
                     }
                 }
             },
-            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
                 debug!(peer = %peer, error = %error, "request failed");
                 let err = match error {
                     OutboundFailure::DialFailure => RequestError::Unreachable,
@@ -461,5 +590,7 @@ impl EventLoop {
 }
 
 fn strip_p2p(addr: &Multiaddr) -> Multiaddr {
-    addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect()
+    addr.iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
 }

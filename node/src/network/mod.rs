@@ -73,8 +73,14 @@ pub struct NetworkConfig {
 impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
-            listen: vec!["/ip4/0.0.0.0/tcp/0".into(), "/ip4/0.0.0.0/udp/0/quic-v1".into()],
-            bootstrap: crank_bootstrap::DEFAULT_PEERS.iter().map(|s| s.to_string()).collect(),
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".into(),
+                "/ip4/0.0.0.0/udp/0/quic-v1".into(),
+            ],
+            bootstrap: crank_bootstrap::DEFAULT_PEERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             kad_mode: KadMode::Auto,
             request_timeout_secs: 30,
             idle_connection_timeout_secs: 300,
@@ -101,7 +107,9 @@ pub enum NetworkError {
         reason: String,
     },
     /// A bootstrap address lacks the `/p2p/<peer id>` suffix.
-    #[error("bootstrap address `{0}` must end in /p2p/<peer id> (the bootstrap node prints its full address at start)")]
+    #[error(
+        "bootstrap address `{0}` must end in /p2p/<peer id> (the bootstrap node prints its full address at start)"
+    )]
     MissingPeerId(String),
     /// Building the transport or a behaviour failed.
     #[error("cannot set up the network: {0}")]
@@ -191,7 +199,7 @@ pub enum NetworkEvent {
         /// Who asked.
         peer: NodeId,
         /// The request (decoded, not yet verified or validated).
-        request: Request,
+        request: Box<Request>,
         /// Where the answer goes.
         responder: Responder,
     },
@@ -248,13 +256,36 @@ pub struct NetworkStatus {
 
 #[derive(Debug)]
 enum Command {
-    Dial { addr: Multiaddr, reply: oneshot::Sender<Result<(), String>> },
-    Request { peer: PeerId, request: Request, reply: oneshot::Sender<Result<Response, RequestError>> },
-    Publish { advert: Box<Signed<CapabilityAdvert>> },
-    Provide { key: Vec<u8> },
-    GetProviders { key: Vec<u8>, reply: oneshot::Sender<Vec<NodeId>> },
-    Status { reply: oneshot::Sender<NetworkStatus> },
-    Penalize { peer: PeerId, reason: String },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Request {
+        peer: PeerId,
+        request: Box<Request>,
+        reply: oneshot::Sender<Result<Response, RequestError>>,
+    },
+    Publish {
+        advert: Box<Signed<CapabilityAdvert>>,
+    },
+    Provide {
+        key: Vec<u8>,
+    },
+    GetProviders {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Vec<NodeId>>,
+    },
+    Status {
+        reply: oneshot::Sender<NetworkStatus>,
+    },
+    Penalize {
+        peer: PeerId,
+        reason: String,
+    },
+    AddAddresses {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
 }
 
 /// A cheap, cloneable handle for sending commands to the event loop.
@@ -272,25 +303,43 @@ impl Client {
     pub async fn dial(&self, addr: &str) -> Result<(), NetworkError> {
         let addr = parse_addr(addr)?;
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Dial { addr: addr.clone(), reply }).await?;
+        self.send(Command::Dial {
+            addr: addr.clone(),
+            reply,
+        })
+        .await?;
         rx.await
             .map_err(|_| NetworkError::Stopped)?
-            .map_err(|reason| NetworkError::BadAddress { addr: addr.to_string(), reason })
+            .map_err(|reason| NetworkError::BadAddress {
+                addr: addr.to_string(),
+                reason,
+            })
     }
 
     /// Sends a request to a peer and waits for its response.
     pub async fn request(&self, peer: &NodeId, request: Request) -> Result<Response, RequestError> {
         let peer = peer_id_of(peer).map_err(RequestError::Local)?;
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Request { peer, request, reply })
-            .await
-            .map_err(|e| RequestError::Local(e.to_string()))?;
-        rx.await.map_err(|_| RequestError::Local("the network event loop has stopped".into()))?
+        self.send(Command::Request {
+            peer,
+            request: Box::new(request),
+            reply,
+        })
+        .await
+        .map_err(|e| RequestError::Local(e.to_string()))?;
+        rx.await
+            .map_err(|_| RequestError::Local("the network event loop has stopped".into()))?
     }
 
     /// Publishes our advert on gossipsub.
-    pub async fn publish_advert(&self, advert: Signed<CapabilityAdvert>) -> Result<(), NetworkError> {
-        self.send(Command::Publish { advert: Box::new(advert) }).await
+    pub async fn publish_advert(
+        &self,
+        advert: Signed<CapabilityAdvert>,
+    ) -> Result<(), NetworkError> {
+        self.send(Command::Publish {
+            advert: Box::new(advert),
+        })
+        .await
     }
 
     /// Registers a Kademlia provider record for `key`.
@@ -312,10 +361,25 @@ impl Client {
         rx.await.map_err(|_| NetworkError::Stopped)
     }
 
+    /// Remembers addresses a peer advertised, so requests to it can dial it. Addresses that
+    /// do not parse are skipped; if the command queue is full the hint is dropped.
+    pub fn add_peer_addresses(&self, peer: &NodeId, addrs: &[String]) {
+        let Ok(peer) = peer_id_of(peer) else { return };
+        let addrs: Vec<Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        if !addrs.is_empty() {
+            let _ = self.tx.try_send(Command::AddAddresses { peer, addrs });
+        }
+    }
+
     /// Counts an offence against a peer (a message that failed verification or validation).
     pub async fn penalize(&self, peer: &NodeId, reason: impl Into<String>) {
         if let Ok(peer) = peer_id_of(peer) {
-            let _ = self.send(Command::Penalize { peer, reason: reason.into() }).await;
+            let _ = self
+                .send(Command::Penalize {
+                    peer,
+                    reason: reason.into(),
+                })
+                .await;
         }
     }
 }
@@ -340,13 +404,18 @@ pub fn node_id_of(peer: &PeerId) -> Option<NodeId> {
 
 /// The peer id string of a node id, for display.
 pub fn peer_id_string(node: &NodeId) -> String {
-    peer_id_of(node).map(|p| p.to_string()).unwrap_or_else(|e| e)
+    peer_id_of(node)
+        .map(|p| p.to_string())
+        .unwrap_or_else(|e| e)
 }
 
 fn parse_addr(s: &str) -> Result<Multiaddr, NetworkError> {
     s.trim()
         .parse::<Multiaddr>()
-        .map_err(|e| NetworkError::BadAddress { addr: s.to_string(), reason: e.to_string() })
+        .map_err(|e| NetworkError::BadAddress {
+            addr: s.to_string(),
+            reason: e.to_string(),
+        })
 }
 
 /// Parses and checks a bootstrap address (must name the peer).
@@ -383,11 +452,16 @@ pub fn new(
         let (peer, addr) = bootstrap_peer(s)?;
         bootstrap.insert(peer, (s.clone(), addr));
     }
-    let listen: Vec<Multiaddr> = config.listen.iter().map(|s| parse_addr(s)).collect::<Result<_, _>>()?;
+    let listen: Vec<Multiaddr> = config
+        .listen
+        .iter()
+        .map(|s| parse_addr(s))
+        .collect::<Result<_, _>>()?;
     let swarm = behaviour::build_swarm(keypair, config, &role)?;
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (event_tx, event_rx) = mpsc::channel(1024);
-    let mut event_loop = EventLoop::new(swarm, cmd_rx, event_tx, config.clone(), bootstrap, metrics);
+    let mut event_loop =
+        EventLoop::new(swarm, cmd_rx, event_tx, config.clone(), bootstrap, metrics);
     for addr in listen {
         event_loop.listen(addr)?;
     }
@@ -414,8 +488,14 @@ mod tests {
 
     #[test]
     fn bootstrap_addresses_must_name_the_peer() {
-        assert!(matches!(parse_bootstrap("/ip4/127.0.0.1/tcp/4001"), Err(NetworkError::MissingPeerId(_))));
-        assert!(matches!(parse_bootstrap("not an address"), Err(NetworkError::BadAddress { .. })));
+        assert!(matches!(
+            parse_bootstrap("/ip4/127.0.0.1/tcp/4001"),
+            Err(NetworkError::MissingPeerId(_))
+        ));
+        assert!(matches!(
+            parse_bootstrap("not an address"),
+            Err(NetworkError::BadAddress { .. })
+        ));
         let peer = peer_id_of(&Identity::from_secret([1; 32]).node_id()).unwrap();
         assert!(parse_bootstrap(&format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}")).is_ok());
     }

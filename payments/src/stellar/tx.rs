@@ -2,9 +2,9 @@
 
 use ed25519_dalek::{Verifier, VerifyingKey};
 use stellar_xdr::{
-    Asset, Limits, Memo, MuxedAccount, Operation, OperationBody, PaymentOp, Preconditions,
-    ReadXdr, SequenceNumber, TimeBounds, TimePoint, Transaction, TransactionEnvelope,
-    TransactionExt, TransactionV1Envelope, Uint256, WriteXdr,
+    Asset, Limits, Memo, MuxedAccount, Operation, OperationBody, PaymentOp, Preconditions, ReadXdr,
+    SequenceNumber, TimeBounds, TimePoint, Transaction, TransactionEnvelope, TransactionExt,
+    TransactionV1Envelope, Uint256, WriteXdr,
 };
 
 use super::{Wallet, network_id};
@@ -65,7 +65,7 @@ pub enum TxError {
 }
 
 /// One native XLM payment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Payment {
     /// Destination account, `G…` strkey.
     pub destination: String,
@@ -298,7 +298,10 @@ mod tests {
             "c7f3921ac2c14ca4d98993f6d89e433c2cfb00b5de0b25f8ec24094618f3b3ec"
         );
         let env = decode_envelope(V1_TESTNET).unwrap();
-        assert_eq!(verify_envelope(&env, TESTNET_PASSPHRASE).unwrap(), signed.hash);
+        assert_eq!(
+            verify_envelope(&env, TESTNET_PASSPHRASE).unwrap(),
+            signed.hash
+        );
         // The same envelope does not verify for another network.
         assert!(matches!(
             verify_envelope(&env, PUBNET_PASSPHRASE),
@@ -318,7 +321,9 @@ mod tests {
         let tx = envelope_tx(&env).unwrap();
         assert_eq!(tx.fee, 100);
         assert_eq!(tx.seq_num.0, 599_336_916_353_025);
-        assert!(matches!(&tx.memo, Memo::Text(t) if t.to_utf8_string_lossy() == "Test Transaction"));
+        assert!(
+            matches!(&tx.memo, Memo::Text(t) if t.to_utf8_string_lossy() == "Test Transaction")
+        );
         let pays = envelope_payments(&env).unwrap();
         assert_eq!(
             pays,

@@ -1192,7 +1192,7 @@ impl Auction {
                 r.score
             ),
             (PaymentRule::SecondScore, None) => {
-                format!("no runner-up; pays the max price {price} (bid {bid})")
+                format!("no runner-up; pays its bid {price}")
             }
         };
         format!("{best}; {pricing}")

@@ -103,7 +103,7 @@ fn receipt(n: u8, price: u64) -> Input {
         output_hash: ContentHash([9; 32]),
         price_stroops: price,
         energy: Energy {
-            millijoules: 10,
+            microjoules: 10_000,
             method: EnergyMethod::CpuTimeEstimate,
         },
         path: ExecPath::Cpu,
@@ -375,8 +375,8 @@ fn bad_bids_are_never_awarded() {
     let out = drain(&mut a);
     assert_eq!(
         award_of(&out),
-        Some((node(6), 10_000)),
-        "no runner-up: max price"
+        Some((node(6), 300)),
+        "no runner-up: its own bid"
     );
 }
 
