@@ -439,7 +439,7 @@ impl Shard<'_> {
         let mut out = job.task_id.0.to_vec();
         out.extend_from_slice(b"/outputs");
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let millijoules = (job.energy_uj / 1000.0).round() as u64;
+        let microjoules = (job.energy_uj.round() as u64).max(1);
         let receipt = WorkReceipt {
             task_id: job.task_id,
             requester,
@@ -449,7 +449,7 @@ impl Shard<'_> {
             output_hash: ContentHash::of(&out),
             price_stroops: job.price,
             energy: Energy {
-                millijoules,
+                microjoules,
                 method: if job.path == ExecPath::Gpu {
                     EnergyMethod::GpuCounter
                 } else {

@@ -271,6 +271,8 @@ impl Device {
                 queue_slots: spec.slots,
                 queued: 0,
             },
+            // Simulated devices are reached through the event queue, never dialled.
+            addrs: Vec::new(),
         };
         Self {
             class,
