@@ -11,7 +11,7 @@
 //! | `latency_quantiles.csv` | per scheduler: latency at each percentile 0..=100 |
 //! | `failures.csv` | per scheduler: failure categories and counts |
 //! | `tasks.csv` | one row per sampled task |
-//! | `violations.csv` | broken invariants (empty when the run passed) |
+//! | `violations.csv` | broken invariants (only the header when the run passed) |
 //! | `sweep.csv` | completion and latency per churn rate (when a churn sweep ran) |
 //! | `report.json` | the whole report |
 //! | `*.svg` | latency distribution, energy per task, earnings by class, completion by hour, churn sweep |
@@ -76,11 +76,24 @@ fn csv_writer(path: &Path) -> Result<csv::Writer<std::fs::File>, ReportError> {
 }
 
 fn write_rows<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), ReportError> {
+    write_rows_or_header(path, rows, &[])
+}
+
+/// Like [`write_rows`], but writes `header` when there are no rows, so an empty table still
+/// names its columns.
+fn write_rows_or_header<T: Serialize>(
+    path: &Path,
+    rows: &[T],
+    header: &[&str],
+) -> Result<(), ReportError> {
     let mut w = csv_writer(path)?;
     let err = |source| ReportError::Csv {
         path: path.to_path_buf(),
         source,
     };
+    if rows.is_empty() && !header.is_empty() {
+        w.write_record(header).map_err(err)?;
+    }
     for r in rows {
         w.serialize(r).map_err(err)?;
     }
@@ -232,7 +245,11 @@ pub fn write(
             })
         })
         .collect();
-    write_rows(&dir.join("failures.csv"), &failures)?;
+    write_rows_or_header(
+        &dir.join("failures.csv"),
+        &failures,
+        &["scheduler", "reason", "tasks"],
+    )?;
     write_rows(&dir.join("tasks.csv"), &report.samples)?;
     let violations: Vec<ViolationRow<'_>> = report
         .violations
@@ -244,7 +261,11 @@ pub fn write(
             detail: &v.detail,
         })
         .collect();
-    write_rows(&dir.join("violations.csv"), &violations)?;
+    write_rows_or_header(
+        &dir.join("violations.csv"),
+        &violations,
+        &["scheduler", "shard", "kind", "detail"],
+    )?;
     if !sweep.is_empty() {
         write_rows(&dir.join("sweep.csv"), sweep)?;
     }
@@ -824,4 +845,217 @@ pub fn markdown(report: &MarketReport, sweep: &[SweepPoint], info: &RunInfo) -> 
         if sweep.is_empty() { "" } else { ", `sweep.csv`" }
     );
     s
+}
+
+/// A CDF plot of several series of milliseconds (log scale).
+#[cfg(feature = "mesh")]
+fn plot_cdf(path: &Path, title: &str, series: &[(&str, Vec<f64>)]) -> Result<(), ReportError> {
+    let e = plot_err(path);
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
+    let max = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(10.0f64, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .build_cartesian_2d((1f64..max * 1.2).log_scale(), 0f64..100f64)
+        .map_err(|x| e(x.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc("ms (log scale)")
+        .y_desc("percent")
+        .draw()
+        .map_err(|x| e(x.to_string()))?;
+    for (i, (name, values)) in series.iter().enumerate() {
+        let mut v = values.clone();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            continue;
+        }
+        let c = color(i);
+        #[allow(clippy::cast_precision_loss)]
+        let pts: Vec<(f64, f64)> = v
+            .iter()
+            .enumerate()
+            .map(|(k, x)| (x.max(1.0), 100.0 * (k + 1) as f64 / v.len() as f64))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts, c.stroke_width(2)))
+            .map_err(|x| e(x.to_string()))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|x| e(x.to_string()))?;
+    root.present().map_err(|x| e(x.to_string()))
+}
+
+/// Writes a mesh run's files into `dir` (created if missing): `mesh_tasks.csv`,
+/// `mesh_probes.csv`, `mesh_churn.csv`, `mesh_violations.csv`, `mesh_report.json`,
+/// `mesh_latency_cdf.svg`, `mesh_propagation_cdf.svg` and `mesh_report.md`; returns the
+/// markdown report's path.
+#[cfg(feature = "mesh")]
+pub fn write_mesh(
+    dir: &Path,
+    report: &crate::mesh::MeshReport,
+    info: &RunInfo,
+) -> Result<PathBuf, ReportError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ReportError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    write_rows(&dir.join("mesh_tasks.csv"), &report.tasks)?;
+    write_rows(&dir.join("mesh_probes.csv"), &report.probes)?;
+    write_rows_or_header(
+        &dir.join("mesh_churn.csv"),
+        &report.churn,
+        &["at_s", "kind", "node", "running"],
+    )?;
+    write_rows_or_header(
+        &dir.join("mesh_violations.csv"),
+        &report.violations,
+        &["kind", "detail"],
+    )?;
+    let json = dir.join("mesh_report.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(report)?).map_err(io(&json))?;
+    #[allow(clippy::cast_precision_loss)]
+    let latency: Vec<f64> = report.tasks.iter().filter_map(|t| t.latency_ms).collect();
+    #[allow(clippy::cast_precision_loss)]
+    let auction: Vec<f64> = report
+        .tasks
+        .iter()
+        .filter_map(|t| t.auction_ms.map(|m| m as f64))
+        .collect();
+    plot_cdf(
+        &dir.join("mesh_latency_cdf.svg"),
+        "Mesh: submit to result, and auction start to award",
+        &[("submit to result", latency), ("auction to award", auction)],
+    )?;
+    #[allow(clippy::cast_precision_loss)]
+    let by = |change: &str, half: bool| -> Vec<f64> {
+        report
+            .probes
+            .iter()
+            .filter(|p| p.change == change || (change == "change" && p.change != "join"))
+            .filter_map(|p| if half { p.half_ms } else { p.all_ms })
+            .map(|m| m as f64)
+            .collect()
+    };
+    plot_cdf(
+        &dir.join("mesh_propagation_cdf.svg"),
+        "Mesh: advert propagation",
+        &[
+            ("change reaches every node", by("change", false)),
+            ("change reaches half the nodes", by("change", true)),
+            ("newcomer reaches every requester", by("join", false)),
+        ],
+    )?;
+    let md = dir.join("mesh_report.md");
+    std::fs::write(&md, mesh_markdown(report, info)).map_err(io(&md))?;
+    Ok(md)
+}
+
+#[cfg(feature = "mesh")]
+fn mesh_markdown(r: &crate::mesh::MeshReport, info: &RunInfo) -> String {
+    let c = &r.config;
+    let s = &r.summary;
+    let opt = |v: Option<u64>| v.map_or("–".to_string(), |v| v.to_string());
+    let optf = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0}"));
+    let mut m = String::new();
+    let _ = writeln!(m, "# crank-sim mesh: {} preset\n", c.name);
+    let _ = writeln!(
+        m,
+        "`{}` — {:.1} s wall clock, {} tokio threads.\n",
+        info.command, info.wall_seconds, info.threads
+    );
+    let _ = writeln!(
+        m,
+        "Real crank-node nodes in one process over loopback TCP: 1 bootstrap, {} workers, {} \
+         requesters; advert interval {} s; self-benchmark {} ms; the digits MLP \
+         (`models/digits-mlp.onnx`) on the repository's digit samples; {} tasks, {} in flight; \
+         one worker leaves and a new one joins every {} ms (0: no churn).\n",
+        c.workers,
+        c.requesters,
+        c.advert_interval_secs,
+        c.benchmark_ms,
+        c.tasks,
+        c.concurrency,
+        c.churn_every_ms
+    );
+    let _ = writeln!(m, "| figure | value |\n|---|---|");
+    let rows: Vec<(&str, String)> = vec![
+        ("nodes started (peak at once)", format!("{} ({})", s.nodes_started, s.peak_nodes)),
+        ("start of the initial nodes, s", format!("{:.1}", s.start_s)),
+        (
+            "every requester holds every advert after, s",
+            format!("{:.1}{}", s.ready_s, if s.ready { "" } else { " (timed out)" }),
+        ),
+        ("advert change reaches every node, p50 ms", opt(s.propagation_p50_ms)),
+        ("advert change reaches every node, p95 ms", opt(s.propagation_p95_ms)),
+        ("advert change reaches half the nodes, p50 ms", opt(s.propagation_half_p50_ms)),
+        ("changes that did not reach every node", s.propagation_incomplete.to_string()),
+        ("newcomer's advert reaches every requester, p50 ms", opt(s.join_p50_ms)),
+        ("newcomer's advert reaches every requester, p95 ms", opt(s.join_p95_ms)),
+        (
+            "tasks: completed / failed / lost",
+            format!("{} / {} / {}", s.completed, s.failed, s.lost),
+        ),
+        ("completion rate", format!("{:.1} %", 100.0 * s.completion_rate)),
+        ("submit to result, p50 ms", optf(s.latency_p50_ms)),
+        ("submit to result, p95 ms", optf(s.latency_p95_ms)),
+        ("auction start to first award, p50 ms", opt(s.auction_p50_ms)),
+        ("auction start to first award, p95 ms", opt(s.auction_p95_ms)),
+        ("tasks re-awarded", s.reawarded.to_string()),
+        ("workers left / joined during the workload", format!("{} / {}", s.leaves, s.joins)),
+        ("workload, s", format!("{:.1}", s.workload_s)),
+        ("receipts checked at workers", s.worker_receipts_checked.to_string()),
+    ];
+    for (k, v) in rows {
+        let _ = writeln!(m, "| {k} | {v} |");
+    }
+    if !s.failures.is_empty() {
+        let _ = writeln!(m, "\nFailures by kind (each ended with an error):\n");
+        for (k, n) in &s.failures {
+            let _ = writeln!(m, "- {k}: {n}");
+        }
+    }
+    let _ = writeln!(
+        m,
+        "\n![latency](mesh_latency_cdf.svg)\n\n![propagation](mesh_propagation_cdf.svg)\n"
+    );
+    let _ = writeln!(
+        m,
+        "Propagation is measured by polling every node's status every 100 ms, so figures are \
+         rounded up to that. An advert change is a worker pausing (its gate closes) or \
+         resuming; it counts as arrived at a node once that node holds the changed advert.\n"
+    );
+    let _ = writeln!(m, "## Invariant checks\n");
+    let _ = writeln!(
+        m,
+        "Each fails the run: a task with neither result nor error within {} ms (lost); a \
+         result whose receipt is not signed by the worker and counter-signed by the \
+         requester; a worker still in the mesh without the counter-signed receipt of a task \
+         it ran, or holding a receipt that does not verify; a prediction that is not the \
+         sample's digit.\n",
+        c.task_timeout_ms
+    );
+    if r.passed() {
+        let _ = writeln!(m, "All invariant checks passed.");
+    } else {
+        let _ = writeln!(m, "**{} violations**:\n", r.violations.len());
+        for v in r.violations.iter().take(20) {
+            let _ = writeln!(m, "- {}: {}", v.kind, v.detail);
+        }
+    }
+    m
 }

@@ -141,6 +141,8 @@ pub(crate) struct Device {
     pub left_at: Option<u64>,
     /// Receipts per requester: (last pair sequence, cumulative stroops).
     pub pairs: HashMap<u32, (u64, u64)>,
+    /// A faulty node (tests only) that advertises and quotes as if its gate were open.
+    pub ignores_gate: bool,
 }
 
 /// Advert timing, from the node's defaults.
@@ -305,6 +307,7 @@ impl Device {
             adv_queued: 0,
             left_at: None,
             pairs: HashMap::new(),
+            ignores_gate: false,
         }
     }
 
@@ -373,7 +376,9 @@ impl Device {
             let last = self.tick(left, timing).max(self.adv_published_at.min(left));
             self.advert.expires_at = last + timing.ttl_ms;
         }
-        let shown = if now < self.gate_visible_at {
+        let shown = if self.ignores_gate {
+            &None
+        } else if now < self.gate_visible_at {
             &self.gate_before
         } else {
             &self.gate
@@ -400,8 +405,13 @@ impl Device {
             .bench
             .first()
             .map_or(10, |b| (1000.0 / f64::from(b.inferences_per_sec.max(0.001))) as u64);
-        self.worker.gate_closed = self.gate.clone();
-        self.worker.on_battery = self.on_battery();
+        if self.ignores_gate {
+            self.worker.gate_closed = None;
+            self.worker.on_battery = false;
+        } else {
+            self.worker.gate_closed = self.gate.clone();
+            self.worker.on_battery = self.on_battery();
+        }
         self.worker.queue = QueueState {
             queued: u16::try_from(self.jobs.len()).unwrap_or(u16::MAX),
             slots: self.slots,

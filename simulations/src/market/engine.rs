@@ -283,6 +283,7 @@ impl<'a> Shard<'a> {
                 class, spec, identity, policy, habits, hw, churn_rng, adv_phase, cached,
             );
             d.in_mesh = in_mesh;
+            d.ignores_gate = kind.is_auction() && cfg.faults.workers_ignore_gate;
             by_node.insert(d.node, (slot, 0));
             devices.push(d);
         }

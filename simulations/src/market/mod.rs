@@ -143,7 +143,8 @@ impl TryFrom<String> for SchedulerKind {
 /// All off in real runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Faults {
-    /// Workers neither abort nor refuse work when their gate closes.
+    /// Workers advertise and bid as if their gate were open, and neither abort nor refuse
+    /// work when it closes.
     pub workers_ignore_gate: bool,
     /// The requester pays each completed task twice.
     pub pay_twice: bool,
