@@ -11,8 +11,8 @@
 //! the gate closes, and deliver a signed receipt.
 
 use crank_protocol::{
-    ContentHash, DeclineReason, Decline, Energy, EnergyMethod, ExecPath, FailureReason,
-    GateReason, NodeId, Signed, TaskFailure, TaskId, Timings, WorkReceipt,
+    ContentHash, Decline, DeclineReason, Energy, EnergyMethod, ExecPath, FailureReason, GateReason,
+    NodeId, Signed, TaskFailure, TaskId, Timings, WorkReceipt,
 };
 use crank_scheduler::{
     Auction, CandidateQuery, FailCause, FailureExplanation, Input, Output, Preference, TaskSpec,
@@ -53,11 +53,24 @@ fn decline(d: &Device, task_id: TaskId, reason: DeclineReason) -> Option<Signed<
 
 /// What the driver must do after popping one output.
 enum Step {
-    Call { round: u32, to: Vec<NodeId> },
-    Award { to: NodeId, price: u64, bid: u64, max: u64 },
-    Cancel { to: NodeId },
+    Call {
+        round: u32,
+        to: Vec<NodeId>,
+    },
+    Award {
+        to: NodeId,
+        price: u64,
+        bid: u64,
+        max: u64,
+    },
+    Cancel {
+        to: NodeId,
+    },
     Trust(NodeId, crank_scheduler::TaskOutcome),
-    Completed { price: u64, ask: u64 },
+    Completed {
+        price: u64,
+        ask: u64,
+    },
     Failed(FailureExplanation),
 }
 

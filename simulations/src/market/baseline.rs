@@ -10,9 +10,9 @@
 use crank_protocol::CallForBids;
 use crank_scheduler::quote::path_quotes;
 
+use super::SchedulerKind;
 use super::engine::{BaselineSide, Current, Ev, Reply, Shard, Side, Task};
 use super::rng::{self, Purpose};
-use super::SchedulerKind;
 
 impl Shard<'_> {
     pub(crate) fn baseline_arrival(&mut self, ix: u32, mut task: Task) {
@@ -39,9 +39,10 @@ impl Shard<'_> {
         };
         let now = self.now;
         let view = &self.requesters[t.draw.requester as usize].view;
-        let fresh = view.iter().copied().filter(|s| {
-            !b.tried.contains(s) && self.devices[*s as usize].advert.expires_at > now
-        });
+        let fresh = view
+            .iter()
+            .copied()
+            .filter(|s| !b.tried.contains(s) && self.devices[*s as usize].advert.expires_at > now);
         let free = |s: &u32| {
             let c = &self.devices[*s as usize].advert.capacity;
             c.queued < c.queue_slots
@@ -57,7 +58,11 @@ impl Shard<'_> {
                     Purpose::Baseline,
                     &[u64::from(self.shard), u64::from(ix), u64::from(t.attempts)],
                 );
-                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    clippy::cast_precision_loss
+                )]
                 let i = ((u * all.len() as f64) as usize).min(all.len() - 1);
                 Some(all[i])
             }
@@ -106,7 +111,9 @@ impl Shard<'_> {
         };
         let era = self.devices[slot as usize].era;
         let ack = self.cfg.auction.award_ack_ms;
-        let Some(t) = self.tasks.get_mut(&ix) else { return };
+        let Some(t) = self.tasks.get_mut(&ix) else {
+            return;
+        };
         t.attempts += 1;
         let attempt = t.attempts;
         let timer = (now + ack).min(t.deadline);
@@ -116,7 +123,13 @@ impl Shard<'_> {
         }
         t.timer_at = Some(timer);
         self.stats.attempts += 1;
-        self.push(timer, Ev::Timer { task: ix, at: timer });
+        self.push(
+            timer,
+            Ev::Timer {
+                task: ix,
+                at: timer,
+            },
+        );
         let delay = self.delay(slot);
         self.push(
             now + delay,
@@ -137,7 +150,14 @@ impl Shard<'_> {
         if d.era != era || !d.online() {
             let at = now + self.cfg.unreachable_ms;
             let reply = Reply::Unreachable;
-            self.push(at, Ev::Reply { task: ix, attempt, reply });
+            self.push(
+                at,
+                Ev::Reply {
+                    task: ix,
+                    attempt,
+                    reply,
+                },
+            );
             return;
         }
         let Some(t) = self.tasks.get(&ix) else { return };
@@ -171,14 +191,25 @@ impl Shard<'_> {
             }
             _ => Reply::Rejected,
         };
-        self.push(now + delay, Ev::Reply { task: ix, attempt, reply });
+        self.push(
+            now + delay,
+            Ev::Reply {
+                task: ix,
+                attempt,
+                reply,
+            },
+        );
     }
 
     /// A device's answer reaches the dispatcher.
     pub(crate) fn on_reply(&mut self, ix: u32, attempt: u32, reply: Reply) {
         let now = self.now;
-        let Some(t) = self.tasks.get_mut(&ix) else { return };
-        let Side::Baseline(b) = &mut t.side else { return };
+        let Some(t) = self.tasks.get_mut(&ix) else {
+            return;
+        };
+        let Side::Baseline(b) = &mut t.side else {
+            return;
+        };
         if b.current.map(|c| c.attempt) != Some(attempt) {
             return;
         }
@@ -189,7 +220,8 @@ impl Shard<'_> {
             }
             Reply::Accepted { est_latency_ms } => {
                 let a = &self.cfg.auction;
-                let allowance = est_latency_ms.saturating_mul(u64::from(a.result_slack_percent)) / 100;
+                let allowance =
+                    est_latency_ms.saturating_mul(u64::from(a.result_slack_percent)) / 100;
                 let at = (now + allowance + a.result_grace_ms).min(t.deadline);
                 t.timer_at = Some(at);
                 self.push(at, Ev::Timer { task: ix, at });
@@ -203,8 +235,12 @@ impl Shard<'_> {
 
     /// The current dispatch was not answered or not delivered in time.
     pub(crate) fn baseline_timer(&mut self, ix: u32) {
-        let Some(t) = self.tasks.get_mut(&ix) else { return };
-        let Side::Baseline(b) = &mut t.side else { return };
+        let Some(t) = self.tasks.get_mut(&ix) else {
+            return;
+        };
+        let Side::Baseline(b) = &mut t.side else {
+            return;
+        };
         if let Some(c) = b.current.take() {
             let delay = self.delay(c.slot);
             self.push(

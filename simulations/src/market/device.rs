@@ -155,7 +155,10 @@ pub(crate) struct AdvertTiming {
 
 /// A Stellar account id (G… strkey) for a public key.
 pub(crate) fn payout_for(node: &NodeId) -> String {
-    stellar_strkey::ed25519::PublicKey(node.0).to_string().as_str().to_owned()
+    stellar_strkey::ed25519::PublicKey(node.0)
+        .to_string()
+        .as_str()
+        .to_owned()
 }
 
 /// The gate as the node decides it, for a device state.
@@ -324,8 +327,8 @@ impl Device {
     /// Re-evaluates the gate after a state change; returns whether it changed materially.
     pub(crate) fn update_gate(&mut self, now: u64, timing: &AdvertTiming) -> bool {
         let (gate, readings) = gate_for(self.policy, self.has_battery, self.state);
-        let changed = gate.as_ref().map(GateReason::category)
-            != self.gate.as_ref().map(GateReason::category);
+        let changed =
+            gate.as_ref().map(GateReason::category) != self.gate.as_ref().map(GateReason::category);
         self.advert.power = power_info(&readings, self.advert.power.busy_milliwatts);
         if changed {
             self.gate_before = self.gate.take();
@@ -400,11 +403,9 @@ impl Device {
     pub(crate) fn refresh_worker_state(&mut self) {
         let ahead = u64::try_from(self.jobs.len()).unwrap_or(u64::MAX);
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let per_task_ms = self
-            .worker
-            .bench
-            .first()
-            .map_or(10, |b| (1000.0 / f64::from(b.inferences_per_sec.max(0.001))) as u64);
+        let per_task_ms = self.worker.bench.first().map_or(10, |b| {
+            (1000.0 / f64::from(b.inferences_per_sec.max(0.001))) as u64
+        });
         if self.ignores_gate {
             self.worker.gate_closed = None;
             self.worker.on_battery = false;

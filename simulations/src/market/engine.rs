@@ -5,7 +5,9 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
-use crank_protocol::{CallForBids, ContentHash, ExecPath, Identity, ModelId, NodeId, RunPolicy, TaskId};
+use crank_protocol::{
+    CallForBids, ContentHash, ExecPath, Identity, ModelId, NodeId, RunPolicy, TaskId,
+};
 use crank_scheduler::{Auction, Input, MeasuredRun, TrustBook};
 use indicatif::ProgressBar;
 use rand::RngExt;
@@ -678,7 +680,14 @@ impl<'a> Shard<'a> {
     }
 
     /// Accepts a job on a device (the caller checked it may).
-    pub(crate) fn accept_job(&mut self, slot: u32, ix: u32, attempt: u32, path: ExecPath, price: u64) {
+    pub(crate) fn accept_job(
+        &mut self,
+        slot: u32,
+        ix: u32,
+        attempt: u32,
+        path: ExecPath,
+        price: u64,
+    ) {
         let Some(t) = self.tasks.get(&ix) else { return };
         let (task_id, model_id, model_bytes, input_hash, elements, requester) = (
             t.task_id,
@@ -940,7 +949,9 @@ impl<'a> Shard<'a> {
                 task: ix,
                 #[allow(clippy::cast_precision_loss)]
                 arrived_s: (t.draw.at - EPOCH_MS) as f64 / 1000.0,
-                model: self.cfg.workload.models[usize::from(t.draw.model)].name.clone(),
+                model: self.cfg.workload.models[usize::from(t.draw.model)]
+                    .name
+                    .clone(),
                 batch: t.draw.batch,
                 outcome: "completed".into(),
                 latency_ms: Some(latency),
@@ -974,7 +985,9 @@ impl<'a> Shard<'a> {
                 task: ix,
                 #[allow(clippy::cast_precision_loss)]
                 arrived_s: (t.draw.at - EPOCH_MS) as f64 / 1000.0,
-                model: self.cfg.workload.models[usize::from(t.draw.model)].name.clone(),
+                model: self.cfg.workload.models[usize::from(t.draw.model)]
+                    .name
+                    .clone(),
                 batch: t.draw.batch,
                 outcome: "failed".into(),
                 latency_ms: None,
@@ -1144,7 +1157,11 @@ pub(crate) fn merge(cfg: &MarketConfig, results: Vec<ShardResult>) -> MarketRepo
             earnings,
         });
         // Hourly rows: sum over shards.
-        let hours = parts.iter().map(|p| p.stats.hourly.len()).max().unwrap_or(0);
+        let hours = parts
+            .iter()
+            .map(|p| p.stats.hourly.len())
+            .max()
+            .unwrap_or(0);
         for h in 0..hours {
             let mut row = HourRow {
                 scheduler: name.clone(),

@@ -56,9 +56,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use population::{ChurnConfig, ClassSpec, default_classes};
-pub use stats::{
-    ClassEarnings, HourRow, SchedulerSummary, TaskRow, Violation, ViolationKind,
-};
+pub use stats::{ClassEarnings, HourRow, SchedulerSummary, TaskRow, Violation, ViolationKind};
 pub use workload::{ModelSpec, WorkloadConfig, default_models};
 
 /// Start of simulated time: 2026-01-01T00:00:00Z, a Thursday, in Unix ms.
@@ -309,8 +307,7 @@ impl MarketConfig {
                 ));
             }
         }
-        if self.workload.models.is_empty() || self.workload.models.iter().all(|m| m.share <= 0.0)
-        {
+        if self.workload.models.is_empty() || self.workload.models.iter().all(|m| m.share <= 0.0) {
             return bad("no model with a positive share".into());
         }
         for m in &self.workload.models {
@@ -414,7 +411,10 @@ impl Progress {
     }
 
     fn bar(&self, i: usize) -> ProgressBar {
-        self.bars.get(i).cloned().unwrap_or_else(ProgressBar::hidden)
+        self.bars
+            .get(i)
+            .cloned()
+            .unwrap_or_else(ProgressBar::hidden)
     }
 }
 

@@ -295,7 +295,11 @@ fn base_plan(class: DeviceClass, h: &Habits) -> Vec<(f64, DevState)> {
         DeviceClass::Pi => vec![(0.0, PLUGGED_IDLE)],
         DeviceClass::Server => {
             if h.busy_daytime {
-                vec![(0.0, PLUGGED_IDLE), (9.0, PLUGGED_BUSY), (18.0, PLUGGED_IDLE)]
+                vec![
+                    (0.0, PLUGGED_IDLE),
+                    (9.0, PLUGGED_BUSY),
+                    (18.0, PLUGGED_IDLE),
+                ]
             } else {
                 vec![(0.0, PLUGGED_IDLE)]
             }
@@ -563,7 +567,10 @@ mod tests {
         let c = ChurnConfig::default();
         let mut rng = rng::stream(1, Purpose::Churn, &[0]);
         let n = 20_000;
-        let mean = (0..n).map(|_| c.draw_ms(true, &mut rng) as f64).sum::<f64>() / n as f64;
+        let mean = (0..n)
+            .map(|_| c.draw_ms(true, &mut rng) as f64)
+            .sum::<f64>()
+            / n as f64;
         let want = 12.0 * HOUR_MS as f64;
         assert!((mean / want - 1.0).abs() < 0.03, "mean {mean} want {want}");
         assert!((c.online_share() - 12.0 / 14.0).abs() < 1e-12);

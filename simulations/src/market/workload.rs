@@ -188,7 +188,10 @@ mod tests {
         let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
         let listed = manifest["models"].as_array().unwrap();
         for m in default_models() {
-            let entry = listed.iter().find(|e| e["name"] == m.name.as_str()).unwrap();
+            let entry = listed
+                .iter()
+                .find(|e| e["name"] == m.name.as_str())
+                .unwrap();
             assert_eq!(entry["blake3"], m.blake3.as_str(), "{}", m.name);
             assert_eq!(entry["bytes"], m.bytes, "{}", m.name);
             m.id().unwrap();
@@ -218,7 +221,11 @@ mod tests {
         };
         // 14:00 is the peak, 02:00 the trough: 1.6 against 0.4 of the mean rate.
         assert!(hour(14) > 3 * hour(2), "{} vs {}", hour(14), hour(2));
-        assert!(tasks.iter().all(|t| t.batch >= 1 && t.batch <= 8192 && t.requester < 10));
+        assert!(
+            tasks
+                .iter()
+                .all(|t| t.batch >= 1 && t.batch <= 8192 && t.requester < 10)
+        );
         let wide = tasks.iter().filter(|t| t.model == 2).count();
         assert!((wide as f64 / 50_000.0 - 0.3).abs() < 0.01);
         assert_eq!(tasks, draw_tasks(&cfg, 1, 0, 50_000, DAY_MS, 10, 1_000));
