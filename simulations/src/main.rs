@@ -1,4 +1,5 @@
-//! `crank-sim`: the market simulation (`crank-sim market`); see the crate docs.
+//! `crank-sim`: the market simulation (`crank-sim market`) and the many-node mesh
+//! (`crank-sim mesh`); see the crate docs.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -12,7 +13,11 @@ use crank_sim::report::{self, RunInfo};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Parser)]
-#[command(name = "crank-sim", version, about = "Simulations of the crank-node mesh")]
+#[command(
+    name = "crank-sim",
+    version,
+    about = "Simulations of the crank-node mesh"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,6 +27,157 @@ struct Cli {
 enum Command {
     /// Market simulation: the real auction against baselines over a device population.
     Market(MarketArgs),
+    /// Many real crank-node nodes in one process over loopback TCP, with churn.
+    #[cfg(feature = "mesh")]
+    Mesh(MeshArgs),
+}
+
+#[cfg(feature = "mesh")]
+#[derive(clap::Args)]
+struct MeshArgs {
+    /// The small preset (12 workers, 30 tasks): well under a minute. The default is the full
+    /// one (100 workers, 400 tasks).
+    #[arg(long)]
+    small: bool,
+    /// Seed of the churn and task choices.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Worker nodes (overrides the preset).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Requester-only nodes (overrides the preset).
+    #[arg(long)]
+    requesters: Option<usize>,
+    /// Tasks (overrides the preset).
+    #[arg(long)]
+    tasks: Option<usize>,
+    /// Tasks in flight (overrides the preset).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Advert propagation probes (overrides the preset).
+    #[arg(long)]
+    probes: Option<usize>,
+    /// One worker leaves and a new one joins this often, ms; 0 turns churn off.
+    #[arg(long)]
+    churn_every_ms: Option<u64>,
+    /// Nodes' advert interval, seconds.
+    #[arg(long)]
+    advert_interval_secs: Option<u64>,
+    /// Output directory.
+    #[arg(long, default_value = "simulations/out")]
+    out: PathBuf,
+    /// Tokio worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[cfg(feature = "mesh")]
+fn mesh_cmd(args: MeshArgs) -> Result<ExitCode> {
+    use crank_sim::mesh::{self, MeshConfig};
+    let mut cfg = if args.small {
+        MeshConfig::small()
+    } else {
+        MeshConfig::full()
+    };
+    if let Some(v) = args.seed {
+        cfg.seed = v;
+    }
+    if let Some(v) = args.workers {
+        cfg.workers = v;
+    }
+    if let Some(v) = args.requesters {
+        cfg.requesters = v;
+    }
+    if let Some(v) = args.tasks {
+        cfg.tasks = v;
+    }
+    if let Some(v) = args.concurrency {
+        cfg.concurrency = v;
+    }
+    if let Some(v) = args.probes {
+        cfg.probes = v;
+    }
+    if let Some(v) = args.churn_every_ms {
+        cfg.churn_every_ms = v;
+    }
+    if let Some(v) = args.advert_interval_secs {
+        cfg.advert_interval_secs = v;
+    }
+    cfg.threads = args.threads;
+    cfg.validate()?;
+    let show = !args.quiet && std::io::stderr().is_terminal();
+    let bar = if show {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg:<28} {bar:40.cyan/blue} {pos:>5}/{len:5} {elapsed}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(250));
+    let threads = if cfg.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        cfg.threads
+    };
+    eprintln!(
+        "crank-sim mesh: {} workers, {} requesters, {} tasks, churn every {} ms",
+        cfg.workers, cfg.requesters, cfg.tasks, cfg.churn_every_ms
+    );
+    let started = Instant::now();
+    let report = mesh::run(&cfg, &bar)?;
+    let wall = started.elapsed().as_secs_f64();
+    let info = RunInfo {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        wall_seconds: wall,
+        threads,
+    };
+    let path = report::write_mesh(&args.out, &report, &info)
+        .with_context(|| format!("writing the report to {}", args.out.display()))?;
+    let s = &report.summary;
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    println!(
+        "nodes {} (peak {}), ready after {:.1} s",
+        s.nodes_started, s.peak_nodes, s.ready_s
+    );
+    println!(
+        "advert change to every node: p50 {} ms, p95 {} ms ({} incomplete); newcomer to every requester: p50 {} ms, p95 {} ms",
+        opt(s.propagation_p50_ms),
+        opt(s.propagation_p95_ms),
+        s.propagation_incomplete,
+        opt(s.join_p50_ms),
+        opt(s.join_p95_ms)
+    );
+    println!(
+        "tasks {}: completed {} ({:.1} %), failed {}, lost {}; latency p50 {:.0} ms p95 {:.0} ms; auction to award p50 {} ms p95 {} ms; churn {} left / {} joined",
+        s.tasks,
+        s.completed,
+        100.0 * s.completion_rate,
+        s.failed,
+        s.lost,
+        s.latency_p50_ms.unwrap_or(0.0),
+        s.latency_p95_ms.unwrap_or(0.0),
+        opt(s.auction_p50_ms),
+        opt(s.auction_p95_ms),
+        s.leaves,
+        s.joins
+    );
+    println!("ran in {wall:.1} s; report: {}", path.display());
+    if report.passed() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("invariant checks FAILED:");
+        for v in report.violations.iter().take(20) {
+            eprintln!("  {}: {}", v.kind, v.detail);
+        }
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 #[derive(clap::Args)]
@@ -201,8 +357,9 @@ fn market_cmd(args: MarketArgs) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // A hundred nodes under churn warn about every closed connection: only errors by default.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -210,6 +367,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Market(args) => market_cmd(args),
+        #[cfg(feature = "mesh")]
+        Command::Mesh(args) => mesh_cmd(args),
     };
     match result {
         Ok(code) => code,

@@ -324,7 +324,10 @@ fn plot_latency(path: &Path, report: &MarketReport) -> Result<(), ReportError> {
         .unwrap_or(1)
         .max(10) as f64;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Latency of completed tasks (submission to result)", ("sans-serif", 20))
+        .caption(
+            "Latency of completed tasks (submission to result)",
+            ("sans-serif", 20),
+        )
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(55)
@@ -432,7 +435,11 @@ fn bars(
 }
 
 fn plot_energy(path: &Path, report: &MarketReport) -> Result<(), ReportError> {
-    let labels: Vec<String> = report.summaries.iter().map(|s| s.scheduler.clone()).collect();
+    let labels: Vec<String> = report
+        .summaries
+        .iter()
+        .map(|s| s.scheduler.clone())
+        .collect();
     let useful: Vec<f64> = report
         .summaries
         .iter()
@@ -501,7 +508,10 @@ fn plot_hourly(path: &Path, report: &MarketReport) -> Result<(), ReportError> {
         .fold(100.0f64, f64::min);
     let floor = ((lowest - 2.0) / 5.0).floor().max(0.0) * 5.0;
     let mut chart = ChartBuilder::on(&top)
-        .caption("Completion by hour of arrival, under churn", ("sans-serif", 20))
+        .caption(
+            "Completion by hour of arrival, under churn",
+            ("sans-serif", 20),
+        )
         .margin(15)
         .x_label_area_size(35)
         .y_label_area_size(55)
@@ -551,7 +561,10 @@ fn plot_hourly(path: &Path, report: &MarketReport) -> Result<(), ReportError> {
     #[allow(clippy::cast_precision_loss)]
     let pct = |x: u64| 100.0 * x as f64 / devices.max(1) as f64;
     let mut chart = ChartBuilder::on(&bottom)
-        .caption("The world: devices online, gate open, leaving", ("sans-serif", 16))
+        .caption(
+            "The world: devices online, gate open, leaving",
+            ("sans-serif", 16),
+        )
         .margin(15)
         .x_label_area_size(35)
         .y_label_area_size(55)
@@ -566,7 +579,11 @@ fn plot_hourly(path: &Path, report: &MarketReport) -> Result<(), ReportError> {
     let series: [(&str, Box<dyn Fn(&crate::market::HourRow) -> f64>, RGBColor); 3] = [
         ("online", Box::new(|r| pct(r.online)), color(0)),
         ("gate open", Box::new(|r| pct(r.gate_open)), color(2)),
-        ("left the mesh during the hour", Box::new(|r| pct(r.leaves)), color(3)),
+        (
+            "left the mesh during the hour",
+            Box::new(|r| pct(r.leaves)),
+            color(3),
+        ),
     ];
     for (name, f, c) in series {
         let pts: Vec<(f64, f64)> = world.iter().map(|r| (f64::from(r.hour), f(r))).collect();
@@ -657,8 +674,15 @@ pub fn markdown(report: &MarketReport, sweep: &[SweepPoint], info: &RunInfo) -> 
         "{} devices, {} tasks over {} day(s), {} requesters in {} shards, seed {}. \
          Command: `{}`. Simulation wall time {:.1} s on {} thread(s) (not part of the results, \
          which depend only on the seed and the shard count).\n",
-        c.devices, c.tasks, c.days, c.requesters, c.shards, c.seed, info.command,
-        info.wall_seconds, info.threads
+        c.devices,
+        c.tasks,
+        c.days,
+        c.requesters,
+        c.shards,
+        c.seed,
+        info.command,
+        info.wall_seconds,
+        info.threads
     );
     let verdict = if report.passed() {
         "**All invariant checks passed**: no task lost without an error, no work on battery \
@@ -719,16 +743,30 @@ pub fn markdown(report: &MarketReport, sweep: &[SweepPoint], info: &RunInfo) -> 
         }
         let mut f: Vec<(&String, &u64)> = x.failures.iter().collect();
         f.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        let list: Vec<String> = f.iter().take(6).map(|(k, v)| format!("{k} ({v})")).collect();
+        let list: Vec<String> = f
+            .iter()
+            .take(6)
+            .map(|(k, v)| format!("{k} ({v})"))
+            .collect();
         let _ = writeln!(s, "- **{}**: {}", x.scheduler, list.join("; "));
     }
 
-    let _ = writeln!(s, "\n## Earnings per device class (XLM per device per 30 days)\n");
+    let _ = writeln!(
+        s,
+        "\n## Earnings per device class (XLM per device per 30 days)\n"
+    );
     let _ = write!(s, "| class | devices |");
     for x in &report.summaries {
         let _ = write!(s, " {} |", x.scheduler);
     }
-    let _ = writeln!(s, " electricity ({}) |", report.summaries.first().map_or("", |x| x.scheduler.as_str()));
+    let _ = writeln!(
+        s,
+        " electricity ({}) |",
+        report
+            .summaries
+            .first()
+            .map_or("", |x| x.scheduler.as_str())
+    );
     let _ = write!(s, "|---|---|");
     for _ in &report.summaries {
         let _ = write!(s, "---|");
@@ -756,7 +794,10 @@ pub fn markdown(report: &MarketReport, sweep: &[SweepPoint], info: &RunInfo) -> 
         s,
         "| class | share | cores | runs at once | queue | battery | CPU inf/s | CPU µJ/inf | GPU share | GPU inf/s | GPU µJ/inf | tariff stroops/kWh | per task | per second |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for k in &c.classes {
         let _ = writeln!(
             s,
@@ -771,7 +812,11 @@ pub fn markdown(report: &MarketReport, sweep: &[SweepPoint], info: &RunInfo) -> 
             k.cpu_microjoules_per_inference(),
             k.gpu_share * 100.0,
             k.gpu_ips,
-            if k.gpu_share > 0.0 { k.gpu_microjoules_per_inference() } else { 0.0 },
+            if k.gpu_share > 0.0 {
+                k.gpu_microjoules_per_inference()
+            } else {
+                0.0
+            },
             k.tariff_stroops_per_kwh,
             k.per_task_stroops,
             k.per_second_stroops,
@@ -789,7 +834,12 @@ pub fn markdown(report: &MarketReport, sweep: &[SweepPoint], info: &RunInfo) -> 
         c.workload
             .models
             .iter()
-            .map(|m| format!("{} {:.0} % (batch 1..{})", m.name, m.share * 100.0, m.max_batch))
+            .map(|m| format!(
+                "{} {:.0} % (batch 1..{})",
+                m.name,
+                m.share * 100.0,
+                m.max_batch
+            ))
             .collect::<Vec<_>>()
             .join(", "),
         c.workload.max_price_stroops,
@@ -821,7 +871,10 @@ pub fn markdown(report: &MarketReport, sweep: &[SweepPoint], info: &RunInfo) -> 
     let _ = writeln!(s, "![hourly](completion_by_hour.svg)\n");
     if !sweep.is_empty() {
         let _ = writeln!(s, "## Completion under churn\n");
-        let _ = writeln!(s, "| churn × | leaves per device-day | scheduler | completed | p95 latency | attempts per task |");
+        let _ = writeln!(
+            s,
+            "| churn × | leaves per device-day | scheduler | completed | p95 latency | attempts per task |"
+        );
         let _ = writeln!(s, "|---|---|---|---|---|---|");
         for p in sweep {
             let _ = writeln!(
@@ -842,7 +895,11 @@ pub fn markdown(report: &MarketReport, sweep: &[SweepPoint], info: &RunInfo) -> 
         "## Files\n\n`summary.csv`, `earnings.csv`, `hourly.csv`, `latency_quantiles.csv`, \
          `failures.csv`, `tasks.csv` (one task in {}), `violations.csv`, `report.json`{}.",
         c.sample_every,
-        if sweep.is_empty() { "" } else { ", `sweep.csv`" }
+        if sweep.is_empty() {
+            ""
+        } else {
+            ", `sweep.csv`"
+        }
     );
     s
 }
@@ -994,31 +1051,71 @@ fn mesh_markdown(r: &crate::mesh::MeshReport, info: &RunInfo) -> String {
     );
     let _ = writeln!(m, "| figure | value |\n|---|---|");
     let rows: Vec<(&str, String)> = vec![
-        ("nodes started (peak at once)", format!("{} ({})", s.nodes_started, s.peak_nodes)),
+        (
+            "nodes started (peak at once)",
+            format!("{} ({})", s.nodes_started, s.peak_nodes),
+        ),
         ("start of the initial nodes, s", format!("{:.1}", s.start_s)),
         (
             "every requester holds every advert after, s",
-            format!("{:.1}{}", s.ready_s, if s.ready { "" } else { " (timed out)" }),
+            format!(
+                "{:.1}{}",
+                s.ready_s,
+                if s.ready { "" } else { " (timed out)" }
+            ),
         ),
-        ("advert change reaches every node, p50 ms", opt(s.propagation_p50_ms)),
-        ("advert change reaches every node, p95 ms", opt(s.propagation_p95_ms)),
-        ("advert change reaches half the nodes, p50 ms", opt(s.propagation_half_p50_ms)),
-        ("changes that did not reach every node", s.propagation_incomplete.to_string()),
-        ("newcomer's advert reaches every requester, p50 ms", opt(s.join_p50_ms)),
-        ("newcomer's advert reaches every requester, p95 ms", opt(s.join_p95_ms)),
+        (
+            "advert change reaches every node, p50 ms",
+            opt(s.propagation_p50_ms),
+        ),
+        (
+            "advert change reaches every node, p95 ms",
+            opt(s.propagation_p95_ms),
+        ),
+        (
+            "advert change reaches half the nodes, p50 ms",
+            opt(s.propagation_half_p50_ms),
+        ),
+        (
+            "changes that did not reach every node",
+            s.propagation_incomplete.to_string(),
+        ),
+        (
+            "newcomer's advert reaches every requester, p50 ms",
+            opt(s.join_p50_ms),
+        ),
+        (
+            "newcomer's advert reaches every requester, p95 ms",
+            opt(s.join_p95_ms),
+        ),
         (
             "tasks: completed / failed / lost",
             format!("{} / {} / {}", s.completed, s.failed, s.lost),
         ),
-        ("completion rate", format!("{:.1} %", 100.0 * s.completion_rate)),
+        (
+            "completion rate",
+            format!("{:.1} %", 100.0 * s.completion_rate),
+        ),
         ("submit to result, p50 ms", optf(s.latency_p50_ms)),
         ("submit to result, p95 ms", optf(s.latency_p95_ms)),
-        ("auction start to first award, p50 ms", opt(s.auction_p50_ms)),
-        ("auction start to first award, p95 ms", opt(s.auction_p95_ms)),
+        (
+            "auction start to first award, p50 ms",
+            opt(s.auction_p50_ms),
+        ),
+        (
+            "auction start to first award, p95 ms",
+            opt(s.auction_p95_ms),
+        ),
         ("tasks re-awarded", s.reawarded.to_string()),
-        ("workers left / joined during the workload", format!("{} / {}", s.leaves, s.joins)),
+        (
+            "workers left / joined during the workload",
+            format!("{} / {}", s.leaves, s.joins),
+        ),
         ("workload, s", format!("{:.1}", s.workload_s)),
-        ("receipts checked at workers", s.worker_receipts_checked.to_string()),
+        (
+            "receipts checked at workers",
+            s.worker_receipts_checked.to_string(),
+        ),
     ];
     for (k, v) in rows {
         let _ = writeln!(m, "| {k} | {v} |");
