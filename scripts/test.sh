@@ -17,14 +17,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (the GPU agreement tests run on software Vulkan where it is installed)"
 cargo test --workspace --locked 2>&1 | tee /tmp/crank-test.log
 
-# Smokes of the slow suites: each is a small preset of a suite that runs longer by hand.
-cargo build --locked -p crank-node -p crank-testnet -p crank-sim
-
-echo "== smoke: market simulation (real auction vs baselines, invariant checks)"
-"${CARGO_TARGET_DIR:-target}"/debug/crank-sim market --small --quiet --out "${TMPDIR:-/tmp}/crank-sim-market"
-
-echo "== smoke: mesh simulation (real nodes in one process)"
-"${CARGO_TARGET_DIR:-target}"/debug/crank-sim mesh --small --quiet --out "${TMPDIR:-/tmp}/crank-sim-mesh"
+# Smokes of the slow suites, each a small preset of a suite that runs longer by hand. The
+# simulations' small presets (market: every scheduler; mesh: real nodes under churn) run
+# inside `cargo test` (simulations/tests/sim.rs).
+cargo build --locked -p crank-node -p crank-testnet
 
 echo "== smoke: local testnet (real processes, kill -9 and restart, bootstrap down, settlement faults)"
 testnet/scripts/testnet.sh run --small

@@ -753,10 +753,10 @@ async fn send_settlement_notices(shared: &Arc<Shared>) {
         futures::future::join_all(sends).await;
         newest = intent.id;
     }
-    if newest != done {
-        if let Err(e) = shared.ledger.put_meta(NOTIFIED_KEY, &newest.to_be_bytes()) {
-            warn!(error = %chain(&e), "cannot record which settlements were announced");
-        }
+    if newest != done
+        && let Err(e) = shared.ledger.put_meta(NOTIFIED_KEY, &newest.to_be_bytes())
+    {
+        warn!(error = %chain(&e), "cannot record which settlements were announced");
     }
 }
 

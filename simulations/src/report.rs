@@ -576,7 +576,12 @@ fn plot_hourly(path: &Path, report: &MarketReport) -> Result<(), ReportError> {
         .y_desc("% of devices")
         .draw()
         .map_err(|x| e(x.to_string()))?;
-    let series: [(&str, Box<dyn Fn(&crate::market::HourRow) -> f64>, RGBColor); 3] = [
+    #[allow(clippy::type_complexity)]
+    let series: [(
+        &str,
+        Box<dyn Fn(&crate::market::HourRow) -> f64 + '_>,
+        RGBColor,
+    ); 3] = [
         ("online", Box::new(|r| pct(r.online)), color(0)),
         ("gate open", Box::new(|r| pct(r.gate_open)), color(2)),
         (

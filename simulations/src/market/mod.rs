@@ -294,7 +294,10 @@ impl MarketConfig {
             return bad("no device class with a positive share".into());
         }
         for c in &self.classes {
-            if c.workers == 0 || c.slots < c.workers || !(c.cpu_ips > 0.0) {
+            if c.workers == 0
+                || c.slots < c.workers
+                || c.cpu_ips.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+            {
                 return bad(format!(
                     "class {}: needs workers ≥ 1, slots ≥ workers and a positive speed",
                     c.class
