@@ -446,19 +446,23 @@ busy_worker() {
   echo worker1
 }
 
-# Waits until the requester is connected to NODE again; records how long it took.
+# Waits until the requester holds NODE's fresh advert (the restarted node's own, not the one
+# from before the kill) or is connected to it; records how long it took. Nodes dial peers
+# lazily, when they have something to ask, so an advert is what "back in the mesh" means.
 wait_advert_of() {
-  local node=$1 id start
+  local node=$1 id start old
   id=$(cat "$RUN/$node/node_id")
   start=$(date +%s.%N)
+  old=$(api requester GET /status | jq -r --arg id "$id" '[.adverts[]? | select(.node == $id) | .expires_in_secs][0] // -1' 2>/dev/null || echo -1)
   for _ in $(seq 1 120); do
-    if api requester GET /status | jq -e --arg id "$id" '.network.peers[]? | select(.node == $id)' >/dev/null 2>&1; then
-      event "requester connected to $node again $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}') s after its restart"
+    if api requester GET /status | jq -e --arg id "$id" --argjson old "$old" \
+      '(.network.peers[]? | select(.node == $id)) // (.adverts[]? | select(.node == $id and .expires_in_secs > $old + 1))' >/dev/null 2>&1; then
+      event "requester sees $node again $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}') s after its restart"
       return 0
     fi
     sleep 0.5
   done
-  event "requester not connected to $node 60 s after its restart"
+  event "requester has not seen $node 60 s after its restart"
 }
 
 cmd_run() {
