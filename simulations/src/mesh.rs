@@ -1,6 +1,6 @@
 //! `crank-sim mesh`: many real crank-node nodes in one process, over loopback TCP.
 //!
-//! `cargo run -p crank-sim --features mesh -- mesh --small` (12 workers, 30 tasks) or without
+//! `cargo run -p crank-sim -- mesh --small` (12 workers, 60 tasks) or without
 //! `--small` for the full preset (100 workers, 400 tasks).
 //!
 //! Every node is the node's own runtime ([`crank_node::Node::start`]): its libp2p swarm,
@@ -84,17 +84,18 @@ pub struct MeshConfig {
 }
 
 impl MeshConfig {
-    /// 12 workers, 2 requesters, 30 tasks, churn every 2 s: well under a minute, for CI.
+    /// 12 workers, 2 requesters, 60 tasks, churn every 0.4 s: well under a minute, for CI.
     pub fn small() -> Self {
         Self {
             name: "small".into(),
             seed: 1,
             workers: 12,
             requesters: 2,
-            tasks: 30,
+            tasks: 60,
             concurrency: 4,
             probes: 3,
-            churn_every_ms: 2_000,
+            // Short enough that a workload of a few seconds always sees several leaves and joins.
+            churn_every_ms: 400,
             advert_interval_secs: 5,
             benchmark_ms: 20,
             start_batch: 6,
@@ -833,7 +834,8 @@ async fn run_async(cfg: &MeshConfig, progress: &ProgressBar) -> Result<MeshRepor
     let results = if cfg.churn_every_ms > 0 {
         let mut tick = tokio::time::interval(Duration::from_millis(cfg.churn_every_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
+        // The first tick is immediate: every run sees at least one leave and one join, however
+        // fast its workload.
         loop {
             tokio::select! {
                 done = &mut workload => break done,
