@@ -20,12 +20,17 @@ cargo test --workspace --locked 2>&1 | tee /tmp/crank-test.log
 # Smokes of the slow suites, each a small preset of a suite that runs longer by hand. The
 # simulations' small presets (market: every scheduler; mesh: real nodes under churn) run
 # inside `cargo test` (simulations/tests/sim.rs).
-cargo build --locked -p crank-node -p crank-testnet
+# `cargo test` built both binaries for the integration tests; building them again alone would
+# recompile dependencies under other feature sets, so only do it when they are missing.
+bin=${CARGO_TARGET_DIR:-target}/debug
+if [ ! -x "$bin/crank-node" ] || [ ! -x "$bin/crank-horizon" ]; then
+  cargo build --locked -p crank-node -p crank-testnet
+fi
 
 echo "== smoke: local testnet (real processes, kill -9 and restart, bootstrap down, settlement faults)"
 testnet/scripts/testnet.sh run --small
 
 echo "== smoke: NAT (network namespaces; skips with a reason where not allowed)"
-testnet/nat/run.sh
+testnet/nat/run.sh --bin "$bin/crank-node"
 
 echo "== done in $(( $(date +%s) - start )) s"
