@@ -166,6 +166,21 @@ impl Shared {
 
     /// Builds and signs the current advert, with a fresh sequence number.
     pub fn build_advert(&self) -> Result<Signed<CapabilityAdvert>, crank_protocol::SignatureError> {
+        self.sign_advert(false)
+    }
+
+    /// The last advert of a node that is stopping: gate closed, expiring in a few seconds,
+    /// so requesters stop asking it at once instead of until its last advert expires.
+    pub fn farewell_advert(
+        &self,
+    ) -> Result<Signed<CapabilityAdvert>, crank_protocol::SignatureError> {
+        self.sign_advert(true)
+    }
+
+    fn sign_advert(
+        &self,
+        farewell: bool,
+    ) -> Result<Signed<CapabilityAdvert>, crank_protocol::SignatureError> {
         let now = clock::now_ms();
         let snapshot = self.gate_snapshot();
         let queue = self.engine.queue();
@@ -182,12 +197,24 @@ impl Shared {
         if let Err(e) = self.ledger.put_meta(ADVERT_SEQ_KEY, &seq.to_be_bytes()) {
             warn!(error = %e, "cannot persist the advert sequence number");
         }
+        if farewell {
+            gate = GateInfo {
+                policy: gate.policy,
+                open: false,
+                reason: Some(GateReason::Paused),
+            };
+        }
+        let ttl_ms = if farewell {
+            FAREWELL_TTL_MS
+        } else {
+            self.config.advert.ttl_secs.max(1) * 1000
+        };
         let cost = &self.config.worker.cost;
         let body = CapabilityAdvert {
             node: self.node_id,
             seq,
             issued_at: now,
-            expires_at: now + self.config.advert.ttl_secs.max(1) * 1000,
+            expires_at: now + ttl_ms,
             agent: format!("crank-node/{}", env!("CARGO_PKG_VERSION")),
             hardware: self.hardware.clone(),
             power,
@@ -435,6 +462,17 @@ impl Node {
 
     /// Stops the background loops, aborts running tasks and waits for them.
     pub async fn shutdown(mut self) {
+        if self.shared.offers_work() {
+            match self.shared.farewell_advert() {
+                Ok(advert) => {
+                    if self.shared.client.publish_advert(advert).await.is_ok() {
+                        // Let the connections write it out before the swarm stops.
+                        tokio::time::sleep(FAREWELL_FLUSH).await;
+                    }
+                }
+                Err(e) => debug!(error = %e, "no farewell advert"),
+            }
+        }
         let _ = self.stop.send(true);
         for (_, running) in lock(&self.shared.running).drain() {
             running.cancel.cancel();
@@ -452,6 +490,12 @@ impl Node {
         info!(node = %self.shared.node_id, "node stopped");
     }
 }
+
+/// Lifetime of the advert a stopping node sends last.
+const FAREWELL_TTL_MS: u64 = 10_000;
+
+/// Time given to the farewell advert to leave before the swarm stops.
+const FAREWELL_FLUSH: Duration = Duration::from_millis(200);
 
 /// Rows per self-benchmark run.
 const BENCH_ROWS: u64 = 256;
@@ -917,6 +961,13 @@ impl NodeHandle {
             .fresh(now)
             .filter(|a| a.node != self.shared.node_id)
             .count()
+    }
+
+    /// The fresh advert this node holds of `node`, if any.
+    pub fn advert_of(&self, node: &NodeId) -> Option<CapabilityAdvert> {
+        lock(&self.shared.adverts)
+            .get(node, clock::now_ms())
+            .cloned()
     }
 
     /// Adds a model to the local store and announces it.

@@ -16,7 +16,7 @@
 //! places can go to a lottery among the lower-ranked peers whose gate is not known to be
 //! closed, seeded by the caller (the crate itself draws no randomness).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use crank_protocol::{CapabilityAdvert, ModelId, NodeId, UnixMillis};
 use serde::{Deserialize, Serialize};
@@ -142,39 +142,44 @@ pub fn rank_candidates<'a>(
     trust: &TrustBook,
     now: UnixMillis,
 ) -> Vec<RankedCandidate> {
-    let mut by_node: BTreeMap<NodeId, (u64, RankedCandidate)> = BTreeMap::new();
-    for a in adverts {
-        let ram_bytes = a.hardware.ram_mib.saturating_mul(1024 * 1024);
-        if a.expires_at <= now || a.node == query.requester || ram_bytes < query.model_bytes {
-            continue;
-        }
-        // Several adverts for one node (a table in flux): keep the newest.
-        if by_node.get(&a.node).is_some_and(|(seq, _)| *seq >= a.seq) {
-            continue;
-        }
-        by_node.insert(a.node, (a.seq, from_advert(a, query, trust)));
-    }
+    // Newest advert per node without a map: sort by node, newest first (stable, so the first
+    // seen wins a tie), and keep the head of each run. The result is in node order, which
+    // keeps the ranking independent of the order adverts were handed in.
+    let mut eligible: Vec<&CapabilityAdvert> = adverts
+        .into_iter()
+        .filter(|a| {
+            let ram_bytes = a.hardware.ram_mib.saturating_mul(1024 * 1024);
+            a.expires_at > now && a.node != query.requester && ram_bytes >= query.model_bytes
+        })
+        .collect();
+    eligible.sort_by(|a, b| a.node.cmp(&b.node).then(b.seq.cmp(&a.seq)));
+    eligible.dedup_by(|later, first| later.node == first.node);
+    let mut ranked: Vec<RankedCandidate> = eligible
+        .iter()
+        .map(|a| from_advert(a, query, trust))
+        .collect();
+    let advertised = ranked.len();
     for p in query.providers {
-        if *p == query.requester || by_node.contains_key(p) {
+        if *p == query.requester
+            || ranked[..advertised]
+                .binary_search_by(|c| c.node.cmp(p))
+                .is_ok()
+        {
             continue;
         }
-        by_node.insert(
-            *p,
-            (
-                0,
-                RankedCandidate {
-                    node: *p,
-                    gate: GateKnown::Unknown,
-                    has_capacity: true,
-                    has_model: true,
-                    trust: trust.score(p),
-                    score: f64::INFINITY,
-                    explored: false,
-                },
-            ),
-        );
+        ranked.push(RankedCandidate {
+            node: *p,
+            gate: GateKnown::Unknown,
+            has_capacity: true,
+            has_model: true,
+            trust: trust.score(p),
+            score: f64::INFINITY,
+            explored: false,
+        });
     }
-    let mut ranked: Vec<RankedCandidate> = by_node.into_values().map(|(_, c)| c).collect();
+    if ranked.len() > advertised {
+        ranked.sort_by(|a, b| a.node.cmp(&b.node));
+    }
     // Only the first `limit` need sorting; the tail stays as the exploration pool.
     let keep = query.limit.min(ranked.len());
     if keep == 0 {
@@ -352,6 +357,27 @@ mod tests {
             5,
         );
         assert_eq!(got, ids(&[3]));
+    }
+
+    #[test]
+    fn the_newest_advert_of_a_node_counts_and_input_order_does_not() {
+        // Node 1's older advert says open and cheap; its newer one says closed.
+        let old = advert(1, true, true, 0, 10);
+        let mut new = advert(1, false, true, 0, 10);
+        new.seq = 2;
+        let other = advert(2, true, true, 0, 500);
+        let none = BTreeSet::new();
+        let trust = TrustBook::default();
+        let forward = rank_candidates([&old, &new, &other], &query(&none), &trust, 1);
+        let backward = rank_candidates([&other, &new, &old], &query(&none), &trust, 1);
+        assert_eq!(forward, backward);
+        assert_eq!(forward.len(), 2, "one entry per node: {forward:?}");
+        assert_eq!(forward[0].node, NodeId([2; 32]));
+        assert_eq!(forward[1].gate, GateKnown::Closed);
+        // A provider record never replaces an advert.
+        let providers: BTreeSet<NodeId> = [NodeId([1; 32])].into();
+        let with = rank_candidates([&old, &new, &other], &query(&providers), &trust, 1);
+        assert_eq!(with, forward);
     }
 
     #[test]

@@ -36,7 +36,7 @@ enum Command {
 #[derive(clap::Args)]
 struct MeshArgs {
     /// The small preset (12 workers, 60 tasks, churn every 0.4 s): well under a minute. The default is the full
-    /// one (100 workers, 400 tasks).
+    /// one (100 workers, 200 tasks).
     #[arg(long)]
     small: bool,
     /// Seed of the churn and task choices.
@@ -63,6 +63,9 @@ struct MeshArgs {
     /// Nodes' advert interval, seconds.
     #[arg(long)]
     advert_interval_secs: Option<u64>,
+    /// How long requesters collect bids, ms (a loaded machine answers slowly).
+    #[arg(long)]
+    bid_window_ms: Option<u64>,
     /// Output directory.
     #[arg(long, default_value = "simulations/out")]
     out: PathBuf,
@@ -105,6 +108,9 @@ fn mesh_cmd(args: MeshArgs) -> Result<ExitCode> {
     }
     if let Some(v) = args.advert_interval_secs {
         cfg.advert_interval_secs = v;
+    }
+    if let Some(v) = args.bid_window_ms {
+        cfg.bid_window_ms = v;
     }
     cfg.threads = args.threads;
     cfg.validate()?;

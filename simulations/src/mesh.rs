@@ -1,7 +1,7 @@
 //! `crank-sim mesh`: many real crank-node nodes in one process, over loopback TCP.
 //!
 //! `cargo run -p crank-sim -- mesh --small` (12 workers, 60 tasks) or without
-//! `--small` for the full preset (100 workers, 400 tasks).
+//! `--small` for the full preset (100 workers, 200 tasks).
 //!
 //! Every node is the node's own runtime ([`crank_node::Node::start`]): its libp2p swarm,
 //! gossip of signed adverts, the real auction on the requester side, the tract engine on
@@ -71,6 +71,9 @@ pub struct MeshConfig {
     pub advert_interval_secs: u64,
     /// Nodes' self-benchmark length, ms (the node's default is 500).
     pub benchmark_ms: u64,
+    /// How long requesters collect bids, ms (the node's default is 500). With a hundred nodes
+    /// sharing two cores a worker answers in seconds, as over a slow network.
+    pub bid_window_ms: u64,
     /// Nodes started at once.
     pub start_batch: usize,
     /// Time allowed for every requester to learn every worker, ms.
@@ -98,6 +101,7 @@ impl MeshConfig {
             churn_every_ms: 400,
             advert_interval_secs: 5,
             benchmark_ms: 20,
+            bid_window_ms: 500,
             start_batch: 6,
             ready_timeout_ms: 60_000,
             probe_timeout_ms: 20_000,
@@ -106,17 +110,18 @@ impl MeshConfig {
         }
     }
 
-    /// 100 workers, 4 requesters, 400 tasks, churn every second.
+    /// 100 workers, 4 requesters, 200 tasks, churn every second: about four minutes.
     pub fn full() -> Self {
         Self {
             name: "full".into(),
             workers: 100,
             requesters: 4,
-            tasks: 400,
+            tasks: 200,
             concurrency: 8,
             probes: 10,
             churn_every_ms: 1_000,
             advert_interval_secs: 10,
+            bid_window_ms: 3_000,
             start_batch: 10,
             ready_timeout_ms: 180_000,
             probe_timeout_ms: 30_000,
@@ -135,6 +140,9 @@ impl MeshConfig {
         }
         if self.concurrency == 0 || self.start_batch == 0 {
             return bad("concurrency and start batch must be at least 1");
+        }
+        if self.bid_window_ms == 0 {
+            return bad("the bid window must be at least 1 ms");
         }
         if self.advert_interval_secs == 0 {
             return bad("the advert interval must be at least 1 s");
@@ -402,6 +410,7 @@ fn node_config(cfg: &MeshConfig, dir: &Path, bootstrap: Option<&str>, worker: bo
     c.engine.workers = 1;
     c.settlement.auto = false;
     c.requester.max_price_stroops = 1_000_000;
+    c.requester.bid_window_ms = cfg.bid_window_ms;
     // A loaded machine: give results more slack than the default before re-awarding.
     c.requester.auction.result_grace_ms = 15_000;
     c
@@ -442,20 +451,16 @@ async fn watch_advert(
         if pending.is_empty() {
             break;
         }
-        let checks = futures::future::join_all(pending.iter().map(|&i| {
-            let h = &observers[i];
-            let seen = &seen;
-            async move {
-                match h.status().await {
-                    Ok(s) => s
-                        .adverts
-                        .iter()
-                        .any(|a| a.node == target && seen(a.gate_open)),
-                    Err(_) => false,
-                }
-            }
-        }))
-        .await;
+        // A direct look at each observer's advert table: cheap, so the polling of a hundred
+        // observers does not load the nodes it measures.
+        let checks: Vec<bool> = pending
+            .iter()
+            .map(|&i| {
+                observers[i]
+                    .advert_of(&target)
+                    .is_some_and(|a| seen(a.gate.open))
+            })
+            .collect();
         let now = started.elapsed();
         for (&i, ok) in pending.iter().zip(checks) {
             if ok {
@@ -756,6 +761,11 @@ async fn run_async(cfg: &MeshConfig, progress: &ProgressBar) -> Result<MeshRepor
         tokio::time::sleep(POLL).await;
     }
     summary.ready_s = t0.elapsed().as_secs_f64();
+    info!(
+        ready = summary.ready,
+        secs = summary.ready_s,
+        "requesters hold the workers' adverts"
+    );
 
     // Phase 2: advert propagation, every node observing.
     progress.set_message("advert propagation probes");
@@ -780,7 +790,15 @@ async fn run_async(cfg: &MeshConfig, progress: &ProgressBar) -> Result<MeshRepor
                 probe_timeout,
             )
             .await;
-            probes.push(probe_row(change, target.node_id(), &arrived));
+            let row = probe_row(change, target.node_id(), &arrived);
+            info!(
+                change,
+                reached = row.reached,
+                observers = row.observers,
+                all_ms = row.all_ms,
+                "advert probe"
+            );
+            probes.push(row);
         }
     }
 
@@ -808,6 +826,8 @@ async fn run_async(cfg: &MeshConfig, progress: &ProgressBar) -> Result<MeshRepor
         let samples = Arc::clone(&samples);
         let progress = progress.clone();
         let concurrency = cfg.concurrency;
+        let total = cfg.tasks;
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         tokio::spawn(async move {
             futures::stream::iter(plan)
                 .map(|(t, r, s)| {
@@ -815,9 +835,14 @@ async fn run_async(cfg: &MeshConfig, progress: &ProgressBar) -> Result<MeshRepor
                     let sample = samples[s].clone();
                     let model = models[r];
                     let progress = progress.clone();
+                    let done = Arc::clone(&done);
                     async move {
                         let res = one_task(t, r, h, model, sample, task_timeout, epoch).await;
                         progress.inc(1);
+                        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        if n % 50 == 0 || n == total {
+                            info!(done = n, total, secs = epoch.elapsed().as_secs_f64(), "tasks");
+                        }
                         res
                     }
                 })
@@ -889,6 +914,12 @@ async fn run_async(cfg: &MeshConfig, progress: &ProgressBar) -> Result<MeshRepor
         workload.await
     };
     summary.workload_s = epoch.elapsed().as_secs_f64();
+    info!(
+        secs = summary.workload_s,
+        leaves = churn.iter().filter(|c| c.kind == "leave").count(),
+        joins = joined,
+        "workload done"
+    );
     summary.peak_nodes = peak;
     let results = results.map_err(|e| MeshError::Start {
         index: 0,

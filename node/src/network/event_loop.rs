@@ -133,6 +133,14 @@ const PUNCH_ATTEMPTS: u32 = 3;
 /// only on the side that accepted the relayed connection; the other side learns it this way.
 const PUNCH_GIVE_UP: Duration = Duration::from_secs(10);
 
+/// Why a gossiped advert was not accepted.
+enum AdvertRefusal {
+    /// It expired before it arrived: not forwarded, and not held against the relaying peer.
+    Expired,
+    /// It is malformed, badly signed or breaks a limit: the relaying peer is penalised.
+    Invalid(String),
+}
+
 /// Owns the swarm; run it with [`EventLoop::run`].
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -171,6 +179,9 @@ pub struct EventLoop {
     punches: HolePunchStats,
     relay_server: RelayServerStatus,
     last_slow_tick: Instant,
+    /// Our latest advert when it found no subscribed peer (a node just started), with its
+    /// expiry: it goes out as soon as a first peer subscribes instead of an interval later.
+    unpublished_advert: Option<(Vec<u8>, u64)>,
 }
 
 impl EventLoop {
@@ -235,6 +246,7 @@ impl EventLoop {
             punches: HolePunchStats::default(),
             relay_server,
             last_slow_tick: now,
+            unpublished_advert: None,
         }
     }
 
@@ -296,9 +308,16 @@ impl EventLoop {
     fn emit(&self, event: NetworkEvent) {
         // A full queue means the node is overloaded; dropping a domain event is safer than
         // stalling the swarm. Inbound requests then time out on the peer's side.
-        if let Err(e) = self.events.try_send(event) {
-            warn!(error = %e, "node event queue full; event dropped");
-            self.metrics.event_dropped();
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!("node event queue full; event dropped");
+                self.metrics.event_dropped();
+            }
+            // The node is shutting down and no longer reads events.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                debug!("node stopped; event dropped");
+            }
         }
     }
 
@@ -433,10 +452,12 @@ impl EventLoop {
             Command::Publish { advert } => match codec::encode(&*advert) {
                 Ok(bytes) => {
                     let topic = gossipsub::IdentTopic::new(ADVERT_TOPIC);
-                    match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                    self.unpublished_advert = None;
+                    match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes.clone()) {
                         Ok(_) => debug!(seq = advert.body.seq, "advert published"),
                         Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
-                            debug!("advert not published: no subscribed peers yet")
+                            debug!("advert not published: no subscribed peers yet");
+                            self.unpublished_advert = Some((bytes, advert.body.expires_at));
                         }
                         Err(gossipsub::PublishError::Duplicate) => {}
                         Err(e) => warn!(error = %e, "advert not published"),
@@ -1124,7 +1145,8 @@ impl EventLoop {
                 let verdict = self.check_advert(&message);
                 let acceptance = match &verdict {
                     Ok(_) => gossipsub::MessageAcceptance::Accept,
-                    Err(_) => gossipsub::MessageAcceptance::Reject,
+                    Err(AdvertRefusal::Expired) => gossipsub::MessageAcceptance::Ignore,
+                    Err(AdvertRefusal::Invalid(_)) => gossipsub::MessageAcceptance::Reject,
                 };
                 self.swarm
                     .behaviour_mut()
@@ -1135,11 +1157,21 @@ impl EventLoop {
                         self.metrics.advert_received();
                         self.emit(NetworkEvent::Advert(Box::new(advert)));
                     }
-                    Err(reason) => {
+                    // Expired on the way (a loaded relay, a short-lived farewell advert):
+                    // dropped, not forwarded, and nobody's fault.
+                    Err(AdvertRefusal::Expired) => {
+                        debug!(peer = %propagation_source, "expired advert dropped");
+                    }
+                    Err(AdvertRefusal::Invalid(reason)) => {
                         warn!(peer = %propagation_source, reason = %reason, "advert rejected");
                         self.penalize(propagation_source, &reason);
                     }
                 }
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic, .. })
+                if topic == gossipsub::IdentTopic::new(ADVERT_TOPIC).hash() =>
+            {
+                self.publish_pending_advert();
             }
             BehaviourEvent::Tasks(event) => self.on_task_event(event),
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
@@ -1400,18 +1432,42 @@ impl EventLoop {
         self.flush(peer);
     }
 
+    /// Publishes the advert that found no subscribed peer, unless it is about to expire
+    /// (peers would reject it; the advert loop sends a fresh one soon anyway).
+    fn publish_pending_advert(&mut self) {
+        let Some((bytes, expires_at)) = self.unpublished_advert.take() else {
+            return;
+        };
+        if expires_at <= crate::clock::now_ms() + 10_000 {
+            return;
+        }
+        let topic = gossipsub::IdentTopic::new(ADVERT_TOPIC);
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes.clone()) {
+            Ok(_) => debug!("advert published to the first subscribed peer"),
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                self.unpublished_advert = Some((bytes, expires_at));
+            }
+            Err(e) => debug!(error = %e, "pending advert not published"),
+        }
+    }
+
     fn check_advert(
         &self,
         message: &gossipsub::Message,
-    ) -> Result<Signed<CapabilityAdvert>, String> {
+    ) -> Result<Signed<CapabilityAdvert>, AdvertRefusal> {
         let advert: Signed<CapabilityAdvert> = codec::decode(&message.data, MAX_ADVERT_FRAME)
-            .map_err(|e| format!("undecodable advert: {e}"))?;
-        validate::advert(&advert, crate::clock::now_ms(), &self.limits)
-            .map_err(|e| e.to_string())?;
-        let author = message.source.as_ref().and_then(node_id_of);
-        if author != Some(advert.body.node) {
-            return Err("advert published by a different peer than the one it describes".into());
-        }
+            .map_err(|e| AdvertRefusal::Invalid(format!("undecodable advert: {e}")))?;
+        let now = crate::clock::now_ms();
+        validate::advert(&advert, now, &self.limits).map_err(|e| {
+            if advert.body.expires_at <= now {
+                AdvertRefusal::Expired
+            } else {
+                AdvertRefusal::Invalid(e.to_string())
+            }
+        })?;
+        // The envelope is anonymous: the advert's own signature, checked above, is what ties
+        // it to its node. A copy relayed by another peer is the same message (content id), and
+        // an old copy loses to the node's newer sequence number in the advert table.
         Ok(advert)
     }
 
