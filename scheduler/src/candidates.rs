@@ -178,7 +178,7 @@ pub fn rank_candidates<'a>(
         });
     }
     if ranked.len() > advertised {
-        ranked.sort_by(|a, b| a.node.cmp(&b.node));
+        ranked.sort_by_key(|c| c.node);
     }
     // Only the first `limit` need sorting; the tail stays as the exploration pool.
     let keep = query.limit.min(ranked.len());

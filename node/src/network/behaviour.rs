@@ -142,10 +142,8 @@ fn build_behaviour(
         .flood_publish(true)
         .max_transmit_size(crank_protocol::codec::MAX_ADVERT_FRAME)
         .build()?;
-    let mut gossipsub = gossipsub::Behaviour::new(
-        gossipsub::MessageAuthenticity::Anonymous,
-        gossip_config,
-    )?;
+    let mut gossipsub =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)?;
     gossipsub.subscribe(&gossipsub::IdentTopic::new(ADVERT_TOPIC))?;
 
     let tasks = request_response::Behaviour::with_codec(

@@ -453,7 +453,12 @@ impl EventLoop {
                 Ok(bytes) => {
                     let topic = gossipsub::IdentTopic::new(ADVERT_TOPIC);
                     self.unpublished_advert = None;
-                    match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes.clone()) {
+                    match self
+                        .swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .publish(topic, bytes.clone())
+                    {
                         Ok(_) => debug!(seq = advert.body.seq, "advert published"),
                         Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
                             debug!("advert not published: no subscribed peers yet");
@@ -1442,7 +1447,12 @@ impl EventLoop {
             return;
         }
         let topic = gossipsub::IdentTopic::new(ADVERT_TOPIC);
-        match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes.clone()) {
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic, bytes.clone())
+        {
             Ok(_) => debug!("advert published to the first subscribed peer"),
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
                 self.unpublished_advert = Some((bytes, expires_at));
