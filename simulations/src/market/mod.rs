@@ -441,21 +441,39 @@ pub struct SweepPoint {
 /// Runs the market simulation: every scheduler over every shard, then merges.
 pub fn run(config: &MarketConfig, progress: &Progress) -> Result<MarketReport, MarketError> {
     config.validate()?;
-    let jobs: Vec<(usize, u32)> = (0..config.schedulers.len())
+    // The auction's shards cost ten times a baseline's (real signatures): start them first, so
+    // the cheap jobs fill in around them instead of leaving one thread with the long tail.
+    let mut jobs: Vec<(usize, u32)> = (0..config.schedulers.len())
         .flat_map(|s| (0..config.shards).map(move |sh| (s, sh)))
         .collect();
+    jobs.sort_by_key(|&(s, sh)| {
+        (
+            !matches!(config.schedulers[s], SchedulerKind::Auction(_)),
+            sh,
+            s,
+        )
+    });
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(config.threads)
         .build()
         .map_err(|e| MarketError::Threads(e.to_string()))?;
-    let results: Vec<engine::ShardResult> = pool.install(|| {
+    let mut results: Vec<((usize, u32), engine::ShardResult)> = pool.install(|| {
+        // One job per rayon task: without it rayon hands each thread a run of jobs and a
+        // thread can be left running several long ones in a row while the other idles.
         jobs.par_iter()
+            .with_max_len(1)
             .map(|&(s, sh)| {
                 let bar = progress.bar(s);
-                engine::Shard::new(config, config.schedulers[s], sh).run(&bar)
+                (
+                    (s, sh),
+                    engine::Shard::new(config, config.schedulers[s], sh).run(&bar),
+                )
             })
             .collect()
     });
+    // Merge in scheduler and shard order, whatever order the jobs ran in.
+    results.sort_by_key(|(job, _)| *job);
+    let results: Vec<engine::ShardResult> = results.into_iter().map(|(_, r)| r).collect();
     for i in 0..config.schedulers.len() {
         progress.bar(i).finish();
     }
