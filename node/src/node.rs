@@ -463,6 +463,10 @@ impl Node {
     /// Stops the background loops, aborts running tasks and waits for them.
     pub async fn shutdown(mut self) {
         if self.shared.offers_work() {
+            // Stop taking work before saying goodbye: from here calls and awards are
+            // declined, and running tasks are aborted and reported, so their requesters
+            // re-award them at once instead of waiting for results that never come.
+            self.shared.monitor.set_paused(true);
             match self.shared.farewell_advert() {
                 Ok(advert) => {
                     if self.shared.client.publish_advert(advert).await.is_ok() {
