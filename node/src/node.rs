@@ -169,7 +169,7 @@ impl Shared {
         self.sign_advert(false)
     }
 
-    /// The last advert of a node that is stopping: gate closed, expiring in a few seconds,
+    /// The last advert of a node that is stopping: gate closed, expiring in ten seconds,
     /// so requesters stop asking it at once instead of until its last advert expires.
     pub fn farewell_advert(
         &self,

@@ -450,24 +450,7 @@ impl EventLoop {
                 self.flush(peer);
             }
             Command::Publish { advert } => match codec::encode(&*advert) {
-                Ok(bytes) => {
-                    let topic = gossipsub::IdentTopic::new(ADVERT_TOPIC);
-                    self.unpublished_advert = None;
-                    match self
-                        .swarm
-                        .behaviour_mut()
-                        .gossipsub
-                        .publish(topic, bytes.clone())
-                    {
-                        Ok(_) => debug!(seq = advert.body.seq, "advert published"),
-                        Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
-                            debug!("advert not published: no subscribed peers yet");
-                            self.unpublished_advert = Some((bytes, advert.body.expires_at));
-                        }
-                        Err(gossipsub::PublishError::Duplicate) => {}
-                        Err(e) => warn!(error = %e, "advert not published"),
-                    }
-                }
+                Ok(bytes) => self.publish_advert(bytes, advert.body.expires_at),
                 Err(e) => warn!(error = %e, "cannot encode advert"),
             },
             Command::Provide { key } => {
@@ -1437,15 +1420,10 @@ impl EventLoop {
         self.flush(peer);
     }
 
-    /// Publishes the advert that found no subscribed peer, unless it is about to expire
-    /// (peers would reject it; the advert loop sends a fresh one soon anyway).
-    fn publish_pending_advert(&mut self) {
-        let Some((bytes, expires_at)) = self.unpublished_advert.take() else {
-            return;
-        };
-        if expires_at <= crate::clock::now_ms() + 10_000 {
-            return;
-        }
+    /// Publishes our advert; one that finds no subscribed peer yet is kept and sent when the
+    /// first peer subscribes ([`Self::publish_pending_advert`]).
+    fn publish_advert(&mut self, bytes: Vec<u8>, expires_at: u64) {
+        self.unpublished_advert = None;
         let topic = gossipsub::IdentTopic::new(ADVERT_TOPIC);
         match self
             .swarm
@@ -1453,11 +1431,23 @@ impl EventLoop {
             .gossipsub
             .publish(topic, bytes.clone())
         {
-            Ok(_) => debug!("advert published to the first subscribed peer"),
+            Ok(_) => debug!("advert published"),
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                debug!("advert not published: no subscribed peers yet");
                 self.unpublished_advert = Some((bytes, expires_at));
             }
-            Err(e) => debug!(error = %e, "pending advert not published"),
+            Err(gossipsub::PublishError::Duplicate) => {}
+            Err(e) => warn!(error = %e, "advert not published"),
+        }
+    }
+
+    /// Publishes the advert that found no subscribed peer, unless it is about to expire
+    /// (peers would drop it; the advert loop sends a fresh one soon anyway).
+    fn publish_pending_advert(&mut self) {
+        if let Some((bytes, expires_at)) = self.unpublished_advert.take()
+            && expires_at > crate::clock::now_ms() + 10_000
+        {
+            self.publish_advert(bytes, expires_at);
         }
     }
 
