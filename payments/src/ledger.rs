@@ -11,6 +11,10 @@
 //! |---|---|---|
 //! | `receipts` | task ‖ worker | postcard [`StoredReceipt`] |
 //! | `pending` | task ‖ worker | postcard [`PendingReceipt`] (issued, not counter-signed) |
+//! | `legacy_pending` | task ‖ worker | postcard [`LegacyPendingReceipt`] (wire version 1, issued before the upgrade) |
+//! | `unpaid_in` | requester ‖ stored at ‖ task ‖ worker | () for worker-side receipts not fully paid: each requester's oldest debt |
+//! | `payments_in` | transaction hash | postcard [`PaymentIn`]: what a verified payment credited, once |
+//! | `notice_acks` | intent id ‖ worker | () once the worker acknowledged the settlement notice |
 //! | `pair_seq` | requester ‖ worker ‖ seq (big-endian) | task id; never removed, so a number is never reused |
 //! | `counters` | requester ‖ worker | (last sequence number, cumulative stroops) |
 //! | `order` | insertion number | task ‖ worker, for newest-first listings |
@@ -24,7 +28,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crank_protocol::{NodeId, Receipt, SignatureError, Signed, TaskId, UnixMillis, WorkReceipt};
+use crank_protocol::legacy::ReceiptV1;
+use crank_protocol::{
+    NodeId, Receipt, SignatureError, Signed, TaskId, UnixMillis, WorkReceipt,
+};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
     TableDefinition, WriteTransaction,
@@ -34,13 +41,16 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use crate::types::{
-    Balances, CounterpartyBalance, PendingReceipt, ReceiptKey, Role, Settlement, Stored,
-    StoredReceipt,
+    Balances, Check, CounterpartyBalance, LegacyPendingReceipt, PendingReceipt, ReceiptKey,
+    ReceiptProof, Role, Settlement, Stored, StoredReceipt,
 };
 
 mod intents;
+mod migrate;
+mod money;
 
 pub use intents::{IntentDraft, IntentRecord, IntentState};
+pub use money::{Credit, PaymentIn, RecordedPayment, Standing};
 
 const RECEIPTS: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("receipts");
 const PENDING: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("pending");
@@ -50,11 +60,17 @@ const ORDER: TableDefinition<u64, &[u8; 64]> = TableDefinition::new("order");
 const BALANCES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("balances");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const INFO: TableDefinition<&str, u64> = TableDefinition::new("ledger_info");
-/// Requester-side receipts not yet paid nor being paid: what settlement plans from.
+/// Requester-side receipts not yet paid nor being paid whose checks passed: what
+/// settlement plans from.
 const OWED: TableDefinition<&[u8; 64], ()> = TableDefinition::new("owed");
+const LEGACY_PENDING: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("legacy_pending");
+const UNPAID_IN: TableDefinition<&[u8; 104], ()> = TableDefinition::new("unpaid_in");
+const PAYMENTS_IN: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("payments_in");
+const NOTICE_ACKS: TableDefinition<&[u8; 40], ()> = TableDefinition::new("notice_acks");
 
-/// The on-disk layout this code writes; a file with a higher number is refused.
-const SCHEMA_VERSION: u64 = 1;
+/// The on-disk layout this code writes; a file with a higher number is refused, a file with
+/// a lower one is migrated when opened.
+const SCHEMA_VERSION: u64 = 2;
 /// Longest meta key, bytes.
 pub const MAX_META_KEY: usize = 256;
 /// Largest meta value, bytes: meta is for small node state, not bulk data.
@@ -306,26 +322,27 @@ fn check_body(body: &WorkReceipt) -> Result<(), LedgerError> {
     Ok(())
 }
 
-/// Verifies both signatures and that each was made by the party the receipt names.
-fn check_receipt(receipt: &Receipt) -> Result<&WorkReceipt, LedgerError> {
-    let body = receipt.verify()?;
-    let key = ReceiptKey::of(body);
-    if receipt.inner.signer != body.worker {
-        return Err(invalid(key, "not signed by the worker it names"));
+/// Verifies both signatures and that each was made by the party the receipt names; returns
+/// the terms in the current layout.
+fn check_receipt(proof: &ReceiptProof) -> Result<WorkReceipt, LedgerError> {
+    let body = proof.verify()?;
+    check_body(&body)?;
+    if let ReceiptProof::Current(_) = proof {
+        // Version 2 receipts name the account that pays them.
+        if stellar_strkey::ed25519::PublicKey::from_string(&body.payer).is_err() {
+            return Err(invalid(
+                ReceiptKey::of(&body),
+                "payer is not a valid Stellar account (G… strkey)",
+            ));
+        }
     }
-    if receipt.countersigner != body.requester {
-        return Err(invalid(key, "not counter-signed by the requester it names"));
-    }
-    check_body(body)?;
     Ok(body)
 }
 
-/// Adds (`add = true`) or removes one receipt's contribution to a balance.
+/// Adds (`add = true`) or removes one stored receipt's contribution to a balance.
 fn contribute(
     b: &mut CounterpartyBalance,
-    role: Role,
-    price: u64,
-    settlement: &Settlement,
+    rec: &StoredReceipt,
     add: bool,
 ) -> Result<(), LedgerError> {
     fn apply(field: &mut u64, v: u64, add: bool) -> Result<(), LedgerError> {
@@ -340,7 +357,31 @@ fn contribute(
         };
         Ok(())
     }
-    match (role, settlement) {
+    let price = rec.price_stroops();
+    match (rec.role, &rec.settlement) {
+        (Role::Requester, _) if rec.check.is_disputed() => {
+            apply(&mut b.disputed_by_us_stroops, price, add)
+        }
+        (Role::Worker, Settlement::Unsettled | Settlement::InFlight { .. }) => {
+            // Partly paid: the credited part is paid, the rest owed (or disputed).
+            let paid = rec.paid_stroops.min(price);
+            apply(&mut b.paid_to_us_stroops, paid, add)?;
+            apply(&mut b.overpaid_to_us_stroops, rec.paid_stroops - paid, add)?;
+            let rest = price - paid;
+            if rec.check.is_disputed() {
+                apply(&mut b.disputed_to_us_stroops, rest, add)
+            } else {
+                apply(&mut b.owed_to_us_stroops, rest, add)
+            }
+        }
+        (Role::Worker, Settlement::Settled { .. }) => {
+            apply(&mut b.paid_to_us_stroops, price, add)?;
+            apply(
+                &mut b.overpaid_to_us_stroops,
+                rec.paid_stroops.saturating_sub(price),
+                add,
+            )
+        }
         (Role::Requester, Settlement::Unsettled) => apply(&mut b.owed_by_us_stroops, price, add),
         (Role::Requester, Settlement::InFlight { .. }) => {
             apply(&mut b.owed_by_us_stroops, price, add)?;
@@ -349,10 +390,6 @@ fn contribute(
         (Role::Requester, Settlement::Settled { .. }) => {
             apply(&mut b.paid_by_us_stroops, price, add)
         }
-        (Role::Worker, Settlement::Unsettled | Settlement::InFlight { .. }) => {
-            apply(&mut b.owed_to_us_stroops, price, add)
-        }
-        (Role::Worker, Settlement::Settled { .. }) => apply(&mut b.paid_to_us_stroops, price, add),
     }
 }
 
@@ -374,6 +411,9 @@ fn add_totals(total: &mut CounterpartyBalance, b: &CounterpartyBalance) -> Resul
         (&mut total.paid_by_us_stroops, b.paid_by_us_stroops),
         (&mut total.owed_to_us_stroops, b.owed_to_us_stroops),
         (&mut total.paid_to_us_stroops, b.paid_to_us_stroops),
+        (&mut total.overpaid_to_us_stroops, b.overpaid_to_us_stroops),
+        (&mut total.disputed_by_us_stroops, b.disputed_by_us_stroops),
+        (&mut total.disputed_to_us_stroops, b.disputed_to_us_stroops),
         (&mut total.receipts_as_requester, b.receipts_as_requester),
         (&mut total.receipts_as_worker, b.receipts_as_worker),
     ];
@@ -397,6 +437,10 @@ pub(crate) struct Tables<'t> {
     owed: Table<'t, &'static [u8; 64], ()>,
     intents: Table<'t, u64, &'static [u8]>,
     pending_intents: Table<'t, u64, ()>,
+    legacy_pending: Table<'t, &'static [u8; 64], &'static [u8]>,
+    unpaid_in: Table<'t, &'static [u8; 104], ()>,
+    payments_in: Table<'t, &'static [u8; 32], &'static [u8]>,
+    notice_acks: Table<'t, &'static [u8; 40], ()>,
 }
 
 impl<'t> Tables<'t> {
@@ -412,6 +456,10 @@ impl<'t> Tables<'t> {
             owed: txn.open_table(OWED)?,
             intents: txn.open_table(intents::INTENTS)?,
             pending_intents: txn.open_table(intents::PENDING_INTENTS)?,
+            legacy_pending: txn.open_table(LEGACY_PENDING)?,
+            unpaid_in: txn.open_table(UNPAID_IN)?,
+            payments_in: txn.open_table(PAYMENTS_IN)?,
+            notice_acks: txn.open_table(NOTICE_ACKS)?,
         })
     }
 
@@ -451,10 +499,20 @@ impl<'t> Tables<'t> {
             worker: *worker,
         };
         if let Some(r) = self.get_receipt(&key)? {
-            return Ok(Some(r.receipt.inner.body));
+            return Ok(Some(r.terms));
+        }
+        if let Some(p) = self.get_pending(&key)? {
+            return Ok(Some(p.receipt.body));
         }
         // An abandoned pending receipt leaves only its sequence number behind.
-        Ok(self.get_pending(&key)?.map(|p| p.receipt.body))
+        Ok(match self.legacy_pending.get(&key.to_bytes())? {
+            Some(v) => Some(crate::types::terms_of_v1(
+                &decode::<LegacyPendingReceipt>("legacy_pending", v.value())?
+                    .receipt
+                    .body,
+            )),
+            None => None,
+        })
     }
 
     /// Checks a receipt against the receipts of the same pair: its sequence number is free (or
@@ -547,33 +605,57 @@ impl<'t> Tables<'t> {
         rec: &mut StoredReceipt,
         to: Settlement,
     ) -> Result<(), LedgerError> {
-        let party = rec.counterparty();
-        let mut b = self.balance(&party)?;
-        contribute(
-            &mut b,
-            rec.role,
-            rec.price_stroops(),
-            &rec.settlement,
-            false,
-        )?;
-        contribute(&mut b, rec.role, rec.price_stroops(), &to, true)?;
-        self.put_balance(&party, &b)?;
-        rec.settlement = to;
-        let key = rec.key().to_bytes();
-        self.receipts.insert(&key, encode(rec)?.as_slice())?;
-        self.index_owed(rec)?;
-        Ok(())
+        self.update(rec, |r| {
+            r.settlement = to;
+            Ok(())
+        })
     }
 
-    /// Keeps the `owed` index in step with one receipt's role and settlement state.
-    fn index_owed(&mut self, rec: &StoredReceipt) -> Result<(), LedgerError> {
+    /// Changes a stored receipt and writes it back, keeping the totals and indexes in step.
+    pub(crate) fn update(
+        &mut self,
+        rec: &mut StoredReceipt,
+        change: impl FnOnce(&mut StoredReceipt) -> Result<(), LedgerError>,
+    ) -> Result<(), LedgerError> {
+        let party = rec.counterparty();
+        let mut b = self.balance(&party)?;
+        contribute(&mut b, rec, false)?;
+        change(rec)?;
+        contribute(&mut b, rec, true)?;
+        self.put_balance(&party, &b)?;
+        self.receipts
+            .insert(&rec.key().to_bytes(), encode(rec)?.as_slice())?;
+        self.index(rec)
+    }
+
+    /// Keeps the `owed` and `unpaid_in` indexes in step with one receipt's state.
+    fn index(&mut self, rec: &StoredReceipt) -> Result<(), LedgerError> {
         let key = rec.key().to_bytes();
-        if rec.role == Role::Requester && rec.settlement == Settlement::Unsettled {
+        if owed_now(rec) {
             self.owed.insert(&key, ())?;
         } else {
             self.owed.remove(&key)?;
         }
+        let unpaid = unpaid_key(rec);
+        if rec.role == Role::Worker && rec.remaining_stroops() > 0 {
+            self.unpaid_in.insert(&unpaid, ())?;
+        } else {
+            self.unpaid_in.remove(&unpaid)?;
+        }
         Ok(())
+    }
+
+    /// Writes a receipt that is not stored yet, with its totals and indexes.
+    fn insert_new(&mut self, rec: &StoredReceipt) -> Result<(), LedgerError> {
+        let key = rec.key().to_bytes();
+        self.receipts.insert(&key, encode(rec)?.as_slice())?;
+        self.order.insert(rec.order, &key)?;
+        self.index(rec)?;
+        let party = rec.counterparty();
+        let mut b = self.balance(&party)?;
+        contribute(&mut b, rec, true)?;
+        count(&mut b, rec.role)?;
+        self.put_balance(&party, &b)
     }
 
     fn next_order(&self) -> Result<u64, LedgerError> {
@@ -585,6 +667,23 @@ impl<'t> Tables<'t> {
             None => 1,
         })
     }
+}
+
+/// Whether a receipt belongs in the `owed` index: ours to pay, unpaid, checks passed.
+fn owed_now(rec: &StoredReceipt) -> bool {
+    rec.role == Role::Requester
+        && rec.settlement == Settlement::Unsettled
+        && rec.check == Check::Passed
+}
+
+/// The `unpaid_in` key: requester ‖ stored at ‖ task ‖ worker, so the first entry under a
+/// requester is its oldest unpaid receipt.
+fn unpaid_key(rec: &StoredReceipt) -> [u8; 104] {
+    let mut k = [0u8; 104];
+    k[..32].copy_from_slice(&rec.body().requester.0);
+    k[32..40].copy_from_slice(&rec.stored_at.to_be_bytes());
+    k[40..].copy_from_slice(&rec.key().to_bytes());
+    k
 }
 
 /// The receipt ledger. Cheap to share behind an `Arc`; every method is a short transaction.
@@ -644,7 +743,6 @@ impl Ledger {
 
     fn init_schema(&self) -> Result<(), LedgerError> {
         self.write(|t, txn| {
-            let _ = t;
             let mut info = txn.open_table(INFO)?;
             let found = info.get("schema")?.map(|v| v.value());
             match found {
@@ -652,7 +750,12 @@ impl Ledger {
                     found: v,
                     supported: SCHEMA_VERSION,
                 }),
-                Some(_) => Ok(((), false)),
+                Some(v) if v == SCHEMA_VERSION => Ok(((), false)),
+                Some(v) => {
+                    migrate::run(t, v)?;
+                    info.insert("schema", SCHEMA_VERSION)?;
+                    Ok(((), true))
+                }
                 None => {
                     info.insert("schema", SCHEMA_VERSION)?;
                     Ok(((), true))
@@ -765,7 +868,7 @@ impl Ledger {
         self.write(|t, _| {
             let key = ReceiptKey::of(body);
             if let Some(existing) = t.get_receipt(&key)?
-                && existing.receipt.inner != *signed
+                && existing.current().is_none_or(|r| r.inner != *signed)
             {
                 return Err(LedgerError::Conflict { key });
             }
@@ -779,13 +882,39 @@ impl Ledger {
     /// Idempotent by (task, worker): the same receipt again returns [`Stored::AlreadyStored`].
     /// A different receipt under the same key, a reused pair sequence number, or a cumulative
     /// amount that does not chain with stored neighbours of the same pair is an error, and
-    /// nothing changes.
-    pub fn store_receipt(&self, receipt: &Receipt, role: Role) -> Result<Stored, LedgerError> {
-        let body = check_receipt(receipt)?;
-        let key = ReceiptKey::of(body);
+    /// nothing changes. `check` is where the requester's checks of the work stand: a
+    /// requester stores [`Check::AwaitingOutputs`] (the outputs come after its
+    /// counter-signature), a worker [`Check::Passed`] (nothing disputed).
+    pub fn store_receipt(
+        &self,
+        receipt: &Receipt,
+        role: Role,
+        check: Check,
+    ) -> Result<Stored, LedgerError> {
+        self.store_proof(ReceiptProof::Current(receipt.clone()), role, check)
+    }
+
+    /// Stores a counter-signed receipt signed under wire version 1 (a worker recovering one
+    /// the requester counter-signed before the upgrade).
+    pub fn store_legacy_receipt(
+        &self,
+        receipt: &ReceiptV1,
+        role: Role,
+    ) -> Result<Stored, LedgerError> {
+        self.store_proof(ReceiptProof::V1(receipt.clone()), role, Check::Passed)
+    }
+
+    fn store_proof(
+        &self,
+        proof: ReceiptProof,
+        role: Role,
+        check: Check,
+    ) -> Result<Stored, LedgerError> {
+        let body = check_receipt(&proof)?;
+        let key = ReceiptKey::of(&body);
         self.write(|t, _| {
             if let Some(existing) = t.get_receipt(&key)? {
-                if existing.receipt != *receipt {
+                if existing.proof != proof {
                     return Err(LedgerError::Conflict { key });
                 }
                 if existing.role != role {
@@ -797,37 +926,44 @@ impl Ledger {
                 }
                 return Ok((Stored::AlreadyStored, false));
             }
-            if let Some(p) = t.get_pending(&key)? {
+            let as_issued = |stored: Role| {
                 if role != Role::Worker {
                     return Err(LedgerError::RoleConflict {
                         key,
-                        stored: Role::Worker,
+                        stored,
                         requested: role,
                     });
                 }
-                if p.receipt != receipt.inner {
+                Ok(())
+            };
+            if let Some(p) = t.get_pending(&key)? {
+                as_issued(Role::Worker)?;
+                if !matches!(&proof, ReceiptProof::Current(r) if r.inner == p.receipt) {
                     return Err(LedgerError::NotAsIssued { key });
                 }
                 t.pending.remove(&key.to_bytes())?;
             }
-            t.check_pair(body)?;
-            t.claim_seq(body)?;
+            if let Some(v) = t.legacy_pending.remove(&key.to_bytes())? {
+                let p: LegacyPendingReceipt = decode("legacy_pending", v.value())?;
+                drop(v);
+                as_issued(Role::Worker)?;
+                if !matches!(&proof, ReceiptProof::V1(r) if r.inner == p.receipt) {
+                    return Err(LedgerError::NotAsIssued { key });
+                }
+            }
+            t.check_pair(&body)?;
+            t.claim_seq(&body)?;
             let rec = StoredReceipt {
-                receipt: receipt.clone(),
+                terms: body.clone(),
+                proof: proof.clone(),
                 role,
                 stored_at: now_ms(),
                 order: t.next_order()?,
                 settlement: Settlement::Unsettled,
+                paid_stroops: 0,
+                check: check.clone(),
             };
-            t.receipts
-                .insert(&key.to_bytes(), encode(&rec)?.as_slice())?;
-            t.order.insert(rec.order, &key.to_bytes())?;
-            t.index_owed(&rec)?;
-            let party = rec.counterparty();
-            let mut b = t.balance(&party)?;
-            contribute(&mut b, role, body.price_stroops, &rec.settlement, true)?;
-            count(&mut b, role)?;
-            t.put_balance(&party, &b)?;
+            t.insert_new(&rec)?;
             debug!(task = %key.task.short(), worker = %key.worker.short(), %role, seq = body.pair_seq, price = body.price_stroops, "receipt stored");
             Ok((Stored::New, true))
         })
@@ -943,6 +1079,22 @@ impl Ledger {
         Ok(all)
     }
 
+    /// Receipts of wire version 1 this node issued and never saw counter-signed before the
+    /// upgrade, at most `limit`: the worker asks their requesters for them.
+    pub fn legacy_pending_receipts(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<LegacyPendingReceipt>, LedgerError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LEGACY_PENDING)?;
+        let mut out = Vec::new();
+        for entry in table.iter()?.take(limit) {
+            let (_, v) = entry?;
+            out.push(decode("legacy_pending", v.value())?);
+        }
+        Ok(out)
+    }
+
     /// Gives up on a receipt that will never be counter-signed. Its sequence number stays
     /// taken. Returns whether there was such a pending receipt.
     pub fn abandon_pending(&self, task: &TaskId, worker: &NodeId) -> Result<bool, LedgerError> {
@@ -951,61 +1103,12 @@ impl Ledger {
             worker: *worker,
         };
         self.write(|t, _| {
-            let removed = t.pending.remove(&key.to_bytes())?.is_some();
+            let removed = t.pending.remove(&key.to_bytes())?.is_some()
+                | t.legacy_pending.remove(&key.to_bytes())?.is_some();
             if removed {
                 info!(task = %key.task.short(), "pending receipt abandoned");
             }
             Ok((removed, removed))
-        })
-    }
-
-    /// Worker side: records that the Stellar transaction `tx_hash` paid these receipts (after
-    /// the worker checked the payment against the settlement manifest).
-    ///
-    /// All or nothing: every key must be a stored receipt where this node is the worker. A
-    /// receipt already recorded as paid by the same transaction is left as it is; one paid by
-    /// another transaction is an error. Returns how many receipts changed state.
-    pub fn record_payment_received(
-        &self,
-        keys: &[ReceiptKey],
-        tx_hash: crate::TxHash,
-    ) -> Result<usize, LedgerError> {
-        self.write(|t, _| {
-            let mut changed = 0;
-            let settled_at = now_ms();
-            for key in keys {
-                let Some(mut rec) = t.get_receipt(key)? else {
-                    return Err(LedgerError::NotPayable {
-                        key: *key,
-                        why: "no such receipt in the ledger".into(),
-                    });
-                };
-                if rec.role != Role::Worker {
-                    return Err(LedgerError::NotPayable {
-                        key: *key,
-                        why: "this node is not the worker on it".into(),
-                    });
-                }
-                match rec.settlement {
-                    Settlement::Settled { tx_hash: h, .. } if h == tx_hash => continue,
-                    Settlement::Settled { tx_hash: h, .. } => {
-                        return Err(LedgerError::NotPayable {
-                            key: *key,
-                            why: format!("already paid by transaction {h}"),
-                        });
-                    }
-                    Settlement::Unsettled | Settlement::InFlight { .. } => {}
-                }
-                t.set_settlement(
-                    &mut rec,
-                    Settlement::Settled {
-                        tx_hash,
-                        settled_at,
-                    },
-                )?;
-                changed += 1;
-            }
-            Ok((changed, changed > 0))
         })
     }
 
@@ -1051,17 +1154,25 @@ impl Ledger {
                     )));
                 }
             }
+            if rec.proof.verify().ok().as_ref() != Some(&rec.terms) {
+                return Err(LedgerError::Inconsistent(format!(
+                    "receipt {} does not verify against its terms",
+                    rec.key()
+                )));
+            }
             let b = computed.entry(rec.counterparty()).or_default();
-            contribute(b, rec.role, rec.price_stroops(), &rec.settlement, true)?;
+            contribute(b, &rec, true)?;
             count(b, rec.role)?;
             n += 1;
         }
         let owed = txn.open_table(OWED)?;
+        let unpaid_in = txn.open_table(UNPAID_IN)?;
         let mut n_owed = 0u64;
+        let mut n_unpaid = 0u64;
         for entry in receipts.iter()? {
             let (k, v) = entry?;
             let rec: StoredReceipt = decode("receipts", v.value())?;
-            let want = rec.role == Role::Requester && rec.settlement == Settlement::Unsettled;
+            let want = owed_now(&rec);
             if owed.get(k.value())?.is_some() != want {
                 return Err(LedgerError::Inconsistent(format!(
                     "owed index disagrees with receipt {}",
@@ -1069,10 +1180,23 @@ impl Ledger {
                 )));
             }
             n_owed += u64::from(want);
+            let want = rec.role == Role::Worker && rec.remaining_stroops() > 0;
+            if unpaid_in.get(&unpaid_key(&rec))?.is_some() != want {
+                return Err(LedgerError::Inconsistent(format!(
+                    "unpaid index disagrees with receipt {}",
+                    rec.key()
+                )));
+            }
+            n_unpaid += u64::from(want);
         }
         if owed.len()? != n_owed {
             return Err(LedgerError::Inconsistent(
                 "owed index lists receipts that are not owed".into(),
+            ));
+        }
+        if unpaid_in.len()? != n_unpaid {
+            return Err(LedgerError::Inconsistent(
+                "unpaid index lists receipts that are paid".into(),
             ));
         }
         if order.len()? != n {
@@ -1153,7 +1277,7 @@ impl Ledger {
                 "pending-intent index lists unknown intents".into(),
             ));
         }
-        drop((receipts, order, intents, owed, pending_index));
+        drop((receipts, order, intents, owed, pending_index, unpaid_in));
         let kept = self.balances()?;
         let mut kept_nonzero = kept.counterparties;
         kept_nonzero.retain(|_, b| *b != CounterpartyBalance::default());

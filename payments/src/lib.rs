@@ -49,11 +49,14 @@ pub mod types;
 
 pub use config::{SettlementConfig, StellarConfig};
 pub use horizon::{Horizon, HorizonError};
-pub use ledger::{IntentDraft, IntentRecord, IntentState, Ledger, LedgerError};
+pub use ledger::{
+    Credit, IntentDraft, IntentRecord, IntentState, Ledger, LedgerError, PaymentIn,
+    RecordedPayment, Standing,
+};
 pub use manifest::{Manifest, ManifestError, ManifestLine, verify_payout};
 pub use settle::{Outcome, SettleError, SettleMode, SettleReport, Settler};
 pub use stellar::Wallet;
 pub use types::{
-    Balances, CounterpartyBalance, PendingReceipt, ReceiptKey, Role, Settlement, Stored,
-    StoredReceipt, TxHash,
+    Balances, Check, CounterpartyBalance, LegacyPendingReceipt, PendingReceipt, ReceiptKey,
+    ReceiptProof, Role, Settlement, Stored, StoredReceipt, TxHash,
 };

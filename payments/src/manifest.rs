@@ -10,9 +10,11 @@
 //!     u64be(line count) ‖ for each line: u8(len(payout)) ‖ payout ‖ task(32) ‖ worker(32) ‖ u64be(amount))
 //! ```
 //!
-//! A worker that receives the manifest (over the mesh) checks a payment with
-//! [`verify_payout`]: the memo must equal the commitment and the payment to its address must
-//! equal the sum of its lines; then it knows exactly which receipts were paid.
+//! A worker that receives the manifest (over the mesh, in the payer's signed notice) checks a
+//! payment with [`verify_payout`]: the memo must equal the commitment; it learns its own lines
+//! and what the payer's account actually paid its address. The ledger then credits each of
+//! its receipts by that money, line by line ([`Ledger::record_payment`](crate::Ledger::record_payment)),
+//! never by what a line claims.
 
 use std::collections::BTreeMap;
 
@@ -20,7 +22,7 @@ use crank_protocol::{NodeId, TaskId};
 use serde::{Deserialize, Serialize};
 use stellar_xdr::{Memo, TransactionEnvelope};
 
-use crate::stellar::{Payment, TxError, envelope_payments, envelope_tx, is_account_address};
+use crate::stellar::{Payment, TxError, envelope_paid, envelope_tx, is_account_address};
 use crate::types::ReceiptKey;
 
 const DOMAIN: &str = "crank-node 1 settlement manifest";
@@ -50,16 +52,6 @@ pub enum ManifestError {
     /// The manifest has no lines for this payout address.
     #[error("the manifest pays nothing to {0}")]
     NotInManifest(String),
-    /// The transaction pays this address a different amount than the manifest says.
-    #[error("the transaction pays {address} {paid} stroops, the manifest says {expected}")]
-    AmountMismatch {
-        /// The payout address.
-        address: String,
-        /// What the transaction pays it.
-        paid: i64,
-        /// What the manifest's lines add up to.
-        expected: i64,
-    },
     /// The envelope could not be read.
     #[error("cannot read the transaction: {0}")]
     Tx(String),
@@ -187,23 +179,25 @@ impl Manifest {
     }
 }
 
-/// What a verified payment covers for one payout address.
+/// What a transaction whose memo commits to a manifest paid one address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Covered {
-    /// The receipts paid to the address.
-    pub receipts: Vec<ReceiptKey>,
-    /// The amount paid, stroops.
-    pub amount_stroops: i64,
+    /// The manifest's lines for the address, in canonical order.
+    pub lines: Vec<ManifestLine>,
+    /// What the payer's account paid the address in the transaction, stroops.
+    pub received_stroops: u64,
 }
 
-/// Checks that a transaction's memo commits to `manifest` and that it pays `payout` exactly
-/// what the manifest's lines for `payout` add up to; returns the receipts it covers.
+/// Checks that a transaction's memo commits to `manifest`; returns the manifest's lines for
+/// `payout` and what `payer` actually paid `payout` in it.
 ///
-/// This checks content only; whether the transaction was applied is Horizon's answer
-/// (`successful` for its hash).
+/// What the lines claim and what arrived may differ: the ledger records what arrived,
+/// receipt by receipt. This checks content only; whether the transaction was applied is
+/// Horizon's answer (`successful` for its hash).
 pub fn verify_payout(
     manifest: &Manifest,
     envelope: &TransactionEnvelope,
+    payer: &str,
     payout: &str,
 ) -> Result<Covered, ManifestError> {
     let tx = envelope_tx(envelope)?;
@@ -211,36 +205,21 @@ pub fn verify_payout(
         Memo::Hash(h) if h.0 == manifest.commitment() => {}
         _ => return Err(ManifestError::MemoMismatch),
     }
-    let receipts: Vec<ReceiptKey> = manifest
+    let lines: Vec<ManifestLine> = manifest
         .lines
         .iter()
         .filter(|l| l.payout == payout)
-        .map(ManifestLine::key)
+        .cloned()
         .collect();
-    if receipts.is_empty() {
+    if lines.is_empty() {
         return Err(ManifestError::NotInManifest(
             payout.chars().take(80).collect(),
         ));
     }
-    let expected = manifest.totals()?.get(payout).copied().unwrap_or_default();
-    let mut paid: i64 = 0;
-    for p in envelope_payments(envelope)? {
-        if p.destination == payout {
-            paid = paid
-                .checked_add(p.amount_stroops)
-                .ok_or_else(|| ManifestError::Overflow(payout.to_owned()))?;
-        }
-    }
-    if paid != expected {
-        return Err(ManifestError::AmountMismatch {
-            address: payout.to_owned(),
-            paid,
-            expected,
-        });
-    }
+    let paid = envelope_paid(envelope, payer, payout)?;
     Ok(Covered {
-        receipts,
-        amount_stroops: paid,
+        lines,
+        received_stroops: u64::try_from(paid).unwrap_or(0),
     })
 }
 
@@ -289,27 +268,37 @@ mod tests {
         assert_eq!(pays.len(), 2);
         assert_eq!(m.total_stroops(), 60);
         let env = envelope(&m, m.commitment());
-        let c = verify_payout(&m, &env, &a.address()).unwrap();
-        assert_eq!(c.amount_stroops, 30);
-        assert_eq!(c.receipts.len(), 2);
+        let payer = Wallet::from_seed([100; 32]).address();
+        let c = verify_payout(&m, &env, &payer, &a.address()).unwrap();
+        assert_eq!(c.received_stroops, 30);
+        assert_eq!(c.lines.len(), 2);
         assert_eq!(
-            verify_payout(&m, &env, &b.address())
+            verify_payout(&m, &env, &payer, &b.address())
                 .unwrap()
-                .amount_stroops,
+                .received_stroops,
             30
+        );
+        // Paid by another account: nothing received from the payer named.
+        let stranger = Wallet::from_seed([8; 32]).address();
+        assert_eq!(
+            verify_payout(&m, &env, &stranger, &a.address())
+                .unwrap()
+                .received_stroops,
+            0
         );
         let other = Wallet::from_seed([9; 32]).address();
         assert!(matches!(
-            verify_payout(&m, &env, &other),
+            verify_payout(&m, &env, &payer, &other),
             Err(ManifestError::NotInManifest(_))
         ));
         // A memo for another manifest.
         let env = envelope(&m, [0; 32]);
         assert_eq!(
-            verify_payout(&m, &env, &a.address()),
+            verify_payout(&m, &env, &payer, &a.address()),
             Err(ManifestError::MemoMismatch)
         );
-        // A transaction that underpays one address under the right memo.
+        // A transaction that underpays one address under the right memo: what arrived is
+        // what counts.
         let mut short = m.clone();
         let i = short
             .lines
@@ -318,10 +307,12 @@ mod tests {
             .unwrap();
         short.lines[i].amount_stroops -= 1;
         let env = envelope(&short, m.commitment());
-        assert!(matches!(
-            verify_payout(&m, &env, &a.address()),
-            Err(ManifestError::AmountMismatch { .. })
-        ));
+        assert_eq!(
+            verify_payout(&m, &env, &payer, &a.address())
+                .unwrap()
+                .received_stroops,
+            29
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use crank_protocol::{NodeId, Receipt, Signed, TaskId, UnixMillis, WorkReceipt};
+use crank_protocol::legacy::{ReceiptV1, SignedReceiptV1, WorkReceiptV1};
+use crank_protocol::{Dispute, NodeId, Receipt, SignatureError, Signed, TaskId, UnixMillis, WorkReceipt};
 use serde::{Deserialize, Serialize};
 
 /// Which side of a receipt this node is on.
@@ -167,11 +168,116 @@ impl Settlement {
     }
 }
 
+/// The signatures behind a stored receipt, exactly as the two parties made them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ReceiptProof {
+    /// Signed under the current wire version.
+    Current(Receipt),
+    /// Signed under wire version 1, before receipts named the payer's account; kept as
+    /// signed, so it still verifies after the upgrade.
+    V1(ReceiptV1),
+}
+
+impl ReceiptProof {
+    /// Checks both signatures and that each was made by the party the receipt names;
+    /// returns the terms in the current layout.
+    pub fn verify(&self) -> Result<WorkReceipt, SignatureError> {
+        match self {
+            Self::Current(r) => {
+                let body = r.verify()?;
+                r.inner.verify_by(&body.worker)?;
+                if r.countersigner != body.requester {
+                    return Err(SignatureError::WrongSigner {
+                        expected: body.requester,
+                        actual: r.countersigner,
+                    });
+                }
+                Ok(body.clone())
+            }
+            Self::V1(r) => {
+                let body = r.verify()?;
+                r.inner.verify_by(&body.worker)?;
+                if r.countersigner != body.requester {
+                    return Err(SignatureError::WrongSigner {
+                        expected: body.requester,
+                        actual: r.countersigner,
+                    });
+                }
+                Ok(terms_of_v1(body))
+            }
+        }
+    }
+}
+
+/// A version 1 receipt's terms in the current layout. Version 1 named no payer account: the
+/// payer is empty, and a payment for it is bound by the requester's signed settlement notice.
+pub fn terms_of_v1(v1: &WorkReceiptV1) -> WorkReceipt {
+    WorkReceipt {
+        task_id: v1.task_id,
+        requester: v1.requester,
+        worker: v1.worker,
+        model: v1.model,
+        input_hash: v1.input_hash,
+        output_hash: v1.output_hash,
+        price_stroops: v1.price_stroops,
+        energy: v1.energy,
+        path: v1.path,
+        timings: v1.timings,
+        pair_seq: v1.pair_seq,
+        cumulative_stroops: v1.cumulative_stroops,
+        payout: v1.payout.clone(),
+        payer: String::new(),
+    }
+}
+
+/// Where a receipt stands with the requester's checks of the work.
+///
+/// On the requester's side a receipt is payable only once its checks passed (or, for a
+/// check still running, once its dispute window passed); a disputed receipt is never paid.
+/// On the worker's side `Disputed` records the requester's signed dispute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// Counter-signed; the outputs have not arrived yet.
+    AwaitingOutputs {
+        /// Since when.
+        since: UnixMillis,
+    },
+    /// The outputs arrived and matched; further checks may still run until the dispute
+    /// window closes.
+    Delivered {
+        /// When they arrived.
+        at: UnixMillis,
+    },
+    /// Every check passed: payable.
+    Passed,
+    /// Disputed, with the requester's signed statement and evidence: never payable.
+    Disputed(Box<Signed<Dispute>>),
+}
+
+impl Check {
+    /// Whether a requester may pay the receipt now.
+    pub fn payable(&self, now: UnixMillis, window_ms: u64) -> bool {
+        match self {
+            Self::Passed => true,
+            Self::Delivered { at } => now >= at.saturating_add(window_ms),
+            Self::AwaitingOutputs { .. } | Self::Disputed(_) => false,
+        }
+    }
+
+    /// Whether the receipt is disputed.
+    pub fn is_disputed(&self) -> bool {
+        matches!(self, Self::Disputed(_))
+    }
+}
+
 /// A counter-signed receipt as the ledger keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredReceipt {
-    /// The receipt with both signatures (verified when it was stored).
-    pub receipt: Receipt,
+    /// What the two parties agreed, in the current layout (verified when stored).
+    pub terms: WorkReceipt,
+    /// Both signatures, as made.
+    pub proof: ReceiptProof,
     /// Which side of it this node is on.
     pub role: Role,
     /// When it was stored.
@@ -180,12 +286,26 @@ pub struct StoredReceipt {
     pub order: u64,
     /// Payment state.
     pub settlement: Settlement,
+    /// Paid so far, stroops: on the worker's side what verified payments credited to it
+    /// (less than the price while partly paid, more when overpaid).
+    pub paid_stroops: u64,
+    /// The requester's checks of the work.
+    pub check: Check,
 }
 
 impl StoredReceipt {
     /// The receipt body.
     pub fn body(&self) -> &WorkReceipt {
-        &self.receipt.inner.body
+        &self.terms
+    }
+
+    /// The counter-signed receipt in the current wire format (None for one signed under an
+    /// earlier version).
+    pub fn current(&self) -> Option<&Receipt> {
+        match &self.proof {
+            ReceiptProof::Current(r) => Some(r),
+            ReceiptProof::V1(_) => None,
+        }
     }
 
     /// The receipt's key.
@@ -205,6 +325,23 @@ impl StoredReceipt {
     pub fn price_stroops(&self) -> u64 {
         self.body().price_stroops
     }
+
+    /// What is still owed on it, stroops (zero once paid or when disputed on our side).
+    pub fn remaining_stroops(&self) -> u64 {
+        if self.settlement.is_settled() {
+            return 0;
+        }
+        self.price_stroops().saturating_sub(self.paid_stroops)
+    }
+}
+
+/// A version 1 receipt this node issued and never saw counter-signed before the upgrade.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LegacyPendingReceipt {
+    /// The receipt as this node signed it.
+    pub receipt: SignedReceiptV1,
+    /// When it was issued.
+    pub issued_at: UnixMillis,
 }
 
 /// A receipt this node issued as a worker that the requester has not counter-signed yet.
@@ -227,7 +364,7 @@ impl PendingReceipt {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterpartyBalance {
     /// What we owe them and have not paid (receipts where we are the requester), in-flight
-    /// payments included.
+    /// payments and receipts whose checks are still running included, disputed ones not.
     pub owed_by_us_stroops: u64,
     /// The part of `owed_by_us_stroops` reserved by a payment whose outcome is pending.
     pub in_flight_stroops: u64,
@@ -235,8 +372,14 @@ pub struct CounterpartyBalance {
     pub paid_by_us_stroops: u64,
     /// What they owe us and have not paid (receipts where we are the worker).
     pub owed_to_us_stroops: u64,
-    /// What they have paid us.
+    /// What they have paid us (credited to receipts, up to each receipt's price).
     pub paid_to_us_stroops: u64,
+    /// What they paid us beyond the receipts' prices, or for receipts we do not know.
+    pub overpaid_to_us_stroops: u64,
+    /// Receipts we dispute (as requester): not owed, never paid.
+    pub disputed_by_us_stroops: u64,
+    /// What they dispute of our receipts (as worker): still unpaid, and unlikely to be.
+    pub disputed_to_us_stroops: u64,
     /// Receipts where we are the requester.
     pub receipts_as_requester: u64,
     /// Receipts where we are the worker.

@@ -9,7 +9,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// The wire format version this crate reads and writes.
-pub const WIRE_VERSION: u8 = 1;
+///
+/// Version 2 changed the signed call for bids, bid, award and receipt (nonce, payer account,
+/// bids that bind the work) and split the result into a receipt and signed outputs. Every
+/// later change to a signed or stored type bumps it again.
+pub const WIRE_VERSION: u8 = 2;
 
 /// Default limit for task-protocol frames: inputs and model chunks fit well inside it.
 pub const DEFAULT_MAX_FRAME: usize = 8 * 1024 * 1024;
@@ -32,7 +36,7 @@ pub enum CodecError {
     #[error("empty frame")]
     Empty,
     /// The frame is from a protocol version this node does not speak.
-    #[error("wire version {got} is not supported (this node speaks version {WIRE_VERSION})")]
+    #[error("wire version {got} is not supported (this node speaks version {WIRE_VERSION}); {}", upgrade_hint(*got))]
     UnsupportedVersion {
         /// The version byte received.
         got: u8,
@@ -46,6 +50,15 @@ pub enum CodecError {
     /// The message could not be encoded (a bug in a wire type).
     #[error("cannot encode message: {0}")]
     Encode(String),
+}
+
+/// Who must upgrade, said plainly, for an error a person reads in a log.
+fn upgrade_hint(got: u8) -> &'static str {
+    if got < WIRE_VERSION {
+        "the peer runs an older crank-node and must upgrade"
+    } else {
+        "the peer runs a newer crank-node: upgrade this node"
+    }
 }
 
 /// Encodes a message as a frame.
@@ -104,12 +117,20 @@ mod tests {
             Err(CodecError::TooLarge { .. })
         ));
         assert_eq!(decode::<Request>(&[], 10), Err(CodecError::Empty));
-        let mut v2 = f.clone();
-        v2[0] = 2;
+        let mut newer = f.clone();
+        newer[0] = WIRE_VERSION + 1;
+        let err = decode::<Request>(&newer, 1024).unwrap_err();
         assert_eq!(
-            decode::<Request>(&v2, 1024),
-            Err(CodecError::UnsupportedVersion { got: 2 })
+            err,
+            CodecError::UnsupportedVersion {
+                got: WIRE_VERSION + 1
+            }
         );
+        assert!(err.to_string().contains("upgrade this node"), "{err}");
+        let mut older = f.clone();
+        older[0] = 1;
+        let err = decode::<Request>(&older, 1024).unwrap_err();
+        assert!(err.to_string().contains("must upgrade"), "{err}");
         let mut long = f.clone();
         long.push(0);
         assert_eq!(

@@ -17,6 +17,7 @@
 //! - [`codec`]: version byte + postcard, with a size limit and no trailing bytes.
 //! - [`validate`]: structural and temporal checks applied after decoding and verifying.
 //! - [`adverts`]: a pure table of the freshest verified advert per node.
+//! - [`legacy`]: signed types of earlier wire versions, so stored receipts still verify.
 //!
 //! # Invariants
 //!
@@ -32,6 +33,7 @@
 pub mod adverts;
 pub mod codec;
 pub mod ids;
+pub mod legacy;
 pub mod messages;
 pub mod sign;
 pub mod tensor;

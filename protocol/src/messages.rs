@@ -11,9 +11,19 @@
 //!               ◀─────────── Accepted | Rejected
 //!               ◀──────────────────── FetchModel   (only if the worker lacks the model)
 //!   ModelChunk ────────────────────────────────▶
-//!               ◀── Result (outputs + signed receipt) | Failure
-//!   Receipt (counter-signed) | Ack ────────────▶
+//!               ◀──── Result (signed receipt committing to the output hash) | Failure
+//!   Receipt (counter-signed) | Error ──────────▶
+//!               ◀──────────────── Outputs (signed by the worker)
+//!   Ack | Dispute (signed evidence) ───────────▶
 //! ```
+//!
+//! The outputs travel only after the requester has counter-signed a receipt that commits to
+//! their hash (fair exchange): a requester that never counter-signs gets nothing, and a
+//! worker whose signed outputs do not match the hash it signed hands the requester proof.
+//!
+//! Money: the call for bids and the award name the requester's Stellar payout account
+//! (`payer`), the receipt repeats it under both signatures, and a worker credits a receipt
+//! only with a payment from that account. Settlement notices are signed by the payer's node.
 //!
 //! `GetAdvert` lets a newly connected peer ask for the current advert directly instead of
 //! waiting for the next gossip round.
@@ -308,6 +318,11 @@ pub struct CallForBids {
     pub input_elements: u64,
     /// Highest acceptable price, stroops.
     pub max_price_stroops: u64,
+    /// The requester's random nonce: with the requester, model and input hash it derives the
+    /// task id, so a worker can check that the id commits to the work.
+    pub nonce: [u8; 16],
+    /// The Stellar account (`G…`) the requester will pay from.
+    pub payer: String,
     /// Bids arriving after this are ignored.
     pub bid_deadline: UnixMillis,
     /// The task must finish by this time.
@@ -317,7 +332,7 @@ pub struct CallForBids {
 }
 
 impl Signable for CallForBids {
-    const DOMAIN: &'static str = "crank/1/call-for-bids";
+    const DOMAIN: &'static str = "crank/2/call-for-bids";
 }
 
 /// A worker's offer to run a task.
@@ -327,6 +342,14 @@ pub struct Bid {
     pub task_id: TaskId,
     /// Who bids; must equal the signer.
     pub worker: NodeId,
+    /// The model bid for: an award of another model is refused.
+    pub model: ModelId,
+    /// The model's size in bytes, as called for.
+    pub model_bytes: u64,
+    /// The inputs' hash, as called for.
+    pub input_hash: ContentHash,
+    /// The inputs' total elements, as called for: the price was computed for this size.
+    pub input_elements: u64,
     /// Asked price, stroops.
     pub price_stroops: u64,
     /// Expected time from award to result, milliseconds (model fetch included).
@@ -346,7 +369,7 @@ pub struct Bid {
 }
 
 impl Signable for Bid {
-    const DOMAIN: &'static str = "crank/1/bid";
+    const DOMAIN: &'static str = "crank/2/bid";
 }
 
 /// Why a worker will not take a task.
@@ -391,6 +414,15 @@ pub enum DeclineReason {
     },
     /// The award does not match the worker's bid, or the task is unknown.
     NotBidFor,
+    /// The requester owes this worker more, or for longer, than the worker's credit limit.
+    Credit {
+        /// What the requester owes this worker and has not paid, stroops.
+        owed_stroops: u64,
+        /// Age of its oldest unpaid receipt, seconds.
+        oldest_unpaid_secs: u64,
+        /// Which limit it is over.
+        limit: String,
+    },
     /// Anything else, explained.
     Other {
         /// The explanation.
@@ -409,6 +441,7 @@ impl DeclineReason {
             Self::InputTooLarge { .. } => "input too large",
             Self::DeadlineTooSoon { .. } => "deadline too soon",
             Self::NotBidFor => "not bid for",
+            Self::Credit { .. } => "credit",
             Self::Other { .. } => "other",
         }
     }
@@ -432,6 +465,14 @@ impl fmt::Display for DeclineReason {
                 write!(f, "deadline too soon (needs {needs_ms} ms)")
             }
             Self::NotBidFor => write!(f, "award does not match a bid"),
+            Self::Credit {
+                owed_stroops,
+                oldest_unpaid_secs,
+                limit,
+            } => write!(
+                f,
+                "credit: {owed_stroops} stroops unpaid, oldest {oldest_unpaid_secs} s ({limit}); pay to restore service"
+            ),
             Self::Other { message } => write!(f, "{message}"),
         }
     }
@@ -449,7 +490,7 @@ pub struct Decline {
 }
 
 impl Signable for Decline {
-    const DOMAIN: &'static str = "crank/1/decline";
+    const DOMAIN: &'static str = "crank/2/decline";
 }
 
 /// The requester's award of a task to one bidder, carrying the inputs.
@@ -471,12 +512,16 @@ pub struct Award {
     pub inputs: Vec<NamedTensor>,
     /// Hash of the inputs, as in the call for bids.
     pub input_hash: ContentHash,
+    /// The nonce of the call for bids: the worker re-derives the task id from it.
+    pub nonce: [u8; 16],
+    /// The Stellar account (`G…`) the requester will pay from; the receipt repeats it.
+    pub payer: String,
     /// The task must finish by this time.
     pub deadline: UnixMillis,
 }
 
 impl Signable for Award {
-    const DOMAIN: &'static str = "crank/1/award";
+    const DOMAIN: &'static str = "crank/2/award";
 }
 
 /// Requests part of a model's bytes from a peer that holds it.
@@ -576,22 +621,94 @@ pub struct WorkReceipt {
     pub cumulative_stroops: u64,
     /// Stellar account to pay.
     pub payout: String,
+    /// Stellar account the requester pays from (from the award): only a payment from it
+    /// counts for this receipt.
+    pub payer: String,
 }
 
 impl Signable for WorkReceipt {
-    const DOMAIN: &'static str = "crank/1/receipt";
+    const DOMAIN: &'static str = "crank/2/receipt";
 }
 
 /// A receipt signed by the worker and counter-signed by the requester.
 pub type Receipt = CounterSigned<WorkReceipt>;
 
-/// A task's outputs with the worker's signed receipt, sent by the worker.
+/// The worker's signed receipt, sent before the outputs: its output hash commits to them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskResult {
-    /// Signed by the worker; its output hash covers `outputs`.
+    /// Signed by the worker; its output hash commits to the outputs it will deliver.
     pub receipt: Signed<WorkReceipt>,
+}
+
+/// A task's outputs, signed by the worker and sent once the requester counter-signed the
+/// receipt. Signed, so that outputs that do not match the receipt's hash are proof against
+/// the worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskOutputs {
+    /// The task.
+    pub task_id: TaskId,
+    /// Who ran it; must equal the signer.
+    pub worker: NodeId,
+    /// Who asked.
+    pub requester: NodeId,
     /// The outputs.
     pub outputs: Vec<NamedTensor>,
+}
+
+impl Signable for TaskOutputs {
+    const DOMAIN: &'static str = "crank/2/outputs";
+}
+
+/// Why a requester refuses to pay a counter-signed receipt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisputeReason {
+    /// The worker delivered outputs whose hash is not the one its receipt committed to; the
+    /// signed outputs are the evidence (with the signed receipt, both by the worker).
+    OutputMismatch {
+        /// The outputs as the worker signed them.
+        outputs: Box<Signed<TaskOutputs>>,
+    },
+    /// The worker took the counter-signature and never delivered the outputs.
+    NotDelivered {
+        /// When the requester stopped waiting.
+        gave_up_at: UnixMillis,
+    },
+    /// The outputs failed a check of the requester's (shape, type, replication).
+    CheckFailed {
+        /// What failed.
+        message: String,
+    },
+}
+
+impl fmt::Display for DisputeReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OutputMismatch { .. } => {
+                write!(f, "outputs do not match the hash the receipt committed to")
+            }
+            Self::NotDelivered { .. } => write!(f, "outputs never delivered"),
+            Self::CheckFailed { message } => write!(f, "check failed: {message}"),
+        }
+    }
+}
+
+/// A requester's signed statement that it will not pay a receipt, with its evidence. It
+/// keeps the receipt out of settlement; the worker receives a copy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dispute {
+    /// The receipt disputed, as the worker signed it.
+    pub receipt: Signed<WorkReceipt>,
+    /// Who disputes; must equal the signer and the receipt's requester.
+    pub requester: NodeId,
+    /// Why.
+    pub reason: DisputeReason,
+    /// When.
+    pub at: UnixMillis,
+}
+
+impl Signable for Dispute {
+    const DOMAIN: &'static str = "crank/2/dispute";
 }
 
 /// Why an awarded task did not complete.
@@ -706,17 +823,26 @@ pub struct PaidReceipt {
 
 /// Payer → worker: a Stellar transaction paid these receipts.
 ///
-/// Not signed, on purpose: the worker believes the ledger, not the payer. It looks the
-/// transaction up on Horizon, checks that its memo commits to exactly this list and that the
-/// payment to its own address equals the sum of its lines, and only then marks its receipts
-/// paid.
+/// Signed by the payer's node key, so nobody else can announce payments for its receipts,
+/// and the signature binds the paying account. The worker still believes the ledger, not
+/// the payer: it looks the transaction up on Horizon, checks that its memo commits to
+/// exactly this list, and credits each of its own receipts by what the payer's account
+/// actually paid it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SettlementNotice {
+    /// The paying node; must equal the signer.
+    pub payer_node: NodeId,
+    /// The Stellar account that paid (the transaction's source).
+    pub payer_account: String,
     /// The transaction's hash.
     pub tx_hash: [u8; 32],
     /// Every receipt the transaction pays (the memo commits to all of them, not only the
     /// receiver's).
     pub receipts: Vec<PaidReceipt>,
+}
+
+impl Signable for SettlementNotice {
+    const DOMAIN: &'static str = "crank/2/settlement-notice";
 }
 
 /// A request frame of the task protocol.
@@ -728,8 +854,12 @@ pub enum Request {
     Award(Signed<Award>),
     /// Worker → holder: send me part of a model.
     FetchModel(FetchModel),
-    /// Worker → requester: outputs and signed receipt.
+    /// Worker → requester: the signed receipt, committing to the outputs' hash.
     Result(TaskResult),
+    /// Worker → requester: the outputs, after the receipt was counter-signed.
+    Outputs(Box<Signed<TaskOutputs>>),
+    /// Requester → worker: this receipt will not be paid, and why.
+    Dispute(Box<Signed<Dispute>>),
     /// Worker → requester: the task failed.
     Failure(Signed<TaskFailure>),
     /// Requester → worker: stop working on this task.
@@ -738,7 +868,13 @@ pub enum Request {
     /// the next gossip round).
     GetAdvert,
     /// Payer → worker: a settlement paid your receipts; here is what it paid.
-    Settlement(SettlementNotice),
+    Settlement(Signed<SettlementNotice>),
+    /// Worker → payer: send me the notice of this transaction (a worker that found a payment
+    /// on the ledger before, or without, hearing of it).
+    GetSettlement {
+        /// The transaction's hash.
+        tx_hash: [u8; 32],
+    },
     /// Worker → requester: send me the counter-signed receipt for this task (a worker that
     /// crashed after sending its result, before storing the answer, asks on restart).
     GetReceipt {
@@ -755,10 +891,13 @@ impl Request {
             Self::Award(_) => "award",
             Self::FetchModel(_) => "fetch_model",
             Self::Result(_) => "result",
+            Self::Outputs(_) => "outputs",
+            Self::Dispute(_) => "dispute",
             Self::Failure(_) => "failure",
             Self::Cancel(_) => "cancel",
             Self::GetAdvert => "get_advert",
             Self::Settlement(_) => "settlement",
+            Self::GetSettlement { .. } => "get_settlement",
             Self::GetReceipt { .. } => "get_receipt",
         }
     }
@@ -815,7 +954,14 @@ pub enum Response {
     ModelChunk(ModelChunk),
     /// To [`Request::Result`] and [`Request::GetReceipt`]: the receipt, counter-signed.
     Receipt(Box<Receipt>),
-    /// To [`Request::Failure`] and [`Request::Cancel`].
+    /// To [`Request::GetReceipt`] for a receipt made before the current wire version.
+    LegacyReceipt(Box<crate::legacy::ReceiptV1>),
+    /// To [`Request::GetSettlement`].
+    Settlement(Box<Signed<SettlementNotice>>),
+    /// To [`Request::Outputs`]: the outputs did not match; here is the signed dispute.
+    Disputed(Box<Signed<Dispute>>),
+    /// To [`Request::Failure`], [`Request::Cancel`], [`Request::Outputs`] (the outputs
+    /// matched) and [`Request::Dispute`].
     Ack {
         /// The task.
         task_id: TaskId,
@@ -840,6 +986,9 @@ impl Response {
             Self::Accepted { .. } => "accepted",
             Self::ModelChunk(_) => "model_chunk",
             Self::Receipt(_) => "receipt",
+            Self::LegacyReceipt(_) => "legacy_receipt",
+            Self::Settlement(_) => "settlement",
+            Self::Disputed(_) => "disputed",
             Self::Ack { .. } => "ack",
             Self::Advert(_) => "advert",
             Self::PaymentRecorded { .. } => "payment_recorded",

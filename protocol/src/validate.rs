@@ -5,9 +5,10 @@
 //! the content they claim to cover.
 
 use crate::UnixMillis;
-use crate::ids::NodeId;
+use crate::ids::{NodeId, TaskId};
 use crate::messages::{
-    Award, CallForBids, CapabilityAdvert, SettlementNotice, TaskResult, WorkReceipt,
+    Award, CallForBids, CapabilityAdvert, Dispute, SettlementNotice, TaskOutputs, TaskResult,
+    WorkReceipt,
 };
 use crate::sign::{SignatureError, Signed};
 use crate::tensor::{TensorError, tensors_hash};
@@ -116,8 +117,30 @@ pub fn looks_like_stellar_account(s: &str) -> bool {
 }
 
 fn payout(s: &str) -> Result<(), ValidationError> {
+    account("payout", s)
+}
+
+fn account(name: &'static str, s: &str) -> Result<(), ValidationError> {
     if !looks_like_stellar_account(s) {
-        return Err(field("payout", "not a Stellar account id (G… strkey)"));
+        return Err(field(name, "not a Stellar account id (G… strkey)"));
+    }
+    Ok(())
+}
+
+/// The task id must be the one derived from the requester, the nonce, the model and the
+/// inputs: then a bid for one task can never be awarded with other work under the same id.
+fn task_id_commits(
+    task_id: &TaskId,
+    requester: &NodeId,
+    nonce: &[u8; 16],
+    model: &crate::ids::ModelId,
+    input_hash: &crate::ids::ContentHash,
+) -> Result<(), ValidationError> {
+    if TaskId::derive(requester, nonce, model, input_hash) != *task_id {
+        return Err(field(
+            "task_id",
+            "does not derive from the requester, nonce, model and input hash",
+        ));
     }
     Ok(())
 }
@@ -249,6 +272,8 @@ pub fn call_for_bids<'a>(
     if c.input_elements == 0 {
         return Err(field("input_elements", "zero"));
     }
+    task_id_commits(&c.task_id, &c.requester, &c.nonce, &c.model, &c.input_hash)?;
+    account("payer", &c.payer)?;
     Ok(c)
 }
 
@@ -259,9 +284,11 @@ pub const MAX_NOTICE_RECEIPTS: usize = 50_000;
 /// Validates a settlement notice sent to `me`: bounded, well-formed, and paying at least one
 /// receipt of ours. Whether the payment happened is for the ledger to say.
 pub fn settlement_notice<'a>(
-    notice: &'a SettlementNotice,
+    signed: &'a Signed<SettlementNotice>,
     me: &NodeId,
 ) -> Result<&'a SettlementNotice, ValidationError> {
+    let notice = signed.verify_by(&signed.body.payer_node)?;
+    account("payer_account", &notice.payer_account)?;
     let n = notice.receipts.len();
     if n == 0 || n > MAX_NOTICE_RECEIPTS {
         return Err(field(
@@ -299,7 +326,44 @@ pub fn award<'a>(
     if tensors_hash(&a.inputs) != a.input_hash {
         return Err(ValidationError::HashMismatch { what: "input" });
     }
+    task_id_commits(&a.task_id, &a.requester, &a.nonce, &a.model, &a.input_hash)?;
+    account("payer", &a.payer)?;
     Ok(a)
+}
+
+/// Verifies and validates the outputs a worker delivered for `receipt` (which this node
+/// counter-signed). A [`ValidationError::HashMismatch`] after the signature verified means
+/// the worker signed outputs its receipt did not commit to: the signed outputs are proof.
+pub fn task_outputs<'a>(
+    signed: &'a Signed<TaskOutputs>,
+    receipt: &WorkReceipt,
+    limits: &Limits,
+) -> Result<&'a TaskOutputs, ValidationError> {
+    let o = signed.verify_by(&receipt.worker)?;
+    if o.worker != receipt.worker || o.task_id != receipt.task_id {
+        return Err(field("task_id", "outputs of another task or worker"));
+    }
+    if o.requester != receipt.requester {
+        return Err(field("requester", "outputs for another requester"));
+    }
+    tensors(&o.outputs, limits)?;
+    if tensors_hash(&o.outputs) != receipt.output_hash {
+        return Err(ValidationError::HashMismatch { what: "output" });
+    }
+    Ok(o)
+}
+
+/// Verifies a requester's dispute of a receipt this node (`me`) issued.
+pub fn dispute<'a>(
+    signed: &'a Signed<Dispute>,
+    me: &NodeId,
+) -> Result<&'a Dispute, ValidationError> {
+    let d = signed.verify_by(&signed.body.requester)?;
+    let r = d.receipt.verify_by(me)?;
+    if r.requester != d.requester {
+        return Err(field("requester", "disputes a receipt of another requester"));
+    }
+    Ok(d)
 }
 
 /// Verifies and validates a task result for a task this node (`me`) requested from `worker`.
@@ -316,10 +380,7 @@ pub fn task_result<'a>(
     if &r.requester != me {
         return Err(field("requester", "receipt names another requester"));
     }
-    tensors(&result.outputs, limits)?;
-    if tensors_hash(&result.outputs) != r.output_hash {
-        return Err(ValidationError::HashMismatch { what: "output" });
-    }
+    text("payout", &r.payout, limits)?;
     if r.pair_seq == 0 {
         return Err(field("pair_seq", "sequence numbers start at 1"));
     }
@@ -337,6 +398,7 @@ pub fn task_result<'a>(
         ));
     }
     payout(&r.payout)?;
+    account("payer", &r.payer)?;
     Ok(r)
 }
 
@@ -370,12 +432,31 @@ mod tests {
             amount_stroops: amount,
         };
         let good = "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7";
-        let notice = |receipts| SettlementNotice {
-            tx_hash: [3; 32],
-            receipts,
+        let payer = crate::Identity::from_secret([9; 32]);
+        let notice = |receipts| {
+            Signed::sign(
+                SettlementNotice {
+                    payer_node: payer.node_id(),
+                    payer_account: good.into(),
+                    tx_hash: [3; 32],
+                    receipts,
+                },
+                &payer,
+            )
+            .unwrap()
         };
         assert!(settlement_notice(&notice(vec![line(me, 5, good)]), &me).is_ok());
-        let err = |n: SettlementNotice| settlement_notice(&n, &me).unwrap_err().to_string();
+        let err = |n: Signed<SettlementNotice>| settlement_notice(&n, &me).unwrap_err().to_string();
+        // Signed by someone other than the payer node it names.
+        let mut forged = notice(vec![line(me, 5, good)]);
+        forged.body.payer_node = crate::Identity::from_secret([8; 32]).node_id();
+        assert!(matches!(
+            settlement_notice(&forged, &me),
+            Err(ValidationError::Signature(_))
+        ));
+        let mut tampered = notice(vec![line(me, 5, good)]);
+        tampered.body.receipts[0].amount_stroops = 50;
+        assert!(settlement_notice(&tampered, &me).is_err());
         assert!(err(notice(vec![])).contains("receipts"));
         assert!(err(notice(vec![line(NodeId([2; 32]), 5, good)])).contains("this node"));
         assert!(err(notice(vec![line(me, 0, good)])).contains("amount_stroops"));

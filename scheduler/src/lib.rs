@@ -168,7 +168,7 @@ pub use auction::{Auction, AuctionConfig, Input, InputError, Output, SpecError, 
 pub use candidates::{CandidateQuery, RankedCandidate, rank_candidates, select_candidates};
 pub use crank_protocol::UnixMillis;
 pub use quote::{
-    BidBook, BidBookError, CostModel, CostModelError, MeasuredRun, QueueState, WorkerLimits,
+    BidBook, CreditPolicy, RequesterStanding, BidBookError, CostModel, CostModelError, MeasuredRun, QueueState, WorkerLimits,
     WorkerState, check_award, quote,
 };
 pub use score::{PaymentRule, Preference, Score, Weights, WeightsError};

@@ -103,6 +103,63 @@ pub struct WorkerState {
     pub limits: WorkerLimits,
     /// Stellar account to be paid at.
     pub payout: String,
+    /// How much credit this worker gives a requester.
+    pub credit: CreditPolicy,
+    /// What the requester of the call being quoted owes this worker (from the ledger).
+    pub requester: RequesterStanding,
+}
+
+/// What one requester owes this worker, from the worker's own ledger.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequesterStanding {
+    /// Counter-signed and not paid, stroops.
+    pub unpaid_stroops: u64,
+    /// When its oldest unpaid receipt was stored (None when nothing is unpaid).
+    pub oldest_unpaid_at: Option<UnixMillis>,
+}
+
+/// How much a worker lets a requester owe it before it declines with a `credit` reason;
+/// `Default` documents the values. Paying restores service at once: the standing comes from
+/// the ledger, where a verified payment clears what it paid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CreditPolicy {
+    /// Most a requester may owe, stroops. Default 50,000,000 (5 XLM): many thousands of
+    /// small tasks, and far above the default settlement threshold, so an honest requester
+    /// with automatic settlement never meets it.
+    pub max_unpaid_stroops: u64,
+    /// Longest a receipt may stay unpaid, seconds. Default 604,800 (7 days).
+    pub max_unpaid_age_secs: u64,
+}
+
+impl Default for CreditPolicy {
+    fn default() -> Self {
+        Self {
+            max_unpaid_stroops: 50_000_000,
+            max_unpaid_age_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+impl CreditPolicy {
+    /// Why a requester with this standing gets no more credit (None when it does).
+    pub fn check(&self, standing: &RequesterStanding, now: UnixMillis) -> Option<DeclineReason> {
+        let age_secs = standing
+            .oldest_unpaid_at
+            .map_or(0, |at| now.saturating_sub(at) / 1000);
+        let limit = if standing.unpaid_stroops > self.max_unpaid_stroops {
+            format!("limit {} stroops", self.max_unpaid_stroops)
+        } else if standing.unpaid_stroops > 0 && age_secs > self.max_unpaid_age_secs {
+            format!("unpaid for more than {} s", self.max_unpaid_age_secs)
+        } else {
+            return None;
+        };
+        Some(DeclineReason::Credit {
+            owed_stroops: standing.unpaid_stroops,
+            oldest_unpaid_secs: age_secs,
+            limit,
+        })
+    }
 }
 
 /// The worker's costs and pricing policy; `Default` documents the values.
@@ -292,6 +349,9 @@ pub fn quote(
             slots: state.queue.slots,
         });
     }
+    if let Some(reason) = state.credit.check(&state.requester, now) {
+        return Err(reason);
+    }
     if cfb.model_bytes > state.limits.max_model_bytes {
         return Err(DeclineReason::ModelTooLarge {
             bytes: cfb.model_bytes,
@@ -359,6 +419,10 @@ pub fn quote(
     Ok(Bid {
         task_id: cfb.task_id,
         worker: state.node,
+        model: cfb.model,
+        model_bytes: cfb.model_bytes,
+        input_hash: cfb.input_hash,
+        input_elements: cfb.input_elements,
         price_stroops: best.price_stroops,
         est_latency_ms: u32::try_from(best.latency_ms).unwrap_or(u32::MAX),
         est_energy_mj: best.energy_mj,
@@ -371,10 +435,20 @@ pub fn quote(
 }
 
 /// Checks that an award (already verified by the driver) matches the bid this worker made:
-/// same task and worker, a price not below the bid, and the bid still valid.
+/// same task and worker, the same work (model, its size, the inputs' hash and element
+/// count: what the price was computed for), a price not below the bid, and the bid still
+/// valid.
 pub fn check_award(bid: &Bid, award: &Award, now: UnixMillis) -> Result<(), DeclineReason> {
+    let elements = award
+        .inputs
+        .iter()
+        .fold(0u64, |n, t| n.saturating_add(t.tensor.data.len() as u64));
     let matches = award.task_id == bid.task_id
         && award.worker == bid.worker
+        && award.model == bid.model
+        && award.model_bytes == bid.model_bytes
+        && award.input_hash == bid.input_hash
+        && elements == bid.input_elements
         && award.price_stroops >= bid.price_stroops
         && now < bid.valid_until;
     if matches {

@@ -117,6 +117,12 @@ impl Ledger {
                 if rec.settlement != Settlement::Unsettled {
                     return Err(not_payable("it is already paid or being paid"));
                 }
+                if rec.check != crate::types::Check::Passed {
+                    return Err(not_payable("its checks have not passed"));
+                }
+                if !rec.body().payer.is_empty() && rec.body().payer != draft.payer {
+                    return Err(not_payable("it names another paying account"));
+                }
                 if rec.price_stroops() != line.amount_stroops {
                     return Err(not_payable("the manifest amount differs from its price"));
                 }

@@ -62,6 +62,9 @@ pub enum TxError {
     /// No signature on the envelope matches the source account's key.
     #[error("no valid signature by the source account for this network passphrase")]
     BadSignature,
+    /// The payments of one transaction add up to more than an amount holds.
+    #[error("payment amounts overflow")]
+    AmountOverflow,
 }
 
 /// One native XLM payment.
@@ -246,6 +249,38 @@ pub fn envelope_payments(env: &TransactionEnvelope) -> Result<Vec<Payment>, TxEr
             _ => None,
         })
         .collect())
+}
+
+/// The sum of a v1 envelope's native payments from `from` to `to`, stroops. An operation
+/// pays from its own source account when it names one, else from the transaction's.
+pub fn envelope_paid(env: &TransactionEnvelope, from: &str, to: &str) -> Result<i64, TxError> {
+    let tx = envelope_tx(env)?;
+    let account = |m: &MuxedAccount| match m {
+        MuxedAccount::Ed25519(Uint256(k)) => {
+            Some(stellar_strkey::ed25519::PublicKey(*k).to_string())
+        }
+        MuxedAccount::MuxedEd25519(_) => None,
+    };
+    let tx_source = account(&tx.source_account);
+    let mut sum: i64 = 0;
+    for op in tx.operations.iter() {
+        let OperationBody::Payment(PaymentOp {
+            destination,
+            asset: Asset::Native,
+            amount,
+        }) = &op.body
+        else {
+            continue;
+        };
+        let source = match &op.source_account {
+            Some(m) => account(m),
+            None => tx_source.clone(),
+        };
+        if source.as_deref() == Some(from) && account(destination).as_deref() == Some(to) {
+            sum = sum.checked_add(*amount).ok_or(TxError::AmountOverflow)?;
+        }
+    }
+    Ok(sum)
 }
 
 #[cfg(test)]

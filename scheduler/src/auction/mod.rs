@@ -60,6 +60,10 @@ pub struct TaskSpec {
     pub input_hash: ContentHash,
     /// Elements over all inputs.
     pub input_elements: u64,
+    /// The nonce the task id was derived with (sent so workers can re-derive it).
+    pub nonce: [u8; 16],
+    /// The Stellar account the requester pays from.
+    pub payer: String,
     /// Highest price the requester pays, stroops.
     pub max_price_stroops: u64,
     /// The result must arrive before this time.
@@ -477,6 +481,8 @@ impl Auction {
             model_bytes: self.spec.model_bytes,
             inputs,
             input_hash: self.spec.input_hash,
+            nonce: self.spec.nonce,
+            payer: self.spec.payer.clone(),
             deadline: self.spec.deadline,
         }
     }
@@ -659,6 +665,14 @@ impl Auction {
         }
         if bid.worker != from {
             return Err(self.reject(i, Rejection::WrongWorker));
+        }
+        let s = &self.spec;
+        if bid.model != s.model
+            || bid.model_bytes != s.model_bytes
+            || bid.input_hash != s.input_hash
+            || bid.input_elements != s.input_elements
+        {
+            return Err(self.reject(i, Rejection::OtherWork));
         }
         if let PeerState::NoAnswer { .. } = self.peers[i].state {
             let closed_at = self
@@ -928,6 +942,7 @@ impl Auction {
         self.check_field(from, r.worker == from, "worker")?;
         self.check_field(from, r.model == self.spec.model, "model")?;
         self.check_field(from, r.input_hash == self.spec.input_hash, "input_hash")?;
+        self.check_field(from, r.payer == self.spec.payer, "payer")?;
         self.check_field(from, r.price_stroops == price, "price_stroops")
     }
 
@@ -1076,6 +1091,8 @@ impl Auction {
                 input_hash: s.input_hash,
                 input_elements: s.input_elements,
                 max_price_stroops: s.max_price_stroops,
+                nonce: s.nonce,
+                payer: s.payer.clone(),
                 bid_deadline: closes_at,
                 deadline: s.deadline,
                 issued_at: self.now,

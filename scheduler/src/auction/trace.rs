@@ -18,6 +18,8 @@ pub enum Rejection {
     WrongTask,
     /// The body names another worker than the peer that answered.
     WrongWorker,
+    /// The bid is for other work than called for (model, sizes or inputs differ).
+    OtherWork,
     /// The bid was void already (`valid_until` passed).
     Expired {
         /// When it became void.
@@ -53,6 +55,7 @@ impl Rejection {
             Self::BadSignature => "bad signature",
             Self::WrongTask => "answered for another task",
             Self::WrongWorker => "bid names another worker",
+            Self::OtherWork => "bid for other work",
             Self::Expired { .. } => "bid expired",
             Self::AboveMaxPrice { .. } => "bid above max price",
             Self::Late { .. } => "bid too late",
