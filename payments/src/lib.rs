@@ -18,6 +18,9 @@
 //! - [`manifest`]: which receipts a transaction pays, the memo commitment to them, and
 //!   [`verify_payout`] for workers.
 //! - [`settle`]: exactly-once batched settlement ([`Settler`]).
+//! - [`exchange`]: the receipt exchange on both sides ([`WorkerReceipts`],
+//!   [`RequesterReceipts`]): issuing, counter-signing, output checks and disputes, recovery,
+//!   requester standing, and crediting payments from signed settlement notices.
 //! - [`cli`]: the functions behind `crank-node wallet …`.
 //! - [`config`]: [`StellarConfig`] and [`SettlementConfig`].
 //!
@@ -40,6 +43,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod exchange;
 pub mod horizon;
 pub mod ledger;
 pub mod manifest;
@@ -48,6 +52,7 @@ pub mod stellar;
 pub mod types;
 
 pub use config::{SettlementConfig, StellarConfig};
+pub use exchange::{ExchangeError, Expected, OutputsVerdict, RequesterReceipts, RunFacts, WorkerReceipts};
 pub use horizon::{Horizon, HorizonError};
 pub use ledger::{
     Credit, IntentDraft, IntentRecord, IntentState, Ledger, LedgerError, PaymentIn,
