@@ -1,6 +1,7 @@
-//! A small async Horizon client: accounts, transaction submission and lookup, friendbot.
+//! A small async Horizon client: accounts, transaction submission and lookup, an account's
+//! transaction history paged with a cursor, friendbot.
 //!
-//! Only the four endpoints a wallet needs. Horizon's result codes are turned into messages an
+//! Only the endpoints a wallet needs. Horizon's result codes are turned into messages an
 //! operator can act on ([`explain`]). Answers that leave the fate of a submitted transaction
 //! unknown (a 504, another 5xx, a dropped connection, a timeout) are reported as such
 //! ([`HorizonError::is_uncertain`]): the caller then looks the hash up rather than guessing.
@@ -16,6 +17,10 @@ use crate::types::TxHash;
 
 /// Largest Horizon response body read, bytes.
 const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Most records Horizon gives in one page (its largest `limit`).
+pub const MAX_PAGE_LIMIT: u32 = 200;
+/// Longest paging token accepted, characters (Horizon's are 64-bit decimal integers).
+const MAX_PAGING_TOKEN: usize = 64;
 
 /// What Horizon said about a transaction it did not apply successfully.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,6 +239,28 @@ pub struct TxRecord {
     pub result_xdr: String,
 }
 
+/// A transaction in an account's history, with its place in Horizon's paging order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountTx {
+    /// Horizon's paging token for it; pass it as the cursor to list what came after.
+    pub paging_token: String,
+    /// The transaction.
+    pub record: TxRecord,
+    /// The account that submitted it (`G…`); a payment to the listed account has another.
+    pub source_account: String,
+}
+
+/// One page of an account's transaction history, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TxPage {
+    /// The transactions strictly after the cursor, oldest first.
+    pub records: Vec<AccountTx>,
+    /// The cursor for the next page: the last record's paging token, or the cursor asked
+    /// with when the page is empty (`None` only for an empty page asked without one). Poll
+    /// with it to see only newer transactions.
+    pub next_cursor: Option<String>,
+}
+
 /// What friendbot did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Funded {
@@ -295,6 +322,36 @@ struct TxJson {
     fee_charged: NumOrString,
     envelope_xdr: String,
     result_xdr: String,
+}
+
+#[derive(Deserialize)]
+struct PageJson {
+    #[serde(rename = "_embedded")]
+    embedded: EmbeddedJson,
+}
+
+#[derive(Deserialize)]
+struct EmbeddedJson {
+    records: Vec<AccountTxJson>,
+}
+
+#[derive(Deserialize)]
+struct AccountTxJson {
+    paging_token: String,
+    source_account: String,
+    #[serde(flatten)]
+    tx: TxJson,
+}
+
+/// A paging token as Horizon gives them for transactions: a non-negative decimal integer.
+fn paging_token_value(token: &str) -> Option<u64> {
+    if token.is_empty()
+        || token.len() > MAX_PAGING_TOKEN
+        || !token.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    token.parse().ok()
 }
 
 #[derive(Deserialize, Default)]
@@ -458,7 +515,10 @@ impl Horizon {
     }
 
     fn tx_record(url: &str, body: &[u8]) -> Result<TxRecord, HorizonError> {
-        let t: TxJson = Self::parse(url, body)?;
+        Self::to_record(url, Self::parse(url, body)?)
+    }
+
+    fn to_record(url: &str, t: TxJson) -> Result<TxRecord, HorizonError> {
         let bad = |why: &str| HorizonError::BadResponse {
             url: url.into(),
             why: why.into(),
@@ -578,6 +638,121 @@ impl Horizon {
         Self::tx_record(&url, &body).map(Some)
     }
 
+    /// One page of the transactions `address` takes part in (as source or as a payment's
+    /// destination, as Horizon lists them), oldest first: those strictly after `cursor`
+    /// (from the beginning when `None`), at most `limit` (clamped to 1..=200). Failed
+    /// transactions are left out, as Horizon does by default.
+    ///
+    /// To find new payments, poll with the page's [`TxPage::next_cursor`]. An account that
+    /// does not exist yet gives an empty page. A cursor must be a paging token from an earlier
+    /// page.
+    pub async fn account_transactions(
+        &self,
+        address: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<TxPage, HorizonError> {
+        if !crate::stellar::is_account_address(address) {
+            return Err(HorizonError::BadUrl {
+                url: address.chars().take(80).collect(),
+                why: "not a Stellar account address (G… strkey)".into(),
+            });
+        }
+        if let Some(c) = cursor
+            && paging_token_value(c).is_none()
+        {
+            return Err(HorizonError::BadUrl {
+                url: c.chars().take(80).collect(),
+                why: "the cursor is not a paging token".into(),
+            });
+        }
+        let limit = limit.clamp(1, MAX_PAGE_LIMIT);
+        let mut url = format!(
+            "{}/accounts/{address}/transactions?order=asc&limit={limit}",
+            self.base
+        );
+        if let Some(c) = cursor {
+            url.push_str("&cursor=");
+            url.push_str(c);
+        }
+        let (status, body) = self.get(&url).await?;
+        if status == reqwest::StatusCode::NOT_FOUND {
+            debug!(%url, "account unknown to Horizon; empty page");
+            return Ok(TxPage {
+                records: Vec::new(),
+                next_cursor: cursor.map(str::to_owned),
+            });
+        }
+        if !status.is_success() {
+            return Err(Self::problem(&url, status, &body));
+        }
+        let page = Self::tx_page(&url, &body, cursor, limit)?;
+        debug!(
+            %url,
+            records = page.records.len(),
+            next_cursor = page.next_cursor.as_deref().unwrap_or(""),
+            "account transactions page"
+        );
+        Ok(page)
+    }
+
+    /// Checks and converts a page of `GET /accounts/{id}/transactions?order=asc`: at most
+    /// `limit` records, each a valid transaction with a paging token, tokens increasing and
+    /// after `cursor`.
+    fn tx_page(
+        url: &str,
+        body: &[u8],
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<TxPage, HorizonError> {
+        let bad = |why: String| HorizonError::BadResponse {
+            url: url.into(),
+            why,
+        };
+        let page: PageJson = Self::parse(url, body)?;
+        let got = page.embedded.records.len();
+        if got > limit as usize {
+            return Err(bad(format!("{got} records in a page of at most {limit}")));
+        }
+        let mut after = cursor.and_then(paging_token_value);
+        let mut records = Vec::with_capacity(got);
+        for r in page.embedded.records {
+            let token = paging_token_value(&r.paging_token).ok_or_else(|| {
+                bad(format!(
+                    "bad paging token {:?}",
+                    excerpt(r.paging_token.as_bytes())
+                ))
+            })?;
+            if let Some(a) = after
+                && token <= a
+            {
+                return Err(bad(format!(
+                    "paging token {token} is not after {a}; records out of order"
+                )));
+            }
+            after = Some(token);
+            if !crate::stellar::is_account_address(&r.source_account) {
+                return Err(bad(format!(
+                    "bad source account {:?}",
+                    excerpt(r.source_account.as_bytes())
+                )));
+            }
+            records.push(AccountTx {
+                paging_token: r.paging_token,
+                record: Self::to_record(url, r.tx)?,
+                source_account: r.source_account,
+            });
+        }
+        let next_cursor = records
+            .last()
+            .map(|r| r.paging_token.clone())
+            .or_else(|| cursor.map(str::to_owned));
+        Ok(TxPage {
+            records,
+            next_cursor,
+        })
+    }
+
     /// Asks friendbot to create and fund `address` (testnet only).
     pub async fn fund(&self, address: &str) -> Result<Funded, HorizonError> {
         if self.friendbot.is_empty() {
@@ -657,6 +832,69 @@ mod tests {
         assert!(matches!(
             Horizon::problem(url, reqwest::StatusCode::BAD_REQUEST, malformed),
             HorizonError::Malformed(_)
+        ));
+    }
+
+    fn page_body(tokens: &[&str]) -> Vec<u8> {
+        let source = crate::stellar::Wallet::from_seed([1; 32]).address();
+        let records: Vec<serde_json::Value> = tokens
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "paging_token": t,
+                    "source_account": source,
+                    "hash": "ab".repeat(32),
+                    "ledger": 3,
+                    "successful": true,
+                    "fee_charged": "100",
+                    "envelope_xdr": "AAAA",
+                    "result_xdr": "AAAA",
+                })
+            })
+            .collect();
+        serde_json::json!({"_embedded": {"records": records}, "_links": {}})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn pages_are_checked() {
+        let url = "http://h/accounts/G/transactions";
+        let page = Horizon::tx_page(url, &page_body(&["10", "20"]), Some("5"), 2).unwrap();
+        assert_eq!(page.records.len(), 2);
+        assert_eq!(page.records[0].paging_token, "10");
+        assert_eq!(page.records[1].record.fee_charged, 100);
+        assert_eq!(page.next_cursor.as_deref(), Some("20"));
+        let empty = Horizon::tx_page(url, &page_body(&[]), Some("20"), 2).unwrap();
+        assert!(empty.records.is_empty());
+        assert_eq!(empty.next_cursor.as_deref(), Some("20"));
+        assert_eq!(
+            Horizon::tx_page(url, &page_body(&[]), None, 2)
+                .unwrap()
+                .next_cursor,
+            None
+        );
+        for (tokens, cursor, why) in [
+            (
+                &["1", "2", "3"][..],
+                None,
+                "3 records in a page of at most 2",
+            ),
+            (&["20", "10"][..], None, "not after 20"),
+            (&["5"][..], Some("5"), "not after 5"),
+            (&["x1"][..], None, "bad paging token"),
+            (&[""][..], None, "bad paging token"),
+        ] {
+            match Horizon::tx_page(url, &page_body(tokens), cursor, 2) {
+                Err(HorizonError::BadResponse { why: w, .. }) => {
+                    assert!(w.contains(why), "{w}");
+                }
+                other => panic!("{tokens:?}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            Horizon::tx_page(url, b"{\"_embedded\": {}}", None, 2),
+            Err(HorizonError::BadResponse { .. })
         ));
     }
 

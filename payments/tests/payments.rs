@@ -335,6 +335,138 @@ async fn horizon_client_speaks_to_the_local_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_transactions_page_with_a_cursor() {
+    let f = Fixture::new(2).await;
+    let h = Horizon::new(&f.stellar).unwrap();
+    let p = payer();
+    let me = worker(0).1.address();
+    let other = worker(1).1.address();
+    let nobody = Wallet::from_seed([98; 32]).address();
+    let build = |seq: i64, to: &[&str]| {
+        let pays: Vec<Payment> = to
+            .iter()
+            .map(|d| Payment {
+                destination: (*d).to_owned(),
+                amount_stroops: 1_000,
+            })
+            .collect();
+        let params = TxParams {
+            sequence: seq,
+            base_fee_stroops: 100,
+            min_time: 0,
+            max_time: 0,
+            memo: Memo::None,
+        };
+        let tx = build_payments(&p.public_key(), &params, &pays).unwrap();
+        sign_transaction(tx, &p, &f.stellar.network_passphrase).unwrap()
+    };
+    let mut seq = h.account(&p.address()).await.unwrap().unwrap().sequence;
+    // Five payments to this worker, one to another worker in between.
+    let mut paid_me = Vec::new();
+    for to in [&me, &me, &other, &me, &me, &me] {
+        seq += 1;
+        let t = build(seq, &[to]);
+        assert!(h.submit(&t.xdr).await.unwrap().successful);
+        if to == &me {
+            paid_me.push(t.hash);
+        }
+    }
+    // A failed transaction that would have paid it: not listed.
+    seq += 1;
+    let failed = build(seq, &[&me, &nobody]);
+    assert!(matches!(
+        h.submit(&failed.xdr).await,
+        Err(HorizonError::TxFailed(fail)) if fail.was_included()
+    ));
+
+    // Two at a time with the cursor: every transaction once, oldest first.
+    let mut cursor: Option<String> = None;
+    let mut seen = Vec::new();
+    loop {
+        let page = h
+            .account_transactions(&me, cursor.as_deref(), 2)
+            .await
+            .unwrap();
+        assert!(page.records.len() <= 2, "{page:?}");
+        let Some(last) = page.records.last() else {
+            assert_eq!(page.next_cursor, cursor, "an empty page keeps the cursor");
+            break;
+        };
+        assert_eq!(page.next_cursor.as_ref(), Some(&last.paging_token));
+        cursor = page.next_cursor.clone();
+        seen.extend(page.records);
+    }
+    // The worker's account was created by friendbot first, then paid.
+    assert_eq!(seen.len(), 1 + paid_me.len());
+    assert_ne!(seen[0].source_account, p.address());
+    let hashes: Vec<_> = seen[1..].iter().map(|t| t.record.hash).collect();
+    assert_eq!(hashes, paid_me);
+    assert!(seen[1..].iter().all(|t| t.source_account == p.address()));
+    assert!(seen.iter().all(|t| t.record.successful));
+    let tokens: Vec<u64> = seen
+        .iter()
+        .map(|t| t.paging_token.parse().unwrap())
+        .collect();
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+    assert_eq!(
+        h.transaction(&paid_me[0]).await.unwrap().as_ref(),
+        Some(&seen[1].record)
+    );
+
+    // A cursor at the end gives an empty page that keeps the cursor.
+    let end = h
+        .account_transactions(&me, cursor.as_deref(), 2)
+        .await
+        .unwrap();
+    assert!(end.records.is_empty());
+    assert_eq!(end.next_cursor, cursor);
+    // Polling with it finds the next payment, and only that.
+    seq += 1;
+    let newer = build(seq, &[&me]);
+    h.submit(&newer.xdr).await.unwrap();
+    let page = h
+        .account_transactions(&me, cursor.as_deref(), 2)
+        .await
+        .unwrap();
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].record.hash, newer.hash);
+
+    // An account that does not exist yet: an empty page, not an error.
+    let unborn = Wallet::from_seed([97; 32]).address();
+    let page = h.account_transactions(&unborn, None, 2).await.unwrap();
+    assert_eq!(page, Default::default());
+    let page = h
+        .account_transactions(&unborn, Some("42"), 2)
+        .await
+        .unwrap();
+    assert!(page.records.is_empty());
+    assert_eq!(page.next_cursor.as_deref(), Some("42"));
+    // The failed payment's missing destination only took part in a failed transaction.
+    let page = h.account_transactions(&nobody, None, 200).await.unwrap();
+    assert!(page.records.is_empty());
+
+    // The limit is clamped to 1..=200.
+    let one = h.account_transactions(&me, None, 0).await.unwrap();
+    assert_eq!(one.records.len(), 1);
+    let all = h.account_transactions(&me, None, 10_000).await.unwrap();
+    assert_eq!(all.records.len(), seen.len() + 1);
+    // Bad inputs are refused before asking.
+    assert!(matches!(
+        h.account_transactions("GNOPE", None, 2).await,
+        Err(HorizonError::BadUrl { .. })
+    ));
+    for bad in ["1&order=desc", "now", "", "-1"] {
+        assert!(
+            matches!(
+                h.account_transactions(&me, Some(bad), 2).await,
+                Err(HorizonError::BadUrl { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settles_150_workers_in_two_transactions_exactly_once() {
     let f = Fixture::new(150).await;
     let rs = receipts(150, 3);

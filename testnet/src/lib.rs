@@ -25,5 +25,8 @@
 pub mod network;
 pub mod server;
 
-pub use network::{Account, Answer, AppliedPayment, Network, NetworkConfig, STANDALONE_PASSPHRASE};
+pub use network::{
+    Account, Answer, AppliedPayment, Cursor, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, Network,
+    NetworkConfig, Order, PageQuery, STANDALONE_PASSPHRASE,
+};
 pub use server::{Fault, LocalHorizon, Shared, router};

@@ -24,6 +24,10 @@ use stellar_xdr::{
 pub const STANDALONE_PASSPHRASE: &str = "Standalone Network ; February 2017";
 /// Longest envelope accepted, base64 characters.
 const MAX_ENVELOPE_B64: usize = 256 * 1024;
+/// Most records one page of a listing holds (Horizon's maximum `limit`).
+pub const MAX_PAGE_LIMIT: usize = 200;
+/// Records in a page when the request names no `limit` (Horizon's default).
+pub const DEFAULT_PAGE_LIMIT: usize = 10;
 
 /// Rules and amounts of the local network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,8 +85,153 @@ struct StoredTx {
     /// The answer given when it was submitted, replayed on resubmission.
     status: u16,
     answer: Value,
-    /// Source account, for the per-account listing.
-    source: [u8; 32],
+    /// Whether its operations applied (failed ones are listed only on request).
+    successful: bool,
+}
+
+/// The order of a listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// Oldest first (Horizon's default).
+    #[default]
+    Asc,
+    /// Newest first.
+    Desc,
+}
+
+impl Order {
+    /// The query-parameter spelling, `asc` or `desc`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Asc => "asc",
+            Self::Desc => "desc",
+        }
+    }
+
+    fn reversed(self) -> Self {
+        match self {
+            Self::Asc => Self::Desc,
+            Self::Desc => Self::Asc,
+        }
+    }
+}
+
+/// Where a page starts: after a paging token, or after everything so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// A paging token (a record's `paging_token`).
+    Token(i64),
+    /// `now`: the end of the latest ledger, as Horizon resolves it.
+    Now,
+}
+
+/// The paging parameters of a Horizon listing, read as Horizon reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageQuery {
+    /// Only records strictly after this cursor in `order`; `None` starts at the beginning
+    /// (the oldest record for `asc`, the newest for `desc`).
+    pub cursor: Option<Cursor>,
+    /// Ascending (oldest first) or descending.
+    pub order: Order,
+    /// Records at most, 1 to [`MAX_PAGE_LIMIT`].
+    pub limit: usize,
+    /// Whether failed transactions are listed too (Horizon leaves them out by default).
+    pub include_failed: bool,
+}
+
+impl Default for PageQuery {
+    fn default() -> Self {
+        Self {
+            cursor: None,
+            order: Order::Asc,
+            limit: DEFAULT_PAGE_LIMIT,
+            include_failed: false,
+        }
+    }
+}
+
+impl PageQuery {
+    /// Reads `cursor`, `order`, `limit` and `include_failed` from query parameters. An
+    /// absent or empty parameter takes Horizon's default; an unusable one is Horizon's 400
+    /// naming the field.
+    ///
+    /// A cursor is a paging token (a non-negative decimal integer) or `now`.
+    pub fn parse(params: &HashMap<String, String>) -> Result<Self, Answer> {
+        let get = |name: &str| params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let mut q = Self::default();
+        if let Some(c) = get("cursor") {
+            q.cursor = Some(if c == "now" {
+                Cursor::Now
+            } else {
+                Cursor::Token(c.parse::<i64>().ok().filter(|c| *c >= 0).ok_or_else(|| {
+                    Answer::bad_request("cursor", "the cursor must be a paging token or `now`")
+                })?)
+            });
+        }
+        if let Some(o) = get("order") {
+            q.order = match o {
+                "asc" => Order::Asc,
+                "desc" => Order::Desc,
+                _ => {
+                    return Err(Answer::bad_request(
+                        "order",
+                        "order must be either `asc` or `desc`",
+                    ));
+                }
+            };
+        }
+        if let Some(l) = get("limit") {
+            q.limit = l
+                .parse::<usize>()
+                .ok()
+                .filter(|l| (1..=MAX_PAGE_LIMIT).contains(l))
+                .ok_or_else(|| {
+                    Answer::bad_request(
+                        "limit",
+                        format!("limit must be an integer from 1 to {MAX_PAGE_LIMIT}"),
+                    )
+                })?;
+        }
+        if let Some(f) = get("include_failed") {
+            q.include_failed = match f {
+                "true" => true,
+                "false" => false,
+                _ => {
+                    return Err(Answer::bad_request(
+                        "include_failed",
+                        "include_failed must be `true` or `false`",
+                    ));
+                }
+            };
+        }
+        Ok(q)
+    }
+}
+
+/// The paging token of the `order`-th transaction (from 1) of `ledger`: Horizon's TOID,
+/// `ledger << 32 | order << 12`, which grows with application order.
+fn paging_token(ledger: u32, order: u32) -> i64 {
+    (i64::from(ledger) << 32) | (i64::from(order & 0xF_FFFF) << 12)
+}
+
+/// The accounts a transaction concerns: its source, operation sources and the
+/// destinations of its payments and account creations (Horizon's participants, for the
+/// operations modelled here). Whether the operations applied does not matter.
+fn participants(tx: &Transaction) -> Vec<[u8; 32]> {
+    let mut out = vec![muxed_key(&tx.source_account)];
+    for op in tx.operations.iter() {
+        if let Some(m) = &op.source_account {
+            out.push(muxed_key(m));
+        }
+        match &op.body {
+            OperationBody::Payment(p) => out.push(muxed_key(&p.destination)),
+            OperationBody::CreateAccount(c) => out.push(account_key(&c.destination)),
+            _ => {}
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// An answer of the network: HTTP status and JSON body.
@@ -127,6 +276,23 @@ impl Answer {
         )
     }
 
+    /// Horizon's 400 for a request parameter it cannot use.
+    pub fn bad_request(field: &str, reason: impl Into<String>) -> Self {
+        let mut a = Self::problem(
+            400,
+            "bad_request",
+            "Bad Request",
+            "The request you sent was invalid in some way.",
+        );
+        if let Some(obj) = a.body.as_object_mut() {
+            obj.insert(
+                "extras".into(),
+                json!({"invalid_field": field, "reason": reason.into()}),
+            );
+        }
+        a
+    }
+
     fn malformed(detail: impl Into<String>) -> Self {
         Self::problem(
             400,
@@ -146,6 +312,9 @@ pub struct Network {
     txs: HashMap<[u8; 32], StoredTx>,
     /// Included transactions in ledger order (hashes).
     history: Vec<[u8; 32]>,
+    /// Per account, the included transactions it takes part in: (paging token, hash), in
+    /// ledger order, so tokens increase.
+    by_account: HashMap<[u8; 32], Vec<(i64, [u8; 32])>>,
     payments: Vec<AppliedPayment>,
     ledger: u32,
     friendbot: SigningKey,
@@ -269,6 +438,7 @@ impl Network {
             accounts,
             txs: HashMap::new(),
             history: Vec::new(),
+            by_account: HashMap::new(),
             payments: Vec::new(),
             ledger: 2,
             friendbot,
@@ -391,24 +561,84 @@ impl Network {
         }
     }
 
-    /// `GET /accounts/{id}/transactions`: the account's included transactions, newest
-    /// first, at most `limit`.
-    pub fn account_transactions_json(&self, address: &str, limit: usize) -> Answer {
+    /// `GET /accounts/{id}/transactions`: one page of the included transactions the
+    /// account takes part in (as source, operation source or destination), paged as
+    /// Horizon pages: records strictly after `page.cursor` in `page.order`, at most
+    /// `page.limit`, failed ones only with `page.include_failed`.
+    ///
+    /// `base_url` prefixes the `_links` (`http://host:port`, or empty for relative links).
+    /// An account the network has never seen is a 404, as in Horizon.
+    pub fn account_transactions_json(
+        &self,
+        address: &str,
+        page: &PageQuery,
+        base_url: &str,
+    ) -> Answer {
         let Ok(k) = stellar_strkey::ed25519::PublicKey::from_string(address) else {
-            return Answer::not_found();
+            return Answer::bad_request(
+                "account_id",
+                "Account ID must start with `G` and contain 56 alphanum characters",
+            );
         };
-        let records: Vec<Value> = self
-            .history
-            .iter()
-            .rev()
-            .filter_map(|h| self.txs.get(h))
-            .filter(|t| t.source == k.0)
-            .take(limit)
-            .map(|t| t.record.clone())
-            .collect();
+        let listed = self.by_account.get(&k.0);
+        if listed.is_none() && !self.accounts.contains_key(&k.0) {
+            return Answer::not_found();
+        }
+        let listed = listed.map_or(&[][..], Vec::as_slice);
+        let limit = page.limit.clamp(1, MAX_PAGE_LIMIT);
+        let wanted = |(token, hash): &(i64, [u8; 32])| {
+            let t = self.txs.get(hash)?;
+            (page.include_failed || t.successful).then_some((*token, t))
+        };
+        // `now` is the first token of the next ledger: after everything so far, and a
+        // concrete cursor in the links to poll with.
+        let cursor = page.cursor.map(|c| match c {
+            Cursor::Token(t) => t,
+            Cursor::Now => paging_token(self.ledger.saturating_add(1), 0),
+        });
+        let chosen: Vec<(i64, &StoredTx)> = match page.order {
+            Order::Asc => {
+                let start = cursor.map_or(0, |c| listed.partition_point(|(t, _)| *t <= c));
+                listed[start..]
+                    .iter()
+                    .filter_map(wanted)
+                    .take(limit)
+                    .collect()
+            }
+            Order::Desc => {
+                let end = cursor.map_or(listed.len(), |c| listed.partition_point(|(t, _)| *t < c));
+                listed[..end]
+                    .iter()
+                    .rev()
+                    .filter_map(wanted)
+                    .take(limit)
+                    .collect()
+            }
+        };
+        let href = |cursor: Option<i64>, order: Order| {
+            let mut h = format!(
+                "{base_url}/accounts/{address}/transactions?cursor={}&limit={limit}&order={}",
+                cursor.map(|c| c.to_string()).unwrap_or_default(),
+                order.as_str(),
+            );
+            if page.include_failed {
+                h.push_str("&include_failed=true");
+            }
+            h
+        };
+        let next = chosen.last().map(|(t, _)| *t).or(cursor);
+        let prev = chosen.first().map(|(t, _)| *t).or(cursor);
+        let records: Vec<Value> = chosen.iter().map(|(_, t)| t.record.clone()).collect();
         Answer {
             status: 200,
-            body: json!({"_embedded": {"records": records}}),
+            body: json!({
+                "_links": {
+                    "self": {"href": href(cursor, page.order)},
+                    "next": {"href": href(next, page.order)},
+                    "prev": {"href": href(prev, page.order.reversed())},
+                },
+                "_embedded": {"records": records},
+            }),
         }
     }
 
@@ -574,8 +804,11 @@ impl Network {
         };
         let result_xdr = result_xdr(fee, result);
         let (memo_type, memo) = memo_json(&tx.memo);
+        // One transaction per ledger here, so it is the ledger's first.
+        let token = paging_token(self.ledger, 1);
         let mut record = json!({
             "id": hash_hex,
+            "paging_token": token.to_string(),
             "hash": hash_hex,
             "ledger": self.ledger,
             "successful": success,
@@ -617,10 +850,13 @@ impl Network {
                 record,
                 status,
                 answer: answer.clone(),
-                source,
+                successful: success,
             },
         );
         self.history.push(hash);
+        for k in participants(tx) {
+            self.by_account.entry(k).or_default().push((token, hash));
+        }
         Answer {
             status,
             body: answer,
@@ -1046,6 +1282,157 @@ mod tests {
         let h = ans.body["extras"]["hash"].as_str().unwrap();
         assert_eq!(net.transaction_json(h).body["successful"], false);
         assert!(net.payments().is_empty());
+    }
+
+    fn query(pairs: &[(&str, &str)]) -> Result<PageQuery, Answer> {
+        PageQuery::parse(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn page_parameters_are_read_as_horizon_reads_them() {
+        assert_eq!(query(&[]).unwrap(), PageQuery::default());
+        assert_eq!(
+            query(&[("cursor", ""), ("order", ""), ("limit", "")]).unwrap(),
+            PageQuery::default()
+        );
+        assert_eq!(
+            query(&[
+                ("cursor", "17179873280"),
+                ("order", "desc"),
+                ("limit", "200"),
+                ("include_failed", "true"),
+            ])
+            .unwrap(),
+            PageQuery {
+                cursor: Some(Cursor::Token(17_179_873_280)),
+                order: Order::Desc,
+                limit: 200,
+                include_failed: true,
+            }
+        );
+        assert_eq!(
+            query(&[("cursor", "now")]).unwrap().cursor,
+            Some(Cursor::Now)
+        );
+        for (name, value) in [
+            ("cursor", "-1"),
+            ("cursor", "abc"),
+            ("order", "up"),
+            ("limit", "0"),
+            ("limit", "201"),
+            ("limit", "ten"),
+            ("include_failed", "yes"),
+        ] {
+            let a = query(&[(name, value)]).unwrap_err();
+            assert_eq!(a.status, 400);
+            assert_eq!(a.body["extras"]["invalid_field"], name, "{value}");
+        }
+    }
+
+    #[test]
+    fn account_listing_follows_participants_and_leaves_failed_out() {
+        let (mut net, a, b, seq) = funded();
+        let nobody = addr(&key(7));
+        let pay = envelope(
+            &net,
+            &a,
+            TxSpec {
+                fee: 100,
+                seq: seq + 1,
+                bounds: None,
+                pays: vec![(addr(&b), 10)],
+            },
+            &[&a],
+        );
+        assert_eq!(net.submit(&pay, NOW).status, 200);
+        let failed = envelope(
+            &net,
+            &a,
+            TxSpec {
+                fee: 200,
+                seq: seq + 2,
+                bounds: None,
+                pays: vec![(addr(&b), 10), (nobody.clone(), 10)],
+            },
+            &[&a],
+        );
+        assert_eq!(code(&net.submit(&failed, NOW)), "tx_failed");
+        let listed = |who: &str, page: PageQuery| -> Vec<Value> {
+            let ans = net.account_transactions_json(who, &page, "");
+            assert_eq!(ans.status, 200, "{}", ans.body);
+            ans.body["_embedded"]["records"].as_array().unwrap().clone()
+        };
+        let with_failed = PageQuery {
+            include_failed: true,
+            ..PageQuery::default()
+        };
+        // b: created by friendbot, then paid; the failed payment only on request.
+        let fb = g(&net.friendbot.verifying_key().to_bytes());
+        let recs = listed(&addr(&b), PageQuery::default());
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0]["source_account"], fb);
+        assert_eq!(recs[1]["source_account"], addr(&a));
+        let all = listed(&addr(&b), with_failed);
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[2]["successful"], false);
+        let tokens: Vec<i64> = all
+            .iter()
+            .map(|r| r["paging_token"].as_str().unwrap().parse().unwrap())
+            .collect();
+        assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+        // Newest first, and strictly before the cursor.
+        let desc = listed(
+            &addr(&b),
+            PageQuery {
+                order: Order::Desc,
+                cursor: Some(Cursor::Token(tokens[2])),
+                ..with_failed
+            },
+        );
+        assert_eq!(desc.len(), 2);
+        assert_eq!(desc[0]["paging_token"], tokens[1].to_string());
+        // `now`: nothing yet in ascending order, everything in descending order, and a
+        // concrete cursor in the links that the next transaction comes after.
+        let now = PageQuery {
+            cursor: Some(Cursor::Now),
+            ..with_failed
+        };
+        let ans = net.account_transactions_json(&addr(&b), &now, "");
+        assert_eq!(ans.body["_embedded"]["records"], json!([]));
+        let next = ans.body["_links"]["next"]["href"].as_str().unwrap();
+        let after: i64 = next
+            .split("cursor=")
+            .nth(1)
+            .and_then(|c| c.split('&').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(after > tokens[2]);
+        assert_eq!(
+            listed(
+                &addr(&b),
+                PageQuery {
+                    order: Order::Desc,
+                    ..now
+                }
+            )
+            .len(),
+            3
+        );
+        // The failed payment's missing destination took part in it: a page, not a 404.
+        assert!(listed(&nobody, PageQuery::default()).is_empty());
+        assert_eq!(listed(&nobody, with_failed).len(), 1);
+        // The friendbot account is the source of both creations.
+        assert_eq!(listed(&fb, PageQuery::default()).len(), 2);
+        let never = net.account_transactions_json(&addr(&key(8)), &PageQuery::default(), "");
+        assert_eq!(never.status, 404);
+        let bad = net.account_transactions_json("GNOPE", &PageQuery::default(), "");
+        assert_eq!(bad.body["extras"]["invalid_field"], "account_id");
     }
 
     #[test]

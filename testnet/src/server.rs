@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /` | root: passphrase, latest ledger |
 //! | `GET /accounts/{id}` | account (sequence, balances) or 404 |
-//! | `GET /accounts/{id}/transactions?limit=` | the account's included transactions, newest first |
+//! | `GET /accounts/{id}/transactions?cursor=&order=&limit=&include_failed=` | a page of the account's included transactions, paged as in Horizon (oldest first by default) |
 //! | `POST /transactions` | submit (form field `tx`, or query `tx`) |
 //! | `GET /transactions/{hash}` | an included transaction or 404 |
 //! | `GET /friendbot?addr=` (also `POST`) | create and fund an account |
@@ -23,7 +23,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::network::{Account, Answer, AppliedPayment, Network, NetworkConfig};
+use crate::network::{Account, Answer, AppliedPayment, Network, NetworkConfig, PageQuery};
 
 /// A misbehaviour the server shows on the next `POST /transactions`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,13 +270,33 @@ async fn account_transactions(
     State(s): State<Shared>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Response {
-    let limit = q
-        .get("limit")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(10usize)
-        .min(200);
-    json_response(s.lock().net.account_transactions_json(&id, limit))
+    let page = match PageQuery::parse(&q) {
+        Ok(p) => p,
+        Err(a) => return json_response(a),
+    };
+    json_response(
+        s.lock()
+            .net
+            .account_transactions_json(&id, &page, &base_url(&headers)),
+    )
+}
+
+/// `http://` and the request's `Host`, for absolute `_links` as Horizon gives; empty (relative
+/// links) when the header is missing or holds anything but a host and port.
+fn base_url(headers: &HeaderMap) -> String {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .map(|h| format!("http://{h}"))
+        .unwrap_or_default()
 }
 
 async fn transaction(State(s): State<Shared>, Path(hash): Path<String>) -> Response {

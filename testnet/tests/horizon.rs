@@ -146,9 +146,17 @@ async fn endpoints_speak_horizon_json() {
     assert_eq!(s, 200);
     assert_eq!(tx["successful"], true);
     assert_eq!(tx["fee_charged"], "100");
-    let (s, list) = get(format!("{base}/accounts/{}/transactions", addr(&a))).await;
+    let (s, list) = get(format!(
+        "{base}/accounts/{}/transactions?order=desc&limit=1",
+        addr(&a)
+    ))
+    .await;
     assert_eq!(s, 200);
     assert_eq!(list["_embedded"]["records"][0]["hash"], hash);
+    assert_eq!(
+        list["_embedded"]["records"][0]["paging_token"],
+        tx["paging_token"]
+    );
 
     let (s, missing) = get(format!("{base}/transactions/{}", "00".repeat(32))).await;
     assert_eq!((s, missing["status"].as_u64()), (404, Some(404)));
@@ -241,5 +249,126 @@ async fn faults_behave_as_advertised() {
     let (s, state) = get(format!("{base}/admin/state")).await;
     assert_eq!(s, 200);
     assert_eq!(state["payments"].as_array().unwrap().len(), 2);
+    h.stop().await;
+}
+
+/// The records of a page and its `next` link.
+async fn page(url: String) -> (Vec<Value>, String) {
+    let (s, body) = get(url.clone()).await;
+    assert_eq!(s, 200, "{url}: {body}");
+    let records = body["_embedded"]["records"].as_array().unwrap().clone();
+    let next = body["_links"]["next"]["href"].as_str().unwrap().to_owned();
+    (records, next)
+}
+
+fn token(r: &Value) -> u64 {
+    r["paging_token"].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn account_transactions_page_with_a_cursor() {
+    let h = start().await;
+    let base = h.url();
+    let [a, b, other, never, missing] = [5u8, 6, 7, 8, 9].map(|n| SigningKey::from_bytes(&[n; 32]));
+    let mut want = Vec::new();
+    for k in [&a, &b, &other] {
+        let (s, fb) = get(format!("{base}/friendbot?addr={}", addr(k))).await;
+        assert_eq!(s, 200, "{fb}");
+        if k == &b {
+            // b's history starts with its creation.
+            want.push(fb["hash"].as_str().unwrap().to_owned());
+        }
+    }
+    let seq = h.account(&addr(&a)).unwrap().seq;
+    let pass = h.passphrase();
+    let max_time = h.now() + 60;
+    // Five payments to b, with one to another account in between that b must not see.
+    for (i, to) in [&b, &b, &other, &b, &b, &b].into_iter().enumerate() {
+        let (env, hash) = pay_envelope(&pass, &a, seq + 1 + i as i64, max_time, &[(to, 100)]);
+        let (s, body) = post_tx(&base, &env).await.unwrap();
+        assert_eq!(s, 200, "{body}");
+        if to == &b {
+            want.push(hash);
+        }
+    }
+    // A failed transaction paying b: listed only with include_failed=true.
+    let (env, failed) = pay_envelope(&pass, &a, seq + 7, max_time, &[(&b, 1), (&missing, 1)]);
+    let (s, body) = post_tx(&base, &env).await.unwrap();
+    assert_eq!(s, 400);
+    assert_eq!(body["extras"]["result_codes"]["transaction"], "tx_failed");
+
+    // Two at a time, following the `next` links: every transaction once, in order.
+    let b_list = format!("{base}/accounts/{}/transactions", addr(&b));
+    let mut seen = Vec::new();
+    let mut tokens = Vec::new();
+    let mut url = format!("{b_list}?limit=2");
+    let end = loop {
+        let (records, next) = page(url.clone()).await;
+        assert!(records.len() <= 2);
+        if records.is_empty() {
+            break next;
+        }
+        let last = records.last().unwrap();
+        assert_eq!(
+            next,
+            format!(
+                "{b_list}?cursor={}&limit=2&order=asc",
+                last["paging_token"].as_str().unwrap()
+            )
+        );
+        for r in &records {
+            assert_eq!(r["successful"], true);
+            seen.push(r["hash"].as_str().unwrap().to_owned());
+            tokens.push(token(r));
+        }
+        url = next;
+    };
+    assert_eq!(seen, want);
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+    // The page after the last one is empty and its `next` stays where it is.
+    let last = *tokens.last().unwrap();
+    assert_eq!(end, format!("{b_list}?cursor={last}&limit=2&order=asc"));
+    let (records, again) = page(format!("{b_list}?cursor={last}&limit=2")).await;
+    assert!(records.is_empty());
+    assert_eq!(again, end);
+
+    // Each record's token is the one the transaction resource carries.
+    let (_, tx) = get(format!("{base}/transactions/{}", want[1])).await;
+    assert_eq!(tx["paging_token"], tokens[1].to_string());
+
+    // The failed transaction comes last with include_failed=true, and the flag is carried
+    // in the links.
+    let (records, next) = page(format!("{b_list}?cursor={last}&include_failed=true")).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["hash"], failed);
+    assert_eq!(records[0]["successful"], false);
+    assert!(next.ends_with("&include_failed=true"), "{next}");
+
+    // Newest first, from a cursor.
+    let (records, next) = page(format!("{b_list}?order=desc&limit=2&cursor={last}")).await;
+    let got: Vec<&str> = records
+        .iter()
+        .map(|r| r["hash"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, [want[4].as_str(), want[3].as_str()]);
+    assert!(next.contains("&order=desc"), "{next}");
+
+    // An account that was never created is a 404, as in Horizon.
+    let (s, nf) = get(format!("{base}/accounts/{}/transactions", addr(&never))).await;
+    assert_eq!(s, 404);
+    assert_eq!(nf["type"], "https://stellar.org/horizon-errors/not_found");
+
+    // Parameters Horizon refuses.
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=201", "limit"),
+        ("order=sideways", "order"),
+        ("cursor=yesterday", "cursor"),
+        ("include_failed=maybe", "include_failed"),
+    ] {
+        let (s, bad) = get(format!("{b_list}?{query}")).await;
+        assert_eq!(s, 400, "{query}");
+        assert_eq!(bad["extras"]["invalid_field"], field, "{query}");
+    }
     h.stop().await;
 }
