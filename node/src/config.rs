@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crank_inference::EngineConfig;
 use crank_inference::device::DeviceConfig;
-use crank_scheduler::{AuctionConfig, CostModel, TrustPrior};
+use crank_scheduler::{AuctionConfig, CostModel, CreditPolicy, TrustPrior};
 
 use crank_payments::StellarConfig;
 
@@ -102,6 +102,11 @@ pub struct RequesterConfig {
     pub auction: AuctionConfig,
     /// Prior of the trust score given to peers we have no record of.
     pub trust_prior: TrustPrior,
+    /// How long a counter-signed receipt waits for its outputs, and for checks still
+    /// running on delivered outputs, seconds. A receipt whose outputs never come in this
+    /// window is disputed (never paid); one delivered this long ago with no failed check is
+    /// paid. Default 600.
+    pub dispute_window_secs: u64,
 }
 
 impl Default for RequesterConfig {
@@ -113,6 +118,7 @@ impl Default for RequesterConfig {
             discovery_ms: 10_000,
             auction: AuctionConfig::default(),
             trust_prior: TrustPrior::default(),
+            dispute_window_secs: 600,
         }
     }
 }
@@ -129,6 +135,12 @@ pub struct WorkerConfig {
     pub cost: CostModel,
     /// The GPU path (binaries built with the `gpu` feature, the default).
     pub gpu: GpuSettings,
+    /// How much a requester may owe this node before its calls are declined (`credit`).
+    pub credit: CreditPolicy,
+    /// How often to look for payments to the payout account on Horizon, seconds, so a
+    /// settlement notice that never arrived strands no receipt (0: rely on notices alone).
+    /// Default 60.
+    pub watch_payments_secs: u64,
 }
 
 impl Default for WorkerConfig {
@@ -138,6 +150,8 @@ impl Default for WorkerConfig {
             benchmark_ms: 500,
             cost: CostModel::default(),
             gpu: GpuSettings::default(),
+            credit: CreditPolicy::default(),
+            watch_payments_secs: 60,
         }
     }
 }

@@ -26,6 +26,8 @@ struct Inner {
     gate_open: Gauge,
     queued: Gauge,
     receipts: Family<Labels, Counter>,
+    stroops_received: Counter,
+    unmatched_payments: Counter,
 }
 
 /// Cheap-to-clone handle to the node's metrics.
@@ -124,8 +126,22 @@ impl Metrics {
             "Counter-signed receipts stored, by role",
             receipts.clone(),
         );
+        let stroops_received = Counter::default();
+        registry.register(
+            "stroops_received",
+            "Stroops received in payments checked against the ledger",
+            stroops_received.clone(),
+        );
+        let unmatched_payments = Counter::default();
+        registry.register(
+            "unmatched_payments",
+            "Payments received that matched no receipt in whole or in part",
+            unmatched_payments.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
+                stroops_received,
+                unmatched_payments,
                 registry,
                 peers,
                 requests_received,
@@ -204,6 +220,15 @@ impl Metrics {
     pub(crate) fn queued(&self, n: usize) {
         self.inner.queued.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
+    /// A payment was checked and credited: `received` stroops, of which `unallocated`
+    /// matched no receipt.
+    pub(crate) fn payment_in(&self, received: u64, unallocated: u64) {
+        self.inner.stroops_received.inc_by(received);
+        if unallocated > 0 {
+            self.inner.unmatched_payments.inc();
+        }
+    }
+
     pub(crate) fn receipt(&self, role: &str) {
         self.inner
             .receipts

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use crank_inference::device::{self, EnergyMeter, GateMonitor, GateSnapshot};
 use crank_inference::{Engine, Job, ModelStore};
-use crank_payments::Ledger;
+use crank_payments::{Ledger, RequesterReceipts, WorkerReceipts};
 use crank_protocol::adverts::AdvertTable;
 use crank_protocol::validate::Limits;
 use crank_protocol::{
     CapabilityAdvert, Capacity, ErrorCode, ExecPath, GateInfo, GateReason, GpuAdapter, Hardware,
-    ModelId, NamedTensor, NodeId, PaidReceipt, PathBench, Pricing, Request, Response,
-    SettlementNotice, Signed, TaskId, Tensor, TensorData, TrustSummary,
+    ModelId, NamedTensor, NodeId, PathBench, Pricing, Request, Response,
+    Signed, TaskId, Tensor, TensorData, TrustSummary,
 };
 use crank_scheduler::{MeasuredRun, TrustBook};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
@@ -99,6 +99,10 @@ pub(crate) struct Shared {
     pub engine: Engine,
     pub ledger: Arc<Ledger>,
     pub wallet: Arc<NodeWallet>,
+    /// The worker's side of the receipt exchange (money rules live in crank-payments).
+    pub worker_receipts: WorkerReceipts,
+    /// The requester's side of the receipt exchange.
+    pub requester_receipts: RequesterReceipts,
     pub metrics: Metrics,
     pub meter: EnergyMeter,
     pub gate: watch::Receiver<GateSnapshot>,
@@ -391,7 +395,16 @@ impl Node {
         let (client, events, event_loop) =
             network::new(&identity, &config.network, role.clone(), metrics.clone())?;
         let limits = Limits::default();
+        let worker_receipts = WorkerReceipts::new(
+            ledger.clone(),
+            identity.clone(),
+            payout.clone(),
+            config.stellar.clone(),
+        );
+        let requester_receipts = RequesterReceipts::new(ledger.clone(), identity.clone());
         let shared = Arc::new(Shared {
+            worker_receipts,
+            requester_receipts,
             identity,
             node_id,
             client,
@@ -433,6 +446,8 @@ impl Node {
         tasks.spawn(gate_loop(shared.clone(), stop_rx.clone()));
         tasks.spawn(settlement_notices(shared.clone(), stop_rx.clone()));
         tasks.spawn(worker::recover_receipts(shared.clone(), stop_rx.clone()));
+        tasks.spawn(worker::watch_payments(shared.clone(), stop_rx.clone()));
+        tasks.spawn(requester::expire_checks(shared.clone(), stop_rx.clone()));
         tasks.spawn(crate::wallet::settlement_loop(
             wallet,
             shared.config.settlement.clone(),
@@ -715,12 +730,10 @@ async fn dispatch(
     }
 }
 
-/// Ledger key of the newest settlement whose workers were told.
-const NOTIFIED_KEY: &str = "settlement_notified";
-
-/// Tells workers about settlements that paid them, so each can check its payment against the
-/// ledger and mark its receipts paid. Runs when a settlement applies, and every half minute
-/// for ones resolved after a restart.
+/// Tells workers about settlements that paid them, with a notice signed by this node, until
+/// each acknowledges, so each can check its payment against the ledger and credit its
+/// receipts. Runs when a settlement applies, and every half minute for workers not reached
+/// yet (offline, or resolved after a restart).
 async fn settlement_notices(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
@@ -733,78 +746,50 @@ async fn settlement_notices(shared: Arc<Shared>, mut stop: watch::Receiver<bool>
 }
 
 async fn send_settlement_notices(shared: &Arc<Shared>) {
-    let done = match shared.ledger.get_meta(NOTIFIED_KEY) {
-        Ok(Some(b)) => b.try_into().map(u64::from_be_bytes).unwrap_or(0),
-        Ok(None) => 0,
+    let receipts = &shared.requester_receipts;
+    let due = match receipts.unacknowledged(64).await {
+        Ok(d) => d,
         Err(e) => {
             warn!(error = %chain(&e), "cannot read which settlements were announced");
             return;
         }
     };
-    let mut intents = match shared.ledger.intents(64) {
-        Ok(list) => list,
-        Err(e) => {
-            warn!(error = %chain(&e), "cannot read settlements");
-            return;
-        }
-    };
-    intents.retain(|i| i.id > done);
-    intents.sort_by_key(|i| i.id);
-    let mut newest = done;
-    for intent in intents {
-        match intent.state {
-            crank_payments::IntentState::Settled { .. } => {}
-            crank_payments::IntentState::Failed { .. } => {
-                newest = intent.id;
+    for (intent, workers) in due {
+        let notice = match receipts.notice(&intent) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %chain(&e), "cannot sign a settlement notice");
                 continue;
             }
-            // Announce in order: a later settlement waits for an earlier one to resolve.
-            crank_payments::IntentState::Pending => break,
-        }
-        let lines = intent.draft.manifest.lines();
-        let notice = SettlementNotice {
-            tx_hash: intent.draft.tx_hash.0,
-            receipts: lines
-                .iter()
-                .map(|l| PaidReceipt {
-                    payout: l.payout.clone(),
-                    task_id: l.task,
-                    worker: l.worker,
-                    amount_stroops: l.amount_stroops,
-                })
-                .collect(),
         };
-        let workers: std::collections::BTreeSet<NodeId> = lines.iter().map(|l| l.worker).collect();
         let sends = workers.into_iter().map(|worker| {
             let notice = notice.clone();
+            let tx = intent.draft.tx_hash;
             async move {
                 let answer = shared
                     .client
                     .request(&worker, Request::Settlement(notice))
                     .await;
                 match answer {
-                    Ok(Response::PaymentRecorded { receipts }) => {
-                        info!(worker = %worker.short(), tx = %intent.draft.tx_hash, receipts, "worker confirmed its payment")
+                    Ok(Response::PaymentRecorded { receipts: n }) => {
+                        info!(worker = %worker.short(), tx = %tx, receipts = n, "worker confirmed its payment");
+                        if let Err(e) = receipts.acknowledged(intent.id, worker).await {
+                            warn!(error = %chain(&e), "cannot record the acknowledgement");
+                        }
                     }
                     Ok(Response::Error(e)) => {
-                        warn!(worker = %worker.short(), tx = %intent.draft.tx_hash, error = %e, "worker did not accept the settlement notice")
+                        warn!(worker = %worker.short(), tx = %tx, error = %e, "worker did not accept the settlement notice; will retry")
                     }
                     Ok(other) => {
                         warn!(worker = %worker.short(), kind = other.kind(), "unexpected answer to a settlement notice")
                     }
                     Err(e) => {
-                        warn!(worker = %worker.short(), tx = %intent.draft.tx_hash, error = %e, "worker not told of its payment")
+                        debug!(worker = %worker.short(), tx = %tx, error = %e, "worker not told of its payment yet; will retry")
                     }
                 }
             }
         });
         futures::future::join_all(sends).await;
-        newest = intent.id;
-    }
-    if newest != done
-        && let Err(e) = shared.ledger.put_meta(NOTIFIED_KEY, &newest.to_be_bytes())
-    {
-        warn!(error = %chain(&e), "cannot record which settlements were announced");
     }
 }
 
@@ -846,6 +831,13 @@ async fn handle_request(
         Request::Cancel(cancel) => responder.send(worker::on_cancel(shared, &peer, &cancel)),
         Request::FetchModel(fetch) => responder.send(worker::on_fetch_model(shared, &fetch)),
         Request::Result(result) => requester::on_result(shared, peer, result, responder).await,
+        Request::Outputs(outputs) => {
+            requester::on_outputs(shared, peer, *outputs, responder).await
+        }
+        Request::Dispute(dispute) => responder.send(worker::on_dispute(shared, &peer, *dispute).await),
+        Request::GetSettlement { tx_hash } => {
+            responder.send(requester::on_get_settlement(shared, peer, tx_hash).await)
+        }
         Request::Failure(failure) => requester::on_failure(shared, peer, failure, responder).await,
         Request::GetAdvert if !shared.offers_work() => responder.send(Response::error(
             ErrorCode::NotFound,

@@ -6,12 +6,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crank_payments::Role;
+use crank_payments::{Expected, OutputsVerdict, ReceiptProof, TxHash};
 use crank_protocol::tensor::tensors_hash;
-use crank_protocol::validate;
 use crank_protocol::{
-    CounterSigned, ErrorCode, ModelId, NamedTensor, NodeId, Receipt, Request, Response, Signed,
-    TaskFailure, TaskId, TaskResult,
+    ErrorCode, ModelId, NamedTensor, NodeId, Receipt, Request, Response, Signed, TaskFailure,
+    TaskId, TaskOutputs, TaskResult,
 };
 use crank_scheduler::{
     Auction, AuctionTrace, CandidateQuery, FailureExplanation, Input, Output, Preference, Status,
@@ -20,7 +19,7 @@ use crank_scheduler::{
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::clock;
@@ -33,6 +32,11 @@ pub(crate) enum WorkerReport {
     Result {
         from: NodeId,
         result: TaskResult,
+        responder: Responder,
+    },
+    Outputs {
+        from: NodeId,
+        outputs: Signed<TaskOutputs>,
         responder: Responder,
     },
     Failure {
@@ -221,6 +225,8 @@ pub(crate) async fn submit(
         model_bytes,
         input_hash,
         input_elements,
+        nonce,
+        payer: shared.payout.clone(),
         max_price_stroops: req.max_price_stroops.unwrap_or(cfg.max_price_stroops),
         deadline: now + req.deadline_ms.unwrap_or(cfg.deadline_ms),
         bid_window_ms: req.bid_window_ms.unwrap_or(cfg.bid_window_ms).max(1),
@@ -305,6 +311,8 @@ async fn drive(
     let mut answers: FuturesUnordered<futures::future::BoxFuture<'static, Answer>> =
         FuturesUnordered::new();
     let mut delivered: Option<(Vec<NamedTensor>, Receipt)> = None;
+    // The receipt counter-signed for the current holder, waiting for its outputs.
+    let mut countersigned: Option<(NodeId, Receipt)> = None;
     loop {
         while let Some(output) = auction.poll_output() {
             match output {
@@ -394,7 +402,10 @@ async fn drive(
             }
             Some(report) = reports.recv() => match report {
                 WorkerReport::Result { from, result, responder } => {
-                    on_task_result(shared, auction, from, result, responder, &mut delivered).await;
+                    on_task_result(shared, auction, from, result, responder, &mut countersigned).await;
+                }
+                WorkerReport::Outputs { from, outputs, responder } => {
+                    on_task_outputs(shared, auction, from, outputs, responder, &mut countersigned, &mut delivered).await;
                 }
                 WorkerReport::Failure { from, failure, responder } => {
                     responder.send(Response::Ack { task_id: spec.task_id });
@@ -423,15 +434,16 @@ fn current_worker(auction: &Auction) -> Option<NodeId> {
     }
 }
 
-/// Checks a result, counter-signs and stores its receipt, answers the worker, and tells the
-/// auction.
+/// Checks a worker's signed receipt against the award, counter-signs and stores it (awaiting
+/// the outputs), and answers with the counter-signature: the worker releases the outputs
+/// only against it.
 async fn on_task_result(
     shared: &Arc<Shared>,
     auction: &mut Auction,
     from: NodeId,
     result: TaskResult,
     responder: Responder,
-    delivered: &mut Option<(Vec<NamedTensor>, Receipt)>,
+    countersigned: &mut Option<(NodeId, Receipt)>,
 ) {
     if current_worker(auction) != Some(from) {
         responder.send(Response::error(
@@ -440,100 +452,195 @@ async fn on_task_result(
         ));
         return;
     }
-    let body = match validate::task_result(&result, &shared.node_id, &from, &shared.limits) {
-        Ok(b) => b.clone(),
-        Err(e) => {
-            warn!(peer = %from.short(), error = %e, "invalid result");
-            shared.client.penalize(&from, e.to_string()).await;
-            responder.send(Response::error(ErrorCode::Invalid, e.to_string()));
-            let _ = auction.handle(
-                Input::ResultInvalid {
-                    from,
-                    reason: e.to_string(),
-                },
-                clock::now_ms(),
-            );
-            return;
-        }
-    };
     let spec = auction.spec();
-    let price_ok = match auction.status() {
+    let price_stroops = match auction.status() {
         Status::Awarded { price_stroops, .. } | Status::Running { price_stroops, .. } => {
-            body.price_stroops == price_stroops
+            price_stroops
         }
-        _ => false,
+        _ => u64::MAX,
     };
-    if body.task_id != spec.task_id
-        || body.model != spec.model
-        || body.input_hash != spec.input_hash
-        || !price_ok
-    {
-        let reason = "receipt does not match the award (task, model, inputs or price)";
-        responder.send(Response::error(ErrorCode::Invalid, reason));
-        let _ = auction.handle(
-            Input::ResultInvalid {
-                from,
-                reason: reason.into(),
-            },
-            clock::now_ms(),
-        );
-        return;
-    }
-    // The ledger's own checks: the pair's sequence number and cumulative total chain with
-    // what we stored before, and the payout is a valid account.
-    let ledger = shared.ledger.clone();
-    let signed = result.receipt.clone();
-    match tokio::task::spawn_blocking(move || ledger.check_new_receipt(&signed)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            let reason = format!("receipt refused: {}", crate::node::chain(&e));
-            warn!(peer = %from.short(), reason = %reason, "result refused");
-            responder.send(Response::error(ErrorCode::Invalid, &reason));
-            let _ = auction.handle(Input::ResultInvalid { from, reason }, clock::now_ms());
-            return;
-        }
-        Err(e) => {
-            responder.send(Response::error(ErrorCode::Internal, e.to_string()));
-            return;
-        }
-    }
-    let receipt = match CounterSigned::countersign(result.receipt.clone(), &shared.identity) {
-        Ok(r) => r,
-        Err(e) => {
-            responder.send(Response::error(ErrorCode::Internal, e.to_string()));
-            return;
-        }
+    let expected = Expected {
+        task_id: spec.task_id,
+        model: spec.model,
+        input_hash: spec.input_hash,
+        price_stroops,
+        payer: spec.payer.clone(),
     };
-    let ledger = shared.ledger.clone();
-    let to_store = receipt.clone();
-    match tokio::task::spawn_blocking(move || ledger.store_receipt(&to_store, Role::Requester))
+    match shared
+        .requester_receipts
+        .countersign(result.receipt, from, &expected, &shared.limits)
         .await
     {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            warn!(peer = %from.short(), error = %e, "cannot store the receipt");
-            responder.send(Response::error(
-                ErrorCode::Invalid,
-                format!("receipt not accepted: {e}"),
-            ));
-            return;
+        Ok(receipt) => {
+            shared.metrics.receipt("requester");
+            responder.send(Response::Receipt(Box::new(receipt.clone())));
+            *countersigned = Some((from, receipt));
         }
         Err(e) => {
-            responder.send(Response::error(ErrorCode::Internal, e.to_string()));
-            return;
+            let reason = format!("receipt refused: {}", crate::node::chain(&e));
+            warn!(peer = %from.short(), reason = %reason, "result refused");
+            if matches!(e, crank_payments::ExchangeError::Invalid(_)) {
+                shared.client.penalize(&from, e.to_string()).await;
+            }
+            responder.send(Response::error(ErrorCode::Invalid, &reason));
+            let _ = auction.handle(Input::ResultInvalid { from, reason }, clock::now_ms());
         }
     }
-    shared.metrics.receipt("requester");
-    responder.send(Response::Receipt(Box::new(receipt.clone())));
-    *delivered = Some((result.outputs, receipt.clone()));
-    if let Err(e) = auction.handle(
-        Input::Result {
-            from,
-            receipt: receipt.inner,
-        },
-        clock::now_ms(),
-    ) {
-        warn!(error = %e, "auction did not take the result");
+}
+
+/// Checks the outputs the worker released against the hash its counter-signed receipt
+/// committed to; completes the task, or disputes the receipt with the signed outputs as
+/// evidence and re-awards.
+async fn on_task_outputs(
+    shared: &Arc<Shared>,
+    auction: &mut Auction,
+    from: NodeId,
+    outputs: Signed<TaskOutputs>,
+    responder: Responder,
+    countersigned: &mut Option<(NodeId, Receipt)>,
+    delivered: &mut Option<(Vec<NamedTensor>, Receipt)>,
+) {
+    let Some((holder, receipt)) = countersigned.take_if(|(w, _)| *w == from) else {
+        responder.send(Response::error(
+            ErrorCode::NotFound,
+            "no counter-signed receipt awaits these outputs",
+        ));
+        return;
+    };
+    let task_id = receipt.inner.body.task_id;
+    match shared
+        .requester_receipts
+        .check_outputs(outputs, holder, &shared.limits)
+        .await
+    {
+        Ok(OutputsVerdict::Accepted(tensors)) => {
+            responder.send(Response::Ack { task_id });
+            *delivered = Some((tensors, receipt.clone()));
+            if let Err(e) = auction.handle(
+                Input::Result {
+                    from,
+                    receipt: receipt.inner,
+                },
+                clock::now_ms(),
+            ) {
+                warn!(error = %e, "auction did not take the result");
+            }
+        }
+        Ok(OutputsVerdict::Disputed(dispute)) => {
+            let reason = dispute.body.reason.to_string();
+            warn!(peer = %from.short(), task = %task_id.short(), reason = %reason, "outputs disputed; the receipt will not be paid");
+            shared
+                .client
+                .penalize(&from, "delivered outputs its receipt did not commit to")
+                .await;
+            responder.send(Response::Disputed(dispute));
+            let _ = auction.handle(Input::ResultInvalid { from, reason }, clock::now_ms());
+        }
+        Err(e) => {
+            // Unsigned or malformed outputs prove nothing: wait for a proper delivery.
+            debug!(peer = %from.short(), error = %crate::node::chain(&e), "outputs refused");
+            responder.send(Response::error(ErrorCode::Invalid, crate::node::chain(&e)));
+            *countersigned = Some((holder, receipt));
+        }
+    }
+}
+
+/// Outputs for a task this node requested.
+pub(crate) async fn on_outputs(
+    shared: &Arc<Shared>,
+    peer: NodeId,
+    outputs: Signed<TaskOutputs>,
+    responder: Responder,
+) {
+    let task = outputs.body.task_id;
+    let pending = lock(&shared.pending).get(&task).cloned();
+    if let Some(tx) = pending {
+        if let Err(mpsc::error::SendError(WorkerReport::Outputs {
+            outputs, responder, ..
+        })) = tx
+            .send(WorkerReport::Outputs {
+                from: peer,
+                outputs,
+                responder,
+            })
+            .await
+        {
+            responder.send(outputs_after_the_task(shared, peer, outputs).await);
+        }
+        return;
+    }
+    responder.send(outputs_after_the_task(shared, peer, outputs).await);
+}
+
+/// Outputs that arrive after the submission ended (this node restarted, or the task gave
+/// up first): still checked, so an honest worker's receipt becomes payable and a dishonest
+/// one's is disputed.
+async fn outputs_after_the_task(
+    shared: &Arc<Shared>,
+    peer: NodeId,
+    outputs: Signed<TaskOutputs>,
+) -> Response {
+    let task_id = outputs.body.task_id;
+    match shared
+        .requester_receipts
+        .check_outputs(outputs, peer, &shared.limits)
+        .await
+    {
+        Ok(OutputsVerdict::Accepted(_)) => Response::Ack { task_id },
+        Ok(OutputsVerdict::Disputed(d)) => Response::Disputed(d),
+        Err(e) => Response::error(ErrorCode::NotFound, crate::node::chain(&e)),
+    }
+}
+
+/// A worker asks for the notice of a settlement it found on the ledger.
+pub(crate) async fn on_get_settlement(
+    shared: &Arc<Shared>,
+    peer: NodeId,
+    tx_hash: [u8; 32],
+) -> Response {
+    match shared
+        .requester_receipts
+        .notice_for(TxHash(tx_hash), peer)
+        .await
+    {
+        Ok(Some(n)) => Response::Settlement(Box::new(n)),
+        Ok(None) => Response::error(ErrorCode::NotFound, "no settlement of ours paid you there"),
+        Err(e) => Response::error(ErrorCode::Internal, crate::node::chain(&e)),
+    }
+}
+
+/// Ends output checks whose time is up (see `dispute_window_secs`): receipts whose outputs
+/// never came are disputed, and the workers told; delivered ones become payable.
+pub(crate) async fn expire_checks(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let window_ms = shared
+        .config
+        .requester
+        .dispute_window_secs
+        .saturating_mul(1000);
+    let every = Duration::from_millis((window_ms / 4).clamp(1_000, 60_000));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = crate::node::stopped(&mut stop) => return,
+        }
+        let disputes = match shared
+            .requester_receipts
+            .expire_checks(clock::now_ms(), window_ms)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(error = %crate::node::chain(&e), "cannot end expired checks");
+                continue;
+            }
+        };
+        for d in disputes {
+            let worker = d.body.receipt.body.worker;
+            let client = shared.client.clone();
+            tokio::spawn(async move {
+                let _ = client.request(&worker, Request::Dispute(Box::new(d))).await;
+            });
+        }
     }
 }
 
@@ -561,32 +668,34 @@ pub(crate) async fn on_result(
         }
         None => {
             // A retry after we stored and answered: answer the same receipt again.
-            let ledger = shared.ledger.clone();
-            let stored = tokio::task::spawn_blocking(move || ledger.receipt(&task, &peer)).await;
-            match stored {
-                Ok(Ok(Some(s))) => responder.send(Response::Receipt(Box::new(s.receipt))),
+            match shared.requester_receipts.stored(task, peer).await {
+                Ok(Some(s)) => responder.send(answer_with(&s)),
                 _ => responder.send(Response::error(ErrorCode::NotFound, "no such task here")),
             }
         }
     }
 }
 
+/// The stored receipt as a worker wants it back: counter-signed, in the wire version it was
+/// signed under.
+fn answer_with(s: &crank_payments::StoredReceipt) -> Response {
+    match &s.proof {
+        ReceiptProof::Current(r) => Response::Receipt(Box::new(r.clone())),
+        ReceiptProof::V1(r) => Response::LegacyReceipt(Box::new(r.clone())),
+    }
+}
+
 /// A worker asks for the counter-signed receipt of a task it did for us (it crashed after
 /// sending the result and before storing our answer).
 pub(crate) async fn on_get_receipt(shared: &Arc<Shared>, peer: NodeId, task: TaskId) -> Response {
-    let ledger = shared.ledger.clone();
-    match tokio::task::spawn_blocking(move || ledger.receipt(&task, &peer)).await {
-        Ok(Ok(Some(s))) => Response::Receipt(Box::new(s.receipt)),
-        Ok(Ok(None)) => Response::error(
+    match shared.requester_receipts.stored(task, peer).await {
+        Ok(Some(s)) => answer_with(&s),
+        Ok(None) => Response::error(
             ErrorCode::NotFound,
             "no counter-signed receipt for this task and worker",
         ),
-        Ok(Err(e)) => {
-            warn!(task = %task.short(), error = %crate::node::chain(&e), "cannot read a receipt");
-            Response::error(ErrorCode::Internal, "cannot read the ledger")
-        }
         Err(e) => {
-            warn!(task = %task.short(), error = %e, "receipt lookup failed");
+            warn!(task = %task.short(), error = %crate::node::chain(&e), "cannot read a receipt");
             Response::error(ErrorCode::Internal, "cannot read the ledger")
         }
     }

@@ -78,6 +78,11 @@ pub struct ReceiptView {
     pub run_micros: u64,
     /// Whether it has been paid.
     pub settled: bool,
+    /// Paid so far, stroops (a partial payment leaves the rest owed).
+    pub paid_stroops: u64,
+    /// Where the requester's checks of the work stand: awaiting outputs, delivered, passed,
+    /// or disputed (never paid).
+    pub check: String,
 }
 
 impl From<&StoredReceipt> for ReceiptView {
@@ -94,6 +99,13 @@ impl From<&StoredReceipt> for ReceiptView {
             path: b.path,
             run_micros: b.timings.run_micros,
             settled: s.settlement.is_settled(),
+            paid_stroops: s.paid_stroops,
+            check: match &s.check {
+                crank_payments::Check::AwaitingOutputs { .. } => "awaiting outputs".into(),
+                crank_payments::Check::Delivered { .. } => "delivered".into(),
+                crank_payments::Check::Passed => "passed".into(),
+                crank_payments::Check::Disputed(d) => format!("disputed: {}", d.body.reason),
+            },
         }
     }
 }

@@ -13,12 +13,7 @@ use std::time::Duration;
 use crank_payments::cli::{self, SettleOutput, WalletBalance};
 use crank_payments::settle::{DryRunTx, FailedTx, PaidTx, Skipped};
 use crank_payments::stellar::format_xlm;
-use crank_payments::stellar::{decode_envelope, envelope_hash};
-use crank_payments::{
-    Horizon, IntentRecord, IntentState, Ledger, Manifest, ManifestLine, ReceiptKey, SettleMode,
-    Settler, TxHash, verify_payout,
-};
-use crank_protocol::{NodeId, SettlementNotice};
+use crank_payments::{IntentRecord, IntentState, Ledger, SettleMode, Settler};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
@@ -173,60 +168,6 @@ impl NodeWallet {
                 })
             }
         }
-    }
-
-    /// Worker side: checks a payer's settlement notice against the ledger and records the
-    /// receipts it paid; returns how many changed state.
-    ///
-    /// The transaction must be applied on the network this node is configured for, its hash
-    /// must be the notice's, its memo must commit to the notice's whole list, and it must pay
-    /// this node's address exactly the sum of its lines. Nothing is recorded otherwise.
-    pub async fn record_notice(
-        &self,
-        me: &NodeId,
-        notice: &SettlementNotice,
-    ) -> Result<usize, String> {
-        let lines = notice
-            .receipts
-            .iter()
-            .map(|r| ManifestLine {
-                payout: r.payout.clone(),
-                task: r.task_id,
-                worker: r.worker,
-                amount_stroops: r.amount_stroops,
-            })
-            .collect();
-        let manifest = Manifest::new(lines).map_err(|e| format!("bad manifest: {e}"))?;
-        let hash = TxHash(notice.tx_hash);
-        let horizon = Horizon::new(&self.stellar).map_err(|e| chain(&e))?;
-        let tx = horizon
-            .transaction(&hash)
-            .await
-            .map_err(|e| format!("cannot look the transaction up: {}", chain(&e)))?
-            .ok_or_else(|| format!("the ledger does not know transaction {hash}"))?;
-        if !tx.successful {
-            return Err(format!(
-                "transaction {hash} failed in the ledger; it paid nothing"
-            ));
-        }
-        let envelope = decode_envelope(&tx.envelope_xdr).map_err(|e| chain(&e))?;
-        let computed =
-            envelope_hash(&envelope, &self.stellar.network_passphrase).map_err(|e| chain(&e))?;
-        if computed != hash {
-            return Err(format!(
-                "Horizon returned an envelope hashing to {computed}, not {hash}"
-            ));
-        }
-        let covered = verify_payout(&manifest, &envelope, &self.address())
-            .map_err(|e| format!("the payment does not match: {e}"))?;
-        let ours: Vec<ReceiptKey> = covered
-            .receipts
-            .into_iter()
-            .filter(|k| &k.worker == me)
-            .collect();
-        self.ledger
-            .record_payment_received(&ours, hash)
-            .map_err(|e| chain(&e))
     }
 
     /// Settlements, newest first.

@@ -7,15 +7,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crank_inference::{CancelToken, InferenceError, Job};
-use crank_payments::Role;
+use crank_payments::{RecordedPayment, RunFacts, Standing, TxHash};
 use crank_protocol::tensor::tensors_hash;
 use crank_protocol::validate;
 use crank_protocol::{
-    Award, CallForBids, Cancel, Decline, DeclineReason, ErrorCode, ExecPath, FailureReason,
-    FetchModel, GateReason, ModelChunk, ModelId, NodeId, Request, Response, SettlementNotice,
-    Signed, TaskFailure, TaskResult, Timings, WorkReceipt,
+    Award, CallForBids, Cancel, Decline, DeclineReason, Dispute, ErrorCode, ExecPath,
+    FailureReason, FetchModel, GateReason, ModelChunk, ModelId, NamedTensor, NodeId, Request,
+    Response, SettlementNotice, Signed, TaskFailure, TaskOutputs, TaskResult, Timings,
+    WorkReceipt,
 };
-use crank_scheduler::{MeasuredRun, QueueState, WorkerLimits, WorkerState, quote};
+use crank_scheduler::{
+    MeasuredRun, QueueState, RequesterStanding, WorkerLimits, WorkerState, quote,
+};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -59,7 +62,7 @@ fn sign_decline(
     }
 }
 
-fn worker_state(shared: &Shared) -> WorkerState {
+fn worker_state(shared: &Shared, requester: Standing) -> WorkerState {
     let queue = shared.engine.queue();
     let snapshot = shared.gate_snapshot();
     let measured = lock(&shared.measured).clone();
@@ -91,6 +94,11 @@ fn worker_state(shared: &Shared) -> WorkerState {
             max_run_ms: u64::try_from(engine.max_run_time.as_millis()).unwrap_or(u64::MAX),
         },
         payout: shared.payout.clone(),
+        credit: shared.config.worker.credit,
+        requester: RequesterStanding {
+            unpaid_stroops: requester.unpaid_stroops,
+            oldest_unpaid_at: requester.oldest_unpaid_at,
+        },
     }
 }
 
@@ -113,15 +121,12 @@ pub(crate) async fn recover_receipts(shared: Arc<Shared>, mut stop: watch::Recei
             () = crate::node::stopped(&mut stop) => return,
         }
         wait = Duration::from_secs(60);
-        let ledger = shared.ledger.clone();
-        let pending = match tokio::task::spawn_blocking(move || ledger.pending_receipts(256)).await
-        {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
+        let (pending, legacy) = match shared.worker_receipts.pending(256).await {
+            Ok(p) => p,
+            Err(e) => {
                 warn!(error = %crate::node::chain(&e), "cannot read pending receipts");
                 continue;
             }
-            Err(_) => continue,
         };
         let now = clock::now_ms();
         for p in pending {
@@ -141,35 +146,19 @@ pub(crate) async fn recover_receipts(shared: Arc<Shared>, mut stop: watch::Recei
                 .await;
             match answer {
                 Ok(Response::Receipt(cs)) => {
-                    if cs.verify().is_err()
-                        || cs.inner != p.receipt
-                        || cs.countersigner != body.requester
-                    {
-                        warn!(task = %body.task_id.short(), "requester sent a receipt that does not match ours");
-                        continue;
-                    }
-                    let ledger = shared.ledger.clone();
-                    match tokio::task::spawn_blocking(move || {
-                        ledger.store_receipt(&cs, Role::Worker)
-                    })
-                    .await
-                    {
-                        Ok(Ok(_)) => {
+                    match shared.worker_receipts.accept(&p.receipt, *cs).await {
+                        Ok(_) => {
                             shared.metrics.receipt("worker");
                             info!(task = %body.task_id.short(), "counter-signed receipt recovered from the requester");
                         }
-                        Ok(Err(e)) => {
-                            warn!(task = %body.task_id.short(), error = %crate::node::chain(&e), "cannot store a recovered receipt")
+                        Err(e) => {
+                            warn!(task = %body.task_id.short(), error = %crate::node::chain(&e), "requester sent a receipt we cannot store")
                         }
-                        Err(_) => {}
                     }
                 }
                 Ok(Response::Error(e)) if now.saturating_sub(p.issued_at) > PENDING_PATIENCE_MS => {
                     info!(task = %body.task_id.short(), error = %e, "requester never counter-signed this receipt; giving up on it");
-                    let ledger = shared.ledger.clone();
-                    let (t, w) = (body.task_id, body.worker);
-                    let _ =
-                        tokio::task::spawn_blocking(move || ledger.abandon_pending(&t, &w)).await;
+                    let _ = shared.worker_receipts.abandon(body.task_id).await;
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -177,31 +166,195 @@ pub(crate) async fn recover_receipts(shared: Arc<Shared>, mut stop: watch::Recei
                 }
             }
         }
+        // Receipts of wire version 1 issued before the upgrade: the requester may hold them
+        // counter-signed, and will pay them.
+        for p in legacy {
+            let body = &p.receipt.body;
+            let answer = shared
+                .client
+                .request(
+                    &body.requester,
+                    Request::GetReceipt {
+                        task_id: body.task_id,
+                    },
+                )
+                .await;
+            match answer {
+                Ok(Response::LegacyReceipt(cs)) => {
+                    match shared.worker_receipts.accept_legacy(&p, *cs).await {
+                        Ok(_) => {
+                            info!(task = %body.task_id.short(), "receipt from before the upgrade recovered from the requester")
+                        }
+                        Err(e) => {
+                            warn!(task = %body.task_id.short(), error = %crate::node::chain(&e), "requester sent a receipt we cannot store")
+                        }
+                    }
+                }
+                Ok(Response::Error(e)) if now.saturating_sub(p.issued_at) > PENDING_PATIENCE_MS => {
+                    info!(task = %body.task_id.short(), error = %e, "requester never counter-signed this receipt; giving up on it");
+                    let _ = shared.worker_receipts.abandon(body.task_id).await;
+                }
+                _ => {}
+            }
+        }
     }
 }
 
-/// Checks a payer's settlement notice against the ledger and records the receipts it paid.
+/// Checks a payer's signed settlement notice against the ledger and credits the receipts
+/// it paid by what actually arrived.
 pub(crate) async fn on_settlement(
     shared: &Arc<Shared>,
     peer: &NodeId,
-    notice: &SettlementNotice,
+    notice: &Signed<SettlementNotice>,
 ) -> Response {
-    if let Err(e) = validate::settlement_notice(notice, &shared.node_id) {
-        warn!(peer = %peer.short(), error = %e, "invalid settlement notice");
-        return Response::error(ErrorCode::Invalid, e.to_string());
+    if &notice.body.payer_node != peer {
+        return Response::error(
+            ErrorCode::NotAuthorized,
+            "settlement notice relayed by someone other than its payer",
+        );
     }
-    match shared.wallet.record_notice(&shared.node_id, notice).await {
-        Ok(n) => {
-            info!(peer = %peer.short(), receipts = n, "payment checked against the ledger; receipts marked paid");
+    match shared.worker_receipts.record_notice(notice).await {
+        Ok(recorded) => {
+            let p = recorded.record();
+            if let RecordedPayment::New(_) = &recorded {
+                shared.metrics.payment_in(p.received_stroops, p.unallocated_stroops);
+            }
+            info!(peer = %peer.short(), tx = %p.tx_hash, received = p.received_stroops, receipts = p.credits.len(), ignored = p.ignored.len(), "payment checked against the ledger and credited");
             Response::PaymentRecorded {
-                receipts: u32::try_from(n).unwrap_or(u32::MAX),
+                receipts: u32::try_from(p.credits.len()).unwrap_or(u32::MAX),
             }
         }
         Err(e) => {
-            warn!(peer = %peer.short(), error = %e, "settlement notice does not check out");
-            Response::error(ErrorCode::Invalid, e)
+            warn!(peer = %peer.short(), error = %crate::node::chain(&e), "settlement notice does not check out");
+            if matches!(e, crank_payments::ExchangeError::Invalid(_)) {
+                shared.client.penalize(peer, e.to_string()).await;
+            }
+            Response::error(ErrorCode::Invalid, crate::node::chain(&e))
         }
     }
+}
+
+/// A requester disputes one of our receipts (its outputs did not match, or never came).
+pub(crate) async fn on_dispute(
+    shared: &Arc<Shared>,
+    peer: &NodeId,
+    dispute: Signed<Dispute>,
+) -> Response {
+    let task_id = dispute.body.receipt.body.task_id;
+    if &dispute.body.requester != peer {
+        return Response::error(ErrorCode::NotAuthorized, "dispute relayed by someone else");
+    }
+    let reason = dispute.body.reason.to_string();
+    match shared.worker_receipts.record_dispute(dispute).await {
+        Ok(_) => {
+            warn!(task = %task_id.short(), requester = %peer.short(), reason = %reason, "requester disputes our receipt");
+            Response::Ack { task_id }
+        }
+        Err(e) => Response::error(ErrorCode::Invalid, crate::node::chain(&e)),
+    }
+}
+
+/// Looks for payments to our payout account on Horizon, so a settlement notice that never
+/// arrived strands no receipt: for each transaction that paid us and is not credited yet,
+/// asks the requesters that owe us for its signed notice (only a notice signed by a
+/// receipt's requester can credit it). A payment nobody announces is reported.
+pub(crate) async fn watch_payments(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let every = shared.config.worker.watch_payments_secs;
+    if every == 0 || !shared.offers_work() {
+        return;
+    }
+    let horizon = match crank_payments::Horizon::new(&shared.config.stellar) {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(error = %crate::node::chain(&e), "cannot watch for payments");
+            return;
+        }
+    };
+    let mut cursor: Option<String> = shared
+        .ledger
+        .get_meta(PAYMENT_CURSOR_KEY)
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok());
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(every)) => {}
+            () = crate::node::stopped(&mut stop) => return,
+        }
+        let page = match horizon
+            .account_transactions(&shared.payout, cursor.as_deref(), 50)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                debug!(error = %crate::node::chain(&e), "cannot list payments on Horizon; will retry");
+                continue;
+            }
+        };
+        for tx in &page.records {
+            if tx.source_account == shared.payout {
+                continue;
+            }
+            match check_found_payment(&shared, tx.record.hash).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    warn!(tx = %tx.record.hash, from = %tx.source_account, "payment received that no requester announced; nothing credited");
+                    shared.metrics.payment_in(0, 1);
+                }
+                // Not resolved now (a requester offline): look again from here next time.
+                Err(()) => break,
+            }
+            cursor = Some(tx.paging_token.clone());
+        }
+        if let Some(c) = &cursor
+            && let Err(e) = shared.ledger.put_meta(PAYMENT_CURSOR_KEY, c.as_bytes())
+        {
+            warn!(error = %crate::node::chain(&e), "cannot persist the payment cursor");
+        }
+    }
+}
+
+/// Meta key of the Horizon paging token up to which our payments were checked.
+const PAYMENT_CURSOR_KEY: &str = "payment-cursor";
+
+/// Resolves one payment found on Horizon: Ok(true) when it is (now) credited, Ok(false)
+/// when every requester that owes us was asked and none announced it, Err when some could
+/// not be reached.
+async fn check_found_payment(shared: &Arc<Shared>, hash: TxHash) -> Result<bool, ()> {
+    let ledger = shared.ledger.clone();
+    if let Ok(Ok(Some(_))) = tokio::task::spawn_blocking(move || ledger.payment_in(&hash)).await {
+        return Ok(true);
+    }
+    let owing: Vec<NodeId> = shared
+        .ledger
+        .balances()
+        .map(|b| {
+            b.counterparties
+                .into_iter()
+                .filter(|(_, c)| c.owed_to_us_stroops > 0)
+                .map(|(n, _)| n)
+                .take(16)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut unreachable = false;
+    for requester in owing {
+        match shared
+            .client
+            .request(&requester, Request::GetSettlement { tx_hash: hash.0 })
+            .await
+        {
+            Ok(Response::Settlement(notice)) => {
+                let answer = on_settlement(shared, &requester, &notice).await;
+                if matches!(answer, Response::PaymentRecorded { .. }) {
+                    return Ok(true);
+                }
+            }
+            Ok(_) => {}
+            Err(_) => unreachable = true,
+        }
+    }
+    if unreachable { Err(()) } else { Ok(false) }
 }
 
 /// Answers a call for bids with a signed bid or a signed, explained decline.
@@ -225,7 +378,14 @@ pub(crate) async fn on_call_for_bids(
             "call for bids relayed by someone other than its requester",
         );
     }
-    match quote(cfb, &worker_state(shared), &shared.config.worker.cost, now) {
+    let standing = match shared.worker_receipts.standing(cfb.requester).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %crate::node::chain(&e), "cannot read the requester's standing");
+            return Response::error(ErrorCode::Internal, "cannot read the ledger");
+        }
+    };
+    match quote(cfb, &worker_state(shared, standing), &shared.config.worker.cost, now) {
         Ok(bid) => {
             let task = bid.task_id;
             {
@@ -447,49 +607,21 @@ async fn execute(
         },
     );
 
-    let output_hash = tensors_hash(&run.outputs);
-    let identity = shared.identity.clone();
-    let payout = shared.payout.clone();
-    let me = shared.node_id;
-    let ledger = shared.ledger.clone();
-    let award_for_receipt = award.clone();
-    let path = run.path;
-    let issued = tokio::task::spawn_blocking(move || {
-        let a = award_for_receipt;
-        ledger.issue_receipt(
-            &a.requester,
-            &me,
-            a.price_stroops,
-            |pair_seq, cumulative_stroops| {
-                let body = WorkReceipt {
-                    task_id: a.task_id,
-                    requester: a.requester,
-                    worker: me,
-                    model: a.model,
-                    input_hash: a.input_hash,
-                    output_hash,
-                    price_stroops: a.price_stroops,
-                    energy,
-                    path,
-                    timings: Timings {
-                        accepted_at,
-                        started_at,
-                        finished_at,
-                        run_micros: run.run_micros,
-                    },
-                    pair_seq,
-                    cumulative_stroops,
-                    payout,
-                };
-                Signed::sign(body, &identity)
-            },
-        )
-    })
-    .await;
-    let receipt = match issued {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            warn!(task = %task.short(), error = %e, "cannot issue the receipt");
+    let facts = RunFacts {
+        output_hash: tensors_hash(&run.outputs),
+        energy,
+        path: run.path,
+        timings: Timings {
+            accepted_at,
+            started_at,
+            finished_at,
+            run_micros: run.run_micros,
+        },
+    };
+    let receipt = match shared.worker_receipts.issue(&award, facts).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(task = %task.short(), error = %crate::node::chain(&e), "cannot issue the receipt");
             report_failure(
                 shared,
                 &award,
@@ -500,83 +632,103 @@ async fn execute(
             .await;
             return;
         }
+    };
+    deliver(shared, &award, receipt, run.outputs).await;
+}
+
+/// Fair exchange: sends the signed receipt (committing to the outputs' hash) until the
+/// requester counter-signs it, stores the counter-signed receipt, and only then releases the
+/// signed outputs. A requester that never counter-signs gets no outputs.
+async fn deliver(
+    shared: &Arc<Shared>,
+    award: &Award,
+    receipt: Signed<WorkReceipt>,
+    outputs: Vec<NamedTensor>,
+) {
+    let task = award.task_id;
+    let give_up = award.deadline + 10_000;
+    let result = TaskResult {
+        receipt: receipt.clone(),
+    };
+    let countersigned = match retry(shared, award, give_up, Request::Result(result)).await {
+        Some(Response::Receipt(cs)) => *cs,
+        Some(Response::Error(e)) => {
+            // The requester gave the task to someone else or gave up; our receipt stays
+            // uncounter-signed and is never paid, and the outputs stay here.
+            info!(task = %task.short(), error = %e, "requester refused the result");
+            shared.metrics.task("worker", "refused");
+            let _ = shared.worker_receipts.abandon(task).await;
+            return;
+        }
+        Some(other) => {
+            warn!(task = %task.short(), kind = other.kind(), "unexpected answer to a result");
+            return;
+        }
+        None => return,
+    };
+    if let Err(e) = shared.worker_receipts.accept(&receipt, countersigned).await {
+        warn!(task = %task.short(), error = %crate::node::chain(&e), "requester's counter-signed receipt refused; outputs withheld");
+        shared
+            .client
+            .penalize(&award.requester, "bad counter-signed receipt")
+            .await;
+        return;
+    }
+    shared.metrics.receipt("worker");
+    let signed = match Signed::sign(
+        TaskOutputs {
+            task_id: task,
+            worker: shared.node_id,
+            requester: award.requester,
+            outputs,
+        },
+        &shared.identity,
+    ) {
+        Ok(s) => s,
         Err(e) => {
-            warn!(task = %task.short(), error = %e, "receipt task failed");
+            warn!(task = %task.short(), error = %e, "cannot sign the outputs");
             return;
         }
     };
-    deliver(
-        shared,
-        &award,
-        TaskResult {
-            receipt,
-            outputs: run.outputs,
-        },
-    )
-    .await;
+    match retry(shared, award, give_up, Request::Outputs(Box::new(signed))).await {
+        Some(Response::Ack { .. }) => {
+            shared.metrics.task("worker", "completed");
+            info!(task = %task.short(), price = award.price_stroops, "task done; receipt counter-signed, outputs delivered");
+        }
+        Some(Response::Disputed(d)) => {
+            warn!(task = %task.short(), reason = %d.body.reason, "requester disputes our outputs");
+            let _ = shared.worker_receipts.record_dispute(*d).await;
+        }
+        Some(other) => {
+            warn!(task = %task.short(), kind = other.kind(), "unexpected answer to the outputs")
+        }
+        None => {}
+    }
 }
 
-/// Sends the result until the requester counter-signs it, or the deadline (plus grace) passes.
-async fn deliver(shared: &Arc<Shared>, award: &Award, result: TaskResult) {
+/// Sends a request to the award's requester until it answers or `give_up` passes.
+async fn retry(
+    shared: &Arc<Shared>,
+    award: &Award,
+    give_up: u64,
+    request: Request,
+) -> Option<Response> {
     let task = award.task_id;
-    let give_up = award.deadline + 10_000;
     let mut backoff = Duration::from_millis(200);
     loop {
         match shared
             .client
-            .request(&award.requester, Request::Result(result.clone()))
+            .request(&award.requester, request.clone())
             .await
         {
-            Ok(Response::Receipt(cs)) => {
-                let ok = cs.verify().is_ok()
-                    && cs.inner == result.receipt
-                    && cs.countersigner == award.requester;
-                if !ok {
-                    warn!(task = %task.short(), "requester sent a receipt that does not match ours");
-                    shared
-                        .client
-                        .penalize(&award.requester, "bad counter-signed receipt")
-                        .await;
-                    return;
-                }
-                let ledger = shared.ledger.clone();
-                let stored =
-                    tokio::task::spawn_blocking(move || ledger.store_receipt(&cs, Role::Worker))
-                        .await;
-                match stored {
-                    Ok(Ok(_)) => {
-                        shared.metrics.receipt("worker");
-                        shared.metrics.task("worker", "completed");
-                        info!(task = %task.short(), price = award.price_stroops, "task done; receipt counter-signed");
-                    }
-                    Ok(Err(e)) => {
-                        warn!(task = %task.short(), error = %e, "cannot store the counter-signed receipt")
-                    }
-                    Err(e) => warn!(task = %task.short(), error = %e, "receipt store task failed"),
-                }
-                return;
-            }
-            Ok(Response::Error(e)) => {
-                // The requester gave the task to someone else or gave up; our receipt stays
-                // uncounter-signed and is never paid.
-                info!(task = %task.short(), error = %e, "requester refused the result");
-                shared.metrics.task("worker", "refused");
-                let ledger = shared.ledger.clone();
-                let (t, w) = (task, shared.node_id);
-                let _ = tokio::task::spawn_blocking(move || ledger.abandon_pending(&t, &w)).await;
-                return;
-            }
-            Ok(other) => {
-                warn!(task = %task.short(), kind = other.kind(), "unexpected answer to a result");
-                return;
-            }
+            Ok(answer) => return Some(answer),
             Err(e) => {
                 if clock::now_ms() > give_up {
-                    warn!(task = %task.short(), error = %e, "could not deliver the result before the deadline");
+                    warn!(task = %task.short(), error = %e, kind = request.kind(), "could not deliver before the deadline");
                     shared.metrics.task("worker", "undelivered");
-                    return;
+                    return None;
                 }
-                debug!(task = %task.short(), error = %e, "result not delivered yet; retrying");
+                debug!(task = %task.short(), error = %e, "not delivered yet; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
