@@ -971,6 +971,18 @@ impl NodeHandle {
         self.shared.add_model(bytes).await
     }
 
+    /// Takes an advert as if it had arrived by gossip: verified and validated first, then
+    /// stored, and the node's addresses learned (tests and the simulator introduce peers
+    /// this way).
+    pub fn learn_advert(
+        &self,
+        advert: Signed<CapabilityAdvert>,
+    ) -> Result<(), crank_protocol::validate::ValidationError> {
+        crank_protocol::validate::advert(&advert, clock::now_ms(), &self.shared.limits)?;
+        self.shared.accept_advert(advert);
+        Ok(())
+    }
+
     /// Runs a task on the mesh.
     pub async fn submit(
         &self,

@@ -145,7 +145,7 @@ async fn three_workers_join_advertise_run_and_both_sides_keep_the_receipt() {
         while !worker
             .receipts(10)
             .iter()
-            .any(|r| r.receipt == outcome.receipt)
+            .any(|r| r.current() == Some(&outcome.receipt))
         {
             assert!(
                 started.elapsed() < Duration::from_secs(10),
@@ -155,7 +155,7 @@ async fn three_workers_join_advertise_run_and_both_sides_keep_the_receipt() {
         }
         let mine = mesh.requester().receipts(10);
         assert!(
-            mine.iter().any(|r| r.receipt == outcome.receipt),
+            mine.iter().any(|r| r.current() == Some(&outcome.receipt)),
             "requester lacks the receipt"
         );
     }
@@ -370,6 +370,32 @@ mod adversary {
             codec::decode(&bytes, codec::DEFAULT_MAX_FRAME).map_err(|e| e.to_string())
         }
 
+        /// Listens on a loopback port; returns the address with `/p2p/<peer id>`.
+        pub async fn listen(&mut self) -> Multiaddr {
+            self.swarm
+                .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+                .unwrap();
+            loop {
+                if let SwarmEvent::NewListenAddr { address, .. } =
+                    self.swarm.select_next_some().await
+                {
+                    return address.with(libp2p::multiaddr::Protocol::P2p(
+                        *self.swarm.local_peer_id(),
+                    ));
+                }
+            }
+        }
+
+        /// Serves the node's requests for `d`, whatever arrives.
+        pub async fn pump_for(&mut self, d: Duration) {
+            let deadline = tokio::time::Instant::now() + d;
+            while let Ok(event) =
+                tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await
+            {
+                self.on_event(event);
+            }
+        }
+
         /// Serves the node's requests until `done` holds for what was received, or `limit` passes.
         pub async fn pump_until(&mut self, limit: Duration, done: impl Fn(&[Request]) -> bool) {
             let deadline = tokio::time::Instant::now() + limit;
@@ -397,10 +423,28 @@ fn now_ms() -> u64 {
     crank_node::clock::now_ms()
 }
 
+/// A payer account for the adversary's calls (any valid account; it never pays here).
+const ADVERSARY_PAYER: &str = "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7";
+
+/// The id of the adversary's task number `task`: derived, as workers check, from the
+/// requester, the nonce `[task; 16]`, the model and the inputs.
+fn task_of(adv: &Adversary, task: u8, model: &[u8], inputs: &[NamedTensor]) -> TaskId {
+    let id = TaskId::derive(
+        &adv.identity.node_id(),
+        &[task; 16],
+        &ModelId::of(model),
+        &tensors_hash(inputs),
+    );
+    TASK_IDS.lock().unwrap().push((task, id));
+    id
+}
+
 fn cfb(adv: &Adversary, task: u8, model: &[u8], inputs: &[NamedTensor]) -> Signed<CallForBids> {
     let now = now_ms();
     let body = CallForBids {
-        task_id: TaskId([task; 32]),
+        task_id: task_of(adv, task, model, inputs),
+        nonce: [task; 16],
+        payer: ADVERSARY_PAYER.into(),
         requester: adv.identity.node_id(),
         model: ModelId::of(model),
         model_bytes: model.len() as u64,
@@ -441,6 +485,8 @@ async fn bid_and_award(
         model_bytes: call.body.model_bytes,
         input_hash: tensors_hash(&inputs),
         inputs,
+        nonce: call.body.nonce,
+        payer: call.body.payer.clone(),
         deadline: call.body.deadline,
     };
     adv.send(
@@ -451,9 +497,19 @@ async fn bid_and_award(
     .unwrap()
 }
 
+/// Task ids the adversary derived, by task number, so a report can be matched to its call.
+static TASK_IDS: std::sync::Mutex<Vec<(u8, TaskId)>> = std::sync::Mutex::new(Vec::new());
+
 fn failure_of(received: &[Request], task: u8) -> Option<FailureReason> {
+    let ids: Vec<TaskId> = TASK_IDS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(n, _)| *n == task)
+        .map(|(_, id)| *id)
+        .collect();
     received.iter().find_map(|r| match r {
-        Request::Failure(f) if f.body.task_id == TaskId([task; 32]) => Some(f.body.reason.clone()),
+        Request::Failure(f) if ids.contains(&f.body.task_id) => Some(f.body.reason.clone()),
         _ => None,
     })
 }
@@ -670,7 +726,7 @@ async fn workers_refuse_bad_models_and_inputs_and_say_why() {
     // 4. An award for a task we never bid on.
     let inputs = mlp_input(64);
     let award = Award {
-        task_id: TaskId([14; 32]),
+        task_id: task_of(&adv, 14, &real, &inputs),
         requester: adv.identity.node_id(),
         worker: me,
         price_stroops: 1,
@@ -678,6 +734,8 @@ async fn workers_refuse_bad_models_and_inputs_and_say_why() {
         model_bytes: real.len() as u64,
         input_hash: tensors_hash(&inputs),
         inputs,
+        nonce: [14; 16],
+        payer: ADVERSARY_PAYER.into(),
         deadline: now_ms() + 10_000,
     };
     match adv
@@ -1287,5 +1345,291 @@ async fn a_worker_with_a_gpu_benchmarks_both_paths_and_runs_on_the_one_it_bid_wi
         let preds = tensor_io::predictions(&o.outputs).unwrap();
         assert_eq!(preds[0].class, label, "{sample}");
     }
+    mesh.stop().await;
+}
+
+/// The worker's side of fair exchange: a requester that takes the signed receipt and never
+/// counter-signs it gets no outputs, and is owed nothing by the worker's ledger either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_requester_that_never_countersigns_gets_no_outputs() {
+    let mesh = Mesh::start(1, |_, _| {}).await;
+    let worker = mesh.workers()[0].clone();
+    let me = worker.node_id();
+    let addr = worker.listen_addrs().await[0].clone();
+    // The hostile requester refuses every result, hoping the outputs came with it.
+    let mut adv = Adversary::new(
+        77,
+        Box::new(|req| match req {
+            Request::Result(r) => Response::error(ErrorCode::Invalid, format!(
+                "no counter-signature for task {}",
+                r.receipt.body.task_id.short()
+            )),
+            other => Response::Ack {
+                task_id: match other {
+                    Request::Failure(f) => f.body.task_id,
+                    _ => TaskId([0; 32]),
+                },
+            },
+        }),
+    );
+    let peer = adv.connect(&addr).await;
+    let real = std::fs::read(repo().join("models/digits-mlp.onnx")).unwrap();
+    assert!(matches!(
+        bid_and_award(&mut adv, peer, &me, 30, &real, mlp_input(64)).await,
+        Response::Accepted { .. }
+    ));
+    adv.pump_until(Duration::from_secs(30), |r| {
+        r.iter().any(|q| matches!(q, Request::Result(_)))
+    })
+    .await;
+    // The result carried only the receipt, committing to the outputs' hash…
+    let receipt = adv
+        .received
+        .iter()
+        .find_map(|q| match q {
+            Request::Result(r) => Some(r.receipt.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(receipt.verify_by(&me).is_ok());
+    assert_eq!(receipt.body.payer, ADVERSARY_PAYER);
+    // …and after the refusal no outputs ever come.
+    adv.pump_for(Duration::from_secs(3)).await;
+    assert!(
+        !adv.received
+            .iter()
+            .any(|q| matches!(q, Request::Outputs(_))),
+        "outputs were released without a counter-signature"
+    );
+    // The worker stored nothing the requester owes (the receipt was abandoned).
+    assert!(
+        worker
+            .receipts(10)
+            .iter()
+            .all(|r| r.body().task_id != receipt.body.task_id)
+    );
+    mesh.stop().await;
+}
+
+/// The requester's side: a worker that takes the counter-signature and then delivers outputs
+/// its receipt did not commit to hands over signed proof; the receipt is disputed (never
+/// paid) and the task is re-awarded to an honest worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_whose_outputs_break_the_receipt_is_disputed_with_signed_proof() {
+    use crank_protocol::{
+        Bid, CapabilityAdvert, Capacity, DisputeReason, ExecPath, GateInfo, Hardware, PathBench,
+        PowerInfo, Pricing, TaskOutputs, TrustSummary, WorkReceipt,
+    };
+    use std::sync::{Arc, Mutex};
+    let mesh = Mesh::start(1, |_, _| {}).await;
+    mesh.wait_for_adverts(1).await;
+    let requester = mesh.requester();
+    let payout = "GDJJRRMBK4IWLEPJGIE6SXD2LP7REGZODU7WDC3I2D6MR37F4XSHBKX2";
+    // The cheat bids far below the honest worker, so it wins the auction.
+    let awarded: Arc<Mutex<Option<Signed<Award>>>> = Arc::new(Mutex::new(None));
+    let identity = crank_protocol::Identity::from_secret([78; 32]);
+    let seen = awarded.clone();
+    let signer = identity.clone();
+    let mut adv = Adversary::new(
+        78,
+        Box::new(move |req| match req {
+            Request::CallForBids(c) => {
+                let c = &c.body;
+                let bid = Bid {
+                    task_id: c.task_id,
+                    worker: signer.node_id(),
+                    model: c.model,
+                    model_bytes: c.model_bytes,
+                    input_hash: c.input_hash,
+                    input_elements: c.input_elements,
+                    price_stroops: 1,
+                    est_latency_ms: 1,
+                    est_energy_mj: 1,
+                    path: ExecPath::Cpu,
+                    model_cached: true,
+                    queue_len: 0,
+                    valid_until: c.deadline,
+                    payout: payout.into(),
+                };
+                Response::Bid(Signed::sign(bid, &signer).unwrap())
+            }
+            Request::Award(a) => {
+                *seen.lock().unwrap() = Some(a.clone());
+                Response::Accepted {
+                    task_id: a.body.task_id,
+                }
+            }
+            Request::Cancel(c) => Response::Ack {
+                task_id: c.body.task_id,
+            },
+            _ => Response::error(ErrorCode::NotFound, "no"),
+        }),
+    );
+    let listen = adv.listen().await;
+    let now = now_ms();
+    let advert = CapabilityAdvert {
+        node: identity.node_id(),
+        seq: 1,
+        issued_at: now,
+        expires_at: now + 120_000,
+        agent: "crank-node/cheat".into(),
+        hardware: Hardware {
+            cpu_model: "fast".into(),
+            cores: 64,
+            ram_mib: 65_536,
+            arch: "x86_64".into(),
+            os: "linux".into(),
+            gpus: vec![],
+        },
+        power: PowerInfo {
+            external_power: Some(true),
+            has_battery: false,
+            battery_percent: None,
+            busy_milliwatts: 1_000,
+        },
+        gate: GateInfo {
+            policy: RunPolicy::Always,
+            open: true,
+            reason: None,
+        },
+        models: vec![],
+        pricing: Pricing {
+            per_task_stroops: 1,
+            per_second_stroops: 1,
+        },
+        payout: payout.into(),
+        trust: TrustSummary::default(),
+        bench: vec![PathBench {
+            path: ExecPath::Cpu,
+            inferences_per_sec: 1_000_000.0,
+            microjoules_per_inference: 1,
+        }],
+        capacity: Capacity {
+            workers: 64,
+            queue_slots: 64,
+            queued: 0,
+        },
+        addrs: vec![listen.to_string()],
+    };
+    requester
+        .learn_advert(Signed::sign(advert, &identity).unwrap())
+        .unwrap();
+    let submit = {
+        let r = requester.clone();
+        tokio::spawn(async move {
+            r.submit(digits_request("digits-mlp.onnx", "digit-5.json", "X"))
+                .await
+        })
+    };
+    // Serve the requester until it awards the task to the cheat.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while awarded.lock().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the cheat was never awarded the task");
+        adv.pump_for(Duration::from_millis(100)).await;
+    }
+    let award = awarded.lock().unwrap().clone().unwrap().body;
+    let req_peer: libp2p::PeerId = requester.listen_addrs().await[0]
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // A receipt committing to one set of outputs…
+    let promised = vec![NamedTensor {
+        name: "label".into(),
+        tensor: Tensor::f32(vec![1], vec![5.0]).unwrap(),
+    }];
+    let delivered = vec![NamedTensor {
+        name: "label".into(),
+        tensor: Tensor::f32(vec![1], vec![7.0]).unwrap(),
+    }];
+    let now = now_ms();
+    let receipt = WorkReceipt {
+        task_id: award.task_id,
+        requester: award.requester,
+        worker: identity.node_id(),
+        model: award.model,
+        input_hash: award.input_hash,
+        output_hash: tensors_hash(&promised),
+        price_stroops: award.price_stroops,
+        energy: crank_protocol::Energy {
+            microjoules: 1,
+            method: crank_protocol::EnergyMethod::CpuTimeEstimate,
+        },
+        path: ExecPath::Cpu,
+        timings: crank_protocol::Timings {
+            accepted_at: now,
+            started_at: now,
+            finished_at: now,
+            run_micros: 1,
+        },
+        pair_seq: 1,
+        cumulative_stroops: award.price_stroops,
+        payout: payout.into(),
+        payer: award.payer.clone(),
+    };
+    let signed = Signed::sign(receipt, &identity).unwrap();
+    let answer = adv
+        .send(
+            req_peer,
+            &Request::Result(crank_protocol::TaskResult {
+                receipt: signed.clone(),
+            }),
+        )
+        .await
+        .unwrap();
+    let Response::Receipt(cs) = answer else {
+        panic!("expected the counter-signature, got {answer:?}")
+    };
+    assert_eq!(cs.inner, signed);
+    // …then other outputs, signed.
+    let outputs = Signed::sign(
+        TaskOutputs {
+            task_id: award.task_id,
+            worker: identity.node_id(),
+            requester: award.requester,
+            outputs: delivered,
+        },
+        &identity,
+    )
+    .unwrap();
+    let answer = adv
+        .send(req_peer, &Request::Outputs(Box::new(outputs)))
+        .await
+        .unwrap();
+    let Response::Disputed(dispute) = answer else {
+        panic!("expected a dispute, got {answer:?}")
+    };
+    // The dispute is signed by the requester and carries the cheat's own signatures as proof.
+    let d = crank_protocol::validate::dispute(&dispute, &identity.node_id()).unwrap();
+    match &d.reason {
+        DisputeReason::OutputMismatch { outputs } => {
+            assert!(outputs.verify_by(&identity.node_id()).is_ok());
+            assert_ne!(tensors_hash(&outputs.body.outputs), d.receipt.body.output_hash);
+        }
+        other => panic!("unexpected reason {other:?}"),
+    }
+    // The task is re-awarded and an honest worker finishes it.
+    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if submit.is_finished() {
+                return submit.await.unwrap();
+            }
+            adv.pump_for(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_ne!(outcome.worker, identity.node_id());
+    assert_eq!(
+        tensor_io::predictions(&outcome.outputs).unwrap()[0].class,
+        5
+    );
+    // The cheat's receipt is stored, disputed, and owed by nobody.
+    let status = requester.status().await.unwrap();
+    let b = status.balances.counterparties[&identity.node_id()];
+    assert_eq!(b.owed_by_us_stroops, 0);
+    assert_eq!(b.disputed_by_us_stroops, award.price_stroops);
     mesh.stop().await;
 }

@@ -236,6 +236,8 @@ fn big_award(requester: &Identity, worker: NodeId, bytes: usize) -> Request {
         model_bytes: 1,
         input_hash: crank_protocol::tensor::tensors_hash(&inputs),
         inputs,
+        nonce: [9; 16],
+        payer: "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7".into(),
         deadline: crank_node::clock::now_ms() + 60_000,
     };
     Request::Award(Signed::sign(award, requester).unwrap())
