@@ -559,18 +559,21 @@ async fn bad_frames_get_clear_errors_and_repeat_offenders_are_blocked() {
     // 2. Garbage after a valid version byte.
     expect_error(
         answer(
-            adv.send_raw(peer, framed(&[1, 250, 251, 252, 253]))
+            adv.send_raw(
+                peer,
+                framed(&[crank_protocol::codec::WIRE_VERSION, 250, 251, 252, 253]),
+            )
                 .await
                 .unwrap(),
         ),
         ErrorCode::Malformed,
         "malformed",
     );
-    // 3. A wire version this node does not speak.
+    // 3. A frame from a release before wire version 2: the peer is told to upgrade.
     expect_error(
-        answer(adv.send_raw(peer, framed(&[9, 0])).await.unwrap()),
+        answer(adv.send_raw(peer, framed(&[1, 0])).await.unwrap()),
         ErrorCode::Malformed,
-        "version 9",
+        "version 1 is not supported (this node speaks version 2); the peer runs an older crank-node and must upgrade",
     );
     // 4. A call for bids whose body was changed after signing.
     let mut forged = cfb(&adv, 1, b"model", &mlp_input(64));

@@ -211,7 +211,7 @@ mod tests {
         ));
 
         let mut garbage = unsigned_varint_bytes(4);
-        garbage.extend_from_slice(&[1, 250, 251, 252]);
+        garbage.extend_from_slice(&[crank_protocol::codec::WIRE_VERSION, 250, 251, 252]);
         let got = codec
             .read_request(&TASK_PROTOCOL, &mut Cursor::new(garbage))
             .await
