@@ -1063,7 +1063,37 @@ impl NodeHandle {
             })
             .collect();
         let queue = s.engine.queue();
+        let balances = s.ledger.balances().unwrap_or_default();
+        let mut payers = Vec::new();
+        for (node, b) in balances
+            .counterparties
+            .iter()
+            .filter(|(_, b)| b.receipts_as_worker > 0)
+            .take(256)
+        {
+            let standing = s.worker_receipts.standing(*node).await.unwrap_or_default();
+            let refused = s.config.worker.credit.check(
+                &crank_scheduler::RequesterStanding {
+                    unpaid_stroops: standing.unpaid_stroops,
+                    oldest_unpaid_at: standing.oldest_unpaid_at,
+                },
+                now,
+            );
+            payers.push(crate::status::PayerView {
+                node: *node,
+                receipts: b.receipts_as_worker,
+                paid_stroops: b.paid_to_us_stroops,
+                unpaid_stroops: b.owed_to_us_stroops,
+                oldest_unpaid_secs: standing
+                    .oldest_unpaid_at
+                    .map(|at| now.saturating_sub(at) / 1000),
+                overpaid_stroops: b.overpaid_to_us_stroops,
+                disputed_stroops: b.disputed_to_us_stroops,
+                credit_refused: refused.map(|r| r.to_string()),
+            });
+        }
         Ok(NodeStatus {
+            payers,
             node_id: s.node_id,
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_secs: s.started.elapsed().as_secs(),
@@ -1084,7 +1114,7 @@ impl NodeHandle {
             models: s.store.list(),
             bench: s.bench.clone(),
             adverts,
-            balances: s.ledger.balances().unwrap_or_default(),
+            balances,
             receipts: s
                 .ledger
                 .receipts(None, 20)

@@ -152,6 +152,29 @@ pub struct NodeStatus {
     pub balances: Balances,
     /// Recent receipts, newest first.
     pub receipts: Vec<ReceiptView>,
+    /// How each requester we worked for pays: its record, and whether it still gets credit.
+    pub payers: Vec<PayerView>,
+}
+
+/// A requester's payment record on this worker (from the ledger), and its credit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PayerView {
+    /// The requester.
+    pub node: NodeId,
+    /// Receipts it counter-signed for us.
+    pub receipts: u64,
+    /// Paid to us, stroops.
+    pub paid_stroops: u64,
+    /// Counter-signed and not paid, stroops.
+    pub unpaid_stroops: u64,
+    /// Age of its oldest unpaid receipt, seconds.
+    pub oldest_unpaid_secs: Option<u64>,
+    /// Paid beyond the receipts, or for receipts we do not know, stroops.
+    pub overpaid_stroops: u64,
+    /// Of ours that it disputes, stroops.
+    pub disputed_stroops: u64,
+    /// Why its calls for bids are declined now (None: it has credit).
+    pub credit_refused: Option<String>,
 }
 
 fn xlm(stroops: u64) -> String {
@@ -338,6 +361,31 @@ impl NodeStatus {
             xlm(t.paid_to_us_stroops),
             xlm(t.paid_by_us_stroops)
         );
+        if !self.payers.is_empty() {
+            let _ = writeln!(s, "\nrequesters we worked for:");
+        }
+        for p in &self.payers {
+            let _ = writeln!(
+                s,
+                "  {}  {} receipts, paid {}, unpaid {}{}{}{}",
+                p.node.short(),
+                p.receipts,
+                xlm(p.paid_stroops),
+                xlm(p.unpaid_stroops),
+                p.oldest_unpaid_secs
+                    .map(|a| format!(" (oldest {a} s)"))
+                    .unwrap_or_default(),
+                if p.disputed_stroops > 0 {
+                    format!(", disputes {}", xlm(p.disputed_stroops))
+                } else {
+                    String::new()
+                },
+                p.credit_refused
+                    .as_ref()
+                    .map(|r| format!("  — no credit: {r}"))
+                    .unwrap_or_default()
+            );
+        }
         for r in &self.receipts {
             let _ = writeln!(
                 s,
@@ -351,7 +399,13 @@ impl NodeStatus {
                 r.energy_method,
                 r.run_micros,
                 r.path,
-                if r.settled { "  settled" } else { "" }
+                if r.settled {
+                    "  settled".to_string()
+                } else if r.check.starts_with("disputed") || r.check == "awaiting outputs" {
+                    format!("  {}", r.check)
+                } else {
+                    String::new()
+                }
             );
         }
         s

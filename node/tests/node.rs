@@ -1636,3 +1636,69 @@ async fn a_worker_whose_outputs_break_the_receipt_is_disputed_with_signed_proof(
     assert_eq!(b.disputed_by_us_stroops, award.price_stroops);
     mesh.stop().await;
 }
+
+/// Credit between strangers: a worker stops bidding for a requester that owes it more than
+/// its limit, says so in the aggregated reasons, and bids again once the debt is paid and
+/// the payment checked on the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_requester_over_its_credit_limit_is_declined_until_it_pays() {
+    use crank_node::wallet::SettleView;
+    let horizon = crank_testnet::server::LocalHorizon::start(
+        crank_testnet::network::NetworkConfig::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let stellar = crank_payments::StellarConfig::local(&horizon.url(), &horizon.passphrase());
+    let mesh = Mesh::start(1, |_, c| {
+        c.stellar = stellar.clone();
+        c.settlement.auto = false;
+        c.settlement.policy.threshold_stroops = 1;
+        // Any unpaid receipt is over this worker's limit.
+        c.worker.credit.max_unpaid_stroops = 0;
+    })
+    .await;
+    for n in &mesh.nodes[1..] {
+        n.handle().wallet().fund().await.unwrap();
+    }
+    mesh.wait_for_adverts(1).await;
+    let requester = mesh.requester();
+    let worker = mesh.workers()[0].clone();
+    let first = requester
+        .submit(digits_request("digits-mlp.onnx", "digit-1.json", "X"))
+        .await
+        .unwrap();
+    // Now it owes the worker: no more credit.
+    let err = requester
+        .submit(digits_request("digits-mlp.onnx", "digit-2.json", "X"))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("credit"), "{text}");
+    let payers = worker.status().await.unwrap().payers;
+    assert_eq!(payers.len(), 1);
+    assert_eq!(payers[0].unpaid_stroops, first.price_stroops);
+    assert!(payers[0].credit_refused.is_some());
+    // It pays; the worker checks the payment on the ledger, and serves it again.
+    match requester.wallet().settle(false, false).await.unwrap() {
+        SettleView::Submitted { receipts_paid, .. } => assert_eq!(receipts_paid, 1),
+        other => panic!("unexpected {other:?}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = &worker.status().await.unwrap().payers[0];
+        if p.unpaid_stroops == 0 {
+            assert_eq!(p.paid_stroops, first.price_stroops);
+            assert!(p.credit_refused.is_none());
+            break;
+        }
+        assert!(Instant::now() < deadline, "the payment was never credited");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let again = requester
+        .submit(digits_request("digits-mlp.onnx", "digit-4.json", "X"))
+        .await
+        .unwrap();
+    assert_eq!(again.worker, worker.node_id());
+    mesh.stop().await;
+}

@@ -986,10 +986,11 @@ async fn run_async(cfg: &MeshConfig, progress: &ProgressBar) -> Result<MeshRepor
         }
         for s in &stored {
             summary.worker_receipts_checked += 1;
+            // Verifies both signatures, each by the party the receipt names.
             let ok = s
-                .receipt
+                .proof
                 .verify()
-                .is_ok_and(|b| b.requester == s.receipt.countersigner && b.worker == *worker);
+                .is_ok_and(|b| b == s.terms && b.worker == *worker);
             if !ok {
                 violations.push(MeshViolation {
                     kind: MeshViolationKind::ReceiptNotCounterSigned,
