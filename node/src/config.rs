@@ -17,7 +17,6 @@ use crank_scheduler::{AuctionConfig, CostModel, CreditPolicy, TrustPrior};
 use crank_payments::StellarConfig;
 
 use crate::network::NetworkConfig;
-use crate::wallet::SettlementSettings;
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -331,6 +330,30 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
         cur = t;
     }
     cur.insert(last.clone(), value);
+}
+
+/// Automatic settlement (`[settlement]`); the payment rules themselves are in
+/// `crank_payments::SettlementConfig` (threshold, batch size, validity).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SettlementSettings {
+    /// Pay automatically when what we owe a worker crosses the threshold.
+    pub auto: bool,
+    /// How often to check, seconds.
+    pub interval_secs: u64,
+    /// Threshold, batch size, validity window and retries.
+    #[serde(flatten)]
+    pub policy: crank_payments::SettlementConfig,
+}
+
+impl Default for SettlementSettings {
+    fn default() -> Self {
+        Self {
+            auto: true,
+            interval_secs: 60,
+            policy: crank_payments::SettlementConfig::default(),
+        }
+    }
 }
 
 #[cfg(test)]

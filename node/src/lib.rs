@@ -11,8 +11,11 @@
 //! - [`config`]: the TOML config with documented defaults, env and flag overrides.
 //! - [`identity`]: the node key (0600, created on first run).
 //! - [`network`]: the only module that knows libp2p: swarm, codec, event loop, `Client`.
-//! - [`node`]: the runtime that ties the parts together ([`Node`], [`NodeHandle`]).
-//! - `worker` / `requester`: the two sides of the task flow.
+//! - [`node`]: the runtime that ties the parts together ([`Node`], [`NodeHandle`]) and routes
+//!   requests to the two sides.
+//! - `core`: what every part shares (identity, config, client, stores, ledger, gate, adverts).
+//! - `worker` / `requester`: the two sides of the task flow, each with its own state; neither
+//!   imports the other or the runtime, and the money rules they apply live in crank-payments.
 //! - [`wallet`]: the payout key and settlement of what this node owes (Stellar).
 //! - [`api`]: the local HTTP API (token-protected) and `/metrics`.
 //! - [`commands`]: what each CLI subcommand does; `main.rs` only parses and dispatches.
@@ -30,10 +33,12 @@ pub mod api;
 pub mod clock;
 pub mod commands;
 pub mod config;
+mod core;
 pub mod identity;
 pub mod metrics;
 pub mod network;
 pub mod node;
+mod plumbing;
 mod requester;
 pub mod status;
 pub mod tensor_io;

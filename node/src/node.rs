@@ -2,38 +2,36 @@
 //! sides, keeps the advert fresh, and stops cleanly.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crank_inference::device::{self, EnergyMeter, GateMonitor, GateSnapshot};
+use crank_inference::device::{self, EnergyMeter, GateMonitor};
 use crank_inference::{Engine, Job, ModelStore};
 use crank_payments::{Ledger, RequesterReceipts, WorkerReceipts};
 use crank_protocol::adverts::AdvertTable;
 use crank_protocol::validate::Limits;
 use crank_protocol::{
-    CapabilityAdvert, Capacity, ErrorCode, ExecPath, GateInfo, GateReason, GpuAdapter, Hardware,
-    ModelId, NamedTensor, NodeId, PathBench, Pricing, Request, Response,
-    Signed, TaskId, Tensor, TensorData, TrustSummary,
+    CapabilityAdvert, ErrorCode, ExecPath, GpuAdapter, ModelId, NamedTensor, NodeId, PathBench,
+    Request, Response, Signed, Tensor, TensorData,
 };
-use crank_scheduler::{MeasuredRun, TrustBook};
+use crank_scheduler::TrustBook;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::core::{Core, TRUST_KEY};
 use crate::metrics::Metrics;
-use crate::network::{self, Client, NetworkEvent, Responder};
+use crate::network::{self, NetworkEvent, Responder};
+use crate::plumbing::{chain, lock, stopped};
+use crate::requester::{self, Requester};
 use crate::wallet::NodeWallet;
-use crate::{clock, identity, requester, worker};
+use crate::worker::{self, ADVERT_SEQ_KEY, Worker};
+use crate::{clock, identity};
 
 /// The reference model every node carries: the digits MLP, used for the self-benchmark.
 pub const REFERENCE_MODEL: &[u8] = include_bytes!("../../models/digits-mlp.onnx");
-
-/// Meta key under which the trust book is persisted in the ledger.
-const TRUST_KEY: &str = "trust-book";
-/// Meta key under which the advert sequence number is persisted.
-const ADVERT_SEQ_KEY: &str = "advert-seq";
 
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -69,236 +67,9 @@ pub enum StartError {
     Network(#[from] network::NetworkError),
 }
 
-/// An error with its chain of sources, `outer: inner: innermost`.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = inner.source();
-    }
-    s
-}
-
-/// Locks a mutex, recovering the data if a thread panicked while holding it.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// State shared by every part of a running node.
-pub(crate) struct Shared {
-    pub identity: crank_protocol::Identity,
-    pub node_id: NodeId,
-    pub config: Config,
-    pub client: Client,
-    pub store: Arc<ModelStore>,
-    pub engine: Engine,
-    pub ledger: Arc<Ledger>,
-    pub wallet: Arc<NodeWallet>,
-    /// The worker's side of the receipt exchange (money rules live in crank-payments).
-    pub worker_receipts: WorkerReceipts,
-    /// The requester's side of the receipt exchange.
-    pub requester_receipts: RequesterReceipts,
-    pub metrics: Metrics,
-    pub meter: EnergyMeter,
-    pub gate: watch::Receiver<GateSnapshot>,
-    pub monitor: GateMonitor,
-    pub adverts: Mutex<AdvertTable>,
-    pub trust: Mutex<TrustBook>,
-    pub payout: String,
-    pub hardware: Hardware,
-    pub bench: Vec<PathBench>,
-    pub advert_seq: AtomicU64,
-    pub advert_changed: Notify,
-    pub current_advert: Mutex<Option<Signed<CapabilityAdvert>>>,
-    pub bids: Mutex<crank_scheduler::BidBook>,
-    pub running: Mutex<HashMap<TaskId, worker::Running>>,
-    pub pending: Mutex<HashMap<TaskId, mpsc::Sender<requester::WorkerReport>>>,
-    pub measured: Mutex<BTreeMap<(ModelId, ExecPath), MeasuredRun>>,
-    pub listen_addrs: Mutex<Vec<String>>,
-    pub worker_failures: AtomicU64,
-    pub limits: Limits,
-    pub started: Instant,
-    pub role: network::Role,
-    /// Bounds concurrent inbound request handlers; more are answered "busy".
-    pub inbound: Arc<Semaphore>,
-}
-
-impl Shared {
-    pub fn gate_snapshot(&self) -> GateSnapshot {
-        self.gate.borrow().clone()
-    }
-
-    /// Why this node will not take work now (None when it will).
-    pub fn gate_closed(&self) -> Option<GateReason> {
-        if !self.config.worker.enabled || self.role.bootstrap {
-            return Some(GateReason::Paused);
-        }
-        self.gate_snapshot().state.reason().cloned()
-    }
-
-    /// Persists the trust book (small; written after each change).
-    pub fn save_trust(&self) {
-        let bytes = match serde_json::to_vec(&*lock(&self.trust)) {
-            Ok(b) => b,
-            Err(e) => {
-                warn!(error = %e, "cannot encode the trust book");
-                return;
-            }
-        };
-        if let Err(e) = self.ledger.put_meta(TRUST_KEY, &bytes) {
-            warn!(error = %e, "cannot persist the trust book");
-        }
-    }
-
-    /// What this node did as a worker: counter-signed receipts and failures.
-    fn own_record(&self) -> TrustSummary {
-        let completed = self
-            .ledger
-            .balances()
-            .map(|b| b.total.receipts_as_worker)
-            .unwrap_or(0);
-        TrustSummary {
-            completed,
-            failed: self.worker_failures.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Builds and signs the current advert, with a fresh sequence number.
-    pub fn build_advert(&self) -> Result<Signed<CapabilityAdvert>, crank_protocol::SignatureError> {
-        self.sign_advert(false)
-    }
-
-    /// The last advert of a node that is stopping: gate closed, expiring in ten seconds,
-    /// so requesters stop asking it at once instead of until its last advert expires.
-    pub fn farewell_advert(
-        &self,
-    ) -> Result<Signed<CapabilityAdvert>, crank_protocol::SignatureError> {
-        self.sign_advert(true)
-    }
-
-    fn sign_advert(
-        &self,
-        farewell: bool,
-    ) -> Result<Signed<CapabilityAdvert>, crank_protocol::SignatureError> {
-        let now = clock::now_ms();
-        let snapshot = self.gate_snapshot();
-        let queue = self.engine.queue();
-        let (power, mut gate) = device::summarize(&snapshot, &self.meter, self.hardware.cores);
-        if let Some(reason) = self.gate_closed() {
-            gate = GateInfo {
-                policy: gate.policy,
-                open: false,
-                reason: Some(reason),
-            };
-        }
-        let seq = self.advert_seq.fetch_add(1, Ordering::SeqCst) + 1;
-        // Persist the sequence number so a restart never reuses one (peers would call it stale).
-        if let Err(e) = self.ledger.put_meta(ADVERT_SEQ_KEY, &seq.to_be_bytes()) {
-            warn!(error = %e, "cannot persist the advert sequence number");
-        }
-        if farewell {
-            gate = GateInfo {
-                policy: gate.policy,
-                open: false,
-                reason: Some(GateReason::Paused),
-            };
-        }
-        let ttl_ms = if farewell {
-            FAREWELL_TTL_MS
-        } else {
-            self.config.advert.ttl_secs.max(1) * 1000
-        };
-        let cost = &self.config.worker.cost;
-        let body = CapabilityAdvert {
-            node: self.node_id,
-            seq,
-            issued_at: now,
-            expires_at: now + ttl_ms,
-            agent: format!("crank-node/{}", env!("CARGO_PKG_VERSION")),
-            hardware: self.hardware.clone(),
-            power,
-            gate,
-            models: self
-                .store
-                .list()
-                .into_iter()
-                .take(self.limits.max_advert_models)
-                .collect(),
-            pricing: Pricing {
-                per_task_stroops: cost.per_task_stroops,
-                per_second_stroops: cost.per_second_stroops,
-            },
-            payout: self.payout.clone(),
-            trust: self.own_record(),
-            bench: self.bench.clone(),
-            addrs: lock(&self.listen_addrs).iter().take(8).cloned().collect(),
-            capacity: Capacity {
-                workers: u16::try_from(queue.workers).unwrap_or(u16::MAX),
-                queue_slots: u16::try_from(queue.slots).unwrap_or(u16::MAX),
-                queued: u16::try_from(queue.queued + queue.running).unwrap_or(u16::MAX),
-            },
-        };
-        let signed = Signed::sign(body, &self.identity)?;
-        *lock(&self.current_advert) = Some(signed.clone());
-        Ok(signed)
-    }
-
-    /// Whether this node offers work at all: bootstrap nodes and requester-only nodes do
-    /// not advertise, so requesters never ask them for bids.
-    pub fn offers_work(&self) -> bool {
-        self.config.worker.enabled && !self.role.bootstrap
-    }
-
-    /// The advert to hand out: the current one if still fresh, else a new one.
-    pub fn advert(&self) -> Option<Signed<CapabilityAdvert>> {
-        let now = clock::now_ms();
-        if let Some(a) = lock(&self.current_advert).as_ref()
-            && a.body.expires_at > now + 5_000
-        {
-            return Some(a.clone());
-        }
-        self.build_advert().ok()
-    }
-
-    /// Stores an advert in the table (already verified and validated by the network).
-    pub fn accept_advert(&self, advert: Signed<CapabilityAdvert>) {
-        if advert.body.node == self.node_id {
-            return;
-        }
-        let node = advert.body.node;
-        let addrs = advert.body.addrs.clone();
-        match lock(&self.adverts).insert(advert, clock::now_ms()) {
-            Ok(_) => {
-                debug!(peer = %node.short(), "advert stored");
-                self.client.add_peer_addresses(&node, &addrs);
-            }
-            Err(e) => debug!(peer = %node.short(), reason = %e, "advert not stored"),
-        }
-    }
-
-    /// Adds a model to the store and announces it.
-    pub async fn add_model(&self, bytes: &[u8]) -> Result<ModelId, crank_inference::StoreError> {
-        let had = self.store.list().len();
-        let id = self.store.put(bytes)?;
-        // Provider records say "ask me to run it": only nodes that take work announce.
-        if self.store.list().len() != had && self.offers_work() {
-            if let Err(e) = self.client.provide(id.provider_key()).await {
-                warn!(error = %e, "cannot announce the model");
-            }
-            self.advert_changed.notify_one();
-        }
-        Ok(id)
-    }
-}
-
 /// A running node.
 pub struct Node {
-    pub(crate) shared: Arc<Shared>,
+    handle: NodeHandle,
     tasks: JoinSet<()>,
     stop: watch::Sender<bool>,
 }
@@ -306,12 +77,17 @@ pub struct Node {
 /// A cheap handle for talking to a running node in-process (tests, the simulator, the CLI).
 #[derive(Clone)]
 pub struct NodeHandle {
-    pub(crate) shared: Arc<Shared>,
+    /// What every part shares.
+    pub(crate) core: Arc<Core>,
+    /// The worker side.
+    pub(crate) worker: Arc<Worker>,
+    /// The requester side.
+    pub(crate) requester: Arc<Requester>,
 }
 
 impl std::fmt::Debug for NodeHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "NodeHandle({})", self.shared.node_id.short())
+        write!(f, "NodeHandle({})", self.core.node_id.short())
     }
 }
 
@@ -402,9 +178,7 @@ impl Node {
             config.stellar.clone(),
         );
         let requester_receipts = RequesterReceipts::new(ledger.clone(), identity.clone());
-        let shared = Arc::new(Shared {
-            worker_receipts,
-            requester_receipts,
+        let core = Arc::new(Core {
             identity,
             node_id,
             client,
@@ -413,56 +187,79 @@ impl Node {
             ledger,
             wallet: wallet.clone(),
             metrics,
-            meter,
             gate,
             monitor,
             adverts: Mutex::new(AdvertTable::new(4096, limits)),
             trust: Mutex::new(trust),
             payout,
-            hardware,
-            bench,
-            advert_seq: AtomicU64::new(advert_seq),
-            advert_changed: Notify::new(),
-            current_advert: Mutex::new(None),
-            bids: Mutex::new(crank_scheduler::BidBook::new(4096)),
-            running: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
-            measured: Mutex::new(BTreeMap::new()),
-            listen_addrs: Mutex::new(Vec::new()),
-            worker_failures: AtomicU64::new(0),
             limits,
             started: Instant::now(),
             role,
+            listen_addrs: Mutex::new(Vec::new()),
+            advert_changed: Notify::new(),
             inbound: Arc::new(Semaphore::new(512)),
             config,
         });
+        let shared = NodeHandle {
+            worker: Arc::new(Worker {
+                core: core.clone(),
+                receipts: worker_receipts,
+                bids: Mutex::new(crank_scheduler::BidBook::new(4096)),
+                running: Mutex::new(HashMap::new()),
+                measured: Mutex::new(BTreeMap::new()),
+                failures: AtomicU64::new(0),
+                meter,
+                hardware,
+                bench,
+                advert_seq: AtomicU64::new(advert_seq),
+                current_advert: Mutex::new(None),
+            }),
+            requester: Arc::new(Requester {
+                core: core.clone(),
+                receipts: requester_receipts,
+                pending: Mutex::new(HashMap::new()),
+            }),
+            core,
+        };
 
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut rx = stop_rx.clone();
         tasks.spawn(event_loop.run(async move { stopped(&mut rx).await }));
         tasks.spawn(dispatch(shared.clone(), events, stop_rx.clone()));
-        tasks.spawn(advert_loop(shared.clone(), stop_rx.clone()));
-        tasks.spawn(gate_loop(shared.clone(), stop_rx.clone()));
-        tasks.spawn(settlement_notices(shared.clone(), stop_rx.clone()));
-        tasks.spawn(worker::recover_receipts(shared.clone(), stop_rx.clone()));
-        tasks.spawn(worker::watch_payments(shared.clone(), stop_rx.clone()));
-        tasks.spawn(requester::expire_checks(shared.clone(), stop_rx.clone()));
+        tasks.spawn(advert_loop(shared.worker.clone(), stop_rx.clone()));
+        tasks.spawn(gate_loop(shared.worker.clone(), stop_rx.clone()));
+        tasks.spawn(requester::settlement_notices(
+            shared.requester.clone(),
+            stop_rx.clone(),
+        ));
+        tasks.spawn(worker::recover_receipts(
+            shared.worker.clone(),
+            stop_rx.clone(),
+        ));
+        tasks.spawn(worker::watch_payments(
+            shared.worker.clone(),
+            stop_rx.clone(),
+        ));
+        tasks.spawn(requester::expire_checks(
+            shared.requester.clone(),
+            stop_rx.clone(),
+        ));
         tasks.spawn(crate::wallet::settlement_loop(
             wallet,
-            shared.config.settlement.clone(),
+            shared.core.config.settlement.clone(),
             stop_rx,
         ));
-        if shared.offers_work() {
-            for id in shared.store.list() {
-                if let Err(e) = shared.client.provide(id.provider_key()).await {
+        if shared.core.offers_work() {
+            for id in shared.core.store.list() {
+                if let Err(e) = shared.core.client.provide(id.provider_key()).await {
                     warn!(error = %e, "cannot announce a model");
                 }
             }
         }
-        info!(node = %node_id, peer = %network::peer_id_string(&node_id), payout = %shared.payout, "node started");
+        info!(node = %node_id, peer = %network::peer_id_string(&node_id), payout = %shared.core.payout, "node started");
         Ok(Node {
-            shared,
+            handle: shared,
             tasks,
             stop,
         })
@@ -470,21 +267,19 @@ impl Node {
 
     /// A handle for in-process use.
     pub fn handle(&self) -> NodeHandle {
-        NodeHandle {
-            shared: self.shared.clone(),
-        }
+        self.handle.clone()
     }
 
     /// Stops the background loops, aborts running tasks and waits for them.
     pub async fn shutdown(mut self) {
-        if self.shared.offers_work() {
+        if self.handle.core.offers_work() {
             // Stop taking work before saying goodbye: from here calls and awards are
             // declined, and running tasks are aborted and reported, so their requesters
             // re-award them at once instead of waiting for results that never come.
-            self.shared.monitor.set_paused(true);
-            match self.shared.farewell_advert() {
+            self.handle.core.monitor.set_paused(true);
+            match self.handle.worker.farewell_advert() {
                 Ok(advert) => {
-                    if self.shared.client.publish_advert(advert).await.is_ok() {
+                    if self.handle.core.client.publish_advert(advert).await.is_ok() {
                         // Let the connections write it out before the swarm stops.
                         tokio::time::sleep(FAREWELL_FLUSH).await;
                     }
@@ -493,10 +288,10 @@ impl Node {
             }
         }
         let _ = self.stop.send(true);
-        for (_, running) in lock(&self.shared.running).drain() {
+        for (_, running) in lock(&self.handle.worker.running).drain() {
             running.cancel.cancel();
         }
-        self.shared.engine.shutdown();
+        self.handle.core.engine.shutdown();
         let deadline = tokio::time::sleep(Duration::from_secs(5));
         tokio::pin!(deadline);
         loop {
@@ -505,13 +300,10 @@ impl Node {
                 _ = &mut deadline => { self.tasks.abort_all(); break }
             }
         }
-        self.shared.save_trust();
-        info!(node = %self.shared.node_id, "node stopped");
+        self.handle.core.save_trust();
+        info!(node = %self.handle.core.node_id, "node stopped");
     }
 }
-
-/// Lifetime of the advert a stopping node sends last.
-const FAREWELL_TTL_MS: u64 = 10_000;
 
 /// Time given to the farewell advert to leave before the swarm stops.
 const FAREWELL_FLUSH: Duration = Duration::from_millis(200);
@@ -667,20 +459,8 @@ async fn self_benchmark(
     }
 }
 
-/// Resolves once the stop flag is set (or its sender is gone).
-pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
-    loop {
-        if *rx.borrow_and_update() {
-            return;
-        }
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 async fn dispatch(
-    shared: Arc<Shared>,
+    shared: NodeHandle,
     mut events: mpsc::Receiver<NetworkEvent>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -691,29 +471,29 @@ async fn dispatch(
         };
         match event {
             NetworkEvent::Listening { addr } => {
-                lock(&shared.listen_addrs).push(addr);
-                shared.advert_changed.notify_one();
+                lock(&shared.core.listen_addrs).push(addr);
+                shared.core.advert_changed.notify_one();
             }
             NetworkEvent::PeerConnected { node } => debug!(peer = %node.short(), "peer connected"),
             NetworkEvent::PeerDisconnected { node } => {
                 debug!(peer = %node.short(), "peer disconnected");
                 // Tasks awarded to it learn at once, instead of at their result timeout.
-                let pending: Vec<_> = lock(&shared.pending).values().cloned().collect();
+                let pending: Vec<_> = lock(&shared.requester.pending).values().cloned().collect();
                 for tx in pending {
                     let _ = tx.try_send(requester::WorkerReport::Disconnected { peer: node });
                 }
             }
             NetworkEvent::PeerIdentified { node, speaks_crank } => {
                 if speaks_crank {
-                    tokio::spawn(fetch_advert(shared.clone(), node));
+                    tokio::spawn(fetch_advert(shared.core.clone(), node));
                 }
             }
-            NetworkEvent::Advert(advert) => shared.accept_advert(*advert),
+            NetworkEvent::Advert(advert) => shared.core.accept_advert(*advert),
             NetworkEvent::InboundRequest {
                 peer,
                 request,
                 responder,
-            } => match shared.inbound.clone().try_acquire_owned() {
+            } => match shared.core.inbound.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let shared = shared.clone();
                     tokio::spawn(async move {
@@ -730,71 +510,8 @@ async fn dispatch(
     }
 }
 
-/// Tells workers about settlements that paid them, with a notice signed by this node, until
-/// each acknowledges, so each can check its payment against the ledger and credit its
-/// receipts. Runs when a settlement applies, and every half minute for workers not reached
-/// yet (offline, or resolved after a restart).
-async fn settlement_notices(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            () = shared.wallet.settled.notified() => {}
-            () = tokio::time::sleep(Duration::from_secs(30)) => {}
-            () = stopped(&mut stop) => return,
-        }
-        send_settlement_notices(&shared).await;
-    }
-}
-
-async fn send_settlement_notices(shared: &Arc<Shared>) {
-    let receipts = &shared.requester_receipts;
-    let due = match receipts.unacknowledged(64).await {
-        Ok(d) => d,
-        Err(e) => {
-            warn!(error = %chain(&e), "cannot read which settlements were announced");
-            return;
-        }
-    };
-    for (intent, workers) in due {
-        let notice = match receipts.notice(&intent) {
-            Ok(n) => n,
-            Err(e) => {
-                warn!(error = %chain(&e), "cannot sign a settlement notice");
-                continue;
-            }
-        };
-        let sends = workers.into_iter().map(|worker| {
-            let notice = notice.clone();
-            let tx = intent.draft.tx_hash;
-            async move {
-                let answer = shared
-                    .client
-                    .request(&worker, Request::Settlement(notice))
-                    .await;
-                match answer {
-                    Ok(Response::PaymentRecorded { receipts: n }) => {
-                        info!(worker = %worker.short(), tx = %tx, receipts = n, "worker confirmed its payment");
-                        if let Err(e) = receipts.acknowledged(intent.id, worker).await {
-                            warn!(error = %chain(&e), "cannot record the acknowledgement");
-                        }
-                    }
-                    Ok(Response::Error(e)) => {
-                        warn!(worker = %worker.short(), tx = %tx, error = %e, "worker did not accept the settlement notice; will retry")
-                    }
-                    Ok(other) => {
-                        warn!(worker = %worker.short(), kind = other.kind(), "unexpected answer to a settlement notice")
-                    }
-                    Err(e) => {
-                        debug!(worker = %worker.short(), tx = %tx, error = %e, "worker not told of its payment yet; will retry")
-                    }
-                }
-            }
-        });
-        futures::future::join_all(sends).await;
-    }
-}
-
 /// Asks a newly identified peer for its advert, so we need not wait for the next gossip round.
-async fn fetch_advert(shared: Arc<Shared>, node: NodeId) {
+async fn fetch_advert(shared: Arc<Core>, node: NodeId) {
     match shared.client.request(&node, Request::GetAdvert).await {
         Ok(Response::Advert(advert)) => {
             match crank_protocol::validate::advert(&advert, clock::now_ms(), &shared.limits) {
@@ -817,39 +534,44 @@ async fn fetch_advert(shared: Arc<Shared>, node: NodeId) {
     }
 }
 
-async fn handle_request(
-    shared: &Arc<Shared>,
-    peer: NodeId,
-    request: Request,
-    responder: Responder,
-) {
+async fn handle_request(shared: &NodeHandle, peer: NodeId, request: Request, responder: Responder) {
     match request {
         Request::CallForBids(cfb) => {
-            responder.send(worker::on_call_for_bids(shared, &peer, &cfb).await)
+            responder.send(worker::on_call_for_bids(&shared.worker, &peer, &cfb).await)
         }
-        Request::Award(award) => worker::on_award(shared, peer, award, responder).await,
-        Request::Cancel(cancel) => responder.send(worker::on_cancel(shared, &peer, &cancel)),
-        Request::FetchModel(fetch) => responder.send(worker::on_fetch_model(shared, &fetch)),
-        Request::Result(result) => requester::on_result(shared, peer, result, responder).await,
+        Request::Award(award) => worker::on_award(&shared.worker, peer, award, responder).await,
+        Request::Cancel(cancel) => {
+            responder.send(worker::on_cancel(&shared.worker, &peer, &cancel))
+        }
+        Request::FetchModel(fetch) => {
+            responder.send(worker::on_fetch_model(&shared.worker, &fetch))
+        }
+        Request::Result(result) => {
+            requester::on_result(&shared.requester, peer, result, responder).await
+        }
         Request::Outputs(outputs) => {
-            requester::on_outputs(shared, peer, *outputs, responder).await
+            requester::on_outputs(&shared.requester, peer, *outputs, responder).await
         }
-        Request::Dispute(dispute) => responder.send(worker::on_dispute(shared, &peer, *dispute).await),
+        Request::Dispute(dispute) => {
+            responder.send(worker::on_dispute(&shared.worker, &peer, *dispute).await)
+        }
         Request::GetSettlement { tx_hash } => {
-            responder.send(requester::on_get_settlement(shared, peer, tx_hash).await)
+            responder.send(requester::on_get_settlement(&shared.requester, peer, tx_hash).await)
         }
-        Request::Failure(failure) => requester::on_failure(shared, peer, failure, responder).await,
-        Request::GetAdvert if !shared.offers_work() => responder.send(Response::error(
+        Request::Failure(failure) => {
+            requester::on_failure(&shared.requester, peer, failure, responder).await
+        }
+        Request::GetAdvert if !shared.core.offers_work() => responder.send(Response::error(
             ErrorCode::NotFound,
             "this node takes no work and has no advert",
         )),
         Request::GetReceipt { task_id } => {
-            responder.send(requester::on_get_receipt(shared, peer, task_id).await)
+            responder.send(requester::on_get_receipt(&shared.requester, peer, task_id).await)
         }
         Request::Settlement(notice) => {
-            responder.send(worker::on_settlement(shared, &peer, &notice).await)
+            responder.send(worker::on_settlement(&shared.worker, &peer, &notice).await)
         }
-        Request::GetAdvert => match shared.advert() {
+        Request::GetAdvert => match shared.worker.advert() {
             Some(a) => responder.send(Response::Advert(Box::new(a))),
             None => responder.send(Response::error(
                 ErrorCode::Internal,
@@ -859,7 +581,7 @@ async fn handle_request(
     }
 }
 
-async fn advert_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn advert_loop(shared: Arc<Worker>, mut stop: watch::Receiver<bool>) {
     let interval = Duration::from_secs(shared.config.advert.interval_secs.max(1));
     if !shared.offers_work() {
         return;
@@ -886,7 +608,7 @@ async fn advert_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Follows the power gate: re-advertises on every change, aborts running tasks when it closes.
-async fn gate_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn gate_loop(shared: Arc<Worker>, mut stop: watch::Receiver<bool>) {
     let mut gate = shared.gate.clone();
     let mut was_open = gate.borrow().state.is_open();
     shared.metrics.gate_open(was_open);
@@ -915,60 +637,58 @@ async fn gate_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 impl NodeHandle {
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
-        self.shared.node_id
+        self.core.node_id
     }
 
     /// The node's Stellar payout account.
     pub fn payout(&self) -> &str {
-        &self.shared.payout
+        &self.core.payout
     }
 
     /// The node's config.
     pub fn config(&self) -> &Config {
-        &self.shared.config
+        &self.core.config
     }
 
     /// The metrics, as Prometheus text.
     pub fn metrics_text(&self) -> String {
-        self.shared.metrics.encode()
+        self.core.metrics.encode()
     }
 
     /// Addresses the node listens on (with `/p2p/<peer id>`), once the listeners are up.
     pub async fn listen_addrs(&self) -> Vec<String> {
         for _ in 0..100 {
-            let addrs = lock(&self.shared.listen_addrs).clone();
+            let addrs = lock(&self.core.listen_addrs).clone();
             if !addrs.is_empty() {
                 return addrs;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        lock(&self.shared.listen_addrs).clone()
+        lock(&self.core.listen_addrs).clone()
     }
 
     /// Tasks accepted and not finished (fetching, queued, running or delivering).
     pub fn running_tasks(&self) -> usize {
-        lock(&self.shared.running).len()
+        lock(&self.worker.running).len()
     }
 
     /// Number of fresh adverts of other nodes.
     pub fn known_adverts(&self) -> usize {
         let now = clock::now_ms();
-        lock(&self.shared.adverts)
+        lock(&self.core.adverts)
             .fresh(now)
-            .filter(|a| a.node != self.shared.node_id)
+            .filter(|a| a.node != self.core.node_id)
             .count()
     }
 
     /// The fresh advert this node holds of `node`, if any.
     pub fn advert_of(&self, node: &NodeId) -> Option<CapabilityAdvert> {
-        lock(&self.shared.adverts)
-            .get(node, clock::now_ms())
-            .cloned()
+        lock(&self.core.adverts).get(node, clock::now_ms()).cloned()
     }
 
     /// Adds a model to the local store and announces it.
     pub async fn add_model(&self, bytes: &[u8]) -> Result<ModelId, crank_inference::StoreError> {
-        self.shared.add_model(bytes).await
+        self.core.add_model(bytes).await
     }
 
     /// Takes an advert as if it had arrived by gossip: verified and validated first, then
@@ -978,8 +698,8 @@ impl NodeHandle {
         &self,
         advert: Signed<CapabilityAdvert>,
     ) -> Result<(), crank_protocol::validate::ValidationError> {
-        crank_protocol::validate::advert(&advert, clock::now_ms(), &self.shared.limits)?;
-        self.shared.accept_advert(advert);
+        crank_protocol::validate::advert(&advert, clock::now_ms(), &self.core.limits)?;
+        self.core.accept_advert(advert);
         Ok(())
     }
 
@@ -988,22 +708,22 @@ impl NodeHandle {
         &self,
         req: crate::SubmitRequest,
     ) -> Result<crate::TaskOutcome, crate::SubmitError> {
-        requester::submit(&self.shared, req).await
+        requester::submit(&self.requester, req).await
     }
 
     /// Pauses or resumes work (the gate closes with "paused by the owner").
     pub fn set_paused(&self, paused: bool) {
-        self.shared.monitor.set_paused(paused);
+        self.core.monitor.set_paused(paused);
     }
 
     /// The node's wallet (payout key, balances, settlement).
     pub fn wallet(&self) -> &NodeWallet {
-        &self.shared.wallet
+        &self.core.wallet
     }
 
     /// Stored receipts, newest first.
     pub fn receipts(&self, limit: usize) -> Vec<crank_payments::StoredReceipt> {
-        self.shared.ledger.receipts(None, limit).unwrap_or_default()
+        self.core.ledger.receipts(None, limit).unwrap_or_default()
     }
 
     /// The names of a model's graph inputs (for naming unnamed input tensors).
@@ -1012,7 +732,7 @@ impl NodeHandle {
         model: &ModelId,
     ) -> Result<Vec<String>, crank_inference::InferenceError> {
         Ok(self
-            .shared
+            .core
             .engine
             .inspect(model)?
             .inputs
@@ -1024,7 +744,7 @@ impl NodeHandle {
     /// A snapshot for `crank-node status`.
     pub async fn status(&self) -> Result<crate::status::NodeStatus, network::NetworkError> {
         use crate::status::{AdvertView, GateView, NodeStatus, QueueView, ReceiptView};
-        let s = &self.shared;
+        let s = &self.core;
         let network = s.client.status().await?;
         let now = clock::now_ms();
         let snapshot = s.gate_snapshot();
@@ -1071,7 +791,12 @@ impl NodeHandle {
             .filter(|(_, b)| b.receipts_as_worker > 0)
             .take(256)
         {
-            let standing = s.worker_receipts.standing(*node).await.unwrap_or_default();
+            let standing = self
+                .worker
+                .receipts
+                .standing(*node)
+                .await
+                .unwrap_or_default();
             let refused = s.config.worker.credit.check(
                 &crank_scheduler::RequesterStanding {
                     unpaid_stroops: standing.unpaid_stroops,
@@ -1109,10 +834,10 @@ impl NodeHandle {
                 slots: queue.slots,
                 queued: queue.queued,
                 running: queue.running,
-                tasks: lock(&s.running).len(),
+                tasks: lock(&self.worker.running).len(),
             },
             models: s.store.list(),
-            bench: s.bench.clone(),
+            bench: self.worker.bench.clone(),
             adverts,
             balances,
             receipts: s

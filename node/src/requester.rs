@@ -2,11 +2,11 @@
 //! [`crank_scheduler::Auction`] driven here with real requests and timers), check and
 //! counter-sign the worker's receipt, store it, and hand the outputs back.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crank_payments::{Expected, OutputsVerdict, ReceiptProof, TxHash};
+use crank_payments::{Expected, OutputsVerdict, ReceiptProof, RequesterReceipts, TxHash};
 use crank_protocol::tensor::tensors_hash;
 use crank_protocol::{
     ErrorCode, ModelId, NamedTensor, NodeId, Receipt, Request, Response, Signed, TaskFailure,
@@ -23,8 +23,28 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::clock;
+use crate::core::Core;
 use crate::network::Responder;
-use crate::node::{Shared, lock};
+use crate::plumbing::{chain, lock, stopped};
+
+/// The requester side of a node: the tasks it submitted and waits on, and its side of the
+/// receipt exchange. Everything shared with the rest of the node is in [`Core`].
+pub(crate) struct Requester {
+    /// What the whole node shares.
+    pub core: Arc<Core>,
+    /// The requester's side of the receipt exchange (the money rules are in crank-payments).
+    pub receipts: RequesterReceipts,
+    /// Submissions waiting for their workers' reports, by task.
+    pub pending: Mutex<HashMap<TaskId, mpsc::Sender<WorkerReport>>>,
+}
+
+impl std::ops::Deref for Requester {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
 
 /// What a worker sent about a task this node requested.
 #[derive(Debug)]
@@ -141,19 +161,19 @@ pub enum SubmitError {
     Spec(String),
 }
 
-fn count_candidates(shared: &Shared, now: u64) -> usize {
-    lock(&shared.adverts)
+fn count_candidates(requester: &Requester, now: u64) -> usize {
+    lock(&requester.adverts)
         .fresh(now)
-        .filter(|a| a.node != shared.node_id)
+        .filter(|a| a.node != requester.node_id)
         .count()
 }
 
 /// Waits until at least one other node's advert is known, or the discovery time is up.
-async fn wait_for_adverts(shared: &Shared) -> Result<(), SubmitError> {
+async fn wait_for_adverts(requester: &Requester) -> Result<(), SubmitError> {
     let started = Instant::now();
-    let limit = Duration::from_millis(shared.config.requester.discovery_ms);
+    let limit = Duration::from_millis(requester.config.requester.discovery_ms);
     loop {
-        if count_candidates(shared, clock::now_ms()) > 0 {
+        if count_candidates(requester, clock::now_ms()) > 0 {
             return Ok(());
         }
         if started.elapsed() >= limit {
@@ -167,16 +187,16 @@ async fn wait_for_adverts(shared: &Shared) -> Result<(), SubmitError> {
 }
 
 fn check_inputs(
-    shared: &Shared,
+    requester: &Requester,
     model: &ModelId,
     inputs: &[NamedTensor],
 ) -> Result<(), SubmitError> {
     for t in inputs {
         t.tensor
-            .validate(shared.limits.max_elements)
+            .validate(requester.limits.max_elements)
             .map_err(|e| SubmitError::Input(format!("`{}`: {e}", t.name)))?;
     }
-    let info = shared
+    let info = requester
         .engine
         .inspect(model)
         .map_err(|e| SubmitError::Model(e.to_string()))?;
@@ -193,40 +213,40 @@ enum AnswerKind {
 
 /// Runs a task on the mesh: auction, award, result, counter-signed receipt.
 pub(crate) async fn submit(
-    shared: &Arc<Shared>,
+    requester: &Arc<Requester>,
     req: SubmitRequest,
 ) -> Result<TaskOutcome, SubmitError> {
     let started = Instant::now();
-    let cfg = &shared.config.requester;
+    let cfg = &requester.config.requester;
     let model = match req.model {
-        ModelSource::Bytes(bytes) => shared
+        ModelSource::Bytes(bytes) => requester
             .add_model(&bytes)
             .await
             .map_err(|e| SubmitError::Model(e.to_string()))?,
         ModelSource::Id(id) => id,
     };
-    let model_bytes = shared
+    let model_bytes = requester
         .store
         .size(&model)
         .ok_or_else(|| SubmitError::Model(format!("model {model} is not in the store")))?;
-    check_inputs(shared, &model, &req.inputs)?;
-    wait_for_adverts(shared).await?;
+    check_inputs(requester, &model, &req.inputs)?;
+    wait_for_adverts(requester).await?;
 
     let now = clock::now_ms();
     let input_hash = tensors_hash(&req.inputs);
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).map_err(|e| SubmitError::Spec(e.to_string()))?;
-    let task_id = TaskId::derive(&shared.node_id, &nonce, &model, &input_hash);
+    let task_id = TaskId::derive(&requester.node_id, &nonce, &model, &input_hash);
     let input_elements: u64 = req.inputs.iter().map(|t| t.tensor.data.len() as u64).sum();
     let spec = TaskSpec {
         task_id,
-        requester: shared.node_id,
+        requester: requester.node_id,
         model,
         model_bytes,
         input_hash,
         input_elements,
         nonce,
-        payer: shared.payout.clone(),
+        payer: requester.payout.clone(),
         max_price_stroops: req.max_price_stroops.unwrap_or(cfg.max_price_stroops),
         deadline: now + req.deadline_ms.unwrap_or(cfg.deadline_ms),
         bid_window_ms: req.bid_window_ms.unwrap_or(cfg.bid_window_ms).max(1),
@@ -236,7 +256,7 @@ pub(crate) async fn submit(
     // Holders of the model (Kademlia) rank first; adverts say who else could run it.
     let providers: BTreeSet<NodeId> = match tokio::time::timeout(
         Duration::from_millis(300),
-        shared.client.providers(model.provider_key()),
+        requester.client.providers(model.provider_key()),
     )
     .await
     {
@@ -244,10 +264,10 @@ pub(crate) async fn submit(
         _ => BTreeSet::new(),
     };
     let candidates = {
-        let adverts = lock(&shared.adverts);
-        let trust = lock(&shared.trust);
+        let adverts = lock(&requester.adverts);
+        let trust = lock(&requester.trust);
         let query = CandidateQuery {
-            requester: shared.node_id,
+            requester: requester.node_id,
             model,
             model_bytes,
             providers: &providers,
@@ -260,22 +280,22 @@ pub(crate) async fn submit(
         select_candidates(adverts.fresh(now), &query, &trust, now)
     };
     let mut auction = {
-        let trust = lock(&shared.trust);
+        let trust = lock(&requester.trust);
         Auction::new(spec, cfg.auction.clone(), &candidates, &trust, now)
             .map_err(|e| SubmitError::Spec(e.to_string()))?
     };
     debug!(task = %task_id.short(), candidates = candidates.len(), "auction started");
 
     let (report_tx, mut reports) = mpsc::channel(16);
-    lock(&shared.pending).insert(task_id, report_tx);
-    let result = drive(shared, &mut auction, &req.inputs, &mut reports).await;
-    lock(&shared.pending).remove(&task_id);
+    lock(&requester.pending).insert(task_id, report_tx);
+    let result = drive(requester, &mut auction, &req.inputs, &mut reports).await;
+    lock(&requester.pending).remove(&task_id);
 
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    shared.metrics.task_seconds(elapsed_ms / 1000.0);
+    requester.metrics.task_seconds(elapsed_ms / 1000.0);
     match result {
         Ok((worker, price_stroops, outputs, receipt)) => {
-            shared.metrics.task("requester", "completed");
+            requester.metrics.task("requester", "completed");
             info!(task = %task_id.short(), worker = %worker.short(), price = price_stroops, ms = elapsed_ms, "task completed");
             Ok(TaskOutcome {
                 task_id,
@@ -289,7 +309,7 @@ pub(crate) async fn submit(
             })
         }
         Err(explanation) => {
-            shared.metrics.task("requester", "failed");
+            requester.metrics.task("requester", "failed");
             info!(task = %task_id.short(), reason = %explanation, "task failed");
             Err(SubmitError::Failed {
                 explanation,
@@ -302,7 +322,7 @@ pub(crate) async fn submit(
 type Done = (NodeId, u64, Vec<NamedTensor>, Receipt);
 
 async fn drive(
-    shared: &Arc<Shared>,
+    requester: &Arc<Requester>,
     auction: &mut Auction,
     inputs: &[NamedTensor],
     reports: &mut mpsc::Receiver<WorkerReport>,
@@ -317,7 +337,7 @@ async fn drive(
         while let Some(output) = auction.poll_output() {
             match output {
                 Output::SendCallForBids { round, to, cfb } => {
-                    let signed = match Signed::sign(cfb, &shared.identity) {
+                    let signed = match Signed::sign(cfb, &requester.identity) {
                         Ok(s) => s,
                         Err(e) => {
                             warn!(error = %e, "cannot sign a call for bids");
@@ -326,7 +346,7 @@ async fn drive(
                     };
                     debug!(task = %spec.task_id.short(), round, asked = to.len(), "call for bids");
                     for peer in to {
-                        let client = shared.client.clone();
+                        let client = requester.client.clone();
                         let req = Request::CallForBids(signed.clone());
                         answers.push(Box::pin(async move {
                             (
@@ -340,10 +360,10 @@ async fn drive(
                 }
                 Output::SendAward { to, price_stroops } => {
                     let award = auction.award_message(to, price_stroops, inputs.to_vec());
-                    match Signed::sign(award, &shared.identity) {
+                    match Signed::sign(award, &requester.identity) {
                         Ok(signed) => {
                             debug!(task = %spec.task_id.short(), worker = %to.short(), price = price_stroops, "award");
-                            let client = shared.client.clone();
+                            let client = requester.client.clone();
                             answers.push(Box::pin(async move {
                                 let r = client
                                     .request(&to, Request::Award(signed))
@@ -357,16 +377,16 @@ async fn drive(
                 }
                 Output::SendCancel { to } => {
                     let cancel = auction.cancel_message(to);
-                    if let Ok(signed) = Signed::sign(cancel, &shared.identity) {
-                        let client = shared.client.clone();
+                    if let Ok(signed) = Signed::sign(cancel, &requester.identity) {
+                        let client = requester.client.clone();
                         tokio::spawn(async move {
                             let _ = client.request(&to, Request::Cancel(signed)).await;
                         });
                     }
                 }
                 Output::Trust { peer, outcome } => {
-                    lock(&shared.trust).record(peer, outcome, clock::now_ms());
-                    shared.save_trust();
+                    lock(&requester.trust).record(peer, outcome, clock::now_ms());
+                    requester.save_trust();
                 }
                 Output::Completed {
                     worker,
@@ -402,10 +422,10 @@ async fn drive(
             }
             Some(report) = reports.recv() => match report {
                 WorkerReport::Result { from, result, responder } => {
-                    on_task_result(shared, auction, from, result, responder, &mut countersigned).await;
+                    on_task_result(requester, auction, from, result, responder, &mut countersigned).await;
                 }
                 WorkerReport::Outputs { from, outputs, responder } => {
-                    on_task_outputs(shared, auction, from, outputs, responder, &mut countersigned, &mut delivered).await;
+                    on_task_outputs(requester, auction, from, outputs, responder, &mut countersigned, &mut delivered).await;
                 }
                 WorkerReport::Failure { from, failure, responder } => {
                     responder.send(Response::Ack { task_id: spec.task_id });
@@ -438,7 +458,7 @@ fn current_worker(auction: &Auction) -> Option<NodeId> {
 /// the outputs), and answers with the counter-signature: the worker releases the outputs
 /// only against it.
 async fn on_task_result(
-    shared: &Arc<Shared>,
+    requester: &Arc<Requester>,
     auction: &mut Auction,
     from: NodeId,
     result: TaskResult,
@@ -466,21 +486,21 @@ async fn on_task_result(
         price_stroops,
         payer: spec.payer.clone(),
     };
-    match shared
-        .requester_receipts
-        .countersign(result.receipt, from, &expected, &shared.limits)
+    match requester
+        .receipts
+        .countersign(result.receipt, from, &expected, &requester.limits)
         .await
     {
         Ok(receipt) => {
-            shared.metrics.receipt("requester");
+            requester.metrics.receipt("requester");
             responder.send(Response::Receipt(Box::new(receipt.clone())));
             *countersigned = Some((from, receipt));
         }
         Err(e) => {
-            let reason = format!("receipt refused: {}", crate::node::chain(&e));
+            let reason = format!("receipt refused: {}", chain(&e));
             warn!(peer = %from.short(), reason = %reason, "result refused");
             if matches!(e, crank_payments::ExchangeError::Invalid(_)) {
-                shared.client.penalize(&from, e.to_string()).await;
+                requester.client.penalize(&from, e.to_string()).await;
             }
             responder.send(Response::error(ErrorCode::Invalid, &reason));
             let _ = auction.handle(Input::ResultInvalid { from, reason }, clock::now_ms());
@@ -492,7 +512,7 @@ async fn on_task_result(
 /// committed to; completes the task, or disputes the receipt with the signed outputs as
 /// evidence and re-awards.
 async fn on_task_outputs(
-    shared: &Arc<Shared>,
+    requester: &Arc<Requester>,
     auction: &mut Auction,
     from: NodeId,
     outputs: Signed<TaskOutputs>,
@@ -508,9 +528,9 @@ async fn on_task_outputs(
         return;
     };
     let task_id = receipt.inner.body.task_id;
-    match shared
-        .requester_receipts
-        .check_outputs(outputs, holder, &shared.limits)
+    match requester
+        .receipts
+        .check_outputs(outputs, holder, &requester.limits)
         .await
     {
         Ok(OutputsVerdict::Accepted(tensors)) => {
@@ -529,7 +549,7 @@ async fn on_task_outputs(
         Ok(OutputsVerdict::Disputed(dispute)) => {
             let reason = dispute.body.reason.to_string();
             warn!(peer = %from.short(), task = %task_id.short(), reason = %reason, "outputs disputed; the receipt will not be paid");
-            shared
+            requester
                 .client
                 .penalize(&from, "delivered outputs its receipt did not commit to")
                 .await;
@@ -538,8 +558,8 @@ async fn on_task_outputs(
         }
         Err(e) => {
             // Unsigned or malformed outputs prove nothing: wait for a proper delivery.
-            debug!(peer = %from.short(), error = %crate::node::chain(&e), "outputs refused");
-            responder.send(Response::error(ErrorCode::Invalid, crate::node::chain(&e)));
+            debug!(peer = %from.short(), error = %chain(&e), "outputs refused");
+            responder.send(Response::error(ErrorCode::Invalid, chain(&e)));
             *countersigned = Some((holder, receipt));
         }
     }
@@ -547,13 +567,13 @@ async fn on_task_outputs(
 
 /// Outputs for a task this node requested.
 pub(crate) async fn on_outputs(
-    shared: &Arc<Shared>,
+    requester: &Arc<Requester>,
     peer: NodeId,
     outputs: Signed<TaskOutputs>,
     responder: Responder,
 ) {
     let task = outputs.body.task_id;
-    let pending = lock(&shared.pending).get(&task).cloned();
+    let pending = lock(&requester.pending).get(&task).cloned();
     if let Some(tx) = pending {
         if let Err(mpsc::error::SendError(WorkerReport::Outputs {
             outputs, responder, ..
@@ -565,54 +585,50 @@ pub(crate) async fn on_outputs(
             })
             .await
         {
-            responder.send(outputs_after_the_task(shared, peer, outputs).await);
+            responder.send(outputs_after_the_task(requester, peer, outputs).await);
         }
         return;
     }
-    responder.send(outputs_after_the_task(shared, peer, outputs).await);
+    responder.send(outputs_after_the_task(requester, peer, outputs).await);
 }
 
 /// Outputs that arrive after the submission ended (this node restarted, or the task gave
 /// up first): still checked, so an honest worker's receipt becomes payable and a dishonest
 /// one's is disputed.
 async fn outputs_after_the_task(
-    shared: &Arc<Shared>,
+    requester: &Arc<Requester>,
     peer: NodeId,
     outputs: Signed<TaskOutputs>,
 ) -> Response {
     let task_id = outputs.body.task_id;
-    match shared
-        .requester_receipts
-        .check_outputs(outputs, peer, &shared.limits)
+    match requester
+        .receipts
+        .check_outputs(outputs, peer, &requester.limits)
         .await
     {
         Ok(OutputsVerdict::Accepted(_)) => Response::Ack { task_id },
         Ok(OutputsVerdict::Disputed(d)) => Response::Disputed(d),
-        Err(e) => Response::error(ErrorCode::NotFound, crate::node::chain(&e)),
+        Err(e) => Response::error(ErrorCode::NotFound, chain(&e)),
     }
 }
 
 /// A worker asks for the notice of a settlement it found on the ledger.
 pub(crate) async fn on_get_settlement(
-    shared: &Arc<Shared>,
+    requester: &Arc<Requester>,
     peer: NodeId,
     tx_hash: [u8; 32],
 ) -> Response {
-    match shared
-        .requester_receipts
-        .notice_for(TxHash(tx_hash), peer)
-        .await
-    {
+    match requester.receipts.notice_for(TxHash(tx_hash), peer).await {
         Ok(Some(n)) => Response::Settlement(Box::new(n)),
         Ok(None) => Response::error(ErrorCode::NotFound, "no settlement of ours paid you there"),
-        Err(e) => Response::error(ErrorCode::Internal, crate::node::chain(&e)),
+        Err(e) => Response::error(ErrorCode::Internal, chain(&e)),
     }
 }
 
 /// Ends output checks whose time is up (see `dispute_window_secs`): receipts whose outputs
 /// never came are disputed, and the workers told; delivered ones become payable.
-pub(crate) async fn expire_checks(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let window_ms = shared
+pub(crate) async fn expire_checks(requester: Arc<Requester>, mut stop: watch::Receiver<bool>) {
+    let window_ms = requester
         .config
         .requester
         .dispute_window_secs
@@ -621,22 +637,22 @@ pub(crate) async fn expire_checks(shared: Arc<Shared>, mut stop: watch::Receiver
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
-            () = crate::node::stopped(&mut stop) => return,
+            () = stopped(&mut stop) => return,
         }
-        let disputes = match shared
-            .requester_receipts
+        let disputes = match requester
+            .receipts
             .expire_checks(clock::now_ms(), window_ms)
             .await
         {
             Ok(d) => d,
             Err(e) => {
-                warn!(error = %crate::node::chain(&e), "cannot end expired checks");
+                warn!(error = %chain(&e), "cannot end expired checks");
                 continue;
             }
         };
         for d in disputes {
             let worker = d.body.receipt.body.worker;
-            let client = shared.client.clone();
+            let client = requester.client.clone();
             tokio::spawn(async move {
                 let _ = client.request(&worker, Request::Dispute(Box::new(d))).await;
             });
@@ -646,13 +662,13 @@ pub(crate) async fn expire_checks(shared: Arc<Shared>, mut stop: watch::Receiver
 
 /// A result for a task this node requested.
 pub(crate) async fn on_result(
-    shared: &Arc<Shared>,
+    requester: &Arc<Requester>,
     peer: NodeId,
     result: TaskResult,
     responder: Responder,
 ) {
     let task = result.receipt.body.task_id;
-    let pending = lock(&shared.pending).get(&task).cloned();
+    let pending = lock(&requester.pending).get(&task).cloned();
     match pending {
         Some(tx) => {
             if let Err(mpsc::error::SendError(WorkerReport::Result { responder, .. })) = tx
@@ -668,7 +684,7 @@ pub(crate) async fn on_result(
         }
         None => {
             // A retry after we stored and answered: answer the same receipt again.
-            match shared.requester_receipts.stored(task, peer).await {
+            match requester.receipts.stored(task, peer).await {
                 Ok(Some(s)) => responder.send(answer_with(&s)),
                 _ => responder.send(Response::error(ErrorCode::NotFound, "no such task here")),
             }
@@ -687,15 +703,19 @@ fn answer_with(s: &crank_payments::StoredReceipt) -> Response {
 
 /// A worker asks for the counter-signed receipt of a task it did for us (it crashed after
 /// sending the result and before storing our answer).
-pub(crate) async fn on_get_receipt(shared: &Arc<Shared>, peer: NodeId, task: TaskId) -> Response {
-    match shared.requester_receipts.stored(task, peer).await {
+pub(crate) async fn on_get_receipt(
+    requester: &Arc<Requester>,
+    peer: NodeId,
+    task: TaskId,
+) -> Response {
+    match requester.receipts.stored(task, peer).await {
         Ok(Some(s)) => answer_with(&s),
         Ok(None) => Response::error(
             ErrorCode::NotFound,
             "no counter-signed receipt for this task and worker",
         ),
         Err(e) => {
-            warn!(task = %task.short(), error = %crate::node::chain(&e), "cannot read a receipt");
+            warn!(task = %task.short(), error = %chain(&e), "cannot read a receipt");
             Response::error(ErrorCode::Internal, "cannot read the ledger")
         }
     }
@@ -703,14 +723,14 @@ pub(crate) async fn on_get_receipt(shared: &Arc<Shared>, peer: NodeId, task: Tas
 
 /// A failure report for a task this node requested.
 pub(crate) async fn on_failure(
-    shared: &Arc<Shared>,
+    requester: &Arc<Requester>,
     peer: NodeId,
     failure: Signed<TaskFailure>,
     responder: Responder,
 ) {
     let task = failure.body.task_id;
     if failure.verify_by(&peer).is_err() {
-        shared
+        requester
             .client
             .penalize(&peer, "failure report not signed by the sender")
             .await;
@@ -720,7 +740,7 @@ pub(crate) async fn on_failure(
         ));
         return;
     }
-    let pending = lock(&shared.pending).get(&task).cloned();
+    let pending = lock(&requester.pending).get(&task).cloned();
     match pending {
         Some(tx) => {
             if let Err(mpsc::error::SendError(WorkerReport::Failure { responder, .. })) = tx
@@ -735,5 +755,68 @@ pub(crate) async fn on_failure(
             }
         }
         None => responder.send(Response::Ack { task_id: task }),
+    }
+}
+
+/// Tells workers about settlements that paid them, with a notice signed by this node, until
+/// each acknowledges, so each can check its payment against the ledger and credit its
+/// receipts. Runs when a settlement applies, and every half minute for workers not reached
+/// yet (offline, or resolved after a restart).
+pub(crate) async fn settlement_notices(requester: Arc<Requester>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = requester.wallet.settled.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(30)) => {}
+            () = stopped(&mut stop) => return,
+        }
+        send_settlement_notices(&requester).await;
+    }
+}
+
+async fn send_settlement_notices(requester: &Arc<Requester>) {
+    let receipts = &requester.receipts;
+    let due = match receipts.unacknowledged(64).await {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %chain(&e), "cannot read which settlements were announced");
+            return;
+        }
+    };
+    for (intent, workers) in due {
+        let notice = match receipts.notice(&intent) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %chain(&e), "cannot sign a settlement notice");
+                continue;
+            }
+        };
+        let sends = workers.into_iter().map(|worker| {
+            let notice = notice.clone();
+            let tx = intent.draft.tx_hash;
+            async move {
+                let answer = requester
+                    .client
+                    .request(&worker, Request::Settlement(notice))
+                    .await;
+                match answer {
+                    Ok(Response::PaymentRecorded { receipts: n }) => {
+                        info!(worker = %worker.short(), tx = %tx, receipts = n, "worker confirmed its payment");
+                        if let Err(e) = receipts.acknowledged(intent.id, worker).await {
+                            warn!(error = %chain(&e), "cannot record the acknowledgement");
+                        }
+                    }
+                    Ok(Response::Error(e)) => {
+                        warn!(worker = %worker.short(), tx = %tx, error = %e, "worker did not accept the settlement notice; will retry")
+                    }
+                    Ok(other) => {
+                        warn!(worker = %worker.short(), kind = other.kind(), "unexpected answer to a settlement notice")
+                    }
+                    Err(e) => {
+                        debug!(worker = %worker.short(), tx = %tx, error = %e, "worker not told of its payment yet; will retry")
+                    }
+                }
+            }
+        });
+        futures::future::join_all(sends).await;
     }
 }

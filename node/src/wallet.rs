@@ -18,32 +18,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
-use crate::node::{chain, stopped};
-
-/// Automatic settlement (`[settlement]`); the payment rules themselves are in
-/// `crank_payments::SettlementConfig` (threshold, batch size, validity).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct SettlementSettings {
-    /// Pay automatically when what we owe a worker crosses the threshold.
-    pub auto: bool,
-    /// How often to check, seconds.
-    pub interval_secs: u64,
-    /// Threshold, batch size, validity window and retries.
-    #[serde(flatten)]
-    pub policy: crank_payments::SettlementConfig,
-}
-
-impl Default for SettlementSettings {
-    fn default() -> Self {
-        Self {
-            auto: true,
-            interval_secs: 60,
-            policy: crank_payments::SettlementConfig::default(),
-        }
-    }
-}
+use crate::config::{Config, SettlementSettings};
+use crate::plumbing::{chain, stopped};
 
 /// The wallet of a node: payout key, ledger and settler.
 pub struct NodeWallet {

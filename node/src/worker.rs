@@ -2,29 +2,179 @@
 //! run tasks on the inference engine (never on the network task), sign receipts and deliver
 //! results, and abort when the power gate closes.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crank_inference::device::{self, EnergyMeter};
 use crank_inference::{CancelToken, InferenceError, Job};
-use crank_payments::{RecordedPayment, RunFacts, Standing, TxHash};
+use crank_payments::{RecordedPayment, RunFacts, Standing, TxHash, WorkerReceipts};
 use crank_protocol::tensor::tensors_hash;
 use crank_protocol::validate;
 use crank_protocol::{
-    Award, CallForBids, Cancel, Decline, DeclineReason, Dispute, ErrorCode, ExecPath,
-    FailureReason, FetchModel, GateReason, ModelChunk, ModelId, NamedTensor, NodeId, Request,
-    Response, SettlementNotice, Signed, TaskFailure, TaskOutputs, TaskResult, Timings,
-    WorkReceipt,
+    Award, CallForBids, Cancel, CapabilityAdvert, Capacity, Decline, DeclineReason, Dispute,
+    ErrorCode, ExecPath, FailureReason, FetchModel, GateInfo, GateReason, Hardware, ModelChunk,
+    ModelId, NamedTensor, NodeId, PathBench, Pricing, Request, Response, SettlementNotice, Signed,
+    TaskFailure, TaskId, TaskOutputs, TaskResult, Timings, TrustSummary, WorkReceipt,
 };
 use crank_scheduler::{
-    MeasuredRun, QueueState, RequesterStanding, WorkerLimits, WorkerState, quote,
+    BidBook, MeasuredRun, QueueState, RequesterStanding, WorkerLimits, WorkerState, quote,
 };
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::clock;
+use crate::core::Core;
 use crate::network::Responder;
-use crate::node::{Shared, lock};
+use crate::plumbing::{chain, lock, stopped};
+
+/// The worker side of a node: its bids, the tasks it runs, what it measured, its receipts
+/// and its advert. Everything shared with the rest of the node is in [`Core`].
+pub(crate) struct Worker {
+    /// What the whole node shares.
+    pub core: Arc<Core>,
+    /// The worker's side of the receipt exchange (the money rules are in crank-payments).
+    pub receipts: WorkerReceipts,
+    /// Open bids, by task.
+    pub bids: Mutex<BidBook>,
+    /// Tasks accepted and not yet finished.
+    pub running: Mutex<HashMap<TaskId, Running>>,
+    /// The last run measured per model and path (for quotes).
+    pub measured: Mutex<BTreeMap<(ModelId, ExecPath), MeasuredRun>>,
+    /// Tasks failed, aborted or timed out (for the advert's trust summary).
+    pub failures: AtomicU64,
+    /// Energy meter.
+    pub meter: EnergyMeter,
+    /// Hardware summary.
+    pub hardware: Hardware,
+    /// Self-benchmark per path.
+    pub bench: Vec<PathBench>,
+    /// Last advert sequence number handed out (persisted).
+    pub advert_seq: AtomicU64,
+    /// The advert last signed.
+    pub current_advert: Mutex<Option<Signed<CapabilityAdvert>>>,
+}
+
+impl std::ops::Deref for Worker {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+/// Meta key under which the advert sequence number is persisted.
+pub(crate) const ADVERT_SEQ_KEY: &str = "advert-seq";
+
+/// Lifetime of the advert a stopping node sends last.
+const FAREWELL_TTL_MS: u64 = 10_000;
+
+impl Worker {
+    /// What this node did as a worker: counter-signed receipts and failures.
+    fn own_record(&self) -> TrustSummary {
+        let completed = self
+            .ledger
+            .balances()
+            .map(|b| b.total.receipts_as_worker)
+            .unwrap_or(0);
+        TrustSummary {
+            completed,
+            failed: self.failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Builds and signs the current advert, with a fresh sequence number.
+    pub fn build_advert(&self) -> Result<Signed<CapabilityAdvert>, crank_protocol::SignatureError> {
+        self.sign_advert(false)
+    }
+
+    /// The last advert of a node that is stopping: gate closed, expiring in ten seconds,
+    /// so requesters stop asking it at once instead of until its last advert expires.
+    pub fn farewell_advert(
+        &self,
+    ) -> Result<Signed<CapabilityAdvert>, crank_protocol::SignatureError> {
+        self.sign_advert(true)
+    }
+
+    fn sign_advert(
+        &self,
+        farewell: bool,
+    ) -> Result<Signed<CapabilityAdvert>, crank_protocol::SignatureError> {
+        let now = clock::now_ms();
+        let snapshot = self.gate_snapshot();
+        let queue = self.engine.queue();
+        let (power, mut gate) = device::summarize(&snapshot, &self.meter, self.hardware.cores);
+        if let Some(reason) = self.gate_closed() {
+            gate = GateInfo {
+                policy: gate.policy,
+                open: false,
+                reason: Some(reason),
+            };
+        }
+        let seq = self.advert_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        // Persist the sequence number so a restart never reuses one (peers would call it stale).
+        if let Err(e) = self.ledger.put_meta(ADVERT_SEQ_KEY, &seq.to_be_bytes()) {
+            warn!(error = %e, "cannot persist the advert sequence number");
+        }
+        if farewell {
+            gate = GateInfo {
+                policy: gate.policy,
+                open: false,
+                reason: Some(GateReason::Paused),
+            };
+        }
+        let ttl_ms = if farewell {
+            FAREWELL_TTL_MS
+        } else {
+            self.config.advert.ttl_secs.max(1) * 1000
+        };
+        let cost = &self.config.worker.cost;
+        let body = CapabilityAdvert {
+            node: self.node_id,
+            seq,
+            issued_at: now,
+            expires_at: now + ttl_ms,
+            agent: format!("crank-node/{}", env!("CARGO_PKG_VERSION")),
+            hardware: self.hardware.clone(),
+            power,
+            gate,
+            models: self
+                .store
+                .list()
+                .into_iter()
+                .take(self.limits.max_advert_models)
+                .collect(),
+            pricing: Pricing {
+                per_task_stroops: cost.per_task_stroops,
+                per_second_stroops: cost.per_second_stroops,
+            },
+            payout: self.payout.clone(),
+            trust: self.own_record(),
+            bench: self.bench.clone(),
+            addrs: lock(&self.listen_addrs).iter().take(8).cloned().collect(),
+            capacity: Capacity {
+                workers: u16::try_from(queue.workers).unwrap_or(u16::MAX),
+                queue_slots: u16::try_from(queue.slots).unwrap_or(u16::MAX),
+                queued: u16::try_from(queue.queued + queue.running).unwrap_or(u16::MAX),
+            },
+        };
+        let signed = Signed::sign(body, &self.identity)?;
+        *lock(&self.current_advert) = Some(signed.clone());
+        Ok(signed)
+    }
+
+    /// The advert to hand out: the current one if still fresh, else a new one.
+    pub fn advert(&self) -> Option<Signed<CapabilityAdvert>> {
+        let now = clock::now_ms();
+        if let Some(a) = lock(&self.current_advert).as_ref()
+            && a.body.expires_at > now + 5_000
+        {
+            return Some(a.clone());
+        }
+        self.build_advert().ok()
+    }
+}
 
 /// Largest model chunk served or asked for.
 pub const CHUNK: u32 = 1024 * 1024;
@@ -47,37 +197,37 @@ pub(crate) struct Running {
 }
 
 fn sign_decline(
-    shared: &Shared,
+    worker: &Worker,
     task_id: crank_protocol::TaskId,
     reason: DeclineReason,
 ) -> Response {
     let decline = Decline {
         task_id,
-        worker: shared.node_id,
+        worker: worker.node_id,
         reason,
     };
-    match Signed::sign(decline, &shared.identity) {
+    match Signed::sign(decline, &worker.identity) {
         Ok(d) => Response::Decline(d),
         Err(e) => Response::error(ErrorCode::Internal, e.to_string()),
     }
 }
 
-fn worker_state(shared: &Shared, requester: Standing) -> WorkerState {
-    let queue = shared.engine.queue();
-    let snapshot = shared.gate_snapshot();
-    let measured = lock(&shared.measured).clone();
+fn worker_state(worker: &Worker, requester: Standing) -> WorkerState {
+    let queue = worker.engine.queue();
+    let snapshot = worker.gate_snapshot();
+    let measured = lock(&worker.measured).clone();
     // Expected wait: the work ahead of us spread over the workers.
-    let per_task_ms = shared
+    let per_task_ms = worker
         .bench
         .first()
         .map(|b| (1000.0 / f64::from(b.inferences_per_sec.max(0.001))) as u64)
         .unwrap_or(10);
     let ahead = (queue.queued + queue.running) as u64;
     let est_wait_ms = ahead * per_task_ms / (queue.workers.max(1) as u64);
-    let engine = shared.engine.config();
+    let engine = worker.engine.config();
     WorkerState {
-        node: shared.node_id,
-        gate_closed: shared.gate_closed(),
+        node: worker.node_id,
+        gate_closed: worker.gate_closed(),
         on_battery: snapshot.readings.power.source
             == crank_inference::device::power::PowerSource::Battery,
         queue: QueueState {
@@ -85,16 +235,16 @@ fn worker_state(shared: &Shared, requester: Standing) -> WorkerState {
             slots: u16::try_from(queue.slots).unwrap_or(u16::MAX),
             est_wait_ms,
         },
-        cached_models: shared.store.list().into_iter().collect::<BTreeSet<_>>(),
-        bench: shared.bench.clone(),
+        cached_models: worker.store.list().into_iter().collect::<BTreeSet<_>>(),
+        bench: worker.bench.clone(),
         measured,
         limits: WorkerLimits {
             max_model_bytes: engine.max_model_bytes,
             max_input_elements: engine.max_input_elements,
             max_run_ms: u64::try_from(engine.max_run_time.as_millis()).unwrap_or(u64::MAX),
         },
-        payout: shared.payout.clone(),
-        credit: shared.config.worker.credit,
+        payout: worker.payout.clone(),
+        credit: worker.config.worker.credit,
         requester: RequesterStanding {
             unpaid_stroops: requester.unpaid_stroops,
             oldest_unpaid_at: requester.oldest_unpaid_at,
@@ -110,21 +260,21 @@ const PENDING_PATIENCE_MS: u64 = 60 * 60 * 1000;
 /// sending a result and before storing the answer): asks each requester for its copy, at
 /// start and then every minute, and gives up on receipts a requester does not know after an
 /// hour. A receipt the requester holds, and will pay, is never missing on our side.
-pub(crate) async fn recover_receipts(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    if !shared.offers_work() {
+pub(crate) async fn recover_receipts(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
+    if !worker.offers_work() {
         return;
     }
     let mut wait = Duration::from_secs(5);
     loop {
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = crate::node::stopped(&mut stop) => return,
+            () = stopped(&mut stop) => return,
         }
         wait = Duration::from_secs(60);
-        let (pending, legacy) = match shared.worker_receipts.pending(256).await {
+        let (pending, legacy) = match worker.receipts.pending(256).await {
             Ok(p) => p,
             Err(e) => {
-                warn!(error = %crate::node::chain(&e), "cannot read pending receipts");
+                warn!(error = %chain(&e), "cannot read pending receipts");
                 continue;
             }
         };
@@ -132,10 +282,10 @@ pub(crate) async fn recover_receipts(shared: Arc<Shared>, mut stop: watch::Recei
         for p in pending {
             let body = &p.receipt.body;
             // A task still being delivered is the delivery loop's business.
-            if lock(&shared.running).contains_key(&body.task_id) {
+            if lock(&worker.running).contains_key(&body.task_id) {
                 continue;
             }
-            let answer = shared
+            let answer = worker
                 .client
                 .request(
                     &body.requester,
@@ -145,20 +295,18 @@ pub(crate) async fn recover_receipts(shared: Arc<Shared>, mut stop: watch::Recei
                 )
                 .await;
             match answer {
-                Ok(Response::Receipt(cs)) => {
-                    match shared.worker_receipts.accept(&p.receipt, *cs).await {
-                        Ok(_) => {
-                            shared.metrics.receipt("worker");
-                            info!(task = %body.task_id.short(), "counter-signed receipt recovered from the requester");
-                        }
-                        Err(e) => {
-                            warn!(task = %body.task_id.short(), error = %crate::node::chain(&e), "requester sent a receipt we cannot store")
-                        }
+                Ok(Response::Receipt(cs)) => match worker.receipts.accept(&p.receipt, *cs).await {
+                    Ok(_) => {
+                        worker.metrics.receipt("worker");
+                        info!(task = %body.task_id.short(), "counter-signed receipt recovered from the requester");
                     }
-                }
+                    Err(e) => {
+                        warn!(task = %body.task_id.short(), error = %chain(&e), "requester sent a receipt we cannot store")
+                    }
+                },
                 Ok(Response::Error(e)) if now.saturating_sub(p.issued_at) > PENDING_PATIENCE_MS => {
                     info!(task = %body.task_id.short(), error = %e, "requester never counter-signed this receipt; giving up on it");
-                    let _ = shared.worker_receipts.abandon(body.task_id).await;
+                    let _ = worker.receipts.abandon(body.task_id).await;
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -170,7 +318,7 @@ pub(crate) async fn recover_receipts(shared: Arc<Shared>, mut stop: watch::Recei
         // counter-signed, and will pay them.
         for p in legacy {
             let body = &p.receipt.body;
-            let answer = shared
+            let answer = worker
                 .client
                 .request(
                     &body.requester,
@@ -181,18 +329,18 @@ pub(crate) async fn recover_receipts(shared: Arc<Shared>, mut stop: watch::Recei
                 .await;
             match answer {
                 Ok(Response::LegacyReceipt(cs)) => {
-                    match shared.worker_receipts.accept_legacy(&p, *cs).await {
+                    match worker.receipts.accept_legacy(&p, *cs).await {
                         Ok(_) => {
                             info!(task = %body.task_id.short(), "receipt from before the upgrade recovered from the requester")
                         }
                         Err(e) => {
-                            warn!(task = %body.task_id.short(), error = %crate::node::chain(&e), "requester sent a receipt we cannot store")
+                            warn!(task = %body.task_id.short(), error = %chain(&e), "requester sent a receipt we cannot store")
                         }
                     }
                 }
                 Ok(Response::Error(e)) if now.saturating_sub(p.issued_at) > PENDING_PATIENCE_MS => {
                     info!(task = %body.task_id.short(), error = %e, "requester never counter-signed this receipt; giving up on it");
-                    let _ = shared.worker_receipts.abandon(body.task_id).await;
+                    let _ = worker.receipts.abandon(body.task_id).await;
                 }
                 _ => {}
             }
@@ -203,7 +351,7 @@ pub(crate) async fn recover_receipts(shared: Arc<Shared>, mut stop: watch::Recei
 /// Checks a payer's signed settlement notice against the ledger and credits the receipts
 /// it paid by what actually arrived.
 pub(crate) async fn on_settlement(
-    shared: &Arc<Shared>,
+    worker: &Arc<Worker>,
     peer: &NodeId,
     notice: &Signed<SettlementNotice>,
 ) -> Response {
@@ -213,11 +361,13 @@ pub(crate) async fn on_settlement(
             "settlement notice relayed by someone other than its payer",
         );
     }
-    match shared.worker_receipts.record_notice(notice).await {
+    match worker.receipts.record_notice(notice).await {
         Ok(recorded) => {
             let p = recorded.record();
             if let RecordedPayment::New(_) = &recorded {
-                shared.metrics.payment_in(p.received_stroops, p.unallocated_stroops);
+                worker
+                    .metrics
+                    .payment_in(p.received_stroops, p.unallocated_stroops);
             }
             info!(peer = %peer.short(), tx = %p.tx_hash, received = p.received_stroops, receipts = p.credits.len(), ignored = p.ignored.len(), "payment checked against the ledger and credited");
             Response::PaymentRecorded {
@@ -225,18 +375,18 @@ pub(crate) async fn on_settlement(
             }
         }
         Err(e) => {
-            warn!(peer = %peer.short(), error = %crate::node::chain(&e), "settlement notice does not check out");
+            warn!(peer = %peer.short(), error = %chain(&e), "settlement notice does not check out");
             if matches!(e, crank_payments::ExchangeError::Invalid(_)) {
-                shared.client.penalize(peer, e.to_string()).await;
+                worker.client.penalize(peer, e.to_string()).await;
             }
-            Response::error(ErrorCode::Invalid, crate::node::chain(&e))
+            Response::error(ErrorCode::Invalid, chain(&e))
         }
     }
 }
 
 /// A requester disputes one of our receipts (its outputs did not match, or never came).
 pub(crate) async fn on_dispute(
-    shared: &Arc<Shared>,
+    worker: &Arc<Worker>,
     peer: &NodeId,
     dispute: Signed<Dispute>,
 ) -> Response {
@@ -245,12 +395,12 @@ pub(crate) async fn on_dispute(
         return Response::error(ErrorCode::NotAuthorized, "dispute relayed by someone else");
     }
     let reason = dispute.body.reason.to_string();
-    match shared.worker_receipts.record_dispute(dispute).await {
+    match worker.receipts.record_dispute(dispute).await {
         Ok(_) => {
             warn!(task = %task_id.short(), requester = %peer.short(), reason = %reason, "requester disputes our receipt");
             Response::Ack { task_id }
         }
-        Err(e) => Response::error(ErrorCode::Invalid, crate::node::chain(&e)),
+        Err(e) => Response::error(ErrorCode::Invalid, chain(&e)),
     }
 }
 
@@ -258,19 +408,19 @@ pub(crate) async fn on_dispute(
 /// arrived strands no receipt: for each transaction that paid us and is not credited yet,
 /// asks the requesters that owe us for its signed notice (only a notice signed by a
 /// receipt's requester can credit it). A payment nobody announces is reported.
-pub(crate) async fn watch_payments(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let every = shared.config.worker.watch_payments_secs;
-    if every == 0 || !shared.offers_work() {
+pub(crate) async fn watch_payments(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
+    let every = worker.config.worker.watch_payments_secs;
+    if every == 0 || !worker.offers_work() {
         return;
     }
-    let horizon = match crank_payments::Horizon::new(&shared.config.stellar) {
+    let horizon = match crank_payments::Horizon::new(&worker.config.stellar) {
         Ok(h) => h,
         Err(e) => {
-            warn!(error = %crate::node::chain(&e), "cannot watch for payments");
+            warn!(error = %chain(&e), "cannot watch for payments");
             return;
         }
     };
-    let mut cursor: Option<String> = shared
+    let mut cursor: Option<String> = worker
         .ledger
         .get_meta(PAYMENT_CURSOR_KEY)
         .ok()
@@ -279,27 +429,27 @@ pub(crate) async fn watch_payments(shared: Arc<Shared>, mut stop: watch::Receive
     loop {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(every)) => {}
-            () = crate::node::stopped(&mut stop) => return,
+            () = stopped(&mut stop) => return,
         }
         let page = match horizon
-            .account_transactions(&shared.payout, cursor.as_deref(), 50)
+            .account_transactions(&worker.payout, cursor.as_deref(), 50)
             .await
         {
             Ok(p) => p,
             Err(e) => {
-                debug!(error = %crate::node::chain(&e), "cannot list payments on Horizon; will retry");
+                debug!(error = %chain(&e), "cannot list payments on Horizon; will retry");
                 continue;
             }
         };
         for tx in &page.records {
-            if tx.source_account == shared.payout {
+            if tx.source_account == worker.payout {
                 continue;
             }
-            match check_found_payment(&shared, tx.record.hash).await {
+            match check_found_payment(&worker, tx.record.hash).await {
                 Ok(true) => {}
                 Ok(false) => {
                     warn!(tx = %tx.record.hash, from = %tx.source_account, "payment received that no requester announced; nothing credited");
-                    shared.metrics.payment_in(0, 1);
+                    worker.metrics.payment_in(0, 1);
                 }
                 // Not resolved now (a requester offline): look again from here next time.
                 Err(()) => break,
@@ -307,9 +457,9 @@ pub(crate) async fn watch_payments(shared: Arc<Shared>, mut stop: watch::Receive
             cursor = Some(tx.paging_token.clone());
         }
         if let Some(c) = &cursor
-            && let Err(e) = shared.ledger.put_meta(PAYMENT_CURSOR_KEY, c.as_bytes())
+            && let Err(e) = worker.ledger.put_meta(PAYMENT_CURSOR_KEY, c.as_bytes())
         {
-            warn!(error = %crate::node::chain(&e), "cannot persist the payment cursor");
+            warn!(error = %chain(&e), "cannot persist the payment cursor");
         }
     }
 }
@@ -320,12 +470,12 @@ const PAYMENT_CURSOR_KEY: &str = "payment-cursor";
 /// Resolves one payment found on Horizon: Ok(true) when it is (now) credited, Ok(false)
 /// when every requester that owes us was asked and none announced it, Err when some could
 /// not be reached.
-async fn check_found_payment(shared: &Arc<Shared>, hash: TxHash) -> Result<bool, ()> {
-    let ledger = shared.ledger.clone();
+async fn check_found_payment(worker: &Arc<Worker>, hash: TxHash) -> Result<bool, ()> {
+    let ledger = worker.ledger.clone();
     if let Ok(Ok(Some(_))) = tokio::task::spawn_blocking(move || ledger.payment_in(&hash)).await {
         return Ok(true);
     }
-    let owing: Vec<NodeId> = shared
+    let owing: Vec<NodeId> = worker
         .ledger
         .balances()
         .map(|b| {
@@ -339,13 +489,13 @@ async fn check_found_payment(shared: &Arc<Shared>, hash: TxHash) -> Result<bool,
         .unwrap_or_default();
     let mut unreachable = false;
     for requester in owing {
-        match shared
+        match worker
             .client
             .request(&requester, Request::GetSettlement { tx_hash: hash.0 })
             .await
         {
             Ok(Response::Settlement(notice)) => {
-                let answer = on_settlement(shared, &requester, &notice).await;
+                let answer = on_settlement(worker, &requester, &notice).await;
                 if matches!(answer, Response::PaymentRecorded { .. }) {
                     return Ok(true);
                 }
@@ -359,16 +509,16 @@ async fn check_found_payment(shared: &Arc<Shared>, hash: TxHash) -> Result<bool,
 
 /// Answers a call for bids with a signed bid or a signed, explained decline.
 pub(crate) async fn on_call_for_bids(
-    shared: &Arc<Shared>,
+    worker: &Arc<Worker>,
     peer: &NodeId,
     signed: &Signed<CallForBids>,
 ) -> Response {
     let now = clock::now_ms();
-    let cfb = match validate::call_for_bids(signed, now, &shared.limits) {
+    let cfb = match validate::call_for_bids(signed, now, &worker.limits) {
         Ok(c) => c,
         Err(e) => {
             warn!(peer = %peer.short(), error = %e, "invalid call for bids");
-            shared.client.penalize(peer, e.to_string()).await;
+            worker.client.penalize(peer, e.to_string()).await;
             return Response::error(ErrorCode::Invalid, e.to_string());
         }
     };
@@ -378,55 +528,60 @@ pub(crate) async fn on_call_for_bids(
             "call for bids relayed by someone other than its requester",
         );
     }
-    let standing = match shared.worker_receipts.standing(cfb.requester).await {
+    let standing = match worker.receipts.standing(cfb.requester).await {
         Ok(s) => s,
         Err(e) => {
-            warn!(error = %crate::node::chain(&e), "cannot read the requester's standing");
+            warn!(error = %chain(&e), "cannot read the requester's standing");
             return Response::error(ErrorCode::Internal, "cannot read the ledger");
         }
     };
-    match quote(cfb, &worker_state(shared, standing), &shared.config.worker.cost, now) {
+    match quote(
+        cfb,
+        &worker_state(worker, standing),
+        &worker.config.worker.cost,
+        now,
+    ) {
         Ok(bid) => {
             let task = bid.task_id;
             {
-                let mut book = lock(&shared.bids);
+                let mut book = lock(&worker.bids);
                 // A call repeated by the requester gets a fresh bid in place of the old one.
                 book.remove(&task);
                 if book.insert(bid.clone(), now).is_err() {
-                    let q = shared.engine.queue();
+                    let q = worker.engine.queue();
                     let reason = DeclineReason::QueueFull {
                         queued: u16::try_from(q.queued).unwrap_or(u16::MAX),
                         slots: u16::try_from(q.slots).unwrap_or(u16::MAX),
                     };
-                    return sign_decline(shared, task, reason);
+                    return sign_decline(worker, task, reason);
                 }
             }
             debug!(task = %task.short(), price = bid.price_stroops, path = %bid.path, "bid");
-            match Signed::sign(bid, &shared.identity) {
+            match Signed::sign(bid, &worker.identity) {
                 Ok(b) => Response::Bid(b),
                 Err(e) => Response::error(ErrorCode::Internal, e.to_string()),
             }
         }
         Err(reason) => {
             debug!(task = %cfb.task_id.short(), reason = %reason, "decline");
-            sign_decline(shared, cfb.task_id, reason)
+            sign_decline(worker, cfb.task_id, reason)
         }
     }
 }
 
 /// Accepts an award (answering at once) and runs the task in the background.
 pub(crate) async fn on_award(
-    shared: &Arc<Shared>,
+    worker: &Arc<Worker>,
     peer: NodeId,
     signed: Signed<Award>,
     responder: Responder,
 ) {
     let now = clock::now_ms();
-    let award = match validate::award(&signed, &shared.node_id, now, &shared.limits) {
+    let award = match validate::award(&signed, &worker.node_id, now, &worker.limits) {
         Ok(a) => a.clone(),
         Err(e) => {
             warn!(peer = %peer.short(), error = %e, "invalid award");
-            shared.client.penalize(&peer, e.to_string()).await;
+            worker.client.penalize(&peer, e.to_string()).await;
             responder.send(Response::error(ErrorCode::Invalid, e.to_string()));
             return;
         }
@@ -438,7 +593,7 @@ pub(crate) async fn on_award(
         ));
         return;
     }
-    if lock(&shared.running)
+    if lock(&worker.running)
         .get(&award.task_id)
         .is_some_and(|r| r.requester == peer)
     {
@@ -448,34 +603,34 @@ pub(crate) async fn on_award(
         });
         return;
     }
-    let bid = match lock(&shared.bids).take_for_award(&award, now) {
+    let bid = match lock(&worker.bids).take_for_award(&award, now) {
         Ok(bid) => bid,
         Err(reason) => {
-            responder.send(sign_decline(shared, award.task_id, reason));
+            responder.send(sign_decline(worker, award.task_id, reason));
             return;
         }
     };
-    if let Some(reason) = shared.gate_closed() {
+    if let Some(reason) = worker.gate_closed() {
         responder.send(sign_decline(
-            shared,
+            worker,
             award.task_id,
             DeclineReason::Gate { reason },
         ));
         return;
     }
-    let queue = shared.engine.queue();
+    let queue = worker.engine.queue();
     if queue.is_full() {
         let reason = DeclineReason::QueueFull {
             queued: u16::try_from(queue.queued).unwrap_or(u16::MAX),
             slots: u16::try_from(queue.slots).unwrap_or(u16::MAX),
         };
-        responder.send(sign_decline(shared, award.task_id, reason));
+        responder.send(sign_decline(worker, award.task_id, reason));
         return;
     }
     let (stop_tx, stop_rx) = oneshot::channel();
     let cancel = CancelToken::new();
     {
-        let mut running = lock(&shared.running);
+        let mut running = lock(&worker.running);
         running.insert(
             award.task_id,
             Running {
@@ -484,23 +639,23 @@ pub(crate) async fn on_award(
                 stop: Some(stop_tx),
             },
         );
-        shared.metrics.queued(running.len());
+        worker.metrics.queued(running.len());
     }
     responder.send(Response::Accepted {
         task_id: award.task_id,
     });
     info!(task = %award.task_id.short(), requester = %peer.short(), price = award.price_stroops, "award accepted");
-    let shared = shared.clone();
+    let worker = worker.clone();
     tokio::spawn(async move {
         let task_id = award.task_id;
-        execute(&shared, award, bid.path, cancel, stop_rx).await;
+        execute(&worker, award, bid.path, cancel, stop_rx).await;
         let n = {
-            let mut running = lock(&shared.running);
+            let mut running = lock(&worker.running);
             running.remove(&task_id);
             running.len()
         };
-        shared.metrics.queued(n);
-        shared.advert_changed.notify_one();
+        worker.metrics.queued(n);
+        worker.advert_changed.notify_one();
     });
 }
 
@@ -532,7 +687,7 @@ fn failure_of(e: &InferenceError) -> FailureReason {
 }
 
 async fn execute(
-    shared: &Arc<Shared>,
+    worker: &Arc<Worker>,
     award: Award,
     path: ExecPath,
     cancel: CancelToken,
@@ -543,14 +698,14 @@ async fn execute(
     let requester = award.requester;
 
     let fetched = tokio::select! {
-        r = ensure_model(shared, &requester, &award.model, award.model_bytes) => r,
+        r = ensure_model(worker, &requester, &award.model, award.model_bytes) => r,
         s = &mut stop => {
-            on_stop(shared, &award, s.ok()).await;
+            on_stop(worker, &award, s.ok()).await;
             return;
         }
     };
     if let Err(reason) = fetched {
-        report_failure(shared, &award, reason).await;
+        report_failure(worker, &award, reason).await;
         return;
     }
 
@@ -568,12 +723,12 @@ async fn execute(
         // The path this node bid with: its price and latency were quoted for it.
         path: Some(path),
     };
-    let span = shared.meter.start();
+    let span = worker.meter.start();
     let started_at = clock::now_ms();
-    let handle = match shared.engine.submit(job) {
+    let handle = match worker.engine.submit(job) {
         Ok(h) => h,
         Err(e) => {
-            report_failure(shared, &award, failure_of(&e)).await;
+            report_failure(worker, &award, failure_of(&e)).await;
             return;
         }
     };
@@ -581,7 +736,7 @@ async fn execute(
         r = handle => r,
         s = &mut stop => {
             cancel.cancel();
-            on_stop(shared, &award, s.ok()).await;
+            on_stop(worker, &award, s.ok()).await;
             return;
         }
     };
@@ -589,16 +744,16 @@ async fn execute(
         Ok(r) => r,
         Err(e) => {
             warn!(task = %task.short(), error = %e, "task failed");
-            report_failure(shared, &award, failure_of(&e)).await;
+            report_failure(worker, &award, failure_of(&e)).await;
             return;
         }
     };
     let finished_at = clock::now_ms();
     let energy = span.finish(run.cpu_micros);
-    shared
+    worker
         .metrics
         .inference_seconds(run.run_micros as f64 / 1e6);
-    lock(&shared.measured).insert(
+    lock(&worker.measured).insert(
         (award.model, run.path),
         MeasuredRun {
             input_elements,
@@ -618,12 +773,12 @@ async fn execute(
             run_micros: run.run_micros,
         },
     };
-    let receipt = match shared.worker_receipts.issue(&award, facts).await {
+    let receipt = match worker.receipts.issue(&award, facts).await {
         Ok(r) => r,
         Err(e) => {
-            warn!(task = %task.short(), error = %crate::node::chain(&e), "cannot issue the receipt");
+            warn!(task = %task.short(), error = %chain(&e), "cannot issue the receipt");
             report_failure(
-                shared,
+                worker,
                 &award,
                 FailureReason::Inference {
                     message: format!("receipt: {e}"),
@@ -633,14 +788,14 @@ async fn execute(
             return;
         }
     };
-    deliver(shared, &award, receipt, run.outputs).await;
+    deliver(worker, &award, receipt, run.outputs).await;
 }
 
 /// Fair exchange: sends the signed receipt (committing to the outputs' hash) until the
 /// requester counter-signs it, stores the counter-signed receipt, and only then releases the
 /// signed outputs. A requester that never counter-signs gets no outputs.
 async fn deliver(
-    shared: &Arc<Shared>,
+    worker: &Arc<Worker>,
     award: &Award,
     receipt: Signed<WorkReceipt>,
     outputs: Vec<NamedTensor>,
@@ -650,14 +805,14 @@ async fn deliver(
     let result = TaskResult {
         receipt: receipt.clone(),
     };
-    let countersigned = match retry(shared, award, give_up, Request::Result(result)).await {
+    let countersigned = match retry(worker, award, give_up, Request::Result(result)).await {
         Some(Response::Receipt(cs)) => *cs,
         Some(Response::Error(e)) => {
             // The requester gave the task to someone else or gave up; our receipt stays
             // uncounter-signed and is never paid, and the outputs stay here.
             info!(task = %task.short(), error = %e, "requester refused the result");
-            shared.metrics.task("worker", "refused");
-            let _ = shared.worker_receipts.abandon(task).await;
+            worker.metrics.task("worker", "refused");
+            let _ = worker.receipts.abandon(task).await;
             return;
         }
         Some(other) => {
@@ -666,23 +821,23 @@ async fn deliver(
         }
         None => return,
     };
-    if let Err(e) = shared.worker_receipts.accept(&receipt, countersigned).await {
-        warn!(task = %task.short(), error = %crate::node::chain(&e), "requester's counter-signed receipt refused; outputs withheld");
-        shared
+    if let Err(e) = worker.receipts.accept(&receipt, countersigned).await {
+        warn!(task = %task.short(), error = %chain(&e), "requester's counter-signed receipt refused; outputs withheld");
+        worker
             .client
             .penalize(&award.requester, "bad counter-signed receipt")
             .await;
         return;
     }
-    shared.metrics.receipt("worker");
+    worker.metrics.receipt("worker");
     let signed = match Signed::sign(
         TaskOutputs {
             task_id: task,
-            worker: shared.node_id,
+            worker: worker.node_id,
             requester: award.requester,
             outputs,
         },
-        &shared.identity,
+        &worker.identity,
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -690,14 +845,14 @@ async fn deliver(
             return;
         }
     };
-    match retry(shared, award, give_up, Request::Outputs(Box::new(signed))).await {
+    match retry(worker, award, give_up, Request::Outputs(Box::new(signed))).await {
         Some(Response::Ack { .. }) => {
-            shared.metrics.task("worker", "completed");
+            worker.metrics.task("worker", "completed");
             info!(task = %task.short(), price = award.price_stroops, "task done; receipt counter-signed, outputs delivered");
         }
         Some(Response::Disputed(d)) => {
             warn!(task = %task.short(), reason = %d.body.reason, "requester disputes our outputs");
-            let _ = shared.worker_receipts.record_dispute(*d).await;
+            let _ = worker.receipts.record_dispute(*d).await;
         }
         Some(other) => {
             warn!(task = %task.short(), kind = other.kind(), "unexpected answer to the outputs")
@@ -708,7 +863,7 @@ async fn deliver(
 
 /// Sends a request to the award's requester until it answers or `give_up` passes.
 async fn retry(
-    shared: &Arc<Shared>,
+    worker: &Arc<Worker>,
     award: &Award,
     give_up: u64,
     request: Request,
@@ -716,7 +871,7 @@ async fn retry(
     let task = award.task_id;
     let mut backoff = Duration::from_millis(200);
     loop {
-        match shared
+        match worker
             .client
             .request(&award.requester, request.clone())
             .await
@@ -725,7 +880,7 @@ async fn retry(
             Err(e) => {
                 if clock::now_ms() > give_up {
                     warn!(task = %task.short(), error = %e, kind = request.kind(), "could not deliver before the deadline");
-                    shared.metrics.task("worker", "undelivered");
+                    worker.metrics.task("worker", "undelivered");
                     return None;
                 }
                 debug!(task = %task.short(), error = %e, "not delivered yet; retrying");
@@ -736,35 +891,35 @@ async fn retry(
     }
 }
 
-async fn on_stop(shared: &Arc<Shared>, award: &Award, stop: Option<Stop>) {
+async fn on_stop(worker: &Arc<Worker>, award: &Award, stop: Option<Stop>) {
     match stop {
         Some(Stop::Abort(reason)) => {
             info!(task = %award.task_id.short(), reason = %reason, "task aborted: power gate closed");
-            report_failure(shared, award, FailureReason::Aborted { reason }).await;
+            report_failure(worker, award, FailureReason::Aborted { reason }).await;
         }
         Some(Stop::Cancelled) | None => {
             info!(task = %award.task_id.short(), "task cancelled by the requester");
-            shared.metrics.task("worker", "cancelled");
+            worker.metrics.task("worker", "cancelled");
         }
     }
 }
 
-async fn report_failure(shared: &Arc<Shared>, award: &Award, reason: FailureReason) {
-    shared
-        .worker_failures
+async fn report_failure(worker: &Arc<Worker>, award: &Award, reason: FailureReason) {
+    worker
+        .failures
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    shared.metrics.task("worker", "failed");
+    worker.metrics.task("worker", "failed");
     let failure = TaskFailure {
         task_id: award.task_id,
         requester: award.requester,
-        worker: shared.node_id,
+        worker: worker.node_id,
         reason,
     };
-    let Ok(signed) = Signed::sign(failure, &shared.identity) else {
+    let Ok(signed) = Signed::sign(failure, &worker.identity) else {
         return;
     };
     for attempt in 0..3 {
-        match shared
+        match worker
             .client
             .request(&award.requester, Request::Failure(signed.clone()))
             .await
@@ -781,15 +936,15 @@ async fn report_failure(shared: &Arc<Shared>, award: &Award, reason: FailureReas
 /// Makes sure the model is in the store: fetched from the requester, else from a provider,
 /// and verified against its content id.
 async fn ensure_model(
-    shared: &Arc<Shared>,
+    worker: &Arc<Worker>,
     requester: &NodeId,
     model: &ModelId,
     size: u64,
 ) -> Result<(), FailureReason> {
-    if shared.store.has(model) {
+    if worker.store.has(model) {
         return Ok(());
     }
-    let limit = shared.engine.config().max_model_bytes;
+    let limit = worker.engine.config().max_model_bytes;
     if size > limit {
         return Err(FailureReason::ModelInvalid {
             message: format!("model is {size} bytes; the limit is {limit}"),
@@ -797,21 +952,21 @@ async fn ensure_model(
     }
     // The requester holds the model and is connected: ask it first. Only when it cannot serve
     // it is the DHT asked for other holders, and not for long: the task's deadline runs.
-    let mut last_error = match fetch_from(shared, requester, model, size).await {
+    let mut last_error = match fetch_from(worker, requester, model, size).await {
         Ok(()) => return Ok(()),
         Err(e) => e,
     };
-    let lookup = shared.client.providers(model.provider_key());
+    let lookup = worker.client.providers(model.provider_key());
     let providers = match tokio::time::timeout(Duration::from_secs(2), lookup).await {
         Ok(Ok(p)) => p,
         _ => Vec::new(),
     };
     for source in providers
         .into_iter()
-        .filter(|p| p != requester && *p != shared.node_id)
+        .filter(|p| p != requester && *p != worker.node_id)
         .take(3)
     {
-        match fetch_from(shared, &source, model, size).await {
+        match fetch_from(worker, &source, model, size).await {
             Ok(()) => return Ok(()),
             Err(e) => last_error = e,
         }
@@ -823,24 +978,24 @@ async fn ensure_model(
 
 /// Fetches a model from one holder, verifies it against its content id and stores it.
 async fn fetch_from(
-    shared: &Arc<Shared>,
+    worker: &Arc<Worker>,
     source: &NodeId,
     model: &ModelId,
     size: u64,
 ) -> Result<(), String> {
-    match fetch_model(shared, source, model, size).await {
-        Ok(bytes) => match shared.store.put_verified(model, &bytes) {
+    match fetch_model(worker, source, model, size).await {
+        Ok(bytes) => match worker.store.put_verified(model, &bytes) {
             Ok(()) => {
                 info!(model = %model.short(), bytes = size, from = %source.short(), "model fetched and verified");
-                if let Err(e) = shared.client.provide(model.provider_key()).await {
+                if let Err(e) = worker.client.provide(model.provider_key()).await {
                     debug!(error = %e, "cannot announce the model");
                 }
-                shared.advert_changed.notify_one();
+                worker.advert_changed.notify_one();
                 Ok(())
             }
             Err(e) => {
                 warn!(model = %model.short(), from = %source.short(), error = %e, "fetched model rejected");
-                shared
+                worker
                     .client
                     .penalize(source, format!("served a bad model: {e}"))
                     .await;
@@ -855,7 +1010,7 @@ async fn fetch_from(
 }
 
 async fn fetch_model(
-    shared: &Arc<Shared>,
+    worker: &Arc<Worker>,
     source: &NodeId,
     model: &ModelId,
     size: u64,
@@ -869,7 +1024,7 @@ async fn fetch_model(
             offset,
             max_len: CHUNK,
         });
-        match shared
+        match worker
             .client
             .request(source, req)
             .await
@@ -901,8 +1056,8 @@ async fn fetch_model(
 }
 
 /// Serves part of a model this node holds.
-pub(crate) fn on_fetch_model(shared: &Shared, fetch: &FetchModel) -> Response {
-    match shared
+pub(crate) fn on_fetch_model(worker: &Worker, fetch: &FetchModel) -> Response {
+    match worker
         .store
         .read_chunk(&fetch.model, fetch.offset, fetch.max_len.min(CHUNK))
     {
@@ -917,14 +1072,14 @@ pub(crate) fn on_fetch_model(shared: &Shared, fetch: &FetchModel) -> Response {
 }
 
 /// Withdraws an award at the requester's request.
-pub(crate) fn on_cancel(shared: &Shared, peer: &NodeId, signed: &Signed<Cancel>) -> Response {
+pub(crate) fn on_cancel(worker: &Worker, peer: &NodeId, signed: &Signed<Cancel>) -> Response {
     let Ok(cancel) = signed.verify_by(peer) else {
         return Response::error(ErrorCode::BadSignature, "cancel not signed by the sender");
     };
-    if cancel.worker != shared.node_id {
+    if cancel.worker != worker.node_id {
         return Response::error(ErrorCode::Invalid, "cancel addressed to another worker");
     }
-    let mut running = lock(&shared.running);
+    let mut running = lock(&worker.running);
     if running
         .get(&cancel.task_id)
         .is_some_and(|r| r.requester == *peer)
@@ -941,8 +1096,8 @@ pub(crate) fn on_cancel(shared: &Shared, peer: &NodeId, signed: &Signed<Cancel>)
 }
 
 /// Aborts every running task (the power gate closed).
-pub(crate) fn abort_all(shared: &Shared, reason: GateReason) {
-    let mut running = lock(&shared.running);
+pub(crate) fn abort_all(worker: &Worker, reason: GateReason) {
+    let mut running = lock(&worker.running);
     for (_, r) in running.iter_mut() {
         r.cancel.cancel();
         if let Some(stop) = r.stop.take() {

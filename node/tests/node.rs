@@ -563,8 +563,8 @@ async fn bad_frames_get_clear_errors_and_repeat_offenders_are_blocked() {
                 peer,
                 framed(&[crank_protocol::codec::WIRE_VERSION, 250, 251, 252, 253]),
             )
-                .await
-                .unwrap(),
+            .await
+            .unwrap(),
         ),
         ErrorCode::Malformed,
         "malformed",
@@ -1363,10 +1363,13 @@ async fn a_requester_that_never_countersigns_gets_no_outputs() {
     let mut adv = Adversary::new(
         77,
         Box::new(|req| match req {
-            Request::Result(r) => Response::error(ErrorCode::Invalid, format!(
-                "no counter-signature for task {}",
-                r.receipt.body.task_id.short()
-            )),
+            Request::Result(r) => Response::error(
+                ErrorCode::Invalid,
+                format!(
+                    "no counter-signature for task {}",
+                    r.receipt.body.task_id.short()
+                ),
+            ),
             other => Response::Ack {
                 task_id: match other {
                     Request::Failure(f) => f.body.task_id,
@@ -1527,7 +1530,10 @@ async fn a_worker_whose_outputs_break_the_receipt_is_disputed_with_signed_proof(
     // Serve the requester until it awards the task to the cheat.
     let deadline = Instant::now() + Duration::from_secs(30);
     while awarded.lock().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the cheat was never awarded the task");
+        assert!(
+            Instant::now() < deadline,
+            "the cheat was never awarded the task"
+        );
         adv.pump_for(Duration::from_millis(100)).await;
     }
     let award = awarded.lock().unwrap().clone().unwrap().body;
@@ -1608,7 +1614,10 @@ async fn a_worker_whose_outputs_break_the_receipt_is_disputed_with_signed_proof(
     match &d.reason {
         DisputeReason::OutputMismatch { outputs } => {
             assert!(outputs.verify_by(&identity.node_id()).is_ok());
-            assert_ne!(tensors_hash(&outputs.body.outputs), d.receipt.body.output_hash);
+            assert_ne!(
+                tensors_hash(&outputs.body.outputs),
+                d.receipt.body.output_hash
+            );
         }
         other => panic!("unexpected reason {other:?}"),
     }

@@ -12,7 +12,9 @@ use crank_payments::horizon::Horizon;
 use crank_payments::stellar::{
     Payment, TESTNET_PASSPHRASE, TxParams, build_payments, sign_transaction,
 };
-use crank_payments::{Ledger, Role, SettleMode, SettlementConfig, Settler, StellarConfig, Wallet};
+use crank_payments::{
+    Check, Ledger, Role, SettleMode, SettlementConfig, Settler, StellarConfig, Wallet,
+};
 use crank_protocol::{
     ContentHash, CounterSigned, Energy, EnergyMethod, ExecPath, Identity, ModelId, Signed, TaskId,
     Timings, WorkReceipt,
@@ -124,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
             pair_seq: seqs[i].0,
             cumulative_stroops: seqs[i].1,
             payout: wallet.address(),
+            payer: payer.address(),
         };
         receipts.push(CounterSigned::countersign(
             Signed::sign(body, id)?,
@@ -132,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let t = Instant::now();
     for r in &receipts {
-        ledger.store_receipt(r, Role::Requester)?;
+        ledger.store_receipt(r, Role::Requester, Check::Passed)?;
     }
     let store = t.elapsed();
     println!(

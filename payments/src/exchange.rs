@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use crank_protocol::validate::{self, Limits, ValidationError};
 use crank_protocol::{
-    Award, CounterSigned, Dispute, DisputeReason, Energy, ExecPath, Identity, NodeId,
-    PaidReceipt, Receipt, SettlementNotice, SignatureError, Signed, TaskId, TaskOutputs,
-    Timings, UnixMillis, WorkReceipt,
+    Award, CounterSigned, Dispute, DisputeReason, Energy, ExecPath, Identity, NodeId, PaidReceipt,
+    Receipt, SettlementNotice, SignatureError, Signed, TaskId, TaskOutputs, Timings, UnixMillis,
+    WorkReceipt,
 };
 
 use crate::config::StellarConfig;
@@ -302,10 +302,8 @@ impl WorkerReceipts {
             notice.payer_node,
             notice.payer_account.clone(),
         );
-        blocking(move || {
-            Ok(ledger.record_payment(hash, &payer_node, &payer_account, &covered)?)
-        })
-        .await
+        blocking(move || Ok(ledger.record_payment(hash, &payer_node, &payer_account, &covered)?))
+            .await
     }
 }
 
@@ -372,7 +370,10 @@ impl RequesterReceipts {
             ("task_id", body.task_id == expected.task_id),
             ("model", body.model == expected.model),
             ("input_hash", body.input_hash == expected.input_hash),
-            ("price_stroops", body.price_stroops == expected.price_stroops),
+            (
+                "price_stroops",
+                body.price_stroops == expected.price_stroops,
+            ),
             ("payer", body.payer == expected.payer),
         ];
         if let Some((field, _)) = fields.iter().find(|(_, ok)| !ok) {
@@ -414,10 +415,13 @@ impl RequesterReceipts {
             task: outputs.body.task_id,
             worker: from,
         };
-        let stored = self.stored(key.task, key.worker).await?.ok_or(ExchangeError::Receipt {
-            key,
-            why: "no counter-signed receipt for these outputs",
-        })?;
+        let stored = self
+            .stored(key.task, key.worker)
+            .await?
+            .ok_or(ExchangeError::Receipt {
+                key,
+                why: "no counter-signed receipt for these outputs",
+            })?;
         let Some(receipt) = stored.current().cloned() else {
             return Err(ExchangeError::Receipt {
                 key,
@@ -480,10 +484,8 @@ impl RequesterReceipts {
         window_ms: u64,
     ) -> Result<Vec<Signed<Dispute>>, ExchangeError> {
         let (ledger, identity) = (self.ledger.clone(), self.identity.clone());
-        blocking(move || {
-            Ok(ledger.expire_checks(now, window_ms, |d| Signed::sign(d, &identity))?)
-        })
-        .await
+        blocking(move || Ok(ledger.expire_checks(now, window_ms, |d| Signed::sign(d, &identity))?))
+            .await
     }
 
     /// The signed notice of a settlement, for the workers it paid.

@@ -29,9 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crank_protocol::legacy::ReceiptV1;
-use crank_protocol::{
-    NodeId, Receipt, SignatureError, Signed, TaskId, UnixMillis, WorkReceipt,
-};
+use crank_protocol::{NodeId, Receipt, SignatureError, Signed, TaskId, UnixMillis, WorkReceipt};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
     TableDefinition, WriteTransaction,
@@ -1327,6 +1325,8 @@ pub(crate) mod tests {
     };
 
     pub(crate) const PAYOUT: &str = "GDJJRRMBK4IWLEPJGIE6SXD2LP7REGZODU7WDC3I2D6MR37F4XSHBKX2";
+    /// The account the requester pays from, as every test receipt names it.
+    pub(crate) const PAYER: &str = "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7";
 
     pub(crate) fn id(n: u8) -> Identity {
         Identity::from_secret([n; 32])
@@ -1362,6 +1362,7 @@ pub(crate) mod tests {
             pair_seq: seq,
             cumulative_stroops: cumulative,
             payout: PAYOUT.into(),
+            payer: PAYER.into(),
         }
     }
 
@@ -1403,9 +1404,12 @@ pub(crate) mod tests {
         );
 
         let cs = CounterSigned::countersign(issued.clone(), &req).unwrap();
-        assert_eq!(l.store_receipt(&cs, Role::Worker).unwrap(), Stored::New);
         assert_eq!(
-            l.store_receipt(&cs, Role::Worker).unwrap(),
+            l.store_receipt(&cs, Role::Worker, Check::Passed).unwrap(),
+            Stored::New
+        );
+        assert_eq!(
+            l.store_receipt(&cs, Role::Worker, Check::Passed).unwrap(),
             Stored::AlreadyStored
         );
         assert_eq!(l.pending_receipts(10).unwrap().len(), 1);
@@ -1462,7 +1466,11 @@ pub(crate) mod tests {
         let mut other = body(1, &req, &wrk, 5, 1, 5);
         other.output_hash = ContentHash([1; 32]);
         let err = l
-            .store_receipt(&countersigned(other, &wrk, &req), Role::Worker)
+            .store_receipt(
+                &countersigned(other, &wrk, &req),
+                Role::Worker,
+                Check::Passed,
+            )
             .unwrap_err();
         assert!(matches!(err, LedgerError::NotAsIssued { .. }), "{err}");
     }
@@ -1493,7 +1501,8 @@ pub(crate) mod tests {
         // Someone replaying a receipt for the abandoned number with another task is refused.
         let reuse = countersigned(body(3, &req, &wrk, 5, 1, 5), &wrk, &req);
         assert!(matches!(
-            l.store_receipt(&reuse, Role::Requester).unwrap_err(),
+            l.store_receipt(&reuse, Role::Requester, Check::Passed)
+                .unwrap_err(),
             LedgerError::SeqReused { .. }
         ));
     }
@@ -1503,28 +1512,32 @@ pub(crate) mod tests {
         let (_d, l) = ledger();
         let (req, wrk) = (id(1), id(2));
         let a = countersigned(body(1, &req, &wrk, 100, 1, 100), &wrk, &req);
-        l.store_receipt(&a, Role::Requester).unwrap();
+        l.store_receipt(&a, Role::Requester, Check::Passed).unwrap();
         // Same key, different content.
         let b = countersigned(body(1, &req, &wrk, 100, 2, 200), &wrk, &req);
         assert!(matches!(
-            l.store_receipt(&b, Role::Requester).unwrap_err(),
+            l.store_receipt(&b, Role::Requester, Check::Passed)
+                .unwrap_err(),
             LedgerError::Conflict { .. }
         ));
         // Same receipt, other role.
         assert!(matches!(
-            l.store_receipt(&a, Role::Worker).unwrap_err(),
+            l.store_receipt(&a, Role::Worker, Check::Passed)
+                .unwrap_err(),
             LedgerError::RoleConflict { .. }
         ));
         // Sequence number reused by another task.
         let c = countersigned(body(2, &req, &wrk, 100, 1, 100), &wrk, &req);
         assert!(matches!(
-            l.store_receipt(&c, Role::Requester).unwrap_err(),
+            l.store_receipt(&c, Role::Requester, Check::Passed)
+                .unwrap_err(),
             LedgerError::SeqReused { .. }
         ));
         // Cumulative does not chain with the predecessor.
         let d = countersigned(body(3, &req, &wrk, 100, 2, 250), &wrk, &req);
         assert!(matches!(
-            l.store_receipt(&d, Role::Requester).unwrap_err(),
+            l.store_receipt(&d, Role::Requester, Check::Passed)
+                .unwrap_err(),
             LedgerError::CumulativeMismatch {
                 expected: 200,
                 found: 250,
@@ -1533,15 +1546,19 @@ pub(crate) mod tests {
         ));
         // A successor arriving first constrains the predecessor.
         let f = countersigned(body(5, &req, &wrk, 100, 4, 400), &wrk, &req);
-        l.store_receipt(&f, Role::Requester).unwrap();
+        l.store_receipt(&f, Role::Requester, Check::Passed).unwrap();
         let e = countersigned(body(4, &req, &wrk, 100, 3, 350), &wrk, &req);
         assert!(matches!(
-            l.store_receipt(&e, Role::Requester).unwrap_err(),
+            l.store_receipt(&e, Role::Requester, Check::Passed)
+                .unwrap_err(),
             LedgerError::CumulativeMismatch { .. }
         ));
         // With seq 2 missing, only the successor constrains seq 3: 300 + 100 = 400 chains.
         let e = countersigned(body(4, &req, &wrk, 100, 3, 300), &wrk, &req);
-        assert_eq!(l.store_receipt(&e, Role::Requester).unwrap(), Stored::New);
+        assert_eq!(
+            l.store_receipt(&e, Role::Requester, Check::Passed).unwrap(),
+            Stored::New
+        );
         l.audit().unwrap();
     }
 
@@ -1552,26 +1569,48 @@ pub(crate) mod tests {
         let mut r = countersigned(body(1, &req, &wrk, 100, 1, 100), &wrk, &req);
         r.countersignature.0[0] ^= 1;
         assert!(matches!(
-            l.store_receipt(&r, Role::Requester).unwrap_err(),
+            l.store_receipt(&r, Role::Requester, Check::Passed)
+                .unwrap_err(),
             LedgerError::Signature(_)
         ));
         // Counter-signed by a third party.
         let r = countersigned(body(1, &req, &wrk, 100, 1, 100), &wrk, &id(3));
         assert!(matches!(
-            l.store_receipt(&r, Role::Requester).unwrap_err(),
+            l.store_receipt(&r, Role::Requester, Check::Passed)
+                .unwrap_err(),
+            LedgerError::Signature(SignatureError::WrongSigner { .. })
+        ));
+        // A payer that is not a Stellar account.
+        let mut b = body(1, &req, &wrk, 100, 1, 100);
+        b.payer = "GNOTANACCOUNT".into();
+        assert!(matches!(
+            l.store_receipt(
+                &countersigned(b, &wrk, &req),
+                Role::Requester,
+                Check::Passed
+            )
+            .unwrap_err(),
             LedgerError::InvalidReceipt { .. }
         ));
         let mut b = body(1, &req, &wrk, 100, 1, 100);
         b.payout = "GNOTANACCOUNT".into();
         assert!(matches!(
-            l.store_receipt(&countersigned(b, &wrk, &req), Role::Requester)
-                .unwrap_err(),
+            l.store_receipt(
+                &countersigned(b, &wrk, &req),
+                Role::Requester,
+                Check::Passed
+            )
+            .unwrap_err(),
             LedgerError::InvalidReceipt { .. }
         ));
         let b = body(1, &req, &wrk, 100, 1, 150);
         assert!(matches!(
-            l.store_receipt(&countersigned(b, &wrk, &req), Role::Requester)
-                .unwrap_err(),
+            l.store_receipt(
+                &countersigned(b, &wrk, &req),
+                Role::Requester,
+                Check::Passed
+            )
+            .unwrap_err(),
             LedgerError::InvalidReceipt { .. }
         ));
         assert!(l.receipts(None, 10).unwrap().is_empty());
@@ -1585,10 +1624,10 @@ pub(crate) mod tests {
         for (i, w) in [&a, &b, &a].iter().enumerate() {
             let seq = if i == 2 { 2 } else { 1 };
             let r = countersigned(body(i as u8, &me, w, 10, seq, 10 * seq), w, &me);
-            l.store_receipt(&r, Role::Requester).unwrap();
+            l.store_receipt(&r, Role::Requester, Check::Passed).unwrap();
         }
         let r = countersigned(body(9, &a, &me, 7, 1, 7), &me, &a);
-        l.store_receipt(&r, Role::Worker).unwrap();
+        l.store_receipt(&r, Role::Worker, Check::Passed).unwrap();
         let all = l.receipts(None, 10).unwrap();
         assert_eq!(all.len(), 4);
         assert_eq!(all[0].body().task_id, TaskId([9; 32]));
@@ -1611,19 +1650,60 @@ pub(crate) mod tests {
         let (req, me) = (id(1), id(2));
         let a = countersigned(body(1, &req, &me, 100, 1, 100), &me, &req);
         let b = countersigned(body(2, &req, &me, 50, 2, 150), &me, &req);
-        l.store_receipt(&a, Role::Worker).unwrap();
-        l.store_receipt(&b, Role::Worker).unwrap();
-        let keys = [ReceiptKey::of(&a.inner.body), ReceiptKey::of(&b.inner.body)];
+        l.store_receipt(&a, Role::Worker, Check::Passed).unwrap();
+        l.store_receipt(&b, Role::Worker, Check::Passed).unwrap();
+        let line = |r: &Receipt| crate::manifest::ManifestLine {
+            payout: r.inner.body.payout.clone(),
+            task: r.inner.body.task_id,
+            worker: r.inner.body.worker,
+            amount_stroops: r.inner.body.price_stroops,
+        };
+        let covered = crate::manifest::Covered {
+            lines: vec![line(&a), line(&b)],
+            received_stroops: 150,
+        };
         let h = crate::TxHash([3; 32]);
-        assert_eq!(l.record_payment_received(&keys, h).unwrap(), 2);
-        assert_eq!(l.record_payment_received(&keys, h).unwrap(), 0);
-        assert!(matches!(
-            l.record_payment_received(&keys[..1], crate::TxHash([4; 32]))
-                .unwrap_err(),
-            LedgerError::NotPayable { .. }
-        ));
+        let first = l
+            .record_payment(h, &req.node_id(), PAYER, &covered)
+            .unwrap();
+        let RecordedPayment::New(p) = &first else {
+            panic!("{first:?}")
+        };
+        assert_eq!(p.credits.iter().map(|c| c.stroops).sum::<u64>(), 150);
+        assert_eq!(p.unallocated_stroops, 0);
+        assert!(p.ignored.is_empty(), "{:?}", p.ignored);
+        // The same transaction again changes nothing.
+        assert_eq!(
+            l.record_payment(h, &req.node_id(), PAYER, &covered)
+                .unwrap(),
+            RecordedPayment::AlreadyRecorded(p.clone())
+        );
+        // Another transaction for receipts already paid: recorded as overpaid.
+        let again = l
+            .record_payment(crate::TxHash([4; 32]), &req.node_id(), PAYER, &covered)
+            .unwrap();
+        assert_eq!(again.record().credits.len(), 2);
+        for r in [&a, &b] {
+            let s = l
+                .receipt(&r.inner.body.task_id, &me.node_id())
+                .unwrap()
+                .unwrap();
+            assert!(
+                matches!(s.settlement, Settlement::Settled { tx_hash, .. } if tx_hash == h),
+                "settled by the first payment: {:?}",
+                s.settlement
+            );
+            assert_eq!(s.paid_stroops, 2 * r.inner.body.price_stroops);
+        }
         let bal = l.balances().unwrap().total;
-        assert_eq!((bal.owed_to_us_stroops, bal.paid_to_us_stroops), (0, 150));
+        assert_eq!(
+            (
+                bal.owed_to_us_stroops,
+                bal.paid_to_us_stroops,
+                bal.overpaid_to_us_stroops
+            ),
+            (0, 150, 150)
+        );
         l.audit().unwrap();
     }
 
@@ -1841,7 +1921,7 @@ mod props {
                         let manifest = crate::manifest::Manifest::new(lines).unwrap();
                         let tx_hash = crate::TxHash([next_intent as u8; 32]);
                         let draft = IntentDraft {
-                            payer: super::tests::PAYOUT.into(),
+                            payer: super::tests::PAYER.into(),
                             sequence: next_intent as i64,
                             max_time: 0,
                             tx_hash,
@@ -1889,7 +1969,7 @@ mod props {
                         let l = ledger.as_ref().unwrap();
                         let r = make(p, k, forgery, &prices[p]);
                         let want = expect(&model, &r, roles[p]);
-                        let got = l.store_receipt(&r, roles[p]);
+                        let got = l.store_receipt(&r, roles[p], Check::Passed);
                         match (&want, &got) {
                             (Ok(w), Ok(g)) => prop_assert_eq!(w, g),
                             (Err(w), Err(g)) => prop_assert_eq!(*w, kind(g), "{}", g),
@@ -1907,7 +1987,7 @@ mod props {
             prop_assert_eq!(listed.len(), model.len());
             for (key, (r, role)) in &model {
                 let got = l.receipt(&key.task, &key.worker).unwrap().unwrap();
-                prop_assert_eq!(&got.receipt, r);
+                prop_assert_eq!(got.current(), Some(r));
                 prop_assert_eq!(got.role, *role);
                 // Exactly the payment state the model expects (settled times aside).
                 let want = paid.get(key).copied().unwrap_or(Settlement::Unsettled);
@@ -1916,7 +1996,7 @@ mod props {
                     (g, w) => prop_assert_eq!(g, w),
                 }
                 // Re-storing is idempotent.
-                prop_assert_eq!(l.store_receipt(r, *role).unwrap(), Stored::AlreadyStored);
+                prop_assert_eq!(l.store_receipt(r, *role, Check::Passed).unwrap(), Stored::AlreadyStored);
             }
             // Cumulative consistency between stored neighbours of each pair.
             for a in &listed {

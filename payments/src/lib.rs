@@ -52,7 +52,9 @@ pub mod stellar;
 pub mod types;
 
 pub use config::{SettlementConfig, StellarConfig};
-pub use exchange::{ExchangeError, Expected, OutputsVerdict, RequesterReceipts, RunFacts, WorkerReceipts};
+pub use exchange::{
+    ExchangeError, Expected, OutputsVerdict, RequesterReceipts, RunFacts, WorkerReceipts,
+};
 pub use horizon::{Horizon, HorizonError};
 pub use ledger::{
     Credit, IntentDraft, IntentRecord, IntentState, Ledger, LedgerError, PaymentIn,

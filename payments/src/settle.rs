@@ -356,7 +356,9 @@ impl Settler {
         // A receipt names the account that pays it; one naming another account (the payout
         // key was replaced) would never be credited by the worker, so it is not paid from here.
         let me = self.wallet.address();
-        owed.retain(|r| r.price_stroops() > 0 && (r.body().payer.is_empty() || r.body().payer == me));
+        owed.retain(|r| {
+            r.price_stroops() > 0 && (r.body().payer.is_empty() || r.body().payer == me)
+        });
         let mut per_worker: BTreeMap<NodeId, (u64, Vec<StoredReceipt>)> = BTreeMap::new();
         for r in owed {
             let e = per_worker.entry(r.body().worker).or_default();

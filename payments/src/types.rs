@@ -5,7 +5,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use crank_protocol::legacy::{ReceiptV1, SignedReceiptV1, WorkReceiptV1};
-use crank_protocol::{Dispute, NodeId, Receipt, SignatureError, Signed, TaskId, UnixMillis, WorkReceipt};
+use crank_protocol::{
+    Dispute, NodeId, Receipt, SignatureError, Signed, TaskId, UnixMillis, WorkReceipt,
+};
 use serde::{Deserialize, Serialize};
 
 /// Which side of a receipt this node is on.

@@ -11,19 +11,21 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crank_payments::horizon::{Funded, Horizon, HorizonError};
+use crank_payments::horizon::{Funded, Horizon, HorizonError, TxRecord};
 use crank_payments::ledger::IntentState;
 use crank_payments::settle::Outcome;
 use crank_payments::stellar::{
     Payment, TESTNET_PASSPHRASE, TxParams, build_payments, decode_envelope, sign_transaction,
 };
 use crank_payments::{
-    Ledger, Role, SettleError, SettleMode, SettlementConfig, Settler, StellarConfig, Wallet,
+    Check, ExchangeError, Ledger, Manifest, ManifestError, ManifestLine, ReceiptProof,
+    RecordedPayment, RequesterReceipts, Role, SettleError, SettleMode, Settlement,
+    SettlementConfig, Settler, StellarConfig, StoredReceipt, TxHash, Wallet, WorkerReceipts,
     verify_payout,
 };
 use crank_protocol::{
-    ContentHash, CounterSigned, Energy, EnergyMethod, ExecPath, Identity, ModelId, Receipt, Signed,
-    TaskId, Timings, WorkReceipt,
+    ContentHash, CounterSigned, Energy, EnergyMethod, ExecPath, Identity, ModelId, PaidReceipt,
+    Receipt, SettlementNotice, Signed, TaskId, Timings, WorkReceipt,
 };
 use crank_testnet::{Fault, LocalHorizon, NetworkConfig};
 use stellar_xdr::{Hash, Memo};
@@ -47,9 +49,14 @@ fn worker(i: u16) -> (Identity, Wallet) {
     (Identity::from_secret(id), Wallet::from_seed(pay))
 }
 
-/// Counter-signed receipts: `per_worker` receipts for each of workers `0..n`, prices varying.
+/// Counter-signed receipts: `per_worker` receipts for each of workers `0..n`, prices varying,
+/// paid from the payer's wallet.
 fn receipts(n: u16, per_worker: u64) -> Vec<Receipt> {
-    let req = requester();
+    receipts_from(&requester(), &payer().address(), n, per_worker)
+}
+
+/// Counter-signed receipts of requester `req`, naming `payer` as the paying account.
+fn receipts_from(req: &Identity, payer: &str, n: u16, per_worker: u64) -> Vec<Receipt> {
     let mut out = Vec::new();
     for i in 0..n {
         let (w, wallet) = worker(i);
@@ -82,9 +89,10 @@ fn receipts(n: u16, per_worker: u64) -> Vec<Receipt> {
                 pair_seq: seq,
                 cumulative_stroops: cumulative,
                 payout: wallet.address(),
+                payer: payer.to_owned(),
             };
             let signed = Signed::sign(body, &w).unwrap();
-            out.push(CounterSigned::countersign(signed, &req).unwrap());
+            out.push(CounterSigned::countersign(signed, req).unwrap());
         }
     }
     out
@@ -135,7 +143,7 @@ impl Fixture {
     fn ledger_with(&self, rs: &[Receipt]) -> Arc<Ledger> {
         let l = Ledger::open(&self.ledger_path()).unwrap();
         for r in rs {
-            l.store_receipt(r, Role::Requester).unwrap();
+            l.store_receipt(r, Role::Requester, Check::Passed).unwrap();
         }
         Arc::new(l)
     }
@@ -166,6 +174,13 @@ impl Fixture {
             owed(rs).values().sum::<i64>()
         );
     }
+}
+
+/// Worker `i`'s side of the receipt exchange over `ledger`, checking notices on the
+/// fixture's network.
+fn worker_side(f: &Fixture, ledger: &Arc<Ledger>, i: u16) -> WorkerReceipts {
+    let (id, wallet) = worker(i);
+    WorkerReceipts::new(ledger.clone(), id, wallet.address(), f.stellar.clone())
 }
 
 fn quick() -> SettlementConfig {
@@ -500,8 +515,18 @@ async fn settles_150_workers_in_two_transactions_exactly_once() {
     let h = Horizon::new(&f.stellar).unwrap();
     let on_chain = h.transaction(&intent.draft.tx_hash).await.unwrap().unwrap();
     let env = decode_envelope(&on_chain.envelope_xdr).unwrap();
-    let covered = verify_payout(&intent.draft.manifest, &env, &line.payout).unwrap();
-    assert_eq!(covered.receipts.len(), 3);
+    let covered = verify_payout(
+        &intent.draft.manifest,
+        &env,
+        &payer().address(),
+        &line.payout,
+    )
+    .unwrap();
+    assert_eq!(covered.lines.len(), 3);
+    assert_eq!(
+        covered.received_stroops,
+        covered.lines.iter().map(|l| l.amount_stroops).sum::<u64>()
+    );
     assert_eq!(
         f.horizon.memo_hash(&intent.draft.tx_hash.to_hex()),
         Some(intent.draft.manifest.commitment())
@@ -793,6 +818,9 @@ async fn wrong_network_and_missing_payer_are_clear_errors() {
     let s = Settler::new(ledger.clone(), payer(), wrong, quick()).unwrap();
     let e = s.settle(SettleMode::All).await.unwrap_err();
     assert!(matches!(e, SettleError::WrongNetwork { .. }), "{e}");
+    // Receipts name the account that pays them: a settler paying from another account
+    // leaves them alone.
+    let missing = Wallet::from_seed([77; 32]);
     let s = Settler::new(
         ledger,
         Wallet::from_seed([77; 32]),
@@ -800,6 +828,16 @@ async fn wrong_network_and_missing_payer_are_clear_errors() {
         quick(),
     )
     .unwrap();
+    let r = s.settle(SettleMode::All).await.unwrap();
+    assert!(r.paid.is_empty() && r.stopped.is_none(), "{:?}", r.stopped);
+    // Receipts naming an account that does not exist: a clear error.
+    let other = Ledger::open(&f.dir.path().join("other.redb")).unwrap();
+    for r in receipts_from(&requester(), &missing.address(), 1, 1) {
+        other
+            .store_receipt(&r, Role::Requester, Check::Passed)
+            .unwrap();
+    }
+    let s = Settler::new(Arc::new(other), missing, f.stellar.clone(), quick()).unwrap();
     let r = s.settle(SettleMode::All).await.unwrap();
     let e = r.stopped.unwrap();
     assert!(
@@ -818,9 +856,11 @@ async fn worker_records_a_verified_payment() {
     let r = s.settle(SettleMode::All).await.unwrap();
     assert_eq!(r.paid.len(), 1);
     // The worker has the same receipts on its side.
-    let worker_ledger = Ledger::open(&f.dir.path().join("worker.redb")).unwrap();
+    let worker_ledger = Arc::new(Ledger::open(&f.dir.path().join("worker.redb")).unwrap());
     for r in &rs {
-        worker_ledger.store_receipt(r, Role::Worker).unwrap();
+        worker_ledger
+            .store_receipt(r, Role::Worker, Check::Passed)
+            .unwrap();
     }
     let intent = &requester_ledger.intents(1).unwrap()[0];
     let h = Horizon::new(&f.stellar).unwrap();
@@ -829,18 +869,30 @@ async fn worker_records_a_verified_payment() {
     let covered = verify_payout(
         &intent.draft.manifest,
         &decode_envelope(&rec.envelope_xdr).unwrap(),
+        &payer().address(),
         &worker(0).1.address(),
     )
     .unwrap();
+    assert_eq!(covered.lines.len(), 2);
+    // The requester's signed notice, checked by the worker against the network.
+    let notice = RequesterReceipts::new(requester_ledger.clone(), requester())
+        .notice(intent)
+        .unwrap();
+    let w = worker_side(&f, &worker_ledger, 0);
+    let first = w.record_notice(&notice).await.unwrap();
+    let RecordedPayment::New(p) = &first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(p.credits.len(), 2);
+    assert_eq!(p.unallocated_stroops, 0);
     assert_eq!(
-        worker_ledger
-            .record_payment_received(&covered.receipts, rec.hash)
-            .unwrap(),
-        2
+        w.record_notice(&notice).await.unwrap(),
+        RecordedPayment::AlreadyRecorded(p.clone())
     );
     let total = worker_ledger.balances().unwrap().total;
     assert_eq!(total.owed_to_us_stroops, 0);
-    assert_eq!(total.paid_to_us_stroops as i64, covered.amount_stroops);
+    assert_eq!(total.paid_to_us_stroops, covered.received_stroops);
+    worker_ledger.audit().unwrap();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -932,4 +984,682 @@ async fn crash_between_intent_and_submit_is_paid_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_submit_is_paid_once() {
     crash_and_recover("after_submit").await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Crediting on the worker's side, against the local network: a worker credits a receipt
+// only with what the account the receipt names actually paid it, announced by a notice the
+// receipt's requester signed, and each transaction once.
+
+/// Worker `i`'s ledger holding its receipts among `rs`.
+fn worker_ledger(f: &Fixture, i: u16, rs: &[Receipt]) -> Arc<Ledger> {
+    let l = Ledger::open(&f.dir.path().join(format!("worker-{i}.redb"))).unwrap();
+    let me = worker(i).0.node_id();
+    for r in rs.iter().filter(|r| r.inner.body.worker == me) {
+        l.store_receipt(r, Role::Worker, Check::Passed).unwrap();
+    }
+    Arc::new(l)
+}
+
+/// Manifest lines for `rs`, each claiming `amount(receipt)` stroops.
+fn lines_for(rs: &[Receipt], amount: impl Fn(&WorkReceipt) -> u64) -> Vec<ManifestLine> {
+    rs.iter()
+        .map(|r| ManifestLine {
+            payout: r.inner.body.payout.clone(),
+            task: r.inner.body.task_id,
+            worker: r.inner.body.worker,
+            amount_stroops: amount(&r.inner.body),
+        })
+        .collect()
+}
+
+/// The memo committing to `lines`.
+fn memo_for(lines: &[ManifestLine]) -> Memo {
+    Memo::Hash(Hash(Manifest::new(lines.to_vec()).unwrap().commitment()))
+}
+
+/// Submits a transaction from `from` making `payments` with `memo`: its hash and Horizon's
+/// answer.
+async fn pay(
+    f: &Fixture,
+    from: &Wallet,
+    memo: Memo,
+    payments: &[Payment],
+) -> (TxHash, Result<TxRecord, HorizonError>) {
+    let h = Horizon::new(&f.stellar).unwrap();
+    let sequence = h.account(&from.address()).await.unwrap().unwrap().sequence + 1;
+    let params = TxParams {
+        sequence,
+        base_fee_stroops: 100,
+        min_time: 0,
+        max_time: 0,
+        memo,
+    };
+    let tx = build_payments(&from.public_key(), &params, payments).unwrap();
+    let signed = sign_transaction(tx, from, &f.stellar.network_passphrase).unwrap();
+    (signed.hash, h.submit(&signed.xdr).await)
+}
+
+/// A settlement notice for `tx` listing `lines`, signed by `by` and naming `account` as the
+/// paying account.
+fn notice(
+    by: &Identity,
+    account: &str,
+    tx: TxHash,
+    lines: &[ManifestLine],
+) -> Signed<SettlementNotice> {
+    let body = SettlementNotice {
+        payer_node: by.node_id(),
+        payer_account: account.to_owned(),
+        tx_hash: tx.0,
+        receipts: lines
+            .iter()
+            .map(|l| PaidReceipt {
+                payout: l.payout.clone(),
+                task_id: l.task,
+                worker: l.worker,
+                amount_stroops: l.amount_stroops,
+            })
+            .collect(),
+    };
+    Signed::sign(body, by).unwrap()
+}
+
+/// The stored receipt for `r`.
+fn stored(l: &Ledger, r: &Receipt) -> StoredReceipt {
+    l.receipt(&r.inner.body.task_id, &r.inner.body.worker)
+        .unwrap()
+        .unwrap()
+}
+
+fn price_sum(rs: &[Receipt]) -> u64 {
+    rs.iter().map(|r| r.inner.body.price_stroops).sum()
+}
+
+/// Settles everything `ledger` owes through the Settler and returns the signed notice of
+/// the (single) transaction.
+async fn settle_and_notice(f: &Fixture, ledger: &Arc<Ledger>) -> Signed<SettlementNotice> {
+    let r = f
+        .settler(ledger.clone(), quick())
+        .settle(SettleMode::All)
+        .await
+        .unwrap();
+    assert_eq!(r.paid.len(), 1, "{:?}", r.stopped);
+    let intent = &ledger.intents(1).unwrap()[0];
+    RequesterReceipts::new(ledger.clone(), requester())
+        .notice(intent)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payer_paying_one_stroop_per_receipt_is_credited_one_stroop_each() {
+    let f = Fixture::new(1).await;
+    let rs = receipts(1, 3);
+    let total = price_sum(&rs);
+    let requester_ledger = f.ledger_with(&rs);
+    let wl = worker_ledger(&f, 0, &rs);
+    let w = worker_side(&f, &wl, 0);
+    let payout = worker(0).1.address();
+
+    // The payer's memo commits to a manifest claiming one stroop per receipt, and each
+    // receipt gets a one-stroop payment from the account the receipts name.
+    let cheap = lines_for(&rs, |_| 1);
+    let one = Payment {
+        destination: payout.clone(),
+        amount_stroops: 1,
+    };
+    let (tx, res) = pay(&f, &payer(), memo_for(&cheap), &vec![one; rs.len()]).await;
+    assert!(res.unwrap().successful);
+    let cheat = notice(&requester(), &payer().address(), tx, &cheap);
+    let got = w.record_notice(&cheat).await.unwrap();
+    let RecordedPayment::New(p) = &got else {
+        panic!("{got:?}")
+    };
+    assert_eq!(p.received_stroops, 3);
+    assert_eq!(
+        p.credits.iter().map(|c| c.stroops).collect::<Vec<_>>(),
+        [1, 1, 1]
+    );
+    assert_eq!(p.unallocated_stroops, 0);
+    for r in &rs {
+        let s = stored(&wl, r);
+        assert_eq!(s.paid_stroops, 1);
+        assert_eq!(
+            s.settlement,
+            Settlement::Unsettled,
+            "one stroop settles nothing"
+        );
+        assert_eq!(s.remaining_stroops(), r.inner.body.price_stroops - 1);
+    }
+    let b = wl.balances().unwrap().total;
+    assert_eq!(
+        (
+            b.paid_to_us_stroops,
+            b.owed_to_us_stroops,
+            b.overpaid_to_us_stroops
+        ),
+        (3, total - 3, 0)
+    );
+    let standing = wl.standing(&requester().node_id()).unwrap();
+    assert_eq!(standing.unpaid_stroops, total - 3);
+    assert!(standing.oldest_unpaid_at.is_some());
+    // Announcing it again credits nothing more.
+    assert_eq!(
+        w.record_notice(&cheat).await.unwrap(),
+        RecordedPayment::AlreadyRecorded(p.clone())
+    );
+    wl.audit().unwrap();
+
+    // The requester's own ledger never heard of those stroops; its honest settlement pays
+    // the full prices, and the three stroops end up recorded as overpaid, exactly.
+    let honest = settle_and_notice(&f, &requester_ledger).await;
+    let got = w.record_notice(&honest).await.unwrap();
+    let RecordedPayment::New(p) = &got else {
+        panic!("{got:?}")
+    };
+    assert_eq!(p.credits.len(), 3);
+    assert_eq!(p.received_stroops, total);
+    for r in &rs {
+        let s = stored(&wl, r);
+        assert!(s.settlement.is_settled());
+        assert_eq!(s.paid_stroops, r.inner.body.price_stroops + 1);
+    }
+    let b = wl.balances().unwrap().total;
+    assert_eq!(
+        (
+            b.paid_to_us_stroops,
+            b.owed_to_us_stroops,
+            b.overpaid_to_us_stroops
+        ),
+        (total, 0, 3)
+    );
+    wl.audit().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_party_paying_someone_elses_receipts_gets_nothing_credited() {
+    let f = Fixture::new(1).await;
+    let rs = receipts(1, 2);
+    let total = price_sum(&rs);
+    let requester_ledger = f.ledger_with(&rs);
+    let wl = worker_ledger(&f, 0, &rs);
+    let w = worker_side(&f, &wl, 0);
+    let payout = worker(0).1.address();
+    // A third party: its own node key and its own funded wallet.
+    let (stranger, stranger_wallet) = (
+        Identity::from_secret([0x44; 32]),
+        Wallet::from_seed([0x45; 32]),
+    );
+    Horizon::new(&f.stellar)
+        .unwrap()
+        .fund(&stranger_wallet.address())
+        .await
+        .unwrap();
+    let before = wl.balances().unwrap();
+
+    // It pays the worker's receipts in full under a memo committing to them.
+    let full = lines_for(&rs, |b| b.price_stroops);
+    let (tx, res) = pay(
+        &f,
+        &stranger_wallet,
+        memo_for(&full),
+        &[Payment {
+            destination: payout.clone(),
+            amount_stroops: total as i64,
+        }],
+    )
+    .await;
+    assert!(res.unwrap().successful);
+    let nothing = |got: &RecordedPayment, why: &str| {
+        let RecordedPayment::New(p) = got else {
+            panic!("{got:?}")
+        };
+        assert!(p.credits.is_empty(), "{p:?}");
+        assert_eq!(p.ignored.len(), 2, "{p:?}");
+        assert!(p.ignored.iter().all(|(_, w)| w.contains(why)), "{p:?}");
+    };
+    // Its own signed notice: not the receipts' requester.
+    let got = w
+        .record_notice(&notice(&stranger, &stranger_wallet.address(), tx, &full))
+        .await
+        .unwrap();
+    nothing(&got, "not signed by the receipt's requester");
+    // The same, naming the requester's account (which paid nothing in it).
+    let got = w
+        .record_notice(&notice(&stranger, &payer().address(), tx, &full))
+        .await
+        .unwrap();
+    nothing(&got, "not signed by the receipt's requester");
+    // A notice naming the requester as payer node but signed by the third party: refused.
+    let mut forged = notice(&stranger, &stranger_wallet.address(), tx, &full);
+    forged.body.payer_node = requester().node_id();
+    let err = w.record_notice(&forged).await.unwrap_err();
+    assert!(matches!(err, ExchangeError::Invalid(_)), "{err}");
+    // Even the requester vouching for the third party's account: the receipts name the
+    // requester's own account, and only a payment from it counts.
+    let got = w
+        .record_notice(&notice(&requester(), &stranger_wallet.address(), tx, &full))
+        .await
+        .unwrap();
+    nothing(&got, "the receipt is paid from");
+    assert_eq!(wl.balances().unwrap(), before, "nothing credited");
+    for r in &rs {
+        let s = stored(&wl, r);
+        assert_eq!((s.paid_stroops, s.settlement), (0, Settlement::Unsettled));
+    }
+    assert_eq!(wl.payment_in(&tx).unwrap(), None);
+    wl.audit().unwrap();
+
+    // The honest payment afterwards is credited in full.
+    let honest = settle_and_notice(&f, &requester_ledger).await;
+    let got = w.record_notice(&honest).await.unwrap();
+    let RecordedPayment::New(p) = &got else {
+        panic!("{got:?}")
+    };
+    assert_eq!(p.credits.iter().map(|c| c.stroops).sum::<u64>(), total);
+    assert_eq!(p.unallocated_stroops, 0);
+    for r in &rs {
+        let s = stored(&wl, r);
+        assert!(s.settlement.is_settled());
+        assert_eq!(s.paid_stroops, r.inner.body.price_stroops);
+    }
+    let b = wl.balances().unwrap().total;
+    assert_eq!(
+        (
+            b.paid_to_us_stroops,
+            b.owed_to_us_stroops,
+            b.overpaid_to_us_stroops
+        ),
+        (total, 0, 0)
+    );
+    wl.audit().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_by_another_node_cannot_use_up_the_requesters_payment() {
+    // Another worker paid in the same transaction holds the whole notice (it lists every
+    // receipt the memo commits to), so it can announce the transaction first, signed with
+    // its own key. That must not keep the requester's notice from crediting it.
+    let f = Fixture::new(2).await;
+    let rs = receipts(2, 2);
+    let requester_ledger = f.ledger_with(&rs);
+    let wl = worker_ledger(&f, 0, &rs);
+    let w = worker_side(&f, &wl, 0);
+    let honest = settle_and_notice(&f, &requester_ledger).await;
+    let tx = TxHash(honest.body.tx_hash);
+    let lines: Vec<ManifestLine> = honest
+        .body
+        .receipts
+        .iter()
+        .map(|r| ManifestLine {
+            payout: r.payout.clone(),
+            task: r.task_id,
+            worker: r.worker,
+            amount_stroops: r.amount_stroops,
+        })
+        .collect();
+    let (other_worker, _) = worker(1);
+    for account in [payer().address(), worker(1).1.address()] {
+        let front = notice(&other_worker, &account, tx, &lines);
+        let got = w.record_notice(&front).await.unwrap();
+        assert!(got.record().credits.is_empty(), "{got:?}");
+        assert_eq!(
+            wl.payment_in(&tx).unwrap(),
+            None,
+            "the transaction is not used up"
+        );
+    }
+    let got = w.record_notice(&honest).await.unwrap();
+    let RecordedPayment::New(p) = &got else {
+        panic!("{got:?}")
+    };
+    let mine: Vec<Receipt> = rs
+        .iter()
+        .filter(|r| r.inner.body.worker == worker(0).0.node_id())
+        .cloned()
+        .collect();
+    assert_eq!(p.credits.len(), mine.len());
+    assert_eq!(
+        p.credits.iter().map(|c| c.stroops).sum::<u64>(),
+        price_sum(&mine)
+    );
+    // Once credited, the transaction is used up, whoever announces it next.
+    let late = notice(&other_worker, &payer().address(), tx, &lines);
+    assert_eq!(
+        w.record_notice(&late).await.unwrap(),
+        RecordedPayment::AlreadyRecorded(p.clone())
+    );
+    assert_eq!(wl.balances().unwrap().total.owed_to_us_stroops, 0);
+    wl.audit().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_for_failed_unknown_or_other_transactions_credit_nothing() {
+    let f = Fixture::new(1).await;
+    let rs = receipts(1, 2);
+    let total = price_sum(&rs);
+    let requester_ledger = f.ledger_with(&rs);
+    let wl = worker_ledger(&f, 0, &rs);
+    let w = worker_side(&f, &wl, 0);
+    let payout = worker(0).1.address();
+    let full = lines_for(&rs, |b| b.price_stroops);
+    let before = wl.balances().unwrap();
+
+    // A transaction that failed in a ledger (its second payment goes to an account that
+    // does not exist): it paid nothing.
+    let nobody = Wallet::from_seed([0x46; 32]).address();
+    let (failed, res) = pay(
+        &f,
+        &payer(),
+        memo_for(&full),
+        &[
+            Payment {
+                destination: payout.clone(),
+                amount_stroops: total as i64,
+            },
+            Payment {
+                destination: nobody,
+                amount_stroops: 1,
+            },
+        ],
+    )
+    .await;
+    assert!(
+        matches!(res, Err(HorizonError::TxFailed(ref e)) if e.was_included()),
+        "{res:?}"
+    );
+    let err = w
+        .record_notice(&notice(&requester(), &payer().address(), failed, &full))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ExchangeError::TxFailed(h) if h == failed),
+        "{err}"
+    );
+
+    // A transaction the network does not know.
+    let unknown = TxHash([0xAB; 32]);
+    let err = w
+        .record_notice(&notice(&requester(), &payer().address(), unknown, &full))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ExchangeError::UnknownTx(h) if h == unknown),
+        "{err}"
+    );
+
+    // An applied transaction whose memo does not commit to the notice's list.
+    let (other, res) = pay(
+        &f,
+        &payer(),
+        Memo::None,
+        &[Payment {
+            destination: payout.clone(),
+            amount_stroops: total as i64,
+        }],
+    )
+    .await;
+    assert!(res.unwrap().successful);
+    let err = w
+        .record_notice(&notice(&requester(), &payer().address(), other, &full))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ExchangeError::Manifest(ManifestError::MemoMismatch)),
+        "{err}"
+    );
+
+    assert_eq!(wl.balances().unwrap(), before, "nothing credited");
+    for h in [failed, unknown, other] {
+        assert_eq!(wl.payment_in(&h).unwrap(), None);
+    }
+    wl.audit().unwrap();
+
+    // The honest settlement is credited in full.
+    let honest = settle_and_notice(&f, &requester_ledger).await;
+    let got = w.record_notice(&honest).await.unwrap();
+    assert_eq!(
+        got.record().credits.iter().map(|c| c.stroops).sum::<u64>(),
+        total
+    );
+    assert_eq!(wl.balances().unwrap().total.owed_to_us_stroops, 0);
+    wl.audit().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Upgrade: ledgers written by the previous release (schema 1, wire version 1).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_from_the_previous_release_settles_exactly_once() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ledger-v1");
+    let files = ["requester.redb", "worker-a.redb", "worker-b.redb"];
+    let committed: Vec<Vec<u8>> = files
+        .iter()
+        .map(|n| std::fs::read(fixtures.join(n)).unwrap())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in files.iter().zip(&committed) {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    let requester_id = Identity::from_secret([0x51; 32]);
+    let me = requester_id.node_id();
+    // (node key, payout wallet, file, counter-signed receipts, what they come to).
+    let workers = [
+        (
+            Identity::from_secret([0x61; 32]),
+            Wallet::from_seed([0x71; 32]),
+            "worker-a.redb",
+            3usize,
+            1_007 + 1_014 + 1_021,
+        ),
+        (
+            Identity::from_secret([0x62; 32]),
+            Wallet::from_seed([0x72; 32]),
+            "worker-b.redb",
+            2,
+            2_007 + 2_014,
+        ),
+    ];
+
+    // Opening migrates; every receipt keeps its version 1 signatures.
+    let rl = Arc::new(Ledger::open(&dir.path().join("requester.redb")).unwrap());
+    rl.audit().unwrap();
+    let owed = rl.owed_receipts().unwrap();
+    assert_eq!(owed.len(), 5);
+    assert_eq!(owed.iter().map(|r| r.price_stroops()).sum::<u64>(), 7_063);
+    let total = rl.balances().unwrap().total;
+    assert_eq!(
+        (
+            total.owed_by_us_stroops,
+            total.receipts_as_requester,
+            total.receipts_as_worker
+        ),
+        (7_063, 5, 0)
+    );
+    assert_eq!(
+        rl.get_meta("trust-book").unwrap().as_deref(),
+        Some(&b"{}"[..])
+    );
+    let check_v1 = |r: &StoredReceipt| {
+        assert!(matches!(r.proof, ReceiptProof::V1(_)), "{:?}", r.proof);
+        assert_eq!(r.proof.verify().unwrap(), r.terms);
+        assert!(r.current().is_none());
+        assert_eq!(r.terms.requester, me);
+        assert_eq!(r.terms.payer, "", "version 1 named no paying account");
+        assert_eq!(r.check, Check::Passed);
+        assert_eq!((r.settlement, r.paid_stroops), (Settlement::Unsettled, 0));
+    };
+    for r in &owed {
+        check_v1(r);
+        assert_eq!(r.role, Role::Requester);
+    }
+    let mut wls = Vec::new();
+    for (id, wallet, file, n, sum) in &workers {
+        let wl = Arc::new(Ledger::open(&dir.path().join(file)).unwrap());
+        wl.audit().unwrap();
+        let mine = wl.receipts(None, 100).unwrap();
+        assert_eq!(mine.len(), *n);
+        for r in &mine {
+            check_v1(r);
+            assert_eq!(r.role, Role::Worker);
+            assert_eq!(r.terms.worker, id.node_id());
+            assert_eq!(r.terms.payout, wallet.address());
+        }
+        assert!(wl.pending_receipts(10).unwrap().is_empty());
+        let legacy = wl.legacy_pending_receipts(10).unwrap();
+        assert_eq!(legacy.len(), 1, "the receipt never counter-signed");
+        assert_eq!(legacy[0].receipt.body.pair_seq, *n as u64 + 1);
+        let standing = wl.standing(&me).unwrap();
+        assert_eq!(
+            (standing.unpaid_stroops, standing.receipts),
+            (*sum, *n as u64)
+        );
+        assert!(standing.oldest_unpaid_at.is_some());
+        wls.push(wl);
+    }
+    // Reopening a migrated ledger (schema 2 now) changes nothing.
+    let snapshot = |l: &Ledger| {
+        (
+            l.receipts(None, 100).unwrap(),
+            l.balances().unwrap(),
+            l.legacy_pending_receipts(10).unwrap(),
+        )
+    };
+    let before = snapshot(&wls[1]);
+    drop(wls.pop());
+    wls.push(Arc::new(
+        Ledger::open(&dir.path().join(workers[1].2)).unwrap(),
+    ));
+    assert_eq!(snapshot(&wls[1]), before);
+
+    // The requester pays from any funded wallet: the receipts named none.
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let horizon = LocalHorizon::start(NetworkConfig::default(), listen)
+        .await
+        .unwrap();
+    let stellar = StellarConfig::local(&horizon.url(), &horizon.passphrase());
+    let h = Horizon::new(&stellar).unwrap();
+    let paying = Wallet::from_seed([0x52; 32]);
+    h.fund(&paying.address()).await.unwrap();
+    for (_, wallet, ..) in &workers {
+        h.fund(&wallet.address()).await.unwrap();
+    }
+    let settler = Settler::new(
+        rl.clone(),
+        Wallet::from_seed([0x52; 32]),
+        stellar.clone(),
+        quick(),
+    )
+    .unwrap();
+    let report = settler.settle(SettleMode::All).await.unwrap();
+    assert!(report.stopped.is_none(), "{:?}", report.stopped);
+    assert_eq!(report.receipts_paid(), 5);
+    let payments = horizon.payments();
+    let to_workers: Vec<_> = payments
+        .iter()
+        .filter(|p| p.from == paying.address())
+        .collect();
+    assert_eq!(
+        to_workers.len(),
+        2,
+        "exactly one payment per worker account"
+    );
+    for (_, wallet, _, _, sum) in &workers {
+        let p: Vec<_> = to_workers
+            .iter()
+            .filter(|p| p.to == wallet.address())
+            .collect();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].amount, *sum as i64);
+    }
+    // Again: nothing left to pay.
+    let again = settler.settle(SettleMode::All).await.unwrap();
+    assert!(
+        again.paid.is_empty() && again.stopped.is_none(),
+        "{:?}",
+        again.stopped
+    );
+    assert_eq!(horizon.payments().len(), payments.len());
+    rl.audit().unwrap();
+    let total = rl.balances().unwrap().total;
+    assert_eq!(
+        (total.owed_by_us_stroops, total.paid_by_us_stroops),
+        (0, 7_063)
+    );
+
+    // Each worker checks the requester's signed notice and credits its receipts once.
+    let intents = rl.intents(10).unwrap();
+    assert_eq!(intents.len(), 1);
+    let intent = &intents[0];
+    let requester_side = RequesterReceipts::new(rl.clone(), requester_id.clone());
+    let signed = requester_side.notice(intent).unwrap();
+    let unacked = rl.unacknowledged_notices(10).unwrap();
+    assert_eq!(unacked.len(), 1);
+    assert_eq!(unacked[0].1.len(), 2);
+    for ((id, wallet, _, n, sum), wl) in workers.iter().zip(&wls) {
+        let w = WorkerReceipts::new(wl.clone(), id.clone(), wallet.address(), stellar.clone());
+        let got = w.record_notice(&signed).await.unwrap();
+        let RecordedPayment::New(p) = &got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(p.credits.len(), *n);
+        assert_eq!(p.credits.iter().map(|c| c.stroops).sum::<u64>(), *sum);
+        assert_eq!((p.received_stroops, p.unallocated_stroops), (*sum, 0));
+        assert!(p.ignored.is_empty(), "{:?}", p.ignored);
+        assert_eq!(
+            w.record_notice(&signed).await.unwrap(),
+            RecordedPayment::AlreadyRecorded(p.clone())
+        );
+        for r in wl.receipts(None, 100).unwrap() {
+            assert!(
+                matches!(r.settlement, Settlement::Settled { tx_hash, .. } if tx_hash == intent.draft.tx_hash),
+                "{:?}",
+                r.settlement
+            );
+            assert_eq!(r.paid_stroops, r.price_stroops());
+        }
+        let b = wl.balances().unwrap().total;
+        assert_eq!(
+            (
+                b.owed_to_us_stroops,
+                b.paid_to_us_stroops,
+                b.overpaid_to_us_stroops
+            ),
+            (0, *sum, 0)
+        );
+        let standing = wl.standing(&me).unwrap();
+        assert_eq!(
+            (standing.unpaid_stroops, standing.oldest_unpaid_at),
+            (0, None)
+        );
+        wl.audit().unwrap();
+        requester_side
+            .acknowledged(intent.id, id.node_id())
+            .await
+            .unwrap();
+    }
+    assert!(rl.unacknowledged_notices(10).unwrap().is_empty());
+
+    // Reopened, every ledger reads the same, and nothing is migrated twice.
+    let snaps: Vec<_> = wls.iter().map(|l| snapshot(l)).collect();
+    let req_snap = (snapshot(&rl), rl.intents(10).unwrap());
+    drop((wls, settler, requester_side, rl));
+    let rl = Ledger::open(&dir.path().join("requester.redb")).unwrap();
+    assert_eq!((snapshot(&rl), rl.intents(10).unwrap()), req_snap);
+    rl.audit().unwrap();
+    for ((.., file, _, _), snap) in workers.iter().zip(&snaps) {
+        let wl = Ledger::open(&dir.path().join(file)).unwrap();
+        assert_eq!(&snapshot(&wl), snap);
+        assert!(wl.payment_in(&intent.draft.tx_hash).unwrap().is_some());
+        wl.audit().unwrap();
+    }
+    // The committed fixtures were never touched.
+    for (name, bytes) in files.iter().zip(&committed) {
+        assert_eq!(
+            &std::fs::read(fixtures.join(name)).unwrap(),
+            bytes,
+            "{name}"
+        );
+    }
+    horizon.stop().await;
 }

@@ -361,7 +361,10 @@ pub fn dispute<'a>(
     let d = signed.verify_by(&signed.body.requester)?;
     let r = d.receipt.verify_by(me)?;
     if r.requester != d.requester {
-        return Err(field("requester", "disputes a receipt of another requester"));
+        return Err(field(
+            "requester",
+            "disputes a receipt of another requester",
+        ));
     }
     Ok(d)
 }
@@ -461,6 +464,17 @@ mod tests {
         assert!(err(notice(vec![line(NodeId([2; 32]), 5, good)])).contains("this node"));
         assert!(err(notice(vec![line(me, 0, good)])).contains("amount_stroops"));
         assert!(err(notice(vec![line(me, 5, "GAAZ")])).contains("payout"));
+        // The paying account must be an account, and the signature covers it.
+        let mut no_account = notice(vec![line(me, 5, good)]).body;
+        no_account.payer_account = "GAAZ".into();
+        assert!(err(Signed::sign(no_account, &payer).unwrap()).contains("payer_account"));
+        let mut swapped = notice(vec![line(me, 5, good)]);
+        swapped.body.payer_account =
+            "GBRPYHIL2CI3FNQ4BXLFMNDLFJUNPU2HY3ZMFSHONUCEOASW7QC7OX2H".into();
+        assert!(matches!(
+            settlement_notice(&swapped, &me),
+            Err(ValidationError::Signature(_))
+        ));
         let many = vec![line(me, 1, good); MAX_NOTICE_RECEIPTS + 1];
         assert!(err(notice(many)).contains("allowed"));
     }

@@ -15,12 +15,25 @@ use crank_protocol::{
 };
 use crank_scheduler::score::{award_price, score_bid};
 use crank_scheduler::{
-    Auction, AuctionConfig, CandidateQuery, CostModel, Input, Output, PaymentRule, Preference,
-    QueueState, TaskSpec, TrustBook, WorkerLimits, WorkerState, quote, select_candidates,
+    Auction, AuctionConfig, CandidateQuery, CostModel, CreditPolicy, Input, Output, PaymentRule,
+    Preference, QueueState, RequesterStanding, TaskSpec, TrustBook, WorkerLimits, WorkerState,
+    quote, select_candidates,
 };
 
 const PAYOUT: &str = "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7";
+const PAYER: &str = "GBRPYHIL2CI3FNQ4BXLFMNDLFJUNPU2HY3ZMFSHONUCEOASW7QC7OX2H";
+const NONCE: [u8; 16] = [4; 16];
 const T0: u64 = 1_000_000;
+
+/// The benchmarked task, its id derived as a requester derives it.
+fn task() -> TaskId {
+    TaskId::derive(
+        &identity(usize::MAX).node_id(),
+        &NONCE,
+        &ModelId([2; 32]),
+        &ContentHash([3; 32]),
+    )
+}
 
 fn identity(i: usize) -> Identity {
     let mut secret = [7u8; 32];
@@ -30,12 +43,14 @@ fn identity(i: usize) -> Identity {
 
 fn spec() -> TaskSpec {
     TaskSpec {
-        task_id: TaskId([1; 32]),
+        task_id: task(),
         requester: identity(usize::MAX).node_id(),
         model: ModelId([2; 32]),
         model_bytes: 100_000,
         input_hash: ContentHash([3; 32]),
         input_elements: 64,
+        nonce: NONCE,
+        payer: PAYER.into(),
         max_price_stroops: 1_000_000,
         deadline: T0 + 60_000,
         bid_window_ms: 500,
@@ -50,8 +65,12 @@ fn bids(n: usize) -> (Vec<NodeId>, Vec<Signed<Bid>>) {
         let id = identity(i);
         let k = i as u64;
         let body = Bid {
-            task_id: TaskId([1; 32]),
+            task_id: task(),
             worker: id.node_id(),
+            model: ModelId([2; 32]),
+            model_bytes: 100_000,
+            input_hash: ContentHash([3; 32]),
+            input_elements: 64,
             price_stroops: 100 + (k * 37) % 900,
             est_latency_ms: 20 + ((k * 53) % 2000) as u32,
             est_energy_mj: 5 + (k * 71) % 5000,
@@ -235,15 +254,19 @@ fn main() {
         measured: Default::default(),
         limits: WorkerLimits::default(),
         payout: PAYOUT.into(),
+        credit: CreditPolicy::default(),
+        requester: RequesterStanding::default(),
     };
     let cfb = crank_protocol::CallForBids {
-        task_id: TaskId([1; 32]),
+        task_id: task(),
         requester: identity(usize::MAX).node_id(),
         model: ModelId([2; 32]),
         model_bytes: 100_000,
         input_hash: ContentHash([3; 32]),
         input_elements: 64,
         max_price_stroops: 1_000_000,
+        nonce: NONCE,
+        payer: PAYER.into(),
         bid_deadline: T0 + 500,
         deadline: T0 + 60_000,
         issued_at: T0,

@@ -34,13 +34,21 @@
 //!
 //! let (me, worker) = (Identity::from_secret([1; 32]), Identity::from_secret([2; 32]));
 //! let now = 1_700_000_000_000;
+//! let payer = "GBRPYHIL2CI3FNQ4BXLFMNDLFJUNPU2HY3ZMFSHONUCEOASW7QC7OX2H"; // pays from here
+//! let inputs = vec![NamedTensor { name: "x".into(), tensor: Tensor::f32(vec![1, 64], vec![0.5; 64])? }];
+//! let input_hash = tensor::tensors_hash(&inputs);
+//! // A fresh random nonce per task; the id commits to it, the model and the inputs.
+//! let nonce = [7; 16];
+//! let model = ModelId([3; 32]);
 //! let spec = TaskSpec {
-//!     task_id: TaskId([9; 32]),
+//!     task_id: TaskId::derive(&me.node_id(), &nonce, &model, &input_hash),
 //!     requester: me.node_id(),
-//!     model: ModelId([3; 32]),
+//!     model,
 //!     model_bytes: 100_000,
-//!     input_hash: ContentHash([4; 32]),
+//!     input_hash,
 //!     input_elements: 64,
+//!     nonce,
+//!     payer: payer.into(),
 //!     max_price_stroops: 5_000,
 //!     deadline: now + 30_000,
 //!     bid_window_ms: 300,
@@ -67,26 +75,33 @@
 //!     measured: Default::default(),
 //!     limits: WorkerLimits::default(),
 //!     payout: "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7".into(),
+//!     // What the worker's ledger says this requester owes it: nothing yet.
+//!     credit: CreditPolicy::default(),
+//!     requester: RequesterStanding::default(),
 //! };
 //! let bid = quote(&cfb, &state, &CostModel::default(), now + 5).expect("a bid");
 //! let asked = bid.price_stroops;
+//! let my_bid = bid.clone();
 //! let bid = Signed::sign(bid, &worker)?;
 //! auction.handle(Input::Bid { from: worker.node_id(), bid }, now + 5)?;
 //!
 //! // Everyone asked has answered, so the award is out; a lone bidder is paid its own bid.
 //! let Some(Output::SendAward { to, price_stroops }) = auction.poll_output() else { panic!() };
 //! assert_eq!((to, price_stroops), (worker.node_id(), asked));
-//! let _award = auction.award_message(to, price_stroops, Vec::new()); // sign, add inputs, send
+//! let award = auction.award_message(to, price_stroops, inputs); // sign and send
+//! // The worker takes it only for the work it bid for (task, model, inputs, price).
+//! check_award(&my_bid, &award, now + 8).expect("the award matches the bid");
 //! auction.handle(Input::AwardAccepted { from: to }, now + 10)?;
 //! // Until the result arrives, the driver wakes the auction at `poll_timeout()`.
 //! assert!(auction.poll_timeout().is_some_and(|t| t <= now + 30_000));
 //! # let receipt = Signed::sign(WorkReceipt {
-//! #     task_id: TaskId([9; 32]), requester: me.node_id(), worker: to, model: ModelId([3; 32]),
-//! #     input_hash: ContentHash([4; 32]), output_hash: ContentHash([5; 32]),
+//! #     task_id: award.task_id, requester: me.node_id(), worker: to, model,
+//! #     input_hash, output_hash: ContentHash([5; 32]),
 //! #     price_stroops, energy: Energy { microjoules: 1_000, method: EnergyMethod::CpuTimeEstimate },
 //! #     path: ExecPath::Cpu, timings: Timings { accepted_at: 0, started_at: 0, finished_at: 0,
 //! #     run_micros: 1 }, pair_seq: 1, cumulative_stroops: price_stroops,
-//! #     payout: "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7".into() }, &worker)?;
+//! #     payout: "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7".into(),
+//! #     payer: payer.into() }, &worker)?;
 //! auction.handle(Input::Result { from: to, receipt }, now + 90)?;
 //! let mut trust = trust;
 //! while let Some(out) = auction.poll_output() {
@@ -168,8 +183,8 @@ pub use auction::{Auction, AuctionConfig, Input, InputError, Output, SpecError, 
 pub use candidates::{CandidateQuery, RankedCandidate, rank_candidates, select_candidates};
 pub use crank_protocol::UnixMillis;
 pub use quote::{
-    BidBook, CreditPolicy, RequesterStanding, BidBookError, CostModel, CostModelError, MeasuredRun, QueueState, WorkerLimits,
-    WorkerState, check_award, quote,
+    BidBook, BidBookError, CostModel, CostModelError, CreditPolicy, MeasuredRun, QueueState,
+    RequesterStanding, WorkerLimits, WorkerState, check_award, quote,
 };
 pub use score::{PaymentRule, Preference, Score, Weights, WeightsError};
 pub use trust::{TaskOutcome, TrustBook, TrustError, TrustPrior, TrustRecord};

@@ -542,22 +542,56 @@ impl BidBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crank_protocol::ContentHash;
+    use crank_protocol::tensor::tensors_hash;
+    use crank_protocol::{NamedTensor, Tensor};
 
     const PAYOUT: &str = "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7";
+    const PAYER: &str = "GBRPYHIL2CI3FNQ4BXLFMNDLFJUNPU2HY3ZMFSHONUCEOASW7QC7OX2H";
+    const NONCE: [u8; 16] = [5; 16];
+
+    /// `n` input elements in one tensor.
+    fn inputs(n: u64) -> Vec<NamedTensor> {
+        vec![NamedTensor {
+            name: "x".into(),
+            tensor: Tensor::f32(vec![1, n], vec![0.5; n as usize]).unwrap(),
+        }]
+    }
 
     fn cfb() -> CallForBids {
+        let requester = NodeId([2; 32]);
+        let model = ModelId([3; 32]);
+        let input_hash = tensors_hash(&inputs(64));
         CallForBids {
-            task_id: TaskId([1; 32]),
-            requester: NodeId([2; 32]),
-            model: ModelId([3; 32]),
+            task_id: TaskId::derive(&requester, &NONCE, &model, &input_hash),
+            requester,
+            model,
             model_bytes: 100_000,
-            input_hash: ContentHash([4; 32]),
+            input_hash,
             input_elements: 64,
             max_price_stroops: 1_000_000,
+            nonce: NONCE,
+            payer: PAYER.into(),
             bid_deadline: 1_500,
             deadline: 60_000,
             issued_at: 1_000,
+        }
+    }
+
+    /// The award of `cfb()` for `bid`, at `price`, carrying the called-for inputs.
+    fn award(bid: &Bid, price: u64) -> Award {
+        let c = cfb();
+        Award {
+            task_id: bid.task_id,
+            requester: c.requester,
+            worker: bid.worker,
+            price_stroops: price,
+            model: c.model,
+            model_bytes: c.model_bytes,
+            inputs: inputs(64),
+            input_hash: c.input_hash,
+            nonce: c.nonce,
+            payer: c.payer,
+            deadline: c.deadline,
         }
     }
 
@@ -587,6 +621,8 @@ mod tests {
             measured: BTreeMap::new(),
             limits: WorkerLimits::default(),
             payout: PAYOUT.into(),
+            credit: CreditPolicy::default(),
+            requester: RequesterStanding::default(),
         }
     }
 
@@ -734,17 +770,7 @@ mod tests {
     #[test]
     fn awards_must_match_the_bid() {
         let bid = quote(&cfb(), &state(), &CostModel::default(), 1_000).unwrap();
-        let award = Award {
-            task_id: bid.task_id,
-            requester: NodeId([2; 32]),
-            worker: bid.worker,
-            price_stroops: bid.price_stroops + 5,
-            model: ModelId([3; 32]),
-            model_bytes: 100_000,
-            inputs: Vec::new(),
-            input_hash: ContentHash([4; 32]),
-            deadline: 60_000,
-        };
+        let award = award(&bid, bid.price_stroops + 5);
         assert!(check_award(&bid, &award, 2_000).is_ok());
         let cheap = Award {
             price_stroops: bid.price_stroops - 1,
@@ -781,17 +807,7 @@ mod tests {
             book.insert(third.clone(), 1_000),
             Err(BidBookError::Full(2))
         );
-        let award = Award {
-            task_id: bid.task_id,
-            requester: NodeId([2; 32]),
-            worker: bid.worker,
-            price_stroops: bid.price_stroops,
-            model: ModelId([3; 32]),
-            model_bytes: 100_000,
-            inputs: Vec::new(),
-            input_hash: ContentHash([4; 32]),
-            deadline: 60_000,
-        };
+        let award = award(&bid, bid.price_stroops);
         let low = Award {
             price_stroops: bid.price_stroops - 1,
             ..award.clone()
@@ -813,5 +829,160 @@ mod tests {
         let later = quote(&c4, &state(), &cost, 40_000).unwrap();
         book.insert(later, 40_000).unwrap();
         assert_eq!(book.len(), 1);
+    }
+
+    #[test]
+    fn the_bid_binds_the_work_called_for() {
+        let c = cfb();
+        let bid = quote(&c, &state(), &CostModel::default(), 1_000).unwrap();
+        assert_eq!(bid.task_id, c.task_id);
+        assert_eq!(bid.model, c.model);
+        assert_eq!(bid.model_bytes, c.model_bytes);
+        assert_eq!(bid.input_hash, c.input_hash);
+        assert_eq!(bid.input_elements, c.input_elements);
+    }
+
+    #[test]
+    fn an_award_of_other_work_is_refused() {
+        let bid = quote(&cfb(), &state(), &CostModel::default(), 1_000).unwrap();
+        let good = award(&bid, bid.price_stroops);
+        assert_eq!(check_award(&bid, &good, 2_000), Ok(()));
+        // Another model.
+        let other_model = Award {
+            model: ModelId([30; 32]),
+            ..good.clone()
+        };
+        // The same model, claimed at another size.
+        let other_size = Award {
+            model_bytes: good.model_bytes * 10,
+            ..good.clone()
+        };
+        // Other inputs: more elements than the price was computed for (consistently hashed).
+        let bigger = inputs(64 * 1_000);
+        let other_inputs = Award {
+            input_hash: tensors_hash(&bigger),
+            inputs: bigger,
+            ..good.clone()
+        };
+        // The same element count under another hash.
+        let other_hash = Award {
+            inputs: vec![NamedTensor {
+                name: "y".into(),
+                tensor: Tensor::f32(vec![64], vec![0.25; 64]).unwrap(),
+            }],
+            input_hash: tensors_hash(&inputs(63)),
+            ..good.clone()
+        };
+        // The right hash, but the inputs carried have fewer elements than bid for.
+        let fewer_elements = Award {
+            inputs: inputs(32),
+            ..good.clone()
+        };
+        // Another task, or addressed to another worker.
+        let other_task = Award {
+            task_id: TaskId([8; 32]),
+            ..good.clone()
+        };
+        let other_worker = Award {
+            worker: NodeId([10; 32]),
+            ..good.clone()
+        };
+        for (what, a) in [
+            ("model", other_model),
+            ("model size", other_size),
+            ("inputs", other_inputs),
+            ("input hash", other_hash),
+            ("element count", fewer_elements),
+            ("task", other_task),
+            ("worker", other_worker),
+        ] {
+            assert_eq!(
+                check_award(&bid, &a, 2_000),
+                Err(DeclineReason::NotBidFor),
+                "an award with another {what}"
+            );
+        }
+        // The book refuses it too, and keeps the bid open for the matching award.
+        let mut book = BidBook::new(4);
+        book.insert(bid.clone(), 1_000).unwrap();
+        let wrong = Award {
+            model: ModelId([30; 32]),
+            ..good.clone()
+        };
+        assert_eq!(
+            book.take_for_award(&wrong, 2_000),
+            Err(DeclineReason::NotBidFor)
+        );
+        assert_eq!(book.take_for_award(&good, 2_000), Ok(bid));
+    }
+
+    #[test]
+    fn a_requester_over_its_credit_limit_is_declined_until_it_pays() {
+        let cost = CostModel::default();
+        let credit = CreditPolicy {
+            max_unpaid_stroops: 10_000,
+            max_unpaid_age_secs: 3_600,
+        };
+        let now: UnixMillis = 10_000_000;
+        let c = CallForBids {
+            bid_deadline: now + 500,
+            deadline: now + 60_000,
+            issued_at: now,
+            ..cfb()
+        };
+        let with = |unpaid_stroops, oldest_unpaid_at| WorkerState {
+            credit,
+            requester: RequesterStanding {
+                unpaid_stroops,
+                oldest_unpaid_at,
+            },
+            ..state()
+        };
+        // Within both limits (exactly at the amount, younger than the age): a bid.
+        assert!(quote(&c, &with(10_000, Some(now - 60_000)), &cost, now).is_ok());
+        assert!(quote(&c, &with(0, None), &cost, now).is_ok());
+
+        // Owes more than the limit.
+        let over = quote(&c, &with(10_001, Some(now - 60_000)), &cost, now).unwrap_err();
+        assert_eq!(over.category(), "credit");
+        assert_eq!(
+            over,
+            DeclineReason::Credit {
+                owed_stroops: 10_001,
+                oldest_unpaid_secs: 60,
+                limit: "limit 10000 stroops".into(),
+            }
+        );
+
+        // Owes little, but for too long.
+        let old = quote(&c, &with(500, Some(now - 3_601_000)), &cost, now).unwrap_err();
+        assert_eq!(old.category(), "credit");
+        assert_eq!(
+            old,
+            DeclineReason::Credit {
+                owed_stroops: 500,
+                oldest_unpaid_secs: 3_601,
+                limit: "unpaid for more than 3600 s".into(),
+            }
+        );
+        assert!(old.to_string().contains("pay to restore service"), "{old}");
+
+        // Paid: the ledger's standing drops back under the limits and the worker bids again,
+        // at the price a requester in good standing gets.
+        let fresh = quote(&c, &state(), &cost, now).unwrap();
+        assert_eq!(quote(&c, &with(0, None), &cost, now), Ok(fresh.clone()));
+        // Partly paid: the oldest unpaid receipt is recent again and the total is under.
+        assert_eq!(
+            quote(&c, &with(9_000, Some(now - 1_000)), &cost, now),
+            Ok(fresh)
+        );
+
+        // The gate and the queue still come first: credit is not the reason then.
+        let mut closed = with(10_001, Some(now));
+        closed.gate_closed = Some(GateReason::OnBattery { percent: None });
+        assert_eq!(
+            quote(&c, &closed, &cost, now).unwrap_err().category(),
+            "on battery"
+        );
     }
 }

@@ -4,26 +4,45 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crank_protocol::tensor::tensors_hash;
+use crank_protocol::validate::{self, Limits};
 use crank_protocol::{
     Bid, CallForBids, CapabilityAdvert, Capacity, ContentHash, Decline, DeclineReason, Energy,
     EnergyMethod, ExecPath, FailureReason, GateInfo, GateReason, Hardware, Identity, ModelId,
-    NodeId, PathBench, PowerInfo, Pricing, RunPolicy, Signed, TaskFailure, TaskId, Timings,
-    TrustSummary, UnixMillis, WorkReceipt,
+    NamedTensor, NodeId, PathBench, PowerInfo, Pricing, RunPolicy, Signed, TaskFailure, TaskId,
+    Tensor, Timings, TrustSummary, UnixMillis, WorkReceipt,
 };
 use crank_scheduler::score::score_bid;
 use crank_scheduler::{
-    Auction, AuctionConfig, CandidateQuery, CostModel, FailCause, Input, Output, Preference,
-    QueueState, Status, TaskOutcome, TaskSpec, TrustBook, Weights, WorkerLimits, WorkerState,
-    check_award, quote, select_candidates,
+    Auction, AuctionConfig, CandidateQuery, CostModel, CreditPolicy, FailCause, Input, Output,
+    Preference, QueueState, RequesterStanding, Status, TaskOutcome, TaskSpec, TrustBook, Weights,
+    WorkerLimits, WorkerState, check_award, quote, select_candidates,
 };
 use proptest::prelude::*;
 
 const PAYOUT: &str = "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7";
 const T0: UnixMillis = 1_700_000_000_000;
+const PAYER: &str = "GBRPYHIL2CI3FNQ4BXLFMNDLFJUNPU2HY3ZMFSHONUCEOASW7QC7OX2H";
 const MODEL: ModelId = ModelId([7; 32]);
-const INPUT: ContentHash = ContentHash([8; 32]);
-const TASK: TaskId = TaskId([42; 32]);
+const NONCE: [u8; 16] = [3; 16];
 const MAX_PRICE: u64 = 10_000;
+
+/// The task's 64 input elements.
+fn inputs() -> Vec<NamedTensor> {
+    vec![NamedTensor {
+        name: "x".into(),
+        tensor: Tensor::f32(vec![1, 64], vec![0.5; 64]).unwrap(),
+    }]
+}
+
+fn input_hash() -> ContentHash {
+    tensors_hash(&inputs())
+}
+
+/// The task id, derived from the requester (node 0), the nonce, the model and the inputs.
+fn task() -> TaskId {
+    TaskId::derive(&node(0), &NONCE, &MODEL, &input_hash())
+}
 
 fn ident(n: u8) -> Identity {
     Identity::from_secret([n; 32])
@@ -35,12 +54,14 @@ fn node(n: u8) -> NodeId {
 
 fn spec(deadline: UnixMillis, weights: Weights) -> TaskSpec {
     TaskSpec {
-        task_id: TASK,
+        task_id: task(),
         requester: node(0),
         model: MODEL,
         model_bytes: 200_000,
-        input_hash: INPUT,
+        input_hash: input_hash(),
         input_elements: 64,
+        nonce: NONCE,
+        payer: PAYER.into(),
         max_price_stroops: MAX_PRICE,
         deadline,
         bid_window_ms: 500,
@@ -55,11 +76,11 @@ fn drain(a: &mut Auction) -> Vec<Output> {
 fn receipt(worker: &Identity, price: u64) -> Signed<WorkReceipt> {
     Signed::sign(
         WorkReceipt {
-            task_id: TASK,
+            task_id: task(),
             requester: node(0),
             worker: worker.node_id(),
             model: MODEL,
-            input_hash: INPUT,
+            input_hash: input_hash(),
             output_hash: ContentHash([9; 32]),
             price_stroops: price,
             energy: Energy {
@@ -76,6 +97,7 @@ fn receipt(worker: &Identity, price: u64) -> Signed<WorkReceipt> {
             pair_seq: 1,
             cumulative_stroops: price,
             payout: PAYOUT.into(),
+            payer: PAYER.into(),
         },
         worker,
     )
@@ -117,6 +139,8 @@ fn worker(n: u8, ips: f32, uj: u64, cached: bool) -> Worker {
             measured: BTreeMap::new(),
             limits: WorkerLimits::default(),
             payout: PAYOUT.into(),
+            credit: CreditPolicy::default(),
+            requester: RequesterStanding::default(),
         },
         bid: None,
     }
@@ -233,6 +257,12 @@ fn a_task_runs_from_adverts_to_a_counter_signable_result() {
     let Some(Output::SendCallForBids { to, cfb, .. }) = a.poll_output() else {
         panic!("first output is a call for bids");
     };
+    // Signed by the requester, the call passes a worker's checks: its task id derives from
+    // the nonce, model and inputs, and it names the paying account.
+    let limits = Limits::default();
+    let signed_cfb = Signed::sign(cfb.clone(), &ident(0)).unwrap();
+    assert_eq!(validate::call_for_bids(&signed_cfb, T0, &limits), Ok(&cfb));
+    assert_eq!(cfb.payer, PAYER);
     assert_eq!(to.len(), 5);
     assert!(
         !to.contains(&node(4)),
@@ -262,10 +292,22 @@ fn a_task_runs_from_adverts_to_a_counter_signable_result() {
     assert!(price_stroops >= bid.price_stroops && price_stroops <= MAX_PRICE);
 
     // The worker checks the award against its bid, accepts, runs and reports.
-    let award = a.award_message(winner, price_stroops, Vec::new());
+    let award = a.award_message(winner, price_stroops, inputs());
     assert_eq!(
         (award.task_id, award.input_hash, award.deadline),
-        (TASK, INPUT, T0 + 30_000)
+        (task(), input_hash(), T0 + 30_000)
+    );
+    assert_eq!((award.nonce, award.payer.as_str()), (NONCE, PAYER));
+    let signed_award = Signed::sign(award.clone(), &ident(0)).unwrap();
+    assert_eq!(
+        validate::award(&signed_award, &winner, T0 + 510, &limits),
+        Ok(&award)
+    );
+    // Without its inputs, the award is not the work bid for.
+    let empty = a.award_message(winner, price_stroops, Vec::new());
+    assert_eq!(
+        check_award(&bid, &empty, T0 + 510),
+        Err(DeclineReason::NotBidFor)
     );
     let cancel = a.cancel_message(winner);
     assert_eq!((cancel.requester, cancel.worker), (node(0), winner));
@@ -341,6 +383,79 @@ fn many_asked_none_able_explains_why() {
     assert_eq!(e.cause, FailCause::NoAcceptableBid);
 }
 
+#[test]
+fn a_requester_that_does_not_pay_is_refused_credit_until_it_does() {
+    let credit = CreditPolicy {
+        max_unpaid_stroops: 1_000_000,
+        max_unpaid_age_secs: 24 * 3600,
+    };
+    let mut workers: Vec<Worker> = (1..=3).map(|n| worker(n, 1_000.0, 10_000, true)).collect();
+    for w in &mut workers {
+        w.state.credit = credit;
+    }
+    // Worker 1 is owed too much, worker 2 for too long, worker 3 little and recently.
+    workers[0].state.requester = RequesterStanding {
+        unpaid_stroops: 1_000_001,
+        oldest_unpaid_at: Some(T0 - 1_000),
+    };
+    workers[1].state.requester = RequesterStanding {
+        unpaid_stroops: 200,
+        oldest_unpaid_at: Some(T0 - 24 * 3600 * 1000 - 1_000),
+    };
+    workers[2].state.requester = RequesterStanding {
+        unpaid_stroops: 200,
+        oldest_unpaid_at: Some(T0 - 1_000),
+    };
+    let run = |workers: &mut [Worker]| {
+        let candidates: Vec<NodeId> = workers.iter().map(|w| w.state.node).collect();
+        let mut a = Auction::new(
+            spec(T0 + 30_000, Weights::default()),
+            AuctionConfig::default(),
+            &candidates,
+            &TrustBook::default(),
+            T0,
+        )
+        .unwrap();
+        let Some(Output::SendCallForBids { cfb, .. }) = a.poll_output() else {
+            panic!()
+        };
+        for w in workers.iter_mut() {
+            a.handle(answer(w, &cfb, T0 + 5), T0 + 5).unwrap();
+        }
+        drain(&mut a)
+    };
+
+    // Only worker 3 bids; the other two decline with a credit reason.
+    let out = run(&mut workers);
+    assert_eq!(
+        out.iter().find_map(|o| match o {
+            Output::SendAward { to, .. } => Some(*to),
+            _ => None,
+        }),
+        Some(node(3))
+    );
+    assert!(workers[0].bid.is_none() && workers[1].bid.is_none());
+    // Worker 3 is owed too much as well: nobody bids, and the explanation says why.
+    workers[2].state.requester.unpaid_stroops = 5_000_000;
+    let out = run(&mut workers);
+    let Some(Output::Failed(e)) = out.last() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(e.to_string(), "no acceptable bid; asked 3: 3 credit");
+
+    // The requester pays everything: its standing is clear and all three bid again.
+    for w in &mut workers {
+        w.state.requester = RequesterStanding::default();
+        w.bid = None;
+    }
+    let out = run(&mut workers);
+    assert!(
+        out.iter().any(|o| matches!(o, Output::SendAward { .. })),
+        "{out:?}"
+    );
+    assert!(workers.iter().all(|w| w.bid.is_some()));
+}
+
 // ---------------------------------------------------------------------------------------
 // Property: the award is the minimum-score acceptable bid, within [bid, max price].
 // ---------------------------------------------------------------------------------------
@@ -351,6 +466,7 @@ enum Fault {
     BadSignature,
     WrongTask,
     WrongWorker,
+    OtherWork,
     NotAsked,
 }
 
@@ -372,6 +488,7 @@ fn fault() -> impl Strategy<Value = Fault> {
         1 => Just(Fault::BadSignature),
         1 => Just(Fault::WrongTask),
         1 => Just(Fault::WrongWorker),
+        1 => Just(Fault::OtherWork),
         1 => Just(Fault::NotAsked),
     ]
 }
@@ -406,13 +523,22 @@ fn signed_bid(n: u8, c: &BidCase) -> Signed<Bid> {
         task_id: if c.fault == Fault::WrongTask {
             TaskId([1; 32])
         } else {
-            TASK
+            task()
         },
         worker: if c.fault == Fault::WrongWorker {
             node(200)
         } else {
             node(n)
         },
+        // A bid for another model than called for.
+        model: if c.fault == Fault::OtherWork {
+            ModelId([70; 32])
+        } else {
+            MODEL
+        },
+        model_bytes: 200_000,
+        input_hash: input_hash(),
+        input_elements: 64,
         price_stroops: c.price,
         est_latency_ms: c.latency,
         est_energy_mj: c.energy,
@@ -628,8 +754,12 @@ fn to_input(e: &Event, a: &Auction) -> Option<Input> {
                 from: node(peer),
                 bid: Signed::sign(
                     Bid {
-                        task_id: TASK,
+                        task_id: task(),
                         worker: node(peer),
+                        model: MODEL,
+                        model_bytes: 200_000,
+                        input_hash: input_hash(),
+                        input_elements: 64,
                         price_stroops: price,
                         est_latency_ms: latency,
                         est_energy_mj: 10,
@@ -691,7 +821,7 @@ fn to_input(e: &Event, a: &Auction) -> Option<Input> {
                 from: node(p),
                 failure: Signed::sign(
                     TaskFailure {
-                        task_id: TASK,
+                        task_id: task(),
                         requester: node(0),
                         worker: node(p),
                         reason,
@@ -727,7 +857,7 @@ fn to_input(e: &Event, a: &Auction) -> Option<Input> {
 fn decline(peer: u8) -> Signed<Decline> {
     Signed::sign(
         Decline {
-            task_id: TASK,
+            task_id: task(),
             worker: node(peer),
             reason: DeclineReason::QueueFull {
                 queued: 1,

@@ -14,8 +14,7 @@ use tracing::info;
 
 use super::{LedgerError, Tables, contribute, count, decode, encode};
 use crate::types::{
-    Check, CounterpartyBalance, LegacyPendingReceipt, ReceiptProof, Role, Settlement,
-    StoredReceipt,
+    Check, CounterpartyBalance, LegacyPendingReceipt, ReceiptProof, Role, Settlement, StoredReceipt,
 };
 
 /// A stored receipt as schema 1 wrote it.
@@ -38,7 +37,10 @@ pub(super) fn run(t: &mut Tables<'_>, from: u64) -> Result<(), LedgerError> {
     let mut old = Vec::new();
     for entry in t.receipts.iter()? {
         let (k, v) = entry?;
-        old.push((*k.value(), decode::<StoredReceiptV1>("receipts", v.value())?));
+        old.push((
+            *k.value(),
+            decode::<StoredReceiptV1>("receipts", v.value())?,
+        ));
     }
     let mut pending = Vec::new();
     for entry in t.pending.iter()? {

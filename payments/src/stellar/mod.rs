@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 
 pub use tx::{
     MAX_ENVELOPE_BASE64, MAX_PAYMENTS_PER_TX, Payment, SignedTx, TxError, TxParams, build_payments,
-    decode_envelope, envelope_hash, envelope_paid, envelope_payments, envelope_tx, sign_transaction,
-    verify_envelope,
+    decode_envelope, envelope_hash, envelope_paid, envelope_payments, envelope_tx,
+    sign_transaction, verify_envelope,
 };
 pub use wallet::{Wallet, WalletError};
 

@@ -6,6 +6,8 @@ use super::*;
 use crate::score::Preference;
 
 const PAYOUT: &str = "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7";
+const PAYER: &str = "GBRPYHIL2CI3FNQ4BXLFMNDLFJUNPU2HY3ZMFSHONUCEOASW7QC7OX2H";
+const NONCE: [u8; 16] = [6; 16];
 const T0: UnixMillis = 1_000_000;
 
 fn ident(n: u8) -> Identity {
@@ -16,14 +18,21 @@ fn node(n: u8) -> NodeId {
     ident(n).node_id()
 }
 
+/// The task every test auctions: its id derives from the requester, nonce, model and inputs.
+fn task() -> TaskId {
+    TaskId::derive(&node(0), &NONCE, &ModelId([7; 32]), &ContentHash([8; 32]))
+}
+
 fn spec(weights: Weights) -> TaskSpec {
     TaskSpec {
-        task_id: TaskId([42; 32]),
+        task_id: task(),
         requester: node(0),
         model: ModelId([7; 32]),
         model_bytes: 50_000,
         input_hash: ContentHash([8; 32]),
         input_elements: 64,
+        nonce: NONCE,
+        payer: PAYER.into(),
         max_price_stroops: 10_000,
         deadline: T0 + 60_000,
         bid_window_ms: 500,
@@ -45,8 +54,12 @@ fn auction(weights: Weights, workers: &[u8]) -> Auction {
 
 fn bid_body(n: u8, price: u64, latency: u32, energy: u64) -> Bid {
     Bid {
-        task_id: TaskId([42; 32]),
+        task_id: task(),
         worker: node(n),
+        model: ModelId([7; 32]),
+        model_bytes: 50_000,
+        input_hash: ContentHash([8; 32]),
+        input_elements: 64,
         price_stroops: price,
         est_latency_ms: latency,
         est_energy_mj: energy,
@@ -68,7 +81,7 @@ fn bid(n: u8, price: u64, latency: u32, energy: u64) -> Input {
 fn decline(n: u8, reason: DeclineReason) -> Signed<Decline> {
     Signed::sign(
         Decline {
-            task_id: TaskId([42; 32]),
+            task_id: task(),
             worker: node(n),
             reason,
         },
@@ -82,7 +95,7 @@ fn failure(n: u8, reason: FailureReason) -> Input {
         from: node(n),
         failure: Signed::sign(
             TaskFailure {
-                task_id: TaskId([42; 32]),
+                task_id: task(),
                 requester: node(0),
                 worker: node(n),
                 reason,
@@ -94,8 +107,20 @@ fn failure(n: u8, reason: FailureReason) -> Input {
 }
 
 fn receipt(n: u8, price: u64) -> Input {
-    let r = WorkReceipt {
-        task_id: TaskId([42; 32]),
+    receipt_from(receipt_body(n, price))
+}
+
+fn receipt_from(r: WorkReceipt) -> Input {
+    let n = (0..=u8::MAX).find(|n| node(*n) == r.worker).unwrap();
+    Input::Result {
+        from: r.worker,
+        receipt: Signed::sign(r, &ident(n)).unwrap(),
+    }
+}
+
+fn receipt_body(n: u8, price: u64) -> WorkReceipt {
+    WorkReceipt {
+        task_id: task(),
         requester: node(0),
         worker: node(n),
         model: ModelId([7; 32]),
@@ -116,10 +141,7 @@ fn receipt(n: u8, price: u64) -> Input {
         pair_seq: 1,
         cumulative_stroops: price,
         payout: PAYOUT.into(),
-    };
-    Input::Result {
-        from: node(n),
-        receipt: Signed::sign(r, &ident(n)).unwrap(),
+        payer: PAYER.into(),
     }
 }
 
@@ -633,4 +655,105 @@ fn a_bad_result_or_an_unreachable_worker_is_re_awarded_at_once() {
         ),
         Err(InputError::NotAwarded(node(4)))
     );
+}
+
+#[test]
+fn the_call_and_the_award_carry_the_nonce_and_the_payer() {
+    let mut a = auction(Weights::default(), &[1, 2]);
+    let out = drain(&mut a);
+    let [Output::SendCallForBids { cfb, .. }] = &out[..] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(cfb.nonce, NONCE);
+    assert_eq!(cfb.payer, PAYER);
+    assert_eq!(
+        TaskId::derive(&cfb.requester, &cfb.nonce, &cfb.model, &cfb.input_hash),
+        cfb.task_id,
+        "a worker can re-derive the task id"
+    );
+    let award = a.award_message(node(1), 300, Vec::new());
+    assert_eq!(award.nonce, NONCE);
+    assert_eq!(award.payer, PAYER);
+    assert_eq!(award.task_id, task());
+}
+
+#[test]
+fn a_bid_for_other_work_is_rejected() {
+    let mut a = auction(Weights::default(), &[1, 2, 3, 4, 5]);
+    drain(&mut a);
+    let other = |n: u8, change: fn(&mut Bid)| {
+        let mut b = bid_body(n, 1, 1, 1);
+        change(&mut b);
+        Input::Bid {
+            from: node(n),
+            bid: Signed::sign(b, &ident(n)).unwrap(),
+        }
+    };
+    type Change = fn(&mut Bid);
+    let cases: [(u8, Change); 4] = [
+        (1, |b| b.model = ModelId([70; 32])),
+        (2, |b| b.model_bytes = 1),
+        (3, |b| b.input_hash = ContentHash([80; 32])),
+        (4, |b| b.input_elements = 1),
+    ];
+    for (n, change) in cases {
+        assert_eq!(
+            a.handle(other(n, change), T0 + 1),
+            Err(InputError::Rejected {
+                peer: node(n),
+                reason: Rejection::OtherWork
+            }),
+            "bid of worker {n}"
+        );
+    }
+    // The rejected bidders had their answer: only worker 5's bid for the right work counts.
+    a.handle(bid(5, 400, 100, 100), T0 + 2).unwrap();
+    let out = drain(&mut a);
+    assert_eq!(award_of(&out), Some((node(5), 400)));
+    let rejected = a
+        .trace()
+        .answers
+        .iter()
+        .filter(|x| {
+            matches!(
+                x.answer,
+                Answer::Rejected {
+                    reason: Rejection::OtherWork
+                }
+            )
+        })
+        .count();
+    assert_eq!(rejected, 4);
+    assert_eq!(Rejection::OtherWork.to_string(), "bid for other work");
+}
+
+#[test]
+fn a_receipt_naming_another_payer_is_refused() {
+    let mut a = auction(Preference::Balanced.weights(), &[1, 2, 3, 4, 5]);
+    drain(&mut a);
+    five_bids(&mut a);
+    let (w, price) = award_of(&drain(&mut a)).unwrap();
+    assert_eq!(w, node(4));
+    a.handle(Input::AwardAccepted { from: w }, T0 + 20).unwrap();
+    let mut r = receipt_body(4, price);
+    r.payer = PAYOUT.into();
+    assert_eq!(
+        a.handle(receipt_from(r), T0 + 30),
+        Err(InputError::Mismatch {
+            peer: node(4),
+            field: "payer"
+        })
+    );
+    let out = drain(&mut a);
+    assert!(out.contains(&Output::SendCancel { to: node(4) }));
+    assert!(!out.iter().any(|o| matches!(o, Output::Completed { .. })));
+    // The next worker's receipt names the award's payer and completes the task.
+    let (w, price) = award_of(&out).unwrap();
+    let n = (1..=5).find(|n| node(*n) == w).unwrap();
+    a.handle(Input::AwardAccepted { from: w }, T0 + 40).unwrap();
+    a.handle(receipt(n, price), T0 + 50).unwrap();
+    assert!(drain(&mut a).contains(&Output::Completed {
+        worker: w,
+        price_stroops: price
+    }));
 }

@@ -12,7 +12,7 @@
 
 use crank_protocol::{
     ContentHash, Decline, DeclineReason, Energy, EnergyMethod, ExecPath, FailureReason, GateReason,
-    NodeId, Signed, TaskFailure, TaskId, Timings, WorkReceipt,
+    NamedTensor, NodeId, Signed, TaskFailure, TaskId, Tensor, TensorData, Timings, WorkReceipt,
 };
 use crank_scheduler::{
     Auction, CandidateQuery, FailCause, FailureExplanation, Input, Output, Preference, TaskSpec,
@@ -20,7 +20,7 @@ use crank_scheduler::{
 };
 use tracing::warn;
 
-use super::device::Device;
+use super::device::{Device, payout_for};
 use super::engine::{AuctionSide, Delivery, Ev, Shard, Side, Task};
 use super::stats::ViolationKind;
 
@@ -34,6 +34,19 @@ fn category(e: &FailureExplanation) -> String {
         },
         other => other.to_string(),
     }
+}
+
+/// Inputs of `elements` elements, for an award: the simulation carries no real data, but a
+/// worker checks that an award carries as many input elements as it bid for.
+fn stand_in_inputs(elements: u64) -> Vec<NamedTensor> {
+    let n = usize::try_from(elements).unwrap_or(usize::MAX);
+    vec![NamedTensor {
+        name: "input".into(),
+        tensor: Tensor {
+            shape: vec![elements],
+            data: TensorData::U8(vec![0; n]),
+        },
+    }]
 }
 
 fn decline(d: &Device, task_id: TaskId, reason: DeclineReason) -> Option<Signed<Decline>> {
@@ -85,6 +98,8 @@ impl Shard<'_> {
             model_bytes: task.model_bytes,
             input_hash: task.input_hash,
             input_elements: task.elements,
+            nonce: task.nonce,
+            payer: payout_for(&self.requesters[r].node),
             max_price_stroops: self.cfg.workload.max_price_stroops,
             deadline: task.deadline,
             bid_window_ms: self.cfg.workload.bid_window_ms,
@@ -394,7 +409,9 @@ impl Shard<'_> {
             return;
         };
         let Side::Auction(a) = &t.side else { return };
-        let award = a.auction.award_message(node, price, Vec::new());
+        let award = a
+            .auction
+            .award_message(node, price, stand_in_inputs(t.elements));
         let now = self.now;
         let obeys_gate = !self.cfg.faults.workers_ignore_gate;
         let d = &mut self.devices[slot as usize];
@@ -479,6 +496,7 @@ impl Shard<'_> {
             pair_seq,
             cumulative_stroops: cumulative,
             payout: d.worker.payout.clone(),
+            payer: payout_for(&requester),
         };
         let from = d.node;
         match Signed::sign(receipt, &d.identity) {

@@ -11,6 +11,7 @@ use crank_protocol::CallForBids;
 use crank_scheduler::quote::path_quotes;
 
 use super::SchedulerKind;
+use super::device::payout_for;
 use super::engine::{BaselineSide, Current, Ev, Reply, Shard, Side, Task};
 use super::rng::{self, Purpose};
 
@@ -169,6 +170,8 @@ impl Shard<'_> {
             input_hash: t.input_hash,
             input_elements: t.elements,
             max_price_stroops: self.cfg.workload.max_price_stroops,
+            nonce: t.nonce,
+            payer: payout_for(&self.requesters[t.draw.requester as usize].node),
             bid_deadline: now,
             deadline: t.deadline,
             issued_at: now,

@@ -19,7 +19,9 @@ use crank_protocol::{
     CapabilityAdvert, Capacity, ContentHash, ExecPath, GateReason, Hardware as AdvertHardware,
     Identity, ModelId, NodeId, PathBench, Pricing, RunPolicy, TaskId, TrustSummary,
 };
-use crank_scheduler::{BidBook, CostModel, QueueState, WorkerLimits, WorkerState};
+use crank_scheduler::{
+    BidBook, CostModel, CreditPolicy, QueueState, RequesterStanding, WorkerLimits, WorkerState,
+};
 use rand_pcg::Pcg64Mcg;
 
 use super::population::{ClassSpec, DevState, Habits, Hardware};
@@ -239,6 +241,9 @@ impl Device {
             measured: BTreeMap::new(),
             limits: WorkerLimits::default(),
             payout: payout.clone(),
+            // Settlement is not simulated: no requester ever owes a worker beyond its credit.
+            credit: CreditPolicy::default(),
+            requester: RequesterStanding::default(),
         };
         let advert = CapabilityAdvert {
             node,

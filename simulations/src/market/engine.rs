@@ -170,6 +170,8 @@ pub(crate) enum Side {
 pub(crate) struct Task {
     pub draw: TaskDraw,
     pub task_id: TaskId,
+    /// The requester's nonce the task id derives from (with the model and input hash).
+    pub nonce: [u8; 16],
     pub model_id: ModelId,
     pub model_bytes: u64,
     pub input_hash: ContentHash,
@@ -651,6 +653,7 @@ impl<'a> Shard<'a> {
         let task = Task {
             draw,
             task_id: TaskId::derive(&requester, &nonce, &model_id, &input_hash),
+            nonce,
             model_id,
             model_bytes: spec.bytes,
             input_hash,
