@@ -211,9 +211,30 @@ async fn receipts(
 ) -> Result<Json<Value>, HttpError> {
     authorize(&state, &headers)?;
     let list = state.node.receipts(q.limit.unwrap_or(100).min(10_000));
-    serde_json::to_value(list)
-        .map(Json)
-        .map_err(|e| http_error(StatusCode::INTERNAL_SERVER_ERROR, e))
+    let views: Vec<Value> = list.iter().map(receipt_json).collect();
+    Ok(Json(Value::Array(views)))
+}
+
+/// A stored receipt for scripts: the counter-signed receipt exactly as signed (`receipt`,
+/// under the wire version it was made with, `wire_version`), where it stands with payment
+/// (`settlement`, `paid_stroops`) and with the requester's checks (`check`: "awaiting
+/// outputs", "delivered", "passed" or "disputed: …").
+fn receipt_json(r: &crank_payments::StoredReceipt) -> Value {
+    use crank_payments::ReceiptProof;
+    let (receipt, wire_version) = match &r.proof {
+        ReceiptProof::Current(c) => (serde_json::to_value(c), 2),
+        ReceiptProof::V1(c) => (serde_json::to_value(c), 1),
+    };
+    serde_json::json!({
+        "receipt": receipt.unwrap_or(Value::Null),
+        "wire_version": wire_version,
+        "role": r.role,
+        "stored_at": r.stored_at,
+        "order": r.order,
+        "settlement": r.settlement,
+        "paid_stroops": r.paid_stroops,
+        "check": r.check.to_string(),
+    })
 }
 
 async fn upload_model(

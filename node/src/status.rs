@@ -100,12 +100,7 @@ impl From<&StoredReceipt> for ReceiptView {
             run_micros: b.timings.run_micros,
             settled: s.settlement.is_settled(),
             paid_stroops: s.paid_stroops,
-            check: match &s.check {
-                crank_payments::Check::AwaitingOutputs { .. } => "awaiting outputs".into(),
-                crank_payments::Check::Delivered { .. } => "delivered".into(),
-                crank_payments::Check::Passed => "passed".into(),
-                crank_payments::Check::Disputed(d) => format!("disputed: {}", d.body.reason),
-            },
+            check: s.check.to_string(),
         }
     }
 }

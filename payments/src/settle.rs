@@ -352,20 +352,39 @@ impl Settler {
 
     /// What a round in `mode` would pay now. Asks Horizon whether each payout account exists.
     pub async fn plan(&self, mode: SettleMode) -> Result<Plan, SettleError> {
-        let mut owed = self.ledger.owed_receipts()?;
+        let owed = self.ledger.owed_receipts()?;
         // A receipt names the account that pays it; one naming another account (the payout
-        // key was replaced) would never be credited by the worker, so it is not paid from here.
+        // key was replaced) would never be credited by the worker, so it is not paid from
+        // here, and the operator is told why.
         let me = self.wallet.address();
-        owed.retain(|r| {
-            r.price_stroops() > 0 && (r.body().payer.is_empty() || r.body().payer == me)
-        });
+        let (owed, elsewhere): (Vec<StoredReceipt>, Vec<StoredReceipt>) = owed
+            .into_iter()
+            .filter(|r| r.price_stroops() > 0)
+            .partition(|r| r.body().payer.is_empty() || r.body().payer == me);
+        let mut plan = Plan::default();
+        let mut by_payer: BTreeMap<(String, String), Vec<ManifestLine>> = BTreeMap::new();
+        for r in elsewhere {
+            let b = r.body();
+            let key = (b.payer.clone(), b.payout.clone());
+            by_payer.entry(key).or_default().push(ManifestLine {
+                payout: b.payout.clone(),
+                task: b.task_id,
+                worker: b.worker,
+                amount_stroops: b.price_stroops,
+            });
+        }
+        for ((payer, payout), lines) in by_payer {
+            let reason = format!(
+                "the receipts name {payer} as the paying account, not this wallet ({me}); pay them from that account"
+            );
+            plan.skipped.push(skipped(&payout, &lines, &reason));
+        }
         let mut per_worker: BTreeMap<NodeId, (u64, Vec<StoredReceipt>)> = BTreeMap::new();
         for r in owed {
             let e = per_worker.entry(r.body().worker).or_default();
             e.0 = e.0.saturating_add(r.price_stroops());
             e.1.push(r);
         }
-        let mut plan = Plan::default();
         let mut by_payout: BTreeMap<String, Vec<ManifestLine>> = BTreeMap::new();
         for (_, (total, receipts)) in per_worker {
             if mode == SettleMode::Due && total < self.config.threshold_stroops {

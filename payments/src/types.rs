@@ -257,6 +257,17 @@ pub enum Check {
     Disputed(Box<Signed<Dispute>>),
 }
 
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AwaitingOutputs { .. } => f.write_str("awaiting outputs"),
+            Self::Delivered { .. } => f.write_str("delivered"),
+            Self::Passed => f.write_str("passed"),
+            Self::Disputed(d) => write!(f, "disputed: {}", d.body.reason),
+        }
+    }
+}
+
 impl Check {
     /// Whether a requester may pay the receipt now.
     pub fn payable(&self, now: UnixMillis, window_ms: u64) -> bool {
@@ -376,7 +387,8 @@ pub struct CounterpartyBalance {
     pub owed_to_us_stroops: u64,
     /// What they have paid us (credited to receipts, up to each receipt's price).
     pub paid_to_us_stroops: u64,
-    /// What they paid us beyond the receipts' prices, or for receipts we do not know.
+    /// What they paid us beyond the receipts' prices (money that matched no receipt at all
+    /// is in the ledger's payment records, [`PaymentIn::unallocated_stroops`](crate::PaymentIn)).
     pub overpaid_to_us_stroops: u64,
     /// Receipts we dispute (as requester): not owed, never paid.
     pub disputed_by_us_stroops: u64,

@@ -673,6 +673,30 @@ async fn unknown_outcome_waits_for_the_time_bound_before_rebuilding() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_naming_another_paying_account_are_skipped_with_a_reason() {
+    let f = Fixture::new(2).await;
+    // The payout key was replaced: receipts made earlier name the old account as payer.
+    let old = Wallet::from_seed([0x5e; 32]).address();
+    let rs = receipts_from(&requester(), &old, 2, 2);
+    let ledger = f.ledger_with(&rs);
+    let s = f.settler(ledger.clone(), quick());
+    let r = s.settle(SettleMode::All).await.unwrap();
+    assert_eq!(r.receipts_paid(), 0);
+    assert_eq!(r.skipped.len(), 2, "one entry per worker account");
+    for k in &r.skipped {
+        assert_eq!(k.receipts, 2);
+        assert!(k.reason.contains(&old), "{}", k.reason);
+        assert!(
+            k.reason.contains("pay them from that account"),
+            "{}",
+            k.reason
+        );
+    }
+    assert_eq!(ledger.owed_receipts().unwrap().len(), 4, "still owed");
+    ledger.audit().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_destination_is_skipped_with_a_clear_reason() {
     let f = Fixture::new(2).await;
     // Worker 2's payout account does not exist.

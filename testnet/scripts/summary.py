@@ -243,8 +243,15 @@ def main():
         if n > 1:
             breach("no payment made twice",
                    f"receipt for task {k[0][:16]} is in {n} settled settlements")
-    unpaid = [k for k, r in req_side.items() if r.get("settlement") == "unsettled"
-              or (isinstance(r.get("settlement"), dict) and "in_flight" in r["settlement"])]
+    # A receipt the requester disputes (its outputs never came, or broke the receipt's hash)
+    # is never paid, on purpose: counted apart, not as unpaid.
+    def disputed(r):
+        return str(r.get("check", "passed")).startswith(("disputed", "awaiting outputs"))
+
+    disputes = [k for k, r in req_side.items() if disputed(r)]
+    unpaid = [k for k, r in req_side.items() if not disputed(r)
+              and (r.get("settlement") == "unsettled"
+                   or (isinstance(r.get("settlement"), dict) and "in_flight" in r["settlement"]))]
     if unpaid:
         breach("nothing left unpaid",
                f"{len(unpaid)} receipts still unpaid after settling everything")
@@ -271,9 +278,10 @@ def main():
         wid = ids.get(n)
         addr = (wallet.get(n) or {}).get("address")
         req_owed = sum(r["receipt"]["inner"]["body"]["price_stroops"]
-                       for k, r in req_side.items() if k[1] == wid)
+                       for k, r in req_side.items() if k[1] == wid and not disputed(r))
         wk_owed = sum(r["receipt"]["inner"]["body"]["price_stroops"]
-                      for k, (wn, r) in worker_side.items() if wn == n)
+                      for k, (wn, r) in worker_side.items()
+                      if wn == n and k not in disputes)
         wk_receipts = sum(1 for k, (wn, r) in worker_side.items() if wn == n)
         req_receipts = sum(1 for k in req_side if k[1] == wid)
         got = received.get(addr, 0)
@@ -324,7 +332,8 @@ def main():
                        "payments_on_horizon": len(payments),
                        "stroops_paid": sum(p["amount"] for p in payments),
                        "receipts_paid": sum(paid_receipts.values()),
-                       "receipts_unpaid": len(unpaid)},
+                       "receipts_unpaid": len(unpaid),
+                       "receipts_disputed": len(disputes)},
         "per_worker": per_worker,
         "faults": [{"at_s": round(e["t"] - t0, 1), "event": e["event"]} for e in events
                    if not e["event"].startswith("down")],
@@ -370,7 +379,8 @@ def print_table(s):
     print(f"settlement {st['settled_transactions']} settled transaction(s) "
           f"({st['submission_attempts']} submissions), {st['pending']} pending, {st['failed']} "
           f"failed; {st['payments_on_horizon']} payments on Horizon, {st['stroops_paid']} stroops "
-          f"for {st['receipts_paid']} receipts; {st['receipts_unpaid']} receipts unpaid")
+          f"for {st['receipts_paid']} receipts; {st['receipts_unpaid']} receipts unpaid, "
+          f"{st['receipts_disputed']} disputed")
     hdr = ("node", "tasks", "rcpt req", "rcpt wkr", "owed", "paid", "pays", "balance")
     print("  " + "  ".join(f"{h:>9}" for h in hdr))
     for w in s["per_worker"]:
