@@ -420,6 +420,7 @@ pub(crate) async fn watch_payments(worker: Arc<Worker>, mut stop: watch::Receive
             return;
         }
     };
+    let mut unannounced: HashMap<TxHash, Instant> = HashMap::new();
     let mut cursor: Option<String> = worker
         .ledger
         .get_meta(PAYMENT_CURSOR_KEY)
@@ -442,12 +443,27 @@ pub(crate) async fn watch_payments(worker: Arc<Worker>, mut stop: watch::Receive
             }
         };
         for tx in &page.records {
-            if tx.source_account == worker.payout {
+            if tx.source_account == worker.payout || !pays(&tx.record.envelope_xdr, &worker.payout)
+            {
+                // Our own transactions, and others that move no XLM to us (friendbot's
+                // account creation): nothing to credit.
+                cursor = Some(tx.paging_token.clone());
                 continue;
             }
             match check_found_payment(&worker, tx.record.hash).await {
-                Ok(true) => {}
+                Ok(true) => {
+                    unannounced.remove(&tx.record.hash);
+                }
+                // Nobody announced it yet; the payer may not have recorded it as settled
+                // yet, so ask again for a while before reporting it.
                 Ok(false) => {
+                    let first = *unannounced
+                        .entry(tx.record.hash)
+                        .or_insert_with(Instant::now);
+                    if first.elapsed() < UNANNOUNCED_PATIENCE {
+                        break;
+                    }
+                    unannounced.remove(&tx.record.hash);
                     warn!(tx = %tx.record.hash, from = %tx.source_account, "payment received that no requester announced; nothing credited");
                     worker.metrics.payment_in(0, 1);
                 }
@@ -463,6 +479,18 @@ pub(crate) async fn watch_payments(worker: Arc<Worker>, mut stop: watch::Receive
         }
     }
 }
+
+/// Whether a transaction (base64 envelope) holds a native payment to `account`.
+fn pays(envelope_xdr: &str, account: &str) -> bool {
+    crank_payments::stellar::decode_envelope(envelope_xdr)
+        .ok()
+        .and_then(|e| crank_payments::stellar::envelope_payments(&e).ok())
+        .is_some_and(|ps| ps.iter().any(|p| p.destination == account))
+}
+
+/// How long a payment found on Horizon is asked about before it is reported as announced by
+/// nobody (the payer records a settlement only once it saw it applied).
+const UNANNOUNCED_PATIENCE: Duration = Duration::from_secs(600);
 
 /// Meta key of the Horizon paging token up to which our payments were checked.
 const PAYMENT_CURSOR_KEY: &str = "payment-cursor";
@@ -494,7 +522,7 @@ async fn check_found_payment(worker: &Arc<Worker>, hash: TxHash) -> Result<bool,
             .request(&requester, Request::GetSettlement { tx_hash: hash.0 })
             .await
         {
-            Ok(Response::Settlement(notice)) => {
+            Ok(Response::Settlement(notice)) if notice.body.tx_hash == hash.0 => {
                 let answer = on_settlement(worker, &requester, &notice).await;
                 if matches!(answer, Response::PaymentRecorded { .. }) {
                     return Ok(true);

@@ -1711,3 +1711,166 @@ async fn a_requester_over_its_credit_limit_is_declined_until_it_pays() {
     assert_eq!(again.worker, worker.node_id());
     mesh.stop().await;
 }
+
+/// A payment whose notice never came is found on Horizon: the worker watches its account,
+/// asks the requester that owes it for the signed notice of the transaction it sees, checks
+/// it, and credits its receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payment_without_a_notice_is_found_on_horizon_and_credited() {
+    use crank_payments::stellar::{TxParams, build_payments, sign_transaction};
+    use crank_payments::{Horizon, Manifest, ManifestLine, Wallet};
+    use crank_protocol::{CounterSigned, PaidReceipt, SettlementNotice};
+    use std::sync::{Arc, Mutex};
+    let horizon = crank_testnet::server::LocalHorizon::start(
+        crank_testnet::network::NetworkConfig::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let stellar = crank_payments::StellarConfig::local(&horizon.url(), &horizon.passphrase());
+    let mesh = Mesh::start(1, |_, c| {
+        c.stellar = stellar.clone();
+        c.settlement.auto = false;
+        c.worker.watch_payments_secs = 1;
+    })
+    .await;
+    let worker = mesh.workers()[0].clone();
+    worker.wallet().fund().await.unwrap();
+    let me = worker.node_id();
+    // The requester: counter-signs results, acknowledges outputs, and answers a request for
+    // a settlement notice with the one it will sign once it has paid. It never sends one.
+    let payer = Wallet::from_seed([0x79; 32]);
+    crank_payments::cli::fund(&stellar, &payer).await.unwrap();
+    let identity = crank_protocol::Identity::from_secret([79; 32]);
+    let notice: Arc<Mutex<Option<Signed<SettlementNotice>>>> = Arc::new(Mutex::new(None));
+    let (signer, answer) = (identity.clone(), notice.clone());
+    let mut adv = Adversary::new(
+        79,
+        Box::new(move |req| match req {
+            Request::Result(r) => Response::Receipt(Box::new(
+                CounterSigned::countersign(r.receipt.clone(), &signer).unwrap(),
+            )),
+            Request::Outputs(o) => Response::Ack {
+                task_id: o.body.task_id,
+            },
+            Request::GetSettlement { tx_hash } => match answer.lock().unwrap().clone() {
+                Some(n) if n.body.tx_hash == *tx_hash => Response::Settlement(Box::new(n)),
+                _ => Response::error(ErrorCode::NotFound, "no settlement of ours paid you there"),
+            },
+            _ => Response::error(ErrorCode::NotFound, "no"),
+        }),
+    );
+    let peer = adv.connect(&worker.listen_addrs().await[0]).await;
+    let real = std::fs::read(repo().join("models/digits-mlp.onnx")).unwrap();
+    let inputs = mlp_input(64);
+    let mut call = cfb(&adv, 40, &real, &inputs).body;
+    call.payer = payer.address();
+    let call = Signed::sign(call, &identity).unwrap();
+    let Response::Bid(bid) = adv
+        .send(peer, &Request::CallForBids(call.clone()))
+        .await
+        .unwrap()
+    else {
+        panic!("no bid")
+    };
+    let award = Award {
+        task_id: call.body.task_id,
+        requester: identity.node_id(),
+        worker: me,
+        price_stroops: bid.body.price_stroops,
+        model: call.body.model,
+        model_bytes: call.body.model_bytes,
+        input_hash: tensors_hash(&inputs),
+        inputs,
+        nonce: call.body.nonce,
+        payer: payer.address(),
+        deadline: call.body.deadline,
+    };
+    assert!(matches!(
+        adv.send(
+            peer,
+            &Request::Award(Signed::sign(award, &identity).unwrap())
+        )
+        .await
+        .unwrap(),
+        Response::Accepted { .. }
+    ));
+    adv.pump_until(Duration::from_secs(30), |r| {
+        r.iter().any(|q| matches!(q, Request::Outputs(_)))
+    })
+    .await;
+    let receipt = adv
+        .received
+        .iter()
+        .find_map(|q| match q {
+            Request::Result(r) => Some(r.receipt.body.clone()),
+            _ => None,
+        })
+        .unwrap();
+    // Pay the receipt on the ledger, memo committing to the manifest, and tell nobody.
+    let manifest = Manifest::new(vec![ManifestLine {
+        payout: receipt.payout.clone(),
+        task: receipt.task_id,
+        worker: me,
+        amount_stroops: receipt.price_stroops,
+    }])
+    .unwrap();
+    let h = Horizon::new(&stellar).unwrap();
+    let seq = h.account(&payer.address()).await.unwrap().unwrap().sequence + 1;
+    let tx = build_payments(
+        &payer.public_key(),
+        &TxParams {
+            sequence: seq,
+            base_fee_stroops: 100,
+            min_time: 0,
+            max_time: crank_node::clock::now_ms() / 1000 + 60,
+            memo: stellar_xdr::Memo::Hash(stellar_xdr::Hash(manifest.commitment())),
+        },
+        &manifest.payments(),
+    )
+    .unwrap();
+    let signed = sign_transaction(tx, &payer, &stellar.network_passphrase).unwrap();
+    h.submit(&signed.xdr).await.unwrap();
+    *notice.lock().unwrap() = Some(
+        Signed::sign(
+            SettlementNotice {
+                payer_node: identity.node_id(),
+                payer_account: payer.address(),
+                tx_hash: signed.hash.0,
+                receipts: vec![PaidReceipt {
+                    payout: receipt.payout.clone(),
+                    task_id: receipt.task_id,
+                    worker: me,
+                    amount_stroops: receipt.price_stroops,
+                }],
+            },
+            &identity,
+        )
+        .unwrap(),
+    );
+    // The worker finds it, asks, checks and credits.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        adv.pump_for(Duration::from_millis(200)).await;
+        let payers = worker.status().await.unwrap().payers;
+        if payers.first().is_some_and(|p| p.unpaid_stroops == 0) {
+            assert_eq!(payers[0].paid_stroops, receipt.price_stroops);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the payment was never found");
+    }
+    assert!(
+        adv.received
+            .iter()
+            .any(|q| matches!(q, Request::GetSettlement { tx_hash } if *tx_hash == signed.hash.0)),
+        "credited without asking for the notice: {:?}",
+        adv.received.iter().map(Request::kind).collect::<Vec<_>>()
+    );
+    assert!(
+        !adv.received
+            .iter()
+            .any(|q| matches!(q, Request::Settlement(_))),
+        "nobody sent a notice"
+    );
+    mesh.stop().await;
+}
