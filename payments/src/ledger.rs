@@ -471,6 +471,12 @@ impl<'t> Tables<'t> {
         }
     }
 
+    /// Whether this node issued the receipt and holds it awaiting its counter-signature.
+    pub(crate) fn is_issued_here(&self, key: &ReceiptKey) -> Result<bool, LedgerError> {
+        Ok(self.pending.get(&key.to_bytes())?.is_some()
+            || self.legacy_pending.get(&key.to_bytes())?.is_some())
+    }
+
     fn get_pending(&self, key: &ReceiptKey) -> Result<Option<PendingReceipt>, LedgerError> {
         match self.pending.get(&key.to_bytes())? {
             Some(v) => Ok(Some(decode("pending", v.value())?)),
@@ -1641,6 +1647,48 @@ pub(crate) mod tests {
         let got = l.receipt(&TaskId([9; 32]), &me.node_id()).unwrap().unwrap();
         assert_eq!(got.role, Role::Worker);
         assert_eq!(got.counterparty(), a.node_id());
+        l.audit().unwrap();
+    }
+
+    #[test]
+    fn a_payment_for_a_receipt_not_recovered_yet_waits_for_it() {
+        let (_d, l) = ledger();
+        let (req, me) = (id(1), id(2));
+        let issued = l
+            .issue_receipt(&req.node_id(), &me.node_id(), 100, |seq, cum| {
+                Signed::sign(body(1, &req, &me, 100, seq, cum), &me)
+            })
+            .unwrap();
+        let covered = crate::manifest::Covered {
+            lines: vec![crate::manifest::ManifestLine {
+                payout: PAYOUT.into(),
+                task: issued.body.task_id,
+                worker: me.node_id(),
+                amount_stroops: 100,
+            }],
+            received_stroops: 100,
+        };
+        let h = crate::TxHash([5; 32]);
+        // Crashed before storing the counter-signature: the payment is not used up…
+        assert!(matches!(
+            l.record_payment(h, &req.node_id(), PAYER, &covered),
+            Err(LedgerError::NotPayable { .. })
+        ));
+        assert!(l.payment_in(&h).unwrap().is_none());
+        // …and once the receipt is recovered, the next notice credits it in full.
+        let cs = CounterSigned::countersign(issued, &req).unwrap();
+        l.store_receipt(&cs, Role::Worker, Check::Passed).unwrap();
+        let p = l
+            .record_payment(h, &req.node_id(), PAYER, &covered)
+            .unwrap();
+        assert_eq!(p.record().credits.len(), 1);
+        assert!(
+            l.receipt(&cs.inner.body.task_id, &me.node_id())
+                .unwrap()
+                .unwrap()
+                .settlement
+                .is_settled()
+        );
         l.audit().unwrap();
     }
 

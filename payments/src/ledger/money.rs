@@ -146,6 +146,15 @@ impl Ledger {
             for line in &covered.lines {
                 let key = line.key();
                 let Some(mut rec) = t.get_receipt(&key)? else {
+                    if t.is_issued_here(&key)? {
+                        // We issued it and crashed before storing the counter-signature:
+                        // credit nothing now, so the payer's next notice (it re-sends until
+                        // we acknowledge) credits it once the receipt is recovered.
+                        return Err(LedgerError::NotPayable {
+                            key,
+                            why: "issued here and not recovered counter-signed yet; credited on the next notice".into(),
+                        });
+                    }
                     ignored.push((key, "no such receipt in the ledger".to_string()));
                     continue;
                 };
