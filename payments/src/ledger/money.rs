@@ -12,7 +12,10 @@
 //! is credited once: by the first notice that credits anything from it. A notice that
 //! credits nothing (signed by a node that is not the requester of any receipt it names, or
 //! naming an account that paid nothing) does not use the transaction up, so nobody can keep
-//! a requester's payment from being credited by announcing it first.
+//! a requester's payment from being credited by announcing it first. A line for a receipt
+//! this node issued but has not yet stored counter-signed (it crashed in between) holds the
+//! whole payment back, uncredited, until the receipt is recovered: the payer re-sends its
+//! notice until acknowledged.
 
 use crank_protocol::{Dispute, DisputeReason, NodeId, Signed, UnixMillis};
 use redb::{ReadableDatabase, ReadableTable};
