@@ -47,6 +47,11 @@ pub enum CodecError {
     /// Bytes remain after the message.
     #[error("{0} unexpected bytes after the message")]
     TrailingBytes(usize),
+    /// The body decodes, but not from its one canonical encoding (for example an overlong
+    /// varint): refused, so that one message has exactly one frame and a captured message
+    /// cannot be re-encoded into "new" ones.
+    #[error("the frame is not the canonical encoding of its message")]
+    NonCanonical,
     /// The message could not be encoded (a bug in a wire type).
     #[error("cannot encode message: {0}")]
     Encode(String),
@@ -68,8 +73,12 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
-/// Decodes a frame of at most `max_len` bytes.
-pub fn decode<T: DeserializeOwned>(frame: &[u8], max_len: usize) -> Result<T, CodecError> {
+/// Decodes a frame of at most `max_len` bytes. The frame must be the message's canonical
+/// encoding: the decoded message is encoded again and compared byte for byte.
+pub fn decode<T: DeserializeOwned + Serialize>(
+    frame: &[u8],
+    max_len: usize,
+) -> Result<T, CodecError> {
     if frame.len() > max_len {
         return Err(CodecError::TooLarge {
             len: frame.len(),
@@ -84,6 +93,10 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8], max_len: usize) -> Result<T, Co
         postcard::take_from_bytes::<T>(body).map_err(|e| CodecError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(CodecError::TrailingBytes(rest.len()));
+    }
+    let again = postcard::to_allocvec(&value).map_err(|e| CodecError::Encode(e.to_string()))?;
+    if again != body {
+        return Err(CodecError::NonCanonical);
     }
     Ok(value)
 }
@@ -141,6 +154,19 @@ mod tests {
             decode::<Request>(&f[..f.len() - 1], 1024),
             Err(CodecError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn overlong_varints_are_not_canonical() {
+        // Variant 8 (GetAdvert) written as a two-byte varint: decodes, but is not the
+        // message's one encoding. The fuzz target found the same in wire version 1.
+        let frame = [WIRE_VERSION, 0x88, 0x00];
+        assert_eq!(
+            decode::<Request>(&frame, 1024),
+            Err(CodecError::NonCanonical)
+        );
+        let canonical = encode(&Request::GetAdvert).unwrap();
+        assert_eq!(decode::<Request>(&canonical, 1024), Ok(Request::GetAdvert));
     }
 
     #[test]

@@ -66,7 +66,7 @@ async fn read_varint<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<usiz
 async fn read_frame<T, M>(io: &mut T, max: usize) -> io::Result<Frame<M>>
 where
     T: AsyncRead + Unpin + Send,
-    M: serde::de::DeserializeOwned,
+    M: serde::de::DeserializeOwned + serde::Serialize,
 {
     let len = read_varint(io).await?;
     if len > max {
