@@ -5,8 +5,10 @@ use std::fmt;
 use std::str::FromStr;
 
 use crank_protocol::legacy::{ReceiptV1, SignedReceiptV1, WorkReceiptV1};
+use crank_protocol::sign::Signable;
 use crank_protocol::{
-    Dispute, NodeId, Receipt, SignatureError, Signed, TaskId, UnixMillis, WorkReceipt,
+    CounterSigned, Dispute, NodeId, Receipt, SignatureError, Signed, TaskId, UnixMillis,
+    WorkReceipt,
 };
 use serde::{Deserialize, Serialize};
 
@@ -187,28 +189,34 @@ impl ReceiptProof {
         match self {
             Self::Current(r) => {
                 let body = r.verify()?;
-                r.inner.verify_by(&body.worker)?;
-                if r.countersigner != body.requester {
-                    return Err(SignatureError::WrongSigner {
-                        expected: body.requester,
-                        actual: r.countersigner,
-                    });
-                }
+                signed_by_parties(r, &body.worker, &body.requester)?;
                 Ok(body.clone())
             }
             Self::V1(r) => {
                 let body = r.verify()?;
-                r.inner.verify_by(&body.worker)?;
-                if r.countersigner != body.requester {
-                    return Err(SignatureError::WrongSigner {
-                        expected: body.requester,
-                        actual: r.countersigner,
-                    });
-                }
+                signed_by_parties(r, &body.worker, &body.requester)?;
                 Ok(terms_of_v1(body))
             }
         }
     }
+}
+
+/// Whether a receipt whose signatures verified was signed by the worker and counter-signed by
+/// the requester it names.
+fn signed_by_parties<T: Signable>(
+    r: &CounterSigned<T>,
+    worker: &NodeId,
+    requester: &NodeId,
+) -> Result<(), SignatureError> {
+    for (expected, actual) in [(worker, &r.inner.signer), (requester, &r.countersigner)] {
+        if expected != actual {
+            return Err(SignatureError::WrongSigner {
+                expected: *expected,
+                actual: *actual,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A version 1 receipt's terms in the current layout. Version 1 named no payer account: the
