@@ -16,7 +16,7 @@ use crank_protocol::{
     Award, CallForBids, Cancel, CapabilityAdvert, Capacity, Decline, DeclineReason, Dispute,
     ErrorCode, ExecPath, FailureReason, FetchModel, GateInfo, GateReason, Hardware, ModelChunk,
     ModelId, NamedTensor, NodeId, PathBench, Pricing, Request, Response, SettlementNotice, Signed,
-    TaskFailure, TaskId, TaskOutputs, TaskResult, Timings, TrustSummary, WorkReceipt,
+    TaskFailure, TaskId, TaskResult, Timings, TrustSummary, WorkReceipt,
 };
 use crank_scheduler::{
     BidBook, MeasuredRun, QueueState, RequesterStanding, WorkerLimits, WorkerState, quote,
@@ -313,6 +313,28 @@ pub(crate) async fn recover_receipts(worker: Arc<Worker>, mut stop: watch::Recei
                     debug!(task = %body.task_id.short(), error = %e, "requester not reachable; asking for the receipt later")
                 }
             }
+        }
+        // Outputs of counter-signed receipts that never reached the requester (we crashed or it
+        // was unreachable): it owes for them, so it gets them.
+        match worker.receipts.undelivered(64).await {
+            Ok(held) => {
+                for o in held {
+                    let task = o.body.task_id;
+                    if lock(&worker.running).contains_key(&task) {
+                        continue;
+                    }
+                    let requester = o.body.requester;
+                    let answer = worker
+                        .client
+                        .request(&requester, Request::Outputs(Box::new(o)))
+                        .await
+                        .ok();
+                    if outputs_taken(&worker, task, answer.as_ref()).await {
+                        info!(task = %task.short(), "held outputs delivered after a restart");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %chain(&e), "cannot read held outputs"),
         }
         // Receipts of wire version 1 issued before the upgrade: the requester may hold them
         // counter-signed, and will pay them.
@@ -830,6 +852,19 @@ async fn deliver(
 ) {
     let task = award.task_id;
     let give_up = award.deadline + 10_000;
+    // Kept on disk until the requester took them: a crash after its counter-signature must
+    // not lose work it owes for (the recovery loop delivers them after a restart).
+    let signed = match worker
+        .receipts
+        .hold_outputs(task, award.requester, outputs)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(task = %task.short(), error = %chain(&e), "cannot keep the outputs");
+            return;
+        }
+    };
     let result = TaskResult {
         receipt: receipt.clone(),
     };
@@ -858,35 +893,34 @@ async fn deliver(
         return;
     }
     worker.metrics.receipt("worker");
-    let signed = match Signed::sign(
-        TaskOutputs {
-            task_id: task,
-            worker: worker.node_id,
-            requester: award.requester,
-            outputs,
-        },
-        &worker.identity,
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(task = %task.short(), error = %e, "cannot sign the outputs");
-            return;
-        }
-    };
-    match retry(worker, award, give_up, Request::Outputs(Box::new(signed))).await {
-        Some(Response::Ack { .. }) => {
-            worker.metrics.task("worker", "completed");
-            info!(task = %task.short(), price = award.price_stroops, "task done; receipt counter-signed, outputs delivered");
-        }
+    let answer = retry(worker, award, give_up, Request::Outputs(Box::new(signed))).await;
+    if outputs_taken(worker, task, answer.as_ref()).await {
+        info!(task = %task.short(), price = award.price_stroops, "task done; receipt counter-signed, outputs delivered");
+        worker.metrics.task("worker", "completed");
+    }
+}
+
+/// Handles the requester's answer to delivered outputs; returns whether it took them. Held
+/// outputs are dropped once answered (taken or disputed), kept for the recovery loop when
+/// the requester could not be reached.
+async fn outputs_taken(worker: &Arc<Worker>, task: TaskId, answer: Option<&Response>) -> bool {
+    let taken = match answer {
+        Some(Response::Ack { .. }) => true,
         Some(Response::Disputed(d)) => {
             warn!(task = %task.short(), reason = %d.body.reason, "requester disputes our outputs");
-            let _ = worker.receipts.record_dispute(*d).await;
+            let _ = worker.receipts.record_dispute((**d).clone()).await;
+            false
         }
         Some(other) => {
-            warn!(task = %task.short(), kind = other.kind(), "unexpected answer to the outputs")
+            warn!(task = %task.short(), kind = other.kind(), "unexpected answer to the outputs");
+            false
         }
-        None => {}
+        None => return false,
+    };
+    if let Err(e) = worker.receipts.delivered(task).await {
+        warn!(task = %task.short(), error = %chain(&e), "cannot drop delivered outputs");
     }
+    taken
 }
 
 /// Sends a request to the award's requester until it answers or `give_up` passes.

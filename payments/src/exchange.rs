@@ -224,6 +224,53 @@ impl WorkerReceipts {
         blocking(move || Ok(ledger.abandon_pending(&task, &me)?)).await
     }
 
+    /// Signs the outputs of a task and keeps them until the requester took them (a crash
+    /// after its counter-signature loses nothing it pays for).
+    pub async fn hold_outputs(
+        &self,
+        task_id: TaskId,
+        requester: NodeId,
+        outputs: Vec<crank_protocol::NamedTensor>,
+    ) -> Result<Signed<TaskOutputs>, ExchangeError> {
+        let signed = Signed::sign(
+            TaskOutputs {
+                task_id,
+                worker: self.identity.node_id(),
+                requester,
+                outputs,
+            },
+            &self.identity,
+        )?;
+        let (ledger, s) = (self.ledger.clone(), signed.clone());
+        blocking(move || Ok(ledger.hold_outputs(&s)?)).await?;
+        Ok(signed)
+    }
+
+    /// Outputs held for delivery whose receipt is stored counter-signed: the requester owes
+    /// them to its user and will pay for them.
+    pub async fn undelivered(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<Signed<TaskOutputs>>, ExchangeError> {
+        let (ledger, me) = (self.ledger.clone(), self.identity.node_id());
+        blocking(move || {
+            let mut out = Vec::new();
+            for o in ledger.held_outputs(limit)? {
+                if ledger.receipt(&o.body.task_id, &me)?.is_some() {
+                    out.push(o);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The requester took the outputs (or never will): drop them.
+    pub async fn delivered(&self, task: TaskId) -> Result<(), ExchangeError> {
+        let (ledger, me) = (self.ledger.clone(), self.identity.node_id());
+        blocking(move || Ok(ledger.release_outputs(&task, &me)?)).await
+    }
+
     /// Receipts issued and not yet counter-signed, current and from before the upgrade.
     pub async fn pending(
         &self,

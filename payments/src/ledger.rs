@@ -15,6 +15,7 @@
 //! | `unpaid_in` | requester ‖ stored at ‖ task ‖ worker | () for worker-side receipts not fully paid: each requester's oldest debt |
 //! | `payments_in` | transaction hash | postcard [`PaymentIn`]: what a verified payment credited, once |
 //! | `notice_acks` | intent id ‖ worker | () once the worker acknowledged the settlement notice |
+//! | `held_outputs` | task ‖ worker | postcard signed outputs, kept until the requester took them |
 //! | `pair_seq` | requester ‖ worker ‖ seq (big-endian) | task id; never removed, so a number is never reused |
 //! | `counters` | requester ‖ worker | (last sequence number, cumulative stroops) |
 //! | `order` | insertion number | task ‖ worker, for newest-first listings |
@@ -65,6 +66,7 @@ const LEGACY_PENDING: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("
 const UNPAID_IN: TableDefinition<&[u8; 104], ()> = TableDefinition::new("unpaid_in");
 const PAYMENTS_IN: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("payments_in");
 const NOTICE_ACKS: TableDefinition<&[u8; 40], ()> = TableDefinition::new("notice_acks");
+const HELD_OUTPUTS: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("held_outputs");
 
 /// The on-disk layout this code writes; a file with a higher number is refused, a file with
 /// a lower one is migrated when opened.
@@ -439,6 +441,7 @@ pub(crate) struct Tables<'t> {
     unpaid_in: Table<'t, &'static [u8; 104], ()>,
     payments_in: Table<'t, &'static [u8; 32], &'static [u8]>,
     notice_acks: Table<'t, &'static [u8; 40], ()>,
+    held_outputs: Table<'t, &'static [u8; 64], &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -458,6 +461,7 @@ impl<'t> Tables<'t> {
             unpaid_in: txn.open_table(UNPAID_IN)?,
             payments_in: txn.open_table(PAYMENTS_IN)?,
             notice_acks: txn.open_table(NOTICE_ACKS)?,
+            held_outputs: txn.open_table(HELD_OUTPUTS)?,
         })
     }
 
@@ -1083,6 +1087,50 @@ impl Ledger {
         Ok(all)
     }
 
+    /// Worker side: keeps the signed outputs of a task until the requester took them, so a
+    /// crash between its counter-signature and the delivery loses no paid work.
+    pub fn hold_outputs(
+        &self,
+        outputs: &Signed<crank_protocol::TaskOutputs>,
+    ) -> Result<(), LedgerError> {
+        let key = ReceiptKey {
+            task: outputs.body.task_id,
+            worker: outputs.body.worker,
+        };
+        let bytes = encode(outputs)?;
+        self.write(|t, _| {
+            t.held_outputs.insert(&key.to_bytes(), bytes.as_slice())?;
+            Ok(((), true))
+        })
+    }
+
+    /// Outputs held for delivery, at most `limit`.
+    pub fn held_outputs(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<Signed<crank_protocol::TaskOutputs>>, LedgerError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(HELD_OUTPUTS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()?.take(limit) {
+            let (_, v) = entry?;
+            out.push(decode("held_outputs", v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Drops held outputs once delivered (or when nobody will take them).
+    pub fn release_outputs(&self, task: &TaskId, worker: &NodeId) -> Result<(), LedgerError> {
+        let key = ReceiptKey {
+            task: *task,
+            worker: *worker,
+        };
+        self.write(|t, _| {
+            let removed = t.held_outputs.remove(&key.to_bytes())?.is_some();
+            Ok(((), removed))
+        })
+    }
+
     /// Receipts of wire version 1 this node issued and never saw counter-signed before the
     /// upgrade, at most `limit`: the worker asks their requesters for them.
     pub fn legacy_pending_receipts(
@@ -1109,6 +1157,7 @@ impl Ledger {
         self.write(|t, _| {
             let removed = t.pending.remove(&key.to_bytes())?.is_some()
                 | t.legacy_pending.remove(&key.to_bytes())?.is_some();
+            t.held_outputs.remove(&key.to_bytes())?;
             if removed {
                 info!(task = %key.task.short(), "pending receipt abandoned");
             }
@@ -1648,6 +1697,43 @@ pub(crate) mod tests {
         assert_eq!(got.role, Role::Worker);
         assert_eq!(got.counterparty(), a.node_id());
         l.audit().unwrap();
+    }
+
+    #[test]
+    fn outputs_are_held_until_delivered_or_abandoned() {
+        let (_d, l) = ledger();
+        let (req, me) = (id(1), id(2));
+        let outputs = |task: u8| {
+            Signed::sign(
+                crank_protocol::TaskOutputs {
+                    task_id: TaskId([task; 32]),
+                    worker: me.node_id(),
+                    requester: req.node_id(),
+                    outputs: vec![],
+                },
+                &me,
+            )
+            .unwrap()
+        };
+        l.hold_outputs(&outputs(1)).unwrap();
+        l.hold_outputs(&outputs(2)).unwrap();
+        assert_eq!(l.held_outputs(10).unwrap(), vec![outputs(1), outputs(2)]);
+        // Delivered: dropped.
+        l.release_outputs(&TaskId([1; 32]), &me.node_id()).unwrap();
+        assert_eq!(l.held_outputs(10).unwrap(), vec![outputs(2)]);
+        // The requester never counter-signed: abandoning the receipt drops its outputs too.
+        l.issue_receipt(&req.node_id(), &me.node_id(), 10, |seq, cum| {
+            Signed::sign(body(2, &req, &me, 10, seq, cum), &me)
+        })
+        .unwrap();
+        assert!(l.abandon_pending(&TaskId([2; 32]), &me.node_id()).unwrap());
+        assert!(l.held_outputs(10).unwrap().is_empty());
+        // They survive a reopen.
+        l.hold_outputs(&outputs(3)).unwrap();
+        let path = l.path().to_path_buf();
+        drop(l);
+        let l = Ledger::open(&path).unwrap();
+        assert_eq!(l.held_outputs(10).unwrap(), vec![outputs(3)]);
     }
 
     #[test]
