@@ -44,6 +44,17 @@ pub enum IdentityError {
 
 const HEADER: &str = "crank-node ed25519 secret key v1\n";
 
+/// Creates the data dir (and its parents) readable by its owner only (0700), so other local
+/// users cannot list or read the ledger, the models or the keys. An existing dir is left as
+/// the owner set it.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// Writes `contents` to a new file with mode 0600, failing if it exists.
 pub fn write_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
@@ -115,6 +126,18 @@ pub fn load_or_create(data_dir: &Path) -> Result<(Identity, bool), IdentityError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_data_dir_is_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("a").join("data");
+        create_private_dir(&dir).unwrap();
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{mode:o}");
+        // Again: no error, nothing changed.
+        create_private_dir(&dir).unwrap();
+    }
 
     #[test]
     fn created_once_with_0600_then_reused() {

@@ -95,7 +95,7 @@ impl Node {
     /// Starts a node: keys, stores, engine, gate, network, and the background loops.
     pub async fn start(config: Config, role: network::Role) -> Result<Node, StartError> {
         let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+        crate::identity::create_private_dir(&data_dir).map_err(|source| StartError::DataDir {
             path: data_dir.clone(),
             source,
         })?;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signer, SigningKey};
 use stellar_xdr::{DecoratedSignature, Signature, SignatureHint};
-use tracing::{info, warn};
+use tracing::info;
 
 /// Why a wallet could not be loaded or created.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,16 @@ pub enum WalletError {
     /// The operating system's random number generator failed.
     #[error("no randomness for a new key: {0}")]
     Random(getrandom::Error),
+    /// The key file can be read by other users, who could take the payout account.
+    #[error(
+        "wallet file {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`"
+    )]
+    ReadableByOthers {
+        /// The key file.
+        path: PathBuf,
+        /// Its mode bits.
+        mode: u32,
+    },
 }
 
 /// A Stellar account key that signs payments. Separate from the node's identity key.
@@ -77,7 +87,7 @@ impl Wallet {
         };
         match std::fs::read_to_string(path) {
             Ok(text) => {
-                warn_if_readable_by_others(path);
+                refuse_if_readable_by_others(path)?;
                 let k = stellar_strkey::ed25519::PrivateKey::from_string(text.trim()).map_err(
                     |_| WalletError::BadSecret {
                         path: path.to_path_buf(),
@@ -149,18 +159,25 @@ impl Wallet {
     }
 }
 
-fn warn_if_readable_by_others(path: &Path) {
+/// A key file readable by others is refused, like the node key: whoever reads it holds the
+/// payout account.
+fn refuse_if_readable_by_others(path: &Path) -> Result<(), WalletError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        if let Ok(m) = std::fs::metadata(path)
-            && m.permissions().mode() & 0o077 != 0
-        {
-            warn!(path = %path.display(), mode = format!("{:o}", m.permissions().mode() & 0o777), "wallet file is readable by other users; chmod 600 it");
+        if let Ok(m) = std::fs::metadata(path) {
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(WalletError::ReadableByOthers {
+                    path: path.to_path_buf(),
+                    mode,
+                });
+            }
         }
     }
     #[cfg(not(unix))]
     let _ = path;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -193,6 +210,20 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
+        }
+        // A key other users can read is refused, and loading it changes nothing.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let err = Wallet::load_or_create(&path).unwrap_err();
+            assert!(
+                matches!(err, WalletError::ReadableByOthers { mode: 0o644, .. }),
+                "{err}"
+            );
+            assert!(err.to_string().contains("chmod 600"), "{err}");
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
         std::fs::write(&path, "not a key").unwrap();
         assert!(matches!(
