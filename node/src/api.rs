@@ -174,14 +174,58 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), HttpError> {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
+async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, HttpError> {
+    loopback_host(&headers)?;
+    Ok((
         [(
             "content-type",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         state.node.metrics_text(),
-    )
+    ))
+}
+
+/// `/metrics` needs no token, so it checks that the request was meant for this machine: a
+/// web page the owner opens cannot read it through a domain that resolves to 127.0.0.1 (DNS
+/// rebinding), because its requests carry that domain as their Host.
+fn loopback_host(headers: &HeaderMap) -> Result<(), HttpError> {
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if is_loopback_host(host) {
+        Ok(())
+    } else {
+        Err(http_error(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "Host {host:?} is not this machine's loopback address; use 127.0.0.1 or localhost"
+            ),
+        ))
+    }
+}
+
+/// Whether a Host header names a loopback address (with or without a port).
+fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [::1]:port
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(n, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                n
+            } else {
+                host
+            }
+        })
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn status(
@@ -450,4 +494,34 @@ async fn wallet_history(
     serde_json::to_value(list)
         .map(Json)
         .map_err(|e| http_error(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_hosts_reach_the_metrics() {
+        for ok in [
+            "127.0.0.1:7070",
+            "127.0.0.1",
+            "localhost:7070",
+            "LOCALHOST",
+            "[::1]:7070",
+            "127.1.2.3:9",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "evil.example:7070",
+            "evil.example",
+            "10.0.0.1:7070",
+            "[::2]:1",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example:80",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
 }

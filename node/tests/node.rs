@@ -1058,6 +1058,14 @@ async fn the_local_api_needs_the_token_and_runs_tasks_from_json() {
         metrics.contains("crank_tasks_total{role=\"requester\",outcome=\"completed\"} 1"),
         "{metrics}"
     );
+    // A page loaded from another name that resolves here (DNS rebinding) cannot read them.
+    let rebound = http
+        .get(format!("{base}/metrics"))
+        .header("host", "evil.example:7070")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 421);
     mesh.stop().await;
 }
 
