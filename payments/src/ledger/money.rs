@@ -224,16 +224,15 @@ impl Ledger {
     }
 
     /// What `requester` owes this node (as worker): unpaid total, oldest unpaid receipt.
-    /// Reads one balance record and one index entry, so it is cheap enough for every call
-    /// for bids.
     pub fn standing(&self, requester: &NodeId) -> Result<Standing, LedgerError> {
-        let b = self
-            .balances()?
-            .counterparties
-            .get(requester)
-            .copied()
-            .unwrap_or_default();
+        // One balance record and one index entry, in one read transaction: this runs for
+        // every call for bids.
         let txn = self.db.begin_read()?;
+        let b: crate::types::CounterpartyBalance =
+            match txn.open_table(super::BALANCES)?.get(&requester.0)? {
+                Some(v) => decode("balances", v.value())?,
+                None => crate::types::CounterpartyBalance::default(),
+            };
         let index = txn.open_table(UNPAID_IN)?;
         let mut lo = [0u8; 104];
         lo[..32].copy_from_slice(&requester.0);
