@@ -792,6 +792,14 @@ async fn execute(
     };
     let run = match run {
         Ok(r) => r,
+        // The token is cancelled only by whoever stops the task, who sends the reason right
+        // after: the job's own "cancelled" may win the race, so wait for the reason (a gate
+        // that closed must be reported as an abort, which the requester re-awards).
+        Err(InferenceError::Cancelled) => {
+            let why = tokio::time::timeout(Duration::from_secs(1), &mut stop).await;
+            on_stop(worker, &award, why.ok().and_then(Result::ok)).await;
+            return;
+        }
         Err(e) => {
             warn!(task = %task.short(), error = %e, "task failed");
             report_failure(worker, &award, failure_of(&e)).await;
