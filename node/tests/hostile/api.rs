@@ -1,0 +1,1 @@
+//! Hostile-peer attacks: api.
