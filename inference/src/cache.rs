@@ -84,6 +84,8 @@ fn is_permanent(e: &InferenceError) -> bool {
         InferenceError::ModelInvalid(_)
             | InferenceError::UnsupportedOperator { .. }
             | InferenceError::ModelTooLarge { .. }
+            // The same bytes under the same runner limit ask for the same memory.
+            | InferenceError::MemoryExhausted { .. }
     )
 }
 

@@ -83,21 +83,33 @@ pub fn to_tract(t: &WireTensor) -> Result<Tensor, ConvertError> {
 /// tensor when `rows` is `None`.
 pub fn from_tract(t: &Tensor, rows: Option<(usize, usize)>) -> Result<WireTensor, ConvertError> {
     let shape = t.shape();
+    let dims = || -> Vec<u64> {
+        shape
+            .iter()
+            .map(|&d| u64::try_from(d).unwrap_or(u64::MAX))
+            .collect()
+    };
     let (lo, hi, out_shape) = match rows {
-        None => (0, t.len(), shape.iter().map(|&d| d as u64).collect()),
+        None => (0, t.len(), dims()),
         Some((start, end)) => {
-            let row: usize = shape.iter().skip(1).product();
             let bad = || {
                 ConvertError::Runtime(format!(
                     "rows {start}..{end} are outside a tensor of shape {shape:?}"
                 ))
             };
+            let row = shape
+                .iter()
+                .skip(1)
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(bad)?;
             if shape.is_empty() || start > end || end > shape[0] {
                 return Err(bad());
             }
-            let mut s: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-            s[0] = (end - start) as u64;
-            (start * row, end * row, s)
+            let mut s = dims();
+            s[0] = u64::try_from(end.checked_sub(start).ok_or_else(bad)?).map_err(|_| bad())?;
+            let lo = start.checked_mul(row).ok_or_else(bad)?;
+            let hi = end.checked_mul(row).ok_or_else(bad)?;
+            (lo, hi, s)
         }
     };
     let data = match t.datum_type() {

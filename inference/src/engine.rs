@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -29,7 +30,10 @@ use tract_onnx::tract_core::internal::RunOptions;
 use crate::cache::PlanCache;
 use crate::convert;
 use crate::error::InferenceError;
-use crate::model::{LoadedModel, ModelInfo, concat_rows, panic_text};
+use crate::model::{LoadedModel, ModelInfo, bind_inputs, concat_rows, panic_text};
+use crate::runner::SandboxReport;
+use crate::runner::process::Runner;
+use crate::runner::wire::Setup;
 use crate::store::ModelStore;
 
 /// Engine settings. Embeds in the node's TOML config; every field has a default.
@@ -57,6 +61,20 @@ pub struct EngineConfig {
     pub batching: bool,
     /// Most jobs in one batch. Default 32.
     pub max_batch: usize,
+    /// Whether models run in an isolated runner process (its own memory, CPU-time and
+    /// system-call limits; killed at the run-time limit) instead of on the worker thread.
+    /// Takes effect only when `runner_exe` is known: the node sets it to its own binary.
+    /// The GPU path always runs in-process. Default true.
+    pub isolate: bool,
+    /// Address-space limit of each runner process, MiB; a model that needs more fails
+    /// with [`InferenceError::MemoryExhausted`]. Default 4096.
+    pub runner_memory_mib: u64,
+    /// The runner executable: a binary whose `main` hands [`crate::runner::RUNNER_ARG`]
+    /// to [`crate::runner::serve`]. Set at run time, not from TOML. Default none: the
+    /// binary registered with [`crate::runner::use_this_binary`] (the node registers
+    /// itself), or, when none was, models run in-process.
+    #[serde(skip)]
+    pub runner_exe: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -71,6 +89,9 @@ impl Default for EngineConfig {
             plan_cache_entries: 8,
             batching: true,
             max_batch: 32,
+            isolate: true,
+            runner_memory_mib: 4096,
+            runner_exe: None,
         }
     }
 }
@@ -134,7 +155,7 @@ impl Job {
         Self {
             model,
             inputs,
-            deadline: Instant::now() + timeout,
+            deadline: far_from_now(timeout),
             cancel: CancelToken::new(),
             path: None,
         }
@@ -219,22 +240,35 @@ impl Future for JobHandle {
     }
 }
 
-/// A queued job with its reply channel.
+/// A queued job with its reply channel. Dropped unanswered (a worker failed while holding
+/// it), it answers [`InferenceError::WorkerFailed`], so no submitter waits forever.
 struct Pending {
     job: Job,
-    reply: oneshot::Sender<Result<RunOutput, InferenceError>>,
+    reply: Option<oneshot::Sender<Result<RunOutput, InferenceError>>>,
     submitted: Instant,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(tx) = self.reply.take() {
+            let _ = tx.send(Err(InferenceError::WorkerFailed(
+                "the job was dropped unanswered".into(),
+            )));
+        }
+    }
 }
 
 impl Pending {
     /// Withdrawn by its token, or nobody is waiting for the answer.
     fn abandoned(&self) -> bool {
-        self.job.cancel.is_cancelled() || self.reply.is_closed()
+        self.job.cancel.is_cancelled() || self.reply.as_ref().is_none_or(|r| r.is_closed())
     }
 
-    fn answer(self, result: Result<RunOutput, InferenceError>) {
+    fn answer(mut self, result: Result<RunOutput, InferenceError>) {
         // The submitter may have dropped its handle; then nobody wants the answer.
-        let _ = self.reply.send(result);
+        if let Some(tx) = self.reply.take() {
+            let _ = tx.send(result);
+        }
     }
 
     fn timed_out(&self, now: Instant) -> InferenceError {
@@ -260,6 +294,12 @@ struct Shared {
     running: AtomicUsize,
     shutdown: AtomicBool,
     run_options: RunOptions,
+    /// The runner executable and its setup, when models run isolated.
+    isolation: Option<(PathBuf, Setup)>,
+    /// Model signatures reported by runners (isolated mode; `cache` stays empty).
+    infos: PlanCache<ModelInfo>,
+    /// A runner for [`Engine::inspect`] and [`Engine::warm`], called off the workers.
+    inspector: Mutex<Option<Runner>>,
     /// The GPU path, once attached with [`Engine::use_gpu`].
     #[cfg(feature = "gpu")]
     gpu: std::sync::OnceLock<crate::gpu::GpuExecutor>,
@@ -318,8 +358,19 @@ impl Engine {
                 .map_err(|e| InferenceError::Startup(format!("thread pool: {e}")))?;
             run_options.executor = Some(multithread::Executor::MultiThread(Arc::new(pool)));
         }
+        let exe = config
+            .runner_exe
+            .clone()
+            .or_else(crate::runner::default_exe);
+        let isolation = match exe {
+            Some(exe) if config.isolate => Some((exe, runner_setup(&config))),
+            _ => None,
+        };
         let shared = Arc::new(Shared {
             cache: PlanCache::new(config.plan_cache_entries),
+            infos: PlanCache::new(config.plan_cache_entries),
+            isolation,
+            inspector: Mutex::new(None),
             queue: Mutex::new(Queue {
                 jobs: VecDeque::with_capacity(config.queue_slots),
                 closed: false,
@@ -352,6 +403,7 @@ impl Engine {
         debug!(
             workers = shared.config.workers,
             slots = shared.config.queue_slots,
+            isolated = shared.isolation.is_some(),
             "inference engine started"
         );
         Ok(Self {
@@ -373,12 +425,30 @@ impl Engine {
     /// Loads (or finds cached) a model and describes its inputs and outputs. Blocks while
     /// the model is parsed and optimised the first time; call it from a blocking context.
     pub fn inspect(&self, model: &ModelId) -> Result<ModelInfo, InferenceError> {
-        Ok(self.shared.load(model)?.info.clone())
+        self.shared.info(model)
     }
 
     /// Loads a model into the plan cache ahead of its first job.
     pub fn warm(&self, model: &ModelId) -> Result<(), InferenceError> {
-        self.shared.load(model).map(|_| ())
+        self.shared.info(model).map(|_| ())
+    }
+
+    /// Whether models run in isolated runner processes.
+    pub fn is_isolated(&self) -> bool {
+        self.shared.isolation.is_some()
+    }
+
+    /// Starts (if needed) the runner used for [`Engine::inspect`] and reports the sandbox
+    /// it applied to itself; `None` when models run in-process.
+    pub fn runner_sandbox(&self) -> Option<Result<SandboxReport, InferenceError>> {
+        let (exe, setup) = self.shared.isolation.as_ref()?;
+        let mut inspector = self
+            .shared
+            .inspector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let runner = inspector.get_or_insert_with(|| Runner::new(exe.clone(), setup.clone()));
+        Some(runner.sandbox())
     }
 
     /// Queues a job. Never blocks; refuses at once when the queue is full, the inputs break a
@@ -408,7 +478,7 @@ impl Engine {
                 limit,
             });
         }
-        if s.cache.peek(&job.model).is_none() {
+        if !s.is_loaded(&job.model) {
             match s.store.size(&job.model) {
                 None => return Err(InferenceError::ModelNotFound(job.model)),
                 Some(size) if size > s.config.max_model_bytes => {
@@ -442,7 +512,7 @@ impl Engine {
             }
             q.jobs.push_back(Pending {
                 job,
-                reply: tx,
+                reply: Some(tx),
                 submitted: now,
             });
         }
@@ -479,7 +549,11 @@ impl Engine {
 
     /// Models currently loaded in the plan cache, most recently used first.
     pub fn cached_models(&self) -> Vec<ModelId> {
-        self.shared.cache.ids()
+        if self.shared.isolation.is_some() {
+            self.shared.infos.ids()
+        } else {
+            self.shared.cache.ids()
+        }
     }
 
     /// Stops taking jobs, fails queued ones with [`InferenceError::ShuttingDown`] and stops
@@ -509,28 +583,75 @@ impl Shared {
         }
     }
 
-    fn load(&self, id: &ModelId) -> Result<Arc<LoadedModel>, InferenceError> {
-        self.cache.get_or_load(id, || {
-            if let Some(size) = self.store.size(id)
-                && size > self.config.max_model_bytes
-            {
-                return Err(InferenceError::ModelTooLarge {
+    /// Refuses a stored model larger than the engine loads.
+    fn check_size(&self, id: &ModelId) -> Result<(), InferenceError> {
+        match self.store.size(id) {
+            Some(size) if size > self.config.max_model_bytes => {
+                Err(InferenceError::ModelTooLarge {
                     size,
                     limit: self.config.max_model_bytes,
-                });
+                })
             }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the model's plan (in-process) or signature (isolated) is cached.
+    fn is_loaded(&self, id: &ModelId) -> bool {
+        self.cache.peek(id).is_some() || self.infos.peek(id).is_some()
+    }
+
+    /// The batching probe's budget: a probe row is never larger than a job may be.
+    fn probe_budget(&self) -> Option<u64> {
+        self.config
+            .batching
+            .then_some(self.config.max_input_elements)
+    }
+
+    /// Loads a model in this process (in-process mode).
+    fn load(&self, id: &ModelId) -> Result<Arc<LoadedModel>, InferenceError> {
+        self.cache.get_or_load(id, || {
+            self.check_size(id)?;
             let bytes = self.store.read(id)?;
             let started = Instant::now();
-            let m = LoadedModel::load(*id, &bytes, &self.run_options, self.config.batching)?;
+            let m = LoadedModel::load(*id, &bytes, &self.run_options, self.probe_budget())?;
             debug!(
                 model = %id,
                 bytes = bytes.len(),
-                millis = started.elapsed().as_millis() as u64,
+                millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 batchable = m.info.batchable,
                 "model loaded"
             );
             Ok(m)
         })
+    }
+
+    /// A model's signature, loading it in `runner` (isolated mode) on a miss.
+    fn load_isolated(
+        &self,
+        id: &ModelId,
+        runner: &mut Runner,
+    ) -> Result<Arc<ModelInfo>, InferenceError> {
+        self.infos.get_or_load(id, || {
+            self.check_size(id)?;
+            let deadline = Instant::now()
+                .checked_add(self.config.max_run_time)
+                .unwrap_or_else(Instant::now);
+            runner.load(id, &self.store, deadline)
+        })
+    }
+
+    /// A model's signature, for callers off the worker threads.
+    fn info(&self, id: &ModelId) -> Result<ModelInfo, InferenceError> {
+        let Some((exe, setup)) = &self.isolation else {
+            return Ok(self.load(id)?.info.clone());
+        };
+        if let Some(info) = self.infos.peek(id) {
+            return Ok((*info).clone());
+        }
+        let mut inspector = self.inspector.lock().unwrap_or_else(|p| p.into_inner());
+        let runner = inspector.get_or_insert_with(|| Runner::new(exe.clone(), setup.clone()));
+        Ok((*self.load_isolated(id, runner)?).clone())
     }
 
     /// Blocks until a live job is queued; `None` once the engine is closed.
@@ -548,6 +669,7 @@ impl Shared {
                     let e = p.timed_out(now);
                     p.answer(Err(e));
                 } else {
+                    // Paired with the decrement in the worker's `Running` guard.
                     self.running.fetch_add(1, Ordering::AcqRel);
                     return Some(p);
                 }
@@ -566,8 +688,8 @@ impl Shared {
         }
         let running = self.running.load(Ordering::Acquire);
         let idle = self.config.workers.saturating_sub(running);
-        let share = matching.div_ceil(idle + 1);
-        let want = share.min(self.config.max_batch - 1);
+        let share = matching.div_ceil(idle.saturating_add(1));
+        let want = share.min(self.config.max_batch.saturating_sub(1));
         let mut taken = Vec::with_capacity(want);
         let mut i = 0;
         while i < q.jobs.len() && taken.len() < want {
@@ -576,40 +698,117 @@ impl Shared {
                     taken.push(p);
                 }
             } else {
-                i += 1;
+                i = i.saturating_add(1);
             }
         }
+        // Paired with the decrement in the worker's `Running` guard.
         self.running.fetch_add(taken.len(), Ordering::AcqRel);
         taken
     }
 }
 
+/// Jobs a worker holds, counted in [`QueueState::running`]; the count drops when the
+/// guard does, even if the worker's turn ends in a caught panic.
+struct Running<'a> {
+    shared: &'a Shared,
+    jobs: usize,
+}
+
+impl Running<'_> {
+    fn add(&mut self, n: usize) {
+        self.jobs = self.jobs.saturating_add(n);
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.shared.running.fetch_sub(self.jobs, Ordering::AcqRel);
+    }
+}
+
 fn worker(shared: Arc<Shared>) {
+    // Started on the first job; replaced after a crash, a kill or a spent CPU budget.
+    let mut runner = shared
+        .isolation
+        .as_ref()
+        .map(|(exe, setup)| Runner::new(exe.clone(), setup.clone()));
     while let Some(first) = shared.next_job() {
-        let model_id = first.job.model;
-        let jobs = match shared.load(&model_id) {
+        let mut running = Running {
+            shared: &shared,
+            jobs: 1,
+        };
+        // Loading, probing and running are all inside: a panic anywhere fails this turn's
+        // jobs (their `Pending` answers as it drops) and the worker carries on.
+        let turn = catch_unwind(AssertUnwindSafe(|| {
+            serve_turn(&shared, runner.as_mut(), first, &mut running);
+        }));
+        if let Err(p) = turn {
+            warn!(panic = %panic_text(&*p), "inference worker caught a panic and carries on");
+            if let Some(r) = runner.as_mut() {
+                r.kill();
+            }
+        }
+    }
+}
+
+/// Where a batch runs.
+enum Exec<'a> {
+    /// On this thread, with a plan loaded in this process.
+    InProcess(&'a LoadedModel),
+    /// In this worker's runner process.
+    Runner(&'a mut Runner),
+}
+
+/// Loads the first job's model, gathers batch mates and runs them.
+fn serve_turn(
+    shared: &Shared,
+    runner: Option<&mut Runner>,
+    first: Pending,
+    running: &mut Running<'_>,
+) {
+    let model_id = first.job.model;
+    match runner {
+        None => match shared.load(&model_id) {
             Ok(model) => {
-                let mut jobs = vec![first];
-                if shared.config.batching && model.info.batchable && shared.config.max_batch > 1 {
-                    jobs.extend(shared.take_batch_mates(&model_id));
-                }
-                let n = jobs.len();
-                run_jobs(&shared, &model, jobs);
-                n
+                let jobs = with_batch_mates(shared, &model.info, first, running);
+                run_jobs(shared, &model.info, Exec::InProcess(&model), jobs);
             }
             Err(e) => {
                 debug!(model = %model_id, error = %e, "model could not be loaded");
                 first.answer(Err(e));
-                1
             }
-        };
-        shared.running.fetch_sub(jobs, Ordering::AcqRel);
+        },
+        Some(runner) => match shared.load_isolated(&model_id, runner) {
+            Ok(info) => {
+                let jobs = with_batch_mates(shared, &info, first, running);
+                run_jobs(shared, &info, Exec::Runner(runner), jobs);
+            }
+            Err(e) => {
+                debug!(model = %model_id, error = %e, "model could not be loaded");
+                first.answer(Err(e));
+            }
+        },
     }
 }
 
-/// Why a run was stopped between operators.
+fn with_batch_mates(
+    shared: &Shared,
+    info: &ModelInfo,
+    first: Pending,
+    running: &mut Running<'_>,
+) -> Vec<Pending> {
+    let mut jobs = vec![first];
+    if shared.config.batching && info.batchable && shared.config.max_batch > 1 {
+        let mates = shared.take_batch_mates(&info.id);
+        running.add(mates.len());
+        jobs.extend(mates);
+    }
+    jobs
+}
+
+/// Why a run was stopped between operators (or, isolated, its runner was killed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
+pub(crate) enum Stop {
     /// Every job in the run was cancelled or abandoned.
     Cancelled,
     /// Every job in the run passed its deadline.
@@ -628,12 +827,41 @@ impl fmt::Display for Stop {
 
 impl std::error::Error for Stop {}
 
+/// Each job's outputs (or its own error), and the run's thread CPU time.
+type BatchOutputs = (Vec<Result<Vec<NamedTensor>, InferenceError>>, Duration);
+
+/// Whether to stop a run of `jobs` now.
+fn should_stop(shared: &Shared, jobs: &[Pending], cap: Instant) -> Option<Stop> {
+    if shared.shutdown.load(Ordering::Relaxed) {
+        return Some(Stop::Shutdown);
+    }
+    let now = Instant::now();
+    if now >= cap {
+        return Some(Stop::RunTime);
+    }
+    if jobs.iter().all(Pending::abandoned) {
+        return Some(Stop::Cancelled);
+    }
+    if jobs.iter().all(|p| p.abandoned() || p.job.deadline <= now) {
+        return Some(Stop::Deadline);
+    }
+    None
+}
+
+/// The number of rows of a job's inputs (axis 0 of its first input).
+fn rows_of(inputs: &[&crank_protocol::Tensor]) -> u64 {
+    inputs
+        .first()
+        .and_then(|t| t.shape.first().copied())
+        .unwrap_or(1)
+}
+
 /// Validates, batches, runs and answers a group of jobs for one model.
-fn run_jobs(shared: &Shared, model: &LoadedModel, jobs: Vec<Pending>) {
+fn run_jobs(shared: &Shared, info: &ModelInfo, exec: Exec<'_>, jobs: Vec<Pending>) {
     // Jobs whose inputs do not fit the model are answered now and leave the batch.
     let mut valid = Vec::with_capacity(jobs.len());
     for p in jobs {
-        match model.bind(&p.job.inputs) {
+        match bind_inputs(info, &p.job.inputs) {
             Ok(_) => valid.push(p),
             Err(e) => p.answer(Err(e)),
         }
@@ -642,48 +870,47 @@ fn run_jobs(shared: &Shared, model: &LoadedModel, jobs: Vec<Pending>) {
         return;
     }
     #[cfg(feature = "gpu")]
-    let Some(valid) = run_jobs_gpu(shared, model, valid) else {
+    let Some(valid) = run_jobs_gpu(shared, info, valid) else {
         return;
     };
-    let (inputs, rows) = match build_inputs(model, &valid) {
-        Ok(x) => x,
-        Err(e) => {
-            for p in valid {
-                p.answer(Err(e.clone()));
-            }
-            return;
-        }
-    };
+    let rows: Vec<u64> = valid
+        .iter()
+        .map(|p| bind_inputs(info, &p.job.inputs).map_or(1, |b| rows_of(&b)))
+        .collect();
     let started = Instant::now();
-    let cap = started + shared.config.max_run_time;
-    let result = run_plan(shared, model, inputs, &valid, cap);
+    let limit = shared.config.max_run_time;
+    let cap = started.checked_add(limit).unwrap_or(started);
+    let check = || should_stop(shared, &valid, cap);
+    let inputs: Vec<&[NamedTensor]> = valid.iter().map(|p| p.job.inputs.as_slice()).collect();
+    let result: Result<BatchOutputs, RunError> = match exec {
+        Exec::InProcess(model) => run_in_process(model, &inputs, check),
+        Exec::Runner(runner) => runner
+            .run(&info.id, &shared.store, &inputs, limit, &check)
+            .map(|ran| (ran.jobs, Duration::from_micros(ran.cpu_micros))),
+    };
+    drop(inputs);
     let run = started.elapsed();
     let now = Instant::now();
     match result {
         Ok((outputs, cpu)) => {
-            let total_rows: u64 = rows.iter().sum();
-            let mut start = 0usize;
+            let total_rows = rows.iter().fold(0u64, |a, r| a.saturating_add(*r));
             let batch_size = valid.len();
-            for (p, r) in valid.into_iter().zip(rows) {
-                let end = start + r as usize;
+            for ((p, r), outputs) in valid.into_iter().zip(rows).zip(outputs) {
                 let answer = if p.abandoned() {
                     Err(InferenceError::Cancelled)
                 } else if p.job.deadline <= now {
                     Err(p.timed_out(now))
                 } else {
-                    split_outputs(model, &outputs, batch_size, start, end).map(|outputs| {
-                        RunOutput {
-                            outputs,
-                            run_micros: micros(run),
-                            cpu_micros: micros(cpu.mul_f64(r as f64 / total_rows.max(1) as f64)),
-                            queue_micros: micros(started.saturating_duration_since(p.submitted)),
-                            path: ExecPath::Cpu,
-                            batch_size,
-                        }
+                    outputs.map(|outputs| RunOutput {
+                        outputs,
+                        run_micros: micros(run),
+                        cpu_micros: micros(cpu.mul_f64(r as f64 / total_rows.max(1) as f64)),
+                        queue_micros: micros(started.saturating_duration_since(p.submitted)),
+                        path: ExecPath::Cpu,
+                        batch_size,
                     })
                 };
                 p.answer(answer);
-                start = end;
             }
         }
         Err(RunError::Stopped(stop)) => {
@@ -692,7 +919,7 @@ fn run_jobs(shared: &Shared, model: &LoadedModel, jobs: Vec<Pending>) {
                     Stop::Shutdown => InferenceError::ShuttingDown,
                     Stop::RunTime => InferenceError::TimedOut {
                         elapsed: run,
-                        limit: shared.config.max_run_time,
+                        limit,
                     },
                     Stop::Cancelled | Stop::Deadline if p.abandoned() => InferenceError::Cancelled,
                     Stop::Cancelled | Stop::Deadline => p.timed_out(now),
@@ -701,7 +928,7 @@ fn run_jobs(shared: &Shared, model: &LoadedModel, jobs: Vec<Pending>) {
             }
         }
         Err(RunError::Failed(e)) => {
-            warn!(model = %model.info.id, error = %e, "inference failed");
+            warn!(model = %info.id, error = %e, "inference failed");
             for p in valid {
                 p.answer(Err(e.clone()));
             }
@@ -709,10 +936,35 @@ fn run_jobs(shared: &Shared, model: &LoadedModel, jobs: Vec<Pending>) {
     }
 }
 
+/// Runs a batch on this thread and splits the outputs by job.
+fn run_in_process(
+    model: &LoadedModel,
+    jobs: &[&[NamedTensor]],
+    check: impl Fn() -> Option<Stop>,
+) -> Result<BatchOutputs, RunError> {
+    let (inputs, rows) = build_inputs(model, jobs).map_err(RunError::Failed)?;
+    let (outputs, cpu) = run_plan(model, inputs, check)?;
+    let batch = jobs.len();
+    let mut start = 0usize;
+    let per_job = rows
+        .iter()
+        .map(|&r| {
+            let end = usize::try_from(r).ok().and_then(|r| start.checked_add(r));
+            let Some(end) = end else {
+                return Err(InferenceError::Inference("row count overflows".into()));
+            };
+            let part = split_outputs(model, &outputs, batch, start, end);
+            start = end;
+            part
+        })
+        .collect();
+    Ok((per_job, cpu))
+}
+
 /// Runs validated jobs on the GPU when one is attached and takes the model; answers them
 /// and returns `None`, or returns the jobs for tract.
 #[cfg(feature = "gpu")]
-fn run_jobs_gpu(shared: &Shared, model: &LoadedModel, valid: Vec<Pending>) -> Option<Vec<Pending>> {
+fn run_jobs_gpu(shared: &Shared, info: &ModelInfo, valid: Vec<Pending>) -> Option<Vec<Pending>> {
     let Some(gpu) = shared.gpu.get() else {
         return Some(valid);
     };
@@ -720,12 +972,17 @@ fn run_jobs_gpu(shared: &Shared, model: &LoadedModel, valid: Vec<Pending>) -> Op
     if valid.iter().any(|p| p.job.path == Some(ExecPath::Cpu)) {
         return Some(valid);
     }
-    let bound: Vec<Vec<&crank_protocol::Tensor>> =
-        match valid.iter().map(|p| model.bind(&p.job.inputs)).collect() {
-            Ok(b) => b,
-            Err(_) => return Some(valid),
-        };
-    let cap = Instant::now() + shared.config.max_run_time;
+    let bound: Vec<Vec<&crank_protocol::Tensor>> = match valid
+        .iter()
+        .map(|p| bind_inputs(info, &p.job.inputs))
+        .collect()
+    {
+        Ok(b) => b,
+        Err(_) => return Some(valid),
+    };
+    let cap = Instant::now()
+        .checked_add(shared.config.max_run_time)
+        .unwrap_or_else(Instant::now);
     let deadline = valid
         .iter()
         .map(|p| p.job.deadline)
@@ -735,15 +992,8 @@ fn run_jobs_gpu(shared: &Shared, model: &LoadedModel, valid: Vec<Pending>) -> Op
     let started = Instant::now();
     // Padding a batch with zero rows is exact only when rows are known to be independent,
     // which the batching probe established.
-    let pad_rows = shared.config.batching && model.info.batchable;
-    let done = gpu.run_batch(
-        &shared.store,
-        &model.info,
-        &bound,
-        pad_rows,
-        deadline,
-        &stop,
-    );
+    let pad_rows = shared.config.batching && info.batchable;
+    let done = gpu.run_batch(&shared.store, info, &bound, pad_rows, deadline, &stop);
     drop(bound);
     let Some(done) = done else {
         return Some(valid);
@@ -757,7 +1007,7 @@ fn run_jobs_gpu(shared: &Shared, model: &LoadedModel, valid: Vec<Pending>) -> Op
             .and_then(|t| t.tensor.shape.first().copied())
             .unwrap_or(1)
     };
-    let total_rows: u64 = valid.iter().map(rows_of).sum();
+    let total_rows = valid.iter().map(rows_of).fold(0u64, u64::saturating_add);
     let batch_size = valid.len();
     for (p, outputs) in valid.into_iter().zip(done.outputs) {
         let rows = rows_of(&p);
@@ -780,37 +1030,37 @@ fn run_jobs_gpu(shared: &Shared, model: &LoadedModel, valid: Vec<Pending>) -> Op
     None
 }
 
-/// The runtime inputs for a group of validated jobs, and each job's row count.
-fn build_inputs(
+/// The runtime inputs for a group of jobs (already checked against the model), and each
+/// job's row count.
+pub(crate) fn build_inputs(
     model: &LoadedModel,
-    jobs: &[Pending],
+    jobs: &[&[NamedTensor]],
 ) -> Result<(TVec<TValue>, Vec<u64>), InferenceError> {
     let bound: Vec<Vec<&crank_protocol::Tensor>> = jobs
         .iter()
-        .map(|p| model.bind(&p.job.inputs))
+        .map(|inputs| model.bind(inputs))
         .collect::<Result<_, _>>()?;
-    let rows: Vec<u64> = bound
-        .iter()
-        .map(|b| {
-            b.first()
-                .and_then(|t| t.shape.first().copied())
-                .unwrap_or(1)
-        })
-        .collect();
+    let rows: Vec<u64> = bound.iter().map(|b| rows_of(b)).collect();
     let conv = |e: convert::ConvertError| InferenceError::InputInvalid(e.to_string());
     let mut inputs = TVec::new();
-    for ix in 0..model.info.inputs.len() {
-        let tensor = if bound.len() == 1 {
-            convert::to_tract(bound[0][ix]).map_err(conv)?
-        } else {
-            let parts: Vec<&crank_protocol::Tensor> = bound.iter().map(|b| b[ix]).collect();
-            convert::to_tract(&concat_rows(&parts)?).map_err(conv)?
+    for (ix, (spec, want)) in model
+        .info
+        .inputs
+        .iter()
+        .zip(model.input_types())
+        .enumerate()
+    {
+        let parts: Vec<&crank_protocol::Tensor> =
+            bound.iter().filter_map(|b| b.get(ix).copied()).collect();
+        let tensor = match parts.as_slice() {
+            [one] => convert::to_tract(one).map_err(conv)?,
+            _ => convert::to_tract(&concat_rows(&parts)?).map_err(conv)?,
         };
-        if tensor.datum_type() != model.input_types()[ix] {
+        if tensor.datum_type() != *want {
             return Err(InferenceError::InputInvalid(format!(
                 "input `{}` expects {}, got {}",
-                model.info.inputs[ix].name,
-                convert::dtype_name(model.input_types()[ix]),
+                spec.name,
+                convert::dtype_name(*want),
                 convert::dtype_name(tensor.datum_type())
             )));
         }
@@ -819,38 +1069,23 @@ fn build_inputs(
     Ok((inputs, rows))
 }
 
-enum RunError {
+/// How a run ended without outputs.
+pub(crate) enum RunError {
+    /// Stopped by a check (cancellation, deadline, run-time cap, shutdown).
     Stopped(Stop),
+    /// The runtime (or the runner) failed.
     Failed(InferenceError),
 }
 
-/// Runs the plan op by op, checking between operators whether to stop. Returns the outputs
-/// and the thread CPU time spent.
-fn run_plan(
-    shared: &Shared,
+/// Runs the plan op by op, asking `check` between operators whether to stop. Returns the
+/// outputs and the thread CPU time spent.
+pub(crate) fn run_plan(
     model: &LoadedModel,
     inputs: TVec<TValue>,
-    jobs: &[Pending],
-    cap: Instant,
+    check: impl Fn() -> Option<Stop>,
 ) -> Result<(TVec<TValue>, Duration), RunError> {
     let mut state = model.take_state().map_err(RunError::Failed)?;
     let cpu_start = crate::device::thread_cpu_time();
-    let check = || -> Option<Stop> {
-        if shared.shutdown.load(Ordering::Relaxed) {
-            return Some(Stop::Shutdown);
-        }
-        let now = Instant::now();
-        if now >= cap {
-            return Some(Stop::RunTime);
-        }
-        if jobs.iter().all(Pending::abandoned) {
-            return Some(Stop::Cancelled);
-        }
-        if jobs.iter().all(|p| p.abandoned() || p.job.deadline <= now) {
-            return Some(Stop::Deadline);
-        }
-        None
-    };
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         state.run_plan_with_eval(inputs, |ctx, op_state, node, values| {
             if let Some(stop) = check() {
@@ -880,7 +1115,7 @@ fn run_plan(
 }
 
 /// One job's rows of every output.
-fn split_outputs(
+pub(crate) fn split_outputs(
     model: &LoadedModel,
     outputs: &[TValue],
     batch_size: usize,
@@ -900,6 +1135,44 @@ fn split_outputs(
                 .map_err(|e| InferenceError::Inference(format!("output `{}`: {e}", info.name)))
         })
         .collect()
+}
+
+/// `timeout` from now, or as far as the clock reaches.
+fn far_from_now(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(Duration::from_secs(1 << 30)))
+        .unwrap_or(now)
+}
+
+/// What each runner is told at start, from the engine's limits.
+fn runner_setup(config: &EngineConfig) -> Setup {
+    const MIB: u64 = 1024 * 1024;
+    let run_secs = config.max_run_time.as_secs().saturating_add(1);
+    let threads = u64::try_from(config.threads_per_run).unwrap_or(u64::MAX);
+    // A request holds at most one model and a batch of inputs (postcard: at most 10 bytes
+    // an element); plus slack for names and framing.
+    let batch = u64::try_from(config.max_batch).unwrap_or(u64::MAX);
+    let inputs = config
+        .max_input_elements
+        .saturating_mul(10)
+        .saturating_mul(batch);
+    Setup {
+        memory_bytes: config.runner_memory_mib.saturating_mul(MIB),
+        // Four runs' worth of CPU on every thread: the runner is retired at half of it, so
+        // this backstop only fires if the parent's wall-clock kill somehow did not.
+        cpu_secs: run_secs
+            .saturating_mul(threads)
+            .saturating_mul(4)
+            .saturating_add(10),
+        threads: config.threads_per_run,
+        plan_cache_entries: config.plan_cache_entries,
+        probe_elements: config.batching.then_some(config.max_input_elements),
+        max_request_bytes: config
+            .max_model_bytes
+            .saturating_add(inputs)
+            .saturating_add(MIB),
+    }
 }
 
 fn micros(d: Duration) -> u64 {

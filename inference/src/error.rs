@@ -57,8 +57,9 @@ pub enum StoreError {
     },
 }
 
-/// Why an inference job, or the engine itself, failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why an inference job, or the engine itself, failed. Serialisable: a model runner
+/// process sends it back to the engine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum InferenceError {
     /// The bounded job queue is full; the caller should decline or retry later.
     #[error("inference queue is full ({slots} slots, {workers} workers busy)")]
@@ -125,6 +126,25 @@ pub enum InferenceError {
     /// The engine could not be started (for example, a worker thread could not be spawned).
     #[error("inference engine could not start: {0}")]
     Startup(String),
+    /// The model asked for more memory than its isolated runner may use; the runner was
+    /// stopped and replaced, and other jobs are unaffected. Most likely a hostile or broken
+    /// model (huge declared shapes, a tensor sized by an input value).
+    #[error("the model exhausted the runner's memory limit of {limit_mib} MiB")]
+    MemoryExhausted {
+        /// The runner's address-space limit, MiB.
+        limit_mib: u64,
+    },
+    /// The isolated runner died while running the model (a signal, an unexpected exit, a
+    /// malformed reply); it was replaced and other jobs are unaffected.
+    #[error("runner crashed: {0}")]
+    RunnerCrashed(String),
+    /// No runner process could be started (the runner executable is missing or cannot be
+    /// executed); check the engine's `runner_exe`.
+    #[error("model runner unavailable: {0}")]
+    RunnerUnavailable(String),
+    /// A worker thread failed while handling the job (a bug, caught); the worker carried on.
+    #[error("inference worker failed: {0}")]
+    WorkerFailed(String),
 }
 
 impl From<StoreError> for InferenceError {

@@ -12,6 +12,9 @@
 //! - [`model`]: loading ONNX into an optimised tract plan; [`ModelInfo`], a model's signature.
 //! - [`convert`]: wire tensors (f32, f64, i64, i32, u8) to and from tract tensors.
 //! - [`error`]: [`StoreError`] and [`InferenceError`].
+//! - [`runner`]: isolated execution: the runner process ([`runner::serve`]), its sandbox
+//!   (resource limits, seccomp), the framed protocol, and the parent's side that kills and
+//!   replaces a runner that crashes, runs out of memory or overruns its time.
 //! - [`device`]: the device probe (hardware, power source, battery, user idle, CPU load,
 //!   thermal), the power gate and its monitor, the energy meter and the self-benchmark.
 //! - `gpu` (cargo feature `gpu`): the wgpu path: WGSL kernels, an ONNX graph runner, the
@@ -25,6 +28,11 @@
 //! - Bad input (malformed ONNX, unsupported operators, wrong shapes or types, oversize
 //!   models or inputs) is a typed error; a panic inside the runtime is caught and reported.
 //! - Jobs from different requesters share a batch only when the model's rows are independent.
+//! - With isolation on (a runner executable known), no untrusted model is parsed, probed or
+//!   run in the engine's process: a model that crashes, exhausts memory or stalls fails its
+//!   own batch and the runner is replaced.
+//! - Every job handed to a worker is answered, even when the worker panics; the running
+//!   count is released by a guard.
 
 #![cfg_attr(
     not(test),
@@ -39,7 +47,9 @@ pub mod error;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod model;
+pub mod runner;
 pub mod store;
+pub mod validate;
 
 pub use engine::{CancelToken, Engine, EngineConfig, Job, JobHandle, QueueState, RunOutput};
 pub use error::{InferenceError, StoreError};

@@ -111,19 +111,23 @@ const MAX_SPARE_STATES: usize = 16;
 impl LoadedModel {
     /// Parses, types, declutters and optimises `bytes`; never panics (a panic inside the
     /// runtime on a hostile file becomes [`InferenceError::ModelInvalid`]).
+    ///
+    /// `probe` is the batching probe's budget: `None` skips the probe (the model is not
+    /// batched), `Some(n)` runs it only when one probe row holds at most `n` elements, so a
+    /// model that declares huge fixed dimensions cannot make the loader allocate them.
     pub fn load(
         id: ModelId,
         bytes: &[u8],
         options: &RunOptions,
-        probe_batching: bool,
+        probe: Option<u64>,
     ) -> Result<Self, InferenceError> {
         let loaded =
             catch_unwind(AssertUnwindSafe(|| load_inner(id, bytes, options))).map_err(|p| {
                 InferenceError::ModelInvalid(format!("runtime panicked on it: {}", panic_text(&p)))
             })??;
         let mut loaded = loaded;
-        if loaded.info.batchable && probe_batching {
-            loaded.info.batchable = loaded.rows_are_independent();
+        if let Some(limit) = probe.filter(|_| loaded.info.batchable) {
+            loaded.info.batchable = loaded.rows_are_independent(limit);
             if !loaded.info.batchable {
                 debug!(model = %id, "rows influence each other; batching disabled");
             }
@@ -165,16 +169,33 @@ impl LoadedModel {
 
     /// Runs two distinct rows together and apart and compares the outputs, so that a model
     /// that mixes rows (batch statistics, reductions over axis 0) is never batched: one
-    /// requester's input must not change another's result.
-    fn rows_are_independent(&self) -> bool {
+    /// requester's input must not change another's result. Probe rows larger than `limit`
+    /// elements (all inputs together) are not built: such a model is simply not batched.
+    fn rows_are_independent(&self, limit: u64) -> bool {
+        let mut shapes = Vec::with_capacity(self.info.inputs.len());
+        let mut total = 0u64;
+        for info in &self.info.inputs {
+            let Some((shape, n)) = probe_shape(&info.shape) else {
+                return false;
+            };
+            total = match total.checked_add(n) {
+                Some(t) if t <= limit => t,
+                _ => {
+                    debug!(model = %self.info.id, limit, "probe row too large; batching disabled");
+                    return false;
+                }
+            };
+            shapes.push(shape);
+        }
         let mut rows: Vec<Vec<WireTensor>> = Vec::new();
         for seed in 0..2u32 {
             let mut one = Vec::new();
-            for (info, dt) in self.info.inputs.iter().zip(&self.input_types) {
-                let Some(shape) = probe_shape(&info.shape) else {
+            for ((shape, dt), info) in shapes.iter().zip(&self.input_types).zip(&self.info.inputs) {
+                let shape = shape.clone();
+                let Some(n) = element_count(&shape).and_then(|n| usize::try_from(n).ok()) else {
+                    debug!(input = %info.name, "probe row does not fit in memory");
                     return false;
                 };
-                let n: usize = shape.iter().product::<u64>() as usize;
                 let data = match dt {
                     DatumType::F32 => {
                         TensorData::F32((0..n).map(|i| probe_value(seed, i) as f32).collect())
@@ -338,24 +359,33 @@ fn describe(name: String, fact: &TypedFact, _ix: usize) -> TensorInfo {
     }
 }
 
-/// The shape of a one-row probe input, or `None` when a non-batch dimension is symbolic.
-fn probe_shape(dims: &[Dim]) -> Option<Vec<u64>> {
-    dims.iter()
+/// The shape of a one-row probe input and its element count, or `None` when a non-batch
+/// dimension is symbolic or the count overflows.
+fn probe_shape(dims: &[Dim]) -> Option<(Vec<u64>, u64)> {
+    let shape: Vec<u64> = dims
+        .iter()
         .enumerate()
         .map(|(axis, d)| match d {
             Dim::Fixed(n) => Some(*n),
             Dim::Symbol(_) if axis == 0 => Some(1),
             Dim::Symbol(_) => None,
         })
-        .collect()
+        .collect::<Option<_>>()?;
+    let n = element_count(&shape)?;
+    Some((shape, n))
+}
+
+/// The number of elements of a shape, or `None` when it overflows `u64`.
+pub(crate) fn element_count(shape: &[u64]) -> Option<u64> {
+    shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
 }
 
 /// A deterministic value in [0, 1) that differs between the two probe rows.
 fn probe_value(seed: u32, i: usize) -> f64 {
     let x = (i as u64)
         .wrapping_mul(2_654_435_761)
-        .wrapping_add(u64::from(seed) * 40_503 + 17);
-    (x % 1000) as f64 / 1000.0
+        .wrapping_add(u64::from(seed).wrapping_mul(40_503).wrapping_add(17));
+    x.checked_rem(1000).unwrap_or(0) as f64 / 1000.0
 }
 
 /// Equal up to float rounding (batched and single-row kernels sum in different orders).
@@ -398,11 +428,17 @@ pub(crate) fn concat_rows(parts: &[&WireTensor]) -> Result<WireTensor, Inference
                 p.data.dtype()
             )));
         }
-        rows += p.shape[0];
+        rows = rows.checked_add(p.shape[0]).ok_or_else(|| {
+            InferenceError::InputInvalid("batched rows overflow a dimension".into())
+        })?;
     }
+    let total = parts
+        .iter()
+        .try_fold(0usize, |acc, p| acc.checked_add(p.data.len()))
+        .ok_or_else(|| InferenceError::InputInvalid("batched inputs are too large".into()))?;
     macro_rules! cat {
         ($variant:ident) => {{
-            let mut all = Vec::with_capacity(parts.iter().map(|p| p.data.len()).sum());
+            let mut all = Vec::with_capacity(total);
             for p in parts {
                 if let TensorData::$variant(v) = &p.data {
                     all.extend_from_slice(v);

@@ -5,7 +5,9 @@
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -15,6 +17,7 @@ use crank_scheduler::{AuctionTrace, Preference};
 
 use crate::api::{self, TaskJson, TaskResultJson};
 use crate::config::Config;
+use crate::identity::IdentityError;
 use crate::network::{self, KadMode, Role};
 use crate::node::{Node, NodeHandle};
 
@@ -99,8 +102,9 @@ pub struct NodeArgs {
     /// Kademlia mode: auto, server or client.
     #[arg(long, value_name = "MODE")]
     pub kad_mode: Option<KadMode>,
-    /// Local API address (loopback; port 0 picks one).
-    #[arg(long, value_name = "ADDR")]
+    /// Also serve the local API over TCP on this loopback address (port 0 picks one); by
+    /// default it is only on the Unix socket api.sock in the data dir.
+    #[arg(long = "api-addr", alias = "api", value_name = "ADDR")]
     pub api: Option<String>,
     /// Address peers can reach this node at (repeatable), e.g. /ip4/203.0.113.7/tcp/7400:
     /// a public server's address or a forwarded port. A bootstrap node needs one for its relay.
@@ -230,7 +234,7 @@ fn apply_node_args(config: &mut Config, args: &NodeArgs) -> Result<()> {
         config.network.kad_mode = m;
     }
     if let Some(a) = &args.api {
-        config.api.listen = a.clone();
+        config.api.listen = Some(a.clone());
     }
     config
         .network
@@ -290,11 +294,9 @@ pub async fn join(config: Config, models: &[PathBuf]) -> Result<()> {
     for m in models {
         let bytes =
             std::fs::read(m).with_context(|| format!("cannot read model {}", m.display()))?;
-        let id = node
-            .handle()
-            .add_model(&bytes)
+        let id = api::add_checked_model(&node.handle(), bytes)
             .await
-            .with_context(|| format!("model {}", m.display()))?;
+            .map_err(|e| anyhow!("model {}: {e}", m.display()))?;
         tracing::info!(model = %id, file = %m.display(), "model added");
     }
     serve_until_interrupted(node).await
@@ -302,7 +304,9 @@ pub async fn join(config: Config, models: &[PathBuf]) -> Result<()> {
 
 async fn serve_until_interrupted(node: Node) -> Result<()> {
     let handle = node.handle();
-    match api::serve(handle.clone()).await {
+    // Held until shutdown: dropping it stops the API and removes api.sock and api.addr.
+    let api = api::serve(handle.clone()).await;
+    match &api {
         Ok(addr) => tracing::info!(addr = %addr, "local API listening (token in api.token)"),
         Err(e) => tracing::warn!(error = %e, "local API not started"),
     }
@@ -310,6 +314,7 @@ async fn serve_until_interrupted(node: Node) -> Result<()> {
         println!("listening on {a}");
     }
     ctrl_c().await;
+    drop(api);
     node.shutdown().await;
     Ok(())
 }
@@ -320,49 +325,365 @@ pub async fn bootstrap(config: Config) -> Result<()> {
     serve_until_interrupted(node).await
 }
 
-fn api_client(config: &Config) -> Option<(String, String)> {
-    let addr = std::fs::read_to_string(config.data_dir.join(api::ADDR_FILE)).ok()?;
-    let token = std::fs::read_to_string(config.data_dir.join(api::TOKEN_FILE)).ok()?;
-    Some((format!("http://{}", addr.trim()), token.trim().to_string()))
+/// Why the CLI could not use a running node's local API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiClientError {
+    /// The token file is not private to this user.
+    #[error(transparent)]
+    Secret(#[from] IdentityError),
+    /// The token file could not be read.
+    #[error("cannot read the API token {path}: {source}")]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The socket is not one only this user could have made; connecting would hand the
+    /// token to whoever did.
+    #[error("{path}: {why}; not sending the API token there")]
+    UntrustedSocket {
+        /// The socket.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// `api.addr` is not a loopback address.
+    #[error("{path} holds {text:?}, not a loopback address; remove it if no crank-node is running")]
+    BadAddress {
+        /// The file.
+        path: PathBuf,
+        /// What it holds.
+        text: String,
+    },
+    /// The server could not prove it holds the token, so the token was not sent.
+    #[error(
+        "the server at {endpoint} could not prove it is the crank-node of this data dir ({why}); the API token was not sent. If no node is running here, remove {hint}"
+    )]
+    NotAuthenticated {
+        /// Where it answered.
+        endpoint: String,
+        /// What was wrong with its answer.
+        why: String,
+        /// The file that pointed at it.
+        hint: PathBuf,
+    },
+    /// HTTP failed.
+    #[error("local API at {endpoint}: {source}")]
+    Http {
+        /// Where.
+        endpoint: String,
+        /// The HTTP error.
+        source: hyper::Error,
+    },
+    /// No answer in time.
+    #[error("local API at {endpoint}: no answer within {secs} s")]
+    Timeout {
+        /// Where.
+        endpoint: String,
+        /// The limit.
+        secs: u64,
+    },
 }
 
-async fn running_api(config: &Config) -> Option<(reqwest::Client, String, String)> {
-    let (base, token) = api_client(config)?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .ok()?;
-    let up = http
-        .get(format!("{base}/health"))
-        .send()
-        .await
-        .ok()?
-        .status()
-        .is_success();
-    up.then_some((http, base, token))
+/// Where a running node's API is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiEndpoint {
+    /// The Unix socket in the data dir.
+    Unix(PathBuf),
+    /// A loopback TCP address (from `api.addr`).
+    Tcp(SocketAddr),
+}
+
+impl std::fmt::Display for ApiEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+            Self::Tcp(a) => write!(f, "http://{a}"),
+        }
+    }
+}
+
+type ApiBody = http_body_util::Full<hyper::body::Bytes>;
+
+/// The CLI's connection to a running node's API: one HTTP/1 connection on which the server
+/// first proves it holds the token (`/hello`), and only then is the token sent.
+pub struct ApiClient {
+    endpoint: ApiEndpoint,
+    token: String,
+    sender: hyper::client::conn::http1::SendRequest<ApiBody>,
+    conn: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ApiClient {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The socket must be a socket, owned by this user and closed to others: then only this user
+/// (or root) made it, and nobody else can have swapped in a server of their own.
+fn check_socket(path: &Path) -> Result<(), ApiClientError> {
+    let untrusted = |why: String| ApiClientError::UntrustedSocket {
+        path: path.into(),
+        why,
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(|e| untrusted(e.to_string()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if !meta.file_type().is_socket() {
+        return Err(untrusted("not a socket".into()));
+    }
+    if meta.uid() != me {
+        return Err(untrusted(format!(
+            "owned by user {}, not by this user ({me})",
+            meta.uid()
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(untrusted(format!(
+            "other users can reach it (mode {mode:o})"
+        )));
+    }
+    Ok(())
+}
+
+impl ApiClient {
+    /// Finds the node serving `data_dir` (its socket, else the TCP address in `api.addr`) and
+    /// authenticates it. `Ok(None)`: no node is running there.
+    pub async fn connect(data_dir: &Path) -> Result<Option<Self>, ApiClientError> {
+        let token_path = data_dir.join(api::TOKEN_FILE);
+        let token = match std::fs::read_to_string(&token_path) {
+            Ok(t) => t.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(ApiClientError::Token {
+                    path: token_path,
+                    source,
+                });
+            }
+        };
+        crate::identity::check_secret_permissions(&token_path)?;
+        let socket = data_dir.join(api::SOCKET_FILE);
+        if std::fs::symlink_metadata(&socket).is_ok() {
+            check_socket(&socket)?;
+            if let Some(c) = Self::connect_to(ApiEndpoint::Unix(socket), token.clone()).await? {
+                return Ok(Some(c));
+            }
+        }
+        let addr_path = data_dir.join(api::ADDR_FILE);
+        let Ok(text) = std::fs::read_to_string(&addr_path) else {
+            return Ok(None);
+        };
+        let addr = text
+            .trim()
+            .parse::<SocketAddr>()
+            .ok()
+            .filter(|a| a.ip().is_loopback())
+            .ok_or_else(|| ApiClientError::BadAddress {
+                path: addr_path,
+                text: text.trim().to_string(),
+            })?;
+        Self::connect_to(ApiEndpoint::Tcp(addr), token).await
+    }
+
+    /// Connects to `endpoint` and has it prove it holds `token` before the token is ever
+    /// sent. `Ok(None)`: nothing listens there.
+    pub async fn connect_to(
+        endpoint: ApiEndpoint,
+        token: String,
+    ) -> Result<Option<Self>, ApiClientError> {
+        let name = endpoint.to_string();
+        let hint = match &endpoint {
+            ApiEndpoint::Unix(p) => p.clone(),
+            ApiEndpoint::Tcp(_) => PathBuf::from(api::ADDR_FILE),
+        };
+        let http = |source| ApiClientError::Http {
+            endpoint: name.clone(),
+            source,
+        };
+        let handshake = async {
+            match &endpoint {
+                ApiEndpoint::Unix(p) => match tokio::net::UnixStream::connect(p).await {
+                    Ok(s) => Some(handshake(s).await),
+                    Err(_) => None,
+                },
+                ApiEndpoint::Tcp(a) => match tokio::net::TcpStream::connect(a).await {
+                    Ok(s) => Some(handshake(s).await),
+                    Err(_) => None,
+                },
+            }
+        };
+        let Ok(Some(conn)) = tokio::time::timeout(CONNECT_TIMEOUT, handshake).await else {
+            return Ok(None);
+        };
+        let (sender, conn) = conn.map_err(http)?;
+        let mut client = Self {
+            endpoint,
+            token,
+            sender,
+            conn,
+        };
+        let mut nonce = [0u8; 32];
+        getrandom::fill(&mut nonce).map_err(|e| ApiClientError::NotAuthenticated {
+            endpoint: name.clone(),
+            why: format!("no randomness for a nonce: {e}"),
+            hint: hint.clone(),
+        })?;
+        let proof_addr = match &client.endpoint {
+            ApiEndpoint::Unix(_) => api::UNIX_PROOF_ADDR.to_string(),
+            ApiEndpoint::Tcp(a) => a.to_string(),
+        };
+        let expected = api::token_proof(&client.token, &nonce, &proof_addr);
+        let path = format!("/hello?nonce={}", hex::encode(nonce));
+        let answer = client
+            .send(hyper::Method::GET, &path, None, false, CONNECT_TIMEOUT)
+            .await;
+        let why = match answer {
+            Ok((status, body)) if status.is_success() => {
+                let proof = body
+                    .get("proof")
+                    .and_then(|p| p.as_str())
+                    .and_then(|p| hex::decode(p).ok())
+                    .unwrap_or_default();
+                if api::constant_time_eq(&proof, &expected) {
+                    return Ok(Some(client));
+                }
+                "wrong proof".to_string()
+            }
+            Ok((status, _)) => format!("it answered {status} to the challenge"),
+            Err(e) => e.to_string(),
+        };
+        Err(ApiClientError::NotAuthenticated {
+            endpoint: name,
+            why,
+            hint,
+        })
+    }
+
+    /// Where the node answered.
+    pub fn endpoint(&self) -> &ApiEndpoint {
+        &self.endpoint
+    }
+
+    /// Calls the API with the token; returns the status and the JSON body (a string when
+    /// the body is not JSON).
+    pub async fn call(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        limit: Duration,
+    ) -> Result<(hyper::StatusCode, serde_json::Value), ApiClientError> {
+        self.send(method, path, body, true, limit).await
+    }
+
+    async fn send(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        with_token: bool,
+        limit: Duration,
+    ) -> Result<(hyper::StatusCode, serde_json::Value), ApiClientError> {
+        use http_body_util::BodyExt as _;
+        let name = self.endpoint.to_string();
+        let host = match &self.endpoint {
+            ApiEndpoint::Unix(_) => "localhost".to_string(),
+            ApiEndpoint::Tcp(a) => a.to_string(),
+        };
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host);
+        if with_token {
+            req = req.header("authorization", format!("Bearer {}", self.token));
+        }
+        let bytes = match body {
+            Some(b) => {
+                req = req.header("content-type", "application/json");
+                serde_json::to_vec(b).unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
+        let req =
+            req.body(ApiBody::new(bytes.into()))
+                .map_err(|e| ApiClientError::NotAuthenticated {
+                    endpoint: name.clone(),
+                    why: format!("cannot build the request: {e}"),
+                    hint: PathBuf::new(),
+                })?;
+        let http = |source| ApiClientError::Http {
+            endpoint: name.clone(),
+            source,
+        };
+        let exchange = async {
+            self.sender.ready().await?;
+            let resp = self.sender.send_request(req).await?;
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(limit, exchange)
+            .await
+            .map_err(|_| ApiClientError::Timeout {
+                endpoint: name.clone(),
+                secs: limit.as_secs(),
+            })?
+            .map_err(http)?;
+        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+        });
+        Ok((status, value))
+    }
+}
+
+async fn handshake<S>(
+    stream: S,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<ApiBody>,
+        tokio::task::JoinHandle<()>,
+    ),
+    hyper::Error,
+>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "local API connection closed");
+        }
+    });
+    Ok((sender, task))
+}
+
+/// The error text of a failed API call.
+fn api_error_text(body: &serde_json::Value) -> String {
+    body.get("error")
+        .and_then(|e| e.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| body.to_string())
 }
 
 /// `status`: ask the running node.
 pub async fn status(config: &Config, json: bool) -> Result<()> {
-    let Some((http, base, token)) = running_api(config).await else {
+    let Some(mut api) = ApiClient::connect(&config.data_dir).await? else {
         bail!(
             "no crank-node is running with data dir {} (start one with `crank-node join`, or pass --data-dir)",
             config.data_dir.display()
         );
     };
-    let resp = http
-        .get(format!("{base}/status"))
-        .bearer_auth(token)
-        .send()
+    let (code, value) = api
+        .call(hyper::Method::GET, "/status", None, Duration::from_secs(30))
         .await?;
-    if !resp.status().is_success() {
-        bail!(
-            "the node answered {}: {}",
-            resp.status(),
-            resp.text().await.unwrap_or_default()
-        );
+    if !code.is_success() {
+        bail!("the node answered {code}: {}", api_error_text(&value));
     }
-    let value: serde_json::Value = resp.json().await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
@@ -388,12 +709,16 @@ pub async fn submit(mut config: Config, args: SubmitArgs, json: bool) -> Result<
         .with_context(|| format!("cannot read input {}", args.input.display()))?;
     let input_json: serde_json::Value = serde_json::from_str(&input)
         .with_context(|| format!("input {} is not valid JSON", args.input.display()))?;
-    let model_path = std::fs::canonicalize(&args.model)
+    // The bytes travel, not the path: the node reads no file on the API's behalf.
+    let model = std::fs::read(&args.model)
         .with_context(|| format!("cannot read model {}", args.model.display()))?;
     let task = TaskJson {
         model: None,
-        model_path: Some(model_path.display().to_string()),
-        model_base64: None,
+        model_path: None,
+        model_base64: Some(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            &model,
+        )),
         input: input_json,
         max_price_stroops: args.max_price,
         deadline_ms: args.deadline_ms,
@@ -401,31 +726,26 @@ pub async fn submit(mut config: Config, args: SubmitArgs, json: bool) -> Result<
         prefer: Some(args.prefer.to_string()),
     };
 
-    let result: TaskResultJson = if let Some((_, base, token)) =
-        if args.no_api || !args.bootstrap.is_empty() {
-            None
-        } else {
-            running_api(&config).await
-        } {
+    let running = if args.no_api || !args.bootstrap.is_empty() {
+        None
+    } else {
+        ApiClient::connect(&config.data_dir).await?
+    };
+    let result: TaskResultJson = if let Some(mut api) = running {
         let pb = spinner("running the task through the local node", json);
-        let http = reqwest::Client::new();
-        let resp = http
-            .post(format!("{base}/tasks"))
-            .bearer_auth(token)
-            .json(&task)
-            .send()
+        let (status, body) = api
+            .call(
+                hyper::Method::POST,
+                "/tasks",
+                Some(&serde_json::to_value(&task)?),
+                Duration::from_secs(600),
+            )
             .await?;
         if let Some(pb) = pb {
             pb.finish_and_clear();
         }
-        let status = resp.status();
-        let body: serde_json::Value = resp.json().await?;
         if !status.is_success() {
-            let msg = body
-                .get("error")
-                .and_then(|e| e.as_str())
-                .unwrap_or("unknown error")
-                .to_string();
+            let msg = api_error_text(&body);
             if args.verbose
                 && let Some(t) = body
                     .get("auction")
@@ -605,17 +925,11 @@ pub async fn models(config: Config, cmd: ModelsCommand, json: bool) -> Result<()
         ModelsCommand::Add { file } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let had = store.has(&crank_protocol::ModelId::of(&bytes));
+            // Load it once before storing, so a broken file is refused now (and never
+            // served to peers), not on a worker later.
+            api::check_model_bytes(&config, &bytes)
+                .with_context(|| format!("{} is refused", file.display()))?;
             let id = store.put(&bytes)?;
-            // Load it once so a broken file is refused now, not on a worker later.
-            let store = std::sync::Arc::new(store);
-            let engine = crank_inference::Engine::new(config.engine.clone(), store.clone())?;
-            if let Err(e) = engine.inspect(&id) {
-                if !had {
-                    let _ = store.remove(&id);
-                }
-                bail!("{} is not a model crank-node can run: {e}", file.display());
-            }
             if json {
                 println!(
                     "{}",
@@ -649,31 +963,18 @@ pub async fn models(config: Config, cmd: ModelsCommand, json: bool) -> Result<()
 
 async fn api_call(
     config: &Config,
-    method: reqwest::Method,
+    method: hyper::Method,
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<Option<serde_json::Value>> {
-    let Some((http, base, token)) = running_api(config).await else {
+    let Some(mut api) = ApiClient::connect(&config.data_dir).await? else {
         return Ok(None);
     };
-    let mut req = http
-        .request(method, format!("{base}{path}"))
-        .bearer_auth(token)
-        .timeout(Duration::from_secs(300));
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await?;
-    let status = resp.status();
-    let value: serde_json::Value = resp.json().await?;
+    let (status, value) = api
+        .call(method, path, body.as_ref(), Duration::from_secs(300))
+        .await?;
     if !status.is_success() {
-        bail!(
-            "{}",
-            value
-                .get("error")
-                .and_then(|e| e.as_str())
-                .unwrap_or("the node refused the request")
-        );
+        bail!("{}", api_error_text(&value));
     }
     Ok(Some(value))
 }
@@ -725,7 +1026,7 @@ pub async fn wallet(config: Config, cmd: WalletCommand, json: bool) -> Result<()
             }
         }
         WalletCommand::Balance => {
-            let value = match api_call(&config, reqwest::Method::GET, "/wallet", None).await? {
+            let value = match api_call(&config, hyper::Method::GET, "/wallet", None).await? {
                 Some(v) => v,
                 None => serde_json::to_value(
                     NodeWallet::open_dir(&config)
@@ -744,18 +1045,17 @@ pub async fn wallet(config: Config, cmd: WalletCommand, json: bool) -> Result<()
         }
         WalletCommand::Settle { dry_run, all } => {
             let body = serde_json::json!({ "all": all, "dry_run": dry_run });
-            let value = match api_call(&config, reqwest::Method::POST, "/wallet/settle", Some(body))
-                .await?
-            {
-                Some(v) => v,
-                None => serde_json::to_value(
-                    NodeWallet::open_dir(&config)
-                        .map_err(|e| anyhow!(e))?
-                        .settle(all, dry_run)
-                        .await
-                        .map_err(|e| anyhow!(e))?,
-                )?,
-            };
+            let value =
+                match api_call(&config, hyper::Method::POST, "/wallet/settle", Some(body)).await? {
+                    Some(v) => v,
+                    None => serde_json::to_value(
+                        NodeWallet::open_dir(&config)
+                            .map_err(|e| anyhow!(e))?
+                            .settle(all, dry_run)
+                            .await
+                            .map_err(|e| anyhow!(e))?,
+                    )?,
+                };
             if json {
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
@@ -766,7 +1066,7 @@ pub async fn wallet(config: Config, cmd: WalletCommand, json: bool) -> Result<()
         WalletCommand::History { limit } => {
             let value = match api_call(
                 &config,
-                reqwest::Method::GET,
+                hyper::Method::GET,
                 &format!("/wallet/history?limit={limit}"),
                 None,
             )

@@ -51,17 +51,25 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Serve the API at all.
+    /// Serve the API at all (on the Unix socket `api.sock` in the data dir, mode 0600).
     pub enabled: bool,
-    /// Address to bind; keep it on loopback. Port 0 picks a free port (written to `api.addr`).
-    pub listen: String,
+    /// Also serve it over TCP on this loopback address, e.g. `127.0.0.1:7070` (port 0 picks
+    /// a free port, written to `api.addr`). Unset by default: only the socket. Other addresses
+    /// are refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Directories whose ONNX files `POST /tasks` may name by `model_path` (the node reads
+    /// them for the caller). Empty by default: callers upload the bytes instead. The data dir
+    /// is never readable this way.
+    pub model_dirs: Vec<PathBuf>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            listen: "127.0.0.1:7070".into(),
+            listen: None,
+            model_dirs: Vec::new(),
         }
     }
 }
@@ -140,6 +148,8 @@ pub struct WorkerConfig {
     /// settlement notice that never arrived strands no receipt (0: rely on notices alone).
     /// Default 60.
     pub watch_payments_secs: u64,
+    /// The model store: its quota, and the models served to anyone (`[worker.store]`).
+    pub store: StoreSettings,
 }
 
 impl Default for WorkerConfig {
@@ -151,6 +161,42 @@ impl Default for WorkerConfig {
             gpu: GpuSettings::default(),
             credit: CreditPolicy::default(),
             watch_payments_secs: 60,
+            store: StoreSettings::default(),
+        }
+    }
+}
+
+/// The model store (`[worker.store]`). Models fetched for tasks are evicted, least recently
+/// used first, to keep the store within its quota; models the owner added never are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// Bytes all stored models may take together, the owner's included. Default 2 GiB.
+    pub quota_bytes: u64,
+    /// Most models stored, the owner's included. Default 256.
+    pub max_models: usize,
+    /// Models (content ids) this node serves to any peer; every other model only to a worker
+    /// holding a requester's award of a task on it. Default none.
+    pub public_models: Vec<crank_protocol::ModelId>,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        let quota = crank_inference::store::Quota::default();
+        Self {
+            quota_bytes: quota.max_bytes,
+            max_models: quota.max_models,
+            public_models: Vec::new(),
+        }
+    }
+}
+
+impl StoreSettings {
+    /// The store's quota.
+    pub fn quota(&self) -> crank_inference::store::Quota {
+        crank_inference::store::Quota {
+            max_bytes: self.quota_bytes,
+            max_models: self.max_models,
         }
     }
 }

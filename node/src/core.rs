@@ -23,6 +23,9 @@ use crate::network::{self, Client};
 use crate::plumbing::lock;
 use crate::wallet::NodeWallet;
 
+/// Most adverts of other nodes the node keeps.
+pub(crate) const ADVERT_TABLE_CAPACITY: usize = 4096;
+
 /// Meta key under which the trust book is persisted in the ledger.
 pub(crate) const TRUST_KEY: &str = "trust-book";
 
@@ -110,7 +113,29 @@ impl Core {
         }
         let node = advert.body.node;
         let addrs = advert.body.addrs.clone();
-        match lock(&self.adverts).insert(advert, clock::now_ms()) {
+        let now = clock::now_ms();
+        let mut table = lock(&self.adverts);
+        // Full: make room by our own history with the nodes, so that fresh identities with
+        // long-lived adverts cannot push out peers we have worked with.
+        if table.len() >= ADVERT_TABLE_CAPACITY
+            && table.get(&node, now).is_none()
+            && crank_protocol::validate::advert(&advert, now, &self.limits).is_ok()
+            && table.prune(now) == 0
+        {
+            let stored: Vec<(NodeId, u64)> =
+                table.fresh(now).map(|a| (a.node, a.expires_at)).collect();
+            let room = lock(&self.trust).advert_room(stored.iter().map(|(n, e)| (n, *e)), &node);
+            match room {
+                crank_scheduler::AdvertRoom::Evict(victim) => {
+                    table.remove(&victim);
+                }
+                crank_scheduler::AdvertRoom::RefuseNewcomer => {
+                    debug!(peer = %node.short(), "advert not stored: the table is full of peers with history");
+                    return;
+                }
+            }
+        }
+        match table.insert(advert, now) {
             Ok(_) => {
                 debug!(peer = %node.short(), "advert stored");
                 self.client.add_peer_addresses(&node, &addrs);

@@ -37,6 +37,18 @@ pub enum IdentityError {
         /// Its mode bits.
         mode: u32,
     },
+    /// Another user owns the secret file, so they can read or replace it.
+    #[error(
+        "{path} is owned by user {owner}, not by this user ({me}); run `chown $(id -u) {path}` if it is yours"
+    )]
+    Owner {
+        /// The file.
+        path: PathBuf,
+        /// Its owner's uid.
+        owner: u32,
+        /// This process's effective uid.
+        me: u32,
+    },
     /// No randomness available.
     #[error("cannot get randomness for a new key: {0}")]
     Random(String),
@@ -69,12 +81,21 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// Refuses secret files that group or others can read.
+/// Refuses secret files that group or others can read, or that another user owns.
 pub fn check_secret_permissions(path: &Path) -> Result<(), IdentityError> {
+    use std::os::unix::fs::MetadataExt;
     let meta = fs::metadata(path).map_err(|source| IdentityError::Io {
         path: path.into(),
         source,
     })?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(IdentityError::Owner {
+            path: path.into(),
+            owner: meta.uid(),
+            me,
+        });
+    }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(IdentityError::Permissions {

@@ -7,6 +7,13 @@ use clap::Parser;
 use crank_node::commands::{Cli, dispatch};
 
 fn main() -> ExitCode {
+    // The hidden model-runner mode: before flags, logging or threads, so that the runner
+    // confines a process that has nothing else in it.
+    if crank_inference::runner::is_runner_invocation() {
+        return crank_inference::runner::serve();
+    }
+    // Engines in this process run untrusted models in children of this same binary.
+    crank_inference::runner::use_this_binary();
     let cli = Cli::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
     tracing_subscriber::fmt()

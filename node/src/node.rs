@@ -107,6 +107,7 @@ impl Node {
 
         let store = Arc::new(
             ModelStore::open(&data_dir.join("models"), config.engine.max_model_bytes)
+                .map(|s| s.with_quota(config.worker.store.quota()))
                 .map_err(|e| StartError::Store(chain(&e)))?,
         );
         let ledger = Arc::new(
@@ -189,7 +190,7 @@ impl Node {
             metrics,
             gate,
             monitor,
-            adverts: Mutex::new(AdvertTable::new(4096, limits)),
+            adverts: Mutex::new(AdvertTable::new(crate::core::ADVERT_TABLE_CAPACITY, limits)),
             trust: Mutex::new(trust),
             payout,
             limits,
@@ -464,6 +465,10 @@ async fn dispatch(
     mut events: mpsc::Receiver<NetworkEvent>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Handler slots shared fairly between peers, so that one peer's slow or numerous
+    // requests leave room for everyone else's.
+    let net = &shared.core.config.network;
+    let slots = network::FairSlots::new(net.inbound_handlers, net.inbound_handlers_min_share);
     loop {
         let event = tokio::select! {
             e = events.recv() => match e { Some(e) => e, None => break },
@@ -493,7 +498,7 @@ async fn dispatch(
                 peer,
                 request,
                 responder,
-            } => match shared.core.inbound.clone().try_acquire_owned() {
+            } => match slots.try_acquire(peer) {
                 Ok(permit) => {
                     let shared = shared.clone();
                     tokio::spawn(async move {
@@ -501,10 +506,10 @@ async fn dispatch(
                         drop(permit);
                     });
                 }
-                Err(_) => responder.send(Response::error(
-                    ErrorCode::Busy,
-                    "too many requests in flight; try later",
-                )),
+                Err(refusal) => {
+                    debug!(peer = %peer.short(), reason = %refusal, "request refused: no handler slot");
+                    responder.send(Response::error(ErrorCode::Busy, refusal.to_string()))
+                }
             },
         }
     }
@@ -544,7 +549,7 @@ async fn handle_request(shared: &NodeHandle, peer: NodeId, request: Request, res
             responder.send(worker::on_cancel(&shared.worker, &peer, &cancel))
         }
         Request::FetchModel(fetch) => {
-            responder.send(worker::on_fetch_model(&shared.worker, &fetch))
+            responder.send(worker::on_fetch_model(&shared.worker, &peer, &fetch).await)
         }
         Request::Result(result) => {
             requester::on_result(&shared.requester, peer, result, responder).await

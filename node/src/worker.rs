@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crank_inference::device::{self, EnergyMeter};
+use crank_inference::store::{FetchedModelError, ModelLease, Reservation};
 use crank_inference::{CancelToken, InferenceError, Job};
 use crank_payments::{RecordedPayment, RunFacts, Standing, TxHash, WorkerReceipts};
 use crank_protocol::tensor::tensors_hash;
@@ -597,13 +598,23 @@ pub(crate) async fn on_call_for_bids(
                 let mut book = lock(&worker.bids);
                 // A call repeated by the requester gets a fresh bid in place of the old one.
                 book.remove(&task);
-                if book.insert(bid.clone(), now).is_err() {
-                    let q = worker.engine.queue();
-                    let reason = DeclineReason::QueueFull {
-                        queued: u16::try_from(q.queued).unwrap_or(u16::MAX),
-                        slots: u16::try_from(q.slots).unwrap_or(u16::MAX),
-                    };
-                    return sign_decline(worker, task, reason);
+                match book.insert(*peer, bid.clone(), now) {
+                    Ok(()) => {}
+                    // Over its fair share of the book: said so, so that it waits or awards.
+                    Err(e @ crank_scheduler::BidBookError::OverShare { .. }) => {
+                        let reason = DeclineReason::Other {
+                            message: e.to_string(),
+                        };
+                        return sign_decline(worker, task, reason);
+                    }
+                    Err(_) => {
+                        let q = worker.engine.queue();
+                        let reason = DeclineReason::QueueFull {
+                            queued: u16::try_from(q.queued).unwrap_or(u16::MAX),
+                            slots: u16::try_from(q.slots).unwrap_or(u16::MAX),
+                        };
+                        return sign_decline(worker, task, reason);
+                    }
                 }
             }
             debug!(task = %task.short(), price = bid.price_stroops, path = %bid.path, "bid");
@@ -698,7 +709,7 @@ pub(crate) async fn on_award(
     let worker = worker.clone();
     tokio::spawn(async move {
         let task_id = award.task_id;
-        execute(&worker, award, bid.path, cancel, stop_rx).await;
+        execute(&worker, award, signed, bid.path, cancel, stop_rx).await;
         let n = {
             let mut running = lock(&worker.running);
             running.remove(&task_id);
@@ -736,28 +747,35 @@ fn failure_of(e: &InferenceError) -> FailureReason {
     }
 }
 
+/// Runs an accepted task. `signed` is the award as the requester signed it: holders of the
+/// model serve it only against it.
 async fn execute(
     worker: &Arc<Worker>,
     award: Award,
+    signed: Signed<Award>,
     path: ExecPath,
     cancel: CancelToken,
     mut stop: oneshot::Receiver<Stop>,
 ) {
     let accepted_at = clock::now_ms();
     let task = award.task_id;
-    let requester = award.requester;
 
     let fetched = tokio::select! {
-        r = ensure_model(worker, &requester, &award.model, award.model_bytes) => r,
+        r = ensure_model(worker, &signed) => r,
         s = &mut stop => {
             on_stop(worker, &award, s.ok()).await;
             return;
         }
     };
-    if let Err(reason) = fetched {
-        report_failure(worker, &award, reason).await;
-        return;
-    }
+    // Held until the run ends, so the model is not evicted under it.
+    let lease = match fetched {
+        Ok(lease) => lease,
+        Err(reason) => {
+            warn!(task = %task.short(), reason = %reason, "cannot obtain the model");
+            report_failure(worker, &award, reason).await;
+            return;
+        }
+    };
 
     let timeout = Duration::from_millis(award.deadline.saturating_sub(clock::now_ms()));
     let input_elements: u64 = award
@@ -806,6 +824,7 @@ async fn execute(
             return;
         }
     };
+    drop(lease);
     let finished_at = clock::now_ms();
     let energy = span.finish(run.cpu_micros);
     worker
@@ -1003,16 +1022,18 @@ async fn report_failure(worker: &Arc<Worker>, award: &Award, reason: FailureReas
     }
 }
 
-/// Makes sure the model is in the store: fetched from the requester, else from a provider,
-/// and verified against its content id.
+/// Makes sure the awarded model is in the store, and leases it for the run: fetched from
+/// the requester, else from a provider, against the award, into room reserved in the store
+/// before the download, and stored only when it hashes to its id and is ONNX.
 async fn ensure_model(
     worker: &Arc<Worker>,
-    requester: &NodeId,
-    model: &ModelId,
-    size: u64,
-) -> Result<(), FailureReason> {
+    signed: &Signed<Award>,
+) -> Result<ModelLease, FailureReason> {
+    let award = &signed.body;
+    let (requester, model, size) = (&award.requester, &award.model, award.model_bytes);
+    let lease = worker.store.lease(model);
     if worker.store.has(model) {
-        return Ok(());
+        return Ok(lease);
     }
     let limit = worker.engine.config().max_model_bytes;
     if size > limit {
@@ -1020,11 +1041,21 @@ async fn ensure_model(
             message: format!("model is {size} bytes; the limit is {limit}"),
         });
     }
+    let room = worker
+        .store
+        .reserve(model, size)
+        .map_err(|e| FailureReason::ModelUnavailable {
+            message: format!("no room in the model store: {e}"),
+        })?;
+    if !room.evicted().is_empty() {
+        worker.advert_changed.notify_one();
+    }
     // The requester holds the model and is connected: ask it first. Only when it cannot serve
     // it is the DHT asked for other holders, and not for long: the task's deadline runs.
-    let mut last_error = match fetch_from(worker, requester, model, size).await {
-        Ok(()) => return Ok(()),
-        Err(e) => e,
+    let mut last_error = match fetch_from(worker, requester, signed, &room).await {
+        Ok(()) => return Ok(lease),
+        Err(FetchError::Invalid(message)) => return Err(FailureReason::ModelInvalid { message }),
+        Err(FetchError::Unavailable(e)) => e,
     };
     let lookup = worker.client.providers(model.provider_key());
     let providers = match tokio::time::timeout(Duration::from_secs(2), lookup).await {
@@ -1036,9 +1067,12 @@ async fn ensure_model(
         .filter(|p| p != requester && *p != worker.node_id)
         .take(3)
     {
-        match fetch_from(worker, &source, model, size).await {
-            Ok(()) => return Ok(()),
-            Err(e) => last_error = e,
+        match fetch_from(worker, &source, signed, &room).await {
+            Ok(()) => return Ok(lease),
+            Err(FetchError::Invalid(message)) => {
+                return Err(FailureReason::ModelInvalid { message });
+            }
+            Err(FetchError::Unavailable(e)) => last_error = e,
         }
     }
     Err(FailureReason::ModelUnavailable {
@@ -1046,35 +1080,63 @@ async fn ensure_model(
     })
 }
 
-/// Fetches a model from one holder, verifies it against its content id and stores it.
+/// Why a fetch from one holder gave no model.
+#[derive(Debug)]
+enum FetchError {
+    /// This holder could not or would not serve it; another may.
+    Unavailable(String),
+    /// The model itself is bad (its true bytes are not ONNX): no holder can help.
+    Invalid(String),
+}
+
+/// Fetches the awarded model from one holder, verifies it (content id, ONNX structure) and
+/// stores it, evictable; only then is it announced.
 async fn fetch_from(
     worker: &Arc<Worker>,
     source: &NodeId,
-    model: &ModelId,
-    size: u64,
-) -> Result<(), String> {
-    match fetch_model(worker, source, model, size).await {
-        Ok(bytes) => match worker.store.put_verified(model, &bytes) {
-            Ok(()) => {
-                info!(model = %model.short(), bytes = size, from = %source.short(), "model fetched and verified");
-                if let Err(e) = worker.client.provide(model.provider_key()).await {
-                    debug!(error = %e, "cannot announce the model");
-                }
-                worker.advert_changed.notify_one();
-                Ok(())
+    signed: &Signed<Award>,
+    room: &Reservation,
+) -> Result<(), FetchError> {
+    let model = &signed.body.model;
+    let size = signed.body.model_bytes;
+    let bytes = match fetch_model(worker, source, signed).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            debug!(model = %model.short(), from = %source.short(), error = %e, "model fetch failed");
+            return Err(FetchError::Unavailable(e));
+        }
+    };
+    match worker.store.put_fetched(room, &bytes) {
+        Ok(()) => {
+            info!(model = %model.short(), bytes = size, from = %source.short(), "model fetched and verified");
+            if let Err(e) = worker.client.provide(model.provider_key()).await {
+                debug!(error = %e, "cannot announce the model");
             }
-            Err(e) => {
-                warn!(model = %model.short(), from = %source.short(), error = %e, "fetched model rejected");
+            worker.advert_changed.notify_one();
+            Ok(())
+        }
+        Err(FetchedModelError::NotOnnx(e)) => {
+            warn!(model = %model.short(), from = %source.short(), error = %e, "awarded model is not ONNX; discarded");
+            // The bytes are the ones the award names: whoever awarded them is at fault.
+            if source == &signed.body.requester {
+                worker
+                    .client
+                    .penalize(source, format!("awarded a model that is not ONNX: {e}"))
+                    .await;
+            }
+            Err(FetchError::Invalid(format!(
+                "the awarded model was fetched and discarded: {e}"
+            )))
+        }
+        Err(FetchedModelError::Store(e)) => {
+            warn!(model = %model.short(), from = %source.short(), error = %e, "fetched model rejected");
+            if matches!(e, crank_inference::StoreError::HashMismatch { .. }) {
                 worker
                     .client
                     .penalize(source, format!("served a bad model: {e}"))
                     .await;
-                Err(e.to_string())
             }
-        },
-        Err(e) => {
-            debug!(model = %model.short(), from = %source.short(), error = %e, "model fetch failed");
-            Err(e)
+            Err(FetchError::Unavailable(e.to_string()))
         }
     }
 }
@@ -1082,17 +1144,20 @@ async fn fetch_from(
 async fn fetch_model(
     worker: &Arc<Worker>,
     source: &NodeId,
-    model: &ModelId,
-    size: u64,
+    signed: &Signed<Award>,
 ) -> Result<Vec<u8>, String> {
+    let model = &signed.body.model;
+    let size = signed.body.model_bytes;
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(64 << 20));
     let mut next_log = size / 4;
     while (bytes.len() as u64) < size {
         let offset = bytes.len() as u64;
+        // Every chunk carries the award: holders keep no state between chunks.
         let req = Request::FetchModel(FetchModel {
             model: *model,
             offset,
             max_len: CHUNK,
+            award: Some(signed.clone()),
         });
         match worker
             .client
@@ -1125,18 +1190,137 @@ async fn fetch_model(
     Ok(bytes)
 }
 
-/// Serves part of a model this node holds.
-pub(crate) fn on_fetch_model(worker: &Worker, fetch: &FetchModel) -> Response {
+/// How long past its deadline an award still lets its worker fetch the model: a download
+/// that started in time may finish.
+pub(crate) const FETCH_GRACE_MS: u64 = 60_000;
+
+/// How far ahead an award's deadline may lie for fetching: an award is no standing pass.
+pub(crate) const FETCH_MAX_AHEAD_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Why a holder refuses to serve a model.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FetchRefusal {
+    /// No award came with the request, and the model is not public here.
+    #[error(
+        "model {0} is served only to a worker awarded a task on it: send the requester's signed award"
+    )]
+    NoAward(String),
+    /// The award's signature does not verify (or is not the requester's).
+    #[error("the award does not verify: {0}")]
+    BadSignature(#[from] crank_protocol::SignatureError),
+    /// The award is for another model.
+    #[error("the award is for model {awarded}, not {asked}")]
+    OtherModel {
+        /// The award's model.
+        awarded: String,
+        /// The model asked for.
+        asked: String,
+    },
+    /// The award names another worker than the asking peer.
+    #[error("the award names worker {winner}, not the asking peer {peer}")]
+    OtherWorker {
+        /// The award's winner.
+        winner: String,
+        /// Who asked.
+        peer: String,
+    },
+    /// A node awarding itself proves nothing.
+    #[error("the award's requester is its own worker")]
+    SelfAward,
+    /// The award's deadline passed more than the grace period ago.
+    #[error(
+        "the award expired at {deadline} (now {now}; models are served for {FETCH_GRACE_MS} ms after a task's deadline)"
+    )]
+    Expired {
+        /// The award's deadline, Unix ms.
+        deadline: u64,
+        /// Now, Unix ms.
+        now: u64,
+    },
+    /// The award's deadline is implausibly far ahead.
+    #[error("the award's deadline {deadline} is more than {FETCH_MAX_AHEAD_MS} ms ahead")]
+    TooFarAhead {
+        /// The award's deadline, Unix ms.
+        deadline: u64,
+    },
+}
+
+/// Whether `peer` may fetch `fetch.model` from this node: the model is public here, or the
+/// fetch carries a requester-signed award of a task on that model to `peer`, not expired
+/// beyond [`FETCH_GRACE_MS`]. The same check holds on the requester and on any other holder.
+pub(crate) fn authorize_fetch(
+    fetch: &FetchModel,
+    peer: &NodeId,
+    public: &[ModelId],
+    now: u64,
+) -> Result<(), FetchRefusal> {
+    if public.contains(&fetch.model) {
+        return Ok(());
+    }
+    let Some(signed) = &fetch.award else {
+        return Err(FetchRefusal::NoAward(fetch.model.short()));
+    };
+    let award = signed.verify_by(&signed.body.requester)?;
+    if award.model != fetch.model {
+        return Err(FetchRefusal::OtherModel {
+            awarded: award.model.short(),
+            asked: fetch.model.short(),
+        });
+    }
+    if &award.worker != peer {
+        return Err(FetchRefusal::OtherWorker {
+            winner: award.worker.short(),
+            peer: peer.short(),
+        });
+    }
+    if award.requester == award.worker {
+        return Err(FetchRefusal::SelfAward);
+    }
+    if award.deadline.saturating_add(FETCH_GRACE_MS) < now {
+        return Err(FetchRefusal::Expired {
+            deadline: award.deadline,
+            now,
+        });
+    }
+    if award.deadline > now.saturating_add(FETCH_MAX_AHEAD_MS) {
+        return Err(FetchRefusal::TooFarAhead {
+            deadline: award.deadline,
+        });
+    }
+    Ok(())
+}
+
+/// Serves part of a model this node holds, to a peer entitled to it ([`authorize_fetch`]).
+pub(crate) async fn on_fetch_model(
+    worker: &Arc<Worker>,
+    peer: &NodeId,
+    fetch: &FetchModel,
+) -> Response {
+    let public = &worker.config.worker.store.public_models;
+    if let Err(refusal) = authorize_fetch(fetch, peer, public, clock::now_ms()) {
+        debug!(peer = %peer.short(), model = %fetch.model.short(), reason = %refusal, "model fetch refused");
+        if let FetchRefusal::BadSignature(_) = refusal {
+            worker.client.penalize(peer, refusal.to_string()).await;
+            return Response::error(ErrorCode::BadSignature, refusal.to_string());
+        }
+        return Response::error(ErrorCode::NotAuthorized, refusal.to_string());
+    }
     match worker
         .store
         .read_chunk(&fetch.model, fetch.offset, fetch.max_len.min(CHUNK))
     {
-        Ok((total_len, bytes)) => Response::ModelChunk(ModelChunk {
-            model: fetch.model,
-            total_len,
-            offset: fetch.offset,
-            bytes,
-        }),
+        Ok((total_len, bytes)) => {
+            if fetch.offset == 0 {
+                // Serving counts as a use for the store's eviction order.
+                worker.store.touch(&fetch.model);
+            }
+            Response::ModelChunk(ModelChunk {
+                model: fetch.model,
+                total_len,
+                offset: fetch.offset,
+                bytes,
+            })
+        }
         Err(e) => Response::error(ErrorCode::NotFound, e.to_string()),
     }
 }

@@ -941,14 +941,17 @@ async fn owed_receipts_are_settled_on_a_local_stellar_network_exactly_once() {
 async fn the_local_api_needs_the_token_and_runs_tasks_from_json() {
     let mesh = Mesh::start(1, |i, c| {
         if i == 1 {
-            // The requester serves the API on a free loopback port.
+            // The requester serves the API on a free loopback port too, and may read models
+            // named by path from the repo's models dir.
             c.api.enabled = true;
-            c.api.listen = "127.0.0.1:0".into();
+            c.api.listen = Some("127.0.0.1:0".into());
+            c.api.model_dirs = vec![repo().join("models")];
         }
     })
     .await;
     let node = mesh.requester();
-    let addr = crank_node::api::serve(node.clone()).await.unwrap();
+    let server = crank_node::api::serve(node.clone()).await.unwrap();
+    let addr = server.tcp_addr().unwrap();
     let dir = node.config().data_dir.clone();
     assert_eq!(
         std::fs::read_to_string(dir.join("api.addr"))

@@ -95,7 +95,8 @@ impl AdvertTable {
     pub fn prune(&mut self, now: UnixMillis) -> usize {
         let before = self.by_node.len();
         self.by_node.retain(|_, a| a.body.expires_at > now);
-        before - self.by_node.len()
+        // `retain` only removes, so this never saturates.
+        before.saturating_sub(self.by_node.len())
     }
 
     /// Removes a node's advert (it left the mesh).

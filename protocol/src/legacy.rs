@@ -42,6 +42,7 @@ pub struct WorkReceiptV1 {
     /// Total owed by this requester to this worker, this receipt included, stroops.
     pub cumulative_stroops: u64,
     /// Stellar account to pay.
+    #[serde(deserialize_with = "crate::bounded::text")]
     pub payout: String,
 }
 

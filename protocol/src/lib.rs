@@ -15,6 +15,8 @@
 //! - [`messages`]: the advert and the task-flow messages, with [`messages::Request`] and
 //!   [`messages::Response`] as the two top-level frames of the task protocol.
 //! - [`codec`]: version byte + postcard, with a size limit and no trailing bytes.
+//! - [`bounded`]: the wire maxima of every vector and string, checked while decoding before
+//!   anything is allocated for them.
 //! - [`validate`]: structural and temporal checks applied after decoding and verifying.
 //! - [`adverts`]: a pure table of the freshest verified advert per node.
 //! - [`legacy`]: signed types of earlier wire versions, so stored receipts still verify.
@@ -22,15 +24,24 @@
 //! # Invariants
 //!
 //! - Decoding never panics: any byte string decodes to a value or a [`codec::CodecError`].
+//! - **Decoding allocates in proportion to the frame**: no declared length is allocated for
+//!   before the input could hold it, and no vector or string grows past its wire maximum.
 //! - A signature covers a domain tag plus the exact postcard encoding of the body, so a
 //!   signature for one message kind can never be replayed as another kind.
 
 #![cfg_attr(
     not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        // Sizes, times and prices come from peers: overflow is an error, never a wrap.
+        clippy::arithmetic_side_effects
+    )
 )]
 
 pub mod adverts;
+pub mod bounded;
 pub mod codec;
 pub mod ids;
 pub mod legacy;

@@ -36,6 +36,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::UnixMillis;
+use crate::bounded::{
+    self, MAX_ADDRS, MAX_BENCHES, MAX_ELEMENTS, MAX_GPUS, MAX_MODELS, MAX_PAID_RECEIPTS,
+    MAX_TENSORS,
+};
 use crate::ids::{ContentHash, ModelId, NodeId, TaskId};
 use crate::sign::{CounterSigned, Signable, Signed};
 use crate::tensor::NamedTensor;
@@ -184,10 +188,13 @@ pub struct GateInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuAdapter {
     /// Adapter name as the driver reports it.
+    #[serde(deserialize_with = "bounded::text")]
     pub name: String,
     /// Graphics API backend (vulkan, metal, dx12, gl).
+    #[serde(deserialize_with = "bounded::text")]
     pub backend: String,
     /// discrete, integrated or virtual.
+    #[serde(deserialize_with = "bounded::text")]
     pub kind: String,
 }
 
@@ -195,16 +202,20 @@ pub struct GpuAdapter {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hardware {
     /// CPU brand string.
+    #[serde(deserialize_with = "bounded::text")]
     pub cpu_model: String,
     /// Logical cores.
     pub cores: u16,
     /// Total memory in MiB.
     pub ram_mib: u64,
     /// CPU architecture (x86_64, aarch64, …).
+    #[serde(deserialize_with = "bounded::text")]
     pub arch: String,
     /// Operating system name and version.
+    #[serde(deserialize_with = "bounded::text")]
     pub os: String,
     /// Usable GPU adapters.
+    #[serde(deserialize_with = "bounded::seq::<{ MAX_GPUS }, _, _>")]
     pub gpus: Vec<GpuAdapter>,
 }
 
@@ -273,6 +284,7 @@ pub struct CapabilityAdvert {
     /// When it stops being valid.
     pub expires_at: UnixMillis,
     /// Software name and version.
+    #[serde(deserialize_with = "bounded::text")]
     pub agent: String,
     /// Hardware summary.
     pub hardware: Hardware,
@@ -281,19 +293,23 @@ pub struct CapabilityAdvert {
     /// Power gate state.
     pub gate: GateInfo,
     /// Models the node holds (content ids).
+    #[serde(deserialize_with = "bounded::seq::<{ MAX_MODELS }, _, _>")]
     pub models: Vec<ModelId>,
     /// Indicative prices.
     pub pricing: Pricing,
     /// Stellar account (G… strkey) to pay.
+    #[serde(deserialize_with = "bounded::text")]
     pub payout: String,
     /// Self-reported track record.
     pub trust: TrustSummary,
     /// Self-benchmark per execution path.
+    #[serde(deserialize_with = "bounded::seq::<{ MAX_BENCHES }, _, _>")]
     pub bench: Vec<PathBench>,
     /// Current capacity.
     pub capacity: Capacity,
     /// Addresses the node can be dialled at (multiaddrs, most reachable first), so a
     /// requester can reach a worker it learned about by gossip.
+    #[serde(deserialize_with = "bounded::texts::<{ MAX_ADDRS }, _>")]
     pub addrs: Vec<String>,
 }
 
@@ -322,6 +338,7 @@ pub struct CallForBids {
     /// task id, so a worker can check that the id commits to the work.
     pub nonce: [u8; 16],
     /// The Stellar account (`G…`) the requester will pay from.
+    #[serde(deserialize_with = "bounded::text")]
     pub payer: String,
     /// Bids arriving after this are ignored.
     pub bid_deadline: UnixMillis,
@@ -365,6 +382,7 @@ pub struct Bid {
     /// The bid is void after this time.
     pub valid_until: UnixMillis,
     /// Stellar account to pay.
+    #[serde(deserialize_with = "bounded::text")]
     pub payout: String,
 }
 
@@ -421,11 +439,13 @@ pub enum DeclineReason {
         /// Age of its oldest unpaid receipt, seconds.
         oldest_unpaid_secs: u64,
         /// Which limit it is over.
+        #[serde(deserialize_with = "bounded::text")]
         limit: String,
     },
     /// Anything else, explained.
     Other {
         /// The explanation.
+        #[serde(deserialize_with = "bounded::text")]
         message: String,
     },
 }
@@ -509,12 +529,14 @@ pub struct Award {
     /// Its size in bytes.
     pub model_bytes: u64,
     /// The inputs; their hash must equal `input_hash`.
+    #[serde(deserialize_with = "bounded::seq::<{ MAX_TENSORS }, _, _>")]
     pub inputs: Vec<NamedTensor>,
     /// Hash of the inputs, as in the call for bids.
     pub input_hash: ContentHash,
     /// The nonce of the call for bids: the worker re-derives the task id from it.
     pub nonce: [u8; 16],
     /// The Stellar account (`G…`) the requester will pay from; the receipt repeats it.
+    #[serde(deserialize_with = "bounded::text")]
     pub payer: String,
     /// The task must finish by this time.
     pub deadline: UnixMillis,
@@ -525,7 +547,12 @@ impl Signable for Award {
 }
 
 /// Requests part of a model's bytes from a peer that holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Holders serve a model only to the worker a requester awarded a task on it, so a node's
+/// store is no free host for strangers: the fetch carries that award, and any holder checks
+/// it (signature, model, winner = the asking peer, not long expired). Models the holder's
+/// owner marked public need none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FetchModel {
     /// The model.
     pub model: ModelId,
@@ -533,6 +560,9 @@ pub struct FetchModel {
     pub offset: u64,
     /// Most bytes wanted.
     pub max_len: u32,
+    /// The requester-signed award of a task on `model` to the asking worker (None only for
+    /// models their holder serves to anyone).
+    pub award: Option<Signed<Award>>,
 }
 
 /// Part of a model's bytes.
@@ -545,6 +575,7 @@ pub struct ModelChunk {
     /// Offset of this chunk.
     pub offset: u64,
     /// The bytes.
+    #[serde(deserialize_with = "bounded::seq::<{ MAX_ELEMENTS }, _, _>")]
     pub bytes: Vec<u8>,
 }
 
@@ -620,9 +651,11 @@ pub struct WorkReceipt {
     /// Total owed by this requester to this worker, this receipt included, stroops.
     pub cumulative_stroops: u64,
     /// Stellar account to pay.
+    #[serde(deserialize_with = "bounded::text")]
     pub payout: String,
     /// Stellar account the requester pays from (from the award): only a payment from it
     /// counts for this receipt.
+    #[serde(deserialize_with = "bounded::text")]
     pub payer: String,
 }
 
@@ -652,6 +685,7 @@ pub struct TaskOutputs {
     /// Who asked.
     pub requester: NodeId,
     /// The outputs.
+    #[serde(deserialize_with = "bounded::seq::<{ MAX_TENSORS }, _, _>")]
     pub outputs: Vec<NamedTensor>,
 }
 
@@ -677,6 +711,7 @@ pub enum DisputeReason {
     /// The outputs failed a check of the requester's (shape, type, replication).
     CheckFailed {
         /// What failed.
+        #[serde(deserialize_with = "bounded::text")]
         message: String,
     },
 }
@@ -723,21 +758,25 @@ pub enum FailureReason {
     /// The model could not be obtained or did not match its hash.
     ModelUnavailable {
         /// Details.
+        #[serde(deserialize_with = "bounded::text")]
         message: String,
     },
     /// The model is not valid ONNX or uses an unsupported operator.
     ModelInvalid {
         /// Details.
+        #[serde(deserialize_with = "bounded::text")]
         message: String,
     },
     /// The inputs do not fit the model.
     InputInvalid {
         /// Details.
+        #[serde(deserialize_with = "bounded::text")]
         message: String,
     },
     /// Inference failed.
     Inference {
         /// Details.
+        #[serde(deserialize_with = "bounded::text")]
         message: String,
     },
     /// The run exceeded the worker's time limit or the task deadline.
@@ -812,6 +851,7 @@ impl Signable for Cancel {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaidReceipt {
     /// The Stellar account paid (`G…`).
+    #[serde(deserialize_with = "bounded::text")]
     pub payout: String,
     /// The receipt's task.
     pub task_id: TaskId,
@@ -833,11 +873,13 @@ pub struct SettlementNotice {
     /// The paying node; must equal the signer.
     pub payer_node: NodeId,
     /// The Stellar account that paid (the transaction's source).
+    #[serde(deserialize_with = "bounded::text")]
     pub payer_account: String,
     /// The transaction's hash.
     pub tx_hash: [u8; 32],
     /// Every receipt the transaction pays (the memo commits to all of them, not only the
     /// receiver's).
+    #[serde(deserialize_with = "bounded::seq::<{ MAX_PAID_RECEIPTS }, _, _>")]
     pub receipts: Vec<PaidReceipt>,
 }
 
@@ -929,6 +971,7 @@ pub struct WireError {
     /// Category.
     pub code: ErrorCode,
     /// Explanation for the peer's logs.
+    #[serde(deserialize_with = "bounded::text")]
     pub message: String,
 }
 

@@ -130,7 +130,8 @@ impl Identity {
 }
 
 fn domain_bytes(domain: &str, msg: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(domain.len() + 1 + msg.len());
+    // A capacity hint only: saturating is as good as exact.
+    let mut v = Vec::with_capacity(domain.len().saturating_add(1).saturating_add(msg.len()));
     v.extend_from_slice(domain.as_bytes());
     v.push(0);
     v.extend_from_slice(msg);

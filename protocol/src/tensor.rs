@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bounded::{self, MAX_DIMS, MAX_ELEMENTS};
 use crate::ids::ContentHash;
 
 /// Most dimensions a tensor on the wire may have.
@@ -41,15 +42,15 @@ pub enum TensorError {
 #[serde(rename_all = "lowercase")]
 pub enum TensorData {
     /// 32-bit floats.
-    F32(Vec<f32>),
+    F32(#[serde(deserialize_with = "bounded::seq::<{ MAX_ELEMENTS }, _, _>")] Vec<f32>),
     /// 64-bit floats.
-    F64(Vec<f64>),
+    F64(#[serde(deserialize_with = "bounded::seq::<{ MAX_ELEMENTS }, _, _>")] Vec<f64>),
     /// 64-bit signed integers (class labels, token ids).
-    I64(Vec<i64>),
+    I64(#[serde(deserialize_with = "bounded::seq::<{ MAX_ELEMENTS }, _, _>")] Vec<i64>),
     /// 32-bit signed integers.
-    I32(Vec<i32>),
+    I32(#[serde(deserialize_with = "bounded::seq::<{ MAX_ELEMENTS }, _, _>")] Vec<i32>),
     /// Bytes (quantised images).
-    U8(Vec<u8>),
+    U8(#[serde(deserialize_with = "bounded::seq::<{ MAX_ELEMENTS }, _, _>")] Vec<u8>),
 }
 
 impl TensorData {
@@ -94,6 +95,7 @@ impl TensorData {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tensor {
     /// Dimensions, outermost first.
+    #[serde(deserialize_with = "bounded::seq::<{ MAX_DIMS }, _, _>")]
     pub shape: Vec<u64>,
     /// Row-major elements.
     pub data: TensorData,
@@ -160,6 +162,7 @@ impl Tensor {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NamedTensor {
     /// The ONNX graph input or output name.
+    #[serde(deserialize_with = "bounded::text")]
     pub name: String,
     /// The value.
     pub tensor: Tensor,

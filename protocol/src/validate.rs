@@ -296,15 +296,15 @@ pub fn settlement_notice<'a>(
             format!("{n} receipts; 1 to {MAX_NOTICE_RECEIPTS} allowed"),
         ));
     }
-    let mut ours = 0usize;
+    let mut ours = false;
     for r in &notice.receipts {
         payout(&r.payout)?;
         if r.amount_stroops == 0 {
             return Err(field("amount_stroops", "a paid receipt has a price"));
         }
-        ours += usize::from(&r.worker == me);
+        ours |= &r.worker == me;
     }
-    if ours == 0 {
+    if !ours {
         return Err(field("receipts", "none of them is this node's"));
     }
     Ok(notice)

@@ -8,6 +8,8 @@ use crank_protocol::validate::{self, Limits, ValidationError};
 use crank_protocol::*;
 use proptest::prelude::*;
 
+mod bounds;
+
 const PAYOUT: &str = "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7";
 const PAYER: &str = "GBRPYHIL2CI3FNQ4BXLFMNDLFJUNPU2HY3ZMFSHONUCEOASW7QC7OX2H";
 
@@ -629,6 +631,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
             model: ModelId(m),
             offset,
             max_len,
+            award: None,
         })
     });
     let award = (

@@ -187,4 +187,4 @@ pub use quote::{
     RequesterStanding, WorkerLimits, WorkerState, check_award, quote,
 };
 pub use score::{PaymentRule, Preference, Score, Weights, WeightsError};
-pub use trust::{TaskOutcome, TrustBook, TrustError, TrustPrior, TrustRecord};
+pub use trust::{AdvertRoom, TaskOutcome, TrustBook, TrustError, TrustPrior, TrustRecord};

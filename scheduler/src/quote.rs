@@ -461,21 +461,44 @@ pub fn check_award(bid: &Bid, award: &Award, now: UnixMillis) -> Result<(), Decl
 /// Why a bid could not be remembered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BidBookError {
-    /// Every slot holds a live bid.
+    /// Every slot holds a live bid of a requester within its share.
     #[error("{0} open bids already; decline until some expire or are awarded")]
     Full(usize),
     /// A bid for this task is already open.
     #[error("a bid for this task is already open")]
     Duplicate,
+    /// The requester already holds its fair share of the book: other requesters are bidding
+    /// too, and one requester's calls may not crowd them out.
+    #[error(
+        "this requester holds {held} open bids, its fair share of the {capacity}-bid book with {requesters} requesters bidding; award or let some expire first"
+    )]
+    OverShare {
+        /// Open bids the requester holds.
+        held: usize,
+        /// Its share now (the book's capacity over the requesters holding bids, this one included).
+        share: usize,
+        /// Requesters holding bids, this one included.
+        requesters: usize,
+        /// The book's capacity.
+        capacity: usize,
+    },
 }
 
 /// The bids a worker has open, so it can check an award against what it offered.
 ///
 /// Bounded: expired bids are dropped first, and a full book refuses new bids (the worker then
 /// declines), so a flood of calls for bids cannot grow it.
+///
+/// Fair: each requester may hold at most `capacity / requesters` open bids, counting the
+/// requesters that hold any. A requester under its share still gets a slot when the book is
+/// full: the soonest-expiring bid of the requester furthest over its share makes room. So one
+/// requester (or a handful of identities) calling for bids a hundred times a second fills the
+/// book only until someone else asks, and is then declined with [`BidBookError::OverShare`].
 #[derive(Debug, Clone, Default)]
 pub struct BidBook {
-    bids: BTreeMap<TaskId, Bid>,
+    bids: BTreeMap<TaskId, (NodeId, Bid)>,
+    /// Each requester's open bids, soonest-expiring first.
+    by_requester: BTreeMap<NodeId, BTreeSet<(UnixMillis, TaskId)>>,
     capacity: usize,
 }
 
@@ -484,47 +507,113 @@ impl BidBook {
     pub fn new(capacity: usize) -> Self {
         Self {
             bids: BTreeMap::new(),
+            by_requester: BTreeMap::new(),
             capacity: capacity.max(1),
         }
     }
 
-    /// Remembers a bid the worker is about to send.
-    pub fn insert(&mut self, bid: Bid, now: UnixMillis) -> Result<(), BidBookError> {
+    /// The most open bids one requester may hold now, if it were to ask (at least 1).
+    pub fn share(&self, requester: &NodeId) -> usize {
+        let requesters =
+            self.by_requester.len() + usize::from(!self.by_requester.contains_key(requester));
+        (self.capacity / requesters.max(1)).max(1)
+    }
+
+    /// Open bids held for one requester.
+    pub fn held_by(&self, requester: &NodeId) -> usize {
+        self.by_requester.get(requester).map_or(0, BTreeSet::len)
+    }
+
+    /// Remembers a bid the worker is about to send to `requester`.
+    pub fn insert(
+        &mut self,
+        requester: NodeId,
+        bid: Bid,
+        now: UnixMillis,
+    ) -> Result<(), BidBookError> {
         if self.bids.contains_key(&bid.task_id) {
             return Err(BidBookError::Duplicate);
+        }
+        let held = self.held_by(&requester);
+        let share = self.share(&requester);
+        if held >= share {
+            // Expired bids may be what holds the others' shares up.
+            self.prune(now);
+        }
+        let held = self.held_by(&requester);
+        let share = self.share(&requester);
+        let requesters =
+            self.by_requester.len() + usize::from(!self.by_requester.contains_key(&requester));
+        // Alone, a requester's share is the whole book: "full" says it better.
+        if held >= share && requesters > 1 {
+            return Err(BidBookError::OverShare {
+                held,
+                share,
+                requesters,
+                capacity: self.capacity,
+            });
         }
         if self.bids.len() >= self.capacity {
             self.prune(now);
         }
-        if self.bids.len() >= self.capacity {
+        if self.bids.len() >= self.capacity && !self.evict_over_share(&requester) {
             return Err(BidBookError::Full(self.bids.len()));
         }
-        self.bids.insert(bid.task_id, bid);
+        self.by_requester
+            .entry(requester)
+            .or_default()
+            .insert((bid.valid_until, bid.task_id));
+        self.bids.insert(bid.task_id, (requester, bid));
         Ok(())
+    }
+
+    /// Drops the soonest-expiring bid of the requester furthest over its share (other than
+    /// `newcomer`); false when every requester is within its share.
+    fn evict_over_share(&mut self, newcomer: &NodeId) -> bool {
+        let share = self.share(newcomer);
+        let victim = self
+            .by_requester
+            .iter()
+            .filter(|(r, held)| *r != newcomer && held.len() > share)
+            .max_by_key(|(_, held)| held.len())
+            .and_then(|(_, held)| held.first().map(|(_, task)| *task));
+        match victim {
+            Some(task) => self.remove(&task).is_some(),
+            None => false,
+        }
     }
 
     /// Checks an award (already verified by the driver) against the open bid for its task and
     /// closes that bid; the reason to send back if it does not match.
     pub fn take_for_award(&mut self, award: &Award, now: UnixMillis) -> Result<Bid, DeclineReason> {
-        let bid = self
+        let (_, bid) = self
             .bids
             .get(&award.task_id)
             .ok_or(DeclineReason::NotBidFor)?;
         check_award(bid, award, now)?;
-        self.bids
-            .remove(&award.task_id)
-            .ok_or(DeclineReason::NotBidFor)
+        self.remove(&award.task_id).ok_or(DeclineReason::NotBidFor)
     }
 
     /// Forgets the bid for a task (the requester cancelled, or the call was withdrawn).
     pub fn remove(&mut self, task: &TaskId) -> Option<Bid> {
-        self.bids.remove(task)
+        let (requester, bid) = self.bids.remove(task)?;
+        if let Some(held) = self.by_requester.get_mut(&requester) {
+            held.remove(&(bid.valid_until, *task));
+            if held.is_empty() {
+                self.by_requester.remove(&requester);
+            }
+        }
+        Some(bid)
     }
 
     /// Drops expired bids; returns how many.
     pub fn prune(&mut self, now: UnixMillis) -> usize {
         let before = self.bids.len();
-        self.bids.retain(|_, b| b.valid_until > now);
+        self.bids.retain(|_, (_, b)| b.valid_until > now);
+        self.by_requester.retain(|_, held| {
+            held.retain(|(until, _)| *until > now);
+            !held.is_empty()
+        });
         before - self.bids.len()
     }
 
@@ -548,6 +637,7 @@ mod tests {
     const PAYOUT: &str = "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7";
     const PAYER: &str = "GBRPYHIL2CI3FNQ4BXLFMNDLFJUNPU2HY3ZMFSHONUCEOASW7QC7OX2H";
     const NONCE: [u8; 16] = [5; 16];
+    const REQUESTER: NodeId = NodeId([2; 32]);
 
     /// `n` input elements in one tensor.
     fn inputs(n: u64) -> Vec<NamedTensor> {
@@ -791,20 +881,24 @@ mod tests {
         let cost = CostModel::default();
         let mut book = BidBook::new(2);
         let bid = quote(&cfb(), &state(), &cost, 1_000).unwrap();
-        book.insert(bid.clone(), 1_000).unwrap();
+        book.insert(REQUESTER, bid.clone(), 1_000).unwrap();
         assert_eq!(
-            book.insert(bid.clone(), 1_000),
+            book.insert(REQUESTER, bid.clone(), 1_000),
             Err(BidBookError::Duplicate)
         );
         let mut c2 = cfb();
         c2.task_id = TaskId([2; 32]);
-        book.insert(quote(&c2, &state(), &cost, 1_000).unwrap(), 1_000)
-            .unwrap();
+        book.insert(
+            REQUESTER,
+            quote(&c2, &state(), &cost, 1_000).unwrap(),
+            1_000,
+        )
+        .unwrap();
         let mut c3 = cfb();
         c3.task_id = TaskId([3; 32]);
         let third = quote(&c3, &state(), &cost, 1_000).unwrap();
         assert_eq!(
-            book.insert(third.clone(), 1_000),
+            book.insert(REQUESTER, third.clone(), 1_000),
             Err(BidBookError::Full(2))
         );
         let award = award(&bid, bid.price_stroops);
@@ -822,12 +916,12 @@ mod tests {
             Err(DeclineReason::NotBidFor)
         );
         // Once the open bids expire, there is room again.
-        book.insert(third, 1_000).unwrap();
+        book.insert(REQUESTER, third, 1_000).unwrap();
         assert_eq!(book.len(), 2);
         let mut c4 = cfb();
         c4.task_id = TaskId([4; 32]);
         let later = quote(&c4, &state(), &cost, 40_000).unwrap();
-        book.insert(later, 40_000).unwrap();
+        book.insert(REQUESTER, later, 40_000).unwrap();
         assert_eq!(book.len(), 1);
     }
 
@@ -904,7 +998,7 @@ mod tests {
         }
         // The book refuses it too, and keeps the bid open for the matching award.
         let mut book = BidBook::new(4);
-        book.insert(bid.clone(), 1_000).unwrap();
+        book.insert(REQUESTER, bid.clone(), 1_000).unwrap();
         let wrong = Award {
             model: ModelId([30; 32]),
             ..good.clone()
@@ -914,6 +1008,74 @@ mod tests {
             Err(DeclineReason::NotBidFor)
         );
         assert_eq!(book.take_for_award(&good, 2_000), Ok(bid));
+    }
+
+    /// A bid for task `n`, valid until `until`.
+    fn bid_for(n: u32, until: UnixMillis) -> Bid {
+        let mut c = cfb();
+        let mut id = [0u8; 32];
+        id[..4].copy_from_slice(&n.to_be_bytes());
+        c.task_id = TaskId(id);
+        let mut bid = quote(&c, &state(), &CostModel::default(), 1_000).unwrap();
+        bid.valid_until = until;
+        bid
+    }
+
+    #[test]
+    fn a_flooding_requester_holds_only_its_fair_share_of_the_bid_book() {
+        let flooder = NodeId([66; 32]);
+        let honest = NodeId([7; 32]);
+        let third = NodeId([8; 32]);
+        let mut book = BidBook::new(8);
+        // Alone, the flooder may fill the book, and is then told it is full.
+        for n in 0..8 {
+            book.insert(flooder, bid_for(n, 30_000 + u64::from(n)), 1_000)
+                .unwrap();
+        }
+        assert_eq!(
+            book.insert(flooder, bid_for(8, 30_000), 1_000),
+            Err(BidBookError::Full(8))
+        );
+        // Someone else asks: the flooder's soonest-expiring bid makes room.
+        assert_eq!(book.share(&honest), 4);
+        book.insert(honest, bid_for(100, 30_000), 1_000).unwrap();
+        assert_eq!(book.len(), 8);
+        assert_eq!(book.held_by(&flooder), 7);
+        assert!(book.remove(&bid_for(0, 0).task_id).is_none(), "oldest went");
+        // The flooder is now over its share and declined with the reason.
+        assert_eq!(
+            book.insert(flooder, bid_for(9, 30_000), 1_000),
+            Err(BidBookError::OverShare {
+                held: 7,
+                share: 4,
+                requesters: 2,
+                capacity: 8
+            })
+        );
+        // The honest requester gets up to its share, a third one too.
+        for n in 101..104 {
+            book.insert(honest, bid_for(n, 30_000), 1_000).unwrap();
+        }
+        assert_eq!(book.held_by(&honest), 4);
+        assert_eq!(book.held_by(&flooder), 4);
+        assert!(matches!(
+            book.insert(honest, bid_for(104, 30_000), 1_000),
+            Err(BidBookError::OverShare { share: 4, .. })
+        ));
+        book.insert(third, bid_for(200, 30_000), 1_000).unwrap();
+        assert_eq!(book.held_by(&third), 1);
+        assert_eq!(book.len(), 8);
+        // Awards and expiry keep the per-requester counts right.
+        let award = Award {
+            task_id: bid_for(101, 0).task_id,
+            ..award(&bid_for(101, 30_000), 1_000_000)
+        };
+        assert!(book.take_for_award(&award, 2_000).is_ok());
+        assert_eq!(book.held_by(&honest), 3);
+        assert_eq!(book.prune(40_000), 7);
+        assert!(book.is_empty());
+        assert_eq!(book.held_by(&flooder), 0);
+        assert_eq!(book.share(&flooder), 8);
     }
 
     #[test]

@@ -156,6 +156,15 @@ impl TrustPrior {
     }
 }
 
+/// What a full advert table does for a newcomer's advert ([`TrustBook::advert_room`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdvertRoom {
+    /// Drop this node's advert to make room.
+    Evict(NodeId),
+    /// Keep the table as it is and drop the newcomer's advert.
+    RefuseNewcomer,
+}
+
 /// Per-peer counts with a bounded number of peers; serde-serialisable for persistence.
 ///
 /// When full, recording a new peer forgets the peer seen longest ago.
@@ -270,6 +279,39 @@ impl TrustBook {
     /// Every peer with its counts, in node-id order.
     pub fn iter(&self) -> impl Iterator<Item = (&NodeId, &TrustRecord)> {
         self.peers.iter()
+    }
+
+    /// Which stored advert a full advert table drops to make room for `newcomer`'s, given
+    /// each stored node with its advert's expiry.
+    ///
+    /// Identities are free, so a swarm of fresh ones with long-lived adverts must not push out
+    /// nodes this node has worked with: the soonest-expiring advert of a node *without*
+    /// history goes first; when every stored node has history, a newcomer without history is
+    /// refused ([`AdvertRoom::RefuseNewcomer`]) and one with history replaces the
+    /// soonest-expiring advert.
+    pub fn advert_room<'a>(
+        &self,
+        stored: impl IntoIterator<Item = (&'a NodeId, UnixMillis)>,
+        newcomer: &NodeId,
+    ) -> AdvertRoom {
+        let mut unknown: Option<(UnixMillis, NodeId)> = None;
+        let mut known: Option<(UnixMillis, NodeId)> = None;
+        for (node, expires) in stored {
+            let slot = if self.peers.contains_key(node) {
+                &mut known
+            } else {
+                &mut unknown
+            };
+            if slot.is_none_or(|(e, n)| (expires, *node) < (e, n)) {
+                *slot = Some((expires, *node));
+            }
+        }
+        match (unknown, known) {
+            (Some((_, n)), _) => AdvertRoom::Evict(n),
+            (None, Some((_, n))) if self.peers.contains_key(newcomer) => AdvertRoom::Evict(n),
+            (None, Some(_)) => AdvertRoom::RefuseNewcomer,
+            (None, None) => AdvertRoom::RefuseNewcomer,
+        }
     }
 
     /// Peers remembered.
@@ -389,5 +431,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_full_advert_table_drops_strangers_before_peers_with_history() {
+        let mut book = TrustBook::default();
+        let (worked_with, stranger, sybil) = (NodeId([1; 32]), NodeId([2; 32]), NodeId([3; 32]));
+        book.record(worked_with, TaskOutcome::Completed, 1_000);
+        // The worked-with node's advert expires first, yet a stranger's goes.
+        let stored = [
+            (&worked_with, 10_000),
+            (&stranger, 90_000),
+            (&sybil, 80_000),
+        ];
+        assert_eq!(
+            book.advert_room(stored, &NodeId([9; 32])),
+            AdvertRoom::Evict(sybil)
+        );
+        // Only peers with history stored: a stranger is refused, a known peer gets in.
+        let known = NodeId([4; 32]);
+        book.record(known, TaskOutcome::Completed, 1_000);
+        let stored = [(&worked_with, 10_000)];
+        assert_eq!(
+            book.advert_room(stored, &NodeId([9; 32])),
+            AdvertRoom::RefuseNewcomer
+        );
+        assert_eq!(
+            book.advert_room(stored, &known),
+            AdvertRoom::Evict(worked_with)
+        );
     }
 }

@@ -6,10 +6,12 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     StreamProtocol, Swarm, SwarmBuilder, allow_block_list, autonat, connection_limits, dcutr,
-    gossipsub, identify, kad, noise, ping, relay, request_response, tcp, yamux,
+    gossipsub, identify, kad, memory_connection_limits, noise, ping, relay, request_response, tcp,
+    yamux,
 };
 
 use super::codec::{TASK_PROTOCOL, TaskCodec};
+use super::per_ip::{IpLimitConfig, IpLimits};
 use super::{KadMode, NetworkConfig, NetworkError, Role, secs};
 
 /// Kademlia protocol name: our own DHT, not the IPFS one.
@@ -25,6 +27,8 @@ pub const ADVERT_TOPIC: &str = "crank/adverts/1";
 pub(crate) struct Behaviour {
     // First: refuse connections over the limits before other behaviours do work for them.
     pub limits: connection_limits::Behaviour,
+    pub per_ip: IpLimits,
+    pub memory: memory_connection_limits::Behaviour,
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub relay_client: relay::client::Behaviour,
     pub relay_server: Toggle<relay::Behaviour>,
@@ -83,6 +87,22 @@ fn build_behaviour(
             .with_max_pending_outgoing(Some(64)),
     );
 
+    let per_ip = IpLimits::new(IpLimitConfig {
+        max_per_ip: config.max_connections_per_ip.max(1),
+        limit_loopback: config.limit_loopback,
+    });
+    // Memory, not connection counts, is what runs out on a phone or a small VM: past the
+    // limit new connections are refused (existing ones keep working).
+    let memory = if config.max_memory_bytes > 0 {
+        memory_connection_limits::Behaviour::with_max_bytes(
+            usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX),
+        )
+    } else {
+        memory_connection_limits::Behaviour::with_max_percentage(
+            f64::from(config.max_memory_percent.clamp(1, 100)) / 100.0,
+        )
+    };
+
     let identify = identify::Behaviour::new(
         identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
             .with_agent_version(format!("crank-node/{}", env!("CARGO_PKG_VERSION")))
@@ -120,7 +140,8 @@ fn build_behaviour(
         KadMode::Server => kad::Mode::Server,
     }));
 
-    // Content-addressed ids: the same advert bytes relayed twice are one message.
+    // Ids from the decoded content: one node's advert with one sequence number is one message
+    // however it is framed, so a captured advert cannot come back as "new" gossip.
     // Anonymous envelopes: an advert is signed by the node it describes and checked before it
     // is accepted or forwarded, so a second, libp2p-level signature would only double the
     // signing and verifying on every hop (each copy a node receives from its mesh peers was
@@ -128,9 +149,7 @@ fn build_behaviour(
     // CPU.
     let gossip_config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Anonymous)
-        .message_id_fn(|m: &gossipsub::Message| {
-            gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
-        })
+        .message_id_fn(|m: &gossipsub::Message| advert_message_id(&m.data))
         .validate_messages()
         .heartbeat_interval(Duration::from_millis(config.gossip_heartbeat_ms.max(100)))
         .heartbeat_initial_delay(Duration::from_millis(100))
@@ -144,6 +163,8 @@ fn build_behaviour(
         .build()?;
     let mut gossipsub =
         gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)?;
+    let (params, thresholds) = peer_score();
+    gossipsub.with_peer_score(params, thresholds)?;
     gossipsub.subscribe(&gossipsub::IdentTopic::new(ADVERT_TOPIC))?;
 
     let tasks = request_response::Behaviour::with_codec(
@@ -186,6 +207,8 @@ fn build_behaviour(
 
     Ok(Behaviour {
         limits,
+        per_ip,
+        memory,
         blocked: allow_block_list::Behaviour::default(),
         relay_client,
         relay_server,
@@ -197,4 +220,77 @@ fn build_behaviour(
         gossipsub,
         tasks,
     })
+}
+
+/// The gossip id of an advert: the hash of its node and sequence number when it decodes (the
+/// advert's signature is checked before it is accepted or forwarded), of the raw bytes when it
+/// does not (it is then rejected, and its sender penalised).
+pub(crate) fn advert_message_id(data: &[u8]) -> gossipsub::MessageId {
+    let decoded: Result<crank_protocol::Signed<crank_protocol::CapabilityAdvert>, _> =
+        crank_protocol::codec::decode(data, crank_protocol::codec::MAX_ADVERT_FRAME);
+    let hash = match decoded {
+        Ok(advert) => {
+            let mut h = blake3::Hasher::new();
+            h.update(b"crank advert id\0");
+            h.update(&advert.body.node.0);
+            h.update(&advert.body.seq.to_be_bytes());
+            h.finalize()
+        }
+        Err(_) => blake3::hash(data),
+    };
+    gossipsub::MessageId::from(hash.as_bytes().to_vec())
+}
+
+/// Gossipsub peer scoring for the advert topic.
+///
+/// Adverts are few (one per node per advert interval), so delivery-rate penalties (P3, P3b)
+/// are off: they would punish honest peers on a quiet mesh. What counts:
+/// - P1, time in the mesh: +0.01 a second, at most +3 (a peer that stays is worth keeping);
+/// - P2, first deliveries of valid adverts: +1 each, decaying by 10 % a second, at most +10;
+/// - P4, invalid adverts (undecodable, non-canonical, badly signed): −25 × count², decaying
+///   by 1 % a second (half-life about 70 s), so a second invalid advert already takes a peer
+///   below the graylist;
+/// - P6, IP colocation: −5 × (peers at one IP − 8)², loopback exempt;
+/// - P7, broken gossip promises: libp2p's default weight (−10) above 6 a decay period.
+///
+/// Thresholds: below −10 no gossip to or from the peer, below −50 we do not publish to it,
+/// below −80 its messages are ignored (graylist).
+fn peer_score() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 300.0,
+        first_message_deliveries_weight: 1.0,
+        first_message_deliveries_decay: 0.9,
+        first_message_deliveries_cap: 10.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -25.0,
+        invalid_message_deliveries_decay: 0.99,
+        ..gossipsub::TopicScoreParams::default()
+    };
+    let mut params = gossipsub::PeerScoreParams {
+        topic_score_cap: 10.0,
+        app_specific_weight: 0.0,
+        ip_colocation_factor_weight: -5.0,
+        ip_colocation_factor_threshold: 8.0,
+        behaviour_penalty_threshold: 6.0,
+        ..gossipsub::PeerScoreParams::default()
+    };
+    params.ip_colocation_factor_whitelist.extend([
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::Ipv6Addr::LOCALHOST.into(),
+    ]);
+    params
+        .topics
+        .insert(gossipsub::IdentTopic::new(ADVERT_TOPIC).hash(), topic);
+    let thresholds = gossipsub::PeerScoreThresholds {
+        gossip_threshold: -10.0,
+        publish_threshold: -50.0,
+        graylist_threshold: -80.0,
+        accept_px_threshold: 10.0,
+        opportunistic_graft_threshold: 2.0,
+    };
+    (params, thresholds)
 }

@@ -172,6 +172,7 @@ mod tests {
             model: ModelId([3; 32]),
             offset: 0,
             max_len: 10,
+            award: None,
         })
     }
 

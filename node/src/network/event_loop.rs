@@ -25,7 +25,9 @@ use tracing::{debug, info, trace, warn};
 
 use super::behaviour::{ADVERT_TOPIC, Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use super::codec::{Frame, TASK_PROTOCOL};
+use super::limits::{AdvertSeqs, RateLimiter, RateVerdict};
 use super::nat::{self, CircuitLimit, Punch, PunchOutcome};
+use super::per_ip::{IpKey, source_ip};
 use super::{
     BootstrapStatus, Command, HolePunchStats, KadMode, NetworkConfig, NetworkError, NetworkEvent,
     NetworkStatus, PeerStatus, Reachability, RelayClientMode, RelayServerStatus, RequestError,
@@ -133,10 +135,23 @@ const PUNCH_ATTEMPTS: u32 = 3;
 /// only on the side that accepted the relayed connection; the other side learns it this way.
 const PUNCH_GIVE_UP: Duration = Duration::from_secs(10);
 
+/// Nodes whose newest advert sequence number the loop remembers, to drop replays; about
+/// twice the node's advert table.
+const MAX_ADVERT_SEQS: usize = 8192;
+
 /// Why a gossiped advert was not accepted.
 enum AdvertRefusal {
     /// It expired before it arrived: not forwarded, and not held against the relaying peer.
     Expired,
+    /// Its sequence number is not newer than one already seen from its node: a replay or a
+    /// late copy. Not forwarded; not held against the relaying peer, which may simply be
+    /// slower than another.
+    Stale {
+        /// Newest sequence number seen.
+        have: u64,
+        /// The advert's.
+        got: u64,
+    },
     /// It is malformed, badly signed or breaks a limit: the relaying peer is penalised.
     Invalid(String),
 }
@@ -163,6 +178,12 @@ pub struct EventLoop {
     offences: HashMap<PeerId, u32>,
     banned: HashMap<PeerId, Instant>,
     pending_bans: Vec<(PeerId, Instant)>,
+    /// Banned identities seen at each address; enough of them block the address.
+    banned_at: HashMap<IpKey, (std::net::IpAddr, HashSet<PeerId>)>,
+    /// Inbound request rates per peer and request kind.
+    rates: RateLimiter<PeerId>,
+    /// Newest advert sequence number per node, from gossip.
+    advert_seqs: AdvertSeqs<NodeId>,
     listen_addrs: Vec<Multiaddr>,
     /// Every listen address ever reported to the node.
     announced_listen: HashSet<Multiaddr>,
@@ -233,6 +254,9 @@ impl EventLoop {
             offences: HashMap::new(),
             banned: HashMap::new(),
             pending_bans: Vec::new(),
+            banned_at: HashMap::new(),
+            rates: RateLimiter::new(config.rate_limits),
+            advert_seqs: AdvertSeqs::new(MAX_ADVERT_SEQS),
             listen_addrs: Vec::new(),
             announced_listen: HashSet::new(),
             reachability: Reachability::Unknown,
@@ -332,6 +356,7 @@ impl EventLoop {
             self.pending_bans.drain(..).partition(|(_, at)| *at <= now);
         self.pending_bans = later;
         for (peer, _) in due {
+            self.block_addresses_of(peer, now);
             self.swarm.behaviour_mut().blocked.block_peer(peer);
             warn!(peer = %peer, secs = self.config.ban_secs, "peer blocked after repeated bad messages");
         }
@@ -347,6 +372,10 @@ impl EventLoop {
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
             info!(peer = %peer, "peer unblocked");
         }
+        for ip in self.swarm.behaviour_mut().per_ip.expire_blocks(now) {
+            self.banned_at.remove(&ip);
+            info!(ip = %ip, "address unblocked");
+        }
 
         let waiting: Vec<PeerId> = self.held.keys().copied().collect();
         for peer in waiting {
@@ -359,7 +388,66 @@ impl EventLoop {
             self.ensure_reservations(now);
             self.closed_circuits
                 .retain(|_, c| now.duration_since(c.at) < CLOSED_CIRCUIT_MEMORY);
+            self.rates.forget_idle(now);
         }
+    }
+
+    /// Notes the addresses of a peer about to be blocked; an address that several blocked
+    /// identities came from is blocked too (identities are free, addresses are not), and its
+    /// other connections closed.
+    fn block_addresses_of(&mut self, peer: PeerId, now: Instant) {
+        let after = self.config.ip_ban_after_peers;
+        if after == 0 {
+            return;
+        }
+        let ips: HashSet<std::net::IpAddr> = self
+            .conns
+            .values()
+            .filter(|c| c.peer == peer)
+            .filter_map(|c| source_ip(&c.addr))
+            .collect();
+        let until = now + Duration::from_secs(self.config.ban_secs);
+        for ip in ips {
+            let key = IpKey::of(ip);
+            let (_, peers) = self
+                .banned_at
+                .entry(key)
+                .or_insert_with(|| (ip, HashSet::new()));
+            peers.insert(peer);
+            if peers.len() < after as usize || !self.swarm.behaviour_mut().per_ip.block(ip, until) {
+                continue;
+            }
+            warn!(ip = %key, identities = peers.len(), secs = self.config.ban_secs, "address blocked: several of its identities were banned");
+            let doomed: Vec<ConnectionId> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| source_ip(&c.addr).map(IpKey::of) == Some(key))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in doomed {
+                self.swarm.close_connection(id);
+            }
+        }
+        // Bounded: an address map entry lives only while its block or its peers' bans do.
+        let banned = &self.banned;
+        self.banned_at.retain(|_, (_, peers)| {
+            peers.retain(|p| banned.contains_key(p));
+            !peers.is_empty()
+        });
+    }
+
+    /// Remembers the advert's sequence number if it is the newest seen from its node.
+    fn note_advert_seq(
+        &mut self,
+        advert: &CapabilityAdvert,
+        now_ms: u64,
+    ) -> Result<(), AdvertRefusal> {
+        self.advert_seqs
+            .note(advert.node, advert.seq, advert.expires_at, now_ms)
+            .map_err(|have| AdvertRefusal::Stale {
+                have,
+                got: advert.seq,
+            })
     }
 
     fn dial_bootstrap(&mut self, now: Instant) {
@@ -890,7 +978,18 @@ impl EventLoop {
                     last_error: b.last_error.clone(),
                 })
                 .collect(),
-            blocked: self.banned.keys().map(|p| p.to_string()).collect(),
+            blocked: self
+                .banned
+                .keys()
+                .map(|p| p.to_string())
+                .chain(
+                    self.swarm
+                        .behaviour()
+                        .per_ip
+                        .blocked()
+                        .map(|ip| format!("address {ip}")),
+                )
+                .collect(),
             reachability: self.reachability,
             reachability_after_ms: self
                 .reachability_since
@@ -1130,10 +1229,15 @@ impl EventLoop {
                 message_id,
                 message,
             }) => {
-                let verdict = self.check_advert(&message);
+                let verdict = self.check_advert(&message).and_then(|advert| {
+                    self.note_advert_seq(&advert.body, crate::clock::now_ms())
+                        .map(|()| advert)
+                });
                 let acceptance = match &verdict {
                     Ok(_) => gossipsub::MessageAcceptance::Accept,
-                    Err(AdvertRefusal::Expired) => gossipsub::MessageAcceptance::Ignore,
+                    Err(AdvertRefusal::Expired | AdvertRefusal::Stale { .. }) => {
+                        gossipsub::MessageAcceptance::Ignore
+                    }
                     Err(AdvertRefusal::Invalid(_)) => gossipsub::MessageAcceptance::Reject,
                 };
                 self.swarm
@@ -1149,6 +1253,10 @@ impl EventLoop {
                     // dropped, not forwarded, and nobody's fault.
                     Err(AdvertRefusal::Expired) => {
                         debug!(peer = %propagation_source, "expired advert dropped");
+                    }
+                    // A replay or a late copy: dropped, not forwarded.
+                    Err(AdvertRefusal::Stale { have, got }) => {
+                        debug!(peer = %propagation_source, have, got, "stale advert dropped");
                     }
                     Err(AdvertRefusal::Invalid(reason)) => {
                         warn!(peer = %propagation_source, reason = %reason, "advert rejected");
@@ -1549,6 +1657,28 @@ impl EventLoop {
                     match request {
                         Frame::Valid(request) => {
                             self.metrics.request_received(request.kind());
+                            if let RateVerdict::Refused { rate, offence } =
+                                self.rates.check(peer, request.kind(), Instant::now())
+                            {
+                                let reason = format!(
+                                    "rate limited: more than {} {} requests a second (burst {}) from this peer; slow down",
+                                    rate.per_sec,
+                                    request.kind(),
+                                    rate.burst
+                                );
+                                debug!(peer = %peer, kind = request.kind(), "request over the rate limit");
+                                let answer = Response::error(ErrorCode::Busy, reason);
+                                self.metrics.response_sent(answer.kind());
+                                let _ = self
+                                    .swarm
+                                    .behaviour_mut()
+                                    .tasks
+                                    .send_response(channel, Frame::Valid(answer));
+                                if offence {
+                                    self.penalize(peer, "repeatedly over the request rate limit");
+                                }
+                                return;
+                            }
                             let (tx, rx) = oneshot::channel();
                             self.in_flight.entry(peer).or_default().inbound += 1;
                             self.pending_replies.push(Box::pin(async move {

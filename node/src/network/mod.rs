@@ -13,7 +13,9 @@
 mod behaviour;
 mod codec;
 mod event_loop;
+pub mod limits;
 mod nat;
+pub mod per_ip;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub use event_loop::EventLoop;
+pub use limits::{FairSlots, Rate, RateLimits, SlotPermit, SlotRefusal};
 
 use crate::metrics::Metrics;
 
@@ -95,6 +98,28 @@ pub struct NetworkConfig {
     pub max_connections: u32,
     /// Most established connections per peer.
     pub max_connections_per_peer: u32,
+    /// Most inbound connections (pending and established) from one IPv4 address or one
+    /// IPv6 /64: peer ids are free to mint, addresses are not.
+    pub max_connections_per_ip: u32,
+    /// Whether the per-IP limit and IP blocks apply to loopback addresses too. Off by
+    /// default: on a real network they are the operator's own processes.
+    pub limit_loopback: bool,
+    /// Refuse new connections while this process uses more than this share of the
+    /// machine's physical memory, percent (1..=100).
+    pub max_memory_percent: u8,
+    /// Refuse new connections while this process uses more than this many bytes of
+    /// physical memory; 0 uses `max_memory_percent` instead.
+    pub max_memory_bytes: u64,
+    /// Inbound requests handled at once, from all peers together; more are answered "busy".
+    pub inbound_handlers: usize,
+    /// Handlers one peer may always hold; beyond it, a peer gets at most
+    /// `inbound_handlers / peers with requests in progress`.
+    pub inbound_handlers_min_share: usize,
+    /// Inbound request rates per peer and request kind.
+    pub rate_limits: RateLimits,
+    /// Banned identities seen at one address before the address itself is blocked for
+    /// `ban_secs` (0 never blocks addresses).
+    pub ip_ban_after_peers: u32,
     /// Gossipsub heartbeat, milliseconds.
     pub gossip_heartbeat_ms: u64,
     /// Offences (malformed or badly signed messages) before a peer is blocked.
@@ -140,6 +165,14 @@ impl Default for NetworkConfig {
             idle_connection_timeout_secs: 300,
             max_connections: 256,
             max_connections_per_peer: 4,
+            max_connections_per_ip: 16,
+            limit_loopback: false,
+            max_memory_percent: 80,
+            max_memory_bytes: 0,
+            inbound_handlers: 512,
+            inbound_handlers_min_share: 8,
+            rate_limits: RateLimits::default(),
+            ip_ban_after_peers: 3,
             gossip_heartbeat_ms: 1000,
             ban_threshold: 5,
             ban_secs: 600,

@@ -326,6 +326,7 @@ async fn a_request_larger_than_the_circuit_limit_names_the_limit() {
             model: ModelId([1; 32]),
             offset: 0,
             max_len,
+            award: None,
         })
     };
     match requester.request(&target, fetch(4096)).await.unwrap() {
