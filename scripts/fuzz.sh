@@ -3,6 +3,7 @@
 # libFuzzer's final stats). Usage:
 #
 #   scripts/fuzz.sh [SECONDS] [GROUP|TARGET ...]
+#   scripts/fuzz.sh --seeds      # rewrite the committed seed corpus from real messages
 #
 # SECONDS per target (default 60). Groups: network (the task protocol and gossip decoders),
 # payments (settlement manifests, Stellar envelopes, ledger records), model (the ONNX model
@@ -17,17 +18,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 secs=${1:-60}
-shift || true
-[ $# -gt 0 ] || set -- all
 
 export PATH="/var/tmp/crank-tools/bin:$PATH"
 export CARGO_TARGET_DIR="${CRANK_FUZZ_TARGET_DIR:-/var/tmp/crank-fuzz-target}"
 export RUSTC_BOOTSTRAP=1
 work="${CRANK_FUZZ_WORK:-/var/tmp/crank-fuzz-work}"
 
+if [ "$secs" != "--seeds" ]; then
+  shift || true
+  [ $# -gt 0 ] || set -- all
+fi
+
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   echo "cargo-fuzz is missing: cargo install cargo-fuzz --locked --root /var/tmp/crank-tools" >&2
   exit 2
+fi
+
+if [ "${1:-}" = "--seeds" ]; then
+  (cd fuzz && cargo fuzz build -s none --features payments make_seeds)
+  "$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/make_seeds" "$PWD"
+  exit 0
 fi
 
 network=(decode_request decode_response decode_advert decode_signed)

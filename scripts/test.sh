@@ -14,6 +14,9 @@ cargo fmt --all --check
 echo "== cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== cargo deny (licences, bans, sources; advisories need a database this machine cannot fetch)"
+cargo deny --offline check bans licenses sources
+
 echo "== cargo test (the GPU agreement tests run on software Vulkan where it is installed)"
 cargo test --workspace --locked 2>&1 | tee /tmp/crank-test.log
 
@@ -26,6 +29,12 @@ bin=${CARGO_TARGET_DIR:-target}/debug
 if [ ! -x "$bin/crank-node" ] || [ ! -x "$bin/crank-horizon" ]; then
   cargo build --locked -p crank-node -p crank-testnet
 fi
+
+# Fuzz smoke: 10 s per decoder of network and payment input, in their own target dir. The
+# model loader's target builds tract with coverage instrumentation (several minutes cold),
+# so it runs only from scripts/fuzz.sh.
+echo "== smoke: fuzz the decoders (10 s each)"
+scripts/fuzz.sh 10 network payments
 
 echo "== smoke: local testnet (real processes, kill -9 and restart, bootstrap down, settlement faults)"
 testnet/scripts/testnet.sh run --small

@@ -19,6 +19,10 @@ use crank_protocol::legacy::WorkReceiptV1;
 use crank_protocol::tensor::tensors_hash;
 use crank_protocol::*;
 
+// Built with the targets' coverage flags, so it links the libFuzzer runtime that defines
+// their counters (its `main` is not used: this file has its own).
+use libfuzzer_sys as _;
+
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn id(n: u8) -> Identity {

@@ -247,12 +247,12 @@ pub async fn serve(node: NodeHandle) -> Result<ApiServer, ApiError> {
         None => None,
     };
     let token: Arc<str> = load_or_create_token(&config.data_dir)?.into();
-    let addr_file = config.data_dir.join(ADDR_FILE);
-    // An address left by a node that died must not point clients at whoever takes the port.
-    let _ = std::fs::remove_file(&addr_file);
-
     let socket = config.data_dir.join(SOCKET_FILE);
     clear_stale_socket(&socket).await?;
+    // No live node serves this data dir: an address left by one that died must not point
+    // clients at whoever takes the port.
+    let addr_file = config.data_dir.join(ADDR_FILE);
+    let _ = std::fs::remove_file(&addr_file);
     let bind_err = |source| ApiError::Bind {
         addr: socket.display().to_string(),
         source,
@@ -555,24 +555,27 @@ pub fn check_model_bytes(config: &Config, bytes: &[u8]) -> Result<(), ModelCheck
         .join("models.incoming")
         .join(hex::encode(tag));
     crate::identity::create_private_dir(&dir).map_err(ModelCheckError::Scratch)?;
-    let result = (|| {
-        let store = crank_inference::ModelStore::open(&dir, config.engine.max_model_bytes)
-            .map_err(ModelCheckError::Store)?;
-        let id = store.put(bytes).map_err(ModelCheckError::Store)?;
-        let mut engine_config = config.engine.clone();
-        engine_config.workers = 1;
-        engine_config.queue_slots = 1;
-        engine_config.threads_per_run = 1;
-        engine_config.plan_cache_entries = 1;
-        engine_config.batching = false;
-        let engine = crank_inference::Engine::new(engine_config, Arc::new(store))
-            .map_err(ModelCheckError::Invalid)?;
-        let info = engine.inspect(&id);
-        engine.shutdown();
-        info.map(|_| ()).map_err(ModelCheckError::Invalid)
-    })();
+    let result = trial_load(config, &dir, bytes);
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Loads `bytes` with a one-worker engine over a scratch store in `dir`.
+fn trial_load(config: &Config, dir: &Path, bytes: &[u8]) -> Result<(), ModelCheckError> {
+    let store = crank_inference::ModelStore::open(dir, config.engine.max_model_bytes)
+        .map_err(ModelCheckError::Store)?;
+    let id = store.put(bytes).map_err(ModelCheckError::Store)?;
+    let mut engine_config = config.engine.clone();
+    engine_config.workers = 1;
+    engine_config.queue_slots = 1;
+    engine_config.threads_per_run = 1;
+    engine_config.plan_cache_entries = 1;
+    engine_config.batching = false;
+    let engine = crank_inference::Engine::new(engine_config, Arc::new(store))
+        .map_err(ModelCheckError::Invalid)?;
+    let info = engine.inspect(&id);
+    engine.shutdown();
+    info.map(|_| ()).map_err(ModelCheckError::Invalid)
 }
 
 /// Adds model bytes to the node's store (announcing them) only once they pass
@@ -955,6 +958,36 @@ async fn wallet_history(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_protobuf_with_a_graph_looks_like_onnx() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+        for m in ["digits-mlp.onnx", "digits-cnn.onnx"] {
+            let bytes = std::fs::read(root.join(m)).unwrap();
+            looks_like_onnx(&bytes).unwrap();
+            // Cut anywhere inside, it no longer parses.
+            assert!(looks_like_onnx(&bytes[..bytes.len() - 3]).is_err(), "{m}");
+        }
+        for bad in [
+            &b"SBX4QJ2Y5GF6KJ3ZB3PD7C2R5NNOLQBVCFN6W3CS3LBDXUVM2D3FQSHV\n"[..],
+            b"crank-node ed25519 secret key v1\n00ff\n",
+            b"",
+            b"\x08\x07", // ir_version only: no graph
+        ] {
+            assert!(looks_like_onnx(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_proof_binds_the_token_the_nonce_and_the_address() {
+        let t = "ab".repeat(32);
+        let p = token_proof(&t, &[1; 32], "127.0.0.1:7070");
+        assert_eq!(p, token_proof(&t, &[1; 32], "127.0.0.1:7070"));
+        assert_ne!(p, token_proof(&"ac".repeat(32), &[1; 32], "127.0.0.1:7070"));
+        assert_ne!(p, token_proof(&t, &[2; 32], "127.0.0.1:7070"));
+        assert_ne!(p, token_proof(&t, &[1; 32], "127.0.0.1:7071"));
+        assert!(constant_time_eq(&p, &p) && !constant_time_eq(&p, &p[..31]));
+    }
 
     #[test]
     fn only_loopback_hosts_reach_the_metrics() {

@@ -52,9 +52,9 @@ impl Drop for Live {
         // Killing an exited child is harmless; waiting reaps it.
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
+        // The reader is not joined: it may be blocked handing over a reply nobody will read,
+        // and it ends by itself once the receiver (dropped right after this) is gone.
+        drop(self.reader.take());
     }
 }
 
