@@ -5,6 +5,9 @@
 //! i32, u32 and tract's symbolic integers to i64) so that every ONNX classifier output can
 //! travel back.
 
+// Sizes here come from untrusted models and inputs: every product and sum is checked.
+#![cfg_attr(not(test), deny(clippy::arithmetic_side_effects))]
+
 use crank_protocol::{Tensor as WireTensor, TensorData};
 use tract_onnx::prelude::{DatumType, Tensor};
 

@@ -8,6 +8,9 @@
 //! as one batch. Between operators, a run checks for cancellation, the deadline, the run-time
 //! cap and shutdown, so a stopped job frees its worker within one operator's time.
 
+// Sizes here come from untrusted models and inputs: every product and sum is checked.
+#![cfg_attr(not(test), deny(clippy::arithmetic_side_effects))]
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;

@@ -6,6 +6,9 @@
 //! every input and output has the same symbol on axis 0 and a probe run shows that rows do
 //! not influence each other; only then does the engine run several jobs as one batch.
 
+// Sizes here come from untrusted models and inputs: every product and sum is checked.
+#![cfg_attr(not(test), deny(clippy::arithmetic_side_effects))]
+
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -25,6 +25,9 @@
 //! The binary dispatches `crank-node __runner` ([`RUNNER_ARG`]) to [`serve`] before it
 //! parses its command line; nothing else in the process runs first.
 
+// Sizes here come from untrusted models and inputs: every product and sum is checked.
+#![cfg_attr(not(test), deny(clippy::arithmetic_side_effects))]
+
 pub(crate) mod process;
 mod sandbox;
 mod serve;

@@ -138,13 +138,13 @@ impl Runner {
 
     /// Sends a request (again with the model's bytes if the runner asks for them) and
     /// waits for the reply.
-    fn call(
+    fn call<'a>(
         &mut self,
         id: &ModelId,
         store: &ModelStore,
         deadline: Instant,
         check: &dyn Fn() -> Option<Stop>,
-        request: impl for<'b> Fn(Option<&'b [u8]>) -> RequestRef<'b>,
+        request: impl for<'b> Fn(Option<&'b [u8]>) -> RequestRef<'a, 'b>,
     ) -> Result<Reply, Broken> {
         self.live().map_err(Broken::Failed)?;
         match self.round_trip(&request(None), deadline, check)? {
@@ -158,7 +158,7 @@ impl Runner {
 
     fn round_trip(
         &mut self,
-        request: &RequestRef<'_>,
+        request: &RequestRef<'_, '_>,
         deadline: Instant,
         check: &dyn Fn() -> Option<Stop>,
     ) -> Result<Reply, Broken> {

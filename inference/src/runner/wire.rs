@@ -32,20 +32,20 @@ pub(crate) struct Setup {
 
 /// A request from the parent, as sent (borrowing the parent's buffers).
 #[derive(Debug, Serialize)]
-pub(crate) enum RequestRef<'a> {
+pub(crate) enum RequestRef<'a, 'b> {
     /// Load a model (if not cached) and describe it.
     Load {
         /// The model's content id.
         model: [u8; 32],
         /// Its bytes, when the runner asked for them.
-        bytes: Option<&'a [u8]>,
+        bytes: Option<&'b [u8]>,
     },
     /// Run a group of jobs (several only for a batchable model) as one batch.
     Run {
         /// The model's content id.
         model: [u8; 32],
         /// Its bytes, when the runner asked for them.
-        bytes: Option<&'a [u8]>,
+        bytes: Option<&'b [u8]>,
         /// Each job's inputs.
         jobs: &'a [&'a [NamedTensor]],
         /// The run-time cap the runner checks between operators, microseconds.
