@@ -226,10 +226,10 @@ impl ModelStore {
             let stray_marker = name
                 .strip_suffix(CACHED_SUFFIX)
                 .is_some_and(|hex| !dir.join(format!("{hex}{SUFFIX}")).exists());
-            if name.starts_with(TMP_PREFIX) || stray_marker {
-                if let Err(e) = fs::remove_file(&path) {
-                    warn!(path = %path.display(), error = %e, "could not remove a leftover file in the model store");
-                }
+            if (name.starts_with(TMP_PREFIX) || stray_marker)
+                && let Err(e) = fs::remove_file(&path)
+            {
+                warn!(path = %path.display(), error = %e, "could not remove a leftover file in the model store");
             }
         }
         Ok(Self {
@@ -896,7 +896,8 @@ mod tests {
         let e = s.reserve(&c, size).unwrap_err();
         assert!(e.to_string().contains("being fetched"), "{e}");
         drop(room);
-        s.reserve(&c, size).unwrap();
+        let room = s.reserve(&c, size).unwrap();
+        assert_eq!(room.bytes(), size);
     }
 
     #[test]
@@ -926,12 +927,14 @@ mod tests {
             s.put_fetched(&room, &garbage),
             Err(FetchedModelError::NotOnnx(_))
         ));
+        drop(room);
         let wrong = ModelId::of(&variant(1));
         let room = s.reserve(&wrong, 1 << 20).unwrap();
         assert!(matches!(
             s.put_fetched(&room, &variant(2)),
             Err(FetchedModelError::Store(StoreError::HashMismatch { .. }))
         ));
+        drop(room);
         // More bytes than the room held.
         let real = variant(3);
         let room = s.reserve(&ModelId::of(&real), 100).unwrap();
@@ -939,7 +942,10 @@ mod tests {
             s.put_fetched(&room, &real),
             Err(FetchedModelError::Store(StoreError::TooLarge { .. }))
         ));
+        assert_eq!(lock_usage(&s.usage).reserved.len(), 1);
+        drop(room);
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0, "files left");
+        // Dropped reservations give their room back.
         assert!(lock_usage(&s.usage).reserved.is_empty());
     }
 

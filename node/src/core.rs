@@ -13,7 +13,7 @@ use crank_protocol::adverts::AdvertTable;
 use crank_protocol::validate::Limits;
 use crank_protocol::{CapabilityAdvert, GateReason, ModelId, NodeId, Signed};
 use crank_scheduler::TrustBook;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use tracing::{debug, warn};
 
 use crate::clock;
@@ -69,8 +69,6 @@ pub(crate) struct Core {
     pub listen_addrs: Mutex<Vec<String>>,
     /// Woken when something in our advert may have changed.
     pub advert_changed: Notify,
-    /// Bounds concurrent inbound request handlers; more are answered "busy".
-    pub inbound: Arc<Semaphore>,
 }
 
 impl Core {

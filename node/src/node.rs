@@ -16,7 +16,7 @@ use crank_protocol::{
     Request, Response, Signed, Tensor, TensorData,
 };
 use crank_scheduler::TrustBook;
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -198,7 +198,6 @@ impl Node {
             role,
             listen_addrs: Mutex::new(Vec::new()),
             advert_changed: Notify::new(),
-            inbound: Arc::new(Semaphore::new(512)),
             config,
         });
         let shared = NodeHandle {

@@ -87,9 +87,27 @@ impl ManifestLine {
 }
 
 /// The receipts one settlement transaction pays, in canonical order.
+///
+/// Decoding goes through [`Manifest::new`], so a manifest read back from storage or a peer
+/// holds the same invariants as one built here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ManifestRepr")]
 pub struct Manifest {
     lines: Vec<ManifestLine>,
+}
+
+/// A manifest as encoded, before its checks (same shape as [`Manifest`]).
+#[derive(Deserialize)]
+struct ManifestRepr {
+    lines: Vec<ManifestLine>,
+}
+
+impl TryFrom<ManifestRepr> for Manifest {
+    type Error = ManifestError;
+
+    fn try_from(repr: ManifestRepr) -> Result<Self, Self::Error> {
+        Self::new(repr.lines)
+    }
 }
 
 impl Manifest {
@@ -130,9 +148,12 @@ impl Manifest {
         self.lines.iter().map(ManifestLine::key).collect()
     }
 
-    /// The sum of all lines, stroops.
+    /// The sum of all lines, stroops (saturating: each payout's total fits an i64, but a
+    /// manifest paying many addresses may not fit a u64).
     pub fn total_stroops(&self) -> u64 {
-        self.lines.iter().map(|l| l.amount_stroops).sum()
+        self.lines
+            .iter()
+            .fold(0u64, |sum, l| sum.saturating_add(l.amount_stroops))
     }
 
     fn totals(&self) -> Result<BTreeMap<&str, i64>, ManifestError> {
@@ -253,6 +274,37 @@ mod tests {
         )
         .unwrap();
         sign_transaction(tx, &payer, "x").unwrap().envelope
+    }
+
+    #[test]
+    fn decoding_checks_what_new_checks() {
+        #[derive(Serialize)]
+        struct Raw {
+            lines: Vec<ManifestLine>,
+        }
+        let a = Wallet::from_seed([1; 32]);
+        let good = Manifest::new(vec![line(&a, 1, 1, 10)]).unwrap();
+        let bytes = postcard::to_stdvec(&good).unwrap();
+        assert_eq!(postcard::from_bytes::<Manifest>(&bytes).unwrap(), good);
+        for bad in [
+            vec![],
+            vec![line(&a, 1, 1, 10), line(&a, 1, 1, 20)],
+            vec![line(&a, 1, 1, 0)],
+            vec![line(&a, 1, 1, u64::MAX)],
+        ] {
+            let bytes = postcard::to_stdvec(&Raw { lines: bad.clone() }).unwrap();
+            assert!(
+                postcard::from_bytes::<Manifest>(&bytes).is_err(),
+                "{bad:?} decoded"
+            );
+        }
+        let many = Manifest::new(
+            (0..3u8)
+                .map(|i| line(&Wallet::from_seed([i + 1; 32]), i, 1, i64::MAX as u64))
+                .collect(),
+        )
+        .unwrap();
+        assert_eq!(many.total_stroops(), u64::MAX);
     }
 
     #[test]

@@ -94,7 +94,7 @@ impl Runner {
             bytes,
         });
         match reply {
-            Ok(Reply::Loaded(r)) => r,
+            Ok(Reply::Loaded(r)) => r.map(ModelInfo::from),
             Ok(other) => Err(self.protocol(&other)),
             Err(Broken::Failed(e)) => Err(e),
             Err(Broken::Stopped(_)) => Err(InferenceError::ModelInvalid(format!(
@@ -287,7 +287,8 @@ impl Runner {
             return InferenceError::RunnerCrashed(what.to_string());
         };
         // It closed its output: it is exiting or exited. Give it a moment, then make sure.
-        let until = Instant::now() + Duration::from_secs(2);
+        let now = Instant::now();
+        let until = now.checked_add(Duration::from_secs(2)).unwrap_or(now);
         let status = loop {
             match live.child.try_wait() {
                 Ok(Some(s)) => break Some(s),

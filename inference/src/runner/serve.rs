@@ -13,7 +13,7 @@ use lru::LruCache;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::RunOptions;
 
-use super::wire::{FrameError, Ran, Reply, Request, Setup, read_frame, write_frame};
+use super::wire::{FrameError, Ran, Reply, Request, Setup, WireInfo, read_frame, write_frame};
 use crate::engine::{RunError, Stop, build_inputs, run_plan, split_outputs};
 use crate::error::InferenceError;
 use crate::model::{LoadedModel, bind_inputs, panic_text};
@@ -84,7 +84,7 @@ impl Serving {
         match request {
             Request::Load { model, bytes } => match self.model(ModelId(model), bytes) {
                 None => Reply::NeedModel,
-                Some(m) => Reply::Loaded(m.map(|m| m.info.clone())),
+                Some(m) => Reply::Loaded(m.map(|m| WireInfo::from(&m.info))),
             },
             Request::Run {
                 model,

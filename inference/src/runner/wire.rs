@@ -6,12 +6,12 @@
 
 use std::io::{Read, Write};
 
-use crank_protocol::NamedTensor;
+use crank_protocol::{ModelId, NamedTensor};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::InferenceError;
-use crate::model::ModelInfo;
+use crate::model::{Dim, ModelInfo, TensorInfo};
 
 /// What the parent tells a runner once, before anything else.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,9 +95,92 @@ pub(crate) enum Reply {
     /// The runner does not hold the model; send the request again with its bytes.
     NeedModel,
     /// The answer to a load.
-    Loaded(Result<ModelInfo, InferenceError>),
+    Loaded(Result<WireInfo, InferenceError>),
     /// The answer to a run.
     Ran(Result<Ran, InferenceError>),
+}
+
+/// [`ModelInfo`] in a form postcard can carry ([`crate::Dim`] is untagged for JSON, which
+/// a format without self-description cannot read back).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WireInfo {
+    id: ModelId,
+    bytes: u64,
+    inputs: Vec<WireTensorInfo>,
+    outputs: Vec<WireTensorInfo>,
+    batchable: bool,
+    plan_nodes: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct WireTensorInfo {
+    name: String,
+    dtype: String,
+    shape: Vec<WireDim>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum WireDim {
+    Fixed(u64),
+    Symbol(String),
+}
+
+impl From<&ModelInfo> for WireInfo {
+    fn from(m: &ModelInfo) -> Self {
+        let tensors = |ts: &[TensorInfo]| {
+            ts.iter()
+                .map(|t| WireTensorInfo {
+                    name: t.name.clone(),
+                    dtype: t.dtype.clone(),
+                    shape: t
+                        .shape
+                        .iter()
+                        .map(|d| match d {
+                            Dim::Fixed(n) => WireDim::Fixed(*n),
+                            Dim::Symbol(s) => WireDim::Symbol(s.clone()),
+                        })
+                        .collect(),
+                })
+                .collect()
+        };
+        Self {
+            id: m.id,
+            bytes: m.bytes,
+            inputs: tensors(&m.inputs),
+            outputs: tensors(&m.outputs),
+            batchable: m.batchable,
+            plan_nodes: m.plan_nodes,
+        }
+    }
+}
+
+impl From<WireInfo> for ModelInfo {
+    fn from(w: WireInfo) -> Self {
+        let tensors = |ts: Vec<WireTensorInfo>| {
+            ts.into_iter()
+                .map(|t| TensorInfo {
+                    name: t.name,
+                    dtype: t.dtype,
+                    shape: t
+                        .shape
+                        .into_iter()
+                        .map(|d| match d {
+                            WireDim::Fixed(n) => Dim::Fixed(n),
+                            WireDim::Symbol(s) => Dim::Symbol(s),
+                        })
+                        .collect(),
+                })
+                .collect()
+        };
+        Self {
+            id: w.id,
+            bytes: w.bytes,
+            inputs: tensors(w.inputs),
+            outputs: tensors(w.outputs),
+            batchable: w.batchable,
+            plan_nodes: w.plan_nodes,
+        }
+    }
 }
 
 /// The outcome of a run that finished.
@@ -207,6 +290,28 @@ mod tests {
         assert_eq!(bytes.as_deref(), Some(&b"onnx"[..]));
         assert_eq!(jobs, vec![inputs.clone(), inputs]);
         assert_eq!(max_run_micros, 5);
+    }
+
+    #[test]
+    fn model_signatures_cross_the_pipe() {
+        let info = ModelInfo {
+            id: ModelId([3; 32]),
+            bytes: 10,
+            inputs: vec![TensorInfo {
+                name: "x".into(),
+                dtype: "float32".into(),
+                shape: vec![Dim::Symbol("N".into()), Dim::Fixed(64)],
+            }],
+            outputs: vec![],
+            batchable: true,
+            plan_nodes: 4,
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &Reply::Loaded(Ok(WireInfo::from(&info)))).unwrap();
+        let Reply::Loaded(Ok(back)) = read_frame(&mut &buf[..], 1 << 20).unwrap() else {
+            panic!("wrong reply")
+        };
+        assert_eq!(ModelInfo::from(back), info);
     }
 
     #[test]

@@ -233,6 +233,7 @@ impl EventLoop {
             })
             .collect();
         let relay_server = RelayServerStatus::default();
+        let rates = RateLimiter::new(config.rate_limits);
         Self {
             swarm,
             commands: channels.commands,
@@ -255,7 +256,7 @@ impl EventLoop {
             banned: HashMap::new(),
             pending_bans: Vec::new(),
             banned_at: HashMap::new(),
-            rates: RateLimiter::new(config.rate_limits),
+            rates,
             advert_seqs: AdvertSeqs::new(MAX_ADVERT_SEQS),
             listen_addrs: Vec::new(),
             announced_listen: HashSet::new(),

@@ -162,7 +162,7 @@ impl<P: Eq + Hash + Copy> RateLimiter<P> {
         let every = self.limits.refusals_per_offence.max(1);
         RateVerdict::Refused {
             rate,
-            offence: *n % every == 0,
+            offence: n.is_multiple_of(every),
         }
     }
 

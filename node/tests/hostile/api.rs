@@ -445,7 +445,7 @@ async fn the_api_is_a_0600_socket_that_needs_the_token() {
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     // A second server on the same data dir does not take over a live socket.
-    let again = api::serve(node.handle()).await.err().expect("in use");
+    let again = api::serve(node.handle()).await.expect_err("in use");
     assert!(matches!(again, api::ApiError::InUse { .. }), "{again}");
 
     // Stopped: the socket is gone. A stale one (left by a crash) is replaced at start.
@@ -491,7 +491,7 @@ async fn key_files_others_can_read_are_refused_with_the_chmod_to_run() {
 
     let token = data.join(api::TOKEN_FILE);
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let err = api::load_or_create_token(&data).err().expect("refused");
+    let err = api::load_or_create_token(&data).expect_err("refused");
     assert!(err.to_string().contains("chmod 600"), "{err}");
     // The CLI will not read it either.
     let err = ApiClient::connect(&data).await.err().expect("refused");
@@ -503,7 +503,7 @@ async fn key_files_others_can_read_are_refused_with_the_chmod_to_run() {
     c.api.enabled = true;
     let node = Node::start(c, Role::default()).await.unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o604)).unwrap();
-    let err = api::serve(node.handle()).await.err().expect("refused");
+    let err = api::serve(node.handle()).await.expect_err("refused");
     assert!(err.to_string().contains("chmod 600"), "{err}");
     node.shutdown().await;
 }
