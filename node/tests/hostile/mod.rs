@@ -2,6 +2,7 @@
 //! node, made for real against in-process nodes over libp2p, with what must still hold after it.
 
 mod api;
+mod memory;
 mod models;
 mod network;
 mod store;
