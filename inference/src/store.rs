@@ -182,7 +182,8 @@ impl Drop for ModelLease {
     fn drop(&mut self) {
         let mut usage = lock_usage(&self.usage);
         if let Some(n) = usage.in_use.get_mut(&self.model) {
-            *n -= 1;
+            // Every lease added one; saturating keeps a miscount from panicking in drop.
+            *n = n.saturating_sub(1);
             if *n == 0 {
                 usage.in_use.remove(&self.model);
             }
@@ -342,7 +343,9 @@ impl ModelStore {
         let mut usage = lock_usage(&self.usage);
         let evicted = self.make_room(&mut usage, size, 1, Some(model))?;
         let key = usage.next;
-        usage.next += 1;
+        // A key only has to differ from the few reservations still open; a u64 counter
+        // does not wrap in practice, and wrapping would still be correct.
+        usage.next = usage.next.wrapping_add(1);
         usage.reserved.insert(key, (*model, size));
         Ok(Reservation {
             model: *model,
@@ -356,7 +359,11 @@ impl ModelStore {
     /// Marks a model as in use (a run): it is not evicted while the lease is held. Counts as
     /// a use for the eviction order when the model is stored.
     pub fn lease(&self, id: &ModelId) -> ModelLease {
-        *lock_usage(&self.usage).in_use.entry(*id).or_default() += 1;
+        let mut usage = lock_usage(&self.usage);
+        let count = usage.in_use.entry(*id).or_default();
+        // One per live lease: bounded by memory, so saturation is unreachable.
+        *count = count.saturating_add(1);
+        drop(usage);
         self.touch(id);
         ModelLease {
             model: *id,
@@ -453,14 +460,15 @@ impl ModelStore {
             Err(source) => return Err(io(&path, source)),
         };
         let total = file.metadata().map_err(|source| io(&path, source))?.len();
-        if offset > total {
+        // The offset comes from a peer.
+        let Some(rest) = total.checked_sub(offset) else {
             return Err(StoreError::OffsetOutOfRange {
                 id: *id,
                 offset,
                 total,
             });
-        }
-        let len = (total - offset).min(u64::from(max_len));
+        };
+        let len = rest.min(u64::from(max_len));
         file.seek(SeekFrom::Start(offset))
             .map_err(|source| io(&path, source))?;
         // `len` is at most `max_len`, a u32, so it fits in usize on every supported target.
@@ -583,8 +591,11 @@ impl ModelStore {
             .saturating_add(reserved_bytes)
             .saturating_add(size)
             .saturating_sub(quota.max_bytes);
-        let need_models =
-            (stored.len() + usage.reserved.len() + models).saturating_sub(quota.max_models);
+        let need_models = stored
+            .len()
+            .saturating_add(usage.reserved.len())
+            .saturating_add(models)
+            .saturating_sub(quota.max_models);
         let no_room = || QuotaError::NoRoom {
             size,
             available: quota
@@ -593,7 +604,11 @@ impl ModelStore {
                 .saturating_add(freeable),
             quota: quota.max_bytes,
             pinned,
-            busy: (used_bytes - pinned - freeable).saturating_add(reserved_bytes),
+            // Pinned and freeable models are disjoint parts of the stored ones.
+            busy: used_bytes
+                .saturating_sub(pinned)
+                .saturating_sub(freeable)
+                .saturating_add(reserved_bytes),
         };
         if need_bytes > freeable {
             return Err(no_room());
@@ -611,7 +626,7 @@ impl ModelStore {
             match self.remove(&victim.id) {
                 Ok(_) => {
                     info!(model = %victim.id.short(), bytes = victim.bytes, "evicted the least recently used fetched model to make room");
-                    freed += victim.bytes;
+                    freed = freed.saturating_add(victim.bytes);
                     evicted.push(victim.id);
                 }
                 Err(e) => warn!(model = %victim.id.short(), error = %e, "cannot evict a model"),

@@ -80,11 +80,12 @@ where
     let start = Instant::now();
     let mut done: u64 = 0;
     while done < u64::from(iterations) || start.elapsed() < min_duration {
+        // An iteration count; saturation is unreachable and harmless.
         f().map_err(|source| BenchError::Workload {
-            iteration: done + 1,
+            iteration: done.saturating_add(1),
             source,
         })?;
-        done += 1;
+        done = done.saturating_add(1);
     }
     let elapsed = start.elapsed();
     let cpu_time = process_cpu_time().saturating_sub(cpu_start);

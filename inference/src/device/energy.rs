@@ -173,11 +173,8 @@ fn read_counter(path: &Path) -> Result<u64, RaplError> {
 
 /// The increase of a counter that wraps to 0 after `max_range`.
 pub fn counter_delta(start: u64, end: u64, max_range: u64) -> u64 {
-    if end >= start {
-        end - start
-    } else {
-        max_range.saturating_sub(start).saturating_add(end)
-    }
+    end.checked_sub(start)
+        .unwrap_or_else(|| max_range.saturating_sub(start).saturating_add(end))
 }
 
 /// Busy CPU time of the whole machine so far, microseconds, from the `cpu` line of
@@ -197,7 +194,7 @@ pub fn machine_busy_micros(proc_root: &Path) -> Option<u64> {
         .filter_map(|&i| fields.get(i))
         .fold(0u64, |a, &b| a.saturating_add(b));
     let hz = rustix::param::clock_ticks_per_second().max(1);
-    Some(busy_ticks.saturating_mul(1_000_000) / hz)
+    busy_ticks.saturating_mul(1_000_000).checked_div(hz)
 }
 
 #[derive(Debug)]

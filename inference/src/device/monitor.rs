@@ -258,7 +258,10 @@ async fn run(
     tx: watch::Sender<GateSnapshot>,
     mut paused: watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let now = tokio::time::Instant::now();
+    // An interval too long to add to the clock would never tick; start at once instead.
+    let first = now.checked_add(interval).unwrap_or(now);
+    let mut ticker = tokio::time::interval_at(first, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

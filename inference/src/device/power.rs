@@ -249,7 +249,10 @@ fn read_percent(dir: &Path) -> Option<u8> {
             read_parsed::<u64>(&dir.join(full)),
         ) && f > 0
         {
-            return Some(((n.min(f) * 100 + f / 2) / f) as u8);
+            // Rounded percentage; in u128 the products of two u64 cannot overflow.
+            let (n, f) = (u128::from(n.min(f)), u128::from(f));
+            let percent = n.checked_mul(100)?.checked_add(f / 2)?.checked_div(f)?;
+            return u8::try_from(percent).ok();
         }
     }
     None
@@ -275,8 +278,12 @@ pub fn classify(supplies: &[Supply]) -> PowerReading {
     let mut battery_percent = if known.is_empty() {
         None
     } else {
+        // Percentages (at most 100 each) of a handful of batteries: the sum cannot overflow.
         let n = known.len() as u32;
-        Some(((known.iter().sum::<u32>() + n / 2) / n) as u8)
+        let sum = known.iter().fold(0u32, |a, p| a.saturating_add(*p));
+        sum.saturating_add(n / 2)
+            .checked_div(n)
+            .and_then(|p| u8::try_from(p).ok())
     };
 
     // A charging battery has a source even where the charger has no entry; Full and

@@ -141,8 +141,10 @@ impl GpuExecutor {
                     .unwrap_or(1)
             })
             .collect();
-        let total: u64 = rows.iter().sum();
-        let padded = if pad_rows { row_bucket(total) } else { total };
+        // Row counts come from the requests; a sum or bucket that overflows goes to tract,
+        // which rejects the inputs with a precise error.
+        let total = rows.iter().try_fold(0u64, |acc, r| acc.checked_add(*r))?;
+        let padded = if pad_rows { row_bucket(total)? } else { total };
         let owned: Vec<WireTensor>;
         let inputs: Vec<&WireTensor> = if jobs.len() == 1 && padded == total {
             jobs.first()?.clone()
@@ -185,12 +187,14 @@ impl GpuExecutor {
         let mut per_job = Vec::with_capacity(jobs.len());
         let mut start = 0u64;
         for r in &rows {
+            // At most `total`, which did not overflow.
+            let end = start.checked_add(*r)?;
             let mut outs = Vec::with_capacity(outputs.len());
             for (t, i) in outputs.iter().zip(&info.outputs) {
                 let tensor = if jobs.len() == 1 && padded == total {
                     t.clone()
                 } else {
-                    split_rows(t, padded, start, start + r)?
+                    split_rows(t, padded, start, end)?
                 };
                 outs.push(NamedTensor {
                     name: i.name.clone(),
@@ -198,7 +202,7 @@ impl GpuExecutor {
                 });
             }
             per_job.push(outs);
-            start += r;
+            start = end;
         }
         Some(GpuBatch {
             outputs: per_job,
@@ -210,12 +214,21 @@ impl GpuExecutor {
 
 /// The batch size a run of `rows` rows is padded to: a power of two up to 1024, then a
 /// multiple of 1024. At most twice the work, and at most about a dozen plans per model.
-pub(crate) fn row_bucket(rows: u64) -> u64 {
+/// `None` when the bucket does not fit in `u64`.
+pub(crate) fn row_bucket(rows: u64) -> Option<u64> {
     if rows <= 1024 {
-        rows.max(1).next_power_of_two()
+        Some(rows.max(1).next_power_of_two())
     } else {
-        rows.div_ceil(1024) * 1024
+        rows.checked_next_multiple_of(1024)
     }
+}
+
+/// Elements per row (along axis 0) of a wire shape; `None` when they overflow.
+fn per_row(shape: &[u64]) -> Option<u64> {
+    shape
+        .iter()
+        .skip(1)
+        .try_fold(1u64, |acc, d| acc.checked_mul(*d))
 }
 
 /// `t` with zero rows appended along axis 0 up to `rows` rows.
@@ -224,14 +237,15 @@ fn pad_zero_rows(mut t: WireTensor, rows: u64) -> Option<WireTensor> {
     if have >= rows {
         return Some(t);
     }
-    let per_row = t.shape.iter().skip(1).product::<u64>();
-    let extra = usize::try_from((rows - have).checked_mul(per_row)?).ok()?;
+    let extra = rows.checked_sub(have)?.checked_mul(per_row(&t.shape)?)?;
+    let extra = usize::try_from(extra).ok()?;
+    let len = t.data.len().checked_add(extra)?;
     match &mut t.data {
-        TensorData::F32(v) => v.resize(v.len() + extra, 0.0),
-        TensorData::F64(v) => v.resize(v.len() + extra, 0.0),
-        TensorData::I64(v) => v.resize(v.len() + extra, 0),
-        TensorData::I32(v) => v.resize(v.len() + extra, 0),
-        TensorData::U8(v) => v.resize(v.len() + extra, 0),
+        TensorData::F32(v) => v.resize(len, 0.0),
+        TensorData::F64(v) => v.resize(len, 0.0),
+        TensorData::I64(v) => v.resize(len, 0),
+        TensorData::I32(v) => v.resize(len, 0),
+        TensorData::U8(v) => v.resize(len, 0),
     }
     t.shape[0] = rows;
     Some(t)
@@ -242,8 +256,9 @@ fn split_rows(t: &WireTensor, total: u64, start: u64, end: u64) -> Option<WireTe
     if t.shape.first() != Some(&total) || end > total || start > end {
         return None;
     }
-    let per_row = t.shape.iter().skip(1).product::<u64>() as usize;
-    let (a, b) = (start as usize * per_row, end as usize * per_row);
+    let per_row = per_row(&t.shape)?;
+    let at = |row: u64| usize::try_from(row.checked_mul(per_row)?).ok();
+    let (a, b) = (at(start)?, at(end)?);
     let data = match &t.data {
         TensorData::F32(v) => TensorData::F32(v.get(a..b)?.to_vec()),
         TensorData::F64(v) => TensorData::F64(v.get(a..b)?.to_vec()),
@@ -252,7 +267,7 @@ fn split_rows(t: &WireTensor, total: u64, start: u64, end: u64) -> Option<WireTe
         TensorData::U8(v) => TensorData::U8(v.get(a..b)?.to_vec()),
     };
     let mut shape = t.shape.clone();
-    shape[0] = end - start;
+    shape[0] = end.checked_sub(start)?;
     Some(WireTensor { shape, data })
 }
 
@@ -264,11 +279,11 @@ mod tests {
     fn batches_pad_to_few_sizes() {
         let sizes: Vec<u64> = [0, 1, 2, 3, 5, 8, 9, 33, 1000, 1024, 1025, 5000]
             .iter()
-            .map(|r| row_bucket(*r))
+            .map(|r| row_bucket(*r).unwrap())
             .collect();
         assert_eq!(sizes, [1, 1, 2, 4, 8, 8, 16, 64, 1024, 1024, 2048, 5120]);
         for r in 1..5000 {
-            let b = row_bucket(r);
+            let b = row_bucket(r).unwrap();
             assert!(b >= r && b < 2 * r + 1024);
         }
         let t = WireTensor::f32(vec![3, 2], vec![1., 2., 3., 4., 5., 6.]).unwrap();
@@ -276,6 +291,27 @@ mod tests {
         assert_eq!(p.shape, vec![4, 2]);
         assert_eq!(split_rows(&p, 4, 0, 3).unwrap(), t);
         assert_eq!(pad_zero_rows(t.clone(), 2).unwrap(), t);
+    }
+
+    #[test]
+    fn hostile_row_counts_do_not_overflow() {
+        assert_eq!(row_bucket(u64::MAX), None);
+        assert_eq!(row_bucket(u64::MAX - 2048), Some(u64::MAX - 1023));
+        // Empty tensors whose other axes multiply past u64.
+        let t = WireTensor {
+            shape: vec![0, u64::MAX, 2],
+            data: TensorData::F32(vec![]),
+        };
+        assert!(pad_zero_rows(t.clone(), 1).is_none());
+        assert!(split_rows(&t, 0, 0, 0).is_none());
+        let t = WireTensor {
+            shape: vec![u64::MAX, 0],
+            data: TensorData::F32(vec![]),
+        };
+        assert_eq!(
+            split_rows(&t, u64::MAX, 1, u64::MAX).unwrap().shape,
+            [u64::MAX - 1, 0]
+        );
     }
 
     #[test]

@@ -21,14 +21,17 @@ pub(crate) struct Meta {
 }
 
 impl Meta {
-    /// Elements.
-    pub fn elements(&self) -> usize {
-        self.shape.iter().product()
+    /// Elements; `None` when the count does not fit in `usize`.
+    pub fn elements(&self) -> Option<usize> {
+        checked_product(&self.shape)
     }
 
-    /// Bytes on the GPU.
-    pub fn bytes(&self) -> u64 {
-        self.elements() as u64 * self.dtype.words() * 4
+    /// Bytes on the GPU; `None` when they do not fit in `u64`.
+    pub fn bytes(&self) -> Option<u64> {
+        u64::try_from(self.elements()?)
+            .ok()?
+            .checked_mul(self.dtype.words())?
+            .checked_mul(4)
     }
 }
 
@@ -204,15 +207,20 @@ struct Lowering<'g> {
 
 /// Normalises a possibly negative axis against `rank` (`rank` itself allowed when `inclusive`).
 fn axis(node: &Node, a: i64, rank: usize, inclusive: bool) -> Result<usize, GpuError> {
-    let r = rank as i64 + i64::from(inclusive);
-    let v = if a < 0 { a + r } else { a };
-    if (0..r).contains(&v) {
-        Ok(v as usize)
+    let out_of_range = || shape_err(node, format!("axis {a} is out of range for rank {rank}"));
+    let r = i64::try_from(rank)
+        .ok()
+        .and_then(|r| r.checked_add(i64::from(inclusive)))
+        .ok_or_else(out_of_range)?;
+    let v = if a < 0 {
+        a.checked_add(r).ok_or_else(out_of_range)?
     } else {
-        Err(shape_err(
-            node,
-            format!("axis {a} is out of range for rank {rank}"),
-        ))
+        a
+    };
+    if (0..r).contains(&v) {
+        usize::try_from(v).map_err(|_| out_of_range())
+    } else {
+        Err(out_of_range())
     }
 }
 
@@ -223,58 +231,76 @@ fn shape_err(node: &Node, reason: String) -> GpuError {
     }
 }
 
-fn product(dims: &[usize]) -> usize {
-    dims.iter().product()
+/// The error for sizes that do not fit the machine's integers: shapes come from the model
+/// and the request, so a hostile pair can ask for any product.
+fn overflow(node: &Node, what: &str) -> GpuError {
+    shape_err(node, format!("{what} overflows"))
 }
 
-/// Row-major strides of a shape.
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * shape[i + 1];
+/// `v`, or the "overflows" error for `what`.
+fn fits(node: &Node, v: Option<usize>, what: &str) -> Result<usize, GpuError> {
+    v.ok_or_else(|| overflow(node, what))
+}
+
+/// The product of `dims`, exact: 0 when any dimension is 0 (however large the others),
+/// `None` only when the true product does not fit in `usize`.
+pub(crate) fn checked_product(dims: &[usize]) -> Option<usize> {
+    if dims.contains(&0) {
+        return Some(0);
     }
-    s
+    dims.iter().try_fold(1usize, |acc, d| acc.checked_mul(*d))
+}
+
+fn product(node: &Node, dims: &[usize]) -> Result<usize, GpuError> {
+    checked_product(dims).ok_or_else(|| shape_err(node, format!("shape {dims:?} overflows")))
+}
+
+/// Row-major strides of a shape; `None` when one does not fit in `usize`.
+fn strides(shape: &[usize]) -> Option<Vec<usize>> {
+    let mut s = vec![1; shape.len()];
+    // The running product is only needed by the axis to the left, so the outermost
+    // dimension never has to fit.
+    let mut acc = Some(1usize);
+    for (slot, dim) in s.iter_mut().zip(shape).rev() {
+        *slot = acc?;
+        acc = acc.and_then(|a| a.checked_mul(*dim));
+    }
+    Some(s)
 }
 
 /// numpy broadcasting of two shapes.
 pub(crate) fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
-    let r = a.len().max(b.len());
-    let mut out = vec![0; r];
-    for i in 0..r {
-        let da = if i + a.len() >= r {
-            a[i + a.len() - r]
-        } else {
-            1
-        };
-        let db = if i + b.len() >= r {
-            b[i + b.len() - r]
-        } else {
-            1
-        };
-        out[i] = match (da, db) {
-            (x, y) if x == y => x,
-            (1, y) => y,
-            (x, 1) => x,
-            _ => return None,
-        };
+    // Both shapes right-aligned, left-padded with 1s to the larger rank.
+    fn padded(s: &[usize], rank: usize) -> impl Iterator<Item = usize> + '_ {
+        std::iter::repeat_n(1, rank.saturating_sub(s.len())).chain(s.iter().copied())
     }
-    Some(out)
+    let r = a.len().max(b.len());
+    padded(a, r)
+        .zip(padded(b, r))
+        .map(|dims| match dims {
+            (x, y) if x == y => Some(x),
+            (1, y) => Some(y),
+            (x, 1) => Some(x),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Strides of `shape` (left-padded with 1s to `out.len()`) over the index space of `out`,
-/// 0 on broadcast axes.
-fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
-    let pad = out.len() - shape.len();
-    let own = strides(shape);
-    (0..out.len())
-        .map(|i| {
-            if i < pad || shape[i - pad] == 1 {
-                0
-            } else {
-                own[i - pad]
-            }
-        })
-        .collect()
+/// 0 on broadcast axes; `None` when `shape` has more axes than `out` or a stride overflows.
+fn broadcast_strides(shape: &[usize], out: &[usize]) -> Option<Vec<usize>> {
+    let pad = out.len().checked_sub(shape.len())?;
+    let own = strides(shape)?;
+    Some(
+        std::iter::repeat_n(0, pad)
+            .chain(
+                shape
+                    .iter()
+                    .zip(own)
+                    .map(|(d, s)| if *d == 1 { 0 } else { s }),
+            )
+            .collect(),
+    )
 }
 
 /// Workgroups covering `threads` one-dimensional invocations of `wg` each, spread over x and
@@ -333,16 +359,37 @@ fn window_axes(
     let mut out = Vec::with_capacity(r);
     for i in 0..r {
         let (inp, k, s, d) = (input[i], kernel[i], strides[i], dilations[i]);
-        let field = (k - 1) * d + 1;
+        if k == 0 || s == 0 || d == 0 {
+            return Err(shape_err(
+                node,
+                format!("axis {i}: kernel {k}, stride {s} and dilation {d} must be positive"),
+            ));
+        }
+        let window = || format!("window on spatial axis {i}");
+        let field = fits(
+            node,
+            k.checked_sub(1)
+                .and_then(|f| f.checked_mul(d))
+                .and_then(|f| f.checked_add(1)),
+            &window(),
+        )?;
         let (pb, pe, o) = match &w.padding {
             Padding::Same { upper } => {
                 let o = inp.div_ceil(s);
-                let total = ((o.max(1) - 1) * s + field).saturating_sub(inp);
-                let small = total / 2;
+                let reach = fits(
+                    node,
+                    o.saturating_sub(1)
+                        .checked_mul(s)
+                        .and_then(|r| r.checked_add(field)),
+                    &window(),
+                )?;
+                let total = reach.saturating_sub(inp);
+                // The odd pixel of padding goes to the end (`upper`) or the start.
+                let (small, large) = (total / 2, total.div_ceil(2));
                 if *upper {
-                    (small, total - small, o)
+                    (small, large, o)
                 } else {
-                    (total - small, small, o)
+                    (large, small, o)
                 }
             }
             Padding::Valid | Padding::Explicit(..) => {
@@ -356,21 +403,31 @@ fn window_axes(
                     }
                     _ => (0, 0),
                 };
-                let span = inp + pb + pe;
-                if span < field {
+                let span = fits(
+                    node,
+                    inp.checked_add(pb).and_then(|x| x.checked_add(pe)),
+                    "padded input",
+                )?;
+                let Some(room) = span.checked_sub(field) else {
                     return Err(shape_err(
                         node,
                         format!("window of {field} does not fit an input of {inp} (padded {span})"),
                     ));
-                }
-                let mut o = if w.ceil_mode {
-                    (span - field).div_ceil(s) + 1
-                } else {
-                    (span - field) / s + 1
                 };
+                // `room / s` cannot overflow and is at most `usize::MAX / s`, so the window
+                // count (`+ 1`) and the last start (`(o - 1) * s`) fit too; checked anyway.
+                let starts = if w.ceil_mode {
+                    room.div_ceil(s)
+                } else {
+                    room.checked_div(s).unwrap_or(0)
+                };
+                let mut o = fits(node, starts.checked_add(1), &window())?;
                 // The last window must start inside the input or its leading pad.
-                if w.ceil_mode && (o - 1) * s >= inp + pb {
-                    o -= 1;
+                if w.ceil_mode {
+                    let last = fits(node, starts.checked_mul(s), &window())?;
+                    if last >= fits(node, inp.checked_add(pb), "padded input")? {
+                        o = starts;
+                    }
                 }
                 (pb, pe, o)
             }
@@ -448,7 +505,7 @@ impl Lowering<'_> {
 
     fn view(&mut self, node: &Node, src: ValueId, shape: Vec<usize>) -> Result<(), GpuError> {
         let m = self.meta(node, src)?.clone();
-        if product(&shape) != m.elements() {
+        if product(node, &shape)? != product(node, &m.shape)? {
             return Err(shape_err(
                 node,
                 format!("cannot view {:?} as {shape:?}", m.shape),
@@ -532,18 +589,19 @@ impl Lowering<'_> {
                     return Err(shape_err(node, "softmax of a scalar".into()));
                 }
                 let ax = axis(node, *a, r, false)?;
+                let (before, from_axis) = m.shape.split_at(ax);
+                let (&dim, after) = from_axis
+                    .split_first()
+                    .ok_or_else(|| shape_err(node, "softmax axis is out of range".into()))?;
                 let (outer, len, inner) = if *coerce_2d {
-                    (product(&m.shape[..ax]), product(&m.shape[ax..]), 1)
+                    (product(node, before)?, product(node, from_axis)?, 1)
                 } else {
-                    (
-                        product(&m.shape[..ax]),
-                        m.shape[ax],
-                        product(&m.shape[ax + 1..]),
-                    )
+                    (product(node, before)?, dim, product(node, after)?)
                 };
                 let out = node.output()?;
-                let rows = outer * inner;
-                let g = grid(rows * WG_ROW as usize, WG_ROW);
+                let rows = fits(node, outer.checked_mul(inner), "softmax rows")?;
+                let threads = fits(node, rows.checked_mul(WG_ROW as usize), "softmax rows")?;
+                let g = grid(threads, WG_ROW);
                 self.set(out, m);
                 self.push(
                     ix,
@@ -581,7 +639,7 @@ impl Lowering<'_> {
                     ));
                 }
                 // All spatial axes pooled at once: a window as wide as their product.
-                let spatial = product(&m.shape[2..]);
+                let spatial = product(node, &m.shape[2..])?;
                 let axes = [Axis {
                     input: spatial,
                     output: 1,
@@ -612,7 +670,8 @@ impl Lowering<'_> {
                 let src = node.input(0)?;
                 let m = self.meta(node, src)?.clone();
                 let ax = axis(node, *a, m.shape.len(), true)?;
-                let shape = vec![product(&m.shape[..ax]), product(&m.shape[ax..])];
+                let (before, after) = m.shape.split_at(ax);
+                let shape = vec![product(node, before)?, product(node, after)?];
                 self.view(node, src, shape)
             }
             Op::Squeeze { axes } => {
@@ -656,7 +715,7 @@ impl Lowering<'_> {
                         .ok_or_else(|| shape_err(node, "no axes".into()))?
                         .to_vec(),
                 };
-                let r = m.shape.len() + axes.len();
+                let r = fits(node, m.shape.len().checked_add(axes.len()), "rank")?;
                 let mut ins: Vec<usize> = axes
                     .iter()
                     .map(|x| axis(node, *x, r, false))
@@ -694,7 +753,7 @@ impl Lowering<'_> {
                     DType::F32 => Kernel::CastI64ToF32,
                 };
                 let out = node.output()?;
-                let n = m.elements();
+                let n = product(node, &m.shape)?;
                 self.set(
                     out,
                     Meta {
@@ -717,11 +776,11 @@ impl Lowering<'_> {
                     return Err(shape_err(node, "ArgMax of a scalar".into()));
                 }
                 let ax = axis(node, *a, r, false)?;
-                let (outer, len, inner) = (
-                    product(&m.shape[..ax]),
-                    m.shape[ax],
-                    product(&m.shape[ax + 1..]),
-                );
+                let (before, from_axis) = m.shape.split_at(ax);
+                let (&len, after) = from_axis
+                    .split_first()
+                    .ok_or_else(|| shape_err(node, "ArgMax axis is out of range".into()))?;
+                let (outer, inner) = (product(node, before)?, product(node, after)?);
                 if len == 0 {
                     return Err(shape_err(node, "ArgMax over an empty axis".into()));
                 }
@@ -739,7 +798,7 @@ impl Lowering<'_> {
                         dtype: DType::I64,
                     },
                 );
-                let n = outer * inner;
+                let n = fits(node, outer.checked_mul(inner), "ArgMax output")?;
                 self.push(
                     ix,
                     Kernel::ArgMax,
@@ -773,15 +832,30 @@ impl Lowering<'_> {
                     return Err(shape_err(node, "gather from a scalar".into()));
                 }
                 let ax = axis(node, *a, r, false)?;
-                let outer = product(&dm.shape[..ax]);
-                let len = dm.shape[ax];
-                let inner_words = product(&dm.shape[ax + 1..]) * dm.dtype.words() as usize;
-                let n_idx = im.elements();
-                let mut shape = dm.shape[..ax].to_vec();
+                let (before, from_axis) = dm.shape.split_at(ax);
+                let (&len, after) = from_axis
+                    .split_first()
+                    .ok_or_else(|| shape_err(node, "gather axis is out of range".into()))?;
+                let outer = product(node, before)?;
+                let inner_words = fits(
+                    node,
+                    usize::try_from(dm.dtype.words())
+                        .ok()
+                        .and_then(|w| product(node, after).ok()?.checked_mul(w)),
+                    "gathered slice",
+                )?;
+                let n_idx = product(node, &im.shape)?;
+                let mut shape = before.to_vec();
                 shape.extend_from_slice(&im.shape);
-                shape.extend_from_slice(&dm.shape[ax + 1..]);
+                shape.extend_from_slice(after);
                 let out = node.output()?;
-                let words = outer * n_idx * inner_words;
+                let words = fits(
+                    node,
+                    outer
+                        .checked_mul(n_idx)
+                        .and_then(|w| w.checked_mul(inner_words)),
+                    "gather output",
+                )?;
                 self.set(
                     out,
                     Meta {
@@ -820,26 +894,29 @@ impl Lowering<'_> {
         } else {
             bm.shape.clone()
         };
-        let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
-        let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
+        let (&[ref ab @ .., m, k], &[ref bb @ .., k2, n]) = (a2.as_slice(), b2.as_slice()) else {
+            return Err(shape_err(
+                node,
+                format!("cannot multiply {:?} by {:?}", am.shape, bm.shape),
+            ));
+        };
         if k != k2 {
             return Err(shape_err(
                 node,
                 format!("cannot multiply {:?} by {:?}", am.shape, bm.shape),
             ));
         }
-        let (ab, bb) = (&a2[..a2.len() - 2], &b2[..b2.len() - 2]);
         let batch_shape = broadcast(ab, bb).ok_or_else(|| {
             shape_err(
                 node,
                 format!("batch axes {ab:?} and {bb:?} do not broadcast"),
             )
         })?;
-        let batch = product(&batch_shape);
-        let stride_of = |dims: &[usize], mat: usize| -> Result<usize, GpuError> {
-            match product(dims) {
+        let batch = product(node, &batch_shape)?;
+        let stride_of = |dims: &[usize], mat: Option<usize>| -> Result<usize, GpuError> {
+            match product(node, dims)? {
                 1 => Ok(0),
-                p if p == batch => Ok(mat),
+                p if p == batch => fits(node, mat, "matrix"),
                 _ => Err(GpuError::unsupported(
                     "MatMul",
                     &node.name,
@@ -847,8 +924,8 @@ impl Lowering<'_> {
                 )),
             }
         };
-        let a_bs = stride_of(ab, m * k)?;
-        let b_bs = stride_of(bb, k * n)?;
+        let a_bs = stride_of(ab, m.checked_mul(k))?;
+        let b_bs = stride_of(bb, k.checked_mul(n))?;
         let mut shape = batch_shape;
         if ar > 1 {
             shape.push(m);
@@ -900,7 +977,7 @@ impl Lowering<'_> {
             beta: 1.0,
             act,
         });
-        let (kernel, groups) = matmul_kernel(m, n, batch);
+        let (kernel, groups) = matmul_kernel(node, m, n, batch)?;
         self.push(
             ix,
             kernel,
@@ -992,7 +1069,7 @@ impl Lowering<'_> {
             beta,
             act,
         });
-        let (kernel, groups) = matmul_kernel(m, n, 1);
+        let (kernel, groups) = matmul_kernel(node, m, n, 1)?;
         self.push(
             ix,
             kernel,
@@ -1021,9 +1098,9 @@ impl Lowering<'_> {
             ));
         }
         let (out, act) = self.fuse_relu(node.output()?);
-        let n = product(&shape);
-        let sa = broadcast_strides(&am.shape, &shape);
-        let sb = broadcast_strides(&bm.shape, &shape);
+        let n = product(node, &shape)?;
+        let sa = broadcast_strides(&am.shape, &shape).ok_or_else(|| overflow(node, "stride"))?;
+        let sb = broadcast_strides(&bm.shape, &shape).ok_or_else(|| overflow(node, "stride"))?;
         let mut params = vec![u(n), op as u32, act as u32, u(shape.len())];
         // Dims and strides are stored innermost-last in fixed slots of MAX_BINARY_RANK.
         for list in [&shape, &sa, &sb] {
@@ -1074,7 +1151,7 @@ impl Lowering<'_> {
             UnOp::Erf => (16, 0.0, 0.0),
         };
         let out = node.output()?;
-        let n = m.elements();
+        let n = product(node, &m.shape)?;
         self.set(out, m);
         self.push(
             ix,
@@ -1109,7 +1186,8 @@ impl Lowering<'_> {
         }
         let (batch, c) = (xm.shape[0], xm.shape[1]);
         let (oc, cpg) = (wm.shape[0], wm.shape[1]);
-        if cpg * group != c || oc % group != 0 {
+        // `group` is positive (checked when the graph is read).
+        if cpg.checked_mul(group) != Some(c) || !oc.is_multiple_of(group) {
             return Err(shape_err(
                 node,
                 format!(
@@ -1147,7 +1225,7 @@ impl Lowering<'_> {
         let (out, act) = self.fuse_relu(node.output()?);
         let mut shape = vec![batch, oc];
         shape.extend(axes.iter().map(|a| a.output));
-        let n = product(&shape);
+        let n = product(node, &shape)?;
         self.set(
             out,
             Meta {
@@ -1222,8 +1300,14 @@ impl Lowering<'_> {
             ));
         };
         let out = node.output()?;
-        let planes = m.shape[0] * m.shape[1];
-        let n = planes * h.output * w.output;
+        let n = fits(
+            node,
+            m.shape[0]
+                .checked_mul(m.shape[1])
+                .and_then(|p| p.checked_mul(h.output))
+                .and_then(|p| p.checked_mul(w.output)),
+            "pool output",
+        )?;
         self.set(
             out,
             Meta {
@@ -1262,7 +1346,7 @@ fn reshape(
     spec: &[i64],
     allow_zero: bool,
 ) -> Result<Vec<usize>, GpuError> {
-    let total = product(input);
+    let total = product(node, input)?;
     let mut out = Vec::with_capacity(spec.len());
     let mut infer = None;
     for (i, d) in spec.iter().enumerate() {
@@ -1279,16 +1363,19 @@ fn reshape(
         }
     }
     if let Some(i) = infer {
-        let known = product(&out);
-        if known == 0 || !total.is_multiple_of(known) {
+        let known = product(node, &out)?;
+        let Some(inferred) = total
+            .checked_div(known)
+            .filter(|_| total.is_multiple_of(known))
+        else {
             return Err(shape_err(
                 node,
                 format!("cannot reshape {input:?} to {spec:?}"),
             ));
-        }
-        out[i] = total / known;
+        };
+        out[i] = inferred;
     }
-    if product(&out) != total {
+    if product(node, &out)? != total {
         return Err(shape_err(
             node,
             format!("cannot reshape {input:?} to {spec:?}"),
@@ -1338,9 +1425,18 @@ fn matmul_params(p: MatMulParams) -> Vec<u32> {
 }
 
 /// The product kernel for `m` rows and its workgroups.
-fn matmul_kernel(m: usize, n: usize, batch: usize) -> (Kernel, [u32; 3]) {
-    if m < SMALL_M {
-        (Kernel::MatVec, grid(batch * m * n, WG_1D))
+fn matmul_kernel(
+    node: &Node,
+    m: usize,
+    n: usize,
+    batch: usize,
+) -> Result<(Kernel, [u32; 3]), GpuError> {
+    Ok(if m < SMALL_M {
+        let threads = batch.checked_mul(m).and_then(|t| t.checked_mul(n));
+        (
+            Kernel::MatVec,
+            grid(fits(node, threads, "matrix product")?, WG_1D),
+        )
     } else {
         (
             Kernel::MatMul,
@@ -1350,7 +1446,7 @@ fn matmul_kernel(m: usize, n: usize, batch: usize) -> (Kernel, [u32; 3]) {
                 u(batch.max(1)),
             ],
         )
-    }
+    })
 }
 
 #[cfg(test)]
@@ -1433,12 +1529,63 @@ mod tests {
     }
 
     #[test]
+    fn hostile_sizes_are_shape_errors_not_overflows() {
+        // Each of these used to overflow a `usize` (a panic in debug builds, a wrapped and
+        // too-small size in release builds).
+        let g = graph("digits-mlp");
+        let err = lower(&g, &[vec![usize::MAX / 8, 64]]).unwrap_err();
+        assert!(
+            matches!(&err, GpuError::Shape { reason, .. } if reason.contains("overflows")),
+            "{err}"
+        );
+        let n = dummy();
+        assert_eq!(checked_product(&[0, usize::MAX, usize::MAX]), Some(0));
+        assert_eq!(checked_product(&[usize::MAX, 2]), None);
+        assert_eq!(strides(&[usize::MAX, 2]), Some(vec![2, 1]));
+        assert_eq!(strides(&[2, usize::MAX, 2]), None);
+        assert_eq!(
+            broadcast_strides(&[2, usize::MAX, 2], &[2, usize::MAX, 2]),
+            None
+        );
+        assert_eq!(broadcast_strides(&[2, 3], &[3]), None);
+        assert!(reshape(&n, &[usize::MAX, 2], &[-1], false).is_err());
+        assert!(reshape(&n, &[6], &[i64::MAX, i64::MAX, -1], false).is_err());
+        let huge = Meta {
+            shape: vec![usize::MAX / 4, 2],
+            dtype: DType::I64,
+        };
+        assert_eq!(huge.elements(), Some(usize::MAX / 4 * 2));
+        assert_eq!(huge.bytes(), None);
+        let w = |padding| Window {
+            kernel: None,
+            strides: None,
+            dilations: Some(vec![usize::MAX]),
+            padding,
+            ceil_mode: true,
+        };
+        // A zero-sized kernel (from the weights' shape), a dilated field and padding that
+        // do not fit.
+        assert!(window_axes(&n, &w(Padding::Valid), &[8], &[0]).is_err());
+        assert!(window_axes(&n, &w(Padding::Valid), &[8], &[3]).is_err());
+        assert!(window_axes(&n, &w(Padding::Same { upper: true }), &[8], &[3]).is_err());
+        let pads = Window {
+            dilations: None,
+            ..w(Padding::Explicit(vec![usize::MAX], vec![1]))
+        };
+        assert!(window_axes(&n, &pads, &[8], &[3]).is_err());
+        assert!(axis(&n, i64::MIN, 3, false).is_err());
+    }
+
+    #[test]
     fn broadcasting_follows_numpy() {
         assert_eq!(broadcast(&[2, 1, 3], &[4, 1]), Some(vec![2, 4, 3]));
         assert_eq!(broadcast(&[], &[5]), Some(vec![5]));
         assert_eq!(broadcast(&[2], &[3]), None);
-        assert_eq!(broadcast_strides(&[4, 1], &[2, 4, 3]), vec![0, 1, 0]);
-        assert_eq!(broadcast_strides(&[2, 1, 3], &[2, 4, 3]), vec![3, 0, 1]);
+        assert_eq!(broadcast_strides(&[4, 1], &[2, 4, 3]), Some(vec![0, 1, 0]));
+        assert_eq!(
+            broadcast_strides(&[2, 1, 3], &[2, 4, 3]),
+            Some(vec![3, 0, 1])
+        );
     }
 
     #[test]

@@ -115,7 +115,8 @@ impl GpuModel {
                         limit: max_binding,
                     });
                 }
-                weight_bytes += data.len() as u64;
+                // A statistic; each constant is already below the binding limit.
+                weight_bytes = weight_bytes.saturating_add(data.len() as u64);
                 let buf = rt
                     .device
                     .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -192,7 +193,9 @@ impl GpuModel {
     /// graph order. Waits at most the configured run time.
     pub fn run(&self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, GpuError> {
         let ordered = self.bind(inputs)?;
-        let deadline = Instant::now() + self.inner.rt.config.max_run_time;
+        let deadline = Instant::now()
+            .checked_add(self.inner.rt.config.max_run_time)
+            .ok_or_else(|| GpuError::Backend("the configured run time is out of range".into()))?;
         let outputs = self.run_ordered(&ordered, deadline, &|| false)?;
         Ok(self
             .inner

@@ -407,6 +407,7 @@ impl Graph {
                 continue;
             }
             let op = parse_op(n, &name, opset)?;
+            let node_ix = parsed.len();
             parsed.push((
                 Node {
                     name,
@@ -418,7 +419,6 @@ impl Graph {
                 n.input.clone(),
             ));
             // Outputs are values now, so later nodes may refer to them.
-            let node_ix = parsed.len() - 1;
             for out in &n.output {
                 if out.is_empty() {
                     continue;
@@ -493,7 +493,8 @@ fn topo_sort(nodes: Vec<Node>, values: &mut [Value]) -> Result<Vec<Node>, GpuErr
     for (ix, n) in nodes.iter().enumerate() {
         for id in n.inputs.iter().flatten() {
             if let Some(p) = producer(*id, values) {
-                pending[ix] += 1;
+                // At most the number of node inputs, which is in memory.
+                pending[ix] = pending[ix].saturating_add(1);
                 readers[p].push(ix);
             }
         }
@@ -503,7 +504,8 @@ fn topo_sort(nodes: Vec<Node>, values: &mut [Value]) -> Result<Vec<Node>, GpuErr
     while let Some(ix) = ready.pop_front() {
         order.push(ix);
         for r in &readers[ix] {
-            pending[*r] -= 1;
+            // Each reader edge was counted once above, so this never goes below zero.
+            pending[*r] = pending[*r].saturating_sub(1);
             if pending[*r] == 0 {
                 ready.push_back(*r);
             }

@@ -37,6 +37,8 @@ struct Readback {
     meta: Meta,
     /// Offset in the staging buffer, bytes.
     offset: u64,
+    /// Size, bytes (checked against the device's binding limit).
+    bytes: u64,
 }
 
 /// One recorded dispatch.
@@ -83,8 +85,8 @@ impl Plan {
         let mut homes: HashMap<ValueId, Home> = HashMap::new();
         let mut inputs = Vec::with_capacity(graph.input_values.len());
         for (i, id) in graph.input_values.iter().enumerate() {
-            let m = checked(*id)?.clone();
-            inputs.push((rt.pool.take(m.bytes()), m));
+            let (m, bytes) = checked(*id)?;
+            inputs.push((rt.pool.take(bytes), m.clone()));
             homes.insert(*id, Home::Input(i));
         }
         for (id, v) in graph.values.iter().enumerate() {
@@ -110,8 +112,7 @@ impl Plan {
         let mut slot_class: Vec<u64> = Vec::new();
         let mut free: Vec<usize> = Vec::new();
         for (s, step) in program.steps.iter().enumerate() {
-            let bytes = checked(step.write)?.bytes();
-            let class = size_class(bytes);
+            let class = size_class(checked(step.write)?.1);
             let pick = free
                 .iter()
                 .enumerate()
@@ -121,8 +122,9 @@ impl Plan {
             let slot = match pick {
                 Some(i) => free.swap_remove(i),
                 None => {
+                    let new = slot_class.len();
                     slot_class.push(class);
-                    slot_class.len() - 1
+                    new
                 }
             };
             homes.insert(step.write, Home::Slot(slot));
@@ -177,7 +179,7 @@ impl Plan {
                 let node = graph.nodes.get(step.node).map_or("?", |n| n.name.as_str());
                 return Err(GpuError::TooLarge {
                     value: node.to_string(),
-                    bytes: checked(step.write)?.bytes(),
+                    bytes: checked(step.write)?.1,
                     limit: max_binding,
                 });
             }
@@ -198,12 +200,12 @@ impl Plan {
             for r in &step.reads {
                 bound.push((
                     buffer_in(home_of(*r)?, &inputs, weights, &slots)?,
-                    checked(*r)?.bytes(),
+                    checked(*r)?.1,
                 ));
             }
             bound.push((
                 buffer_in(home_of(step.write)?, &inputs, weights, &slots)?,
-                checked(step.write)?.bytes(),
+                checked(step.write)?.1,
             ));
             if step.kernel.uses_error_flag()
                 && let Some(flag) = &error_flag
@@ -214,9 +216,10 @@ impl Plan {
                 binding: 0,
                 resource: params.as_entire_binding(),
             }];
-            for (i, (buf, size)) in bound.iter().enumerate() {
+            // Binding 0 is the parameter block; the buffers follow from 1.
+            for (binding, (buf, size)) in (1u32..).zip(&bound) {
                 entries.push(wgpu::BindGroupEntry {
-                    binding: i as u32 + 1,
+                    binding,
                     resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                         buffer: buf,
                         offset: 0,
@@ -240,14 +243,23 @@ impl Plan {
         let mut outputs = Vec::with_capacity(graph.outputs.len());
         for (id, _) in &graph.outputs {
             let root = program.root.get(*id).copied().unwrap_or(*id);
-            let m = checked(*id)?.clone();
-            let bytes = m.bytes();
+            let (m, bytes) = checked(*id)?;
             outputs.push(Readback {
                 home: home_of(root)?,
-                meta: m,
+                meta: m.clone(),
                 offset,
+                bytes,
             });
-            offset += bytes.div_ceil(8) * 8;
+            // Each output starts 8-aligned (int64); the sum of a few outputs each under
+            // the binding limit fits in u64, but a checked sum costs nothing.
+            offset = bytes
+                .checked_next_multiple_of(8)
+                .and_then(|b| offset.checked_add(b))
+                .ok_or_else(|| GpuError::TooLarge {
+                    value: name(*id).to_string(),
+                    bytes,
+                    limit: max_binding,
+                })?;
         }
         let staging = rt.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("crank readback"),
@@ -305,7 +317,7 @@ impl Plan {
         }
         for out in &self.outputs {
             let src = buffer_in(out.home, &self.inputs, weights, &self.slots)?;
-            encoder.copy_buffer_to_buffer(src, 0, &self.staging, out.offset, out.meta.bytes());
+            encoder.copy_buffer_to_buffer(src, 0, &self.staging, out.offset, out.bytes);
         }
         let index = rt.queue.submit([encoder.finish()]);
         let (tx, rx) = mpsc::sync_channel(1);
@@ -325,7 +337,7 @@ impl Plan {
             }
             match rt.device.poll(wgpu::PollType::Wait {
                 submission_index: Some(index.clone()),
-                timeout: Some(slice.min(deadline - now)),
+                timeout: Some(slice.min(deadline.saturating_duration_since(now))),
             }) {
                 Ok(_) => break,
                 Err(wgpu::PollError::Timeout) => {
@@ -376,11 +388,13 @@ impl Plan {
         self.outputs
             .iter()
             .map(|o| {
-                let start = o.offset as usize;
-                let end = start + o.meta.bytes() as usize;
-                let raw = bytes
-                    .get(start..end)
-                    .ok_or_else(|| GpuError::Backend("short readback".into()))?;
+                let short = || GpuError::Backend("short readback".into());
+                let start = usize::try_from(o.offset).map_err(|_| short())?;
+                let end = usize::try_from(o.bytes)
+                    .ok()
+                    .and_then(|b| start.checked_add(b))
+                    .ok_or_else(short)?;
+                let raw = bytes.get(start..end).ok_or_else(short)?;
                 from_bytes(raw, &o.meta)
             })
             .collect()
@@ -391,19 +405,23 @@ fn value_name(graph: &Graph, id: ValueId) -> &str {
     graph.values.get(id).map_or("?", |v| v.name.as_str())
 }
 
-/// A value's shape and type, checked to fit one buffer binding on this device.
+/// A value's shape and type, checked to fit one buffer binding on this device, with its size
+/// in bytes.
 fn checked_meta<'p>(
     graph: &Graph,
     program: &'p Program,
     id: ValueId,
     max_binding: u64,
-) -> Result<&'p Meta, GpuError> {
+) -> Result<(&'p Meta, u64), GpuError> {
     let m = program
         .meta
         .get(id)
         .and_then(Option::as_ref)
         .ok_or_else(|| GpuError::Backend(format!("value {id} has no shape in the plan")))?;
-    let bytes = m.bytes();
+    let bytes = m.bytes().ok_or_else(|| GpuError::Shape {
+        node: value_name(graph, id).to_string(),
+        reason: format!("tensor {:?} overflows", m.shape),
+    })?;
     if bytes == 0 {
         return Err(GpuError::unsupported(
             "tensor",
@@ -418,7 +436,7 @@ fn checked_meta<'p>(
             limit: max_binding,
         });
     }
-    Ok(m)
+    Ok((m, bytes))
 }
 
 /// The buffer behind a home.

@@ -15,14 +15,15 @@ const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_DST)
     .union(wgpu::BufferUsages::COPY_SRC);
 
-/// The size class a request of `bytes` is served from.
+/// The size class a request of `bytes` is served from. Saturates at `u64::MAX`, which is
+/// above every device's binding limit, so an absurd request is refused as too large.
 pub(crate) fn size_class(bytes: u64) -> u64 {
     const MIB: u64 = 1 << 20;
     let b = bytes.max(256);
     if b <= MIB {
         b.next_power_of_two()
     } else {
-        b.div_ceil(MIB) * MIB
+        b.checked_next_multiple_of(MIB).unwrap_or(u64::MAX)
     }
 }
 
@@ -87,11 +88,13 @@ impl BufferPool {
     fn give_back(&self, buffer: wgpu::Buffer) {
         let class = buffer.size();
         let mut idle = self.lock();
-        if idle.bytes + class > self.max_idle_bytes {
+        // Idle bytes never exceed `max_idle_bytes`, so the sum cannot really saturate.
+        let after = idle.bytes.saturating_add(class);
+        if after > self.max_idle_bytes {
             // Dropping the handle frees the memory once in-flight work no longer uses it.
             return;
         }
-        idle.bytes += class;
+        idle.bytes = after;
         idle.by_class.entry(class).or_default().push(buffer);
     }
 }
