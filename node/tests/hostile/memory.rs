@@ -441,7 +441,11 @@ mod linux {
             model[..8].copy_from_slice(&u64::from(round).to_be_bytes());
             model[8..16].copy_from_slice(&now_ms().to_be_bytes());
             let id = ModelId::of(&model);
-            let chunk = if round % 2 == 0 { FRAME } else { 1 << 20 };
+            let chunk = if round.is_multiple_of(2) {
+                FRAME
+            } else {
+                1 << 20
+            };
             let serve = || garbage_server(id, model.len() as u64, chunk, counts.clone());
             let Some(mut adv) = attacker(&seeds, &addr, &counts, serve).await else {
                 return;
