@@ -359,7 +359,7 @@ impl Shard<'_> {
         let input = match quote(&cfb, &d.worker, &d.cost, now) {
             Ok(bid) => {
                 d.bids.remove(&bid.task_id);
-                if d.bids.insert(bid.clone(), now).is_ok() {
+                if d.bids.insert(cfb.requester, bid.clone(), now).is_ok() {
                     match Signed::sign(bid, &d.identity) {
                         Ok(bid) => Some(Input::Bid { from: d.node, bid }),
                         Err(e) => {
