@@ -19,8 +19,8 @@ mod linux {
     use crank_node::network::{Role, node_id_of};
     use crank_protocol::tensor::tensors_hash;
     use crank_protocol::{
-        Award, CallForBids, ErrorCode, Identity, ModelChunk, ModelId, NamedTensor, NodeId, Request,
-        Response, Signed, TaskId, Tensor, TensorData, codec,
+        Award, ErrorCode, Identity, ModelChunk, ModelId, NamedTensor, NodeId, Request, Response,
+        Signed, TaskId, Tensor, TensorData, codec,
     };
     use futures::StreamExt;
     use libp2p::swarm::{SwarmEvent, dummy};
@@ -228,30 +228,7 @@ mod linux {
 
     /// Call for bids number `n` of `identity` on `model`.
     fn call(identity: &Identity, n: u32, model: &[u8]) -> Request {
-        let now = now_ms();
-        let inputs = mlp_input(64);
-        let mut nonce = [0u8; 16];
-        nonce[..4].copy_from_slice(&n.to_be_bytes());
-        let body = CallForBids {
-            task_id: TaskId::derive(
-                &identity.node_id(),
-                &nonce,
-                &ModelId::of(model),
-                &tensors_hash(&inputs),
-            ),
-            nonce,
-            payer: ADVERSARY_PAYER.into(),
-            requester: identity.node_id(),
-            model: ModelId::of(model),
-            model_bytes: model.len() as u64,
-            input_hash: tensors_hash(&inputs),
-            input_elements: 64,
-            max_price_stroops: 1_000_000,
-            bid_deadline: now + 5_000,
-            deadline: now + 120_000,
-            issued_at: now,
-        };
-        Request::CallForBids(Signed::sign(body, identity).unwrap())
+        Request::CallForBids(super::super::network::flood_cfb(identity, n, model))
     }
 
     /// Calls for bids on the served model as fast as the victim answers.

@@ -26,7 +26,7 @@ use crate::{ADVERSARY_PAYER, Mesh, config, digits_request, mlp_input, now_ms, re
 const ADVERT_TOPIC: &str = "crank/adverts/1";
 
 /// A call for bids for task number `n` of `identity`, on `model` with the MLP's input.
-fn flood_cfb(identity: &Identity, n: u32, model: &[u8]) -> Signed<CallForBids> {
+pub(super) fn flood_cfb(identity: &Identity, n: u32, model: &[u8]) -> Signed<CallForBids> {
     let now = now_ms();
     let inputs = mlp_input(64);
     let mut nonce = [0u8; 16];
