@@ -730,10 +730,9 @@ mod linux {
             completed, HONEST_TASKS,
             "honest tasks failed under attack: {failures:?}"
         );
-        assert!(
-            peak_sample > 0 && hwm >= peak_sample,
-            "no memory figures read"
-        );
+        // VmHWM can read a little below the highest VmRSS sample (the kernel's RSS counters
+        // are per-thread caches, folded in lazily), so the peak is the larger of the two.
+        assert!(peak_sample > 0 && hwm > 0, "no memory figures read");
         assert!(
             peak <= idle + MARGIN_MIB * 1024,
             "the victim's peak resident memory {:.1} MiB exceeds idle {:.1} MiB + {MARGIN_MIB} MiB",
