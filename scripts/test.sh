@@ -15,6 +15,9 @@ echo "== cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo deny (licences, bans, sources; advisories need a database this machine cannot fetch)"
+# cargo deny reads `cargo metadata` for every target platform; with --offline (no advisory
+# database here) it cannot download the crates only other platforms use, so fetch them first.
+cargo fetch --locked >/dev/null
 cargo deny --offline check bans licenses sources
 
 echo "== cargo test (the GPU agreement tests run on software Vulkan where it is installed)"
