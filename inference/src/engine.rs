@@ -32,7 +32,7 @@ use tract_onnx::tract_core::internal::RunOptions;
 use crate::cache::PlanCache;
 use crate::convert;
 use crate::error::InferenceError;
-use crate::model::{LoadedModel, ModelInfo, bind_inputs, concat_rows, panic_text};
+use crate::model::{LoadedModel, ModelInfo, PlanStats, bind_inputs, concat_rows, panic_text};
 use crate::runner::SandboxReport;
 use crate::runner::process::Runner;
 use crate::runner::wire::Setup;
@@ -547,6 +547,13 @@ impl Engine {
             queued,
             running: self.shared.running.load(Ordering::Acquire),
         }
+    }
+
+    /// How a cached model's plans are made and, for per-shape plans, how often a task's
+    /// shapes found one built. `None` when the model is not loaded in this process (not yet
+    /// run, evicted, or run by the isolated runner, which keeps its own plans).
+    pub fn plan_stats(&self, model: &ModelId) -> Option<PlanStats> {
+        self.shared.cache.peek(model).map(|m| m.plan_stats())
     }
 
     /// Models currently loaded in the plan cache, most recently used first.
@@ -1086,7 +1093,8 @@ pub(crate) fn run_plan(
     inputs: TVec<TValue>,
     check: impl Fn() -> Option<Stop>,
 ) -> Result<(TVec<TValue>, Duration), RunError> {
-    let mut state = model.take_state().map_err(RunError::Failed)?;
+    let plan = model.plan_for(&inputs).map_err(RunError::Failed)?;
+    let mut state = LoadedModel::fresh_state(&plan).map_err(RunError::Failed)?;
     let cpu_start = crate::device::thread_cpu_time();
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         state.run_plan_with_eval(inputs, |ctx, op_state, node, values| {
@@ -1098,11 +1106,7 @@ pub(crate) fn run_plan(
     }));
     let cpu = crate::device::thread_cpu_time().saturating_sub(cpu_start);
     match outcome {
-        Ok(Ok(outputs)) => {
-            model.put_state(state);
-            Ok((outputs, cpu))
-        }
-        // The state may be mid-run; it is dropped rather than reused.
+        Ok(Ok(outputs)) => Ok((outputs, cpu)),
         Ok(Err(e)) => match e.downcast_ref::<Stop>() {
             Some(stop) => Err(RunError::Stopped(*stop)),
             None => Err(RunError::Failed(InferenceError::Inference(format!(

@@ -12,6 +12,7 @@
 //! - [`model`]: loading ONNX into an optimised tract plan; [`ModelInfo`], a model's signature.
 //! - [`convert`]: wire tensors (f32, f64, i64, i32, u8) to and from tract tensors.
 //! - [`error`]: [`StoreError`] and [`InferenceError`].
+//! - [`zoo`]: the conformance zoo of public models with onnxruntime's outputs for them.
 //! - [`runner`]: isolated execution: the runner process ([`runner::serve`]), its sandbox
 //!   (resource limits, seccomp), the framed protocol, and the parent's side that kills and
 //!   replaces a runner that crashes, runs out of memory or overruns its time.
@@ -55,8 +56,9 @@ pub mod model;
 pub mod runner;
 pub mod store;
 pub mod validate;
+pub mod zoo;
 
 pub use engine::{CancelToken, Engine, EngineConfig, Job, JobHandle, QueueState, RunOutput};
 pub use error::{InferenceError, StoreError};
-pub use model::{Dim, ModelInfo, TensorInfo};
+pub use model::{Dim, ModelInfo, PlanStats, TensorInfo};
 pub use store::ModelStore;

@@ -10,15 +10,19 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use crank_protocol::{ModelId, NamedTensor, Tensor as WireTensor, TensorData};
+use lru::LruCache;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::RunOptions;
-use tract_onnx::tract_hir::infer::Factoid;
+use tract_onnx::tract_hir::infer::{Factoid, GenericFactoid};
 
 use crate::convert::{self, dtype_name};
 use crate::error::InferenceError;
@@ -90,25 +94,72 @@ pub struct ModelInfo {
     pub plan_nodes: usize,
 }
 
-/// A model loaded once per content id: its optimised plan, its signature, and spare run
-/// states (reusing a state avoids re-allocating per run).
+/// A model loaded once per content id: its signature and its optimised plan, or the parsed
+/// graph from which plans are built for each concrete set of input shapes.
 pub(crate) struct LoadedModel {
     pub info: ModelInfo,
-    pub plan: Arc<TypedSimplePlan>,
+    plans: Plans,
     input_types: Vec<DatumType>,
-    states: Mutex<Vec<TypedSimpleState>>,
+}
+
+/// How a model's plans are made.
+enum Plans {
+    /// Symbolic analysis succeeded: one plan serves every input shape.
+    Symbolic(Arc<TypedSimplePlan>),
+    /// Symbolic analysis failed (shape-dependent reshapes, `If` on shapes, dimensions that
+    /// only unify once known): a plan is built for each concrete set of input shapes a task
+    /// brings, and the last few are kept.
+    PerShape(PerShape),
+}
+
+/// What a per-shape plan is built for: every input's shape, and the values of the small
+/// integer inputs when shapes alone do not determine the graph.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PlanKey {
+    shapes: Vec<Vec<usize>>,
+    values: Vec<Option<Vec<i64>>>,
+}
+type PlanSlot = Arc<OnceLock<Result<Arc<TypedSimplePlan>, InferenceError>>>;
+
+/// Plans built for concrete input shapes, least recently used evicted first.
+struct PerShape {
+    source: InferenceModel,
+    options: RunOptions,
+    /// Why the symbolic analysis failed, for the log and for errors.
+    symbolic_error: String,
+    plans: Mutex<LruCache<PlanKey, PlanSlot>>,
+    /// Whether keys include the small integer inputs' values (set once shapes alone failed).
+    by_value: AtomicBool,
+    stats: Mutex<PlanStats>,
+}
+
+/// How often the per-shape plans were found cached, and what building them cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlanStats {
+    /// Whether plans are built per concrete input shapes (the symbolic analysis failed).
+    pub per_shape: bool,
+    /// Runs whose shapes had a plan already.
+    pub hits: u64,
+    /// Runs that built a plan for their shapes.
+    pub misses: u64,
+    /// Time spent building plans, microseconds, all misses together.
+    pub build_micros: u64,
+    /// The longest single build, microseconds.
+    pub max_build_micros: u64,
 }
 
 impl fmt::Debug for LoadedModel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoadedModel")
             .field("info", &self.info)
+            .field("per_shape", &matches!(self.plans, Plans::PerShape(_)))
             .finish_non_exhaustive()
     }
 }
 
-/// Spare states kept per model; more would only hold memory for workers that are gone.
-const MAX_SPARE_STATES: usize = 16;
+/// Per-shape plans kept per model. Each holds its own optimised copy of the weights, so a
+/// requester that varies its shapes costs the worker builds, not unbounded memory.
+const MAX_SHAPE_PLANS: usize = 4;
 
 impl LoadedModel {
     /// Parses, types, declutters and optimises `bytes`; never panics (a panic inside the
@@ -137,23 +188,32 @@ impl LoadedModel {
         Ok(loaded)
     }
 
-    /// Takes a spare run state or makes one.
-    pub fn take_state(&self) -> Result<TypedSimpleState, InferenceError> {
-        if let Some(s) = self.states.lock().ok().and_then(|mut v| v.pop()) {
-            return Ok(s);
+    /// The plan for a run on `inputs` (bound, in graph order): the symbolic plan, or the
+    /// cached or newly built plan for exactly these shapes.
+    pub fn plan_for(&self, inputs: &[TValue]) -> Result<Arc<TypedSimplePlan>, InferenceError> {
+        match &self.plans {
+            Plans::Symbolic(plan) => Ok(plan.clone()),
+            Plans::PerShape(per) => per.plan_for(&self.info, &self.input_types, inputs),
         }
-        self.plan
-            .spawn()
-            .map_err(|e| InferenceError::Inference(format!("{e:#}")))
     }
 
-    /// Returns a state after a successful run.
-    pub fn put_state(&self, state: TypedSimpleState) {
-        if let Ok(mut v) = self.states.lock()
-            && v.len() < MAX_SPARE_STATES
-        {
-            v.push(state);
+    /// Hits, misses and build cost of the per-shape plans (all zero for a symbolic plan).
+    pub fn plan_stats(&self) -> PlanStats {
+        match &self.plans {
+            Plans::Symbolic(_) => PlanStats::default(),
+            Plans::PerShape(per) => PlanStats {
+                per_shape: true,
+                ..*per.stats.lock().unwrap_or_else(|p| p.into_inner())
+            },
         }
+    }
+
+    /// A fresh run state for `plan`. States are never reused: operators such as LSTM, Scan
+    /// and Loop keep state between runs, and a reused state would carry one task's data
+    /// into the next requester's result.
+    pub fn fresh_state(plan: &Arc<TypedSimplePlan>) -> Result<TypedSimpleState, InferenceError> {
+        plan.spawn()
+            .map_err(|e| InferenceError::Inference(format!("{e:#}")))
     }
 
     /// Checks inputs against the signature and orders them like the graph inputs.
@@ -215,9 +275,11 @@ impl LoadedModel {
             rows.push(one);
         }
         let run = |inputs: Vec<Tensor>| -> Option<TVec<TValue>> {
+            let Plans::Symbolic(plan) = &self.plans else {
+                return None;
+            };
             let r = catch_unwind(AssertUnwindSafe(|| {
-                self.plan
-                    .run(inputs.into_iter().map(|t| t.into_tvalue()).collect())
+                plan.run(inputs.into_iter().map(|t| t.into_tvalue()).collect())
             }));
             r.ok()?.ok()
         };
@@ -299,25 +361,63 @@ fn load_inner(
             model.set_input_fact(ix, fact).map_err(invalid)?;
         }
     }
+    let has_symbols = (0..model.inputs.len()).any(|ix| {
+        model.input_fact(ix).is_ok_and(|f| {
+            f.shape.is_open()
+                || f.shape
+                    .dims()
+                    .any(|d| d.concretize().and_then(|d| d.to_i64().ok()).is_none())
+        })
+    });
+    let symbolic = catch_unwind(AssertUnwindSafe(|| {
+        load_symbolic(id, bytes, model.clone(), &batch, options)
+    }))
+    .unwrap_or_else(|p| {
+        Err(InferenceError::ModelInvalid(format!(
+            "runtime panicked on it: {}",
+            panic_text(&p)
+        )))
+    });
+    match symbolic {
+        Ok(loaded) => Ok(loaded),
+        // Nothing is symbolic, so concrete shapes cannot help: the model cannot run.
+        Err(e) if !has_symbols => Err(e),
+        Err(e) => {
+            let reason = e.to_string();
+            debug!(model = %id, error = %reason, "symbolic analysis failed; plans are built per input shape");
+            load_per_shape(id, bytes, model, options, reason)
+        }
+    }
+}
+
+/// Types, declutters and optimises the model once with symbolic dimensions.
+fn load_symbolic(
+    id: ModelId,
+    bytes: &[u8],
+    model: InferenceModel,
+    batch: &Symbol,
+    options: &RunOptions,
+) -> Result<LoadedModel, InferenceError> {
+    let invalid = |e: TractError| InferenceError::ModelInvalid(format!("{e:#}"));
     let typed = model
         .into_typed()
         .and_then(|m| m.into_decluttered())
         .map_err(invalid)?;
     let mut inputs = Vec::new();
     let mut input_types = Vec::new();
-    for (ix, outlet) in typed.input_outlets().map_err(invalid)?.iter().enumerate() {
+    for outlet in typed.input_outlets().map_err(invalid)? {
         let fact = typed.outlet_fact(*outlet).map_err(invalid)?;
         input_types.push(fact.datum_type);
-        inputs.push(describe(typed.node(outlet.node).name.clone(), fact, ix));
+        inputs.push(describe(typed.node(outlet.node).name.clone(), fact));
     }
     let mut outputs = Vec::new();
-    for (ix, outlet) in typed.output_outlets().map_err(invalid)?.iter().enumerate() {
+    for outlet in typed.output_outlets().map_err(invalid)? {
         let fact = typed.outlet_fact(*outlet).map_err(invalid)?;
         let name = typed
             .outlet_label(*outlet)
             .map(str::to_string)
             .unwrap_or_else(|| typed.node(outlet.node).name.clone());
-        outputs.push(describe(name, fact, ix));
+        outputs.push(describe(name, fact));
     }
     let batch_dim = Dim::Symbol(batch.to_string());
     let batchable = !inputs.is_empty()
@@ -340,13 +440,238 @@ fn load_inner(
             batchable,
             plan_nodes,
         },
-        plan,
+        plans: Plans::Symbolic(plan),
         input_types,
-        states: Mutex::new(Vec::new()),
     })
 }
 
-fn describe(name: String, fact: &TypedFact, _ix: usize) -> TensorInfo {
+/// Describes the model from its declared graph inputs and outputs and keeps the parsed
+/// graph, so a plan can be built for each task's concrete input shapes.
+fn load_per_shape(
+    id: ModelId,
+    bytes: &[u8],
+    model: InferenceModel,
+    options: &RunOptions,
+    symbolic_error: String,
+) -> Result<LoadedModel, InferenceError> {
+    let invalid = |e: TractError| InferenceError::ModelInvalid(format!("{e:#}"));
+    let mut inputs = Vec::new();
+    let mut input_types = Vec::new();
+    for (ix, outlet) in model.input_outlets().map_err(invalid)?.iter().enumerate() {
+        let fact = model.outlet_fact(*outlet).map_err(invalid)?;
+        let name = model.node(outlet.node).name.clone();
+        let Some(dt) = fact.datum_type.concretize() else {
+            return Err(InferenceError::ModelInvalid(format!(
+                "input `{name}` declares no element type"
+            )));
+        };
+        if fact.shape.is_open() {
+            return Err(InferenceError::ModelInvalid(format!(
+                "input `{name}` declares no rank"
+            )));
+        }
+        input_types.push(dt);
+        inputs.push(TensorInfo {
+            name,
+            dtype: dtype_name(dt),
+            shape: fact
+                .shape
+                .dims()
+                .enumerate()
+                .map(|(axis, d)| inferred_dim(d, ix, axis))
+                .collect(),
+        });
+    }
+    let mut outputs = Vec::new();
+    for (ix, outlet) in model.output_outlets().map_err(invalid)?.iter().enumerate() {
+        let fact = model.outlet_fact(*outlet).map_err(invalid)?;
+        let name = model
+            .outlet_label(*outlet)
+            .map(str::to_string)
+            .unwrap_or_else(|| model.node(outlet.node).name.clone());
+        outputs.push(TensorInfo {
+            name,
+            dtype: fact
+                .datum_type
+                .concretize()
+                .map_or_else(|| "?".to_string(), dtype_name),
+            shape: fact
+                .shape
+                .dims()
+                .enumerate()
+                .map(|(axis, d)| inferred_dim(d, ix, axis))
+                .collect(),
+        });
+    }
+    let plan_nodes = model.nodes().len();
+    Ok(LoadedModel {
+        info: ModelInfo {
+            id,
+            bytes: bytes.len() as u64,
+            inputs,
+            outputs,
+            batchable: false,
+            plan_nodes,
+        },
+        plans: Plans::PerShape(PerShape {
+            source: model,
+            options: options.clone(),
+            symbolic_error,
+            plans: Mutex::new(LruCache::new(
+                NonZeroUsize::new(MAX_SHAPE_PLANS).unwrap_or(NonZeroUsize::MIN),
+            )),
+            stats: Mutex::new(PlanStats::default()),
+            by_value: AtomicBool::new(false),
+        }),
+        input_types,
+    })
+}
+
+/// A declared dimension: its size when fixed, else its symbol (the batch symbol, the ONNX
+/// `dim_param` name, or the name the loader gave an unnamed one).
+fn inferred_dim(d: &GenericFactoid<TDim>, ix: usize, axis: usize) -> Dim {
+    match d.concretize() {
+        Some(d) => match d.to_i64() {
+            Ok(v) if v >= 0 => Dim::Fixed(v as u64),
+            _ => Dim::Symbol(d.to_string()),
+        },
+        None => Dim::Symbol(format!("d{ix}_{axis}")),
+    }
+}
+
+/// Integer inputs this small may be fixed by value in a per-shape plan: sample rates, flags
+/// and lengths that an `If` or a `Reshape` reads.
+const MAX_VALUE_ELEMENTS: usize = 8;
+
+impl PerShape {
+    fn plan_for(
+        &self,
+        info: &ModelInfo,
+        types: &[DatumType],
+        inputs: &[TValue],
+    ) -> Result<Arc<TypedSimplePlan>, InferenceError> {
+        let by_value = self.by_value.load(Ordering::Relaxed);
+        let result = self.cached_plan(info, types, inputs, by_value);
+        if result.is_err() && !by_value && inputs.iter().any(small_integer) {
+            // Shapes alone were not enough (an `If` or a shape computation reads these
+            // inputs' values): fix the small integer inputs by value, and keep doing so.
+            let retry = self.cached_plan(info, types, inputs, true);
+            if retry.is_ok() {
+                self.by_value.store(true, Ordering::Relaxed);
+                debug!(model = %info.id, "plans are built per input shapes and small integer values");
+            }
+            return retry;
+        }
+        result
+    }
+
+    fn cached_plan(
+        &self,
+        info: &ModelInfo,
+        types: &[DatumType],
+        inputs: &[TValue],
+        by_value: bool,
+    ) -> Result<Arc<TypedSimplePlan>, InferenceError> {
+        let key = PlanKey {
+            shapes: inputs.iter().map(|t| t.shape().to_vec()).collect(),
+            values: inputs
+                .iter()
+                .map(|t| (by_value && small_integer(t)).then(|| integer_values(t)))
+                .collect(),
+        };
+        let slot = {
+            let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+            match plans.get(&key) {
+                Some(s) => s.clone(),
+                None => {
+                    let s: PlanSlot = Arc::new(OnceLock::new());
+                    plans.put(key.clone(), s.clone());
+                    s
+                }
+            }
+        };
+        let mut built = None;
+        let result = slot
+            .get_or_init(|| {
+                let started = Instant::now();
+                let r = catch_unwind(AssertUnwindSafe(|| self.build(types, &key, inputs)))
+                    .unwrap_or_else(|p| {
+                        Err(InferenceError::ModelInvalid(format!(
+                            "runtime panicked on it: {}",
+                            panic_text(&p)
+                        )))
+                    });
+                built = Some(started.elapsed());
+                r
+            })
+            .clone();
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        match built {
+            Some(spent) => {
+                let us = u64::try_from(spent.as_micros()).unwrap_or(u64::MAX);
+                stats.misses = stats.misses.saturating_add(1);
+                stats.build_micros = stats.build_micros.saturating_add(us);
+                stats.max_build_micros = stats.max_build_micros.max(us);
+                debug!(model = %info.id, shapes = ?key.shapes, micros = us, "plan built for input shapes");
+            }
+            None => stats.hits = stats.hits.saturating_add(1),
+        }
+        result
+    }
+
+    /// Types and optimises the graph with every input fixed to its concrete shape (and the
+    /// inputs the key names, to their values).
+    fn build(
+        &self,
+        types: &[DatumType],
+        key: &PlanKey,
+        inputs: &[TValue],
+    ) -> Result<Arc<TypedSimplePlan>, InferenceError> {
+        let mut model = self.source.clone();
+        let shapes_text = key
+            .shapes
+            .iter()
+            .map(|s| shape_text(s))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let invalid = |e: TractError| {
+            InferenceError::ModelInvalid(format!(
+                "cannot run on inputs {shapes_text}: {e:#} (symbolic analysis: {})",
+                self.symbolic_error
+            ))
+        };
+        for (ix, shape) in key.shapes.iter().enumerate() {
+            let dt = *types
+                .get(ix)
+                .ok_or_else(|| InferenceError::Inference(format!("input {ix} has no type")))?;
+            let fact = match (key.values.get(ix), inputs.get(ix)) {
+                (Some(Some(_)), Some(t)) => InferenceFact::from(t.clone().into_tensor()),
+                _ => InferenceFact::dt_shape(dt, shape.as_slice()),
+            };
+            model.set_input_fact(ix, fact).map_err(invalid)?;
+        }
+        let optimised = model.into_optimized().map_err(invalid)?;
+        TypedSimplePlan::new_with_options(optimised, &self.options).map_err(invalid)
+    }
+}
+
+/// A small integer tensor's values, as i64 (empty when they cannot be read).
+fn integer_values(t: &TValue) -> Vec<i64> {
+    let Ok(t) = t.cast_to::<i64>() else {
+        return Vec::new();
+    };
+    t.try_as_plain_ram()
+        .ok()
+        .and_then(|v| v.as_slice::<i64>().ok().map(<[i64]>::to_vec))
+        .unwrap_or_default()
+}
+
+/// An integer tensor small enough to fix by value.
+fn small_integer(t: &TValue) -> bool {
+    matches!(t.datum_type(), DatumType::I64 | DatumType::I32) && t.len() <= MAX_VALUE_ELEMENTS
+}
+
+fn describe(name: String, fact: &TypedFact) -> TensorInfo {
     TensorInfo {
         name,
         dtype: dtype_name(fact.datum_type),

@@ -772,3 +772,172 @@ async fn runs_with_several_threads_agree_with_single_threaded_runs() {
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
     }
 }
+
+// ---- The conformance zoo: public models against onnxruntime -----------------------------
+
+/// The assembled zoo; fails (never skips) when it is missing, naming the command.
+fn zoo() -> crank_inference::zoo::Zoo {
+    let dir = crank_inference::zoo::dir();
+    crank_inference::zoo::Zoo::open(&dir).unwrap_or_else(|e| {
+        panic!(
+            "the conformance zoo is not assembled at {}: {e}",
+            dir.display()
+        )
+    })
+}
+
+fn zoo_engine(store: &Arc<ModelStore>) -> Engine {
+    Engine::new(
+        EngineConfig {
+            workers: 1,
+            isolate: false,
+            ..EngineConfig::default()
+        },
+        store.clone(),
+    )
+    .unwrap()
+}
+
+fn zoo_store(dir: &Path) -> Arc<ModelStore> {
+    Arc::new(ModelStore::open(dir, 1 << 30).unwrap())
+}
+
+/// Every zoo model loads, runs through the engine's queue and worker, and agrees with
+/// onnxruntime within the stated tolerance (float32: 1e-4 + 1e-3·|expected|; integers
+/// exactly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_zoo_model_agrees_with_onnxruntime() {
+    let zoo = zoo();
+    assert!(
+        zoo.models.len() >= 12,
+        "the zoo holds {} models",
+        zoo.models.len()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = zoo_store(dir.path());
+    let engine = zoo_engine(&store);
+    let tol = crank_inference::zoo::Tolerance::default();
+    let mut failures = Vec::new();
+    for m in &zoo.models {
+        let id = store.put(&std::fs::read(&m.path).unwrap()).unwrap();
+        let started = Instant::now();
+        let out = engine
+            .submit(Job::new(id, m.inputs.clone(), Duration::from_secs(300)))
+            .unwrap()
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                failures.push(format!("{}: {e}", m.name));
+                continue;
+            }
+        };
+        match crank_inference::zoo::agreement(&out.outputs, &m.expected, tol) {
+            Ok(a) => {
+                let worst = a.iter().map(|a| a.max_abs).fold(0f64, f64::max);
+                let outside: usize = a.iter().map(|a| a.outside).sum();
+                let stats = engine
+                    .plan_stats(&id)
+                    .expect("the model was just run in process");
+                println!(
+                    "{:<28} max |diff| {worst:.2e}, {outside} outside, first run {} ms, {}",
+                    m.name,
+                    started.elapsed().as_millis(),
+                    if stats.per_shape {
+                        "per-shape plan"
+                    } else {
+                        "symbolic plan"
+                    }
+                );
+                if outside > 0 {
+                    failures.push(format!("{}: {a:?}", m.name));
+                }
+            }
+            Err(e) => failures.push(format!("{}: {e}", m.name)),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "zoo models that disagree or fail:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// No state survives from one task to the next: on stateful models (LSTM, GRU, LSTM inside
+/// `If`), the same input run again and again, interleaved with other inputs, gives
+/// bit-identical outputs, equal to its first run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateful_models_give_bit_identical_outputs_across_interleaved_tasks() {
+    let zoo = zoo();
+    let dir = tempfile::tempdir().unwrap();
+    let store = zoo_store(dir.path());
+    let engine = zoo_engine(&store);
+    for name in [
+        "lstm-gru-tagger",
+        "silero-vad-16k-sequence",
+        "silero-vad-16k-op15",
+        "ppocr-v4-rec",
+    ] {
+        let m = zoo.models.iter().find(|m| m.name == name).unwrap();
+        let id = store.put(&std::fs::read(&m.path).unwrap()).unwrap();
+        // Another requester's input: the same shapes, different values.
+        let other: Vec<NamedTensor> = m
+            .inputs
+            .iter()
+            .map(|t| {
+                let mut t = t.clone();
+                if let TensorData::F32(v) = &mut t.tensor.data {
+                    for (i, x) in v.iter_mut().enumerate() {
+                        *x = (*x * 0.5 + (i % 7) as f32 * 0.1).clamp(-1.0, 1.0);
+                    }
+                }
+                t
+            })
+            .collect();
+        let run = |inputs: Vec<NamedTensor>| {
+            let h = engine
+                .submit(Job::new(id, inputs, Duration::from_secs(120)))
+                .unwrap();
+            async move { h.await.unwrap().outputs }
+        };
+        let first = run(m.inputs.clone()).await;
+        let other_first = run(other.clone()).await;
+        assert_ne!(
+            first, other_first,
+            "{name}: the two inputs must differ in output"
+        );
+        for round in 0..4 {
+            assert_eq!(
+                run(m.inputs.clone()).await,
+                first,
+                "{name}: round {round} differs"
+            );
+            assert_eq!(
+                run(other.clone()).await,
+                other_first,
+                "{name}: other input, round {round}"
+            );
+        }
+        // Several in flight at once on the same model.
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let inputs = if i % 2 == 0 {
+                    m.inputs.clone()
+                } else {
+                    other.clone()
+                };
+                engine
+                    .submit(Job::new(id, inputs, Duration::from_secs(120)))
+                    .unwrap()
+            })
+            .collect();
+        for (i, h) in handles.into_iter().enumerate() {
+            let want = if i % 2 == 0 { &first } else { &other_first };
+            assert_eq!(
+                &h.await.unwrap().outputs,
+                want,
+                "{name}: concurrent run {i}"
+            );
+        }
+    }
+}
