@@ -109,7 +109,7 @@ enum Plans {
     /// Symbolic analysis failed (shape-dependent reshapes, `If` on shapes, dimensions that
     /// only unify once known): a plan is built for each concrete set of input shapes a task
     /// brings, and the last few are kept.
-    PerShape(PerShape),
+    PerShape(Box<PerShape>),
 }
 
 /// What a per-shape plan is built for: every input's shape, and the values of the small
@@ -513,7 +513,7 @@ fn load_per_shape(
             batchable: false,
             plan_nodes,
         },
-        plans: Plans::PerShape(PerShape {
+        plans: Plans::PerShape(Box::new(PerShape {
             source: model,
             options: options.clone(),
             symbolic_error,
@@ -522,7 +522,7 @@ fn load_per_shape(
             )),
             stats: Mutex::new(PlanStats::default()),
             by_value: AtomicBool::new(false),
-        }),
+        })),
         input_types,
     })
 }

@@ -1887,3 +1887,50 @@ async fn a_payment_without_a_notice_is_found_on_horizon_and_credited() {
     );
     mesh.stop().await;
 }
+
+/// Every model of the conformance zoo (public models from packages, `scripts/zoo.py`) runs
+/// through the real mesh path, requester pre-flight, auction, model transfer, the worker's
+/// isolated runner, receipt, and agrees with onnxruntime's outputs within the zoo's
+/// tolerance (float32: 1e-4 + 1e-3·|expected|; integers exactly). Fails, never skips, when
+/// the zoo is not assembled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_zoo_model_runs_through_the_mesh_and_agrees_with_onnxruntime() {
+    let dir = crank_inference::zoo::dir();
+    let zoo = crank_inference::zoo::Zoo::open(&dir).unwrap_or_else(|e| {
+        panic!("the conformance zoo is not assembled at {}: {e}", dir.display())
+    });
+    assert!(zoo.models.len() >= 12, "the zoo holds {} models", zoo.models.len());
+    let mesh = Mesh::start(1, |_, _| {}).await;
+    mesh.wait_for_adverts(1).await;
+    let tol = crank_inference::zoo::Tolerance::default();
+    let mut failures = Vec::new();
+    for m in &zoo.models {
+        let bytes = std::fs::read(&m.path).unwrap();
+        let mut req = SubmitRequest::new(ModelSource::Bytes(bytes), m.inputs.clone());
+        req.deadline_ms = Some(120_000);
+        let outcome = match mesh.requester().submit(req).await {
+            Ok(o) => o,
+            Err(e) => {
+                failures.push(format!("{}: {e:#}", m.name));
+                continue;
+            }
+        };
+        outcome.receipt.verify().unwrap();
+        match crank_inference::zoo::agreement(&outcome.outputs, &m.expected, tol) {
+            Ok(a) => {
+                let worst = a.iter().map(|a| a.max_abs).fold(0f64, f64::max);
+                let outside: usize = a.iter().map(|a| a.outside).sum();
+                println!(
+                    "{:<28} max |diff| {worst:.2e}, {outside} outside, {:.0} ms submit to result",
+                    m.name, outcome.elapsed_ms
+                );
+                if outside > 0 {
+                    failures.push(format!("{}: {a:?}", m.name));
+                }
+            }
+            Err(e) => failures.push(format!("{}: {e}", m.name)),
+        }
+    }
+    mesh.stop().await;
+    assert!(failures.is_empty(), "zoo models that fail on the mesh:\n{}", failures.join("\n"));
+}
