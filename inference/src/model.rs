@@ -146,6 +146,8 @@ pub struct PlanStats {
     pub build_micros: u64,
     /// The longest single build, microseconds.
     pub max_build_micros: u64,
+    /// Plans held now (at most [`MAX_SHAPE_PLANS`]).
+    pub cached: usize,
 }
 
 impl fmt::Debug for LoadedModel {
@@ -159,7 +161,7 @@ impl fmt::Debug for LoadedModel {
 
 /// Per-shape plans kept per model. Each holds its own optimised copy of the weights, so a
 /// requester that varies its shapes costs the worker builds, not unbounded memory.
-const MAX_SHAPE_PLANS: usize = 4;
+pub const MAX_SHAPE_PLANS: usize = 4;
 
 impl LoadedModel {
     /// Parses, types, declutters and optimises `bytes`; never panics (a panic inside the
@@ -203,6 +205,7 @@ impl LoadedModel {
             Plans::Symbolic(_) => PlanStats::default(),
             Plans::PerShape(per) => PlanStats {
                 per_shape: true,
+                cached: per.plans.lock().unwrap_or_else(|p| p.into_inner()).len(),
                 ..*per.stats.lock().unwrap_or_else(|p| p.into_inner())
             },
         }

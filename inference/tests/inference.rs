@@ -941,3 +941,46 @@ async fn stateful_models_give_bit_identical_outputs_across_interleaved_tasks() {
         }
     }
 }
+
+/// A requester that varies its input shapes task after task (a hostile one, or many
+/// honest ones) costs the worker plan builds, never unbounded memory: at most
+/// `MAX_SHAPE_PLANS` per-shape plans are held per model, and every run stays correct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn varied_shapes_keep_the_per_shape_plan_cache_bounded() {
+    let zoo = zoo();
+    let m = zoo
+        .models
+        .iter()
+        .find(|m| m.name == "lstm-gru-tagger")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = zoo_store(dir.path());
+    let engine = zoo_engine(&store);
+    let id = store.put(&std::fs::read(&m.path).unwrap()).unwrap();
+    let features = 16usize;
+    for steps in 1..=10u64 {
+        let x = NamedTensor {
+            name: "x".into(),
+            tensor: Tensor {
+                shape: vec![1, steps, features as u64],
+                data: TensorData::F32(vec![0.25; steps as usize * features]),
+            },
+        };
+        let out = engine
+            .submit(Job::new(id, vec![x], Duration::from_secs(60)))
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(out.outputs[0].tensor.shape, vec![1, steps, 5]);
+        let stats = engine.plan_stats(&id).unwrap();
+        assert!(stats.per_shape);
+        assert!(
+            stats.cached <= crank_inference::model::MAX_SHAPE_PLANS,
+            "{} plans held after {steps} shapes",
+            stats.cached
+        );
+    }
+    let stats = engine.plan_stats(&id).unwrap();
+    assert_eq!(stats.misses, 10, "{stats:?}");
+    assert_eq!(stats.cached, crank_inference::model::MAX_SHAPE_PLANS);
+}
