@@ -429,6 +429,11 @@ fn input_sized_range_exhausts_only_its_runner() {
     honest_task_is_right(&f, &engine);
     let out = run(&engine, id, vec![scalar_i64("n", 3)]).unwrap();
     assert_eq!(out.outputs[0].tensor.data, TensorData::I64(vec![0, 1, 2]));
+    // The worker answers, then ends its turn and lowers the running count: wait for that.
+    let started = std::time::Instant::now();
+    while engine.queue().running != 0 && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(engine.queue().running, 0);
 }
 
