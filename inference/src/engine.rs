@@ -33,9 +33,10 @@ use crate::cache::PlanCache;
 use crate::convert;
 use crate::error::InferenceError;
 use crate::model::{LoadedModel, ModelInfo, PlanStats, bind_inputs, concat_rows, panic_text};
+use crate::onnxruntime::{self as onnxrt, OrtModel, Watchdog};
 use crate::runner::SandboxReport;
 use crate::runner::process::Runner;
-use crate::runner::wire::Setup;
+use crate::runner::wire::{Backend, Setup};
 use crate::store::ModelStore;
 
 /// Engine settings. Embeds in the node's TOML config; every field has a default.
@@ -77,6 +78,12 @@ pub struct EngineConfig {
     /// itself), or, when none was, models run in-process.
     #[serde(skip)]
     pub runner_exe: Option<PathBuf>,
+    /// The ONNX Runtime library (`libonnxruntime.so`, as `pip install onnxruntime` ships it
+    /// under `onnxruntime/capi/`) that enables the optional `onnxruntime` path beside tract.
+    /// Jobs that ask for that path run on it, one job per run, isolated like tract's. The
+    /// engine refuses to start when the file cannot be loaded. Default none: tract only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub onnxruntime: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -94,6 +101,7 @@ impl Default for EngineConfig {
             isolate: true,
             runner_memory_mib: 4096,
             runner_exe: None,
+            onnxruntime: None,
         }
     }
 }
@@ -305,6 +313,16 @@ struct Shared {
     /// The GPU path, once attached with [`Engine::use_gpu`].
     #[cfg(feature = "gpu")]
     gpu: std::sync::OnceLock<crate::gpu::GpuExecutor>,
+    /// ONNX Runtime, when configured.
+    ort: Option<&'static onnxrt::Runtime>,
+    /// Sessions loaded in this process (in-process mode).
+    ort_models: PlanCache<OrtModel>,
+    /// Signatures of models loaded in runners' ONNX Runtime (isolated mode).
+    ort_infos: PlanCache<ModelInfo>,
+    /// Stops in-process ONNX Runtime runs at their deadline.
+    watchdog: Option<Watchdog>,
+    /// Set when the engine closes (the watchdog stops runs with it).
+    stopping: CancelToken,
 }
 
 /// Owns the worker threads; the last engine handle to go stops and joins them.
@@ -368,7 +386,23 @@ impl Engine {
             Some(exe) if config.isolate => Some((exe, runner_setup(&config))),
             _ => None,
         };
+        // Loaded here even when runners run the models: a missing or incompatible library is
+        // the owner's to fix, and it is better said at start than at the first task.
+        let ort = match &config.onnxruntime {
+            Some(lib) => Some(onnxrt::runtime(lib, config.threads_per_run)?),
+            None => None,
+        };
+        let stopping = CancelToken::new();
+        let watchdog = match ort {
+            Some(_) if isolation.is_none() => Some(Watchdog::start(stopping.clone())?),
+            _ => None,
+        };
         let shared = Arc::new(Shared {
+            ort,
+            ort_models: PlanCache::new(config.plan_cache_entries),
+            ort_infos: PlanCache::new(config.plan_cache_entries),
+            watchdog,
+            stopping,
             cache: PlanCache::new(config.plan_cache_entries),
             infos: PlanCache::new(config.plan_cache_entries),
             isolation,
@@ -406,6 +440,7 @@ impl Engine {
             workers = shared.config.workers,
             slots = shared.config.queue_slots,
             isolated = shared.isolation.is_some(),
+            onnxruntime = shared.ort.map(|rt| rt.version.as_str()),
             "inference engine started"
         );
         Ok(Self {
@@ -433,6 +468,19 @@ impl Engine {
     /// Loads a model into the plan cache ahead of its first job.
     pub fn warm(&self, model: &ModelId) -> Result<(), InferenceError> {
         self.shared.info(model).map(|_| ())
+    }
+
+    /// The version of ONNX Runtime the `onnxruntime` path runs on (`1.32.0`); `None` when
+    /// the engine has no such path.
+    pub fn onnxruntime_version(&self) -> Option<&str> {
+        self.shared.ort.map(|rt| rt.version.as_str())
+    }
+
+    /// Loads (or finds cached) a model on the `onnxruntime` path and describes it there;
+    /// blocks like [`Engine::inspect`]. Fails when the engine has no such path or ONNX
+    /// Runtime refuses the model (the error names the operator it lacks).
+    pub fn inspect_onnxruntime(&self, model: &ModelId) -> Result<ModelInfo, InferenceError> {
+        self.shared.ort_info(model)
     }
 
     /// Whether models run in isolated runner processes.
@@ -581,6 +629,7 @@ impl Shared {
 
     fn close(&self) {
         self.shutdown.store(true, Ordering::Release);
+        self.stopping.cancel();
         let drained: Vec<Pending> = {
             let mut q = self.lock_queue();
             q.closed = true;
@@ -646,12 +695,72 @@ impl Shared {
             let deadline = Instant::now()
                 .checked_add(self.config.max_run_time)
                 .unwrap_or_else(Instant::now);
-            runner.load(id, &self.store, deadline)
+            runner.load(Backend::Tract, id, &self.store, deadline)
         })
     }
 
-    /// A model's signature, for callers off the worker threads.
+    /// A model's ONNX Runtime session, loading it in this process on a miss.
+    fn load_ort(&self, id: &ModelId) -> Result<Arc<OrtModel>, InferenceError> {
+        let Some(rt) = self.ort else {
+            return Err(no_onnxruntime());
+        };
+        self.ort_models.get_or_load(id, || {
+            self.check_size(id)?;
+            let bytes = self.store.read(id)?;
+            let started = Instant::now();
+            let m = OrtModel::load(rt, *id, &bytes)?;
+            debug!(
+                model = %id,
+                millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "model loaded in onnxruntime"
+            );
+            Ok(m)
+        })
+    }
+
+    /// A model's ONNX Runtime signature, loading it in `runner` (isolated mode) on a miss.
+    fn load_ort_isolated(
+        &self,
+        id: &ModelId,
+        runner: &mut Runner,
+    ) -> Result<Arc<ModelInfo>, InferenceError> {
+        if self.ort.is_none() {
+            return Err(no_onnxruntime());
+        }
+        self.ort_infos.get_or_load(id, || {
+            self.check_size(id)?;
+            let deadline = Instant::now()
+                .checked_add(self.config.max_run_time)
+                .unwrap_or_else(Instant::now);
+            runner.load(Backend::Onnxruntime, id, &self.store, deadline)
+        })
+    }
+
+    /// A model's ONNX Runtime signature, for callers off the worker threads.
+    fn ort_info(&self, id: &ModelId) -> Result<ModelInfo, InferenceError> {
+        let Some((exe, setup)) = &self.isolation else {
+            return Ok(self.load_ort(id)?.info.clone());
+        };
+        if let Some(info) = self.ort_infos.peek(id) {
+            return Ok((*info).clone());
+        }
+        let mut inspector = self.inspector.lock().unwrap_or_else(|p| p.into_inner());
+        let runner = inspector.get_or_insert_with(|| Runner::new(exe.clone(), setup.clone()));
+        Ok((*self.load_ort_isolated(id, runner)?).clone())
+    }
+
+    /// A model's signature, for callers off the worker threads: tract's, or, when tract
+    /// refuses the model and the engine has ONNX Runtime, that path's.
     fn info(&self, id: &ModelId) -> Result<ModelInfo, InferenceError> {
+        match self.tract_info(id) {
+            Err(e) if self.ort.is_some() && refused_by_runtime(&e) => {
+                self.ort_info(id).map_err(|_| e)
+            }
+            other => other,
+        }
+    }
+
+    fn tract_info(&self, id: &ModelId) -> Result<ModelInfo, InferenceError> {
         let Some((exe, setup)) = &self.isolation else {
             return Ok(self.load(id)?.info.clone());
         };
@@ -771,10 +880,18 @@ enum Exec<'a> {
 /// Loads the first job's model, gathers batch mates and runs them.
 fn serve_turn(
     shared: &Shared,
-    runner: Option<&mut Runner>,
+    mut runner: Option<&mut Runner>,
     first: Pending,
     running: &mut Running<'_>,
 ) {
+    let first = if first.job.path == Some(ExecPath::Onnxruntime) && shared.ort.is_some() {
+        match serve_ort(shared, runner.as_deref_mut(), first) {
+            Some(back) => back,
+            None => return,
+        }
+    } else {
+        first
+    };
     let model_id = first.job.model;
     match runner {
         None => match shared.load(&model_id) {
@@ -798,6 +915,168 @@ fn serve_turn(
             }
         },
     }
+}
+
+/// Runs one job on ONNX Runtime and answers it; hands the job back for tract when ONNX
+/// Runtime cannot load its model.
+fn serve_ort(shared: &Shared, runner: Option<&mut Runner>, p: Pending) -> Option<Pending> {
+    let id = p.job.model;
+    let limit = shared.config.max_run_time;
+    let (result, run) = match runner {
+        None => {
+            let model = match shared.load_ort(&id) {
+                Ok(m) => m,
+                Err(e) => {
+                    debug!(model = %id, error = %e, "onnxruntime cannot load the model; tract runs it");
+                    return Some(p);
+                }
+            };
+            if let Err(e) = bind_inputs(&model.info, &p.job.inputs) {
+                p.answer(Err(e));
+                return None;
+            }
+            let started = Instant::now();
+            let cap = started.checked_add(limit).unwrap_or(started);
+            let ran = onnxrt::run_options().and_then(|options| {
+                let options = Arc::new(options);
+                let _watched = shared.watchdog.as_ref().map(|dog| {
+                    dog.watch(
+                        options.clone(),
+                        p.job.deadline.min(cap),
+                        vec![p.job.cancel.clone()],
+                    )
+                });
+                let cpu_start = cpu_clock(shared);
+                let outputs = catch_unwind(AssertUnwindSafe(|| model.run(&p.job.inputs, &options)))
+                    .unwrap_or_else(|e| {
+                        Err(InferenceError::Inference(format!(
+                            "runtime panicked: {}",
+                            panic_text(&*e)
+                        )))
+                    });
+                outputs.map(|o| (o, cpu_clock(shared).saturating_sub(cpu_start)))
+            });
+            let run = started.elapsed();
+            // A run the watchdog ended reports ONNX Runtime's "terminate flag" error; say why.
+            let ran = ran.map_err(|e| {
+                let now = Instant::now();
+                if shared.shutdown.load(Ordering::Acquire) {
+                    InferenceError::ShuttingDown
+                } else if p.job.cancel.is_cancelled() {
+                    InferenceError::Cancelled
+                } else if now >= cap {
+                    InferenceError::TimedOut {
+                        elapsed: run,
+                        limit,
+                    }
+                } else if p.job.deadline <= now {
+                    p.timed_out(now)
+                } else {
+                    e
+                }
+            });
+            (ran, run)
+        }
+        Some(runner) => {
+            let info = match shared.load_ort_isolated(&id, runner) {
+                Ok(i) => i,
+                Err(e) => {
+                    debug!(model = %id, error = %e, "onnxruntime cannot load the model; tract runs it");
+                    return Some(p);
+                }
+            };
+            if let Err(e) = bind_inputs(&info, &p.job.inputs) {
+                p.answer(Err(e));
+                return None;
+            }
+            let started = Instant::now();
+            let cap = started.checked_add(limit).unwrap_or(started);
+            let jobs = std::slice::from_ref(&p);
+            let check = || should_stop(shared, jobs, cap);
+            let inputs: [&[NamedTensor]; 1] = [p.job.inputs.as_slice()];
+            let ran = runner.run(
+                Backend::Onnxruntime,
+                &id,
+                &shared.store,
+                &inputs,
+                limit,
+                &check,
+            );
+            let run = started.elapsed();
+            let now = Instant::now();
+            let ran = match ran {
+                Ok(mut ran) => match ran.jobs.pop() {
+                    Some(outputs) if ran.jobs.is_empty() => {
+                        outputs.map(|o| (o, Duration::from_micros(ran.cpu_micros)))
+                    }
+                    _ => Err(InferenceError::RunnerCrashed(
+                        "it answered a different number of jobs".into(),
+                    )),
+                },
+                Err(RunError::Failed(e)) => Err(e),
+                Err(RunError::Stopped(stop)) => Err(match stop {
+                    Stop::Shutdown => InferenceError::ShuttingDown,
+                    Stop::RunTime => InferenceError::TimedOut {
+                        elapsed: run,
+                        limit,
+                    },
+                    Stop::Cancelled | Stop::Deadline if p.abandoned() => InferenceError::Cancelled,
+                    Stop::Cancelled | Stop::Deadline => p.timed_out(now),
+                }),
+            };
+            (ran, run)
+        }
+    };
+    let now = Instant::now();
+    let started = now.checked_sub(run).unwrap_or(now);
+    let answer = match result {
+        Err(e) => {
+            if matches!(
+                e,
+                InferenceError::Inference(_) | InferenceError::RunnerCrashed(_)
+            ) {
+                warn!(model = %id, error = %e, "onnxruntime run failed");
+            }
+            Err(e)
+        }
+        Ok(_) if p.abandoned() => Err(InferenceError::Cancelled),
+        Ok(_) if p.job.deadline <= now => Err(p.timed_out(now)),
+        Ok((outputs, cpu)) => Ok(RunOutput {
+            outputs,
+            run_micros: micros(run),
+            cpu_micros: micros(cpu),
+            queue_micros: micros(started.saturating_duration_since(p.submitted)),
+            path: ExecPath::Onnxruntime,
+            batch_size: 1,
+        }),
+    };
+    p.answer(answer);
+    None
+}
+
+/// CPU time to charge a run in this process: the thread's, or with an ONNX Runtime pool of
+/// several threads, the process's (the pool works on other threads).
+fn cpu_clock(shared: &Shared) -> Duration {
+    if shared.config.threads_per_run > 1 {
+        crate::device::process_cpu_time()
+    } else {
+        crate::device::thread_cpu_time()
+    }
+}
+
+fn no_onnxruntime() -> InferenceError {
+    InferenceError::Startup("this engine has no ONNX Runtime (`[engine] onnxruntime`)".into())
+}
+
+/// Errors that say the runtime cannot take the model (rather than that it is missing,
+/// too large or the engine is busy): another runtime may.
+fn refused_by_runtime(e: &InferenceError) -> bool {
+    matches!(
+        e,
+        InferenceError::ModelInvalid(_)
+            | InferenceError::UnsupportedOperator { .. }
+            | InferenceError::Inference(_)
+    )
 }
 
 fn with_batch_mates(
@@ -894,7 +1173,14 @@ fn run_jobs(shared: &Shared, info: &ModelInfo, exec: Exec<'_>, jobs: Vec<Pending
     let result: Result<BatchOutputs, RunError> = match exec {
         Exec::InProcess(model) => run_in_process(model, &inputs, check),
         Exec::Runner(runner) => runner
-            .run(&info.id, &shared.store, &inputs, limit, &check)
+            .run(
+                Backend::Tract,
+                &info.id,
+                &shared.store,
+                &inputs,
+                limit,
+                &check,
+            )
             .map(|ran| (ran.jobs, Duration::from_micros(ran.cpu_micros))),
     };
     drop(inputs);
@@ -1178,6 +1464,7 @@ fn runner_setup(config: &EngineConfig) -> Setup {
             .max_model_bytes
             .saturating_add(inputs)
             .saturating_add(MIB),
+        onnxruntime: config.onnxruntime.clone(),
     }
 }
 

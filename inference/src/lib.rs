@@ -10,6 +10,8 @@
 //! - [`engine`]: [`Engine`], [`EngineConfig`], [`Job`], [`JobHandle`], [`RunOutput`]: the
 //!   queue, the workers, batching, and the limits on model size, input size and run time.
 //! - [`model`]: loading ONNX into an optimised tract plan; [`ModelInfo`], a model's signature.
+//! - [`onnxruntime`]: the optional ONNX Runtime path, loaded at run time from a library the
+//!   owner names (`EngineConfig::onnxruntime`); jobs bid on it carry `ExecPath::Onnxruntime`.
 //! - [`convert`]: wire tensors (f32, f64, i64, i32, u8) to and from tract tensors.
 //! - [`error`]: [`StoreError`] and [`InferenceError`].
 //! - [`zoo`]: the conformance zoo of public models with onnxruntime's outputs for them.
@@ -53,6 +55,7 @@ pub mod error;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod model;
+pub mod onnxruntime;
 pub mod runner;
 pub mod store;
 pub mod validate;

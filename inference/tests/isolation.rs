@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crank_inference::{Engine, EngineConfig, InferenceError, Job, ModelStore};
-use crank_protocol::{ModelId, NamedTensor, Tensor, TensorData};
+use crank_protocol::{ExecPath, ModelId, NamedTensor, Tensor, TensorData};
 use prost::Message;
 use tract_onnx::pb::{
     self, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
@@ -53,6 +53,26 @@ const TESTS: &[Test] = &[
     (
         "a_missing_runner_is_a_typed_error",
         a_missing_runner_is_a_typed_error,
+    ),
+    (
+        "onnxruntime_runs_in_the_confined_runner",
+        onnxruntime_runs_in_the_confined_runner,
+    ),
+    (
+        "input_sized_range_on_onnxruntime_exhausts_only_its_runner",
+        input_sized_range_on_onnxruntime_exhausts_only_its_runner,
+    ),
+    (
+        "one_slow_operator_on_onnxruntime_is_killed_at_the_run_time_limit",
+        one_slow_operator_on_onnxruntime_is_killed_at_the_run_time_limit,
+    ),
+    (
+        "onnxruntime_in_process_is_stopped_at_its_deadline",
+        onnxruntime_in_process_is_stopped_at_its_deadline,
+    ),
+    (
+        "a_missing_onnxruntime_library_is_refused_at_start",
+        a_missing_onnxruntime_library_is_refused_at_start,
     ),
 ];
 
@@ -137,9 +157,31 @@ struct ManifestEntry {
     test_correct: usize,
 }
 
+/// The ONNX Runtime library `scripts/setup-python.sh` installs into `.venv` (or
+/// `CRANK_ONNXRUNTIME`); fails, never skips, when it is missing.
+fn onnxruntime_lib() -> PathBuf {
+    crank_inference::onnxruntime::library_for_tests().expect(
+        "ONNX Runtime is not installed: run scripts/setup-python.sh (it installs onnxruntime \
+         into .venv) or set CRANK_ONNXRUNTIME to a libonnxruntime.so",
+    )
+}
+
+/// [`isolated`] with the ONNX Runtime path.
+fn isolated_ort(workers: usize, memory_mib: u64, run_time: Duration) -> EngineConfig {
+    EngineConfig {
+        onnxruntime: Some(onnxruntime_lib()),
+        ..isolated(workers, memory_mib, run_time)
+    }
+}
+
 /// Runs the digits MLP on its whole test split and checks the count of correct labels
 /// against what the training library reported: the honest task after each attack.
 fn honest_task_is_right(f: &Fixture, engine: &Engine) {
+    honest_task_is_right_on(f, engine, None);
+}
+
+/// [`honest_task_is_right`] on a chosen path, which must be the one that ran it.
+fn honest_task_is_right_on(f: &Fixture, engine: &Engine, path: Option<ExecPath>) {
     let id = f
         .store
         .put(&std::fs::read(models_dir().join("digits-mlp.onnx")).unwrap())
@@ -162,11 +204,14 @@ fn honest_task_is_right(f: &Fixture, engine: &Engine) {
         name: "X".into(),
         tensor: Tensor::f32(vec![n, 64], split.features.concat()).unwrap(),
     };
-    let out = engine
-        .submit(Job::new(id, vec![input], Duration::from_secs(60)))
-        .unwrap()
-        .wait()
-        .unwrap();
+    let mut job = Job::new(id, vec![input], Duration::from_secs(60));
+    if let Some(path) = path {
+        job = job.on_path(path);
+    }
+    let out = engine.submit(job).unwrap().wait().unwrap();
+    if let Some(path) = path {
+        assert_eq!(out.path, path);
+    }
     let label = out.outputs.iter().find(|t| t.name == "label").unwrap();
     let TensorData::I64(labels) = &label.tensor.data else {
         panic!("labels are not int64")
@@ -308,6 +353,35 @@ fn one_slow_matmul(s: i64) -> Vec<u8> {
         ],
         vec![value_info("y", Float, None)],
     )
+}
+
+/// `a = Expand(x, [s, s])`, then `n` MatMuls in a chain: many operators of 2·s³ flops each,
+/// so a run can be stopped between them.
+fn matmul_chain(s: i64, n: usize) -> Vec<u8> {
+    let mut nodes = vec![node("Expand", &["x", "shape"], &["a0"])];
+    for i in 0..n {
+        let (from, to) = (format!("a{i}"), format!("a{}", i + 1));
+        nodes.push(node("MatMul", &[&from, "a0"], &[&to]));
+    }
+    let last = format!("a{n}");
+    model(
+        vec![value_info("x", Float, Some(&[D::Fixed(1), D::Fixed(1)]))],
+        vec![const_i64("shape", &[2], vec![s, s])],
+        nodes,
+        vec![value_info(&last, Float, None)],
+    )
+}
+
+fn run_on(
+    engine: &Engine,
+    model: ModelId,
+    inputs: Vec<NamedTensor>,
+    path: ExecPath,
+    timeout: Duration,
+) -> Result<crank_inference::RunOutput, InferenceError> {
+    engine
+        .submit(Job::new(model, inputs, timeout).on_path(path))
+        .and_then(|h| h.wait())
 }
 
 fn scalar_i64(name: &str, v: i64) -> NamedTensor {
@@ -518,4 +592,180 @@ fn a_missing_runner_is_a_typed_error() {
     let err = run(&engine, id, vec![scalar_i64("n", 2)]).unwrap_err();
     assert!(matches!(err, InferenceError::RunnerUnavailable(_)), "{err}");
     assert!(err.to_string().contains("/nonexistent/crank-node"), "{err}");
+}
+
+fn onnxruntime_runs_in_the_confined_runner() {
+    let f = fixture();
+    let engine = Engine::new(
+        isolated_ort(1, 1024, Duration::from_secs(30)),
+        f.store.clone(),
+    )
+    .unwrap();
+    let version = engine.onnxruntime_version().unwrap().to_string();
+    assert!(version.starts_with("1."), "{version}");
+    // The sandbox is whole: the library was loaded before it, not by weakening it.
+    let report = engine.runner_sandbox().unwrap().unwrap();
+    assert!(report.notes.is_empty(), "{report:?}");
+    if cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+        assert!(report.seccomp, "{report:?}");
+    }
+    honest_task_is_right_on(&f, &engine, Some(ExecPath::Onnxruntime));
+    // The same engine still runs tract, and a job that names no path stays on it.
+    honest_task_is_right_on(&f, &engine, Some(ExecPath::Cpu));
+    honest_task_is_right(&f, &engine);
+    let small = f.store.put(&expand_to(2, 3)).unwrap();
+    let out = run_on(
+        &engine,
+        small,
+        vec![f32s("x", vec![1], vec![2.5])],
+        ExecPath::Onnxruntime,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(out.path, ExecPath::Onnxruntime);
+    assert_eq!(out.outputs[0].tensor.shape, vec![2, 3]);
+    assert_eq!(out.outputs[0].tensor.data, TensorData::F32(vec![2.5; 6]));
+    // Inputs are checked against ONNX Runtime's signature before anything runs.
+    let err = run_on(
+        &engine,
+        small,
+        vec![f32s("x", vec![2], vec![1.0, 2.0])],
+        ExecPath::Onnxruntime,
+        Duration::from_secs(30),
+    )
+    .unwrap_err();
+    assert!(matches!(err, InferenceError::InputInvalid(_)), "{err}");
+}
+
+fn input_sized_range_on_onnxruntime_exhausts_only_its_runner() {
+    let f = fixture();
+    let engine = Engine::new(
+        isolated_ort(1, 512, Duration::from_secs(30)),
+        f.store.clone(),
+    )
+    .unwrap();
+    let id = f.store.put(&input_sized_range()).unwrap();
+    let ort = |n: i64| {
+        run_on(
+            &engine,
+            id,
+            vec![scalar_i64("n", n)],
+            ExecPath::Onnxruntime,
+            Duration::from_secs(30),
+        )
+    };
+    let out = ort(5).unwrap();
+    assert_eq!(out.path, ExecPath::Onnxruntime);
+    assert_eq!(
+        out.outputs[0].tensor.data,
+        TensorData::I64(vec![0, 1, 2, 3, 4])
+    );
+    // 80 GB and 1 GiB of int64, past the runner's 512 MiB: refused by the address-space
+    // limit inside ONNX Runtime, reported as such.
+    for n in [10_000_000_000, 128 << 20] {
+        let err = ort(n).unwrap_err();
+        assert_eq!(
+            err,
+            InferenceError::MemoryExhausted { limit_mib: 512 },
+            "{err}"
+        );
+    }
+    honest_task_is_right_on(&f, &engine, Some(ExecPath::Onnxruntime));
+    assert_eq!(
+        ort(3).unwrap().outputs[0].tensor.data,
+        TensorData::I64(vec![0, 1, 2])
+    );
+}
+
+fn one_slow_operator_on_onnxruntime_is_killed_at_the_run_time_limit() {
+    let f = fixture();
+    let limit = Duration::from_millis(400);
+    let engine = Engine::new(isolated_ort(1, 2048, limit), f.store.clone()).unwrap();
+    let slow = f.store.put(&one_slow_matmul(5000)).unwrap();
+    engine.inspect_onnxruntime(&slow).unwrap();
+    let started = Instant::now();
+    let err = run_on(
+        &engine,
+        slow,
+        vec![f32s("x", vec![1, 1], vec![1.0])],
+        ExecPath::Onnxruntime,
+        Duration::from_secs(60),
+    )
+    .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(err, InferenceError::TimedOut { limit: l, .. } if l == limit),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    honest_task_is_right_on(&f, &engine, Some(ExecPath::Onnxruntime));
+}
+
+fn onnxruntime_in_process_is_stopped_at_its_deadline() {
+    let f = fixture();
+    let engine = Engine::new(
+        EngineConfig {
+            workers: 1,
+            onnxruntime: Some(onnxruntime_lib()),
+            ..EngineConfig::default()
+        },
+        f.store.clone(),
+    )
+    .unwrap();
+    assert!(!engine.is_isolated());
+    // 200 MatMuls of 2·600³ flops: seconds in all, a few milliseconds each.
+    let slow = f.store.put(&matmul_chain(600, 200)).unwrap();
+    engine.inspect_onnxruntime(&slow).unwrap();
+    let started = Instant::now();
+    let err = run_on(
+        &engine,
+        slow,
+        vec![f32s("x", vec![1, 1], vec![1e-3])],
+        ExecPath::Onnxruntime,
+        Duration::from_millis(300),
+    )
+    .unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, InferenceError::TimedOut { .. }), "{err}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // Cancelling stops it too, and the worker is free for the next task.
+    let handle = engine
+        .submit(
+            Job::new(
+                slow,
+                vec![f32s("x", vec![1, 1], vec![1e-3])],
+                Duration::from_secs(60),
+            )
+            .on_path(ExecPath::Onnxruntime),
+        )
+        .unwrap();
+    while engine.queue().running == 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    handle.cancel();
+    assert_eq!(handle.wait().unwrap_err(), InferenceError::Cancelled);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    honest_task_is_right_on(&f, &engine, Some(ExecPath::Onnxruntime));
+}
+
+fn a_missing_onnxruntime_library_is_refused_at_start() {
+    let f = fixture();
+    // This process has loaded the real library already, so any other file is refused; a
+    // fresh process refuses a missing file with the same hint (unit-tested in the crate).
+    let err = Engine::new(
+        EngineConfig {
+            workers: 1,
+            onnxruntime: Some(PathBuf::from("/nonexistent/libonnxruntime.so")),
+            ..EngineConfig::default()
+        },
+        f.store.clone(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, InferenceError::Startup(_)), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/libonnxruntime.so"),
+        "{err}"
+    );
 }

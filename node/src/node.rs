@@ -366,20 +366,29 @@ fn attach_gpu(_engine: &Engine, settings: &crate::config::GpuSettings) -> Vec<Gp
     Vec::new()
 }
 
-/// The paths the reference model can run on: the CPU, and the GPU when one is attached and
-/// takes the model.
+/// The paths the reference model can run on: tract on the CPU; ONNX Runtime when the owner
+/// installed it and it takes the model; the GPU when one is attached and takes the model.
 fn paths_for(engine: &Engine, store: &ModelStore, model: &ModelId) -> Vec<ExecPath> {
     let mut paths = vec![ExecPath::Cpu];
+    if let Some(version) = engine.onnxruntime_version() {
+        match engine.inspect_onnxruntime(model) {
+            Ok(_) => {
+                info!(version, "ONNX Runtime path enabled");
+                paths.push(ExecPath::Onnxruntime);
+            }
+            Err(e) => warn!(error = %chain(&e), "reference model does not load in ONNX Runtime"),
+        }
+    }
     #[cfg(feature = "gpu")]
     if let Some(gpu) = engine.gpu() {
         match gpu.path_for(store, model) {
             Ok(ExecPath::Gpu) => paths.push(ExecPath::Gpu),
-            Ok(ExecPath::Cpu) => {}
+            Ok(_) => {}
             Err(e) => warn!(error = %chain(&e), "reference model does not load on the GPU"),
         }
     }
     #[cfg(not(feature = "gpu"))]
-    let _ = (engine, store, model);
+    let _ = (store, model);
     paths
 }
 

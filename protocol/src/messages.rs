@@ -52,6 +52,8 @@ pub enum ExecPath {
     Cpu,
     /// wgpu compute kernels on a GPU.
     Gpu,
+    /// ONNX Runtime on the CPU, where the owner installed it (wire version 3).
+    Onnxruntime,
 }
 
 impl fmt::Display for ExecPath {
@@ -59,6 +61,7 @@ impl fmt::Display for ExecPath {
         f.write_str(match self {
             Self::Cpu => "cpu",
             Self::Gpu => "gpu",
+            Self::Onnxruntime => "onnxruntime",
         })
     }
 }

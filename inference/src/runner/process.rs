@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 
 use super::RUNNER_ARG;
 use super::wire::{
-    FrameError, Ran, Reply, RequestRef, SandboxReport, Setup, read_frame, write_frame,
+    Backend, FrameError, Ran, Reply, RequestRef, SandboxReport, Setup, read_frame, write_frame,
 };
 use crate::engine::{RunError, Stop};
 use crate::error::InferenceError;
@@ -80,9 +80,11 @@ impl Runner {
         Ok(self.live()?.report.clone())
     }
 
-    /// Loads `id` in the runner and describes it; the load is stopped at `deadline`.
+    /// Loads `id` in the runner's `backend` and describes it; the load is stopped at
+    /// `deadline`.
     pub fn load(
         &mut self,
+        backend: Backend,
         id: &ModelId,
         store: &ModelStore,
         deadline: Instant,
@@ -90,6 +92,7 @@ impl Runner {
         let never = || -> Option<Stop> { None };
         let limit = deadline.saturating_duration_since(Instant::now());
         let reply = self.call(id, store, deadline, &never, |bytes| RequestRef::Load {
+            backend,
             model: id.0,
             bytes,
         });
@@ -103,9 +106,10 @@ impl Runner {
         }
     }
 
-    /// Runs a batch; `check` is asked between short waits whether to stop it.
+    /// Runs a batch on `backend`; `check` is asked between short waits whether to stop it.
     pub fn run(
         &mut self,
+        backend: Backend,
         id: &ModelId,
         store: &ModelStore,
         jobs: &[&[NamedTensor]],
@@ -116,6 +120,7 @@ impl Runner {
         let deadline = started.checked_add(cap).unwrap_or(started);
         let max_run_micros = u64::try_from(cap.as_micros()).unwrap_or(u64::MAX);
         let reply = self.call(id, store, deadline, check, |bytes| RequestRef::Run {
+            backend,
             model: id.0,
             bytes,
             jobs,

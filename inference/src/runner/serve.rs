@@ -13,10 +13,13 @@ use lru::LruCache;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::RunOptions;
 
-use super::wire::{FrameError, Ran, Reply, Request, Setup, WireInfo, read_frame, write_frame};
+use super::wire::{
+    Backend, FrameError, Ran, Reply, Request, Setup, WireInfo, read_frame, write_frame,
+};
 use crate::engine::{RunError, Stop, build_inputs, run_plan, split_outputs};
 use crate::error::InferenceError;
 use crate::model::{LoadedModel, bind_inputs, panic_text};
+use crate::onnxruntime::{self as onnxrt, OrtModel};
 
 /// The setup frame is small; anything larger is not from our parent.
 const MAX_SETUP_BYTES: u64 = 64 * 1024;
@@ -44,6 +47,11 @@ pub(crate) fn serve() -> ExitCode {
             Err(_) => return ExitCode::FAILURE,
         }
     }
+    // ONNX Runtime is loaded now, too: afterwards the runner may not open its library.
+    let ort = match &setup.onnxruntime {
+        Some(lib) => Some(onnxrt::runtime(lib, setup.threads).map_err(|e| e.to_string())),
+        None => None,
+    };
     let report = super::sandbox::apply(&setup);
     if write_frame(&mut output, &Reply::Ready(report)).is_err() {
         return ExitCode::FAILURE;
@@ -52,9 +60,13 @@ pub(crate) fn serve() -> ExitCode {
         cache: LruCache::new(
             NonZeroUsize::new(setup.plan_cache_entries).unwrap_or(NonZeroUsize::MIN),
         ),
+        ort_cache: LruCache::new(
+            NonZeroUsize::new(setup.plan_cache_entries).unwrap_or(NonZeroUsize::MIN),
+        ),
         memory_mib: setup.memory_bytes / (1024 * 1024),
         setup,
         run_options,
+        ort,
     };
     loop {
         let request: Request = match read_frame(&mut input, runner.setup.max_request_bytes) {
@@ -77,16 +89,49 @@ struct Serving {
     cache: LruCache<ModelId, Arc<LoadedModel>>,
     run_options: RunOptions,
     memory_mib: u64,
+    ort_cache: LruCache<ModelId, Arc<OrtModel>>,
+    /// ONNX Runtime, when the parent asked for it, or why it did not load.
+    ort: Option<Result<&'static onnxrt::Runtime, String>>,
 }
 
 impl Serving {
     fn handle(&mut self, request: Request) -> Reply {
         match request {
-            Request::Load { model, bytes } => match self.model(ModelId(model), bytes) {
+            Request::Load {
+                backend: Backend::Onnxruntime,
+                model,
+                bytes,
+            } => match self.ort_model(ModelId(model), bytes) {
                 None => Reply::NeedModel,
                 Some(m) => Reply::Loaded(m.map(|m| WireInfo::from(&m.info))),
             },
             Request::Run {
+                backend: Backend::Onnxruntime,
+                model,
+                bytes,
+                jobs,
+                max_run_micros: _,
+            } => match self.ort_model(ModelId(model), bytes) {
+                // The parent kills the runner at the run-time limit: no flag to watch here.
+                None => Reply::NeedModel,
+                Some(Err(e)) => Reply::Ran(Err(e)),
+                Some(Ok(m)) => {
+                    let ran =
+                        catch_unwind(AssertUnwindSafe(|| run_ort(&m, &jobs, self.memory_mib)))
+                            .unwrap_or_else(|p| Err(self.panicked(&*p)));
+                    Reply::Ran(ran.map_err(|e| memory_aware(e, self.memory_mib)))
+                }
+            },
+            Request::Load {
+                backend: Backend::Tract,
+                model,
+                bytes,
+            } => match self.model(ModelId(model), bytes) {
+                None => Reply::NeedModel,
+                Some(m) => Reply::Loaded(m.map(|m| WireInfo::from(&m.info))),
+            },
+            Request::Run {
+                backend: Backend::Tract,
                 model,
                 bytes,
                 jobs,
@@ -126,6 +171,36 @@ impl Serving {
         }))
     }
 
+    /// The cached ONNX Runtime session, or loads one from `bytes`; `None` when neither is
+    /// at hand.
+    fn ort_model(
+        &mut self,
+        id: ModelId,
+        bytes: Option<Vec<u8>>,
+    ) -> Option<Result<Arc<OrtModel>, InferenceError>> {
+        if let Some(m) = self.ort_cache.get(&id) {
+            return Some(Ok(m.clone()));
+        }
+        let rt = match &self.ort {
+            Some(Ok(rt)) => *rt,
+            Some(Err(e)) => return Some(Err(InferenceError::Startup(e.clone()))),
+            None => {
+                return Some(Err(InferenceError::Startup(
+                    "this runner was started without ONNX Runtime".into(),
+                )));
+            }
+        };
+        let bytes = bytes?;
+        let loaded = catch_unwind(AssertUnwindSafe(|| OrtModel::load(rt, id, &bytes)))
+            .unwrap_or_else(|p| Err(self.panicked(&*p)))
+            .map_err(|e| memory_aware(e, self.memory_mib));
+        Some(loaded.map(|m| {
+            let m = Arc::new(m);
+            self.ort_cache.put(id, m.clone());
+            m
+        }))
+    }
+
     /// A caught panic as an error; tract reports a refused allocation this way.
     fn panicked(&self, p: &(dyn std::any::Any + Send)) -> InferenceError {
         memory_or(self.memory_mib, panic_text(p))
@@ -157,7 +232,11 @@ fn memory_aware(e: InferenceError, limit_mib: u64) -> InferenceError {
 }
 
 fn is_allocation_failure(text: &str) -> bool {
-    text.contains("failed to allocate") || text.contains("memory allocation")
+    // tract's and ONNX Runtime's wordings ("Failed to allocate memory", "bad_alloc").
+    let text = text.to_ascii_lowercase();
+    text.contains("failed to allocate")
+        || text.contains("memory allocation")
+        || text.contains("bad_alloc")
 }
 
 fn run(
@@ -218,6 +297,34 @@ fn run(
         run_micros: micros(started.elapsed()),
         cpu_micros: micros(cpu),
         process_cpu_micros: micros(crate::device::process_cpu_time()),
+    })
+}
+
+/// Runs each job on its own (the ONNX Runtime path does not batch).
+fn run_ort(
+    model: &OrtModel,
+    jobs: &[Vec<NamedTensor>],
+    memory_mib: u64,
+) -> Result<Ran, InferenceError> {
+    let started = Instant::now();
+    // Process CPU time: with more than one thread per run, ONNX Runtime's pool does part of
+    // the work on other threads.
+    let cpu_start = crate::device::process_cpu_time();
+    let options = onnxrt::run_options()?;
+    let results = jobs
+        .iter()
+        .map(|inputs| {
+            model
+                .run(inputs, &options)
+                .map_err(|e| memory_aware(e, memory_mib))
+        })
+        .collect();
+    let process_cpu = crate::device::process_cpu_time();
+    Ok(Ran {
+        jobs: results,
+        run_micros: micros(started.elapsed()),
+        cpu_micros: micros(process_cpu.saturating_sub(cpu_start)),
+        process_cpu_micros: micros(process_cpu),
     })
 }
 

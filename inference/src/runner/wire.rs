@@ -28,6 +28,17 @@ pub(crate) struct Setup {
     pub probe_elements: Option<u64>,
     /// Largest request frame the runner accepts, bytes.
     pub max_request_bytes: u64,
+    /// The ONNX Runtime library to load before confinement, when the engine has that path.
+    pub onnxruntime: Option<std::path::PathBuf>,
+}
+
+/// Which runtime a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Backend {
+    /// tract (batches, runs checked between operators).
+    Tract,
+    /// ONNX Runtime (one job per run).
+    Onnxruntime,
 }
 
 /// A request from the parent, as sent (borrowing the parent's buffers).
@@ -35,6 +46,8 @@ pub(crate) struct Setup {
 pub(crate) enum RequestRef<'a, 'b> {
     /// Load a model (if not cached) and describe it.
     Load {
+        /// The runtime to load it in.
+        backend: Backend,
         /// The model's content id.
         model: [u8; 32],
         /// Its bytes, when the runner asked for them.
@@ -42,6 +55,8 @@ pub(crate) enum RequestRef<'a, 'b> {
     },
     /// Run a group of jobs (several only for a batchable model) as one batch.
     Run {
+        /// The runtime to run it on.
+        backend: Backend,
         /// The model's content id.
         model: [u8; 32],
         /// Its bytes, when the runner asked for them.
@@ -58,11 +73,13 @@ pub(crate) enum RequestRef<'a, 'b> {
 pub(crate) enum Request {
     /// See [`RequestRef::Load`].
     Load {
+        backend: Backend,
         model: [u8; 32],
         bytes: Option<Vec<u8>>,
     },
     /// See [`RequestRef::Run`].
     Run {
+        backend: Backend,
         model: [u8; 32],
         bytes: Option<Vec<u8>>,
         jobs: Vec<Vec<NamedTensor>>,
@@ -270,6 +287,7 @@ mod tests {
         let jobs: Vec<&[NamedTensor]> = vec![&inputs, &inputs];
         let mut buf = Vec::new();
         let req = RequestRef::Run {
+            backend: Backend::Onnxruntime,
             model: [7; 32],
             bytes: Some(b"onnx"),
             jobs: &jobs,
@@ -278,6 +296,7 @@ mod tests {
         write_frame(&mut buf, &req).unwrap();
         let back: Request = read_frame(&mut &buf[..], 1 << 20).unwrap();
         let Request::Run {
+            backend,
             model,
             bytes,
             jobs,
@@ -286,6 +305,7 @@ mod tests {
         else {
             panic!("wrong variant")
         };
+        assert_eq!(backend, Backend::Onnxruntime);
         assert_eq!(model, [7; 32]);
         assert_eq!(bytes.as_deref(), Some(&b"onnx"[..]));
         assert_eq!(jobs, vec![inputs.clone(), inputs]);

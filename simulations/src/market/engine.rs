@@ -766,20 +766,21 @@ impl<'a> Shard<'a> {
                 .filter(|j| j.started_at.is_some() && j.path == p)
                 .count()
         };
-        let mut cpu = busy(ExecPath::Cpu, &d.jobs);
+        // Both CPU runtimes share the device's worker threads.
+        let mut cpu = busy(ExecPath::Cpu, &d.jobs) + busy(ExecPath::Onnxruntime, &d.jobs);
         let mut gpu = busy(ExecPath::Gpu, &d.jobs);
         let workers = usize::from(d.workers);
         let mut started = Vec::new();
         for j in d.jobs.iter_mut().filter(|j| j.started_at.is_none()) {
             let free = match j.path {
-                ExecPath::Cpu => cpu < workers,
+                ExecPath::Cpu | ExecPath::Onnxruntime => cpu < workers,
                 ExecPath::Gpu => gpu < 1,
             };
             if !free {
                 continue;
             }
             match j.path {
-                ExecPath::Cpu => cpu += 1,
+                ExecPath::Cpu | ExecPath::Onnxruntime => cpu += 1,
                 ExecPath::Gpu => gpu += 1,
             }
             j.started_at = Some(now);
