@@ -42,17 +42,21 @@ print(f"\nCPU: {cpu}; one thread each; best of {sys.argv[2]} rounds per case.")
 print("ours = submit-to-result through Engine (queue hand-off included); in-tract = the run alone;")
 print("onnxruntime = InferenceSession.run from Python.\n")
 hdr = (f"{'model':12} {'batch':>5} | {'ours med µs':>11} {'p99 µs':>9} {'inf/s':>9} {'in-tract µs':>11} |"
-       f" {'ort med µs':>10} {'p99 µs':>9} {'inf/s':>9} | {'ours/ort':>8} {'tract/ort':>9}")
+       f" {'ort-path µs':>11} | {'ort med µs':>10} {'p99 µs':>9} {'inf/s':>9} | {'ours/ort':>8} {'tract/ort':>9} {'path/ort':>8}")
 print(hdr); print("-" * len(hdr))
 for (rt, model, batch), r in sorted(best.items(), key=lambda kv: (kv[0][1], kv[0][2])):
     if rt != "crank":
         continue
     o = best.get(("onnxruntime", model, batch))
+    p = best.get(("crank-ort-path", model, batch))
     ratio = r["median_us"] / o["median_us"] if o else float("nan")
     tract_ratio = r["run_median_us"] / o["median_us"] if o else float("nan")
+    path_ratio = p["median_us"] / o["median_us"] if o and p else float("nan")
     print(f"{model:12} {batch:>5} | {r['median_us']:>11.1f} {r['p99_us']:>9.1f} {r['per_second']:>9.0f} {r['run_median_us']:>11.1f} |"
+          + (f" {p['median_us']:>11.1f} |" if p else f" {'n/a':>11} |")
           + (f" {o['median_us']:>10.1f} {o['p99_us']:>9.1f} {o['per_second']:>9.0f}" if o else " " * 31)
-          + f" | {ratio:>8.2f} {tract_ratio:>9.2f}")
+          + f" | {ratio:>8.2f} {tract_ratio:>9.2f} {path_ratio:>8.2f}")
+print("ort-path = submit to result on the engine's onnxruntime path (in-process, same wheel's library).")
 print("\nBatching: 512 single-row jobs queued at once on one worker (best round):")
 for (model, batching), r in sorted(queue.items()):
     print(f"  {model:12} batching {'on ' if batching else 'off'} {r['per_second']:>9.0f} jobs/s  mean batch {r['mean_batch']:.1f}")

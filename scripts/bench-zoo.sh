@@ -39,23 +39,37 @@ ort_version = next((r["ort_version"] for r in rows if r["runtime"] == "onnxrunti
 print(f"CPU: {cpu}; one thread each, batch 1; best of {sys.argv[2]} rounds per case; onnxruntime {ort_version}.")
 print("tract = the run inside tract; in-process / runner = submit to result through the engine, "
       "on its worker thread or in an isolated runner process; ort = InferenceSession.run from Python.\n")
-print("| model | MB | plan | first run ms | tract ms | in-process ms | runner ms | ort ms | tract/ort | runner/ort |")
-print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-ratios = []
+print("ort path = the same engine's optional onnxruntime path (libonnxruntime from the same wheel), "
+      "submit to result through the isolated runner, as a worker runs a stranger's task.\n")
+print("| model | MB | plan | first run ms | tract ms | in-process ms | runner ms | ort path ms | ort ms | tract/ort | runner/ort | ort path/ort |")
+print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+ratios, path_ratios, alone_ratios = [], [], []
 for name in manifest:
     c, o = best.get(("crank", name)), best.get(("onnxruntime", name))
     if not c or not o:
-        print(f"| {name} | | | | | | | | missing | |")
+        print(f"| {name} | | | | | | | | | missing | | |")
         continue
     t, rr = c["run_median_us"] / o["median_us"], c["runner_median_us"] / o["median_us"]
     ratios.append(t)
+    op = c.get("ort_path_runner_median_us")
+    if op:
+        path_ratios.append(op / o["median_us"])
+        alone_ratios.append(c["ort_path_run_median_us"] / o["median_us"])
+    op_ms = f"{op / 1e3:.2f}" if op else "n/a"
+    op_ratio = f"{op / o['median_us']:.2f}" if op else "n/a"
     print(f"| {name} | {manifest[name]['bytes'] / 1e6:.1f} | {c['plan']} | {c['first_run_ms']:.0f} | "
           f"{c['run_median_us'] / 1e3:.2f} | {c['median_us'] / 1e3:.2f} | {c['runner_median_us'] / 1e3:.2f} | "
-          f"{o['median_us'] / 1e3:.2f} | {t:.2f} | {rr:.2f} |")
+          f"{op_ms} | {o['median_us'] / 1e3:.2f} | {t:.2f} | {rr:.2f} | {op_ratio} |")
+import statistics
 if ratios:
-    import statistics
     print(f"\ntract/ort: median {statistics.median(ratios):.2f}, best {min(ratios):.2f}, worst {max(ratios):.2f}; "
           f"{sum(r <= 1.0 for r in ratios)}/{len(ratios)} models at or under 1.0")
+if path_ratios:
+    print(f"ort path (runner, end to end)/ort: median {statistics.median(path_ratios):.2f}, "
+          f"best {min(path_ratios):.2f}, worst {max(path_ratios):.2f}; "
+          f"{sum(r <= 1.0 for r in path_ratios)}/{len(path_ratios)} models at or under 1.0")
+    print(f"ort path (the run alone, inside ONNX Runtime)/ort: median {statistics.median(alone_ratios):.2f}, "
+          f"worst {max(alone_ratios):.2f}; {sum(r <= 1.0 for r in alone_ratios)}/{len(alone_ratios)} at or under 1.0")
 hits = sum(best[("crank", n)]["plan_hits"] for n in manifest if ("crank", n) in best)
 misses = sum(best[("crank", n)]["plan_misses"] for n in manifest if ("crank", n) in best)
 if hits + misses:

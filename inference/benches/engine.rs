@@ -6,6 +6,8 @@
 //! - `"kind":"latency"`: one worker, one thread, batching off; jobs submitted one after
 //!   another, each with `batch` rows. `median_us`/`p99_us` are submit-to-result times;
 //!   `run_median_us` is the part spent inside the runtime.
+//! - `"runtime":"crank-ort-path"`: the same latency rows on the engine's optional
+//!   `onnxruntime` path, when ONNX Runtime is installed (`.venv`, or `CRANK_ONNXRUNTIME`).
 //! - `"kind":"queue"`: 512 single-row jobs queued at once on one worker, with batching on and
 //!   off: does batching pay?
 
@@ -14,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crank_inference::{Engine, EngineConfig, Job, ModelStore};
-use crank_protocol::{ModelId, NamedTensor, Tensor};
+use crank_protocol::{ExecPath, ModelId, NamedTensor, Tensor};
 
 const MODELS: [(&str, &str, bool); 3] = [
     ("digits-mlp", "X", false),
@@ -41,32 +43,42 @@ fn main() -> anyhow::Result<()> {
 
     let store_dir = tempfile::tempdir()?;
     let store = Arc::new(ModelStore::open(store_dir.path(), 1 << 30)?);
+    let ort = crank_inference::onnxruntime::library_for_tests();
     let single = Engine::new(
         EngineConfig {
             workers: 1,
             threads_per_run: 1,
             batching: false,
+            onnxruntime: ort.clone(),
             ..EngineConfig::default()
         },
         store.clone(),
     )?;
+    let mut paths = vec![("crank", None)];
+    if ort.is_some() {
+        paths.push(("crank-ort-path", Some(ExecPath::Onnxruntime)));
+    } else {
+        eprintln!("ONNX Runtime not found (.venv or CRANK_ONNXRUNTIME): no onnxruntime-path rows");
+    }
     for (name, input, cnn) in MODELS {
         let id = store.put(&std::fs::read(dir.join(format!("{name}.onnx")))?)?;
         single.warm(&id)?;
-        for batch in BATCHES {
-            let x = input_rows(input, cnn, &features, 0, batch);
-            let (lat, run) = latency(&single, id, &x, budget)?;
-            let total: f64 = lat.iter().sum::<f64>();
-            println!(
-                "{}",
-                serde_json::json!({
-                    "kind": "latency", "runtime": "crank", "model": name, "batch": batch,
-                    "iterations": lat.len(),
-                    "median_us": percentile(&lat, 0.5), "p99_us": percentile(&lat, 0.99),
-                    "run_median_us": percentile(&run, 0.5),
-                    "per_second": batch as f64 * lat.len() as f64 / (total / 1e6),
-                })
-            );
+        for (runtime, path) in &paths {
+            for batch in BATCHES {
+                let x = input_rows(input, cnn, &features, 0, batch);
+                let (lat, run) = latency(&single, id, &x, *path, budget)?;
+                let total: f64 = lat.iter().sum::<f64>();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "kind": "latency", "runtime": runtime, "model": name, "batch": batch,
+                        "iterations": lat.len(),
+                        "median_us": percentile(&lat, 0.5), "p99_us": percentile(&lat, 0.99),
+                        "run_median_us": percentile(&run, 0.5),
+                        "per_second": batch as f64 * lat.len() as f64 / (total / 1e6),
+                    })
+                );
+            }
         }
         for batching in [false, true] {
             let engine = Engine::new(
@@ -90,7 +102,7 @@ fn main() -> anyhow::Result<()> {
                 let start = Instant::now();
                 let handles = inputs
                     .iter()
-                    .map(|x| engine.submit(job(id, x.clone())))
+                    .map(|x| engine.submit(job(id, x.clone(), None)))
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut batch_sum = 0usize;
                 for h in handles {
@@ -115,8 +127,12 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn job(model: ModelId, input: NamedTensor) -> Job {
-    Job::new(model, vec![input], Duration::from_secs(600))
+fn job(model: ModelId, input: NamedTensor, path: Option<ExecPath>) -> Job {
+    let job = Job::new(model, vec![input], Duration::from_secs(600));
+    match path {
+        Some(p) => job.on_path(p),
+        None => job,
+    }
 }
 
 /// `batch` rows of the test split starting at `first` (wrapping), in the model's layout.
@@ -146,18 +162,22 @@ fn latency(
     engine: &Engine,
     id: ModelId,
     x: &NamedTensor,
+    path: Option<ExecPath>,
     budget: Duration,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     for _ in 0..20 {
-        engine.submit(job(id, x.clone()))?.wait()?;
+        engine.submit(job(id, x.clone(), path))?.wait()?;
     }
     let mut lat = Vec::new();
     let mut run = Vec::new();
     let start = Instant::now();
     while (start.elapsed() < budget || lat.len() < 50) && lat.len() < 200_000 {
-        let j = job(id, x.clone());
+        let j = job(id, x.clone(), path);
         let t = Instant::now();
         let out = engine.submit(j)?.wait()?;
+        if let Some(p) = path {
+            anyhow::ensure!(out.path == p, "asked for {p}, ran on {}", out.path);
+        }
         lat.push(t.elapsed().as_secs_f64() * 1e6);
         run.push(out.run_micros as f64);
     }

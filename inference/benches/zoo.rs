@@ -6,7 +6,9 @@
 //! line per model: `median_us`/`p99_us` (submit to result, in-process), `run_median_us`
 //! (inside tract), `runner_median_us` (submit to result through the isolated runner, as a
 //! worker runs a stranger's task), `first_run_ms` (load, optimise and first run), the plan
-//! kind and the plan cache's hits and misses. `scripts/bench-zoo.sh` runs onnxruntime on the
+//! kind and the plan cache's hits and misses; with ONNX Runtime installed (`.venv`, or
+//! `CRANK_ONNXRUNTIME`), the same through the engine's `onnxruntime` path: `ort_path_*`
+//! (in-process, inside the runtime, and through the runner). `scripts/bench-zoo.sh` runs onnxruntime on the
 //! same inputs in the same run and prints the table with the ratios. The zoo directory is
 //! `CRANK_ZOO` (default /var/tmp/crank-zoo). This binary is its own runner, as the node's is.
 
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crank_inference::zoo::{self, Zoo};
 use crank_inference::{Engine, EngineConfig, Job, ModelStore};
-use crank_protocol::{ModelId, NamedTensor};
+use crank_protocol::{ExecPath, ModelId, NamedTensor};
 
 fn main() -> anyhow::Result<()> {
     if crank_inference::runner::is_runner_invocation() {
@@ -38,10 +40,17 @@ fn main() -> anyhow::Result<()> {
 
     let store_dir = tempfile::tempdir()?;
     let store = Arc::new(ModelStore::open(store_dir.path(), 4 << 30)?);
+    let ort = crank_inference::onnxruntime::library_for_tests();
+    if ort.is_none() {
+        eprintln!(
+            "ONNX Runtime not found (.venv or CRANK_ONNXRUNTIME): no onnxruntime-path figures"
+        );
+    }
     let config = EngineConfig {
         workers: 1,
         threads_per_run: 1,
         batching: false,
+        onnxruntime: ort.clone(),
         ..EngineConfig::default()
     };
     let in_process = Engine::new(
@@ -62,13 +71,29 @@ fn main() -> anyhow::Result<()> {
     for m in &zoo.models {
         let id = store.put(&std::fs::read(&m.path)?)?;
         let started = Instant::now();
-        in_process.submit(job(id, &m.inputs))?.wait()?;
+        in_process.submit(job(id, &m.inputs, None))?.wait()?;
         let first_run_ms = started.elapsed().as_secs_f64() * 1e3;
-        let (lat, run) = latency(&in_process, id, &m.inputs, budget)?;
+        let (lat, run) = latency(&in_process, id, &m.inputs, None, budget)?;
         let stats = in_process
             .plan_stats(&id)
             .ok_or_else(|| anyhow::anyhow!("{} is not in the plan cache", m.name))?;
-        let (runner_lat, _) = latency(&runner, id, &m.inputs, budget)?;
+        let (runner_lat, _) = latency(&runner, id, &m.inputs, None, budget)?;
+        let ort_path = Some(ExecPath::Onnxruntime);
+        let (ort_first_ms, ort_lat, ort_run, ort_runner) = if ort.is_some() {
+            let started = Instant::now();
+            in_process.submit(job(id, &m.inputs, ort_path))?.wait()?;
+            let first = started.elapsed().as_secs_f64() * 1e3;
+            let (lat, run) = latency(&in_process, id, &m.inputs, ort_path, budget)?;
+            let (runner, _) = latency(&runner, id, &m.inputs, ort_path, budget)?;
+            (
+                Some(first),
+                Some(percentile(&lat, 0.5)),
+                Some(percentile(&run, 0.5)),
+                Some(percentile(&runner, 0.5)),
+            )
+        } else {
+            (None, None, None, None)
+        };
         println!(
             "{}",
             serde_json::json!({
@@ -81,14 +106,22 @@ fn main() -> anyhow::Result<()> {
                 "plan": if stats.per_shape { "per-shape" } else { "symbolic" },
                 "plan_hits": stats.hits, "plan_misses": stats.misses,
                 "plan_build_ms": stats.build_micros as f64 / 1e3,
+                "ort_path_first_run_ms": ort_first_ms,
+                "ort_path_median_us": ort_lat,
+                "ort_path_run_median_us": ort_run,
+                "ort_path_runner_median_us": ort_runner,
             })
         );
     }
     Ok(())
 }
 
-fn job(model: ModelId, inputs: &[NamedTensor]) -> Job {
-    Job::new(model, inputs.to_vec(), Duration::from_secs(600))
+fn job(model: ModelId, inputs: &[NamedTensor], path: Option<ExecPath>) -> Job {
+    let job = Job::new(model, inputs.to_vec(), Duration::from_secs(600));
+    match path {
+        Some(p) => job.on_path(p),
+        None => job,
+    }
 }
 
 /// Submit-to-result latencies and in-runtime times, microseconds, over about `budget`
@@ -97,18 +130,22 @@ fn latency(
     engine: &Engine,
     id: ModelId,
     inputs: &[NamedTensor],
+    path: Option<ExecPath>,
     budget: Duration,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     for _ in 0..2 {
-        engine.submit(job(id, inputs))?.wait()?;
+        engine.submit(job(id, inputs, path))?.wait()?;
     }
     let mut lat = Vec::new();
     let mut run = Vec::new();
     let start = Instant::now();
     while (start.elapsed() < budget || lat.len() < 5) && lat.len() < 100_000 {
-        let j = job(id, inputs);
+        let j = job(id, inputs, path);
         let t = Instant::now();
         let out = engine.submit(j)?.wait()?;
+        if let Some(p) = path {
+            anyhow::ensure!(out.path == p, "asked for {p}, ran on {}", out.path);
+        }
         lat.push(t.elapsed().as_secs_f64() * 1e6);
         run.push(out.run_micros as f64);
     }

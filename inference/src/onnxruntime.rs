@@ -221,9 +221,9 @@ fn outlets<'a>(
             .enumerate()
             .map(|(axis, (&d, sym))| match u64::try_from(d) {
                 Ok(n) => Dim::Fixed(n),
-                // An unnamed dynamic axis gets a name of its own, so it is never tied to
-                // another input's axis by accident.
-                Err(_) if sym.is_empty() => Dim::Symbol(format!("{name}:{axis}")),
+                // An unnamed dynamic axis (exporters also write `?`) gets a name of its own,
+                // so it is never tied to another axis by accident.
+                Err(_) if sym.is_empty() || sym == "?" => Dim::Symbol(format!("{name}:{axis}")),
                 Err(_) => Dim::Symbol(sym.clone()),
             })
             .collect();

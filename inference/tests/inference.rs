@@ -863,6 +863,64 @@ async fn every_zoo_model_agrees_with_onnxruntime() {
     );
 }
 
+/// Every zoo model also runs on the optional ONNX Runtime path (the library the repository's
+/// `.venv` installs): through the same queue and worker, its outputs cross our tensor
+/// conversions both ways and agree with onnxruntime's own run in Python; each job says the
+/// path that ran it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_zoo_model_agrees_on_the_onnxruntime_path() {
+    let zoo = zoo();
+    let lib = crank_inference::onnxruntime::library_for_tests().expect(
+        "ONNX Runtime is not installed: run scripts/setup-python.sh or set CRANK_ONNXRUNTIME",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = zoo_store(dir.path());
+    let engine = Engine::new(
+        EngineConfig {
+            workers: 1,
+            isolate: false,
+            onnxruntime: Some(lib),
+            ..EngineConfig::default()
+        },
+        store.clone(),
+    )
+    .unwrap();
+    assert!(engine.onnxruntime_version().is_some());
+    let tol = crank_inference::zoo::Tolerance::default();
+    let mut failures = Vec::new();
+    for m in &zoo.models {
+        let id = store.put(&std::fs::read(&m.path).unwrap()).unwrap();
+        let job = Job::new(id, m.inputs.clone(), Duration::from_secs(300))
+            .on_path(crank_protocol::ExecPath::Onnxruntime);
+        let out = match engine.submit(job).unwrap().await {
+            Ok(out) => out,
+            Err(e) => {
+                failures.push(format!("{}: {e}", m.name));
+                continue;
+            }
+        };
+        if out.path != crank_protocol::ExecPath::Onnxruntime {
+            failures.push(format!("{}: ran on {}", m.name, out.path));
+        }
+        match crank_inference::zoo::agreement(&out.outputs, &m.expected, tol) {
+            Ok(a) => {
+                let worst = a.iter().map(|a| a.max_abs).fold(0f64, f64::max);
+                let outside: usize = a.iter().map(|a| a.outside).sum();
+                println!("{:<28} onnxruntime path: max |diff| {worst:.2e}", m.name);
+                if outside > 0 {
+                    failures.push(format!("{}: {a:?}", m.name));
+                }
+            }
+            Err(e) => failures.push(format!("{}: {e}", m.name)),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "zoo models that disagree or fail on the onnxruntime path:\n{}",
+        failures.join("\n")
+    );
+}
+
 /// No state survives from one task to the next: on stateful models (LSTM, GRU, LSTM inside
 /// `If`), the same input run again and again, interleaved with other inputs, gives
 /// bit-identical outputs, equal to its first run.
