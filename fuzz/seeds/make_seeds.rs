@@ -161,6 +161,7 @@ fn advert(w: &World) -> Result<Signed<CapabilityAdvert>> {
             }),
         },
         models: vec![ModelId::of(b"model"), ModelId::of(b"other")],
+        unservable: Vec::new(),
         pricing: Pricing {
             per_task_stroops: 100,
             per_second_stroops: 10,

@@ -877,14 +877,22 @@ enum Exec<'a> {
     Runner(&'a mut Runner),
 }
 
-/// Loads the first job's model, gathers batch mates and runs them.
+/// A model loaded for tract: its plan here, or its signature from the runner.
+enum Loaded {
+    InProcess(Arc<LoadedModel>),
+    Isolated(Arc<ModelInfo>),
+}
+
+/// Loads the first job's model, gathers batch mates and runs them; a model tract refuses
+/// goes to ONNX Runtime when the engine has it, and one ONNX Runtime refuses to tract.
 fn serve_turn(
     shared: &Shared,
     mut runner: Option<&mut Runner>,
     first: Pending,
     running: &mut Running<'_>,
 ) {
-    let first = if first.job.path == Some(ExecPath::Onnxruntime) && shared.ort.is_some() {
+    let tried_ort = first.job.path == Some(ExecPath::Onnxruntime) && shared.ort.is_some();
+    let first = if tried_ort {
         match serve_ort(shared, runner.as_deref_mut(), first) {
             Some(back) => back,
             None => return,
@@ -893,27 +901,32 @@ fn serve_turn(
         first
     };
     let model_id = first.job.model;
-    match runner {
-        None => match shared.load(&model_id) {
-            Ok(model) => {
-                let jobs = with_batch_mates(shared, &model.info, first, running);
-                run_jobs(shared, &model.info, Exec::InProcess(&model), jobs);
+    let loaded = match runner.as_deref_mut() {
+        None => shared.load(&model_id).map(Loaded::InProcess),
+        Some(r) => shared.load_isolated(&model_id, r).map(Loaded::Isolated),
+    };
+    match loaded {
+        Ok(Loaded::InProcess(model)) => {
+            let jobs = with_batch_mates(shared, &model.info, first, running);
+            run_jobs(shared, &model.info, Exec::InProcess(&model), jobs);
+        }
+        Ok(Loaded::Isolated(info)) => {
+            let jobs = with_batch_mates(shared, &info, first, running);
+            if let Some(r) = runner {
+                run_jobs(shared, &info, Exec::Runner(r), jobs);
             }
-            Err(e) => {
-                debug!(model = %model_id, error = %e, "model could not be loaded");
-                first.answer(Err(e));
+        }
+        // tract refuses the model: ONNX Runtime may take it (unless it just refused too).
+        Err(e) if !tried_ort && shared.ort.is_some() && refused_by_runtime(&e) => {
+            debug!(model = %model_id, error = %e, "tract cannot load the model; onnxruntime runs it");
+            if let Some(back) = serve_ort(shared, runner, first) {
+                back.answer(Err(e));
             }
-        },
-        Some(runner) => match shared.load_isolated(&model_id, runner) {
-            Ok(info) => {
-                let jobs = with_batch_mates(shared, &info, first, running);
-                run_jobs(shared, &info, Exec::Runner(runner), jobs);
-            }
-            Err(e) => {
-                debug!(model = %model_id, error = %e, "model could not be loaded");
-                first.answer(Err(e));
-            }
-        },
+        }
+        Err(e) => {
+            debug!(model = %model_id, error = %e, "model could not be loaded");
+            first.answer(Err(e));
+        }
     }
 }
 

@@ -207,6 +207,7 @@ impl Node {
                 bids: Mutex::new(crank_scheduler::BidBook::new(4096)),
                 running: Mutex::new(HashMap::new()),
                 measured: Mutex::new(BTreeMap::new()),
+                unservable: Mutex::new(std::collections::VecDeque::new()),
                 failures: AtomicU64::new(0),
                 meter,
                 hardware,

@@ -43,6 +43,10 @@ pub(crate) struct Worker {
     pub running: Mutex<HashMap<TaskId, Running>>,
     /// The last run measured per model and path (for quotes).
     pub measured: Mutex<BTreeMap<(ModelId, ExecPath), MeasuredRun>>,
+    /// Models every runtime here refused, oldest first, with the reason: advertised, and
+    /// declined at once, so nobody awards this node a task it will fail. Bounded by the
+    /// advert's model limit; forgotten at restart (a new version may run them).
+    pub unservable: Mutex<std::collections::VecDeque<(ModelId, String)>>,
     /// Tasks failed, aborted or timed out (for the advert's trust summary).
     pub failures: AtomicU64,
     /// Energy meter.
@@ -146,6 +150,7 @@ impl Worker {
                 .into_iter()
                 .take(self.limits.max_advert_models)
                 .collect(),
+            unservable: lock(&self.unservable).iter().map(|(id, _)| *id).collect(),
             pricing: Pricing {
                 per_task_stroops: cost.per_task_stroops,
                 per_second_stroops: cost.per_second_stroops,
@@ -239,6 +244,7 @@ fn worker_state(worker: &Worker, requester: Standing) -> WorkerState {
         cached_models: worker.store.list().into_iter().collect::<BTreeSet<_>>(),
         bench: worker.bench.clone(),
         measured,
+        unservable: lock(&worker.unservable).iter().cloned().collect(),
         limits: WorkerLimits {
             max_model_bytes: engine.max_model_bytes,
             max_input_elements: engine.max_input_elements,
@@ -720,6 +726,33 @@ pub(crate) async fn on_award(
     });
 }
 
+/// Remembers that no runtime here takes `model` (the engine already fell back from one to
+/// the other), and re-advertises.
+fn mark_unservable(worker: &Worker, model: ModelId, e: &InferenceError) {
+    {
+        let mut list = lock(&worker.unservable);
+        if list.iter().any(|(id, _)| *id == model) {
+            return;
+        }
+        let cap = worker.limits.max_advert_models.max(1);
+        while list.len() >= cap {
+            list.pop_front();
+        }
+        // Bounded like every text on the wire: the reason travels in declines.
+        let mut why = e.to_string();
+        if why.len() > 512 {
+            let mut end = 512;
+            while !why.is_char_boundary(end) {
+                end -= 1;
+            }
+            why.truncate(end);
+        }
+        list.push_back((model, why));
+    }
+    info!(model = %model, "model marked unservable: declined and advertised from now on");
+    worker.advert_changed.notify_one();
+}
+
 fn failure_of(e: &InferenceError) -> FailureReason {
     match e {
         InferenceError::ModelNotFound(_) | InferenceError::Store(_) => {
@@ -820,6 +853,12 @@ async fn execute(
         }
         Err(e) => {
             warn!(task = %task.short(), error = %e, "task failed");
+            if matches!(
+                e,
+                InferenceError::ModelInvalid(_) | InferenceError::UnsupportedOperator { .. }
+            ) {
+                mark_unservable(worker, award.model, &e);
+            }
             report_failure(worker, &award, failure_of(&e)).await;
             return;
         }

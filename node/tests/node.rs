@@ -1512,6 +1512,7 @@ async fn a_worker_whose_outputs_break_the_receipt_is_disputed_with_signed_proof(
             reason: None,
         },
         models: vec![],
+        unservable: Vec::new(),
         pricing: Pricing {
             per_task_stroops: 1,
             per_second_stroops: 1,

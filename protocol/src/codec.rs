@@ -12,9 +12,12 @@ use serde::de::DeserializeOwned;
 /// The wire format version this crate reads and writes.
 ///
 /// Version 2 changed the signed call for bids, bid, award and receipt (nonce, payer account,
-/// bids that bind the work) and split the result into a receipt and signed outputs. Every
-/// later change to a signed or stored type bumps it again.
-pub const WIRE_VERSION: u8 = 2;
+/// bids that bind the work) and split the result into a receipt and signed outputs.
+/// Version 3 added the `onnxruntime` execution path (bids, receipts), the models a worker
+/// cannot serve (adverts) and the decline that says so; receipts keep version 2's layout, so
+/// stored ones verify and settle unchanged. Every later change to a signed or stored type
+/// bumps it again.
+pub const WIRE_VERSION: u8 = 3;
 
 /// Default limit for task-protocol frames: inputs and model chunks fit well inside it.
 pub const DEFAULT_MAX_FRAME: usize = 8 * 1024 * 1024;

@@ -298,6 +298,10 @@ pub struct CapabilityAdvert {
     /// Models the node holds (content ids).
     #[serde(deserialize_with = "bounded::seq::<{ MAX_MODELS }, _, _>")]
     pub models: Vec<ModelId>,
+    /// Models the node has found it cannot run on any of its paths (the runtimes refused
+    /// them): requesters leave it out of their auctions for those (wire version 3).
+    #[serde(deserialize_with = "bounded::seq::<{ MAX_MODELS }, _, _>")]
+    pub unservable: Vec<ModelId>,
     /// Indicative prices.
     pub pricing: Pricing,
     /// Stellar account (G… strkey) to pay.
@@ -317,7 +321,7 @@ pub struct CapabilityAdvert {
 }
 
 impl Signable for CapabilityAdvert {
-    const DOMAIN: &'static str = "crank/1/advert";
+    const DOMAIN: &'static str = "crank/3/advert";
 }
 
 /// A requester's call for bids on one task, sent directly to a few candidates.
@@ -390,7 +394,7 @@ pub struct Bid {
 }
 
 impl Signable for Bid {
-    const DOMAIN: &'static str = "crank/2/bid";
+    const DOMAIN: &'static str = "crank/3/bid";
 }
 
 /// Why a worker will not take a task.
@@ -451,6 +455,12 @@ pub enum DeclineReason {
         #[serde(deserialize_with = "bounded::text")]
         message: String,
     },
+    /// The worker's runtimes cannot run this model (wire version 3).
+    ModelUnsupported {
+        /// Why, as the runtime said it (the operator and node it lacks, for example).
+        #[serde(deserialize_with = "bounded::text")]
+        message: String,
+    },
 }
 
 impl DeclineReason {
@@ -466,6 +476,7 @@ impl DeclineReason {
             Self::NotBidFor => "not bid for",
             Self::Credit { .. } => "credit",
             Self::Other { .. } => "other",
+            Self::ModelUnsupported { .. } => "model unsupported",
         }
     }
 }
@@ -497,6 +508,7 @@ impl fmt::Display for DeclineReason {
                 "credit: {owed_stroops} stroops unpaid, oldest {oldest_unpaid_secs} s ({limit}); pay to restore service"
             ),
             Self::Other { message } => write!(f, "{message}"),
+            Self::ModelUnsupported { message } => write!(f, "cannot run the model: {message}"),
         }
     }
 }
@@ -513,7 +525,7 @@ pub struct Decline {
 }
 
 impl Signable for Decline {
-    const DOMAIN: &'static str = "crank/2/decline";
+    const DOMAIN: &'static str = "crank/3/decline";
 }
 
 /// The requester's award of a task to one bidder, carrying the inputs.

@@ -44,6 +44,7 @@ fn advert(node: &Identity, seq: u64, now: UnixMillis) -> Signed<CapabilityAdvert
             reason: None,
         },
         models: vec![ModelId::of(b"m")],
+        unservable: Vec::new(),
         pricing: Pricing {
             per_task_stroops: 100,
             per_second_stroops: 10,
@@ -593,8 +594,8 @@ fn disputes_verify_against_the_workers_own_receipt() {
 }
 
 #[test]
-fn a_frame_of_wire_version_1_is_refused_with_an_upgrade_hint() {
-    assert_eq!(codec::WIRE_VERSION, 2);
+fn frames_of_wire_versions_1_and_2_are_refused_with_an_upgrade_hint() {
+    assert_eq!(codec::WIRE_VERSION, 3);
     let requester = id(60);
     let ins = inputs(vec![0.5; 8]);
     let cfb = call_for_bids(&requester, &ins, 1_000);
@@ -616,6 +617,47 @@ fn a_frame_of_wire_version_1_is_refused_with_an_upgrade_hint() {
     );
     let err = codec::decode::<Request>(&[1, 8], codec::DEFAULT_MAX_FRAME).unwrap_err();
     assert!(err.to_string().contains("must upgrade"), "{err}");
+    // A version 2 peer (no onnxruntime path, no unservable models in adverts) is told too.
+    frame[0] = 2;
+    let err = codec::decode::<Request>(&frame, codec::DEFAULT_MAX_FRAME).unwrap_err();
+    assert_eq!(err, CodecError::UnsupportedVersion { got: 2 });
+    assert!(err.to_string().contains("must upgrade"), "{err}");
+    assert!(err.to_string().contains("version 2"), "{err}");
+}
+
+#[test]
+fn the_onnxruntime_path_and_unservable_models_cross_the_wire() {
+    let worker = id(61);
+    let requester = id(60);
+    let ins = inputs(vec![0.5; 8]);
+    let cfb = call_for_bids(&requester, &ins, 1_000);
+    // The path is named in bids and receipts as `onnxruntime`.
+    assert_eq!(ExecPath::Onnxruntime.to_string(), "onnxruntime");
+    assert_eq!(
+        serde_json::to_string(&ExecPath::Onnxruntime).unwrap(),
+        "\"onnxruntime\""
+    );
+    // Receipts of the existing paths keep their version 2 encoding: what ledgers hold
+    // still decodes (the new variant is appended).
+    assert_eq!(postcard::to_stdvec(&ExecPath::Cpu).unwrap(), vec![0]);
+    assert_eq!(postcard::to_stdvec(&ExecPath::Gpu).unwrap(), vec![1]);
+    assert_eq!(
+        postcard::to_stdvec(&ExecPath::Onnxruntime).unwrap(),
+        vec![2]
+    );
+    let decline = Decline {
+        task_id: cfb.task_id,
+        worker: worker.node_id(),
+        reason: DeclineReason::ModelUnsupported {
+            message:
+                "model uses operator `Foo` (node `n1`), which the CPU runtime does not support"
+                    .into(),
+        },
+    };
+    assert_eq!(decline.reason.category(), "model unsupported");
+    let resp = Response::Decline(Signed::sign(decline, &worker).unwrap());
+    let frame = codec::encode(&resp).unwrap();
+    assert_eq!(codec::decode::<Response>(&frame, 1 << 20).unwrap(), resp);
 }
 
 fn arb_tensor() -> impl Strategy<Value = NamedTensor> {

@@ -181,6 +181,7 @@ fn advert(i: usize) -> CapabilityAdvert {
         } else {
             vec![]
         },
+        unservable: Vec::new(),
         pricing: Pricing {
             per_task_stroops: 100 + (i as u64 * 13) % 500,
             per_second_stroops: 1000,
@@ -252,6 +253,7 @@ fn main() {
             },
         ],
         measured: Default::default(),
+        unservable: Default::default(),
         limits: WorkerLimits::default(),
         payout: PAYOUT.into(),
         credit: CreditPolicy::default(),

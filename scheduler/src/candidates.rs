@@ -154,6 +154,14 @@ pub fn rank_candidates<'a>(
         .collect();
     eligible.sort_by(|a, b| a.node.cmp(&b.node).then(b.seq.cmp(&a.seq)));
     eligible.dedup_by(|later, first| later.node == first.node);
+    // A node whose newest advert says its runtimes refuse the model is not asked, not even
+    // as a holder of the model.
+    let refusing: Vec<NodeId> = eligible
+        .iter()
+        .filter(|a| a.unservable.contains(&query.model))
+        .map(|a| a.node)
+        .collect();
+    eligible.retain(|a| !a.unservable.contains(&query.model));
     let mut ranked: Vec<RankedCandidate> = eligible
         .iter()
         .map(|a| from_advert(a, query, trust))
@@ -161,6 +169,7 @@ pub fn rank_candidates<'a>(
     let advertised = ranked.len();
     for p in query.providers {
         if *p == query.requester
+            || refusing.contains(p)
             || ranked[..advertised]
                 .binary_search_by(|c| c.node.cmp(p))
                 .is_ok()
@@ -287,6 +296,7 @@ mod tests {
             } else {
                 vec![]
             },
+            unservable: Vec::new(),
             pricing: Pricing {
                 per_task_stroops: per_task,
                 per_second_stroops: 1000,
@@ -338,6 +348,24 @@ mod tests {
         let trust = TrustBook::default();
         let got = select_candidates(&ads, &query(&providers), &trust, 1);
         assert_eq!(got, ids(&[5, 4, 2, 3, 6, 1]));
+    }
+
+    #[test]
+    fn nodes_that_cannot_run_the_model_are_not_asked() {
+        let none = BTreeSet::new();
+        let model = query(&none).model;
+        let mut refusing = advert(1, true, true, 0, 1);
+        refusing.unservable = vec![model];
+        let mut other_model = advert(2, true, true, 0, 10);
+        other_model.unservable = vec![ModelId([0xee; 32])];
+        let ok = advert(3, true, true, 0, 500);
+        let trust = TrustBook::default();
+        let got = select_candidates([&refusing, &other_model, &ok], &query(&none), &trust, 1);
+        assert_eq!(got, ids(&[2, 3]));
+        // Not even as a node known to hold the model.
+        let providers: BTreeSet<NodeId> = [NodeId([1; 32])].into();
+        let got = select_candidates([&refusing, &ok], &query(&providers), &trust, 1);
+        assert_eq!(got, ids(&[3]));
     }
 
     #[test]

@@ -73,6 +73,7 @@
 //!         microjoules_per_inference: 20_000,
 //!     }],
 //!     measured: Default::default(),
+//!     unservable: Default::default(),
 //!     limits: WorkerLimits::default(),
 //!     payout: "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7".into(),
 //!     // What the worker's ledger says this requester owes it: nothing yet.

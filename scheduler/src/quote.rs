@@ -99,6 +99,8 @@ pub struct WorkerState {
     pub bench: Vec<PathBench>,
     /// Runs measured per model and path.
     pub measured: BTreeMap<(ModelId, ExecPath), MeasuredRun>,
+    /// Models this worker's runtimes refused, with the reason: declined at once.
+    pub unservable: BTreeMap<ModelId, String>,
     /// Limits.
     pub limits: WorkerLimits,
     /// Stellar account to be paid at.
@@ -351,6 +353,11 @@ pub fn quote(
     }
     if let Some(reason) = state.credit.check(&state.requester, now) {
         return Err(reason);
+    }
+    if let Some(why) = state.unservable.get(&cfb.model) {
+        return Err(DeclineReason::ModelUnsupported {
+            message: why.clone(),
+        });
     }
     if cfb.model_bytes > state.limits.max_model_bytes {
         return Err(DeclineReason::ModelTooLarge {
@@ -709,6 +716,7 @@ mod tests {
                 },
             ],
             measured: BTreeMap::new(),
+            unservable: Default::default(),
             limits: WorkerLimits::default(),
             payout: PAYOUT.into(),
             credit: CreditPolicy::default(),
@@ -729,6 +737,24 @@ mod tests {
         assert!(bid.model_cached);
         assert_eq!(bid.valid_until, 31_000);
         assert_eq!(bid.payout, PAYOUT);
+    }
+
+    #[test]
+    fn a_model_the_runtimes_refused_is_declined_with_the_reason() {
+        let cost = CostModel::default();
+        let mut refusing = state();
+        let why = "model uses operator `Foo` (node `n1`), which the CPU runtime does not support";
+        refusing.unservable.insert(cfb().model, why.into());
+        assert_eq!(
+            quote(&cfb(), &refusing, &cost, 1_000),
+            Err(DeclineReason::ModelUnsupported {
+                message: why.into()
+            })
+        );
+        // Other models are quoted as before.
+        let mut other = cfb();
+        other.model = ModelId([9; 32]);
+        assert!(quote(&other, &refusing, &cost, 1_000).is_ok());
     }
 
     #[test]

@@ -137,6 +137,7 @@ fn worker(n: u8, ips: f32, uj: u64, cached: bool) -> Worker {
                 microjoules_per_inference: uj,
             }],
             measured: BTreeMap::new(),
+            unservable: Default::default(),
             limits: WorkerLimits::default(),
             payout: PAYOUT.into(),
             credit: CreditPolicy::default(),
@@ -173,6 +174,7 @@ fn advert_of(w: &Worker, now: UnixMillis) -> CapabilityAdvert {
             reason: w.state.gate_closed.clone(),
         },
         models: w.state.cached_models.iter().copied().collect(),
+        unservable: Vec::new(),
         pricing: Pricing {
             per_task_stroops: 100,
             per_second_stroops: 1000,

@@ -156,6 +156,7 @@ fn hostile_frames() -> Vec<(&'static str, Vec<u8>)> {
             reason: None,
         },
         models: vec![],
+        unservable: Vec::new(),
         pricing: Pricing {
             per_task_stroops: 0,
             per_second_stroops: 0,

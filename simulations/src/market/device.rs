@@ -239,6 +239,7 @@ impl Device {
             cached_models: cached.iter().copied().collect::<BTreeSet<_>>(),
             bench: bench.clone(),
             measured: BTreeMap::new(),
+            unservable: Default::default(),
             limits: WorkerLimits::default(),
             payout: payout.clone(),
             // Settlement is not simulated: no requester ever owes a worker beyond its credit.
@@ -269,6 +270,7 @@ impl Device {
                 reason: None,
             },
             models: cached.clone(),
+            unservable: Vec::new(),
             pricing: Pricing {
                 per_task_stroops: cost.per_task_stroops,
                 per_second_stroops: cost.per_second_stroops,
