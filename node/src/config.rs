@@ -150,6 +150,11 @@ pub struct WorkerConfig {
     pub watch_payments_secs: u64,
     /// The model store: its quota, and the models served to anyone (`[worker.store]`).
     pub store: StoreSettings,
+    /// The execution paths this node bids with, of those it has: `cpu` (tract),
+    /// `onnxruntime` (when `[engine] onnxruntime` names the library) and `gpu`. Empty (the
+    /// default): every path it has; each task goes to the cheapest that meets its deadline.
+    /// A path it lacks is ignored with a warning.
+    pub paths: Vec<crank_protocol::ExecPath>,
 }
 
 impl Default for WorkerConfig {
@@ -162,6 +167,7 @@ impl Default for WorkerConfig {
             credit: CreditPolicy::default(),
             watch_payments_secs: 60,
             store: StoreSettings::default(),
+            paths: Vec::new(),
         }
     }
 }

@@ -162,7 +162,15 @@ impl Node {
             Vec::new()
         } else {
             let mut bench = Vec::new();
-            for path in paths_for(&engine, &store, &reference) {
+            let have = paths_for(&engine, &store, &reference);
+            let wanted = &config.worker.paths;
+            for p in wanted.iter().filter(|p| !have.contains(p)) {
+                warn!(path = %p, "`[worker] paths` names a path this node does not have");
+            }
+            let bid_with = have
+                .into_iter()
+                .filter(|p| wanted.is_empty() || wanted.contains(p));
+            for path in bid_with {
                 bench.extend(self_benchmark(&engine, &meter, reference, path, &config).await);
             }
             bench

@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crank_inference::InferenceError;
 use crank_payments::{Expected, OutputsVerdict, ReceiptProof, RequesterReceipts, TxHash};
 use crank_protocol::tensor::tensors_hash;
 use crank_protocol::{
@@ -196,10 +197,30 @@ fn check_inputs(
             .validate(requester.limits.max_elements)
             .map_err(|e| SubmitError::Input(format!("`{}`: {e}", t.name)))?;
     }
-    let info = requester
-        .engine
-        .inspect(model)
-        .map_err(|e| SubmitError::Model(e.to_string()))?;
+    let info = match requester.engine.inspect(model) {
+        Ok(info) => info,
+        // This node's runtimes refuse the model, but a worker's may take it (ONNX Runtime
+        // beside tract, a newer version): the auction asks them, and a worker that cannot
+        // run it either declines or fails with its own reason. The inputs are checked there.
+        Err(
+            e @ (InferenceError::UnsupportedOperator { .. }
+            | InferenceError::ModelInvalid(_)
+            | InferenceError::Inference(_)
+            | InferenceError::ModelTooLarge { .. }),
+        ) => {
+            // Bytes that are not an ONNX model at all are refused here, before any worker
+            // fetches them.
+            let bytes = requester
+                .store
+                .read(model)
+                .map_err(|err| SubmitError::Model(err.to_string()))?;
+            crank_inference::validate::check_onnx(&bytes)
+                .map_err(|c| SubmitError::Model(format!("{e} ({c})")))?;
+            warn!(model = %model, error = %e, "this node cannot check the model; workers will");
+            return Ok(());
+        }
+        Err(e) => return Err(SubmitError::Model(e.to_string())),
+    };
     info.check_inputs(inputs)
         .map_err(|e| SubmitError::Input(e.to_string()))
 }

@@ -1957,3 +1957,105 @@ async fn every_zoo_model_runs_through_the_mesh_and_agrees_with_onnxruntime() {
         failures.join("\n")
     );
 }
+
+/// A worker with the optional ONNX Runtime path (the library the repository's `.venv`
+/// installs), told to bid with it, runs zoo models on it through the mesh: each receipt names
+/// `onnxruntime` and the outputs agree with onnxruntime's. A model that neither of its
+/// runtimes can run (an operator nobody implements) fails once; from then on the worker
+/// advertises it as unservable and declines it, so it is never awarded that model again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_bids_with_onnxruntime_and_stops_taking_models_it_cannot_run() {
+    use crank_protocol::ExecPath;
+    let lib = crank_inference::onnxruntime::library_for_tests().expect(
+        "ONNX Runtime is not installed: run scripts/setup-python.sh or set CRANK_ONNXRUNTIME",
+    );
+    let dir = crank_inference::zoo::dir();
+    let zoo = crank_inference::zoo::Zoo::open(&dir).unwrap_or_else(|e| {
+        panic!(
+            "the conformance zoo is not assembled at {}: {e}",
+            dir.display()
+        )
+    });
+    let mesh = Mesh::start(1, |i, c| {
+        c.engine.runner_exe = Some(env!("CARGO_BIN_EXE_crank-node").into());
+        if i == 0 {
+            c.engine.onnxruntime = Some(lib.clone());
+            c.worker.paths = vec![ExecPath::Onnxruntime];
+        }
+    })
+    .await;
+    mesh.wait_for_adverts(1).await;
+    let tol = crank_inference::zoo::Tolerance::default();
+    for name in [
+        "magika-standard-v3-3",
+        "bert-mini-encoder",
+        "silero-vad-16k-op15",
+    ] {
+        let m = zoo.models.iter().find(|m| m.name == name).unwrap();
+        let mut req = SubmitRequest::new(
+            ModelSource::Bytes(std::fs::read(&m.path).unwrap()),
+            m.inputs.clone(),
+        );
+        req.deadline_ms = Some(60_000);
+        let outcome = mesh.requester().submit(req).await.unwrap();
+        outcome.receipt.verify().unwrap();
+        assert_eq!(
+            outcome.receipt.inner.body.path,
+            ExecPath::Onnxruntime,
+            "{name}"
+        );
+        let a = crank_inference::zoo::agreement(&outcome.outputs, &m.expected, tol).unwrap();
+        assert_eq!(
+            a.iter().map(|a| a.outside).sum::<usize>(),
+            0,
+            "{name}: {a:?}"
+        );
+    }
+
+    // The digits CNN with its Relu renamed to an operator no runtime has.
+    let cnn = std::fs::read(repo().join("models/digits-cnn.onnx")).unwrap();
+    let needle: &[u8] = b"Relu";
+    let mut hostile = Vec::with_capacity(cnn.len());
+    let mut i = 0;
+    while i < cnn.len() {
+        if cnn[i..].starts_with(needle) {
+            hostile.extend_from_slice(b"Crnk");
+            i += needle.len();
+        } else {
+            hostile.push(cnn[i]);
+            i += 1;
+        }
+    }
+    assert_ne!(hostile, cnn);
+    let input = vec![NamedTensor {
+        name: "input".into(),
+        tensor: Tensor::f32(vec![1, 1, 8, 8], vec![0.5; 64]).unwrap(),
+    }];
+    let requester = mesh.requester();
+    let submit = |bytes: Vec<u8>| {
+        let mut req = SubmitRequest::new(ModelSource::Bytes(bytes), input.clone());
+        req.deadline_ms = Some(30_000);
+        requester.submit(req)
+    };
+    let first = submit(hostile.clone()).await.unwrap_err();
+    let first = format!("{first:#}");
+    assert!(
+        first.contains("Crnk"),
+        "the error names the operator: {first}"
+    );
+    // Every later call for it is declined (or, once the new advert arrives, not sent).
+    for _ in 0..2 {
+        let again = format!("{:#}", submit(hostile.clone()).await.unwrap_err());
+        assert!(
+            again.contains("model unsupported")
+                || again.contains("cannot run the model")
+                || again.contains("no candidate"),
+            "{again}"
+        );
+        assert!(!again.contains("was awarded"), "{again}");
+    }
+    // The honest model still runs on the same worker.
+    let ok = submit(cnn).await.unwrap();
+    ok.receipt.verify().unwrap();
+    mesh.stop().await;
+}
