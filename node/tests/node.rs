@@ -571,11 +571,14 @@ async fn bad_frames_get_clear_errors_and_repeat_offenders_are_blocked() {
         ErrorCode::Malformed,
         "malformed",
     );
-    // 3. A frame from a release before wire version 2: the peer is told to upgrade.
+    // 3. A frame from an older release: the peer is told to upgrade.
     expect_error(
         answer(adv.send_raw(peer, framed(&[1, 0])).await.unwrap()),
         ErrorCode::Malformed,
-        "version 1 is not supported (this node speaks version 2); the peer runs an older crank-node and must upgrade",
+        &format!(
+            "version 1 is not supported (this node speaks version {}); the peer runs an older crank-node and must upgrade",
+            crank_protocol::codec::WIRE_VERSION
+        ),
     );
     // 4. A call for bids whose body was changed after signing.
     let mut forged = cfb(&adv, 1, b"model", &mlp_input(64));

@@ -1687,3 +1687,190 @@ async fn ledger_from_the_previous_release_settles_exactly_once() {
     }
     horizon.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Upgrade: ledgers written under wire version 2 (schema 2, receipts naming the payer).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_from_wire_version_2_settles_exactly_once() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ledger-v2");
+    let files = ["requester.redb", "worker-a.redb", "worker-b.redb"];
+    let committed: Vec<Vec<u8>> = files
+        .iter()
+        .map(|n| std::fs::read(fixtures.join(n)).unwrap())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in files.iter().zip(&committed) {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    let requester_id = Identity::from_secret([0x51; 32]);
+    let me = requester_id.node_id();
+    let paying = Wallet::from_seed([0x81; 32]);
+    // (node key, payout wallet, file, counter-signed receipts, what they come to, GPU ones).
+    let workers = [
+        (
+            Identity::from_secret([0x61; 32]),
+            Wallet::from_seed([0x71; 32]),
+            "worker-a.redb",
+            3usize,
+            1_007 + 1_014 + 1_021,
+            1usize,
+        ),
+        (
+            Identity::from_secret([0x62; 32]),
+            Wallet::from_seed([0x72; 32]),
+            "worker-b.redb",
+            2,
+            2_007 + 2_014,
+            1,
+        ),
+    ];
+
+    // Every receipt verifies with the signatures it was stored with and reads as before.
+    let check_v2 = |r: &StoredReceipt| {
+        assert!(matches!(r.proof, ReceiptProof::Current(_)), "{:?}", r.proof);
+        assert_eq!(r.proof.verify().unwrap(), r.terms);
+        assert_eq!(r.terms.requester, me);
+        assert_eq!(r.terms.payer, paying.address());
+        assert!(matches!(r.terms.path, ExecPath::Cpu | ExecPath::Gpu));
+        assert_eq!(r.check, Check::Passed);
+        assert_eq!((r.settlement, r.paid_stroops), (Settlement::Unsettled, 0));
+    };
+    let rl = Arc::new(Ledger::open(&dir.path().join("requester.redb")).unwrap());
+    rl.audit().unwrap();
+    let owed = rl.owed_receipts().unwrap();
+    assert_eq!(owed.len(), 5);
+    assert_eq!(owed.iter().map(|r| r.price_stroops()).sum::<u64>(), 7_063);
+    for r in &owed {
+        check_v2(r);
+        assert_eq!(r.role, Role::Requester);
+    }
+    assert_eq!(
+        rl.get_meta("trust-book").unwrap().as_deref(),
+        Some(&b"{}"[..])
+    );
+    let mut wls = Vec::new();
+    for (id, wallet, file, n, sum, gpu) in &workers {
+        let wl = Arc::new(Ledger::open(&dir.path().join(file)).unwrap());
+        wl.audit().unwrap();
+        let mine = wl.receipts(None, 100).unwrap();
+        assert_eq!(mine.len(), *n);
+        for r in &mine {
+            check_v2(r);
+            assert_eq!(r.role, Role::Worker);
+            assert_eq!(r.terms.worker, id.node_id());
+            assert_eq!(r.terms.payout, wallet.address());
+        }
+        assert_eq!(
+            mine.iter()
+                .filter(|r| r.terms.path == ExecPath::Gpu)
+                .count(),
+            *gpu
+        );
+        let pending = wl.pending_receipts(10).unwrap();
+        assert_eq!(pending.len(), 1, "the receipt never counter-signed");
+        assert_eq!(pending[0].receipt.body.pair_seq, *n as u64 + 1);
+        pending[0].receipt.verify().unwrap();
+        assert!(wl.legacy_pending_receipts(10).unwrap().is_empty());
+        let standing = wl.standing(&me).unwrap();
+        assert_eq!(
+            (standing.unpaid_stroops, standing.receipts),
+            (*sum, *n as u64)
+        );
+        wls.push(wl);
+    }
+
+    // The requester pays from the account its receipts name, one payment per worker.
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let horizon = LocalHorizon::start(NetworkConfig::default(), listen)
+        .await
+        .unwrap();
+    let stellar = StellarConfig::local(&horizon.url(), &horizon.passphrase());
+    let h = Horizon::new(&stellar).unwrap();
+    h.fund(&paying.address()).await.unwrap();
+    for (_, wallet, ..) in &workers {
+        h.fund(&wallet.address()).await.unwrap();
+    }
+    let settler = Settler::new(
+        rl.clone(),
+        Wallet::from_seed([0x81; 32]),
+        stellar.clone(),
+        quick(),
+    )
+    .unwrap();
+    let report = settler.settle(SettleMode::All).await.unwrap();
+    assert!(report.stopped.is_none(), "{:?}", report.stopped);
+    assert_eq!(report.receipts_paid(), 5);
+    let to_workers: Vec<_> = horizon
+        .payments()
+        .into_iter()
+        .filter(|p| p.from == paying.address())
+        .collect();
+    assert_eq!(
+        to_workers.len(),
+        2,
+        "exactly one payment per worker account"
+    );
+    for (_, wallet, _, _, sum, _) in &workers {
+        let p: Vec<_> = to_workers
+            .iter()
+            .filter(|p| p.to == wallet.address())
+            .collect();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].amount, *sum as i64);
+    }
+    let paid_so_far = horizon.payments().len();
+    let again = settler.settle(SettleMode::All).await.unwrap();
+    assert!(again.paid.is_empty() && again.stopped.is_none());
+    assert_eq!(horizon.payments().len(), paid_so_far);
+    let total = rl.balances().unwrap().total;
+    assert_eq!(
+        (total.owed_by_us_stroops, total.paid_by_us_stroops),
+        (0, 7_063)
+    );
+
+    // Each worker credits its receipts once from the requester's signed notice.
+    let intents = rl.intents(10).unwrap();
+    assert_eq!(intents.len(), 1);
+    let intent = &intents[0];
+    let requester_side = RequesterReceipts::new(rl.clone(), requester_id.clone());
+    let signed = requester_side.notice(intent).unwrap();
+    for ((id, wallet, _, n, sum, _), wl) in workers.iter().zip(&wls) {
+        let w = WorkerReceipts::new(wl.clone(), id.clone(), wallet.address(), stellar.clone());
+        let got = w.record_notice(&signed).await.unwrap();
+        let RecordedPayment::New(p) = &got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(p.credits.len(), *n);
+        assert_eq!((p.received_stroops, p.unallocated_stroops), (*sum, 0));
+        assert_eq!(
+            w.record_notice(&signed).await.unwrap(),
+            RecordedPayment::AlreadyRecorded(p.clone())
+        );
+        let b = wl.balances().unwrap().total;
+        assert_eq!(
+            (
+                b.owed_to_us_stroops,
+                b.paid_to_us_stroops,
+                b.overpaid_to_us_stroops
+            ),
+            (0, *sum, 0)
+        );
+        wl.audit().unwrap();
+        requester_side
+            .acknowledged(intent.id, id.node_id())
+            .await
+            .unwrap();
+    }
+    assert!(rl.unacknowledged_notices(10).unwrap().is_empty());
+    rl.audit().unwrap();
+    // The committed fixtures were never touched.
+    for (name, bytes) in files.iter().zip(&committed) {
+        assert_eq!(
+            &std::fs::read(fixtures.join(name)).unwrap(),
+            bytes,
+            "{name}"
+        );
+    }
+    horizon.stop().await;
+}
