@@ -12,6 +12,8 @@
 //! - [`model`]: loading ONNX into an optimised tract plan; [`ModelInfo`], a model's signature.
 //! - [`onnxruntime`]: the optional ONNX Runtime path, loaded at run time from a library the
 //!   owner names (`EngineConfig::onnxruntime`); jobs bid on it carry `ExecPath::Onnxruntime`.
+//! - [`declared`]: what an ONNX file declares about its inputs and outputs, read without
+//!   the weights, and the requester's check that a worker's outputs fit it.
 //! - [`convert`]: wire tensors (f32, f64, i64, i32, u8) to and from tract tensors.
 //! - [`error`]: [`StoreError`] and [`InferenceError`].
 //! - [`zoo`]: the conformance zoo of public models with onnxruntime's outputs for them.
@@ -49,6 +51,7 @@
 
 mod cache;
 pub mod convert;
+pub mod declared;
 pub mod device;
 pub mod engine;
 pub mod error;

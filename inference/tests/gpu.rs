@@ -1251,3 +1251,66 @@ fn emulated_adapters_are_never_advertised() {
         assert_eq!(advert[0].name, rt.adapter().name);
     }
 }
+
+/// The conformance zoo on the GPU path: each public model either loads on the GPU and agrees
+/// with onnxruntime (within the zoo's tolerance), or is refused at load with the operator and
+/// node named, so the engine keeps it on tract. Prints one line per model for the zoo table's
+/// GPU column (`docs/MODELS.md`).
+#[test]
+fn every_zoo_model_runs_on_the_gpu_or_names_what_keeps_it_on_tract() {
+    let Some((_lock, rt)) = gpu() else { return };
+    let dir = crank_inference::zoo::dir();
+    let zoo = crank_inference::zoo::Zoo::open(&dir).unwrap_or_else(|e| {
+        panic!(
+            "the conformance zoo is not assembled at {}: {e}",
+            dir.display()
+        )
+    });
+    let tol = crank_inference::zoo::Tolerance::default();
+    let mut failures = Vec::new();
+    let mut on_gpu = 0;
+    for m in &zoo.models {
+        let bytes = std::fs::read(&m.path).unwrap();
+        let id = ModelId::of(&bytes);
+        // The engine keeps a model on tract whenever the GPU refuses it, naming why
+        // (`gpu::exec`); an unsupported operator must name the node too.
+        let model = match rt.load(id, &bytes) {
+            Ok(model) => model,
+            Err(e) => {
+                if let GpuError::UnsupportedOperator { op, node } = &e {
+                    assert!(!op.is_empty() && !node.is_empty(), "{}: {e}", m.name);
+                }
+                let kind = if e.is_fallback() { "" } else { " (load error)" };
+                println!("{:<28} gpu: falls back to tract{kind}: {e}", m.name);
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let got = match model.run(&m.inputs) {
+            Ok(got) => got,
+            Err(e) => {
+                println!("{:<28} gpu: falls back to tract at run time: {e}", m.name);
+                continue;
+            }
+        };
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        match crank_inference::zoo::agreement(&got, &m.expected, tol) {
+            Ok(a) if a.iter().all(|a| a.outside == 0) => {
+                on_gpu += 1;
+                let worst = a.iter().map(|a| a.max_abs).fold(0f64, f64::max);
+                println!(
+                    "{:<28} gpu: agrees, max |diff| {worst:.2e}, first run {ms:.1} ms",
+                    m.name
+                );
+            }
+            Ok(a) => failures.push(format!("{}: disagrees: {a:?}", m.name)),
+            Err(e) => failures.push(format!("{}: {e}", m.name)),
+        }
+    }
+    println!("{on_gpu} of {} zoo models run on the GPU", zoo.models.len());
+    assert!(
+        failures.is_empty(),
+        "zoo models the GPU path got wrong:\n{}",
+        failures.join("\n")
+    );
+}

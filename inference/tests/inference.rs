@@ -863,6 +863,65 @@ async fn every_zoo_model_agrees_with_onnxruntime() {
     );
 }
 
+/// What every zoo model declares fits what onnxruntime returned for it and what the engine
+/// returns: the requester's output check (`crank_inference::declared`) passes honest workers
+/// on published models, with NaN and infinity refused, and refuses those outputs altered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_zoo_models_outputs_fit_what_it_declares() {
+    use crank_inference::declared::{NonFinite, declared};
+    let zoo = zoo();
+    let dir = tempfile::tempdir().unwrap();
+    let store = zoo_store(dir.path());
+    let engine = zoo_engine(&store);
+    let mut failures = Vec::new();
+    for m in &zoo.models {
+        let bytes = std::fs::read(&m.path).unwrap();
+        let d = declared(&bytes).unwrap();
+        if let Err(e) = d.check_outputs(&m.inputs, &m.expected, NonFinite::Refuse) {
+            failures.push(format!("{} (onnxruntime's outputs): {e}", m.name));
+        }
+        let id = store.put(&bytes).unwrap();
+        let out = engine
+            .submit(Job::new(id, m.inputs.clone(), Duration::from_secs(300)))
+            .unwrap()
+            .await
+            .unwrap();
+        if let Err(e) = d.check_outputs(&m.inputs, &out.outputs, NonFinite::Refuse) {
+            failures.push(format!("{} (the engine's outputs): {e}", m.name));
+        }
+        // The same outputs, one element made NaN or one axis grown, are refused.
+        let mut altered = m.expected.clone();
+        let first = &mut altered[0].tensor;
+        match &mut first.data {
+            TensorData::F32(v) if !v.is_empty() => v[0] = f32::NAN,
+            TensorData::F64(v) if !v.is_empty() => v[0] = f64::NAN,
+            _ => {
+                // Another type, or empty: drop the output instead.
+                altered.remove(0);
+            }
+        }
+        if d.check_outputs(&m.inputs, &altered, NonFinite::Refuse)
+            .is_ok()
+        {
+            failures.push(format!("{}: altered outputs passed", m.name));
+        }
+        println!(
+            "{:<28} outputs {}",
+            m.name,
+            d.outputs
+                .iter()
+                .map(|o| format!("{}{:?}", o.name, o.shape))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "zoo outputs that do not fit their declaration:\n{}",
+        failures.join("\n")
+    );
+}
+
 /// Every zoo model also runs on the optional ONNX Runtime path (the library the repository's
 /// `.venv` installs): through the same queue and worker, its outputs cross our tensor
 /// conversions both ways and agree with onnxruntime's own run in Python; each job says the

@@ -227,6 +227,7 @@ impl Node {
                 core: core.clone(),
                 receipts: requester_receipts,
                 pending: Mutex::new(HashMap::new()),
+                declared: Mutex::new(HashMap::new()),
             }),
             core,
         };

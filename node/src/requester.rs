@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crank_inference::InferenceError;
+use crank_inference::declared::{Declared, NonFinite};
 use crank_payments::{Expected, OutputsVerdict, ReceiptProof, RequesterReceipts, TxHash};
 use crank_protocol::tensor::tensors_hash;
 use crank_protocol::{
-    ErrorCode, ModelId, NamedTensor, NodeId, Receipt, Request, Response, Signed, TaskFailure,
-    TaskId, TaskOutputs, TaskResult,
+    DisputeReason, ErrorCode, ModelId, NamedTensor, NodeId, Receipt, Request, Response, Signed,
+    TaskFailure, TaskId, TaskOutputs, TaskResult,
 };
 use crank_scheduler::{
     Auction, AuctionTrace, CandidateQuery, FailureExplanation, Input, Output, Preference, Status,
@@ -37,6 +38,44 @@ pub(crate) struct Requester {
     pub receipts: RequesterReceipts,
     /// Submissions waiting for their workers' reports, by task.
     pub pending: Mutex<HashMap<TaskId, mpsc::Sender<WorkerReport>>>,
+    /// What the models this node submitted declare about their outputs, read once each.
+    pub declared: Mutex<HashMap<ModelId, Arc<Declared>>>,
+}
+
+/// Declarations kept at most; beyond it the cache starts again (a read costs one pass over
+/// the model's bytes, skipping the weights).
+const DECLARED_CACHE: usize = 64;
+
+impl Requester {
+    /// What `model` declares about its inputs and outputs.
+    fn declared(&self, model: &ModelId) -> Result<Arc<Declared>, String> {
+        if let Some(d) = lock(&self.declared).get(model) {
+            return Ok(d.clone());
+        }
+        let bytes = self.store.read(model).map_err(|e| e.to_string())?;
+        let d = Arc::new(crank_inference::declared::declared(&bytes).map_err(|e| e.to_string())?);
+        let mut cache = lock(&self.declared);
+        if cache.len() >= DECLARED_CACHE {
+            cache.clear();
+        }
+        cache.insert(*model, d.clone());
+        Ok(d)
+    }
+}
+
+/// What a task's outputs must fit: the model's declaration, bound to the task's inputs.
+struct OutputRule<'a> {
+    declared: Arc<Declared>,
+    inputs: &'a [NamedTensor],
+    non_finite: NonFinite,
+}
+
+impl OutputRule<'_> {
+    fn check(&self, outputs: &[NamedTensor]) -> Result<(), String> {
+        self.declared
+            .check_outputs(self.inputs, outputs, self.non_finite)
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl std::ops::Deref for Requester {
@@ -251,6 +290,13 @@ pub(crate) async fn submit(
         .size(&model)
         .ok_or_else(|| SubmitError::Model(format!("model {model} is not in the store")))?;
     check_inputs(requester, &model, &req.inputs)?;
+    let rule = OutputRule {
+        declared: requester.declared(&model).map_err(SubmitError::Model)?,
+        inputs: &req.inputs,
+        // The wire refuses NaN and infinity in any tensor (`Tensor::validate`); the check
+        // refuses them too, so a model whose answers may be non-finite needs both relaxed.
+        non_finite: NonFinite::Refuse,
+    };
     wait_for_adverts(requester).await?;
 
     let now = clock::now_ms();
@@ -309,7 +355,7 @@ pub(crate) async fn submit(
 
     let (report_tx, mut reports) = mpsc::channel(16);
     lock(&requester.pending).insert(task_id, report_tx);
-    let result = drive(requester, &mut auction, &req.inputs, &mut reports).await;
+    let result = drive(requester, &mut auction, &rule, &mut reports).await;
     lock(&requester.pending).remove(&task_id);
 
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -345,9 +391,10 @@ type Done = (NodeId, u64, Vec<NamedTensor>, Receipt);
 async fn drive(
     requester: &Arc<Requester>,
     auction: &mut Auction,
-    inputs: &[NamedTensor],
+    rule: &OutputRule<'_>,
     reports: &mut mpsc::Receiver<WorkerReport>,
 ) -> Result<Done, FailureExplanation> {
+    let inputs = rule.inputs;
     let spec = auction.spec().clone();
     let mut answers: FuturesUnordered<futures::future::BoxFuture<'static, Answer>> =
         FuturesUnordered::new();
@@ -446,7 +493,7 @@ async fn drive(
                     on_task_result(requester, auction, from, result, responder, &mut countersigned).await;
                 }
                 WorkerReport::Outputs { from, outputs, responder } => {
-                    on_task_outputs(requester, auction, from, outputs, responder, &mut countersigned, &mut delivered).await;
+                    on_task_outputs(requester, auction, rule, from, outputs, responder, &mut countersigned, &mut delivered).await;
                 }
                 WorkerReport::Failure { from, failure, responder } => {
                     responder.send(Response::Ack { task_id: spec.task_id });
@@ -530,11 +577,14 @@ async fn on_task_result(
 }
 
 /// Checks the outputs the worker released against the hash its counter-signed receipt
-/// committed to; completes the task, or disputes the receipt with the signed outputs as
-/// evidence and re-awards.
+/// committed to and against the model's declared outputs; completes the task, or disputes
+/// the receipt with the signed outputs as evidence, lowers the worker's trust and
+/// re-awards.
+#[allow(clippy::too_many_arguments)]
 async fn on_task_outputs(
     requester: &Arc<Requester>,
     auction: &mut Auction,
+    rule: &OutputRule<'_>,
     from: NodeId,
     outputs: Signed<TaskOutputs>,
     responder: Responder,
@@ -551,7 +601,7 @@ async fn on_task_outputs(
     let task_id = receipt.inner.body.task_id;
     match requester
         .receipts
-        .check_outputs(outputs, holder, &requester.limits)
+        .check_outputs(outputs, holder, &requester.limits, |o| rule.check(o))
         .await
     {
         Ok(OutputsVerdict::Accepted(tensors)) => {
@@ -570,10 +620,13 @@ async fn on_task_outputs(
         Ok(OutputsVerdict::Disputed(dispute)) => {
             let reason = dispute.body.reason.to_string();
             warn!(peer = %from.short(), task = %task_id.short(), reason = %reason, "outputs disputed; the receipt will not be paid");
-            requester
-                .client
-                .penalize(&from, "delivered outputs its receipt did not commit to")
-                .await;
+            let offence = match &dispute.body.reason {
+                DisputeReason::InvalidOutputs { .. } => {
+                    "delivered outputs that do not fit the model"
+                }
+                _ => "delivered outputs its receipt did not commit to",
+            };
+            requester.client.penalize(&from, offence).await;
             responder.send(Response::Disputed(dispute));
             let _ = auction.handle(Input::ResultInvalid { from, reason }, clock::now_ms());
         }
@@ -615,16 +668,28 @@ pub(crate) async fn on_outputs(
 
 /// Outputs that arrive after the submission ended (this node restarted, or the task gave
 /// up first): still checked, so an honest worker's receipt becomes payable and a dishonest
-/// one's is disputed.
+/// one's is disputed. The task's inputs are gone by then, so the outputs are checked against
+/// what the model alone fixes (names, types, fixed dimensions, value ranges).
 async fn outputs_after_the_task(
     requester: &Arc<Requester>,
     peer: NodeId,
     outputs: Signed<TaskOutputs>,
 ) -> Response {
     let task_id = outputs.body.task_id;
+    let model = match requester.receipts.stored(task_id, peer).await {
+        Ok(Some(r)) => Some(r.terms.model),
+        _ => None,
+    };
+    let declared = model.and_then(|m| requester.declared(&m).ok());
     match requester
         .receipts
-        .check_outputs(outputs, peer, &requester.limits)
+        .check_outputs(outputs, peer, &requester.limits, |o| match &declared {
+            Some(d) => d
+                .check_outputs(&[], o, NonFinite::Refuse)
+                .map_err(|e| e.to_string()),
+            // The model left the store: the hash is all that can be checked.
+            None => Ok(()),
+        })
         .await
     {
         Ok(OutputsVerdict::Accepted(_)) => Response::Ack { task_id },

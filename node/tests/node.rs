@@ -1433,14 +1433,25 @@ async fn a_requester_that_never_countersigns_gets_no_outputs() {
     mesh.stop().await;
 }
 
-/// The requester's side: a worker that takes the counter-signature and then delivers outputs
-/// its receipt did not commit to hands over signed proof; the receipt is disputed (never
-/// paid) and the task is re-awarded to an honest worker.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_worker_whose_outputs_break_the_receipt_is_disputed_with_signed_proof() {
+/// What a cheating worker got for its outputs: the requester's answer to them, the honest
+/// outcome of the task, what the requester's ledger says it owes the cheat and disputes,
+/// and the cheat's node id and award.
+struct Cheated {
+    answer: Response,
+    outcome: crank_node::TaskOutcome,
+    owed_stroops: u64,
+    disputed_stroops: u64,
+    cheat: crank_protocol::NodeId,
+    award: Award,
+}
+
+/// Runs a digits task on a mesh of one honest worker and a cheat that underbids it, wins,
+/// sends a receipt committing to the first set of `outputs(award)` and then delivers the
+/// second (the same set when it means to pass the hash check).
+async fn cheat_with(outputs: impl Fn(&Award) -> (Vec<NamedTensor>, Vec<NamedTensor>)) -> Cheated {
     use crank_protocol::{
-        Bid, CapabilityAdvert, Capacity, DisputeReason, ExecPath, GateInfo, Hardware, PathBench,
-        PowerInfo, Pricing, TaskOutputs, TrustSummary, WorkReceipt,
+        Bid, CapabilityAdvert, Capacity, ExecPath, GateInfo, Hardware, PathBench, PowerInfo,
+        Pricing, TaskOutputs, TrustSummary, WorkReceipt,
     };
     use std::sync::{Arc, Mutex};
     let mesh = Mesh::start(1, |_, _| {}).await;
@@ -1561,14 +1572,7 @@ async fn a_worker_whose_outputs_break_the_receipt_is_disputed_with_signed_proof(
         .parse()
         .unwrap();
     // A receipt committing to one set of outputs…
-    let promised = vec![NamedTensor {
-        name: "label".into(),
-        tensor: Tensor::f32(vec![1], vec![5.0]).unwrap(),
-    }];
-    let delivered = vec![NamedTensor {
-        name: "label".into(),
-        tensor: Tensor::f32(vec![1], vec![7.0]).unwrap(),
-    }];
+    let (promised, delivered) = outputs(&award);
     let now = now_ms();
     let receipt = WorkReceipt {
         task_id: award.task_id,
@@ -1608,7 +1612,7 @@ async fn a_worker_whose_outputs_break_the_receipt_is_disputed_with_signed_proof(
         panic!("expected the counter-signature, got {answer:?}")
     };
     assert_eq!(cs.inner, signed);
-    // …then other outputs, signed.
+    // …then what it chose to deliver, signed.
     let outputs = Signed::sign(
         TaskOutputs {
             task_id: award.task_id,
@@ -1623,21 +1627,6 @@ async fn a_worker_whose_outputs_break_the_receipt_is_disputed_with_signed_proof(
         .send(req_peer, &Request::Outputs(Box::new(outputs)))
         .await
         .unwrap();
-    let Response::Disputed(dispute) = answer else {
-        panic!("expected a dispute, got {answer:?}")
-    };
-    // The dispute is signed by the requester and carries the cheat's own signatures as proof.
-    let d = crank_protocol::validate::dispute(&dispute, &identity.node_id()).unwrap();
-    match &d.reason {
-        DisputeReason::OutputMismatch { outputs } => {
-            assert!(outputs.verify_by(&identity.node_id()).is_ok());
-            assert_ne!(
-                tensors_hash(&outputs.body.outputs),
-                d.receipt.body.output_hash
-            );
-        }
-        other => panic!("unexpected reason {other:?}"),
-    }
     // The task is re-awarded and an honest worker finishes it.
     let outcome = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
@@ -1650,17 +1639,143 @@ async fn a_worker_whose_outputs_break_the_receipt_is_disputed_with_signed_proof(
     .await
     .unwrap()
     .unwrap();
-    assert_ne!(outcome.worker, identity.node_id());
-    assert_eq!(
-        tensor_io::predictions(&outcome.outputs).unwrap()[0].class,
-        5
-    );
-    // The cheat's receipt is stored, disputed, and owed by nobody.
     let status = requester.status().await.unwrap();
     let b = status.balances.counterparties[&identity.node_id()];
-    assert_eq!(b.owed_by_us_stroops, 0);
-    assert_eq!(b.disputed_by_us_stroops, award.price_stroops);
     mesh.stop().await;
+    Cheated {
+        answer,
+        outcome,
+        owed_stroops: b.owed_by_us_stroops,
+        disputed_stroops: b.disputed_by_us_stroops,
+        cheat: identity.node_id(),
+        award,
+    }
+}
+
+/// The requester's side: a worker that takes the counter-signature and then delivers outputs
+/// its receipt did not commit to hands over signed proof; the receipt is disputed (never
+/// paid) and the task is re-awarded to an honest worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_whose_outputs_break_the_receipt_is_disputed_with_signed_proof() {
+    use crank_protocol::DisputeReason;
+    let c = cheat_with(|_| {
+        let one = |v: f32| {
+            vec![NamedTensor {
+                name: "label".into(),
+                tensor: Tensor::f32(vec![1], vec![v]).unwrap(),
+            }]
+        };
+        (one(5.0), one(7.0))
+    })
+    .await;
+    let Response::Disputed(dispute) = c.answer else {
+        panic!("expected a dispute, got {:?}", c.answer)
+    };
+    // The dispute is signed by the requester and carries the cheat's own signatures as proof.
+    let d = crank_protocol::validate::dispute(&dispute, &c.cheat).unwrap();
+    match &d.reason {
+        DisputeReason::OutputMismatch { outputs } => {
+            assert!(outputs.verify_by(&c.cheat).is_ok());
+            assert_ne!(
+                tensors_hash(&outputs.body.outputs),
+                d.receipt.body.output_hash
+            );
+        }
+        other => panic!("unexpected reason {other:?}"),
+    }
+    // An honest worker finished the task; the cheat's receipt is stored, disputed, and owed
+    // by nobody.
+    assert_ne!(c.outcome.worker, c.cheat);
+    assert_eq!(
+        tensor_io::predictions(&c.outcome.outputs).unwrap()[0].class,
+        5
+    );
+    assert_eq!(c.owed_stroops, 0);
+    assert_eq!(c.disputed_stroops, c.award.price_stroops);
+}
+
+/// The requester checks outputs against what the model declares, not only against the
+/// receipt's hash: a worker delivering exactly the outputs it committed to, but of the wrong
+/// type, a batch of the wrong size or without one of the model's outputs, is disputed with its own signed outputs as
+/// evidence, is never owed, and the task is re-awarded to an honest worker that completes
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_whose_outputs_do_not_fit_the_model_is_disputed_and_the_task_completes() {
+    use crank_protocol::{DisputeReason, TensorData};
+    let named = |name: &str, tensor: Tensor| NamedTensor {
+        name: name.into(),
+        tensor,
+    };
+    let labels = |v: Vec<i64>| Tensor {
+        shape: vec![v.len() as u64],
+        data: TensorData::I64(v),
+    };
+    // (what the cheat sends, what the dispute must say)
+    type Garbage = Box<dyn Fn() -> Vec<NamedTensor>>;
+    let cases: Vec<(Garbage, &str)> = vec![
+        (
+            Box::new(move || {
+                vec![
+                    named("label", Tensor::f32(vec![1], vec![5.0]).unwrap()),
+                    named(
+                        "probabilities",
+                        Tensor::f32(vec![1, 10], vec![0.1; 10]).unwrap(),
+                    ),
+                ]
+            }),
+            "output `label` should be [N] int64",
+        ),
+        (
+            Box::new(move || {
+                vec![
+                    named("label", labels(vec![5, 5])),
+                    named(
+                        "probabilities",
+                        Tensor::f32(vec![2, 10], vec![0.1; 20]).unwrap(),
+                    ),
+                ]
+            }),
+            "N = 1 from input `X` axis 0",
+        ),
+        (
+            Box::new(move || {
+                vec![named(
+                    "probabilities",
+                    Tensor::f32(vec![1, 10], vec![0.1; 10]).unwrap(),
+                )]
+            }),
+            "output `label` [N] int64 is missing",
+        ),
+    ];
+    for (garbage, says) in cases {
+        let c = cheat_with(|_| (garbage(), garbage())).await;
+        let Response::Disputed(dispute) = c.answer else {
+            panic!("{says}: expected a dispute, got {:?}", c.answer)
+        };
+        let d = crank_protocol::validate::dispute(&dispute, &c.cheat).unwrap();
+        match &d.reason {
+            DisputeReason::InvalidOutputs { outputs, message } => {
+                assert!(message.contains(says), "{message:?} lacks {says:?}");
+                // The evidence is the cheat's own signature over what it committed to.
+                assert!(outputs.verify_by(&c.cheat).is_ok());
+                assert_eq!(
+                    tensors_hash(&outputs.body.outputs),
+                    d.receipt.body.output_hash
+                );
+            }
+            other => panic!("{says}: unexpected reason {other:?}"),
+        }
+        assert_ne!(c.outcome.worker, c.cheat, "{says}");
+        assert_eq!(
+            tensor_io::predictions(&c.outcome.outputs).unwrap()[0].class,
+            5
+        );
+        assert_eq!(
+            (c.owed_stroops, c.disputed_stroops),
+            (0, c.award.price_stroops),
+            "{says}"
+        );
+    }
 }
 
 /// Credit between strangers: a worker stops bidding for a requester that owes it more than

@@ -450,13 +450,16 @@ impl RequesterReceipts {
     }
 
     /// Checks outputs a worker delivered for a receipt this node counter-signed: when they
-    /// match its hash the receipt becomes payable; when the worker signed outputs that do
-    /// not, a signed dispute with them as evidence keeps the receipt out of settlement.
+    /// match its hash and `fits` accepts them (the model's declared outputs, see
+    /// `crank_inference::declared`) the receipt becomes payable; when the worker signed
+    /// outputs its receipt did not commit to, or outputs that do not fit the model, a signed
+    /// dispute with them as evidence keeps the receipt out of settlement.
     pub async fn check_outputs(
         &self,
         outputs: Signed<TaskOutputs>,
         from: NodeId,
         limits: &Limits,
+        fits: impl FnOnce(&[crank_protocol::NamedTensor]) -> Result<(), String>,
     ) -> Result<OutputsVerdict, ExchangeError> {
         let key = ReceiptKey {
             task: outputs.body.task_id,
@@ -481,36 +484,43 @@ impl RequesterReceipts {
                 why: "this node is not the requester on it",
             });
         }
-        match validate::task_outputs(&outputs, &receipt.inner.body, limits) {
+        let reason = match validate::task_outputs(&outputs, &receipt.inner.body, limits) {
             Ok(o) => {
-                let tensors = o.outputs.clone();
                 if let Check::Disputed(d) = &stored.check {
                     return Ok(OutputsVerdict::Disputed(d.clone()));
                 }
-                let ledger = self.ledger.clone();
-                blocking(move || Ok(ledger.outputs_passed(&key)?)).await?;
-                Ok(OutputsVerdict::Accepted(tensors))
-            }
-            Err(ValidationError::HashMismatch { .. }) => {
-                // The signature verified: the worker signed outputs its receipt did not
-                // commit to. That is the evidence.
-                let dispute = Signed::sign(
-                    Dispute {
-                        receipt: receipt.inner.clone(),
-                        requester: self.identity.node_id(),
-                        reason: DisputeReason::OutputMismatch {
-                            outputs: Box::new(outputs),
-                        },
-                        at: crate::ledger::now_ms(),
+                match fits(&o.outputs) {
+                    Ok(()) => {
+                        let tensors = o.outputs.clone();
+                        let ledger = self.ledger.clone();
+                        blocking(move || Ok(ledger.outputs_passed(&key)?)).await?;
+                        return Ok(OutputsVerdict::Accepted(tensors));
+                    }
+                    Err(message) => DisputeReason::InvalidOutputs {
+                        outputs: Box::new(outputs),
+                        message: clip(message, 1024),
                     },
-                    &self.identity,
-                )?;
-                let (ledger, d) = (self.ledger.clone(), dispute.clone());
-                blocking(move || Ok(ledger.record_dispute(&d)?)).await?;
-                Ok(OutputsVerdict::Disputed(Box::new(dispute)))
+                }
             }
-            Err(e) => Err(e.into()),
-        }
+            // The signature verified: the worker signed outputs its receipt did not commit
+            // to. That is the evidence.
+            Err(ValidationError::HashMismatch { .. }) => DisputeReason::OutputMismatch {
+                outputs: Box::new(outputs),
+            },
+            Err(e) => return Err(e.into()),
+        };
+        let dispute = Signed::sign(
+            Dispute {
+                receipt: receipt.inner.clone(),
+                requester: self.identity.node_id(),
+                reason,
+                at: crate::ledger::now_ms(),
+            },
+            &self.identity,
+        )?;
+        let (ledger, d) = (self.ledger.clone(), dispute.clone());
+        blocking(move || Ok(ledger.record_dispute(&d)?)).await?;
+        Ok(OutputsVerdict::Disputed(Box::new(dispute)))
     }
 
     /// The stored receipt of a task and worker.
@@ -590,4 +600,18 @@ impl RequesterReceipts {
         let ledger = self.ledger.clone();
         blocking(move || Ok(ledger.ack_notice(intent, &worker)?)).await
     }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary (dispute messages are bounded
+/// on the wire; output names are not short enough to trust).
+fn clip(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max.saturating_sub('…'.len_utf8());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }

@@ -14,8 +14,9 @@ use serde::de::DeserializeOwned;
 /// Version 2 changed the signed call for bids, bid, award and receipt (nonce, payer account,
 /// bids that bind the work) and split the result into a receipt and signed outputs.
 /// Version 3 added the `onnxruntime` execution path (bids, receipts), the models a worker
-/// cannot serve (adverts) and the decline that says so; receipts keep version 2's layout, so
-/// stored ones verify and settle unchanged. Every later change to a signed or stored type
+/// cannot serve (adverts), the decline that says so and the dispute of outputs that do not
+/// fit the model (appended, so stored disputes still decode); receipts keep version 2's
+/// layout, so stored ones verify and settle unchanged. Every later change to a signed or stored type
 /// bumps it again.
 pub const WIRE_VERSION: u8 = 3;
 

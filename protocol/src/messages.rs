@@ -729,6 +729,17 @@ pub enum DisputeReason {
         #[serde(deserialize_with = "bounded::text")]
         message: String,
     },
+    /// The outputs match the receipt's hash but not the model: a declared output missing or
+    /// extra, the wrong element type or shape, a value the type cannot hold, NaN or infinity
+    /// where the submitter did not allow them. The signed outputs are the evidence: anyone
+    /// holding the model can repeat the check. Added in wire version 3.
+    InvalidOutputs {
+        /// The outputs as the worker signed them.
+        outputs: Box<Signed<TaskOutputs>>,
+        /// What does not fit, naming the output.
+        #[serde(deserialize_with = "bounded::text")]
+        message: String,
+    },
 }
 
 impl fmt::Display for DisputeReason {
@@ -739,6 +750,9 @@ impl fmt::Display for DisputeReason {
             }
             Self::NotDelivered { .. } => write!(f, "outputs never delivered"),
             Self::CheckFailed { message } => write!(f, "check failed: {message}"),
+            Self::InvalidOutputs { message, .. } => {
+                write!(f, "outputs do not fit the model: {message}")
+            }
         }
     }
 }

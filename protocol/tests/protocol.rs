@@ -574,6 +574,10 @@ fn disputes_verify_against_the_workers_own_receipt() {
         DisputeReason::CheckFailed {
             message: "shape".into(),
         },
+        DisputeReason::InvalidOutputs {
+            outputs: Box::new(wrong_outputs.clone()),
+            message: "output `y` element 3 is NaN".into(),
+        },
     ] {
         let d = Signed::sign(
             Dispute {
