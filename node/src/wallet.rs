@@ -236,6 +236,19 @@ pub(crate) async fn settlement_loop(
 pub fn render_settle(v: &SettleView) -> String {
     let mut s = String::new();
     match v {
+        SettleView::DryRun { transactions } if transactions.is_empty() => {
+            s.push_str(NOTHING_OWED);
+        }
+        SettleView::Submitted {
+            paid,
+            failed,
+            pending: 0,
+            skipped,
+            stopped: None,
+            ..
+        } if paid.is_empty() && failed.is_empty() && skipped.is_empty() => {
+            s.push_str(NOTHING_OWED);
+        }
         SettleView::DryRun { transactions } => {
             // One envelope per line, so any Stellar tool can read them.
             for t in transactions {
@@ -307,6 +320,9 @@ pub fn render_settle(v: &SettleView) -> String {
     s
 }
 
+/// What `wallet settle` says when there is nothing to pay (with or without `--dry-run`).
+const NOTHING_OWED: &str = "nothing owed: no counter-signed receipt is due for payment\n";
+
 /// The settlement history for people.
 pub fn render_history(list: &[IntentRecord]) -> String {
     let mut s = String::new();
@@ -343,4 +359,47 @@ pub fn render_history(list: &[IntentRecord]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settle_with_nothing_owed_says_so_with_and_without_dry_run() {
+        let dry = SettleView::DryRun {
+            transactions: Vec::new(),
+        };
+        assert_eq!(render_settle(&dry), NOTHING_OWED);
+        let none = SettleView::Submitted {
+            paid: Vec::new(),
+            failed: Vec::new(),
+            pending: 0,
+            skipped: Vec::new(),
+            receipts_paid: 0,
+            stroops_paid: 0,
+            stopped: None,
+        };
+        assert_eq!(render_settle(&none), NOTHING_OWED);
+        // Something to report is reported, not hidden behind "nothing owed".
+        let stopped = SettleView::Submitted {
+            paid: Vec::new(),
+            failed: Vec::new(),
+            pending: 0,
+            skipped: Vec::new(),
+            receipts_paid: 0,
+            stroops_paid: 0,
+            stopped: Some("Horizon did not answer".into()),
+        };
+        let text = render_settle(&stopped);
+        assert!(
+            text.contains("stopped early: Horizon did not answer"),
+            "{text}"
+        );
+        assert!(!text.contains("nothing owed"), "{text}");
+        let dry = SettleView::DryRun {
+            transactions: vec![serde_json::json!({ "envelope_xdr": "AAAA" })],
+        };
+        assert_eq!(render_settle(&dry), "AAAA\n");
+    }
 }

@@ -118,6 +118,16 @@ pub async fn settle(
     mode: SettleMode,
     dry_run: bool,
 ) -> Result<SettleOutput, SettleError> {
+    // Nothing owed and no transaction whose outcome is unknown: nothing to sign, and no
+    // reason to need Horizon to say so.
+    let ledger = settler.ledger();
+    if ledger.owed_receipts()?.is_empty() && ledger.pending_intents()?.is_empty() {
+        return Ok(if dry_run {
+            SettleOutput::DryRun(Vec::new())
+        } else {
+            SettleOutput::Submitted(SettleReport::default())
+        });
+    }
     if dry_run {
         return Ok(SettleOutput::DryRun(settler.dry_run(mode).await?));
     }

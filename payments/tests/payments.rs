@@ -1874,3 +1874,27 @@ async fn ledger_from_wire_version_2_settles_exactly_once() {
     }
     horizon.stop().await;
 }
+
+/// With nothing owed and nothing in flight, `wallet settle` (dry run or not) answers at
+/// once that there is nothing to pay, without needing Horizon: here no Horizon listens.
+#[tokio::test]
+async fn settling_with_nothing_owed_needs_no_horizon() {
+    use crank_payments::cli::{SettleOutput, settle};
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.redb")).unwrap());
+    let stellar = StellarConfig::local("http://127.0.0.1:9", "Standalone Network ; nothing");
+    let settler = Settler::new(ledger, Wallet::from_seed([0x53; 32]), stellar, quick()).unwrap();
+    for mode in [SettleMode::Due, SettleMode::All] {
+        match settle(&settler, mode, true).await.unwrap() {
+            SettleOutput::DryRun(txs) => assert!(txs.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        match settle(&settler, mode, false).await.unwrap() {
+            SettleOutput::Submitted(r) => {
+                assert!(r.paid.is_empty() && r.failed.is_empty() && r.pending.is_empty());
+                assert!(r.stopped.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
