@@ -27,6 +27,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crank_protocol::legacy::ReceiptV1;
@@ -698,6 +700,7 @@ fn unpaid_key(rec: &StoredReceipt) -> [u8; 104] {
 pub struct Ledger {
     db: Database,
     path: PathBuf,
+    repaired_on_open: bool,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -723,10 +726,16 @@ impl Ledger {
                 .map_err(|e| open_err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))?;
         }
         let shown = path.display().to_string();
+        let repaired = Arc::new(AtomicBool::new(false));
+        let flag = repaired.clone();
+        // No integrity check on open: redb verifies checksums on every read and repairs by
+        // itself after an unclean shutdown (a crash, kill -9), and only then does this
+        // callback run; a check on every open would rescan the whole file each time a
+        // command or the daemon starts. `Ledger::audit` checks the ledger's own invariants.
         let db = Database::builder()
-            .set_check_integrity_on_open(true)
             .set_repair_callback(move |session| {
-                warn!(path = %shown, progress = session.progress(), "repairing ledger file");
+                flag.store(true, Ordering::Relaxed);
+                warn!(path = %shown, progress = session.progress(), "repairing ledger file after an unclean shutdown");
             })
             .create(path)
             .map_err(|e| match e {
@@ -738,6 +747,7 @@ impl Ledger {
         let ledger = Ledger {
             db,
             path: path.to_path_buf(),
+            repaired_on_open: repaired.load(Ordering::Relaxed),
         };
         ledger.init_schema()?;
         info!(path = %path.display(), "ledger opened");
@@ -747,6 +757,12 @@ impl Ledger {
     /// The file this ledger lives in.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether opening had to repair the file: the last process to hold it did not close it
+    /// (it crashed or was killed). A clean close never needs one.
+    pub fn repaired_on_open(&self) -> bool {
+        self.repaired_on_open
     }
 
     fn init_schema(&self) -> Result<(), LedgerError> {

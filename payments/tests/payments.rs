@@ -1898,3 +1898,21 @@ async fn settling_with_nothing_owed_needs_no_horizon() {
         }
     }
 }
+
+/// A ledger closed cleanly opens again without a repair (and without rescanning the file),
+/// however many times, with data in it.
+#[test]
+fn a_ledger_closed_cleanly_opens_without_a_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    for round in 0..3u8 {
+        let l = Ledger::open(&path).unwrap();
+        assert!(!l.repaired_on_open(), "round {round}");
+        l.put_meta("round", &[round]).unwrap();
+        l.audit().unwrap();
+        drop(l);
+    }
+    let l = Ledger::open(&path).unwrap();
+    assert!(!l.repaired_on_open());
+    assert_eq!(l.get_meta("round").unwrap().as_deref(), Some(&[2u8][..]));
+}
