@@ -334,6 +334,10 @@ pub struct MeshSummary {
     pub workload_s: f64,
     /// Receipts checked at workers.
     pub worker_receipts_checked: usize,
+    /// Receipts of completed tasks whose worker was still in the mesh at the end (each must
+    /// be among those checked); churn can leave none.
+    #[serde(default)]
+    pub worker_receipts_expected: usize,
     /// Failures by error kind.
     pub failures: Vec<(String, usize)>,
 }
@@ -963,6 +967,7 @@ async fn run_async(cfg: &MeshConfig, progress: &ProgressBar) -> Result<MeshRepor
     let deadline = Instant::now() + Duration::from_secs(15);
     for (worker, handle) in &live {
         let want = expected.get(worker).cloned().unwrap_or_default();
+        summary.worker_receipts_expected += want.len();
         let stored = loop {
             let stored = handle.receipts(100_000);
             let all = want

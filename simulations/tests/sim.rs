@@ -382,7 +382,14 @@ fn a_small_mesh_of_real_nodes_runs_tasks_under_churn_and_keeps_its_invariants() 
     );
     assert!(s.propagation_p50_ms.is_some());
     assert!(s.leaves > 0 && s.joins > 0);
-    assert!(s.worker_receipts_checked > 0);
+    // Every receipt of a worker still in the mesh was found and verified at that worker
+    // (a missing one is a violation above); churn may have removed every worker that ran a
+    // task, and only then is there nothing to check.
+    assert!(s.worker_receipts_checked >= s.worker_receipts_expected);
+    assert!(
+        s.worker_receipts_expected > 0 || s.leaves > 0,
+        "no receipts to check without churn: {s:?}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let info = crank_sim::report::RunInfo::default();
     let md = crank_sim::report::write_mesh(dir.path(), &r, &info).unwrap();
