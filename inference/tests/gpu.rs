@@ -7,7 +7,8 @@
 //! Gather) and every predicted class agree exactly.
 //!
 //! Runs on whatever adapter exists, including Mesa's lavapipe (CPU-emulated adapters are
-//! allowed here, never in an advert); skips with a printed reason when there is none. GPU
+//! allowed here, never in an advert); skips with a printed reason when there is none, and
+//! fails instead under `CI=true`. GPU
 //! work is serialised by one lock: lavapipe has crashed under parallel test threads.
 
 #![cfg(feature = "gpu")]
@@ -56,6 +57,11 @@ fn gpu() -> Option<(MutexGuard<'static, ()>, GpuRuntime)> {
                 Some(rt)
             }
             Err(e) => {
+                // CI installs Mesa's lavapipe: there a missing adapter is a failure, not a skip.
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "no GPU adapter under CI=true (install mesa-vulkan-drivers): {e}"
+                );
                 eprintln!("skipping GPU tests: {e}");
                 None
             }

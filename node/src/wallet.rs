@@ -371,26 +371,19 @@ mod tests {
             transactions: Vec::new(),
         };
         assert_eq!(render_settle(&dry), NOTHING_OWED);
-        let none = SettleView::Submitted {
+        let nothing_paid = |stopped: Option<String>| SettleView::Submitted {
             paid: Vec::new(),
             failed: Vec::new(),
             pending: 0,
             skipped: Vec::new(),
             receipts_paid: 0,
             stroops_paid: 0,
-            stopped: None,
+            stopped,
         };
+        let none = nothing_paid(None);
         assert_eq!(render_settle(&none), NOTHING_OWED);
         // Something to report is reported, not hidden behind "nothing owed".
-        let stopped = SettleView::Submitted {
-            paid: Vec::new(),
-            failed: Vec::new(),
-            pending: 0,
-            skipped: Vec::new(),
-            receipts_paid: 0,
-            stroops_paid: 0,
-            stopped: Some("Horizon did not answer".into()),
-        };
+        let stopped = nothing_paid(Some("Horizon did not answer".into()));
         let text = render_settle(&stopped);
         assert!(
             text.contains("stopped early: Horizon did not answer"),
