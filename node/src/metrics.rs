@@ -28,6 +28,7 @@ struct Inner {
     receipts: Family<Labels, Counter>,
     stroops_received: Counter,
     unmatched_payments: Counter,
+    overclaims: Counter,
 }
 
 /// Cheap-to-clone handle to the node's metrics.
@@ -138,8 +139,15 @@ impl Metrics {
             "Payments received that matched no receipt in whole or in part",
             unmatched_payments.clone(),
         );
+        let overclaims = Counter::default();
+        registry.register(
+            "overclaims",
+            "Completed tasks whose measured latency or reported energy belied the worker's bid",
+            overclaims.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
+                overclaims,
                 stroops_received,
                 unmatched_payments,
                 registry,
@@ -189,6 +197,9 @@ impl Metrics {
             .responses_sent
             .get_or_create(&label("kind", kind))
             .inc();
+    }
+    pub(crate) fn overclaim(&self) {
+        self.inner.overclaims.inc();
     }
     pub(crate) fn invalid_message(&self) {
         self.inner.invalid_messages.inc();

@@ -772,39 +772,47 @@ impl NodeHandle {
         let now = clock::now_ms();
         let snapshot = s.gate_snapshot();
         let reason = s.gate_closed();
-        let adverts = lock(&s.adverts)
-            .fresh(now)
-            .filter(|a| a.node != s.node_id)
-            .map(|a| AdvertView {
-                node: a.node,
-                peer_id: network::peer_id_string(&a.node),
-                agent: a.agent.clone(),
-                gate_open: a.gate.open,
-                gate_reason: a.gate.reason.as_ref().map(ToString::to_string),
-                cores: a.hardware.cores,
-                ram_mib: a.hardware.ram_mib,
-                models: a.models.len(),
-                per_task_stroops: a.pricing.per_task_stroops,
-                inferences_per_sec: a
-                    .bench
-                    .iter()
-                    .find(|b| b.path == ExecPath::Cpu)
-                    .map(|b| b.inferences_per_sec),
-                gpu_inferences_per_sec: a
-                    .bench
-                    .iter()
-                    .find(|b| b.path == ExecPath::Gpu)
-                    .map(|b| b.inferences_per_sec),
-                gpus: a
-                    .hardware
-                    .gpus
-                    .iter()
-                    .map(|g| format!("{} ({})", g.name, g.backend))
-                    .collect(),
-                completed: a.trust.completed,
-                expires_in_secs: a.expires_at.saturating_sub(now) / 1000,
-            })
-            .collect();
+        // Adverts, then trust: the order candidate selection takes them in.
+        let adverts = {
+            let advert_table = lock(&s.adverts);
+            let trust = lock(&s.trust);
+            advert_table
+                .fresh(now)
+                .filter(|a| a.node != s.node_id)
+                .map(|a| AdvertView {
+                    node: a.node,
+                    peer_id: network::peer_id_string(&a.node),
+                    agent: a.agent.clone(),
+                    gate_open: a.gate.open,
+                    gate_reason: a.gate.reason.as_ref().map(ToString::to_string),
+                    cores: a.hardware.cores,
+                    ram_mib: a.hardware.ram_mib,
+                    models: a.models.len(),
+                    per_task_stroops: a.pricing.per_task_stroops,
+                    inferences_per_sec: a
+                        .bench
+                        .iter()
+                        .find(|b| b.path == ExecPath::Cpu)
+                        .map(|b| b.inferences_per_sec),
+                    gpu_inferences_per_sec: a
+                        .bench
+                        .iter()
+                        .find(|b| b.path == ExecPath::Gpu)
+                        .map(|b| b.inferences_per_sec),
+                    gpus: a
+                        .hardware
+                        .gpus
+                        .iter()
+                        .map(|g| format!("{} ({})", g.name, g.backend))
+                        .collect(),
+                    completed: a.trust.completed,
+                    trust: trust.score(&a.node),
+                    completed_here: trust.get(&a.node).map_or(0, |r| r.completed),
+                    overclaims: trust.get(&a.node).map_or(0, |r| r.overclaimed),
+                    expires_in_secs: a.expires_at.saturating_sub(now) / 1000,
+                })
+                .collect::<Vec<_>>()
+        };
         let queue = s.engine.queue();
         let balances = s.ledger.balances().unwrap_or_default();
         let mut payers = Vec::new();

@@ -452,6 +452,24 @@ async fn drive(
                         });
                     }
                 }
+                Output::Observed(obs) => {
+                    let over = lock(&requester.trust).record_observation(&obs, clock::now_ms());
+                    if let Some(over) = over {
+                        warn!(
+                            task = %spec.task_id.short(),
+                            worker = %obs.peer.short(),
+                            claimed_ms = obs.claimed_latency_ms,
+                            measured_ms = obs.observed_latency_ms,
+                            claimed_mj = obs.claimed_energy_mj,
+                            reported_mj = obs.reported_energy_mj,
+                            latency = over.latency,
+                            energy = over.energy,
+                            "worker over-claimed; counted against its trust"
+                        );
+                        requester.metrics.overclaim();
+                    }
+                    requester.save_trust();
+                }
                 Output::Trust { peer, outcome } => {
                     lock(&requester.trust).record(peer, outcome, clock::now_ms());
                     requester.save_trust();

@@ -51,6 +51,16 @@ pub struct AdvertView {
     pub gpus: Vec<String>,
     /// Completed tasks it reports.
     pub completed: u64,
+    /// This node's trust score for it (its own record, not the advert's), in (0, 1].
+    #[serde(default)]
+    pub trust: f64,
+    /// Tasks this node awarded it that completed.
+    #[serde(default)]
+    pub completed_here: u64,
+    /// Of the tasks this node awarded it, those whose measured latency or reported energy
+    /// belied its bid.
+    #[serde(default)]
+    pub overclaims: u64,
     /// Seconds until the advert expires.
     pub expires_in_secs: u64,
 }
@@ -330,6 +340,13 @@ impl NodeStatus {
                 },
                 a.completed,
             );
+            if a.completed_here > 0 || a.overclaims > 0 {
+                let _ = writeln!(
+                    s,
+                    "      trust {:.2} here: {} completed, {} over-claimed",
+                    a.trust, a.completed_here, a.overclaims
+                );
+            }
             if !a.gpus.is_empty() || a.gpu_inferences_per_sec.is_some() {
                 let _ = writeln!(
                     s,

@@ -260,7 +260,7 @@ mod adversary {
         }
     }
 
-    type Serve = Box<dyn FnMut(&Request) -> Response + Send>;
+    pub type Serve = Box<dyn FnMut(&Request) -> Response + Send>;
 
     pub struct Adversary {
         pub identity: Identity,
@@ -1146,7 +1146,7 @@ async fn the_cheapest_of_five_workers_wins_and_the_auction_is_explained() {
     req.prefer = crank_scheduler::Preference::Cheap;
     let o = mesh.requester().submit(req).await.unwrap();
     assert_eq!(o.worker, cheapest);
-    // Second-score: paid at least its bid, never more than the runner-up's asking price.
+    // Pay-as-bid: paid exactly the lowest bid.
     let bids: Vec<u64> = o
         .trace
         .answers
@@ -1161,13 +1161,7 @@ async fn the_cheapest_of_five_workers_wins_and_the_auction_is_explained() {
     assert!(bids.len() >= 4, "{bids:?}");
     let mut sorted = bids.clone();
     sorted.sort_unstable();
-    assert!(
-        o.price_stroops >= sorted[0] && o.price_stroops <= sorted[1],
-        "{} not in [{}, {}]",
-        o.price_stroops,
-        sorted[0],
-        sorted[1]
-    );
+    assert_eq!(o.price_stroops, sorted[0], "{bids:?}");
     let shown = crank_node::commands::render_trace(&o.trace);
     assert!(shown.contains("award"), "{shown}");
     mesh.stop().await;
@@ -1448,59 +1442,67 @@ struct Cheated {
 /// Runs a digits task on a mesh of one honest worker and a cheat that underbids it, wins,
 /// sends a receipt committing to the first set of `outputs(award)` and then delivers the
 /// second (the same set when it means to pass the hash check).
-async fn cheat_with(outputs: impl Fn(&Award) -> (Vec<NamedTensor>, Vec<NamedTensor>)) -> Cheated {
-    use crank_protocol::{
-        Bid, CapabilityAdvert, Capacity, ExecPath, GateInfo, Hardware, PathBench, PowerInfo,
-        Pricing, TaskOutputs, TrustSummary, WorkReceipt,
-    };
-    use std::sync::{Arc, Mutex};
-    let mesh = Mesh::start(1, |_, _| {}).await;
-    mesh.wait_for_adverts(1).await;
-    let requester = mesh.requester();
-    let payout = "GDJJRRMBK4IWLEPJGIE6SXD2LP7REGZODU7WDC3I2D6MR37F4XSHBKX2";
-    // The cheat bids far below the honest worker, so it wins the auction.
-    let awarded: Arc<Mutex<Option<Signed<Award>>>> = Arc::new(Mutex::new(None));
-    let identity = crank_protocol::Identity::from_secret([78; 32]);
+/// What a hand-driven worker serves: bids of 1 stroop claiming 1 ms and 1 mJ, accepts every
+/// award (recorded in the returned list) and acknowledges cancels.
+#[allow(clippy::type_complexity)]
+fn bid_cheaply(
+    identity: &crank_protocol::Identity,
+    payout: &'static str,
+) -> (
+    adversary::Serve,
+    std::sync::Arc<std::sync::Mutex<Vec<Signed<Award>>>>,
+) {
+    use crank_protocol::{Bid, ExecPath};
+    let awarded = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = awarded.clone();
     let signer = identity.clone();
-    let mut adv = Adversary::new(
-        78,
-        Box::new(move |req| match req {
-            Request::CallForBids(c) => {
-                let c = &c.body;
-                let bid = Bid {
-                    task_id: c.task_id,
-                    worker: signer.node_id(),
-                    model: c.model,
-                    model_bytes: c.model_bytes,
-                    input_hash: c.input_hash,
-                    input_elements: c.input_elements,
-                    price_stroops: 1,
-                    est_latency_ms: 1,
-                    est_energy_mj: 1,
-                    path: ExecPath::Cpu,
-                    model_cached: true,
-                    queue_len: 0,
-                    valid_until: c.deadline,
-                    payout: payout.into(),
-                };
-                Response::Bid(Signed::sign(bid, &signer).unwrap())
+    let serve: adversary::Serve = Box::new(move |req| match req {
+        Request::CallForBids(c) => {
+            let c = &c.body;
+            let bid = Bid {
+                task_id: c.task_id,
+                worker: signer.node_id(),
+                model: c.model,
+                model_bytes: c.model_bytes,
+                input_hash: c.input_hash,
+                input_elements: c.input_elements,
+                price_stroops: 1,
+                est_latency_ms: 1,
+                est_energy_mj: 1,
+                path: ExecPath::Cpu,
+                model_cached: true,
+                queue_len: 0,
+                valid_until: c.deadline,
+                payout: payout.into(),
+            };
+            Response::Bid(Signed::sign(bid, &signer).unwrap())
+        }
+        Request::Award(a) => {
+            seen.lock().unwrap().push(a.clone());
+            Response::Accepted {
+                task_id: a.body.task_id,
             }
-            Request::Award(a) => {
-                *seen.lock().unwrap() = Some(a.clone());
-                Response::Accepted {
-                    task_id: a.body.task_id,
-                }
-            }
-            Request::Cancel(c) => Response::Ack {
-                task_id: c.body.task_id,
-            },
-            _ => Response::error(ErrorCode::NotFound, "no"),
-        }),
-    );
-    let listen = adv.listen().await;
+        }
+        Request::Cancel(c) => Response::Ack {
+            task_id: c.body.task_id,
+        },
+        _ => Response::error(ErrorCode::NotFound, "no"),
+    });
+    (serve, awarded)
+}
+
+/// The advert of a hand-driven worker that claims to be a fast 64-core server.
+fn cheat_advert(
+    identity: &crank_protocol::Identity,
+    listen: &str,
+    payout: &str,
+) -> crank_protocol::CapabilityAdvert {
+    use crank_protocol::{
+        CapabilityAdvert, Capacity, ExecPath, GateInfo, Hardware, PathBench, PowerInfo, Pricing,
+        TrustSummary,
+    };
     let now = now_ms();
-    let advert = CapabilityAdvert {
+    CapabilityAdvert {
         node: identity.node_id(),
         seq: 1,
         issued_at: now,
@@ -1544,35 +1546,21 @@ async fn cheat_with(outputs: impl Fn(&Award) -> (Vec<NamedTensor>, Vec<NamedTens
             queued: 0,
         },
         addrs: vec![listen.to_string()],
-    };
-    requester
-        .learn_advert(Signed::sign(advert, &identity).unwrap())
-        .unwrap();
-    let submit = {
-        let r = requester.clone();
-        tokio::spawn(async move {
-            r.submit(digits_request("digits-mlp.onnx", "digit-5.json", "X"))
-                .await
-        })
-    };
-    // Serve the requester until it awards the task to the cheat.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while awarded.lock().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the cheat was never awarded the task"
-        );
-        adv.pump_for(Duration::from_millis(100)).await;
     }
-    let award = awarded.lock().unwrap().clone().unwrap().body;
-    let req_peer: libp2p::PeerId = requester.listen_addrs().await[0]
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    // A receipt committing to one set of outputs…
-    let (promised, delivered) = outputs(&award);
+}
+
+/// Delivers an award's result as a hand-driven worker: a signed receipt committing to
+/// `promised`, then, once counter-signed, `delivered`; returns the answer to the outputs.
+async fn deliver(
+    adv: &mut Adversary,
+    identity: &crank_protocol::Identity,
+    req_peer: libp2p::PeerId,
+    award: &Award,
+    promised: Vec<NamedTensor>,
+    delivered: Vec<NamedTensor>,
+    payout: &str,
+) -> Response {
+    use crank_protocol::{ExecPath, TaskOutputs, WorkReceipt};
     let now = now_ms();
     let receipt = WorkReceipt {
         task_id: award.task_id,
@@ -1598,7 +1586,7 @@ async fn cheat_with(outputs: impl Fn(&Award) -> (Vec<NamedTensor>, Vec<NamedTens
         payout: payout.into(),
         payer: award.payer.clone(),
     };
-    let signed = Signed::sign(receipt, &identity).unwrap();
+    let signed = Signed::sign(receipt, identity).unwrap();
     let answer = adv
         .send(
             req_peer,
@@ -1620,13 +1608,57 @@ async fn cheat_with(outputs: impl Fn(&Award) -> (Vec<NamedTensor>, Vec<NamedTens
             requester: award.requester,
             outputs: delivered,
         },
-        &identity,
+        identity,
     )
     .unwrap();
-    let answer = adv
-        .send(req_peer, &Request::Outputs(Box::new(outputs)))
+    adv.send(req_peer, &Request::Outputs(Box::new(outputs)))
         .await
+        .unwrap()
+}
+
+async fn cheat_with(outputs: impl Fn(&Award) -> (Vec<NamedTensor>, Vec<NamedTensor>)) -> Cheated {
+    let mesh = Mesh::start(1, |_, _| {}).await;
+    mesh.wait_for_adverts(1).await;
+    let requester = mesh.requester();
+    let payout = "GDJJRRMBK4IWLEPJGIE6SXD2LP7REGZODU7WDC3I2D6MR37F4XSHBKX2";
+    // The cheat bids far below the honest worker, so it wins the auction.
+    let identity = crank_protocol::Identity::from_secret([78; 32]);
+    let (serve, awarded) = bid_cheaply(&identity, payout);
+    let mut adv = Adversary::new(78, serve);
+    let listen = adv.listen().await;
+    let advert = cheat_advert(&identity, &listen.to_string(), payout);
+    requester
+        .learn_advert(Signed::sign(advert, &identity).unwrap())
         .unwrap();
+    let submit = {
+        let r = requester.clone();
+        tokio::spawn(async move {
+            r.submit(digits_request("digits-mlp.onnx", "digit-5.json", "X"))
+                .await
+        })
+    };
+    // Serve the requester until it awards the task to the cheat.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while awarded.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the cheat was never awarded the task"
+        );
+        adv.pump_for(Duration::from_millis(100)).await;
+    }
+    let award = awarded.lock().unwrap()[0].body.clone();
+    let req_peer: libp2p::PeerId = requester.listen_addrs().await[0]
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // A receipt committing to one set of outputs…
+    let (promised, delivered) = outputs(&award);
+    let answer = deliver(
+        &mut adv, &identity, req_peer, &award, promised, delivered, payout,
+    )
+    .await;
     // The task is re-awarded and an honest worker finishes it.
     let outcome = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
@@ -1650,6 +1682,117 @@ async fn cheat_with(outputs: impl Fn(&Award) -> (Vec<NamedTensor>, Vec<NamedTens
         cheat: identity.node_id(),
         award,
     }
+}
+
+/// Claims are held to account: a worker that bids as if it ran in a millisecond wins a task
+/// on that claim and takes 1.5 s over it. The requester measures it, counts the over-claim
+/// against its trust, scores it by the measurement from then on, and awards the next task to
+/// the honest worker, which it measured too and never took for a liar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_that_over_claims_its_speed_is_measured_and_loses_the_next_task() {
+    let mesh = Mesh::start(1, |_, _| {}).await;
+    mesh.wait_for_adverts(1).await;
+    let requester = mesh.requester();
+    let fast = || SubmitRequest {
+        prefer: crank_scheduler::Preference::Fast,
+        ..digits_request("digits-mlp.onnx", "digit-5.json", "X")
+    };
+    // Two tasks for the honest worker first: it has a measured record (cold, then warm), and
+    // its outputs are what a correct run gives.
+    let mut good = Vec::new();
+    let mut honest = None;
+    for _ in 0..2 {
+        let o = requester.submit(fast()).await.unwrap();
+        honest = Some(o.worker);
+        good = o.outputs;
+    }
+    let honest = honest.unwrap();
+    let payout = "GDJJRRMBK4IWLEPJGIE6SXD2LP7REGZODU7WDC3I2D6MR37F4XSHBKX2";
+    let identity = crank_protocol::Identity::from_secret([79; 32]);
+    let (serve, awarded) = bid_cheaply(&identity, payout);
+    let mut adv = Adversary::new(79, serve);
+    let listen = adv.listen().await;
+    requester
+        .learn_advert(
+            Signed::sign(
+                cheat_advert(&identity, &listen.to_string(), payout),
+                &identity,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let req_peer: libp2p::PeerId = requester.listen_addrs().await[0]
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let submit = |r: NodeHandle| tokio::spawn(async move { r.submit(fast()).await });
+    // Unmeasured, the liar's claims count, and it wins.
+    let second = submit(requester.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while awarded.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the liar was never awarded a task"
+        );
+        adv.pump_for(Duration::from_millis(50)).await;
+    }
+    let award = awarded.lock().unwrap()[0].body.clone();
+    adv.pump_for(Duration::from_millis(1_500)).await;
+    let answer = deliver(
+        &mut adv,
+        &identity,
+        req_peer,
+        &award,
+        good.clone(),
+        good.clone(),
+        payout,
+    )
+    .await;
+    assert!(matches!(answer, Response::Ack { .. }), "{answer:?}");
+    let outcome = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if second.is_finished() {
+                return second.await.unwrap();
+            }
+            adv.pump_for(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(outcome.worker, identity.node_id());
+    // Measured, the liar loses: the next task goes to the honest worker.
+    let third = submit(requester.clone());
+    let outcome = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if third.is_finished() {
+                return third.await.unwrap();
+            }
+            adv.pump_for(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(outcome.worker, honest, "{}", outcome.trace);
+    assert_eq!(awarded.lock().unwrap().len(), 1, "{}", outcome.trace);
+    assert!(
+        outcome.trace.to_string().contains("(measured 1"),
+        "the liar's bid was scored on its measurement: {}",
+        outcome.trace
+    );
+    // Status says why: the liar's over-claim, and an honest record.
+    let status = requester.status().await.unwrap();
+    let view =
+        |n: crank_protocol::NodeId| status.adverts.iter().find(|a| a.node == n).unwrap().clone();
+    let (liar, fair) = (view(identity.node_id()), view(honest));
+    assert_eq!((liar.completed_here, liar.overclaims), (1, 1));
+    assert_eq!((fair.completed_here, fair.overclaims), (3, 0));
+    assert!(liar.trust < fair.trust, "{} vs {}", liar.trust, fair.trust);
+    assert!(status.render().contains("1 completed, 1 over-claimed"));
+    mesh.stop().await;
 }
 
 /// The requester's side: a worker that takes the counter-signature and then delivers outputs

@@ -13,7 +13,7 @@ use crank_protocol::{
     Bid, CapabilityAdvert, Capacity, ContentHash, ExecPath, GateInfo, Hardware, Identity, ModelId,
     NodeId, PathBench, PowerInfo, Pricing, RunPolicy, Signed, TaskId, TrustSummary,
 };
-use crank_scheduler::score::{award_price, score_bid};
+use crank_scheduler::score::{PayTerms, award_price, score_bid};
 use crank_scheduler::{
     Auction, AuctionConfig, CandidateQuery, CostModel, CreditPolicy, Input, Output, PaymentRule,
     Preference, QueueState, RequesterStanding, TaskSpec, TrustBook, WorkerLimits, WorkerState,
@@ -127,21 +127,25 @@ fn decide(nodes: &[NodeId], signed: &[Signed<Bid>], trust: &TrustBook) -> Option
 
 fn score_only(signed: &[Signed<Bid>], trust: &TrustBook) -> u64 {
     let w = Preference::Balanced.weights();
-    let mut scored: Vec<(f64, u64)> = signed
+    let mut scored: Vec<(f64, PayTerms)> = signed
         .iter()
         .map(|s| {
+            let t = trust.score(&s.body.worker);
             (
-                score_bid(&s.body, trust.score(&s.body.worker), &w).total,
-                s.body.price_stroops,
+                score_bid(&s.body, t, &w).total,
+                PayTerms {
+                    price_stroops: s.body.price_stroops,
+                    trust: t,
+                    measured: None,
+                },
             )
         })
         .collect();
     scored.sort_by(|a, b| a.0.total_cmp(&b.0));
     award_price(
         PaymentRule::SecondScore,
-        scored[0].1,
-        scored[0].0,
-        scored.get(1).map(|s| s.0),
+        &scored[0].1,
+        scored.get(1).map(|s| &s.1),
         1_000_000,
         &w,
     )

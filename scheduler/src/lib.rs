@@ -86,7 +86,7 @@
 //! let bid = Signed::sign(bid, &worker)?;
 //! auction.handle(Input::Bid { from: worker.node_id(), bid }, now + 5)?;
 //!
-//! // Everyone asked has answered, so the award is out; a lone bidder is paid its own bid.
+//! // Everyone asked has answered, so the award is out, paid as bid.
 //! let Some(Output::SendAward { to, price_stroops }) = auction.poll_output() else { panic!() };
 //! assert_eq!((to, price_stroops), (worker.node_id(), asked));
 //! let award = auction.award_message(to, price_stroops, inputs); // sign and send
@@ -107,6 +107,11 @@
 //! let mut trust = trust;
 //! while let Some(out) = auction.poll_output() {
 //!     match out {
+//!         // What the requester measured: from now on it scores this worker's bids on this
+//!         // model with that, not with the claims.
+//!         Output::Observed(obs) => {
+//!             trust.record_observation(&obs, now + 90);
+//!         }
 //!         Output::Trust { peer, outcome } => trust.record(peer, outcome, now + 90),
 //!         Output::Completed { worker, price_stroops } => println!("{worker} earned {price_stroops}"),
 //!         other => unreachable!("{other:?}"),
@@ -134,29 +139,44 @@
 //! worth four times the price (`2^(1/0.5)`); under `cheap`, only 15 % more (`2^0.2`). Ties go
 //! to the lower price, then the lower latency, then the lower node id.
 //!
-//! # Payment rule: second-score
+//! # Claims and measurements
 //!
-//! The winner is paid the highest price at which it would still have won: the price that
-//! makes its score equal to the runner-up's (`(bid + 1) · exp((S₂ − S₁) / w_price) − 1`),
-//! never below its bid and never above the task's max price. With no runner-up there is no
-//! competitor to price against, and the winner is paid its own bid: a generous max price is
-//! not paid just because one worker answered. With a low price weight (`fast`, `green`) a
-//! clear winner can still be paid close to the max price, which is what the submitter risks.
-//! First-price (the winner's own bid) is available as [`PaymentRule::FirstPrice`] for
-//! comparison in simulations.
+//! A bid's latency and energy are the worker's own estimates. The requester measures every
+//! task it awards (latency from award to result; energy as the time the work took at the
+//! power the bid implied, and at least what the receipt reports) and keeps the record per worker, model and path in its
+//! trust book ([`claims`]). Once it has one, the auction scores that worker's bids for that
+//! model and path with the medians of its measurements, not the claims; a task whose
+//! measurement belies the claims by more than the noise allows is an over-claim and costs
+//! trust like a failure. Claims thus count only until a worker has been seen, and a lie is
+//! paid for after its first task.
 //!
-//! Why second-score (Che 1993; a Vickrey auction on the score): a worker's best bid is then
-//! its true cost plus the margin it wants, whatever the others bid, so [`quote()`] can be
-//! honest arithmetic and nobody gains from probing the market, shading bids or learning
-//! competitors' prices: the sealed-bid window is a few hundred ms and there is no second
-//! chance, which is exactly when first-price auctions make bidders guess. Scores use
-//! `ln(1 + price)` with a fixed weight, so a bid's own price never changes how the others are
-//! normalised, which keeps the truthfulness argument intact. Extra identities
-//! cannot raise a winner's pay (adding bids can only lower the runner-up's score), and the
-//! requester never pays more than the max price it set. The cost is that a requester pays
-//! more than the winning bid (up to the max price when the winner is alone or far ahead);
-//! it buys bids that mean something. The argument covers the price: latency and energy are
-//! the bidders' own estimates, checked only by the result timer and, through it, trust.
+//! # Payment rule: pay-as-bid
+//!
+//! The winner is paid its own bid ([`PaymentRule::PayAsBid`]), which is never above the
+//! task's max price (higher bids are refused). Why:
+//!
+//! - **Claims cannot inflate pay.** Claimed latency and energy decide only who wins; what the
+//!   winner is paid is its ask. Under the second-score rule this crate used before (pay the
+//!   price at which the winner's score would equal the runner-up's), the score gap included
+//!   the winner's own claims, which nothing checks at bid time: a worker claiming to be ten
+//!   times faster raised its own pay ~85× under `fast`, and one claiming 0 mJ reached the max
+//!   price under `green`. On the full-scale market run requesters paid 5.8× the winning ask.
+//! - **Truth is the best claim once history counts.** With a measurement on record, claims
+//!   change neither the winner nor the price, and an over-claim costs trust in every later
+//!   auction; a liar's only gain is its first award from each requester per model and path.
+//!   Property tests in `auction::tests::pay` check, for random bid sets, histories,
+//!   preferences and both rules: a winner changing only its claims is never paid more; pay is
+//!   within `[bid, max price]`; with history, a liar's pay equals the truthful bidder's and it
+//!   does no better in the next auction.
+//! - **Price.** Pay-as-bid gives up second-price's "bid your cost" argument: a worker may ask
+//!   above its cost. Bids are sealed, several workers are asked, the max price caps the ask,
+//!   and asking more only risks losing the task to the next bid, as in posted-price markets
+//!   (Akash's bids, Golem's offers). [`quote()`] asks cost plus the owner's margin.
+//!
+//! [`PaymentRule::SecondScore`] remains for comparison, computed from price, trust and the
+//! requester's measurements only (quality terms count when both bids have measured history;
+//! claims never do), so it too cannot be inflated by claims. Extra identities cannot raise a
+//! winner's pay under either rule.
 //!
 //! # Invariants
 //!
@@ -175,6 +195,7 @@
 
 pub mod auction;
 pub mod candidates;
+pub mod claims;
 pub mod quote;
 pub mod score;
 pub mod trust;
@@ -182,10 +203,11 @@ pub mod trust;
 pub use auction::trace::{AuctionTrace, FailCause, FailureExplanation, Rejection};
 pub use auction::{Auction, AuctionConfig, Input, InputError, Output, SpecError, Status, TaskSpec};
 pub use candidates::{CandidateQuery, RankedCandidate, rank_candidates, select_candidates};
+pub use claims::{ClaimBook, ClaimRecord, Measured, Observation, Overclaim};
 pub use crank_protocol::UnixMillis;
 pub use quote::{
     BidBook, BidBookError, CostModel, CostModelError, CreditPolicy, MeasuredRun, QueueState,
     RequesterStanding, WorkerLimits, WorkerState, check_award, quote,
 };
-pub use score::{PaymentRule, Preference, Score, Weights, WeightsError};
+pub use score::{PayTerms, PaymentRule, Preference, Score, Weights, WeightsError};
 pub use trust::{AdvertRoom, TaskOutcome, TrustBook, TrustError, TrustPrior, TrustRecord};

@@ -25,8 +25,10 @@
 //! price = ⌈cost · (1 + load_surcharge · queued / slots) · (1 + margin)⌉   stroops
 //! ```
 //!
-//! The requester's auction pays second-score prices, so asking cost plus margin is the best a
-//! worker can do; there is nothing to gain from guessing other bids.
+//! The requester's auction pays the bid (pay-as-bid): the price is cost plus the owner's
+//! margin, and the latency and energy are honest estimates, because requesters measure both
+//! and score a worker by what they measured once they have, and an estimate far below the
+//! measurement costs trust (see the crate docs).
 //!
 //! Each path (CPU, GPU) is quoted and the cheapest that meets the deadline and the run-time
 //! limit is bid, the faster one on a tie.

@@ -17,13 +17,15 @@
 //! succeeds half the time is as bad as one that asks twice the price. The `1 +` keeps zero
 //! (a free bid, a cached tiny model) finite.
 //!
-//! The payment rule ([`PaymentRule`]) and why the default is second-score are described in
+//! The payment rule ([`PaymentRule`]) and why the default is pay-as-bid are described in
 //! the crate docs.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+use crate::claims::Measured;
 
 /// Lowest trust used in scoring, so that `−ln(trust)` stays finite.
 pub const TRUST_FLOOR: f64 = 0.001;
@@ -112,7 +114,7 @@ pub enum WeightsError {
         /// Its value.
         value: f64,
     },
-    /// The price weight is zero: the second-score payment rule needs a price to trade off.
+    /// The price weight is zero: scores must trade something off against price.
     #[error("the price weight must be above zero")]
     ZeroPrice,
 }
@@ -277,24 +279,27 @@ fn ln1p_u64(x: u64) -> f64 {
     (x as f64).ln_1p()
 }
 
-/// What the winner of an auction is paid.
+/// What the winner of an auction is paid (see the crate docs for why the default is
+/// pay-as-bid).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PaymentRule {
-    /// The price at which the winner's score would equal the runner-up's, capped at the max
-    /// price (its own bid when there is no runner-up). Truthful bidding is each worker's best
-    /// strategy, so quotes can simply be cost plus margin.
+    /// The winner's own bid. Claims decide only who wins, never what the winner is paid.
     #[default]
+    #[serde(alias = "first-price")]
+    PayAsBid,
+    /// The price at which the winner's score would equal the runner-up's, capped at the max
+    /// price (its own bid when there is no runner-up), with scores taken over price, trust and
+    /// the requester's own measurements only: latency and energy count when both bids have
+    /// measured history, and claims never do.
     SecondScore,
-    /// The winner's own bid.
-    FirstPrice,
 }
 
 impl fmt::Display for PaymentRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Self::PayAsBid => "pay-as-bid",
             Self::SecondScore => "second-score",
-            Self::FirstPrice => "first-price",
         })
     }
 }
@@ -304,39 +309,64 @@ impl FromStr for PaymentRule {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim() {
+            "pay-as-bid" | "first-price" => Ok(Self::PayAsBid),
             "second-score" => Ok(Self::SecondScore),
-            "first-price" => Ok(Self::FirstPrice),
             other => Err(format!(
-                "unknown payment rule {other:?}; expected second-score or first-price"
+                "unknown payment rule {other:?}; expected pay-as-bid or second-score"
             )),
         }
     }
 }
 
-/// The price paid to a winner that bid `bid_price` with score `winner`, given the best score
-/// among the other usable bids (`runner_up`, None when there is none).
+/// What the payment rule may look at of one bid: its price, the requester's trust in the
+/// bidder and what the requester measured of it. Claimed latency and energy are not here, so
+/// no rule can pay for them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PayTerms {
+    /// Asked price, stroops.
+    pub price_stroops: u64,
+    /// The requester's trust figure for the bidder.
+    pub trust: f64,
+    /// What the requester measured of the bidder on this model and path, if anything.
+    pub measured: Option<Measured>,
+}
+
+impl PayTerms {
+    /// The score the payment rule sees; quality terms only when `quality`.
+    fn score(&self, quality: bool, weights: &Weights) -> f64 {
+        let (latency, energy) = match (quality, self.measured) {
+            (true, Some(m)) => (m.latency_ms, m.energy_mj),
+            _ => (0, 0),
+        };
+        score(self.price_stroops, latency, energy, self.trust, weights).total
+    }
+}
+
+/// The price paid to `winner`, given the best other usable bid (`runner_up`, None when
+/// there is none).
 ///
-/// Always within `[bid_price, max(bid_price, max_price)]`; callers only award bids at or
-/// below the max price, so the result is within `[bid, max price]`.
+/// Always within `[bid, max(bid, max_price)]`; callers only award bids at or below the max
+/// price, so the result is within `[bid, max price]`.
 pub fn award_price(
     rule: PaymentRule,
-    bid_price: u64,
-    winner: f64,
-    runner_up: Option<f64>,
+    winner: &PayTerms,
+    runner_up: Option<&PayTerms>,
     max_price: u64,
     weights: &Weights,
 ) -> u64 {
+    let bid_price = winner.price_stroops;
     let cap = max_price.max(bid_price);
     match rule {
-        PaymentRule::FirstPrice => bid_price,
+        PaymentRule::PayAsBid => bid_price,
         PaymentRule::SecondScore => {
             // Alone, there is no competitor to price against: the winner gets its own bid, so
             // a generous max price is not paid just because one worker answered.
             let Some(second) = runner_up else {
                 return bid_price;
             };
-            // Solve w_p·ln(1 + p) + rest = second for p, where rest = winner − w_p·ln(1 + bid).
-            let gap = (second - winner).max(0.0);
+            let quality = winner.measured.is_some() && second.measured.is_some();
+            // Solve w_p·ln(1 + p) + rest = S₂ for p, where rest = S₁ − w_p·ln(1 + bid).
+            let gap = (second.score(quality, weights) - winner.score(quality, weights)).max(0.0);
             let factor = (gap / weights.price).exp();
             #[allow(clippy::cast_precision_loss)]
             let indifferent = (bid_price as f64 + 1.0) * factor - 1.0;
@@ -417,55 +447,81 @@ mod tests {
         assert!(score(0, 0, 0, f64::NAN, &w).total.is_finite());
     }
 
+    fn terms(price: u64, latency_ms: Option<u64>) -> PayTerms {
+        PayTerms {
+            price_stroops: price,
+            trust: 1.0,
+            measured: latency_ms.map(|latency_ms| Measured {
+                latency_ms,
+                energy_mj: 0,
+            }),
+        }
+    }
+
     #[test]
-    fn second_score_pays_the_indifference_price() {
+    fn second_score_pays_the_indifference_price_over_measured_quality() {
         let w = Weights {
             price: 1.0,
             latency: 1.0,
             energy: 0.0,
             trust: 0.0,
         };
-        // Winner: 100 stroops, 10 ms. Runner-up: 100 stroops, 21 ms. The winner could have
-        // asked up to the price where its score equals the runner-up's: (101 · 22/11) − 1.
-        let win = score(100, 10, 0, 1.0, &w);
-        let second = score(100, 21, 0, 1.0, &w);
+        // Winner: 100 stroops, measured 10 ms. Runner-up: 100 stroops, measured 21 ms. The
+        // winner could have asked up to the price where its score equals the runner-up's:
+        // (101 · 22/11) − 1.
+        let (win, second) = (terms(100, Some(10)), terms(100, Some(21)));
+        let p = award_price(PaymentRule::SecondScore, &win, Some(&second), 10_000, &w);
+        assert!((200..=201).contains(&p), "{p}");
+        // Without measurements on both sides, only price and trust count: same price, same
+        // trust, so the winner gets its bid.
+        for (a, b) in [(None, Some(21)), (Some(10), None), (None, None)] {
+            let p = award_price(
+                PaymentRule::SecondScore,
+                &terms(100, a),
+                Some(&terms(100, b)),
+                10_000,
+                &w,
+            );
+            assert_eq!(p, 100);
+        }
+        // A dearer runner-up sets the price.
         let p = award_price(
             PaymentRule::SecondScore,
-            100,
-            win.total,
-            Some(second.total),
+            &terms(100, None),
+            Some(&terms(150, None)),
             10_000,
             &w,
         );
-        assert!((200..=201).contains(&p), "{p}");
+        assert!((149..=150).contains(&p), "{p}");
         // Alone: its own bid, not the max price.
         assert_eq!(
-            award_price(PaymentRule::SecondScore, 100, win.total, None, 10_000, &w),
+            award_price(PaymentRule::SecondScore, &win, None, 10_000, &w),
             100
         );
         assert_eq!(
-            award_price(
-                PaymentRule::FirstPrice,
-                100,
-                win.total,
-                Some(second.total),
-                10_000,
-                &w
-            ),
+            award_price(PaymentRule::PayAsBid, &win, Some(&second), 10_000, &w),
             100
         );
         // Capped by the max price.
         assert_eq!(
-            award_price(
-                PaymentRule::SecondScore,
-                100,
-                win.total,
-                Some(second.total),
-                150,
-                &w
-            ),
+            award_price(PaymentRule::SecondScore, &win, Some(&second), 150, &w),
             150
         );
+    }
+
+    #[test]
+    fn payment_rules_parse_with_the_old_name() {
+        for r in [PaymentRule::PayAsBid, PaymentRule::SecondScore] {
+            assert_eq!(r.to_string().parse::<PaymentRule>().unwrap(), r);
+        }
+        assert_eq!(
+            "first-price".parse::<PaymentRule>().unwrap(),
+            PaymentRule::PayAsBid
+        );
+        let r: PaymentRule = serde_json::from_str("\"first-price\"").unwrap();
+        assert_eq!(r, PaymentRule::PayAsBid);
+        assert_eq!(PaymentRule::default(), PaymentRule::PayAsBid);
+        assert!("vickrey".parse::<PaymentRule>().is_err());
     }
 
     proptest! {
@@ -473,15 +529,18 @@ mod tests {
         fn award_price_stays_within_bid_and_max(
             bid in 0u64..u64::MAX / 2,
             extra in 0u64..u64::MAX / 2,
-            winner in -1e6f64..1e6,
-            gap in proptest::option::of(0f64..1e3),
+            other in proptest::option::of((any::<u64>(), 0f64..=1.0, proptest::option::of(any::<u32>()))),
+            mine in (0f64..=1.0, proptest::option::of(any::<u32>())),
             price_w in 0.001f64..MAX_WEIGHT,
-            first in any::<bool>(),
+            as_bid in any::<bool>(),
         ) {
             let max = bid + extra;
             let w = Weights { price: price_w, ..Weights::default() };
-            let rule = if first { PaymentRule::FirstPrice } else { PaymentRule::SecondScore };
-            let p = award_price(rule, bid, winner, gap.map(|g| winner + g), max, &w);
+            let rule = if as_bid { PaymentRule::PayAsBid } else { PaymentRule::SecondScore };
+            let m = |l: Option<u32>| l.map(|l| Measured { latency_ms: l.into(), energy_mj: l.into() });
+            let winner = PayTerms { price_stroops: bid, trust: mine.0, measured: m(mine.1) };
+            let second = other.map(|(p, t, l)| PayTerms { price_stroops: p, trust: t, measured: m(l) });
+            let p = award_price(rule, &winner, second.as_ref(), max, &w);
             prop_assert!(p >= bid && p <= max, "{p} not in [{bid}, {max}]");
         }
 

@@ -17,13 +17,25 @@
 //! than it costs a peer with a long record. Aborts weigh half a failure: a gate that closes because
 //! the owner came back is honest behaviour, but it still cost the requester a re-award.
 //!
+//! A task whose measurement belies the bid's claims (an **over-claim**, [`crate::claims`])
+//! adds `overclaim_weight` failures (default 1) on top of its outcome: a worker that claims to
+//! be ten times faster than it is completes its tasks and still loses trust with each one.
+//!
+//! ```text
+//! bad = failed + timed_out + abort_weight · aborted + overclaim_weight · overclaimed + b
+//! ```
+//!
 //! Only this node's own observations count. The [`TrustSummary`] a peer publishes in its
-//! advert is its own claim and is never fed into the score.
+//! advert is its own claim and is never fed into the score. The book also keeps the claims
+//! against measurements per model and path ([`TrustBook::claims`]), which the auction scores
+//! with once it has any.
 
 use std::collections::BTreeMap;
 
 use crank_protocol::{NodeId, TrustSummary, UnixMillis};
 use serde::{Deserialize, Serialize};
+
+use crate::claims::{ClaimBook, Observation, Overclaim};
 
 /// How an awarded task ended, as far as the worker's trust is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -50,6 +62,9 @@ pub struct TrustRecord {
     pub aborted: u64,
     /// Tasks timed out.
     pub timed_out: u64,
+    /// Tasks whose measured latency or reported energy belied the bid's claims.
+    #[serde(default)]
+    pub overclaimed: u64,
     /// When the last outcome was recorded.
     pub last_seen: UnixMillis,
 }
@@ -93,6 +108,7 @@ impl TrustRecord {
         let bad = self.failed as f64
             + self.timed_out as f64
             + prior.abort_weight * self.aborted as f64
+            + prior.overclaim_weight * self.overclaimed as f64
             + prior.failures;
         good / (good + bad)
     }
@@ -108,6 +124,8 @@ pub struct TrustPrior {
     pub failures: f64,
     /// What one abort counts as, in failures (default 0.5).
     pub abort_weight: f64,
+    /// What one over-claim counts as, in failures (default 1).
+    pub overclaim_weight: f64,
 }
 
 impl Default for TrustPrior {
@@ -116,6 +134,7 @@ impl Default for TrustPrior {
             successes: 3.0,
             failures: 1.0,
             abort_weight: 0.5,
+            overclaim_weight: 1.0,
         }
     }
 }
@@ -124,7 +143,9 @@ impl Default for TrustPrior {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TrustError {
     /// A prior figure is negative or not finite, or the successes are not above zero.
-    #[error("trust prior needs finite successes > 0, failures ≥ 0, abort weight ≥ 0; got {0:?}")]
+    #[error(
+        "trust prior needs finite successes > 0, failures ≥ 0, abort and over-claim weights ≥ 0; got {0:?}"
+    )]
     BadPrior(TrustPrior),
     /// The capacity is zero.
     #[error("trust book capacity must be at least 1")]
@@ -147,7 +168,9 @@ impl TrustPrior {
             && self.failures.is_finite()
             && self.failures >= 0.0
             && self.abort_weight.is_finite()
-            && self.abort_weight >= 0.0;
+            && self.abort_weight >= 0.0
+            && self.overclaim_weight.is_finite()
+            && self.overclaim_weight >= 0.0;
         if ok {
             Ok(())
         } else {
@@ -174,6 +197,8 @@ pub struct TrustBook {
     prior: TrustPrior,
     capacity: usize,
     peers: BTreeMap<NodeId, TrustRecord>,
+    #[serde(default)]
+    claims: ClaimBook,
 }
 
 #[derive(Deserialize)]
@@ -181,6 +206,9 @@ struct TrustBookRepr {
     prior: TrustPrior,
     capacity: usize,
     peers: BTreeMap<NodeId, TrustRecord>,
+    // Books stored before claims were kept have none.
+    #[serde(default)]
+    claims: ClaimBook,
 }
 
 impl TryFrom<TrustBookRepr> for TrustBook {
@@ -195,6 +223,7 @@ impl TryFrom<TrustBookRepr> for TrustBook {
             });
         }
         book.peers = r.peers;
+        book.claims = r.claims;
         Ok(book)
     }
 }
@@ -208,6 +237,7 @@ impl Default for TrustBook {
             prior: TrustPrior::default(),
             capacity: DEFAULT_TRUST_CAPACITY,
             peers: BTreeMap::new(),
+            claims: ClaimBook::default(),
         }
     }
 }
@@ -223,6 +253,7 @@ impl TrustBook {
             prior,
             capacity,
             peers: BTreeMap::new(),
+            claims: ClaimBook::default(),
         })
     }
 
@@ -233,6 +264,11 @@ impl TrustBook {
 
     /// Records one outcome for `peer`.
     pub fn record(&mut self, peer: NodeId, outcome: TaskOutcome, now: UnixMillis) {
+        self.entry(peer).record(outcome, now);
+    }
+
+    /// The record of `peer`, making room for it when the book is full.
+    fn entry(&mut self, peer: NodeId) -> &mut TrustRecord {
         if !self.peers.contains_key(&peer) && self.peers.len() >= self.capacity {
             let oldest = self
                 .peers
@@ -243,7 +279,24 @@ impl TrustBook {
                 self.peers.remove(&id);
             }
         }
-        self.peers.entry(peer).or_default().record(outcome, now);
+        self.peers.entry(peer).or_default()
+    }
+
+    /// Records what the requester measured of a completed task ([`crate::Output::Observed`]);
+    /// an over-claim also counts against the worker's trust.
+    pub fn record_observation(&mut self, obs: &Observation, now: UnixMillis) -> Option<Overclaim> {
+        let over = self.claims.record(obs, now);
+        if over.is_some() {
+            let r = self.entry(obs.peer);
+            r.overclaimed = r.overclaimed.saturating_add(1);
+            r.last_seen = r.last_seen.max(now);
+        }
+        over
+    }
+
+    /// Claims against measurements, per peer, model and path.
+    pub fn claims(&self) -> &ClaimBook {
+        &self.claims
     }
 
     /// Restores a stored record (the node loads its book from disk record by record).

@@ -733,8 +733,8 @@ pub fn markdown(report: &MarketReport, sweep: &[SweepPoint], info: &RunInfo) -> 
         s,
         "\n*Energy per task* is all run energy (wasted runs included) over completed tasks. \
          *Work on battery* is the share of that energy drawn from batteries. *Price paid* is \
-         what the requester owes (the auction pays second-score prices, the baselines pay the \
-         worker's quote); *ask* is the winning worker's own price. Latency runs from \
+         what the requester owes (the auction pays its configured rule, pay-as-bid by default; \
+         the baselines pay the worker's quote); *ask* is the winning worker's own price. Latency runs from \
          submission to the result reaching the requester.\n"
     );
     let _ = writeln!(s, "![latency](latency_cdf.svg)\n");

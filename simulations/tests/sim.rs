@@ -87,8 +87,16 @@ fn small_preset_keeps_every_invariant() {
     assert_eq!(ours.battery_energy_default_policy_j, 0.0);
     // ... and every bid, decline, failure and receipt it judged was really signed.
     assert!(ours.signed_messages >= ours.completed * 2);
-    // Gates closed under running tasks, and the auction re-awarded them.
-    assert!(ours.aborted_runs > 0);
+    // Some awards ended without a result (a gate closed under a run, a device left, a result
+    // came too late) and the auction re-awarded them.
+    assert!(
+        ours.attempts > ours.completed,
+        "{:?}",
+        r.summaries
+            .iter()
+            .map(|s| (&s.scheduler, s.aborted_runs, s.attempts, s.completed))
+            .collect::<Vec<_>>()
+    );
     // The gate-blind random baseline does put work on batteries: the comparison means something.
     assert!(summary(&r, "random").battery_energy_share > 0.0);
     // Churn happened.
@@ -178,15 +186,18 @@ fn each_preference_wins_its_own_dimension_and_beats_random_placement() {
     let green = summary(&r, "auction-green");
     let cheap = summary(&r, "auction-cheap");
     for b in baselines {
-        // Completion: the auction routes around closed gates and churn at least as well.
+        // Completion: the auction routes around closed gates and churn at least as well (to
+        // within one task in ten thousand: a winner that times out late can leave too little
+        // time to re-award, which a baseline that never waits for bids does not risk).
         for ours in [fast, green, cheap] {
             assert!(
-                ours.completion_rate >= b.completion_rate,
-                "{} completes {} < {} {}",
+                ours.completion_rate + 1e-4 >= b.completion_rate,
+                "{} completes {} < {} {}: {:?}",
                 ours.scheduler,
                 ours.completion_rate,
                 b.scheduler,
-                b.completion_rate
+                b.completion_rate,
+                ours.failures
             );
         }
         // No work on a battery under the default policy, whatever the baseline does.
@@ -197,11 +208,15 @@ fn each_preference_wins_its_own_dimension_and_beats_random_placement() {
     // cheap: what the winning worker asks, against random placement and the other
     // preferences. The `fastest` and `cheapest` baselines see every advert of the view and
     // take the global best, where the auction asks `fanout` candidates ranked with the
-    // model-holders first; on this population they win on asks (see the report).
-    for other in ["random", "auction-fast", "auction-green"] {
+    // model-holders first; on this population they win on asks (see the report). Against the
+    // other preferences, to within 1 %: every preference now scores measured latency and
+    // energy, which on this population picks the same cheap GPU servers whichever weight
+    // leads, and the asks tie within noise.
+    assert!(cheap.mean_ask_stroops <= summary(&r, "random").mean_ask_stroops);
+    for other in ["auction-fast", "auction-green"] {
         let b = summary(&r, other);
         assert!(
-            cheap.mean_ask_stroops <= b.mean_ask_stroops,
+            cheap.mean_ask_stroops <= b.mean_ask_stroops * 1.01,
             "cheap asks {} > {} {}",
             cheap.mean_ask_stroops,
             b.scheduler,
@@ -407,6 +422,59 @@ fn a_small_mesh_of_real_nodes_runs_tasks_under_churn_and_keeps_its_invariants() 
         assert!(
             !std::fs::read(dir.path().join(f)).unwrap().is_empty(),
             "{f}"
+        );
+    }
+}
+
+/// Workers that claim to be ten times faster and more frugal than they are win their first
+/// tasks on those claims, are measured, over-claim and lose trust, and end with less work
+/// than the same devices win telling the truth; honest estimates are seldom taken for lies.
+#[test]
+fn workers_that_under_claim_lose_work_to_the_truth() {
+    let _machine = market_share();
+    let world = |factor: f64| MarketConfig {
+        schedulers: vec![
+            SchedulerKind::Auction(Preference::Balanced),
+            SchedulerKind::Auction(Preference::Fast),
+            SchedulerKind::Auction(Preference::Green),
+        ],
+        liars: market::LiarConfig { share: 0.1, factor },
+        ..quick(8_000)
+    };
+    let lying = run(&world(10.0));
+    let truthful = run(&world(1.0));
+    assert!(lying.passed(), "violations: {:?}", lying.violation_counts);
+    for (l, t) in lying.summaries.iter().zip(&truthful.summaries) {
+        println!(
+            "{}: liars are {:.1} % of devices and ran {:.2} % of the work lying \
+             ({} over-claims), {:.2} % truthful ({} over-claims); mean paid/ask lying {:.0}/{:.0}",
+            l.scheduler,
+            100.0 * l.liar_device_share,
+            100.0 * l.liar_task_share,
+            l.overclaims,
+            100.0 * t.liar_task_share,
+            t.overclaims,
+            l.mean_price_stroops,
+            l.mean_ask_stroops,
+        );
+        assert_eq!(l.liar_device_share, t.liar_device_share, "the same devices");
+        assert!(l.liar_device_share > 0.05, "{}", l.liar_device_share);
+        // Honest estimates miss now and then (a worker that wins several bids at once has
+        // more queued than it quoted for); that must stay rare.
+        assert!(
+            t.overclaims * 1_000 <= t.completed,
+            "{}: {} honest over-claims in {} tasks",
+            t.scheduler,
+            t.overclaims,
+            t.completed
+        );
+        assert!(l.overclaims > 0, "{}: the lies are measured", l.scheduler);
+        assert!(
+            l.liar_task_share < t.liar_task_share,
+            "{}: lying devices ran {:.3} of the work, {:.3} when truthful",
+            l.scheduler,
+            l.liar_task_share,
+            t.liar_task_share
         );
     }
 }

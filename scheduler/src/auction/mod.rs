@@ -32,13 +32,15 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crank_protocol::validate::looks_like_stellar_account;
 use crank_protocol::{
-    Award, Bid, CallForBids, Cancel, ContentHash, Decline, DeclineReason, FailureReason, ModelId,
-    NamedTensor, NodeId, SignatureError, Signed, TaskFailure, TaskId, UnixMillis, WorkReceipt,
+    Award, Bid, CallForBids, Cancel, ContentHash, Decline, DeclineReason, ExecPath, FailureReason,
+    ModelId, NamedTensor, NodeId, SignatureError, Signed, TaskFailure, TaskId, UnixMillis,
+    WorkReceipt,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
-use crate::score::{PaymentRule, Score, Weights, WeightsError, award_price, score_bid};
+use crate::claims::{Measured, Observation};
+use crate::score::{PayTerms, PaymentRule, Score, Weights, WeightsError, award_price, score};
 use crate::trust::{TaskOutcome, TrustBook};
 use trace::{
     Answer, AnswerTrace, AuctionTrace, AwardEnd, AwardTrace, FailCause, FailureExplanation,
@@ -89,7 +91,7 @@ pub struct AuctionConfig {
     pub result_slack_percent: u32,
     /// Added to the result allowance, ms. Default 2000.
     pub result_grace_ms: u64,
-    /// How the winner's price is set. Default second-score.
+    /// How the winner's price is set. Default pay-as-bid.
     pub payment: PaymentRule,
 }
 
@@ -101,7 +103,7 @@ impl Default for AuctionConfig {
             award_ack_ms: 3_000,
             result_slack_percent: 300,
             result_grace_ms: 2_000,
-            payment: PaymentRule::SecondScore,
+            payment: PaymentRule::PayAsBid,
         }
     }
 }
@@ -219,6 +221,9 @@ pub enum Output {
         /// The worker.
         to: NodeId,
     },
+    /// Record what was measured of a completed task in the trust book
+    /// ([`TrustBook::record_observation`]); emitted just before [`Output::Completed`].
+    Observed(Observation),
     /// Record an outcome in the trust book.
     Trust {
         /// The worker.
@@ -327,6 +332,17 @@ pub enum Status {
 struct BidEntry {
     bid: Bid,
     score: Score,
+    /// What this node measured of the bidder on this model and the bid's path, if anything;
+    /// it replaces the bid's claims in the score.
+    measured: Option<Measured>,
+}
+
+impl BidEntry {
+    /// The latency the auction counts on: measured when known, else claimed.
+    fn latency_ms(&self) -> u64 {
+        self.measured
+            .map_or(u64::from(self.bid.est_latency_ms), |m| m.latency_ms)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -344,6 +360,8 @@ enum PeerState {
 struct Peer {
     node: NodeId,
     trust: f64,
+    /// What this node measured of the peer on the task's model at its size, per path.
+    measured: BTreeMap<ExecPath, Measured>,
     state: PeerState,
 }
 
@@ -363,6 +381,8 @@ enum Phase {
         peer: usize,
         price: u64,
         result_by: UnixMillis,
+        /// When the acceptance arrived: award to acceptance is one round trip.
+        accepted_at: UnixMillis,
     },
     Completed {
         peer: usize,
@@ -437,6 +457,9 @@ impl Auction {
             peers.push(Peer {
                 node: *node,
                 trust: trust.score(node),
+                measured: trust
+                    .claims()
+                    .measured_paths(node, &spec.model, spec.input_elements),
                 state: PeerState::NotAsked,
             });
         }
@@ -701,11 +724,13 @@ impl Auction {
                 },
             ));
         }
-        if !self.fits_deadline(bid) {
+        let measured = self.peers[i].measured.get(&bid.path).copied();
+        let latency_ms = measured.map_or(u64::from(bid.est_latency_ms), |m| m.latency_ms);
+        if !self.fits_deadline(latency_ms) {
             return Err(self.reject(
                 i,
                 Rejection::TooSlow {
-                    est_latency_ms: bid.est_latency_ms,
+                    est_latency_ms: u32::try_from(latency_ms).unwrap_or(u32::MAX),
                     remaining_ms: self.spec.deadline.saturating_sub(self.now),
                 },
             ));
@@ -714,7 +739,18 @@ impl Auction {
             return Err(self.reject(i, Rejection::BadPayout));
         }
         let trust = self.peers[i].trust;
-        let score = score_bid(bid, trust, &self.spec.weights);
+        // Claims count only until this node has measured the peer on this model and path.
+        let (latency, energy) = measured
+            .map_or((u64::from(bid.est_latency_ms), bid.est_energy_mj), |m| {
+                (m.latency_ms, m.energy_mj)
+            });
+        let score = score(
+            bid.price_stroops,
+            latency,
+            energy,
+            trust,
+            &self.spec.weights,
+        );
         self.answered_pending(round);
         self.note_answer(
             i,
@@ -725,6 +761,7 @@ impl Auction {
                 est_energy_mj: bid.est_energy_mj,
                 path: bid.path,
                 model_cached: bid.model_cached,
+                measured,
                 trust,
                 score,
             },
@@ -740,12 +777,13 @@ impl Auction {
         self.peers[i].state = PeerState::Bid(BidEntry {
             bid: bid.clone(),
             score,
+            measured,
         });
         Ok(())
     }
 
-    fn fits_deadline(&self, bid: &Bid) -> bool {
-        self.now.saturating_add(u64::from(bid.est_latency_ms)) < self.spec.deadline
+    fn fits_deadline(&self, latency_ms: u64) -> bool {
+        self.now.saturating_add(latency_ms) < self.spec.deadline
     }
 
     fn on_decline(&mut self, from: NodeId, signed: &Signed<Decline>) -> Result<(), InputError> {
@@ -820,6 +858,8 @@ impl Auction {
             });
         };
         let latency = match &self.peers[i].state {
+            // The worker's own claim: one measured slower than it claims is held to it (and
+            // was scored on its measurement, so it won knowing what it promised).
             PeerState::Tried(e, _) => u64::from(e.bid.est_latency_ms),
             _ => 0,
         };
@@ -833,6 +873,7 @@ impl Auction {
             peer: i,
             price,
             result_by,
+            accepted_at: self.now,
         };
         debug!(task = %self.spec.task_id.short(), peer = %from.short(), result_by, "award accepted");
         Ok(())
@@ -895,8 +936,11 @@ impl Auction {
 
     fn on_result(&mut self, from: NodeId, signed: &Signed<WorkReceipt>) -> Result<(), InputError> {
         let i = self.holder(&from)?;
-        let price = match self.phase {
-            Phase::Awarded { price, .. } | Phase::Running { price, .. } => price,
+        let (price, accepted_at) = match self.phase {
+            Phase::Awarded { price, .. } => (price, None),
+            Phase::Running {
+                price, accepted_at, ..
+            } => (price, Some(accepted_at)),
             _ => return Err(InputError::NotAwarded(from)),
         };
         if let Err(e) = self.check_receipt(from, signed, price) {
@@ -912,6 +956,26 @@ impl Auction {
             self.outputs.push_back(Output::SendCancel { to: from });
             self.award_next();
             return Err(e);
+        }
+        if let PeerState::Tried(e, _) = &self.peers[i].state {
+            let awarded_at = self
+                .trace
+                .awards
+                .iter()
+                .rev()
+                .find(|a| a.worker == from && a.end.is_none())
+                .map_or(self.now, |a| a.at);
+            self.outputs.push_back(Output::Observed(Observation {
+                peer: from,
+                model: self.spec.model,
+                path: e.bid.path,
+                input_elements: self.spec.input_elements,
+                claimed_latency_ms: u64::from(e.bid.est_latency_ms),
+                claimed_energy_mj: e.bid.est_energy_mj,
+                observed_latency_ms: self.now.saturating_sub(awarded_at),
+                network_ms: accepted_at.map_or(0, |t| t.saturating_sub(awarded_at)),
+                reported_energy_mj: signed.body.energy.microjoules / 1_000,
+            }));
         }
         self.end_award(i, AwardEnd::Completed, Some(TaskOutcome::Completed));
         self.phase = Phase::Completed { peer: i, price };
@@ -1102,7 +1166,7 @@ impl Auction {
 
     /// Whether a bid can still be awarded now.
     fn usable(&self, e: &BidEntry) -> bool {
-        e.bid.valid_until > self.now && self.fits_deadline(&e.bid)
+        e.bid.valid_until > self.now && self.fits_deadline(e.latency_ms())
     }
 
     /// Awards the best usable bid; re-auctions when there is none.
@@ -1130,11 +1194,19 @@ impl Auction {
             }),
             _ => None,
         });
+        let terms = |i: usize, e: &BidEntry| PayTerms {
+            price_stroops: e.bid.price_stroops,
+            trust: self.peers[i].trust,
+            measured: e.measured,
+        };
+        let second = usable.get(1).and_then(|&j| match &self.peers[j].state {
+            PeerState::Bid(e) => Some(terms(j, e)),
+            _ => None,
+        });
         let price = award_price(
             self.config.payment,
-            winner.bid.price_stroops,
-            winner.score.total,
-            runner_up.as_ref().map(|r| r.score),
+            &terms(best, &winner),
+            second.as_ref(),
             self.spec.max_price_stroops,
             &self.spec.weights,
         );
@@ -1181,13 +1253,13 @@ impl Auction {
             PeerState::Bid(e) => RankKey {
                 score: e.score.total,
                 price: e.bid.price_stroops,
-                latency: e.bid.est_latency_ms,
+                latency: e.latency_ms(),
                 node: self.peers[i].node,
             },
             _ => RankKey {
                 score: f64::INFINITY,
                 price: u64::MAX,
-                latency: u32::MAX,
+                latency: u64::MAX,
                 node: self.peers[i].node,
             },
         }
@@ -1202,7 +1274,7 @@ impl Auction {
             if usable == 1 { "" } else { "s" }
         );
         let pricing = match (self.config.payment, runner_up) {
-            (PaymentRule::FirstPrice, _) => format!("first-price: pays its bid {bid}"),
+            (PaymentRule::PayAsBid, _) => format!("pay-as-bid: pays its bid {bid}"),
             (PaymentRule::SecondScore, Some(r)) => format!(
                 "runner-up {} at {:.3}; second-score price {price} (bid {bid}, max {max})",
                 r.peer.short(),
@@ -1261,7 +1333,9 @@ impl Auction {
             PeerState::Declined(r) => r.category().to_string(),
             PeerState::Rejected(r) => r.category().to_string(),
             PeerState::Bid(e) if e.bid.valid_until <= self.now => "bid expired".to_string(),
-            PeerState::Bid(e) if !self.fits_deadline(&e.bid) => "too slow for deadline".to_string(),
+            PeerState::Bid(e) if !self.fits_deadline(e.latency_ms()) => {
+                "too slow for deadline".to_string()
+            }
             PeerState::Bid(_) => "bid unused".to_string(),
             PeerState::Tried(_, Some(end)) => end.category(),
             PeerState::Tried(_, None) => "award pending".to_string(),
@@ -1273,7 +1347,7 @@ impl Auction {
 struct RankKey {
     score: f64,
     price: u64,
-    latency: u32,
+    latency: u64,
     node: NodeId,
 }
 

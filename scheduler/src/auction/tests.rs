@@ -195,7 +195,7 @@ fn each_preference_picks_its_worker() {
             price >= bid && price <= 10_000,
             "{pref}: {price} vs bid {bid}"
         );
-        assert!(price > bid, "{pref}: second-score pays above the bid");
+        assert_eq!(price, bid, "{pref}: pay-as-bid pays the bid");
     }
 }
 
@@ -556,7 +556,7 @@ fn trace_serialises_and_reads() {
     );
     let text = a.trace().to_string();
     assert!(text.contains("round 1 at +0 ms: asked 5"), "{text}");
-    assert!(text.contains("second-score price"), "{text}");
+    assert!(text.contains("pay-as-bid: pays its bid"), "{text}");
     assert!(
         text.contains(&format!("completed by {}", node(2).short())),
         "{text}"
@@ -564,14 +564,14 @@ fn trace_serialises_and_reads() {
 }
 
 #[test]
-fn first_price_pays_the_bid() {
+fn second_score_without_measurements_pays_for_price_and_trust_only() {
     let cands: Vec<NodeId> = [1, 2, 3, 4, 5].iter().map(|n| node(*n)).collect();
     let config = AuctionConfig {
-        payment: PaymentRule::FirstPrice,
+        payment: PaymentRule::SecondScore,
         ..AuctionConfig::default()
     };
     let mut a = Auction::new(
-        spec(Preference::Cheap.weights()),
+        spec(Preference::Fast.weights()),
         config,
         &cands,
         &TrustBook::default(),
@@ -580,7 +580,260 @@ fn first_price_pays_the_bid() {
     .unwrap();
     drain(&mut a);
     five_bids(&mut a);
-    assert_eq!(award_of(&drain(&mut a)), Some((node(1), 50)));
+    // Worker 2 wins on its claimed 50 ms at 1000 stroops; the runner-up (4) asks 200, so on
+    // price and trust alone the winner is the dearer one and is paid its bid. Before the
+    // quality gap was paid from claims, this price was near the max.
+    assert_eq!(award_of(&drain(&mut a)), Some((node(2), 1_000)));
+    assert!(a.trace().to_string().contains("second-score price 1000"));
+}
+
+/// A trust book in which this node measured `worker` on the test model at `latency_ms`.
+fn measured_book(entries: &[(u8, u64, u64)]) -> TrustBook {
+    let mut book = TrustBook::default();
+    for &(n, latency_ms, energy_mj) in entries {
+        let obs = Observation {
+            peer: node(n),
+            model: ModelId([7; 32]),
+            path: ExecPath::Cpu,
+            input_elements: 64,
+            claimed_latency_ms: latency_ms,
+            claimed_energy_mj: energy_mj,
+            observed_latency_ms: latency_ms,
+            network_ms: 0,
+            reported_energy_mj: energy_mj,
+        };
+        book.record_observation(&obs, T0 - 1);
+    }
+    book
+}
+
+/// Runs one auction among `bids` (worker, price, claimed latency, claimed energy) and
+/// returns who was awarded at what price.
+fn run_auction(
+    rule: PaymentRule,
+    weights: Weights,
+    trust: &TrustBook,
+    bids: &[(u8, u64, u32, u64)],
+) -> Option<(NodeId, u64)> {
+    let cands: Vec<NodeId> = bids.iter().map(|b| node(b.0)).collect();
+    let config = AuctionConfig {
+        payment: rule,
+        ..AuctionConfig::default()
+    };
+    let mut a = Auction::new(spec(weights), config, &cands, trust, T0).unwrap();
+    drain(&mut a);
+    for &(n, price, latency, energy) in bids {
+        let _ = a.handle(bid(n, price, latency, energy), T0 + 10);
+    }
+    award_of(&drain(&mut a))
+}
+
+#[test]
+fn measured_history_replaces_claims_in_the_score() {
+    // Worker 1 claims 10 ms but was measured at 2 s; worker 2 claims and was measured at
+    // 100 ms. Under `fast`, claims alone would pick 1; measurements pick 2.
+    let fast = Preference::Fast.weights();
+    let bids = [(1, 100, 10, 1), (2, 100, 100, 100)];
+    let naive = run_auction(PaymentRule::PayAsBid, fast, &TrustBook::default(), &bids);
+    assert_eq!(naive.map(|w| w.0), Some(node(1)));
+    let book = measured_book(&[(1, 2_000, 2_000), (2, 100, 100)]);
+    let held = run_auction(PaymentRule::PayAsBid, fast, &book, &bids);
+    assert_eq!(held, Some((node(2), 100)));
+    // The trace shows the measurement beside the claim.
+    let cands = [node(1), node(2)];
+    let mut a = Auction::new(spec(fast), AuctionConfig::default(), &cands, &book, T0).unwrap();
+    drain(&mut a);
+    a.handle(bid(1, 100, 10, 1), T0 + 10).unwrap();
+    assert!(
+        a.trace()
+            .to_string()
+            .contains("(measured 2000 ms, 2000 mJ)"),
+        "{}",
+        a.trace()
+    );
+}
+
+#[test]
+fn a_completed_task_reports_what_was_measured_and_overclaims_cost_trust() {
+    let mut a = auction(Preference::Balanced.weights(), &[1, 2, 3, 4, 5]);
+    drain(&mut a);
+    five_bids(&mut a);
+    let (w, price) = award_of(&drain(&mut a)).unwrap();
+    assert_eq!(w, node(4));
+    a.handle(Input::AwardAccepted { from: w }, T0 + 20).unwrap();
+    // Worker 4 claimed 300 ms; the result comes 1990 ms after the award.
+    a.handle(receipt(4, price), T0 + 2_000).unwrap();
+    let out = drain(&mut a);
+    let obs = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Observed(obs) => Some(*obs),
+            _ => None,
+        })
+        .expect("an observation");
+    assert_eq!(obs.peer, node(4));
+    assert_eq!(obs.claimed_latency_ms, 300);
+    assert_eq!(obs.observed_latency_ms, 1_990);
+    assert_eq!(obs.network_ms, 10, "award at +10, accepted at +20");
+    assert_eq!(obs.reported_energy_mj, 10);
+    let mut book = TrustBook::default();
+    let before = book.score(&node(4));
+    assert!(book.record_observation(&obs, T0).is_some());
+    book.record(node(4), TaskOutcome::Completed, T0);
+    let honest = {
+        let mut b = TrustBook::default();
+        b.record(node(4), TaskOutcome::Completed, T0);
+        b.score(&node(4))
+    };
+    assert!(book.score(&node(4)) < honest, "an over-claim costs trust");
+    assert!(book.score(&node(4)) < before + 0.01);
+    assert_eq!(book.get(&node(4)).unwrap().overclaimed, 1);
+    let m = book
+        .claims()
+        .measured(&node(4), &ModelId([7; 32]), ExecPath::Cpu, 64)
+        .unwrap();
+    // 800 mJ claimed for 300 ms; the work took 1980 ms (less the round trip): 800 · 1980 / 300.
+    assert_eq!((m.latency_ms, m.energy_mj), (1_990, 5_280));
+}
+
+mod pay {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn weights() -> impl Strategy<Value = Weights> {
+        prop_oneof![
+            Just(Preference::Cheap.weights()),
+            Just(Preference::Fast.weights()),
+            Just(Preference::Green.weights()),
+            Just(Preference::Balanced.weights()),
+        ]
+    }
+
+    fn rule() -> impl Strategy<Value = PaymentRule> {
+        prop_oneof![Just(PaymentRule::PayAsBid), Just(PaymentRule::SecondScore)]
+    }
+
+    /// Up to five bids from workers 1..=5: (price, claimed latency, claimed energy).
+    fn bids() -> impl Strategy<Value = Vec<(u64, u32, u64)>> {
+        proptest::collection::vec((1u64..=10_000, 1u32..=20_000, 0u64..=50_000), 1..=5)
+    }
+
+    /// Measured history for some of workers 1..=5: (latency, energy) or none.
+    fn history() -> impl Strategy<Value = Vec<Option<(u64, u64)>>> {
+        proptest::collection::vec(proptest::option::of((1u64..=20_000, 1u64..=50_000)), 5)
+    }
+
+    fn book(h: &[Option<(u64, u64)>]) -> TrustBook {
+        let entries: Vec<(u8, u64, u64)> = h
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| m.map(|(l, e)| (i as u8 + 1, l, e)))
+            .collect();
+        measured_book(&entries)
+    }
+
+    fn with_numbers(bids: &[(u64, u32, u64)]) -> Vec<(u8, u64, u32, u64)> {
+        bids.iter()
+            .enumerate()
+            .map(|(i, &(p, l, e))| (i as u8 + 1, p, l, e))
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the other bids and the history, a winner that changes only its claimed
+        /// latency and energy is never paid more for it: it is paid the same or loses.
+        #[test]
+        fn claims_never_raise_the_winners_pay(
+            bids in bids(), h in history(), w in weights(), rule in rule(),
+            latency in 1u32..=20_000, energy in 0u64..=50_000,
+        ) {
+            let trust = book(&h);
+            let base = with_numbers(&bids);
+            let Some((winner, paid)) = run_auction(rule, w, &trust, &base) else {
+                return Ok(());
+            };
+            let mut lied = base.clone();
+            let i = lied.iter().position(|b| node(b.0) == winner).unwrap();
+            lied[i].2 = latency;
+            lied[i].3 = energy;
+            if let Some((again, paid_now)) = run_auction(rule, w, &trust, &lied)
+                && again == winner
+            {
+                prop_assert_eq!(paid_now, paid);
+            }
+        }
+
+        /// Pay is within [bid, max price] under every rule.
+        #[test]
+        fn pay_never_exceeds_the_max_price(
+            bids in bids(), h in history(), w in weights(), rule in rule(),
+        ) {
+            let base = with_numbers(&bids);
+            if let Some((winner, paid)) = run_auction(rule, w, &book(&h), &base) {
+                let ask = base.iter().find(|b| node(b.0) == winner).unwrap().1;
+                prop_assert!(paid >= ask && paid <= 10_000, "{paid} vs ask {ask}");
+            }
+        }
+
+        /// Once this node has measured a worker on the model, what it claims changes neither
+        /// whether it wins nor what it is paid; and a lie it is caught in costs it trust, so
+        /// in the next auction it does no better than if it had told the truth.
+        #[test]
+        fn a_truthful_bidder_is_never_worse_off_than_a_liar_once_history_counts(
+            bids in bids(), h in history(), w in weights(), rule in rule(),
+            true_latency in 1u64..=20_000, factor in 2u32..=100,
+        ) {
+            let mut h = h;
+            h[0] = Some((true_latency, true_latency));
+            let trust = book(&h);
+            let mut honest = with_numbers(&bids);
+            let true_ms = u32::try_from(true_latency).unwrap();
+            if honest[0].0 != 1 { return Ok(()); }
+            honest[0].2 = true_ms;
+            honest[0].3 = true_latency;
+            let mut liar = honest.clone();
+            liar[0].2 = (true_ms / factor).max(1);
+            liar[0].3 = true_latency / u64::from(factor);
+            let utility = |o: Option<(NodeId, u64)>| match o {
+                Some((w, paid)) if w == node(1) => paid,
+                _ => 0,
+            };
+            let truthful = run_auction(rule, w, &trust, &honest);
+            let lying = run_auction(rule, w, &trust, &liar);
+            prop_assert_eq!(utility(lying), utility(truthful));
+            // The lie is measured: an over-claim when it is far enough off.
+            let obs = Observation {
+                peer: node(1),
+                model: ModelId([7; 32]),
+                path: ExecPath::Cpu,
+                input_elements: 64,
+                claimed_latency_ms: u64::from(liar[0].2),
+                claimed_energy_mj: liar[0].3,
+                observed_latency_ms: true_latency,
+                network_ms: 0,
+                reported_energy_mj: true_latency,
+            };
+            let mut after_lie = trust.clone();
+            let caught = after_lie.record_observation(&obs, T0).is_some();
+            let mut after_truth = trust.clone();
+            let honest_obs = Observation {
+                claimed_latency_ms: true_latency,
+                claimed_energy_mj: true_latency,
+                ..obs
+            };
+            prop_assert!(after_truth.record_observation(&honest_obs, T0).is_none());
+            prop_assert!(after_lie.score(&node(1)) <= after_truth.score(&node(1)));
+            if caught {
+                prop_assert!(after_lie.score(&node(1)) < after_truth.score(&node(1)));
+            }
+            prop_assert!(
+                utility(run_auction(rule, w, &after_lie, &liar))
+                    <= utility(run_auction(rule, w, &after_truth, &honest))
+            );
+        }
+    }
 }
 
 #[test]

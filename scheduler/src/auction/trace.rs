@@ -6,6 +6,7 @@ use std::fmt;
 use crank_protocol::{DeclineReason, ExecPath, FailureReason, NodeId, TaskId, UnixMillis};
 use serde::{Deserialize, Serialize};
 
+use crate::claims::Measured;
 use crate::score::{PaymentRule, Score, Weights};
 
 /// Why an answer from a peer was not accepted as a bid.
@@ -287,6 +288,10 @@ pub enum Answer {
         path: ExecPath,
         /// Whether it holds the model.
         model_cached: bool,
+        /// What this node measured of the peer on this model and path; when present it
+        /// replaced the claims in the score.
+        #[serde(default)]
+        measured: Option<Measured>,
         /// Our trust figure for the peer.
         trust: f64,
         /// Its score under the task's weights.
@@ -437,13 +442,18 @@ impl fmt::Display for AuctionTrace {
                         est_energy_mj,
                         path,
                         model_cached,
+                        measured,
                         trust,
                         score,
                     } => writeln!(
                         f,
                         "bid {price_stroops} stroops, {est_latency_ms} ms, {est_energy_mj} mJ, \
-                         {path}{}, trust {trust:.2} -> score {:.3}",
+                         {path}{}{}, trust {trust:.2} -> score {:.3}",
                         if *model_cached { ", cached" } else { "" },
+                        measured.map_or(String::new(), |m| format!(
+                            " (measured {} ms, {} mJ)",
+                            m.latency_ms, m.energy_mj
+                        )),
                         score.total
                     )?,
                     Answer::Decline { reason } => writeln!(f, "declined: {reason}")?,

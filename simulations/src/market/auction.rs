@@ -80,6 +80,7 @@ enum Step {
         to: NodeId,
     },
     Trust(NodeId, crank_scheduler::TaskOutcome),
+    Observed(crank_scheduler::Observation),
     Completed {
         price: u64,
         ask: u64,
@@ -182,6 +183,7 @@ impl Shard<'_> {
             }
             Output::SendCancel { to } => Step::Cancel { to },
             Output::Trust { peer, outcome } => Step::Trust(peer, outcome),
+            Output::Observed(obs) => Step::Observed(obs),
             Output::Completed { price_stroops, .. } => {
                 let ask = a
                     .auction
@@ -253,6 +255,19 @@ impl Shard<'_> {
                                 era,
                             },
                         );
+                    }
+                }
+                Step::Observed(obs) => {
+                    if let Some(t) = self.tasks.get(&ix) {
+                        let r = t.draw.requester as usize;
+                        let now = self.now;
+                        if self.requesters[r]
+                            .trust
+                            .record_observation(&obs, now)
+                            .is_some()
+                        {
+                            self.stats.overclaims += 1;
+                        }
                     }
                 }
                 Step::Trust(peer, outcome) => {
@@ -354,10 +369,20 @@ impl Shard<'_> {
             return;
         }
         let now = self.now;
+        let factor = self.cfg.liars.factor;
         let d = &mut self.devices[slot as usize];
-        d.refresh_worker_state();
+        d.refresh_worker_state(now);
         let input = match quote(&cfb, &d.worker, &d.cost, now) {
-            Ok(bid) => {
+            Ok(mut bid) => {
+                if d.liar && factor > 1.0 {
+                    // Truncating a positive quotient is the point: the claim shrinks.
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    {
+                        bid.est_latency_ms =
+                            ((f64::from(bid.est_latency_ms) / factor) as u32).max(1);
+                        bid.est_energy_mj = (bid.est_energy_mj as f64 / factor) as u64;
+                    }
+                }
                 d.bids.remove(&bid.task_id);
                 if d.bids.insert(cfb.requester, bid.clone(), now).is_ok() {
                     match Signed::sign(bid, &d.identity) {

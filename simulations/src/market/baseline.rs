@@ -177,7 +177,7 @@ impl Shard<'_> {
             issued_at: now,
         };
         let d = &mut self.devices[slot as usize];
-        d.refresh_worker_state();
+        d.refresh_worker_state(now);
         let full = d.jobs.len() >= usize::from(d.slots);
         let limit = d.worker.limits.max_run_ms;
         let best = path_quotes(&cfb, &d.worker, &d.cost)

@@ -145,6 +145,8 @@ pub(crate) struct Device {
     pub pairs: HashMap<u32, (u64, u64)>,
     /// A faulty node (tests only) that advertises and quotes as if its gate were open.
     pub ignores_gate: bool,
+    /// Drawn as a liar ([`super::LiarConfig`]): its claims are divided by the factor.
+    pub liar: bool,
 }
 
 /// Advert timing, from the node's defaults.
@@ -215,6 +217,9 @@ impl Device {
             tariff_stroops_per_kwh: spec.tariff_stroops_per_kwh,
             per_task_stroops: spec.per_task_stroops,
             per_second_stroops: spec.per_second_stroops,
+            // An owner's node knows its own link: its fetch estimate uses it (requesters
+            // measure what a bid claims, model fetch included).
+            fetch_bytes_per_sec: spec.bandwidth_bytes_per_sec.max(1),
             ..CostModel::default()
         };
         #[allow(clippy::cast_possible_truncation)]
@@ -318,6 +323,7 @@ impl Device {
             left_at: None,
             pairs: HashMap::new(),
             ignores_gate: false,
+            liar: false,
         }
     }
 
@@ -405,14 +411,23 @@ impl Device {
         self.advert.capacity.queued = self.adv_queued;
     }
 
-    /// Refreshes what `quote()` reads: gate, power source, queue and its expected wait
-    /// (the node's own estimate: one reference inference per task ahead, over the workers).
-    pub(crate) fn refresh_worker_state(&mut self) {
-        let ahead = u64::try_from(self.jobs.len()).unwrap_or(u64::MAX);
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let per_task_ms = self.worker.bench.first().map_or(10, |b| {
-            (1000.0 / f64::from(b.inferences_per_sec.max(0.001))) as u64
-        });
+    /// Refreshes what `quote()` reads: gate, power source, queue and its expected wait at
+    /// `now`: the work still ahead of a new job, per path over that path's lanes (the CPU
+    /// workers, the one GPU), the longer of the two. Requesters measure what a bid claims, so
+    /// the estimate counts what is really queued rather than one reference inference per job.
+    pub(crate) fn refresh_worker_state(&mut self, now: u64) {
+        let left = |j: &Job| match j.started_at {
+            Some(t) => j.busy_ms().saturating_sub(now.saturating_sub(t)),
+            None => j.busy_ms(),
+        };
+        let ahead = |gpu: bool| -> u64 {
+            self.jobs
+                .iter()
+                .filter(|j| (j.path == ExecPath::Gpu) == gpu)
+                .map(left)
+                .sum()
+        };
+        let est_wait_ms = (ahead(false) / u64::from(self.workers.max(1))).max(ahead(true));
         if self.ignores_gate {
             self.worker.gate_closed = None;
             self.worker.on_battery = false;
@@ -423,7 +438,7 @@ impl Device {
         self.worker.queue = QueueState {
             queued: u16::try_from(self.jobs.len()).unwrap_or(u16::MAX),
             slots: self.slots,
-            est_wait_ms: ahead * per_task_ms / u64::from(self.workers.max(1)),
+            est_wait_ms,
         };
     }
 

@@ -187,6 +187,7 @@ pub(crate) struct ShardResult {
     pub kind: SchedulerKind,
     pub stats: ShardStats,
     pub class_devices: Vec<u64>,
+    pub liar_devices: u64,
     pub requesters: u64,
     pub leaves: u64,
     pub new_identities: u64,
@@ -288,6 +289,9 @@ impl<'a> Shard<'a> {
             );
             d.in_mesh = in_mesh;
             d.ignores_gate = kind.is_auction() && cfg.faults.workers_ignore_gate;
+            // Its own stream, so that liars are the same devices whatever else is drawn.
+            let mut lr = rng::stream(seed, Purpose::Keys, &[sh, u64::from(slot), 2 << 32]);
+            d.liar = cfg.liars.share > 0.0 && lr.random_bool(cfg.liars.share);
             by_node.insert(d.node, (slot, 0));
             devices.push(d);
         }
@@ -937,6 +941,9 @@ impl<'a> Shard<'a> {
         self.stats.hour(h).completed += 1;
         let mut class_name = None;
         if let Some(dv) = delivery {
+            if self.devices[dv.slot as usize].liar {
+                self.stats.liar_tasks += 1;
+            }
             let class = self.devices[dv.slot as usize].class;
             let c = &mut self.stats.classes[class];
             c.tasks += 1;
@@ -1052,10 +1059,12 @@ impl<'a> Shard<'a> {
         for d in &self.devices {
             class_devices[d.class] += 1;
         }
+        let liar_devices = self.devices.iter().filter(|d| d.liar).count() as u64;
         ShardResult {
             kind: self.kind,
             stats: self.stats,
             class_devices,
+            liar_devices,
             requesters: self.requesters.len() as u64,
             leaves: self.leaves,
             new_identities: self.new_identities,
@@ -1156,6 +1165,12 @@ pub(crate) fn merge(cfg: &MarketConfig, results: Vec<ShardResult>) -> MarketRepo
             aborted_runs: count(&|s| s.aborted),
             lost_jobs: count(&|s| s.lost_jobs),
             gpu_share: ratio(count(&|s| s.gpu_tasks) as f64, completed as f64),
+            liar_device_share: ratio(
+                parts.iter().map(|p| p.liar_devices).sum::<u64>() as f64,
+                class_devices.iter().sum::<u64>() as f64,
+            ),
+            liar_task_share: ratio(count(&|s| s.liar_tasks) as f64, completed as f64),
+            overclaims: count(&|s| s.overclaims),
             signed_messages: count(&|s| s.signed),
             failures,
             earnings,

@@ -152,6 +152,26 @@ pub struct Faults {
     pub overpay_awards: bool,
 }
 
+/// Workers that under-claim: they bid their true price but divide their latency and energy
+/// estimates by `factor`, to win work on claims. Off by default.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LiarConfig {
+    /// Share of devices that lie (drawn per device, the same in every scheduler's world).
+    pub share: f64,
+    /// What their claims are divided by.
+    pub factor: f64,
+}
+
+impl Default for LiarConfig {
+    fn default() -> Self {
+        Self {
+            share: 0.0,
+            factor: 10.0,
+        }
+    }
+}
+
 /// Everything a market run depends on; `small()` and `full()` are the presets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -202,6 +222,8 @@ pub struct MarketConfig {
     pub sample_every: u64,
     /// Worker threads (0: one per core). Does not change results.
     pub threads: usize,
+    /// Workers that under-claim latency and energy in their bids.
+    pub liars: LiarConfig,
     /// Deliberate bugs (tests only).
     #[serde(skip)]
     pub faults: Faults,
@@ -240,6 +262,7 @@ impl MarketConfig {
             requester_net_ms: 15,
             sample_every: 10,
             threads: 0,
+            liars: LiarConfig::default(),
             faults: Faults::default(),
         }
     }
@@ -286,6 +309,18 @@ impl MarketConfig {
         }
         if self.view == 0 {
             return bad("view must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.liars.share) {
+            return bad(format!(
+                "liars.share must be in [0, 1], got {}",
+                self.liars.share
+            ));
+        }
+        if !(self.liars.factor.is_finite() && self.liars.factor >= 1.0) {
+            return bad(format!(
+                "liars.factor must be at least 1, got {}",
+                self.liars.factor
+            ));
         }
         if self.schedulers.is_empty() {
             return bad("no scheduler to run".into());

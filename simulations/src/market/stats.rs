@@ -164,6 +164,15 @@ pub struct SchedulerSummary {
     pub lost_jobs: u64,
     /// Share of completed tasks run on a GPU.
     pub gpu_share: f64,
+    /// Share of devices that under-claim in their bids ([`super::LiarConfig`]).
+    #[serde(default)]
+    pub liar_device_share: f64,
+    /// Share of completed tasks those devices ran.
+    #[serde(default)]
+    pub liar_task_share: f64,
+    /// Tasks requesters measured as over-claimed.
+    #[serde(default)]
+    pub overclaims: u64,
     /// Signed messages the auction verified (bids, declines, failures, receipts).
     pub signed_messages: u64,
     /// Why tasks failed, counted.
@@ -211,6 +220,8 @@ pub(crate) struct ShardStats {
     pub aborted: u64,
     pub lost_jobs: u64,
     pub gpu_tasks: u64,
+    pub liar_tasks: u64,
+    pub overclaims: u64,
     pub signed: u64,
     pub failures: BTreeMap<String, u64>,
     pub classes: Vec<ClassCounters>,
