@@ -1,15 +1,21 @@
-//! Device awareness against fabricated sysfs, procfs and /dev trees: power sources, idle
-//! detection, the gate under each policy, RAPL and estimated energy, and the gate monitor.
+//! Device awareness against fabricated sysfs, procfs and /dev trees, fake probes and this
+//! machine's own /sys and /dev: power sources (Linux and Android rules), idle detection, the
+//! gate under each policy (failing closed on inputs it cannot read), RAPL and estimated
+//! energy, and the gate monitor.
 
 use std::fs::{self, File, FileTimes};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crank_inference::device::energy::{EnergyMeter, Rapl};
-use crank_inference::device::idle::{IdleSource, tty_idle};
-use crank_inference::device::power::{BatteryStatus, PowerSource, read_power};
+use crank_inference::device::idle::{IdleSource, TerminalIdle, UserIdle, tty_idle};
+use crank_inference::device::power::{
+    BatteryStatus, PowerReading, PowerSource, SysfsPower, read_power,
+};
 use crank_inference::device::{
-    DeviceConfig, GateMonitor, GateState, Sampler, Thresholds, evaluate, gate_info, power_info,
+    DeviceConfig, GateMonitor, GateState, IdleProbe, PowerProbe, Sampler, Thresholds, UnknownInput,
+    evaluate, gate_info, power_info,
 };
 use crank_protocol::messages::{EnergyMethod, GateReason, RunPolicy};
 use tempfile::TempDir;
@@ -281,29 +287,40 @@ fn peripheral_battery_is_ignored() {
 }
 
 #[test]
-fn missing_power_supply_dir_is_unknown_and_follows_config() {
+fn missing_power_supply_dir_is_unknown_and_closes_charging_policies() {
     let t = Tree::new();
     fs::remove_dir(t.path("power_supply")).unwrap();
     assert_eq!(
         read_power(&t.path("power_supply")).source,
         PowerSource::Unknown
     );
+    for p in [RunPolicy::Charging, RunPolicy::ChargingIdle] {
+        assert_eq!(
+            t.gate(p),
+            GateState::ClosedUnknown(UnknownInput::Power),
+            "{p}"
+        );
+    }
+    assert!(t.gate(RunPolicy::Always).is_open());
     assert!(
-        t.gate(RunPolicy::Charging).is_open(),
-        "unknown counts as external by default"
+        t.gate(RunPolicy::Idle).is_open(),
+        "idle does not look at power, and a readable /dev without terminals is idle"
     );
+    // The retired key is accepted and changes nothing.
     let cfg = DeviceConfig {
-        unknown_power_is_external: false,
+        unknown_power_is_external: true,
         ..t.config(RunPolicy::Charging)
     };
     let readings = Sampler::new(cfg.clone())
         .unwrap()
         .sample(None, false, SystemTime::now());
-    assert_eq!(
-        evaluate(RunPolicy::Charging, &readings, &Thresholds::from(&cfg)),
-        GateState::Closed(GateReason::OnBattery { percent: None })
-    );
+    let state = evaluate(RunPolicy::Charging, &readings, &Thresholds::from(&cfg));
+    assert_eq!(state, GateState::ClosedUnknown(UnknownInput::Power));
     assert_eq!(power_info(&readings, 0).external_power, None);
+    // Peers see the closest reason the wire has.
+    let info = gate_info(RunPolicy::Charging, &state);
+    assert!(!info.open);
+    assert_eq!(info.reason, Some(GateReason::OnBattery { percent: None }));
 }
 
 #[test]
@@ -361,7 +378,29 @@ fn no_terminals_means_no_session_and_idle() {
     let t = Tree::new();
     let idle = tty_idle(&t.path("dev"), SystemTime::now());
     assert_eq!(idle.idle_secs, None);
+    assert_eq!(idle.source, IdleSource::TtyAccess);
     assert!(idle.is_idle_for(u64::MAX));
+}
+
+#[test]
+fn unreadable_dev_is_unknown_and_closes_idle_policies() {
+    let t = Tree::new();
+    t.ac(true);
+    fs::remove_dir_all(t.path("dev")).unwrap();
+    assert_eq!(
+        tty_idle(&t.path("dev"), SystemTime::now()),
+        UserIdle::unknown()
+    );
+    for p in [RunPolicy::Idle, RunPolicy::ChargingIdle] {
+        assert_eq!(
+            t.gate(p),
+            GateState::ClosedUnknown(UnknownInput::UserActivity { required_secs: 180 }),
+            "{p}"
+        );
+        assert_eq!(t.gate(p).to_string(), "closed: user activity unknown");
+    }
+    assert!(t.gate(RunPolicy::Always).is_open());
+    assert!(t.gate(RunPolicy::Charging).is_open());
 }
 
 #[test]
@@ -385,6 +424,273 @@ fn each_policy_on_battery_with_active_user() {
         t.gate(RunPolicy::ChargingIdle),
         GateState::Closed(GateReason::OnBattery { .. })
     ));
+}
+
+/// An Android phone's power supply class as its kernel lays it out: `ac`, `usb`,
+/// `wireless` chargers reporting `online`, the `battery`, and vendor entries of other types.
+fn android_phone(t: &Tree, usb_online: bool, status: &str, capacity: &str) {
+    t.supply("ac", &[("type", "Mains"), ("online", "0")]);
+    t.supply(
+        "usb",
+        &[
+            ("type", "USB"),
+            ("online", if usb_online { "1" } else { "0" }),
+            ("present", "1"),
+        ],
+    );
+    t.supply("wireless", &[("type", "Wireless"), ("online", "0")]);
+    t.supply(
+        "battery",
+        &[
+            ("type", "Battery"),
+            ("status", status),
+            ("capacity", capacity),
+            ("health", "Good"),
+        ],
+    );
+    t.supply("bms", &[("type", "BMS"), ("capacity", "0")]);
+}
+
+#[test]
+fn android_phone_on_usb_and_on_battery() {
+    let t = Tree::new();
+    let probe = SysfsPower::android(t.path("power_supply"));
+    android_phone(&t, true, "Charging", "57");
+    let p = probe.read_power();
+    assert_eq!(p.source, PowerSource::External);
+    assert!(p.has_battery);
+    assert_eq!(p.battery_percent, Some(57));
+    assert_eq!(p.battery_status, Some(BatteryStatus::Charging));
+
+    android_phone(&t, false, "Discharging", "56");
+    let p = probe.read_power();
+    assert_eq!(p.source, PowerSource::Battery);
+    assert_eq!(p.battery_percent, Some(56));
+
+    // Full on a wireless charger.
+    android_phone(&t, false, "Full", "100");
+    t.supply("wireless", &[("online", "1")]);
+    assert_eq!(probe.read_power().source, PowerSource::External);
+}
+
+#[test]
+fn android_listing_without_a_battery_or_unreadable_is_unknown() {
+    let t = Tree::new();
+    let probe = SysfsPower::android(t.path("power_supply"));
+    // Linux reads an empty class as a desktop on mains; on a phone it means hidden.
+    assert_eq!(probe.read_power().source, PowerSource::Unknown);
+    assert_eq!(
+        SysfsPower::linux(t.path("power_supply"))
+            .read_power()
+            .source,
+        PowerSource::External
+    );
+    t.supply("usb", &[("type", "USB"), ("online", "1")]);
+    assert_eq!(probe.read_power().source, PowerSource::Unknown);
+    fs::remove_dir_all(t.path("power_supply")).unwrap();
+    assert_eq!(probe.read_power(), PowerReading::unknown());
+}
+
+/// A power probe whose reading the test sets.
+#[derive(Debug, Clone)]
+struct FakePower(Arc<Mutex<PowerReading>>);
+
+impl FakePower {
+    fn new(reading: PowerReading) -> Self {
+        Self(Arc::new(Mutex::new(reading)))
+    }
+
+    fn mains() -> PowerReading {
+        PowerReading {
+            source: PowerSource::External,
+            has_battery: false,
+            battery_percent: None,
+            battery_status: None,
+            detail: None,
+        }
+    }
+
+    fn set(&self, reading: PowerReading) {
+        *self.0.lock().unwrap() = reading;
+    }
+}
+
+impl PowerProbe for FakePower {
+    fn read_power(&self) -> PowerReading {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// An idle probe whose reading the test sets.
+#[derive(Debug, Clone)]
+struct FakeIdle(Arc<Mutex<UserIdle>>);
+
+impl FakeIdle {
+    fn new(idle: UserIdle) -> Self {
+        Self(Arc::new(Mutex::new(idle)))
+    }
+
+    fn set(&self, idle: UserIdle) {
+        *self.0.lock().unwrap() = idle;
+    }
+
+    fn away() -> UserIdle {
+        UserIdle {
+            idle_secs: Some(3_600),
+            source: IdleSource::System,
+        }
+    }
+}
+
+impl IdleProbe for FakeIdle {
+    fn read_idle(&self, _now: SystemTime) -> UserIdle {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// The gate under `policy` with the given readings, through a sampler on fake probes.
+fn gate_with(policy: RunPolicy, power: PowerReading, idle: UserIdle) -> GateState {
+    let t = Tree::new();
+    let cfg = t.config(policy);
+    let mut sampler = Sampler::with_probes(
+        cfg.clone(),
+        Box::new(FakePower::new(power)),
+        Box::new(FakeIdle::new(idle)),
+    )
+    .unwrap();
+    let readings = sampler.sample(None, false, SystemTime::now());
+    evaluate(policy, &readings, &Thresholds::from(&cfg))
+}
+
+#[test]
+fn unknown_power_closes_each_policy_that_reads_it_and_not_always() {
+    let unknown = PowerReading::unknown();
+    let expected = [
+        (RunPolicy::Always, GateState::Open),
+        (RunPolicy::Idle, GateState::Open),
+        (
+            RunPolicy::Charging,
+            GateState::ClosedUnknown(UnknownInput::Power),
+        ),
+        (
+            RunPolicy::ChargingIdle,
+            GateState::ClosedUnknown(UnknownInput::Power),
+        ),
+    ];
+    for (policy, state) in expected {
+        assert_eq!(
+            gate_with(policy, unknown.clone(), FakeIdle::away()),
+            state,
+            "{policy}"
+        );
+    }
+    // The same probes with the power known: every policy opens.
+    for policy in POLICIES {
+        assert!(gate_with(policy, FakePower::mains(), FakeIdle::away()).is_open());
+    }
+}
+
+#[test]
+fn unknown_idle_closes_each_policy_that_reads_it_and_not_always() {
+    let unknown = UserIdle::unknown();
+    let closed = GateState::ClosedUnknown(UnknownInput::UserActivity { required_secs: 180 });
+    let expected = [
+        (RunPolicy::Always, GateState::Open),
+        (RunPolicy::Idle, closed.clone()),
+        (RunPolicy::Charging, GateState::Open),
+        (RunPolicy::ChargingIdle, closed),
+    ];
+    for (policy, state) in expected {
+        assert_eq!(
+            gate_with(policy, FakePower::mains(), unknown),
+            state,
+            "{policy}"
+        );
+    }
+    // Known to be nobody (no session) is idle, not unknown.
+    let nobody = UserIdle {
+        idle_secs: None,
+        source: IdleSource::Logind,
+    };
+    for policy in POLICIES {
+        assert!(gate_with(policy, FakePower::mains(), nobody).is_open());
+    }
+}
+
+#[tokio::test]
+async fn monitor_on_fake_probes_publishes_unknown_inputs() {
+    let t = Tree::new();
+    let power = FakePower::new(FakePower::mains());
+    let idle = FakeIdle::new(FakeIdle::away());
+    let monitor = GateMonitor::start_with_probes(
+        t.config(RunPolicy::ChargingIdle),
+        Box::new(power.clone()),
+        Box::new(idle.clone()),
+    )
+    .await
+    .unwrap();
+    assert!(monitor.snapshot().state.is_open());
+    let mut rx = monitor.subscribe();
+
+    power.set(PowerReading::unknown());
+    let state = changed_within(&mut rx).await;
+    assert_eq!(state, GateState::ClosedUnknown(UnknownInput::Power));
+    assert_eq!(
+        gate_info(RunPolicy::ChargingIdle, &state).reason,
+        Some(GateReason::OnBattery { percent: None })
+    );
+
+    // Power comes back, idleness is lost: a different reason wakes receivers again.
+    // Idle first: a sample between the two writes sees power still unknown, no change.
+    idle.set(UserIdle::unknown());
+    power.set(FakePower::mains());
+    assert_eq!(
+        changed_within(&mut rx).await,
+        GateState::ClosedUnknown(UnknownInput::UserActivity { required_secs: 180 })
+    );
+    idle.set(FakeIdle::away());
+    assert!(changed_within(&mut rx).await.is_open());
+}
+
+#[test]
+fn this_machines_sys_and_dev_read_as_known_where_readable() {
+    // The Linux readers on the real machine: wherever the sources can be listed, the
+    // readings are known (a machine without batteries is on mains; one nobody is logged in
+    // to is idle), so no policy closes for an unknown input.
+    let cfg = DeviceConfig::default();
+    let power = SysfsPower::linux(&cfg.power_supply_root).read_power();
+    let supplies = fs::read_dir(&cfg.power_supply_root).map(|d| d.count());
+    match supplies {
+        Ok(0) => {
+            assert_eq!(power.source, PowerSource::External);
+            assert!(!power.has_battery);
+        }
+        Ok(_) => assert!(power.is_known(), "{power:?}"),
+        Err(_) => assert_eq!(power.source, PowerSource::Unknown),
+    }
+    let pts_readable = match fs::read_dir(cfg.dev_root.join("pts")) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    };
+    let dev_readable = fs::read_dir(&cfg.dev_root).is_ok() && pts_readable;
+    let idle = TerminalIdle::new(&cfg.dev_root).read_idle(SystemTime::now());
+    assert_eq!(idle.is_known(), dev_readable, "{idle:?}");
+    if power.is_known() && idle.is_known() {
+        let readings = crank_inference::device::Readings {
+            power,
+            idle,
+            cpu: None,
+            thermal: None,
+            paused: false,
+        };
+        for policy in POLICIES {
+            let state = evaluate(policy, &readings, &Thresholds::default());
+            assert!(
+                !matches!(state, GateState::ClosedUnknown(_)),
+                "{policy}: {state}"
+            );
+        }
+    }
 }
 
 #[test]

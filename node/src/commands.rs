@@ -274,13 +274,46 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
-async fn ctrl_c() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+/// SIGINT (Ctrl-C) and SIGTERM, listened for from before the node says it is up: a signal
+/// sent as soon as it prints its address stops it cleanly, ledger closed, instead of meeting
+/// the default action and killing it.
+struct Interrupts {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Interrupts {
+    fn listen() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind, name: &str| {
+            signal(kind)
+                .inspect_err(
+                    |e| tracing::warn!(signal = name, error = %e, "cannot listen for a signal"),
+                )
+                .ok()
+        };
+        Self {
+            int: listen(SignalKind::interrupt(), "SIGINT"),
+            term: listen(SignalKind::terminate(), "SIGTERM"),
+        }
     }
-    tracing::info!("shutting down");
+
+    /// Waits for either signal.
+    async fn wait(mut self) {
+        async fn recv(signal: Option<&mut tokio::signal::unix::Signal>) {
+            match signal {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        tokio::select! {
+            _ = recv(self.int.as_mut()) => {}
+            _ = recv(self.term.as_mut()) => {}
+        }
+        tracing::info!("shutting down");
+    }
 }
 
 /// `join`: run a worker node until interrupted.
@@ -303,6 +336,7 @@ pub async fn join(config: Config, models: &[PathBuf]) -> Result<()> {
 }
 
 async fn serve_until_interrupted(node: Node) -> Result<()> {
+    let interrupts = Interrupts::listen();
     let handle = node.handle();
     // Held until shutdown: dropping it stops the API and removes api.sock and api.addr.
     let api = api::serve(handle.clone()).await;
@@ -313,7 +347,7 @@ async fn serve_until_interrupted(node: Node) -> Result<()> {
     for a in handle.listen_addrs().await {
         println!("listening on {a}");
     }
-    ctrl_c().await;
+    interrupts.wait().await;
     drop(api);
     node.shutdown().await;
     Ok(())

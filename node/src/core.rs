@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crank_inference::device::{GateMonitor, GateSnapshot};
+use crank_inference::device::{GateMonitor, GateSnapshot, GateState};
 use crank_inference::{Engine, ModelStore};
 use crank_payments::Ledger;
 use crank_protocol::adverts::AdvertTable;
@@ -76,12 +76,18 @@ impl Core {
         self.gate.borrow().clone()
     }
 
-    /// Why this node will not take work now (None when it will).
-    pub fn gate_closed(&self) -> Option<GateReason> {
+    /// The gate as this node sees it: the monitor's state, or closed as paused on a node
+    /// that takes no work (requester-only or bootstrap).
+    pub fn gate_state(&self) -> GateState {
         if !self.config.worker.enabled || self.role.bootstrap {
-            return Some(GateReason::Paused);
+            return GateState::Closed(GateReason::Paused);
         }
-        self.gate_snapshot().state.reason().cloned()
+        self.gate_snapshot().state
+    }
+
+    /// Why this node will not take work now, as peers are told (None when it will).
+    pub fn gate_closed(&self) -> Option<GateReason> {
+        self.gate_state().reason()
     }
 
     /// Persists the trust book (small; written after each change).

@@ -644,13 +644,13 @@ async fn gate_loop(shared: Arc<Worker>, mut stop: watch::Receiver<bool>) {
         let open = snapshot.state.is_open();
         shared.metrics.gate_open(open);
         if open != was_open {
-            match snapshot.state.reason() {
+            match snapshot.state.why_closed() {
                 Some(reason) => info!(reason = %reason, "power gate closed"),
                 None => info!("power gate open"),
             }
         }
         if let Some(reason) = snapshot.state.reason() {
-            worker::abort_all(&shared, reason.clone());
+            worker::abort_all(&shared, reason);
         }
         was_open = open;
         shared.advert_changed.notify_one();
@@ -771,7 +771,7 @@ impl NodeHandle {
         let network = s.client.status().await?;
         let now = clock::now_ms();
         let snapshot = s.gate_snapshot();
-        let reason = s.gate_closed();
+        let gate = s.gate_state();
         // Adverts, then trust: the order candidate selection takes them in.
         let adverts = {
             let advert_table = lock(&s.adverts);
@@ -857,8 +857,9 @@ impl NodeHandle {
             network,
             gate: GateView {
                 policy: snapshot.policy.to_string(),
-                open: reason.is_none(),
-                reason: reason.map(|r| r.to_string()),
+                open: gate.is_open(),
+                reason: gate.why_closed(),
+                category: gate.category().map(str::to_owned),
             },
             queue: QueueView {
                 workers: queue.workers,

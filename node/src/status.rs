@@ -9,15 +9,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::network::NetworkStatus;
 
-/// The power gate as shown.
+/// The power gate as shown: this node's own view, which tells an input it could not read
+/// ("power source unknown", "user activity unknown") from a reading that closed the gate;
+/// peers' adverts carry only the wire reasons.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GateView {
     /// Owner policy.
     pub policy: String,
     /// Whether the node takes work now.
     pub open: bool,
-    /// Why not, in words.
+    /// Why not, in words ("on battery 54 %", "power source unknown").
     pub reason: Option<String>,
+    /// The kind of reason, without figures ("on battery", "power source unknown").
+    #[serde(default)]
+    pub category: Option<String>,
 }
 
 /// One known peer's advert, summarised.
@@ -206,6 +211,23 @@ impl NodeStatus {
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default()
         );
+        if self
+            .gate
+            .category
+            .as_deref()
+            .is_some_and(|c| c.ends_with(" unknown"))
+        {
+            // The gate fails closed on what it cannot read; say how to run anyway.
+            let _ = writeln!(
+                s,
+                "          (this machine's {} cannot be read; run_when = \"always\" works regardless)",
+                self.gate
+                    .category
+                    .as_deref()
+                    .and_then(|c| c.strip_suffix(" unknown"))
+                    .unwrap_or("state")
+            );
+        }
         let q = &self.queue;
         let _ = writeln!(
             s,

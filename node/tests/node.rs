@@ -8,6 +8,7 @@ use crank_node::network::{KadMode, Role};
 use crank_node::{ModelSource, Node, NodeHandle, SubmitRequest, tensor_io};
 use crank_protocol::RunPolicy;
 
+mod cli;
 /// Attacks by strangers on the mesh and local users, each with what must still hold.
 mod hostile;
 /// Relayed paths in one process (the real-NAT test is `testnet/nat/run.sh`).

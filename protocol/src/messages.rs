@@ -109,6 +109,11 @@ impl std::str::FromStr for RunPolicy {
 }
 
 /// Why the power gate is closed.
+///
+/// Signed into adverts, declines and task failures; postcard encodes a variant by its index,
+/// so a variant added here would need a wire version bump (peers of this version could not
+/// decode it). A node whose gate closes for a reason not listed (an input it could not read)
+/// sends the closest one listed and keeps the distinction to itself.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GateReason {

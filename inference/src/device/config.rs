@@ -10,7 +10,7 @@ use std::str::FromStr;
 use crank_protocol::messages::RunPolicy;
 use serde::{Deserialize, Serialize};
 
-use super::power;
+use super::probe;
 
 /// The shortest sample interval, milliseconds: sysinfo needs at least 200 ms between two CPU
 /// samples for a meaningful figure.
@@ -117,8 +117,8 @@ pub struct DeviceConfig {
     pub proc_root: PathBuf,
     /// Device directory holding the `tty*` and `pts/*` nodes whose access times show input.
     pub dev_root: PathBuf,
-    /// Ask systemd-logind on the system D-Bus for user idle time; tty access times are the
-    /// fallback either way.
+    /// Ask systemd-logind on the system D-Bus for user idle time (Linux only); tty access
+    /// times are the fallback either way.
     pub use_logind: bool,
     /// D-Bus address of the system bus; absent means the standard one
     /// (`$DBUS_SYSTEM_BUS_ADDRESS`, else `/run/dbus/system_bus_socket`).
@@ -134,8 +134,12 @@ pub struct DeviceConfig {
     pub cpu_resume_percent: u8,
     /// Hottest thermal zone, degrees Celsius, at or above which the gate closes.
     pub thermal_limit_celsius: i16,
-    /// What an unreadable or missing power supply directory means: `true` counts it as
-    /// external power (containers and VMs, which have no battery to protect), `false` as battery.
+    /// No longer read; accepted so that configuration files written for earlier releases
+    /// still load (`true` logs a warning at start). An unknown power source (a missing or
+    /// unreadable power supply directory, a platform without a reader) now always closes the
+    /// gate under `charging` and `charging-idle`; a machine that should work whatever its
+    /// power says so with `run_when = "always"`, or `"idle"`.
+    #[serde(skip_serializing)]
     pub unknown_power_is_external: bool,
     /// Milliseconds between two samples of the gate's inputs.
     pub sample_interval_ms: u64,
@@ -156,7 +160,7 @@ impl Default for DeviceConfig {
     /// * `cpu_busy_percent`: 25 %, `cpu_resume_percent`: 15 %
     /// * `thermal_limit_celsius`: 80 °C — the Raspberry Pi 4's firmware throttles at 80 °C and
     ///   laptop CPUs throttle at 95–105 °C, so the node stops before the firmware has to
-    /// * `unknown_power_is_external`: true
+    /// * `unknown_power_is_external`: false (not read)
     /// * `sample_interval_ms`: 5000 ms — work stops within 5 s of the user coming back or
     ///   the charger being pulled, for about 6–7 ms of CPU per minute (the `device_gate_cost`
     ///   example measures it)
@@ -175,7 +179,7 @@ impl Default for DeviceConfig {
             cpu_busy_percent: 25,
             cpu_resume_percent: 15,
             thermal_limit_celsius: 80,
-            unknown_power_is_external: true,
+            unknown_power_is_external: false,
             sample_interval_ms: 5_000,
             device_class: None,
             watts_per_core: None,
@@ -241,7 +245,7 @@ impl DeviceConfig {
         if let Some(class) = self.device_class {
             return class;
         }
-        let has_battery = power::read_power(&self.power_supply_root).has_battery;
+        let has_battery = probe::power_probe(self).read_power().has_battery;
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         DeviceClass::detect(
             has_battery,
@@ -283,6 +287,17 @@ mod tests {
         assert_eq!(cfg.idle_secs, 60);
         assert_eq!(cfg.resolved_class(), DeviceClass::Pi);
         assert_eq!(cfg.resolved_watts_per_core(), 1.5);
+    }
+
+    #[test]
+    fn the_retired_unknown_power_key_still_loads() {
+        for value in ["true", "false"] {
+            let cfg: DeviceConfig =
+                toml::from_str(&format!("unknown_power_is_external = {value}\n")).unwrap();
+            assert_eq!(cfg.unknown_power_is_external, value == "true");
+            cfg.validate().unwrap();
+        }
+        assert!(!DeviceConfig::default().unknown_power_is_external);
     }
 
     #[test]

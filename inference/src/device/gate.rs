@@ -3,7 +3,7 @@
 //! What each policy checks (every policy honours a pause and the thermal limit, which
 //! protect the owner and the hardware):
 //!
-//! | policy | paused | too hot | on battery | user active | CPU busy |
+//! | policy | paused | too hot | on battery or power unknown | user active or activity unknown | CPU busy |
 //! |---|---|---|---|---|---|
 //! | `always` | ✓ | ✓ | | | |
 //! | `idle` | ✓ | ✓ | | ✓ | ✓ |
@@ -12,6 +12,13 @@
 //!
 //! Other processes' CPU load belongs to "idle", as in BOINC, where "run always" ignores it.
 //! When several reasons apply, the first in the table's order is reported.
+//!
+//! **The gate fails closed**: an input a policy reads that could not be read (no reader for
+//! this platform, an unreadable directory, no logind and no readable terminals) closes the
+//! gate with [`GateState::ClosedUnknown`], so a laptop on battery with its owner typing never
+//! takes work because we could not tell. Knowing that nobody is there is not unknown: a
+//! readable `/dev` without terminals and no logind session is a headless machine, idle; a
+//! readable power supply class without batteries is a machine on mains.
 
 use std::fmt;
 
@@ -48,8 +55,6 @@ pub struct Thresholds {
     pub cpu_busy_percent: u8,
     /// Degrees Celsius at or above which the gate closes.
     pub thermal_limit_celsius: i16,
-    /// Whether an unknown power source counts as external.
-    pub unknown_power_is_external: bool,
 }
 
 impl Default for Thresholds {
@@ -64,8 +69,50 @@ impl From<&DeviceConfig> for Thresholds {
             idle_secs: cfg.idle_secs,
             cpu_busy_percent: cfg.cpu_busy_percent,
             thermal_limit_celsius: cfg.thermal_limit_celsius,
-            unknown_power_is_external: cfg.unknown_power_is_external,
         }
+    }
+}
+
+/// An input the policy reads that could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnknownInput {
+    /// The power source.
+    Power,
+    /// The user's activity.
+    UserActivity {
+        /// Seconds of idle the policy requires (carried to the wire reason).
+        required_secs: u64,
+    },
+}
+
+impl UnknownInput {
+    /// A short category, in the style of [`GateReason::category`].
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Power => "power source unknown",
+            Self::UserActivity { .. } => "user activity unknown",
+        }
+    }
+
+    /// The reason peers are told. `GateReason` is signed into adverts, declines and task
+    /// failures, and postcard encodes an enum variant by its index: a new variant would make
+    /// every peer on the current wire version fail to decode our adverts (and count them as
+    /// malformed), so an unknown input travels as the closest existing reason, with no figure
+    /// it does not have, and the distinction stays local (status, logs).
+    pub fn wire_reason(&self) -> GateReason {
+        match self {
+            Self::Power => GateReason::OnBattery { percent: None },
+            Self::UserActivity { required_secs } => GateReason::UserActive {
+                idle_secs: 0,
+                required_secs: *required_secs,
+            },
+        }
+    }
+}
+
+impl fmt::Display for UnknownInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.category())
     }
 }
 
@@ -76,6 +123,9 @@ pub enum GateState {
     Open,
     /// No work may run, for this reason.
     Closed(GateReason),
+    /// No work may run: an input the policy reads could not be read, and the gate fails
+    /// closed rather than guess. Peers see [`UnknownInput::wire_reason`].
+    ClosedUnknown(UnknownInput),
 }
 
 impl GateState {
@@ -84,22 +134,38 @@ impl GateState {
         matches!(self, Self::Open)
     }
 
-    /// Why the gate is closed.
-    pub fn reason(&self) -> Option<&GateReason> {
+    /// Why the gate is closed, as peers are told (adverts, declines, aborted tasks).
+    pub fn reason(&self) -> Option<GateReason> {
         match self {
             Self::Open => None,
-            Self::Closed(r) => Some(r),
+            Self::Closed(r) => Some(r.clone()),
+            Self::ClosedUnknown(u) => Some(u.wire_reason()),
+        }
+    }
+
+    /// Why the gate is closed, as this node knows it, in words (`on battery 54 %`,
+    /// `power source unknown`).
+    pub fn why_closed(&self) -> Option<String> {
+        match self {
+            Self::Open => None,
+            Self::Closed(r) => Some(r.to_string()),
+            Self::ClosedUnknown(u) => Some(u.to_string()),
+        }
+    }
+
+    /// The kind of reason the gate is closed for (`on battery`, `power source unknown`).
+    pub fn category(&self) -> Option<&'static str> {
+        match self {
+            Self::Open => None,
+            Self::Closed(r) => Some(r.category()),
+            Self::ClosedUnknown(u) => Some(u.category()),
         }
     }
 
     /// Whether two states differ in a way the node must act on (open versus closed, or a
     /// different kind of reason), ignoring figures that drift (battery percent, seconds).
     pub fn differs_materially(&self, other: &Self) -> bool {
-        match (self, other) {
-            (Self::Open, Self::Open) => false,
-            (Self::Closed(a), Self::Closed(b)) => a.category() != b.category(),
-            _ => true,
-        }
+        self.category() != other.category()
     }
 }
 
@@ -108,6 +174,7 @@ impl fmt::Display for GateState {
         match self {
             Self::Open => f.write_str("open"),
             Self::Closed(reason) => write!(f, "closed: {reason}"),
+            Self::ClosedUnknown(input) => write!(f, "closed: {input}"),
         }
     }
 }
@@ -130,18 +197,22 @@ pub fn evaluate(policy: RunPolicy, readings: &Readings, thresholds: &Thresholds)
         }
     }
     if needs_power {
-        let external = match readings.power.source {
-            PowerSource::External => true,
-            PowerSource::Battery => false,
-            PowerSource::Unknown => thresholds.unknown_power_is_external,
-        };
-        if !external {
-            return GateState::Closed(GateReason::OnBattery {
-                percent: readings.power.battery_percent,
-            });
+        match readings.power.source {
+            PowerSource::External => {}
+            PowerSource::Battery => {
+                return GateState::Closed(GateReason::OnBattery {
+                    percent: readings.power.battery_percent,
+                });
+            }
+            PowerSource::Unknown => return GateState::ClosedUnknown(UnknownInput::Power),
         }
     }
     if needs_idle {
+        if !readings.idle.is_known() {
+            return GateState::ClosedUnknown(UnknownInput::UserActivity {
+                required_secs: thresholds.idle_secs,
+            });
+        }
         if !readings.idle.is_idle_for(thresholds.idle_secs) {
             return GateState::Closed(GateReason::UserActive {
                 idle_secs: readings.idle.idle_secs.unwrap_or(0),
@@ -290,16 +361,52 @@ mod tests {
     }
 
     #[test]
-    fn unknown_power_follows_the_threshold() {
+    fn unknown_power_closes_the_policies_that_read_it() {
         let mut r = readings();
         r.power = PowerReading::unknown();
-        let mut t = Thresholds::default();
+        let t = Thresholds::default();
+        for p in [RunPolicy::Charging, RunPolicy::ChargingIdle] {
+            let s = evaluate(p, &r, &t);
+            assert_eq!(s, GateState::ClosedUnknown(UnknownInput::Power), "{p}");
+            assert_eq!(s.to_string(), "closed: power source unknown");
+            assert_eq!(s.why_closed().as_deref(), Some("power source unknown"));
+            assert_eq!(s.category(), Some("power source unknown"));
+            assert_eq!(s.reason(), Some(GateReason::OnBattery { percent: None }));
+        }
+        assert!(evaluate(RunPolicy::Always, &r, &t).is_open());
+        assert!(evaluate(RunPolicy::Idle, &r, &t).is_open());
+    }
+
+    #[test]
+    fn unknown_activity_closes_the_policies_that_read_it() {
+        let mut r = readings();
+        r.idle = UserIdle::unknown();
+        let t = Thresholds::default();
+        for p in [RunPolicy::Idle, RunPolicy::ChargingIdle] {
+            let s = evaluate(p, &r, &t);
+            assert_eq!(
+                s,
+                GateState::ClosedUnknown(UnknownInput::UserActivity { required_secs: 180 }),
+                "{p}"
+            );
+            assert_eq!(s.to_string(), "closed: user activity unknown");
+            assert_eq!(
+                s.reason(),
+                Some(GateReason::UserActive {
+                    idle_secs: 0,
+                    required_secs: 180
+                })
+            );
+        }
+        assert!(evaluate(RunPolicy::Always, &r, &t).is_open());
         assert!(evaluate(RunPolicy::Charging, &r, &t).is_open());
-        t.unknown_power_is_external = false;
+        // Both unknown: power is checked first, as in the table.
+        r.power = PowerReading::unknown();
         assert_eq!(
-            evaluate(RunPolicy::Charging, &r, &t),
-            GateState::Closed(GateReason::OnBattery { percent: None })
+            evaluate(RunPolicy::ChargingIdle, &r, &t),
+            GateState::ClosedUnknown(UnknownInput::Power)
         );
+        assert!(evaluate(RunPolicy::Always, &r, &t).is_open());
     }
 
     #[test]
@@ -320,6 +427,14 @@ mod tests {
         assert!(a.differs_materially(&c));
         assert!(a.differs_materially(&GateState::Open));
         assert!(!GateState::Open.differs_materially(&GateState::Open));
+        // Same wire reason, different local one: the node acts on it (status, logs).
+        let unknown = GateState::ClosedUnknown(UnknownInput::Power);
+        assert_eq!(
+            unknown.reason(),
+            a.reason().map(|_| GateReason::OnBattery { percent: None })
+        );
+        assert!(unknown.differs_materially(&a));
+        assert!(!unknown.differs_materially(&unknown.clone()));
     }
 
     mod props {
@@ -336,41 +451,52 @@ mod tests {
                 ],
                 proptest::option::of(0u8..=100),
                 proptest::option::of(0u64..100_000),
+                prop_oneof![
+                    Just(IdleSource::Logind),
+                    Just(IdleSource::TtyAccess),
+                    Just(IdleSource::System),
+                    Just(IdleSource::Unknown)
+                ],
                 proptest::option::of((0f32..=100.0, any::<bool>())),
                 proptest::option::of(-20f32..120.0),
                 any::<bool>(),
             )
-                .prop_map(|(source, percent, idle, cpu, temp, paused)| Readings {
-                    power: PowerReading {
-                        source,
-                        has_battery: percent.is_some(),
-                        battery_percent: percent,
-                        battery_status: None,
-                        detail: None,
-                    },
-                    idle: UserIdle {
-                        idle_secs: idle,
-                        source: IdleSource::TtyAccess,
-                    },
-                    cpu: cpu.map(|(other_percent, busy)| CpuLoad {
-                        other_percent,
-                        busy,
-                    }),
-                    thermal: temp.map(|celsius| ThermalReading {
-                        celsius,
-                        zone: "z".into(),
-                    }),
-                    paused,
+                .prop_map(|(source, percent, idle, idle_source, cpu, temp, paused)| {
+                    Readings {
+                        power: PowerReading {
+                            source,
+                            has_battery: percent.is_some(),
+                            battery_percent: percent,
+                            battery_status: None,
+                            detail: None,
+                        },
+                        idle: UserIdle {
+                            idle_secs: if idle_source == IdleSource::Unknown {
+                                None
+                            } else {
+                                idle
+                            },
+                            source: idle_source,
+                        },
+                        cpu: cpu.map(|(other_percent, busy)| CpuLoad {
+                            other_percent,
+                            busy,
+                        }),
+                        thermal: temp.map(|celsius| ThermalReading {
+                            celsius,
+                            zone: "z".into(),
+                        }),
+                        paused,
+                    }
                 })
         }
 
         fn arb_thresholds() -> impl Strategy<Value = Thresholds> {
-            (0u64..1_000, 0u8..=100, 30i16..=150, any::<bool>()).prop_map(
-                |(idle_secs, cpu_busy_percent, thermal_limit_celsius, unknown)| Thresholds {
+            (0u64..1_000, 0u8..=100, 30i16..=150).prop_map(
+                |(idle_secs, cpu_busy_percent, thermal_limit_celsius)| Thresholds {
                     idle_secs,
                     cpu_busy_percent,
                     thermal_limit_celsius,
-                    unknown_power_is_external: unknown,
                 },
             )
         }
@@ -397,7 +523,33 @@ mod tests {
                     GateState::Closed(GateReason::TooHot { limit, .. }) => {
                         prop_assert_eq!(limit, t.thermal_limit_celsius);
                     }
-                    GateState::Closed(other) => prop_assert!(false, "unexpected {}", other),
+                    other => prop_assert!(false, "unexpected {}", other),
+                }
+            }
+
+            /// An unknown input closes exactly the policies that read it, and is reported only
+            /// when that input is unknown; a closed gate always has a wire reason.
+            #[test]
+            fn unknown_inputs_fail_closed(r in arb_readings(), t in arb_thresholds()) {
+                for p in [RunPolicy::Always, RunPolicy::Idle, RunPolicy::Charging, RunPolicy::ChargingIdle] {
+                    let reads_power = matches!(p, RunPolicy::Charging | RunPolicy::ChargingIdle);
+                    let reads_idle = matches!(p, RunPolicy::Idle | RunPolicy::ChargingIdle);
+                    let s = evaluate(p, &r, &t);
+                    prop_assert_eq!(s.is_open(), s.reason().is_none());
+                    match s {
+                        GateState::ClosedUnknown(UnknownInput::Power) => {
+                            prop_assert!(reads_power && !r.power.is_known());
+                        }
+                        GateState::ClosedUnknown(UnknownInput::UserActivity { required_secs }) => {
+                            prop_assert!(reads_idle && !r.idle.is_known());
+                            prop_assert_eq!(required_secs, t.idle_secs);
+                        }
+                        GateState::Open => {
+                            prop_assert!(!reads_power || r.power.is_known());
+                            prop_assert!(!reads_idle || r.idle.is_known());
+                        }
+                        GateState::Closed(_) => {}
+                    }
                 }
             }
         }

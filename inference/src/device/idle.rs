@@ -15,14 +15,23 @@
 //! systems): the kernel updates a terminal's access time when it is read, that is, on input,
 //! so the newest access time of `/dev/tty<N>` and `/dev/pts/<N>` is the last keystroke in a
 //! terminal (what `w` shows as IDLE). Writes (a program printing) change only the modification
-//! time and are ignored. A machine with no terminal nodes at all has no user session: idle.
+//! time and are ignored. A readable `/dev` (and `/dev/pts`, where it exists) without terminal
+//! nodes is a machine nobody is logged in to: idle, and known to be. A `/dev` or `/dev/pts`
+//! that cannot be listed says nothing, so the reading is [`IdleSource::Unknown`] and the gate
+//! closes under the policies that need idleness ([`gate`](super::gate)).
+//!
+//! [`TerminalIdle`] is the Linux [`IdleProbe`]: it reads terminal access times, and the gate
+//! monitor asks logind first. Other platforms have their own probes ([`probe`](super::probe)).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::debug;
 use zbus::OwnedVariant;
+
+use super::probe::IdleProbe;
 
 /// Where an idle figure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,54 +40,115 @@ pub enum IdleSource {
     Logind,
     /// Access times of terminal device nodes.
     TtyAccess,
+    /// The operating system's own input idle counter (macOS `HIDIdleTime`, Windows
+    /// `GetLastInputInfo`).
+    System,
+    /// Nothing could be read: no reader for this platform, or its sources could not be read.
+    /// The user may be at the machine.
+    Unknown,
 }
 
 /// How long the user has been idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserIdle {
-    /// Seconds since the last user input; `None` when no user session exists (idle).
+    /// Seconds since the last user input; `None` when no user session exists (idle) or when
+    /// the source is [`IdleSource::Unknown`].
     pub idle_secs: Option<u64>,
     /// Where the figure came from.
     pub source: IdleSource,
 }
 
 impl UserIdle {
-    /// Whether the user has been idle for at least `required_secs`.
+    /// A reading that could not be taken.
+    pub fn unknown() -> Self {
+        Self {
+            idle_secs: None,
+            source: IdleSource::Unknown,
+        }
+    }
+
+    /// Whether anything is known about the user: a figure, or knowing that nobody is there.
+    pub fn is_known(&self) -> bool {
+        self.source != IdleSource::Unknown
+    }
+
+    /// Whether the user is known to have been idle for at least `required_secs`; an unknown
+    /// reading never is.
     pub fn is_idle_for(&self, required_secs: u64) -> bool {
-        self.idle_secs.is_none_or(|s| s >= required_secs)
+        self.is_known() && self.idle_secs.is_none_or(|s| s >= required_secs)
     }
 }
 
 /// Reads terminal access times under `dev_root` (`tty<N>` and `pts/<N>`) and returns the idle
-/// time at `now`. Unreadable nodes are skipped; with none readable there is no session.
+/// time at `now`. Unreadable nodes are skipped; with none present there is no session. A
+/// `dev_root` that cannot be listed, or a `pts` directory that exists but cannot be listed,
+/// gives [`UserIdle::unknown`].
 pub fn tty_idle(dev_root: &Path, now: SystemTime) -> UserIdle {
-    let mut newest: Option<SystemTime> = None;
-    let mut consider = |dir: &Path, prefix: &str| {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let Some(rest) = name.strip_prefix(prefix) else {
-                continue;
-            };
-            if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
-                continue;
-            }
-            if let Ok(atime) = entry.metadata().and_then(|m| m.accessed())
-                && newest.is_none_or(|n| atime > n)
-            {
-                newest = Some(atime);
-            }
+    let ttys = match newest_access(dev_root, "tty") {
+        Ok(t) => t,
+        Err(e) => {
+            debug!(dir = %dev_root.display(), error = %e, "terminals unreadable; user activity unknown");
+            return UserIdle::unknown();
         }
     };
-    consider(dev_root, "tty");
-    consider(&dev_root.join("pts"), "");
+    let pts_dir = dev_root.join("pts");
+    let pts = match newest_access(&pts_dir, "") {
+        Ok(t) => t,
+        // Without a devpts mount no pseudo-terminal (ssh, terminal emulator) can exist.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => {
+            debug!(dir = %pts_dir.display(), error = %e, "pseudo-terminals unreadable; user activity unknown");
+            return UserIdle::unknown();
+        }
+    };
+    let newest = ttys.max(pts);
     UserIdle {
         // An access time in the future (clock step) means input just now.
         idle_secs: newest.map(|t| now.duration_since(t).map_or(0, |d| d.as_secs())),
         source: IdleSource::TtyAccess,
+    }
+}
+
+/// The newest access time of the nodes in `dir` named `prefix` followed by digits.
+fn newest_access(dir: &Path, prefix: &str) -> io::Result<Option<SystemTime>> {
+    let mut newest: Option<SystemTime> = None;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name.strip_prefix(prefix) else {
+            continue;
+        };
+        if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(atime) = entry.metadata().and_then(|m| m.accessed())
+            && newest.is_none_or(|n| atime > n)
+        {
+            newest = Some(atime);
+        }
+    }
+    Ok(newest)
+}
+
+/// The Linux idle probe: terminal access times under a `/dev` root (the gate monitor asks
+/// logind first, asynchronously, and uses this when logind does not answer).
+#[derive(Debug, Clone)]
+pub struct TerminalIdle {
+    dev_root: PathBuf,
+}
+
+impl TerminalIdle {
+    /// A probe reading `dev_root` (`/dev` on a real machine).
+    pub fn new(dev_root: impl Into<PathBuf>) -> Self {
+        Self {
+            dev_root: dev_root.into(),
+        }
+    }
+}
+
+impl IdleProbe for TerminalIdle {
+    fn read_idle(&self, now: SystemTime) -> UserIdle {
+        tty_idle(&self.dev_root, now)
     }
 }
 
@@ -322,6 +392,33 @@ mod tests {
         let idle = idle_from_sessions(&sessions, now);
         assert_eq!(idle.idle_secs, None);
         assert!(idle.is_idle_for(u64::MAX));
+    }
+
+    #[test]
+    fn readable_dev_without_terminals_is_known_and_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("pts")).unwrap();
+        std::fs::write(dir.path().join("null"), "").unwrap();
+        let idle = tty_idle(dir.path(), SystemTime::now());
+        assert_eq!(idle.source, IdleSource::TtyAccess);
+        assert_eq!(idle.idle_secs, None);
+        assert!(idle.is_known() && idle.is_idle_for(u64::MAX));
+        // No devpts at all: no pseudo-terminal can exist, still known.
+        std::fs::remove_dir(dir.path().join("pts")).unwrap();
+        assert!(tty_idle(dir.path(), SystemTime::now()).is_known());
+    }
+
+    #[test]
+    fn unreadable_terminals_are_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = tty_idle(&dir.path().join("no-dev"), SystemTime::now());
+        assert_eq!(missing, UserIdle::unknown());
+        assert!(!missing.is_idle_for(0));
+        // A pts that exists but cannot be listed (here: not a directory).
+        std::fs::write(dir.path().join("pts"), "").unwrap();
+        assert_eq!(tty_idle(dir.path(), SystemTime::now()), UserIdle::unknown());
+        let probe = TerminalIdle::new(dir.path().join("no-dev"));
+        assert_eq!(probe.read_idle(SystemTime::now()), UserIdle::unknown());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Sampling the gate's inputs and publishing gate changes.
 //!
-//! [`Sampler`] reads everything the gate needs, synchronously, at one moment.
+//! [`Sampler`] reads everything the gate needs, synchronously, at one moment: power and
+//! idle through this platform's [`probe`](super::probe) readers (or the ones a test gives).
 //! [`GateMonitor`] runs it on a Tokio task at the configured interval (the file reads go to
 //! the blocking pool, logind is asked asynchronously) and publishes a [`GateSnapshot`] on a
 //! `tokio::sync::watch` channel. Receivers are woken only when the gate opens, closes or
@@ -18,9 +19,9 @@ use tracing::{debug, info, warn};
 
 use super::config::{ConfigError, DeviceConfig};
 use super::gate::{GateState, Readings, Thresholds, evaluate};
-use super::idle::{Logind, UserIdle, tty_idle};
+use super::idle::{Logind, UserIdle};
 use super::load::{BusyLatch, CpuLoadSampler};
-use super::power::read_power;
+use super::probe::{self, IdleProbe, PowerProbe};
 use super::thermal::read_hottest;
 
 /// How long to wait for the system bus at start.
@@ -32,19 +33,38 @@ const LOGIND_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Sampler {
     cfg: DeviceConfig,
+    power: Box<dyn PowerProbe>,
+    idle: Box<dyn IdleProbe>,
     load: Option<CpuLoadSampler>,
 }
 
 impl Sampler {
-    /// A sampler for a validated configuration. If sysinfo cannot read CPU load here, the
-    /// sampler works without it (the gate never closes for CPU use) and says so in the log.
+    /// A sampler for a validated configuration, with this platform's readers. If sysinfo
+    /// cannot read CPU load here, the sampler works without it (the gate never closes for CPU
+    /// use) and says so in the log.
     pub fn new(cfg: DeviceConfig) -> Result<Self, MonitorError> {
+        let power = probe::power_probe(&cfg);
+        let idle = probe::idle_probe(&cfg);
+        Self::with_probes(cfg, power, idle)
+    }
+
+    /// A sampler reading power and idle through the given probes.
+    pub fn with_probes(
+        cfg: DeviceConfig,
+        power: Box<dyn PowerProbe>,
+        idle: Box<dyn IdleProbe>,
+    ) -> Result<Self, MonitorError> {
         cfg.validate()?;
         let latch = BusyLatch::new(cfg.cpu_busy_percent, cfg.cpu_resume_percent);
         let load = CpuLoadSampler::new(latch)
             .inspect_err(|e| warn!(error = %e, "CPU load unknown; the gate ignores it"))
             .ok();
-        Ok(Self { cfg, load })
+        Ok(Self {
+            cfg,
+            power,
+            idle,
+            load,
+        })
     }
 
     /// The configuration.
@@ -53,11 +73,11 @@ impl Sampler {
     }
 
     /// Reads power, CPU load and temperature now; user idle comes from `logind` when given,
-    /// from terminal access times otherwise.
+    /// from the idle probe otherwise.
     pub fn sample(&mut self, logind: Option<UserIdle>, paused: bool, now: SystemTime) -> Readings {
         Readings {
-            power: read_power(&self.cfg.power_supply_root),
-            idle: logind.unwrap_or_else(|| tty_idle(&self.cfg.dev_root, now)),
+            power: self.power.read_power(),
+            idle: logind.unwrap_or_else(|| self.idle.read_idle(now)),
             cpu: self.load.as_mut().and_then(CpuLoadSampler::sample),
             thermal: read_hottest(&self.cfg.thermal_root),
             paused,
@@ -172,13 +192,30 @@ impl Loop {
 
 impl GateMonitor {
     /// Takes a first sample (after the ~200 ms sysinfo needs for a CPU figure), then samples
-    /// every `cfg.sample_interval_ms` on a Tokio task until the monitor is dropped.
+    /// every `cfg.sample_interval_ms` on a Tokio task until the monitor is dropped. Power and
+    /// idle are read with this platform's readers; on Linux logind is asked first for idle.
     pub async fn start(cfg: DeviceConfig) -> Result<Self, MonitorError> {
+        let power = probe::power_probe(&cfg);
+        let idle = probe::idle_probe(&cfg);
+        Self::start_with_probes(cfg, power, idle).await
+    }
+
+    /// [`GateMonitor::start`] with the given power and idle probes.
+    pub async fn start_with_probes(
+        cfg: DeviceConfig,
+        power: Box<dyn PowerProbe>,
+        idle: Box<dyn IdleProbe>,
+    ) -> Result<Self, MonitorError> {
         tokio::runtime::Handle::try_current().map_err(|_| MonitorError::NoRuntime)?;
         let interval = Duration::from_millis(cfg.sample_interval_ms);
         let policy = cfg.run_when;
         let thresholds = Thresholds::from(&cfg);
-        let logind = if cfg.use_logind {
+        if cfg.unknown_power_is_external {
+            warn!(
+                "unknown_power_is_external no longer has an effect: an unknown power source closes the gate under charging and charging-idle; use run_when = \"always\" to work regardless of power"
+            );
+        }
+        let logind = if cfg.use_logind && probe::HAS_LOGIND {
             let connect = async {
                 match &cfg.system_bus_address {
                     Some(address) => Logind::connect_to(address).await,
@@ -202,7 +239,7 @@ impl GateMonitor {
         } else {
             None
         };
-        let sampler = Sampler::new(cfg)?;
+        let sampler = Sampler::with_probes(cfg, power, idle)?;
         let state = Loop {
             sampler,
             logind,

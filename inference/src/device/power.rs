@@ -12,12 +12,21 @@
 //! * a battery that is `Charging` is on external power, even where the charger has no entry;
 //! * `Full` and `Not charging` count as plugged in when the machine exposes no charger entry
 //!   at all; where charger entries exist and all are offline, the machine is on battery;
-//! * a missing or unreadable directory is [`PowerSource::Unknown`]; the gate then follows
-//!   [`DeviceConfig::unknown_power_is_external`](super::DeviceConfig::unknown_power_is_external).
+//! * a missing or unreadable directory is [`PowerSource::Unknown`], and the gate closes under
+//!   the policies that need external power: a machine whose power cannot be read may be a
+//!   laptop on battery.
 //!
-//! On the real `/sys` the maintained `starship-battery` crate adds the battery's energy rate
-//! and time to full or empty ([`battery_detail`]), which it normalises across drivers that
-//! report energy (µWh) or charge (µAh).
+//! **Android** ([`classify_android`]) uses the same layout (`ac`, `usb`, `wireless` supplies
+//! typed `Mains`, `USB`, `Wireless` with `online`; `battery` typed `Battery` with `status` and
+//! `capacity`; vendor entries such as `bms` or `main` with other types are ignored) and the
+//! same rules, but a listing without a system battery is [`PowerSource::Unknown`]: every
+//! Android device has one, so not seeing it means the kernel or SELinux hid it, not that the
+//! device is a desktop.
+//!
+//! [`SysfsPower`] is the [`PowerProbe`] for both layouts. On the real `/sys` of a Linux
+//! machine the maintained `starship-battery` crate adds the battery's energy rate and time to
+//! full or empty ([`battery_detail`]), which it normalises across drivers that report energy
+//! (µWh) or charge (µAh); the crate has no Android support, so Android readings go without.
 
 use std::fmt;
 use std::io;
@@ -25,6 +34,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::debug;
 
+use super::probe::PowerProbe;
 use super::sysfs::{read_parsed, read_trimmed};
 
 /// The real sysfs power supply directory, the only one `starship-battery` can read.
@@ -128,7 +138,8 @@ pub enum PowerSource {
     External,
     /// The machine runs from its battery (or a UPS on battery).
     Battery,
-    /// The power supply directory is missing or unreadable.
+    /// The power source could not be read: the power supply directory is missing or
+    /// unreadable, or this platform has no reader. The machine may be on battery.
     Unknown,
 }
 
@@ -168,6 +179,11 @@ impl PowerReading {
             battery_status: None,
             detail: None,
         }
+    }
+
+    /// Whether the power source is known.
+    pub fn is_known(&self) -> bool {
+        self.source != PowerSource::Unknown
     }
 }
 
@@ -327,8 +343,64 @@ pub fn classify(supplies: &[Supply]) -> PowerReading {
     }
 }
 
-/// Reads and classifies the power supplies under `root`. A missing or unreadable directory
-/// gives [`PowerSource::Unknown`]; on the real `/sys`, battery details are added.
+/// Applies the Android rules: the Linux ones, except that a listing without a system battery
+/// is unknown (see the module docs).
+pub fn classify_android(supplies: &[Supply]) -> PowerReading {
+    let reading = classify(supplies);
+    if reading.has_battery {
+        reading
+    } else {
+        debug!("no battery listed on Android: power source unknown");
+        PowerReading::unknown()
+    }
+}
+
+/// Which rules a sysfs power supply listing is read with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SysfsLayout {
+    /// Desktop and server Linux: no battery means mains ([`classify`]).
+    Linux,
+    /// Android: no battery means the listing is hidden ([`classify_android`]).
+    Android,
+}
+
+/// The sysfs power probe: a power supply directory read with one layout's rules.
+#[derive(Debug, Clone)]
+pub struct SysfsPower {
+    root: PathBuf,
+    layout: SysfsLayout,
+}
+
+impl SysfsPower {
+    /// Linux rules on `root` (`/sys/class/power_supply` on a real machine).
+    pub fn linux(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            layout: SysfsLayout::Linux,
+        }
+    }
+
+    /// Android rules on `root`.
+    pub fn android(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            layout: SysfsLayout::Android,
+        }
+    }
+}
+
+impl PowerProbe for SysfsPower {
+    fn read_power(&self) -> PowerReading {
+        match self.layout {
+            SysfsLayout::Linux => read_power(&self.root),
+            SysfsLayout::Android => read_power_android(&self.root),
+        }
+    }
+}
+
+/// Reads and classifies the power supplies under `root` with the Linux rules. A missing or
+/// unreadable directory gives [`PowerSource::Unknown`]; on the real `/sys`, battery details
+/// are added.
 pub fn read_power(root: &Path) -> PowerReading {
     match read_supplies(root) {
         Ok(supplies) => {
@@ -345,20 +417,44 @@ pub fn read_power(root: &Path) -> PowerReading {
     }
 }
 
+/// Reads and classifies the power supplies under `root` with the Android rules.
+pub fn read_power_android(root: &Path) -> PowerReading {
+    match read_supplies(root) {
+        Ok(supplies) => classify_android(&supplies),
+        Err(e) => {
+            debug!(error = %e, "power source unknown");
+            PowerReading::unknown()
+        }
+    }
+}
+
 /// Energy rate and time to full or empty of the first system battery, from the real `/sys`
 /// through `starship-battery`; `None` when there is no battery or it cannot be read.
+#[cfg(target_os = "linux")]
 pub fn battery_detail() -> Option<BatteryDetail> {
+    let manager = starship_battery::Manager::new().ok()?;
+    let battery = manager.batteries().ok()?.find_map(Result::ok)?;
+    Some(detail_of(&battery))
+}
+
+/// Energy rate and time to full or empty: not available on this platform.
+#[cfg(not(target_os = "linux"))]
+pub fn battery_detail() -> Option<BatteryDetail> {
+    None
+}
+
+/// The rate and times `starship-battery` reports for one battery.
+#[cfg(any(target_os = "linux", target_os = "macos", target_os = "windows"))]
+pub(crate) fn detail_of(battery: &starship_battery::Battery) -> BatteryDetail {
     use starship_battery::units::power::milliwatt;
     use starship_battery::units::time::second;
 
-    let manager = starship_battery::Manager::new().ok()?;
-    let battery = manager.batteries().ok()?.find_map(Result::ok)?;
     let rate = battery.energy_rate().get::<milliwatt>();
     let secs = |t: starship_battery::units::Time| {
         let s = t.get::<second>();
         (s.is_finite() && s >= 0.0).then_some(s as u64)
     };
-    Some(BatteryDetail {
+    BatteryDetail {
         energy_rate_mw: if rate.is_finite() && rate > 0.0 {
             rate as u32
         } else {
@@ -366,7 +462,7 @@ pub fn battery_detail() -> Option<BatteryDetail> {
         },
         time_to_full_secs: battery.time_to_full().and_then(secs),
         time_to_empty_secs: battery.time_to_empty().and_then(secs),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -436,6 +532,28 @@ mod tests {
         assert_eq!(r.source, PowerSource::Battery);
         let r = classify(&[battery(BatteryStatus::Unknown, 80)]);
         assert_eq!(r.source, PowerSource::Battery);
+    }
+
+    #[test]
+    fn android_without_a_battery_is_unknown() {
+        // A phone always has a battery: a listing without one was hidden from us.
+        assert_eq!(classify_android(&[]).source, PowerSource::Unknown);
+        assert_eq!(classify_android(&[ac(true)]).source, PowerSource::Unknown);
+        let mut usb = ac(true);
+        usb.kind = SupplyKind::Usb;
+        let r = classify_android(&[usb.clone(), battery(BatteryStatus::Charging, 57)]);
+        assert_eq!(r.source, PowerSource::External);
+        assert_eq!(r.battery_percent, Some(57));
+        usb.online = Some(false);
+        let r = classify_android(&[usb, battery(BatteryStatus::Discharging, 57)]);
+        assert_eq!(r.source, PowerSource::Battery);
+        // Where a battery is listed the rules are Linux's.
+        for supplies in [
+            vec![ac(false), battery(BatteryStatus::Full, 100)],
+            vec![battery(BatteryStatus::NotCharging, 80)],
+        ] {
+            assert_eq!(classify_android(&supplies), classify(&supplies));
+        }
     }
 
     #[test]

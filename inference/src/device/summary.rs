@@ -27,7 +27,7 @@ pub fn gate_info(policy: RunPolicy, state: &GateState) -> GateInfo {
     GateInfo {
         policy,
         open: state.is_open(),
-        reason: state.reason().cloned(),
+        reason: state.reason(),
     }
 }
 

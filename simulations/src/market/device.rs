@@ -195,7 +195,7 @@ pub(crate) fn gate_for(
         paused: false,
     };
     let state = evaluate(policy, &readings, &Thresholds::default());
-    (state.reason().cloned(), readings)
+    (state.reason(), readings)
 }
 
 impl Device {
