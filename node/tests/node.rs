@@ -1492,6 +1492,26 @@ fn bid_cheaply(
     (serve, awarded)
 }
 
+/// Serves the requester as the hand-driven worker until the submission `task` ends (within
+/// `limit`), and returns its outcome.
+async fn serve_until_done(
+    adv: &mut Adversary,
+    task: tokio::task::JoinHandle<Result<crank_node::TaskOutcome, crank_node::SubmitError>>,
+    limit: Duration,
+) -> crank_node::TaskOutcome {
+    tokio::time::timeout(limit, async {
+        loop {
+            if task.is_finished() {
+                return task.await.unwrap();
+            }
+            adv.pump_for(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
 /// The advert of a hand-driven worker that claims to be a fast 64-core server.
 fn cheat_advert(
     identity: &crank_protocol::Identity,
@@ -1661,17 +1681,7 @@ async fn cheat_with(outputs: impl Fn(&Award) -> (Vec<NamedTensor>, Vec<NamedTens
     )
     .await;
     // The task is re-awarded and an honest worker finishes it.
-    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            if submit.is_finished() {
-                return submit.await.unwrap();
-            }
-            adv.pump_for(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let outcome = serve_until_done(&mut adv, submit, Duration::from_secs(60)).await;
     let status = requester.status().await.unwrap();
     let b = status.balances.counterparties[&identity.node_id()];
     mesh.stop().await;
@@ -1752,31 +1762,11 @@ async fn a_worker_that_over_claims_its_speed_is_measured_and_loses_the_next_task
     )
     .await;
     assert!(matches!(answer, Response::Ack { .. }), "{answer:?}");
-    let outcome = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if second.is_finished() {
-                return second.await.unwrap();
-            }
-            adv.pump_for(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let outcome = serve_until_done(&mut adv, second, Duration::from_secs(30)).await;
     assert_eq!(outcome.worker, identity.node_id());
     // Measured, the liar loses: the next task goes to the honest worker.
     let third = submit(requester.clone());
-    let outcome = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if third.is_finished() {
-                return third.await.unwrap();
-            }
-            adv.pump_for(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let outcome = serve_until_done(&mut adv, third, Duration::from_secs(30)).await;
     assert_eq!(outcome.worker, honest, "{}", outcome.trace);
     assert_eq!(awarded.lock().unwrap().len(), 1, "{}", outcome.trace);
     assert!(
