@@ -22,6 +22,8 @@
 //! - [`quote`](mod@quote): the worker's [`quote()`], [`check_award`] and the bounded
 //!   [`BidBook`] of its open bids.
 //! - [`trust`]: [`TrustBook`] and its score.
+//! - [`verify`]: spot-check replication: [`CheckPolicy`] (how often), [`verify::compare`]
+//!   (whether two answers agree) and [`verify::verdict`] (who was wrong).
 //! - [`candidates`]: [`select_candidates`] and [`rank_candidates`].
 //!
 //! # Usage
@@ -199,6 +201,7 @@ pub mod claims;
 pub mod quote;
 pub mod score;
 pub mod trust;
+pub mod verify;
 
 pub use auction::trace::{AuctionTrace, FailCause, FailureExplanation, Rejection};
 pub use auction::{Auction, AuctionConfig, Input, InputError, Output, SpecError, Status, TaskSpec};
@@ -211,3 +214,4 @@ pub use quote::{
 };
 pub use score::{PayTerms, PaymentRule, Preference, Score, Weights, WeightsError};
 pub use trust::{AdvertRoom, TaskOutcome, TrustBook, TrustError, TrustPrior, TrustRecord};
+pub use verify::{CheckPolicy, CheckPolicyError, Disagreement, Verdict};

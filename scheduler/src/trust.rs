@@ -22,8 +22,13 @@
 //! be ten times faster than it is completes its tasks and still loses trust with each one.
 //!
 //! ```text
-//! bad = failed + timed_out + abort_weight · aborted + overclaim_weight · overclaimed + b
+//! bad = failed + timed_out + abort_weight · aborted + overclaim_weight · overclaimed
+//!     + disagree_weight · disagreed + b
 //! ```
+//!
+//! An answer that independent replicas outvoted ([`crate::verify`]) adds `disagree_weight`
+//! failures (default 4); agreeing checks are kept as `verified` and as the streak that
+//! lowers how often the peer is checked.
 //!
 //! Only this node's own observations count. The [`TrustSummary`] a peer publishes in its
 //! advert is its own claim and is never fed into the score. The book also keeps the claims
@@ -65,6 +70,15 @@ pub struct TrustRecord {
     /// Tasks whose measured latency or reported energy belied the bid's claims.
     #[serde(default)]
     pub overclaimed: u64,
+    /// Tasks whose outputs an independent worker's replica agreed with ([`crate::verify`]).
+    #[serde(default)]
+    pub verified: u64,
+    /// Tasks whose outputs the majority of independent runs disagreed with.
+    #[serde(default)]
+    pub disagreed: u64,
+    /// Agreeing checks since the last disagreement; the check rate falls with it.
+    #[serde(default)]
+    pub streak: u64,
     /// When the last outcome was recorded.
     pub last_seen: UnixMillis,
 }
@@ -109,6 +123,7 @@ impl TrustRecord {
             + self.timed_out as f64
             + prior.abort_weight * self.aborted as f64
             + prior.overclaim_weight * self.overclaimed as f64
+            + prior.disagree_weight * self.disagreed as f64
             + prior.failures;
         good / (good + bad)
     }
@@ -126,6 +141,9 @@ pub struct TrustPrior {
     pub abort_weight: f64,
     /// What one over-claim counts as, in failures (default 1).
     pub overclaim_weight: f64,
+    /// What one answer outvoted by independent replicas counts as, in failures (default 4):
+    /// a wrong answer delivered as right is the worst a worker can do.
+    pub disagree_weight: f64,
 }
 
 impl Default for TrustPrior {
@@ -135,6 +153,7 @@ impl Default for TrustPrior {
             failures: 1.0,
             abort_weight: 0.5,
             overclaim_weight: 1.0,
+            disagree_weight: 4.0,
         }
     }
 }
@@ -144,7 +163,7 @@ impl Default for TrustPrior {
 pub enum TrustError {
     /// A prior figure is negative or not finite, or the successes are not above zero.
     #[error(
-        "trust prior needs finite successes > 0, failures ≥ 0, abort and over-claim weights ≥ 0; got {0:?}"
+        "trust prior needs finite successes > 0, failures ≥ 0, abort, over-claim and disagreement weights ≥ 0; got {0:?}"
     )]
     BadPrior(TrustPrior),
     /// The capacity is zero.
@@ -170,7 +189,9 @@ impl TrustPrior {
             && self.abort_weight.is_finite()
             && self.abort_weight >= 0.0
             && self.overclaim_weight.is_finite()
-            && self.overclaim_weight >= 0.0;
+            && self.overclaim_weight >= 0.0
+            && self.disagree_weight.is_finite()
+            && self.disagree_weight >= 0.0;
         if ok {
             Ok(())
         } else {
@@ -292,6 +313,20 @@ impl TrustBook {
             r.last_seen = r.last_seen.max(now);
         }
         over
+    }
+
+    /// Records the result of a spot check of one of `peer`'s answers: agreeing extends its
+    /// streak, being outvoted counts against its trust and ends the streak.
+    pub fn record_check(&mut self, peer: NodeId, agreed: bool, now: UnixMillis) {
+        let r = self.entry(peer);
+        if agreed {
+            r.verified = r.verified.saturating_add(1);
+            r.streak = r.streak.saturating_add(1);
+        } else {
+            r.disagreed = r.disagreed.saturating_add(1);
+            r.streak = 0;
+        }
+        r.last_seen = r.last_seen.max(now);
     }
 
     /// Claims against measurements, per peer, model and path.

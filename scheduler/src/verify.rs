@@ -1,0 +1,452 @@
+//! Spot-check replication: which completed tasks a requester runs again on a second,
+//! independent worker, how it compares the two answers, and who was wrong when they differ.
+//!
+//! The signature and hash checks prove who computed an answer, not that it is right; a
+//! worker could return well-formed garbage and be paid for it. As BOINC does for volunteer
+//! hosts, the requester re-runs a sample of tasks elsewhere and compares:
+//!
+//! - **Rate** ([`CheckPolicy::rate`]): a worker with no record of agreeing checks is checked
+//!   with probability `new_rate` (default ½); each `halving_streak` agreeing checks in a row
+//!   (default 3) halve it, down to `floor_rate` (default 5 %), never zero, so a worker that
+//!   earned trust and then starts cheating is still caught, on average within
+//!   `1 / floor_rate` tasks. A worker whose trust is at or below `low_trust`, or whose last
+//!   check disagreed and has not earned a streak back, is checked every time. The draw is the
+//!   requester's own randomness after the result is in, and the replica is an ordinary task
+//!   (a fresh id, sent to a worker the first never hears of), so no worker can tell which of
+//!   its tasks are checked.
+//! - **Agreement** ([`compare`]): outputs matched by position, names, shapes and element types
+//!   equal; integers and bytes (class labels, token ids) exactly; floats within
+//!   `abs + rel·|other|` ([`Tolerance`], default 1e-4 + 1e-3·|x|): the bound the conformance
+//!   zoo holds tract to against onnxruntime, and the GPU path to against tract, so honest
+//!   workers on different engines agree while a changed answer does not.
+//! - **Majority** ([`verdict`]): when the first answer and the replica differ, a third
+//!   independent run decides; the worker outside the majority is the one that was wrong.
+//!   Without a third run, or when all three differ, nobody is blamed.
+
+use crank_protocol::{NamedTensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::trust::TrustRecord;
+
+/// How often to check, and the trust threshold under which every task is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckPolicy {
+    /// Check at all. Off, every answer is taken on the worker's word.
+    pub enabled: bool,
+    /// Probability of checking a worker with no agreeing streak (default 0.5).
+    pub new_rate: f64,
+    /// The lowest probability, reached after a long agreeing streak (default 0.05; above 0).
+    pub floor_rate: f64,
+    /// Agreeing checks in a row that halve the rate (default 3; at least 1).
+    pub halving_streak: u64,
+    /// Trust at or below which every task of the worker is checked (default 0.6).
+    pub low_trust: f64,
+    /// Float tolerance of the comparison.
+    pub tolerance: Tolerance,
+}
+
+impl Default for CheckPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            new_rate: 0.5,
+            floor_rate: 0.05,
+            halving_streak: 3,
+            low_trust: 0.6,
+            tolerance: Tolerance::default(),
+        }
+    }
+}
+
+/// Why a [`CheckPolicy`] cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "check policy needs 0 < floor_rate ≤ new_rate ≤ 1, halving_streak ≥ 1, low_trust in [0, 1] and finite tolerances ≥ 0; got {0:?}"
+)]
+pub struct CheckPolicyError(pub CheckPolicy);
+
+impl CheckPolicy {
+    /// Checks the figures are usable.
+    pub fn validate(&self) -> Result<(), CheckPolicyError> {
+        let unit = |x: f64| x.is_finite() && (0.0..=1.0).contains(&x);
+        let ok = unit(self.new_rate)
+            && unit(self.floor_rate)
+            && self.floor_rate > 0.0
+            && self.floor_rate <= self.new_rate
+            && self.halving_streak >= 1
+            && unit(self.low_trust)
+            && self.tolerance.abs.is_finite()
+            && self.tolerance.abs >= 0.0
+            && self.tolerance.rel.is_finite()
+            && self.tolerance.rel >= 0.0;
+        if ok {
+            Ok(())
+        } else {
+            Err(CheckPolicyError(*self))
+        }
+    }
+
+    /// The probability of checking a task of a worker with this record and trust score
+    /// (see the module docs); 0 only when checks are off.
+    pub fn rate(&self, record: Option<&TrustRecord>, trust: f64) -> f64 {
+        if !self.enabled {
+            return 0.0;
+        }
+        let streak = record.map_or(0, |r| r.streak);
+        let disagreed = record.is_some_and(|r| r.disagreed > 0);
+        if trust <= self.low_trust || (disagreed && streak < self.halving_streak) {
+            return 1.0;
+        }
+        let halvings = i32::try_from(streak / self.halving_streak.max(1)).unwrap_or(i32::MAX);
+        (self.new_rate * 0.5f64.powi(halvings)).clamp(self.floor_rate, 1.0)
+    }
+
+    /// Whether a task checked at `rate` is checked, given a uniformly random `draw`.
+    #[allow(clippy::cast_precision_loss)] // 53 bits of the draw are plenty.
+    pub fn sampled(rate: f64, draw: u64) -> bool {
+        ((draw >> 11) as f64) / ((1u64 << 53) as f64) < rate
+    }
+}
+
+/// How close two float answers must be: `|a − b| ≤ abs + rel·|b|`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tolerance {
+    /// Absolute slack.
+    pub abs: f64,
+    /// Relative slack.
+    pub rel: f64,
+}
+
+impl Default for Tolerance {
+    fn default() -> Self {
+        Self {
+            abs: 1e-4,
+            rel: 1e-3,
+        }
+    }
+}
+
+/// Where two answers first differ.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Disagreement {
+    /// Different numbers of outputs.
+    #[error("{a} outputs against {b}")]
+    Count {
+        /// The first answer's.
+        a: usize,
+        /// The other's.
+        b: usize,
+    },
+    /// An output's name, shape or element type differs.
+    #[error("output {index}: {what}")]
+    Form {
+        /// Its position.
+        index: usize,
+        /// What differs.
+        what: String,
+    },
+    /// Values differ beyond the tolerance.
+    #[error(
+        "output `{name}`: {outside} of {elements} elements differ (first at {first}: {a} against {b})"
+    )]
+    Values {
+        /// The output.
+        name: String,
+        /// Elements outside the tolerance.
+        outside: usize,
+        /// Elements compared.
+        elements: usize,
+        /// The first such element.
+        first: usize,
+        /// Its value in the first answer.
+        a: f64,
+        /// Its value in the other.
+        b: f64,
+    },
+}
+
+/// Whether two answers to the same task agree (see the module docs).
+pub fn compare(a: &[NamedTensor], b: &[NamedTensor], tol: Tolerance) -> Result<(), Disagreement> {
+    if a.len() != b.len() {
+        return Err(Disagreement::Count {
+            a: a.len(),
+            b: b.len(),
+        });
+    }
+    for (index, (x, y)) in a.iter().zip(b).enumerate() {
+        let form = |what: String| Err(Disagreement::Form { index, what });
+        if x.name != y.name {
+            return form(format!("named `{}` against `{}`", x.name, y.name));
+        }
+        if x.tensor.shape != y.tensor.shape {
+            return form(format!(
+                "`{}` has shape {:?} against {:?}",
+                x.name, x.tensor.shape, y.tensor.shape
+            ));
+        }
+        let (outside, first) = match (&x.tensor.data, &y.tensor.data) {
+            (TensorData::F32(p), TensorData::F32(q)) => floats(
+                p.iter().map(|v| f64::from(*v)),
+                q.iter().map(|v| f64::from(*v)),
+                tol,
+            ),
+            (TensorData::F64(p), TensorData::F64(q)) => {
+                floats(p.iter().copied(), q.iter().copied(), tol)
+            }
+            (TensorData::I64(p), TensorData::I64(q)) => exact(p, q, |v| v as f64),
+            (TensorData::I32(p), TensorData::I32(q)) => exact(p, q, f64::from),
+            (TensorData::U8(p), TensorData::U8(q)) => exact(p, q, f64::from),
+            (p, q) => {
+                return form(format!(
+                    "`{}` is {} against {}",
+                    x.name,
+                    p.dtype(),
+                    q.dtype()
+                ));
+            }
+        };
+        if let Some((i, va, vb)) = first {
+            return Err(Disagreement::Values {
+                name: x.name.clone(),
+                outside,
+                elements: x.tensor.data.len(),
+                first: i,
+                a: va,
+                b: vb,
+            });
+        }
+    }
+    Ok(())
+}
+
+type FirstOff = Option<(usize, f64, f64)>;
+
+fn floats(
+    a: impl Iterator<Item = f64>,
+    b: impl Iterator<Item = f64>,
+    tol: Tolerance,
+) -> (usize, FirstOff) {
+    let mut outside = 0usize;
+    let mut first = None;
+    for (i, (x, y)) in a.zip(b).enumerate() {
+        // NaN agrees only with NaN (the wire refuses both unless a model allows them).
+        let ok = if x.is_nan() || y.is_nan() {
+            x.is_nan() && y.is_nan()
+        } else {
+            x == y || (x - y).abs() <= tol.abs + tol.rel * y.abs()
+        };
+        if !ok {
+            outside += 1;
+            first.get_or_insert((i, x, y));
+        }
+    }
+    (outside, first)
+}
+
+fn exact<T: PartialEq + Copy>(a: &[T], b: &[T], f: impl Fn(T) -> f64) -> (usize, FirstOff) {
+    let mut outside = 0usize;
+    let mut first = None;
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        if x != y {
+            outside += 1;
+            first.get_or_insert((i, f(*x), f(*y)));
+        }
+    }
+    (outside, first)
+}
+
+/// Who was wrong, from the comparisons made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The first answer and the replica agree.
+    Agreed,
+    /// The third run sided with the replica: the first worker was wrong.
+    FirstWrong,
+    /// The third run sided with the first answer: the replica's worker was wrong.
+    ReplicaWrong,
+    /// No majority: no third run, or it agreed with neither.
+    Unresolved,
+}
+
+/// The verdict from whether the first answer and the replica agree and, when they do not,
+/// whether a third run agrees with each (`None`: no third run).
+pub fn verdict(first_and_replica: bool, third: Option<(bool, bool)>) -> Verdict {
+    if first_and_replica {
+        return Verdict::Agreed;
+    }
+    match third {
+        Some((true, false)) => Verdict::ReplicaWrong,
+        Some((false, true)) => Verdict::FirstWrong,
+        // Agreeing with both is impossible when they disagree, bar tolerance edge cases
+        // (a third between two answers each within reach of it): nobody is blamed then.
+        _ => Verdict::Unresolved,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crank_protocol::Tensor;
+    use proptest::prelude::*;
+
+    fn f32s(name: &str, v: Vec<f32>) -> Vec<NamedTensor> {
+        vec![NamedTensor {
+            name: name.into(),
+            tensor: Tensor::f32(vec![v.len() as u64], v).unwrap(),
+        }]
+    }
+
+    fn labels(v: Vec<i64>) -> Vec<NamedTensor> {
+        vec![NamedTensor {
+            name: "label".into(),
+            tensor: Tensor {
+                shape: vec![v.len() as u64],
+                data: TensorData::I64(v),
+            },
+        }]
+    }
+
+    fn record(streak: u64, disagreed: u64) -> TrustRecord {
+        TrustRecord {
+            streak,
+            disagreed,
+            ..TrustRecord::default()
+        }
+    }
+
+    #[test]
+    fn the_rate_falls_with_an_agreeing_streak_and_never_reaches_zero() {
+        let p = CheckPolicy::default();
+        assert_eq!(p.rate(None, 0.75), 0.5);
+        assert_eq!(p.rate(Some(&record(2, 0)), 0.9), 0.5);
+        assert_eq!(p.rate(Some(&record(3, 0)), 0.9), 0.25);
+        assert_eq!(p.rate(Some(&record(6, 0)), 0.9), 0.125);
+        assert_eq!(p.rate(Some(&record(1_000_000, 0)), 0.99), 0.05);
+        // Low trust, or a recent disagreement: every task.
+        assert_eq!(p.rate(Some(&record(100, 0)), 0.6), 1.0);
+        assert_eq!(p.rate(Some(&record(2, 1)), 0.9), 1.0);
+        assert_eq!(p.rate(Some(&record(3, 1)), 0.9), 0.25);
+        let off = CheckPolicy {
+            enabled: false,
+            ..p
+        };
+        assert_eq!(off.rate(None, 0.1), 0.0);
+    }
+
+    #[test]
+    fn a_policy_that_could_stop_checking_is_refused() {
+        for bad in [
+            CheckPolicy {
+                floor_rate: 0.0,
+                ..CheckPolicy::default()
+            },
+            CheckPolicy {
+                floor_rate: 0.6,
+                ..CheckPolicy::default()
+            },
+            CheckPolicy {
+                halving_streak: 0,
+                ..CheckPolicy::default()
+            },
+            CheckPolicy {
+                new_rate: f64::NAN,
+                ..CheckPolicy::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        CheckPolicy::default().validate().unwrap();
+    }
+
+    #[test]
+    fn sampling_follows_the_rate() {
+        assert!(!CheckPolicy::sampled(0.0, 0));
+        assert!(CheckPolicy::sampled(1.0, u64::MAX));
+        assert!(CheckPolicy::sampled(0.5, u64::MAX / 2 - 4096));
+        assert!(!CheckPolicy::sampled(0.5, u64::MAX / 2 + 4096));
+    }
+
+    #[test]
+    fn labels_agree_only_exactly_and_floats_within_the_tolerance() {
+        let tol = Tolerance::default();
+        assert_eq!(
+            compare(&labels(vec![3, 5]), &labels(vec![3, 5]), tol),
+            Ok(())
+        );
+        let e = compare(&labels(vec![3, 5]), &labels(vec![3, 6]), tol).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("1 of 2 elements differ (first at 1: 5 against 6)"),
+            "{e}"
+        );
+        let p = f32s("probabilities", vec![0.25, 0.75]);
+        assert_eq!(
+            compare(&p, &f32s("probabilities", vec![0.25005, 0.7504]), tol),
+            Ok(())
+        );
+        assert!(compare(&p, &f32s("probabilities", vec![0.75, 0.25]), tol).is_err());
+        // Form: count, names, shapes, types.
+        assert!(matches!(
+            compare(&p, &[], tol),
+            Err(Disagreement::Count { a: 1, b: 0 })
+        ));
+        assert!(matches!(
+            compare(&p, &f32s("other", vec![0.25, 0.75]), tol),
+            Err(Disagreement::Form { .. })
+        ));
+        assert!(matches!(
+            compare(&p, &f32s("probabilities", vec![0.25]), tol),
+            Err(Disagreement::Form { .. })
+        ));
+        let mut as_int = labels(vec![0, 1]);
+        as_int[0].name = "probabilities".into();
+        assert!(matches!(
+            compare(&p, &as_int, tol),
+            Err(Disagreement::Form { .. })
+        ));
+    }
+
+    #[test]
+    fn the_majority_decides_and_nobody_is_blamed_without_one() {
+        assert_eq!(verdict(true, None), Verdict::Agreed);
+        assert_eq!(verdict(false, None), Verdict::Unresolved);
+        assert_eq!(verdict(false, Some((true, false))), Verdict::ReplicaWrong);
+        assert_eq!(verdict(false, Some((false, true))), Verdict::FirstWrong);
+        assert_eq!(verdict(false, Some((false, false))), Verdict::Unresolved);
+    }
+
+    proptest! {
+        /// An answer always agrees with itself, and agreement does not depend on which side
+        /// is first for integers.
+        #[test]
+        fn an_answer_agrees_with_itself(v in proptest::collection::vec(-1e6f32..1e6, 0..64),
+                                        l in proptest::collection::vec(any::<i64>(), 0..64)) {
+            let tol = Tolerance::default();
+            prop_assert_eq!(compare(&f32s("y", v.clone()), &f32s("y", v), tol), Ok(()));
+            prop_assert_eq!(compare(&labels(l.clone()), &labels(l), tol), Ok(()));
+        }
+
+        /// Changing any label is a disagreement.
+        #[test]
+        fn any_changed_label_disagrees(l in proptest::collection::vec(any::<i64>(), 1..64),
+                                       at in any::<prop::sample::Index>(), by in 1i64..1000) {
+            let mut other = l.clone();
+            let i = at.index(l.len());
+            other[i] = other[i].wrapping_add(by);
+            prop_assert!(compare(&labels(l), &labels(other), Tolerance::default()).is_err());
+        }
+
+        /// The rate is a probability, never zero while checks are on, and never rises with
+        /// a longer agreeing streak.
+        #[test]
+        fn the_rate_is_positive_and_falls(streak in 0u64..10_000, trust in 0.0f64..=1.0) {
+            let p = CheckPolicy::default();
+            let r = p.rate(Some(&record(streak, 0)), trust);
+            prop_assert!(r > 0.0 && r <= 1.0);
+            prop_assert!(p.rate(Some(&record(streak + 1, 0)), trust) <= r);
+        }
+    }
+}
