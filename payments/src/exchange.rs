@@ -461,6 +461,80 @@ impl RequesterReceipts {
         limits: &Limits,
         fits: impl FnOnce(&[crank_protocol::NamedTensor]) -> Result<(), String>,
     ) -> Result<OutputsVerdict, ExchangeError> {
+        self.check_outputs_then(outputs, from, limits, fits, false)
+            .await
+    }
+
+    /// As [`Self::check_outputs`], but outputs that pass leave the receipt delivered, not
+    /// yet payable: a spot check of them may follow. [`Self::checks_passed`] makes it
+    /// payable, [`Self::check_failed`] disputes it; if neither comes (the node stopped), the
+    /// dispute window makes it payable.
+    pub async fn check_outputs_held(
+        &self,
+        outputs: Signed<TaskOutputs>,
+        from: NodeId,
+        limits: &Limits,
+        fits: impl FnOnce(&[crank_protocol::NamedTensor]) -> Result<(), String>,
+    ) -> Result<OutputsVerdict, ExchangeError> {
+        self.check_outputs_then(outputs, from, limits, fits, true)
+            .await
+    }
+
+    /// Every check of a delivered receipt passed: it becomes payable. Returns false when it
+    /// was not delivered or awaiting outputs (already passed, or disputed).
+    pub async fn checks_passed(&self, task: TaskId, worker: NodeId) -> Result<bool, ExchangeError> {
+        let ledger = self.ledger.clone();
+        blocking(move || Ok(ledger.outputs_passed(&ReceiptKey { task, worker })?)).await
+    }
+
+    /// A check of a delivered receipt failed (independent replicas outvoted its outputs):
+    /// signs a dispute saying why and stores it, keeping the receipt out of settlement.
+    /// Returns the dispute for the worker, or `None` when the receipt was already paid or
+    /// disputed.
+    pub async fn check_failed(
+        &self,
+        task: TaskId,
+        worker: NodeId,
+        message: String,
+    ) -> Result<Option<Signed<Dispute>>, ExchangeError> {
+        let key = ReceiptKey { task, worker };
+        let stored = self
+            .stored(task, worker)
+            .await?
+            .ok_or(ExchangeError::Receipt {
+                key,
+                why: "no counter-signed receipt for this task and worker",
+            })?;
+        let Some(receipt) = stored.current().cloned() else {
+            return Err(ExchangeError::Receipt {
+                key,
+                why: "a receipt from before the upgrade takes no checks",
+            });
+        };
+        let dispute = Signed::sign(
+            Dispute {
+                receipt: receipt.inner,
+                requester: self.identity.node_id(),
+                reason: DisputeReason::CheckFailed {
+                    message: clip(message, 1024),
+                },
+                at: crate::ledger::now_ms(),
+            },
+            &self.identity,
+        )?;
+        let (ledger, d) = (self.ledger.clone(), dispute.clone());
+        let recorded = blocking(move || Ok(ledger.record_dispute(&d)?)).await?;
+        Ok(recorded.then_some(dispute))
+    }
+
+    async fn check_outputs_then(
+        &self,
+        outputs: Signed<TaskOutputs>,
+        from: NodeId,
+        limits: &Limits,
+        fits: impl FnOnce(&[crank_protocol::NamedTensor]) -> Result<(), String>,
+        hold: bool,
+    ) -> Result<OutputsVerdict, ExchangeError> {
         let key = ReceiptKey {
             task: outputs.body.task_id,
             worker: from,
@@ -493,7 +567,14 @@ impl RequesterReceipts {
                     Ok(()) => {
                         let tensors = o.outputs.clone();
                         let ledger = self.ledger.clone();
-                        blocking(move || Ok(ledger.outputs_passed(&key)?)).await?;
+                        blocking(move || {
+                            if hold {
+                                Ok(ledger.outputs_delivered(&key, crate::ledger::now_ms())?)
+                            } else {
+                                Ok(ledger.outputs_passed(&key)?)
+                            }
+                        })
+                        .await?;
                         return Ok(OutputsVerdict::Accepted(tensors));
                     }
                     Err(message) => DisputeReason::InvalidOutputs {

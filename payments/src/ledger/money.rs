@@ -265,6 +265,16 @@ impl Ledger {
         })
     }
 
+    /// Requester side: the outputs of a receipt arrived, matched its hash and fit the
+    /// model, but a spot check of them is still running: the receipt waits as delivered
+    /// (payable once the check passes, or once the dispute window ends with none failed).
+    /// Returns false when it was not awaiting outputs.
+    pub fn outputs_delivered(&self, key: &ReceiptKey, at: UnixMillis) -> Result<bool, LedgerError> {
+        self.change_check(key, Role::Requester, |c| {
+            matches!(c, Check::AwaitingOutputs { .. }).then_some(Check::Delivered { at })
+        })
+    }
+
     /// Records a signed dispute: on the requester's side it keeps the receipt out of
     /// settlement for good; on the worker's side it records what the requester said.
     /// Returns false when the receipt was already paid, or disputed.
