@@ -1452,6 +1452,53 @@ pub(crate) mod tests {
         (dir, l)
     }
 
+    /// Outputs under a spot check wait as delivered: not payable until the check passes or
+    /// the dispute window ends, and a failed check disputes them for good.
+    #[test]
+    fn held_outputs_are_payable_only_once_checked() {
+        use crate::types::Check;
+        let (_d, l) = ledger();
+        let (req, wrk) = (id(1), id(2));
+        let now = crate::ledger::now_ms();
+        for (task, pass) in [(1u8, true), (2, false)] {
+            let seq = u64::from(task);
+            let r = countersigned(body(task, &req, &wrk, 500, seq, 500 * seq), &wrk, &req);
+            l.store_receipt(&r, Role::Requester, Check::AwaitingOutputs { since: now })
+                .unwrap();
+            let key = crate::types::ReceiptKey::of(&r.inner.body);
+            assert!(l.outputs_delivered(&key, now).unwrap());
+            // Delivered only once.
+            assert!(!l.outputs_delivered(&key, now).unwrap());
+            let check = l.receipt(&key.task, &key.worker).unwrap().unwrap().check;
+            assert!(!check.payable(now, 600_000), "{check}");
+            assert!(check.payable(now + 600_000, 600_000));
+            if pass {
+                assert!(l.outputs_passed(&key).unwrap());
+                let check = l.receipt(&key.task, &key.worker).unwrap().unwrap().check;
+                assert!(check.payable(now, 600_000));
+            } else {
+                let dispute = Signed::sign(
+                    crank_protocol::Dispute {
+                        receipt: r.inner.clone(),
+                        requester: req.node_id(),
+                        reason: crank_protocol::DisputeReason::CheckFailed {
+                            message: "outvoted by two independent replicas".into(),
+                        },
+                        at: now,
+                    },
+                    &req,
+                )
+                .unwrap();
+                assert!(l.record_dispute(&dispute).unwrap());
+                // A check that passes later changes nothing.
+                assert!(!l.outputs_passed(&key).unwrap());
+                let check = l.receipt(&key.task, &key.worker).unwrap().unwrap().check;
+                assert!(check.is_disputed());
+                assert!(!check.payable(now + 600_000, 600_000));
+            }
+        }
+    }
+
     #[test]
     fn issue_then_store_moves_pending_to_stored() {
         let (_d, l) = ledger();
