@@ -762,7 +762,10 @@ mod tests {
         assert_eq!(bootstrap_check(&[]).verdict, Verdict::Warn);
         let up = ("a".to_string(), Ok(()));
         let down = ("b".to_string(), Err("refused".to_string()));
-        assert_eq!(bootstrap_check(&[up.clone()]).verdict, Verdict::Ok);
+        assert_eq!(
+            bootstrap_check(std::slice::from_ref(&up)).verdict,
+            Verdict::Ok
+        );
         assert_eq!(bootstrap_check(&[up, down.clone()]).verdict, Verdict::Warn);
         let c = bootstrap_check(&[down]);
         assert_eq!(c.verdict, Verdict::Fail);
