@@ -88,6 +88,128 @@ pub enum Command {
     Config,
     /// Print this node's ids (creating the keys on first run).
     Id,
+    /// Check that this machine can earn: the power gate's inputs, the data dir and ledger,
+    /// free disk, bootstrap peers, Horizon, the clock, the payout account, a running node.
+    ///
+    /// Each check prints ok, warn or fail with what to fix; the exit code is 1 when any check
+    /// fails. Nothing is changed (a probe file is written to the data dir and removed).
+    #[command(after_help = DOCTOR_EXAMPLES)]
+    Doctor(DoctorArgs),
+    /// Run the node in the background under systemd: write, remove or inspect its unit.
+    ///
+    /// A user unit (~/.config/systemd/user/crank-node.service) runs as you; `--system` writes
+    /// /etc/systemd/system/crank-node.service running as a dedicated user. Both run
+    /// `crank-node --data-dir DIR join` with the sandboxing a node allows (see the comments
+    /// in the unit).
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per subcommand into a directory.
+    #[command(hide = true)]
+    Man {
+        /// Write crank-node.1 and crank-node-<command>.1 here instead of printing.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+const DOCTOR_EXAMPLES: &str = "Examples:
+  crank-node doctor
+  crank-node doctor --bootstrap /ip4/203.0.113.7/tcp/7400/p2p/12D3KooW...
+  crank-node --json doctor | jq '.checks[] | select(.verdict != \"ok\")'
+  sudo -u crank-node crank-node --data-dir /var/lib/crank-node doctor";
+
+const COMPLETIONS_EXAMPLES: &str = "Examples:
+  crank-node completions bash > ~/.local/share/bash-completion/completions/crank-node
+  crank-node completions zsh > ~/.zfunc/_crank-node    # with fpath+=(~/.zfunc) in .zshrc
+  crank-node completions fish > ~/.config/fish/completions/crank-node.fish
+The Debian package installs them for bash, zsh and fish.";
+
+const SERVICE_INSTALL_EXAMPLES: &str = "Examples:
+  crank-node service install --print
+  crank-node service install --bootstrap /ip4/203.0.113.7/tcp/7400/p2p/12D3KooW... --enable
+  sudo crank-node service install --system --run-as crank-node --memory-max 2G --cpu-quota 200%
+Without --enable it prints the commands to run next (daemon-reload, enable --now, and for a
+user unit `loginctl enable-linger`, so the node keeps running after you log out).";
+
+/// `doctor` flags.
+#[derive(Debug, Args, Default)]
+pub struct DoctorArgs {
+    /// Also check this bootstrap peer (repeatable), besides the configured ones.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+}
+
+/// `service` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Write the unit file (or only print it), and say what to run next.
+    #[command(after_help = SERVICE_INSTALL_EXAMPLES)]
+    Install {
+        /// What the unit runs.
+        #[command(flatten)]
+        unit: ServiceArgs,
+        /// Print the unit instead of writing it.
+        #[arg(long, alias = "dry-run")]
+        print: bool,
+        /// Then run `systemctl daemon-reload` and `systemctl enable --now crank-node`.
+        #[arg(long)]
+        enable: bool,
+    },
+    /// Remove the unit file.
+    ///
+    /// Example: crank-node service uninstall --disable
+    Uninstall {
+        /// The system unit, not the user unit.
+        #[arg(long)]
+        system: bool,
+        /// First run `systemctl disable --now crank-node` (stops the node).
+        #[arg(long)]
+        disable: bool,
+    },
+    /// Whether the unit is installed, matches what `install` with these flags would write,
+    /// and is active.
+    ///
+    /// Example: crank-node service status --bootstrap /ip4/203.0.113.7/tcp/7400/p2p/12D3KooW...
+    Status {
+        /// The unit `install` would write.
+        #[command(flatten)]
+        unit: ServiceArgs,
+    },
+}
+
+/// What a unit runs: the same flags for `install` and `status`.
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// A system unit (/etc/systemd/system) running as --run-as, not a user unit.
+    #[arg(long)]
+    pub system: bool,
+    /// The system unit's user (create it with `useradd --system`).
+    #[arg(long, value_name = "USER", default_value = crate::service::DEFAULT_SYSTEM_USER)]
+    pub run_as: String,
+    /// Bootstrap peer for `join` (repeatable); config.toml's are used as well.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+    /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/7401.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+    /// When to work: always, idle, charging, charging-idle (default: the configured policy).
+    #[arg(long, value_name = "POLICY")]
+    pub run_when: Option<RunPolicy>,
+    /// Memory limit of the node and its model runners: a size (2G) or a share of RAM.
+    #[arg(long, value_name = "SIZE", default_value = crate::service::DEFAULT_MEMORY_MAX)]
+    pub memory_max: String,
+    /// CPU limit, e.g. 200% for two cores (default: none; the node works only when idle).
+    #[arg(long, value_name = "PERCENT")]
+    pub cpu_quota: Option<String>,
+    /// The crank-node binary the unit runs (default: this one).
+    #[arg(long, value_name = "FILE")]
+    pub exe: Option<PathBuf>,
 }
 
 /// Flags shared by the commands that run a node.
@@ -271,7 +393,332 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Id => id(&config, json),
+        Command::Doctor(args) => {
+            for b in &args.bootstrap {
+                network::parse_bootstrap(b)?;
+                config.network.bootstrap.push(b.clone());
+            }
+            doctor(&config, json).await
+        }
+        Command::Service(cmd) => service(&config, cli.config.as_deref(), cmd, json).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "crank-node",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man { out_dir } => man(out_dir.as_deref()),
     }
+}
+
+/// `man`: the man page on stdout, or every page into `out_dir`.
+pub fn man(out_dir: Option<&Path>) -> Result<()> {
+    use clap::CommandFactory;
+    match out_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), dir)
+                .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+        }
+    }
+    Ok(())
+}
+
+/// The doctor's verdict was "fail": the report is printed, the exit code says so.
+#[derive(Debug, thiserror::Error)]
+#[error("{failed} of {total} checks failed")]
+pub struct DoctorFailed {
+    /// Checks that failed.
+    pub failed: usize,
+    /// Checks run.
+    pub total: usize,
+}
+
+/// `doctor`: run every check, print the report, fail when a check fails.
+pub async fn doctor(config: &Config, json: bool) -> Result<()> {
+    let report = crate::doctor::run(config).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    if report.failed() {
+        let failed = report
+            .checks
+            .iter()
+            .filter(|c| c.verdict == crate::doctor::Verdict::Fail)
+            .count();
+        return Err(DoctorFailed {
+            failed,
+            total: report.checks.len(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn unit_options(
+    config: &Config,
+    config_file: Option<&Path>,
+    args: &ServiceArgs,
+) -> Result<crate::service::UnitOptions> {
+    use crate::service::{Scope, UnitOptions};
+    for b in &args.bootstrap {
+        network::parse_bootstrap(b)?;
+    }
+    let exe = match &args.exe {
+        Some(e) => std::path::absolute(e)?,
+        None => std::env::current_exe().context("cannot tell where this binary is; pass --exe")?,
+    };
+    let scope = if args.system {
+        Scope::System
+    } else {
+        Scope::User
+    };
+    let mut o = UnitOptions::new(scope, exe, std::path::absolute(&config.data_dir)?);
+    o.config = config_file.map(std::path::absolute).transpose()?;
+    o.user = args.run_as.clone();
+    o.bootstrap = args.bootstrap.clone();
+    o.listen = args.listen.clone();
+    o.run_when = args.run_when;
+    o.memory_max = args.memory_max.clone();
+    o.cpu_quota = args.cpu_quota.clone();
+    Ok(o)
+}
+
+/// Where `systemctl` is, when it is installed.
+fn systemctl_path() -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join("systemctl"))
+        .find(|p| p.is_file())
+}
+
+/// Runs `systemctl [--user] ARGS`; its trimmed stdout, or why it failed.
+async fn systemctl(scope: crate::service::Scope, args: &[&str]) -> Result<String, String> {
+    let Some(bin) = systemctl_path() else {
+        return Err("systemctl is not installed".into());
+    };
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args(scope.systemctl_flag())
+        .args(args)
+        .kill_on_drop(true);
+    match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
+        Err(_) => Err("systemctl did not answer within 30 s".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(out)) => {
+            let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if out.status.success() {
+                Ok(stdout)
+            } else {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let why = stderr.lines().next().unwrap_or("").trim();
+                Err(if stdout.is_empty() {
+                    why.to_string()
+                } else {
+                    stdout
+                })
+            }
+        }
+    }
+}
+
+/// `service install|uninstall|status`.
+pub async fn service(
+    config: &Config,
+    config_file: Option<&Path>,
+    cmd: ServiceCommand,
+    json: bool,
+) -> Result<()> {
+    use crate::service::{self as svc, Scope, UNIT_NAME};
+    match cmd {
+        ServiceCommand::Install {
+            unit,
+            print,
+            enable,
+        } => {
+            let o = unit_options(config, config_file, &unit)?;
+            let text = svc::render(&o)?;
+            let path = svc::unit_dir(o.scope)?.join(UNIT_NAME);
+            if print {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({
+                            "path": path, "written": false, "enabled": false, "unit": text, "next": [],
+                        }))?
+                    );
+                } else {
+                    print!("{text}");
+                }
+                return Ok(());
+            }
+            if o.scope == Scope::User {
+                // The unit's ReadWritePaths= must exist when it starts.
+                std::fs::create_dir_all(&o.data_dir)
+                    .with_context(|| format!("cannot create {}", o.data_dir.display()))?;
+                std::fs::set_permissions(&o.data_dir, std::fs::Permissions::from_mode(0o700))?;
+            }
+            svc::write_unit(&path, &text)?;
+            let next = if enable {
+                for args in [&["daemon-reload"][..], &["enable", "--now", UNIT_NAME]] {
+                    systemctl(o.scope, args).await.map_err(|e| {
+                        anyhow!(
+                            "wrote {}, but `{} {}` failed: {e}",
+                            path.display(),
+                            o.scope.systemctl(),
+                            args.join(" ")
+                        )
+                    })?;
+                }
+                let logs = match o.scope {
+                    Scope::User => "journalctl --user -u crank-node -f",
+                    Scope::System => "journalctl -u crank-node -f",
+                };
+                vec![logs.to_string()]
+            } else {
+                svc::next_steps(&o, svc::system_user_exists(&o.user))
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "path": path, "written": true, "enabled": enable, "unit": text, "next": next,
+                    }))?
+                );
+            } else {
+                println!("wrote {}", path.display());
+                if enable {
+                    println!("enabled and started crank-node");
+                }
+                println!("next:");
+                for n in next {
+                    println!("  {n}");
+                }
+            }
+        }
+        ServiceCommand::Uninstall { system, disable } => {
+            let scope = if system { Scope::System } else { Scope::User };
+            let path = svc::unit_dir(scope)?.join(UNIT_NAME);
+            if disable {
+                systemctl(scope, &["disable", "--now", UNIT_NAME])
+                    .await
+                    .map_err(|e| {
+                        anyhow!(
+                            "`{} disable --now crank-node` failed: {e}",
+                            scope.systemctl()
+                        )
+                    })?;
+            }
+            let removed = match std::fs::remove_file(&path) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(anyhow!("cannot remove {}: {e}", path.display())),
+            };
+            let next = if disable {
+                let _ = systemctl(scope, &["daemon-reload"]).await;
+                Vec::new()
+            } else if removed {
+                vec![
+                    format!("{} disable --now crank-node", scope.systemctl()),
+                    format!("{} daemon-reload", scope.systemctl()),
+                ]
+            } else {
+                Vec::new()
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "path": path, "removed": removed, "next": next,
+                    }))?
+                );
+            } else {
+                if removed {
+                    println!("removed {}", path.display());
+                } else {
+                    println!("{} was not installed", path.display());
+                }
+                if !next.is_empty() {
+                    println!("next (the node keeps running until stopped):");
+                    for n in next {
+                        println!("  {n}");
+                    }
+                }
+            }
+        }
+        ServiceCommand::Status { unit } => {
+            let o = unit_options(config, config_file, &unit)?;
+            let text = svc::render(&o)?;
+            let path = svc::unit_dir(o.scope)?.join(UNIT_NAME);
+            let file = svc::file_state(&path, &text)?;
+            let (active, systemctl_error) =
+                match systemctl(o.scope, &["is-active", UNIT_NAME]).await {
+                    Ok(state) => (Some(state), None),
+                    // `is-active` exits non-zero for inactive and failed units, with the state
+                    // on stdout; only an empty answer means systemctl could not tell.
+                    Err(e)
+                        if matches!(
+                            e.as_str(),
+                            "inactive" | "failed" | "activating" | "deactivating" | "reloading"
+                        ) =>
+                    {
+                        (Some(e), None)
+                    }
+                    Err(e) => (None, Some(e)),
+                };
+            let next = match (file.installed, file.up_to_date) {
+                (false, _) => Some("crank-node service install".to_string()),
+                (true, Some(false)) => Some(format!(
+                    "crank-node service install (same flags) && {} daemon-reload && {} restart crank-node",
+                    o.scope.systemctl(),
+                    o.scope.systemctl()
+                )),
+                _ => None,
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "unit": UNIT_NAME,
+                        "scope": o.scope,
+                        "path": file.path,
+                        "installed": file.installed,
+                        "up_to_date": file.up_to_date,
+                        "active": active,
+                        "systemctl_error": systemctl_error,
+                        "next": next,
+                    }))?
+                );
+            } else {
+                let state = match (file.installed, file.up_to_date) {
+                    (false, _) => "not installed",
+                    (true, Some(false)) => {
+                        "installed, but differs from what install would write now"
+                    }
+                    _ => "installed, up to date",
+                };
+                println!("unit      {} ({state})", file.path.display());
+                match (&active, &systemctl_error) {
+                    (Some(a), _) => println!("active    {a}"),
+                    (None, Some(e)) => println!("active    unknown ({e})"),
+                    (None, None) => {}
+                }
+                if let Some(n) = next {
+                    println!("next      {n}");
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, listened for from before the node says it is up: a signal

@@ -19,6 +19,8 @@
 //! - [`wallet`]: the payout key and settlement of what this node owes (Stellar).
 //! - [`api`]: the local HTTP API (token-protected) and `/metrics`.
 //! - [`commands`]: what each CLI subcommand does; `main.rs` only parses and dispatches.
+//! - [`doctor`]: the checks of `crank-node doctor`, their verdicts pure and tested.
+//! - [`service`]: the systemd unit of `crank-node service`, rendered by a pure function.
 //!
 //! The business rules live in the crates below: `crank-protocol` (wire types, signatures),
 //! `crank-scheduler` (the auction), `crank-inference` (models, runners, power gate) and
@@ -34,12 +36,14 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 mod core;
+pub mod doctor;
 pub mod identity;
 pub mod metrics;
 pub mod network;
 pub mod node;
 mod plumbing;
 mod requester;
+pub mod service;
 pub mod status;
 pub mod tensor_io;
 pub mod wallet;

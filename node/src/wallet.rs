@@ -44,6 +44,9 @@ pub enum SettleView {
     DryRun {
         /// One per transaction.
         transactions: Vec<serde_json::Value>,
+        /// Nothing is owed: there is nothing to sign.
+        #[serde(default)]
+        nothing_owed: bool,
     },
     /// Transactions submitted.
     Submitted {
@@ -61,6 +64,9 @@ pub enum SettleView {
         stroops_paid: i64,
         /// Why the round stopped early, if it did.
         stopped: Option<String>,
+        /// Nothing was owed: nothing paid, failed, pending or left out, and no early stop.
+        #[serde(default)]
+        nothing_owed: bool,
     },
 }
 
@@ -127,6 +133,7 @@ impl NodeWallet {
             .map_err(|e| chain(&e))?
         {
             SettleOutput::DryRun(txs) => Ok(SettleView::DryRun {
+                nothing_owed: txs.is_empty(),
                 transactions: txs.iter().map(json::<DryRunTx>).collect(),
             }),
             SettleOutput::Submitted(r) => {
@@ -134,6 +141,11 @@ impl NodeWallet {
                     self.settled.notify_one();
                 }
                 Ok(SettleView::Submitted {
+                    nothing_owed: r.paid.is_empty()
+                        && r.failed.is_empty()
+                        && r.pending.is_empty()
+                        && r.skipped.is_empty()
+                        && r.stopped.is_none(),
                     receipts_paid: r.receipts_paid(),
                     stroops_paid: r.stroops_paid(),
                     paid: r.paid.iter().map(json::<PaidTx>).collect(),
@@ -236,20 +248,15 @@ pub(crate) async fn settlement_loop(
 pub fn render_settle(v: &SettleView) -> String {
     let mut s = String::new();
     match v {
-        SettleView::DryRun { transactions } if transactions.is_empty() => {
+        SettleView::DryRun {
+            nothing_owed: true, ..
+        }
+        | SettleView::Submitted {
+            nothing_owed: true, ..
+        } => {
             s.push_str(NOTHING_OWED);
         }
-        SettleView::Submitted {
-            paid,
-            failed,
-            pending: 0,
-            skipped,
-            stopped: None,
-            ..
-        } if paid.is_empty() && failed.is_empty() && skipped.is_empty() => {
-            s.push_str(NOTHING_OWED);
-        }
-        SettleView::DryRun { transactions } => {
+        SettleView::DryRun { transactions, .. } => {
             // One envelope per line, so any Stellar tool can read them.
             for t in transactions {
                 let _ = writeln!(
@@ -267,6 +274,7 @@ pub fn render_settle(v: &SettleView) -> String {
             receipts_paid,
             stroops_paid,
             stopped,
+            ..
         } => {
             let _ = writeln!(
                 s,
@@ -369,9 +377,14 @@ mod tests {
     fn settle_with_nothing_owed_says_so_with_and_without_dry_run() {
         let dry = SettleView::DryRun {
             transactions: Vec::new(),
+            nothing_owed: true,
         };
         assert_eq!(render_settle(&dry), NOTHING_OWED);
+        // Scripts read the same verdict from the JSON.
+        let value = serde_json::to_value(&dry).unwrap();
+        assert_eq!(value["dry_run"]["nothing_owed"], true, "{value}");
         let nothing_paid = |stopped: Option<String>| SettleView::Submitted {
+            nothing_owed: stopped.is_none(),
             paid: Vec::new(),
             failed: Vec::new(),
             pending: 0,
@@ -392,6 +405,7 @@ mod tests {
         assert!(!text.contains("nothing owed"), "{text}");
         let dry = SettleView::DryRun {
             transactions: vec![serde_json::json!({ "envelope_xdr": "AAAA" })],
+            nothing_owed: false,
         };
         assert_eq!(render_settle(&dry), "AAAA\n");
     }

@@ -876,7 +876,7 @@ async fn owed_receipts_are_settled_on_a_local_stellar_network_exactly_once() {
     let wallet = mesh.requester();
     // A dry run signs but changes nothing.
     match wallet.wallet().settle(false, true).await.unwrap() {
-        SettleView::DryRun { transactions } => {
+        SettleView::DryRun { transactions, .. } => {
             assert_eq!(transactions.len(), 1);
             let xdr = transactions[0]["envelope_xdr"].as_str().unwrap();
             assert!(xdr.len() > 100);
@@ -1012,6 +1012,8 @@ async fn the_local_api_needs_the_token_and_runs_tasks_from_json() {
         .await
         .unwrap();
     assert_eq!(status["node_id"], node.node_id().to_hex());
+    // `crank-node --json status` prints this body as it comes.
+    cli::living::check_schema("status", &status);
 
     mesh.wait_for_adverts(1).await;
     let input: serde_json::Value = serde_json::from_str(
@@ -1034,6 +1036,10 @@ async fn the_local_api_needs_the_token_and_runs_tasks_from_json() {
     let result: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(result["predictions"][0]["class"], 6);
     assert_eq!(result["worker"], mesh.workers()[0].node_id().to_hex());
+    // `crank-node --json submit` prints this answer (read into `TaskResultJson` and back).
+    cli::living::check_schema("submit", &result);
+    let reread: crank_node::api::TaskResultJson = serde_json::from_value(result.clone()).unwrap();
+    cli::living::check_schema("submit", &serde_json::to_value(&reread).unwrap());
     // The receipt in the answer verifies.
     let receipt: crank_protocol::Receipt =
         serde_json::from_value(result["receipt"].clone()).unwrap();

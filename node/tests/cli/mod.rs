@@ -17,6 +17,9 @@ use rustix::process::{Pid, Signal, kill_process};
 
 use crate::repo;
 
+/// Service unit, completions, man pages, doctor, the package, and the JSON schemas.
+pub(crate) mod living;
+
 /// How long a node may take to start (benchmark, GPU probe) on a busy 2-core machine.
 const START: Duration = Duration::from_secs(120);
 /// How long a node may take to shut down after a signal.
@@ -110,6 +113,9 @@ fn every_command_closes_the_ledger_cleanly() {
         (vec!["--json", "models", "list"], true),
         // No node runs on this data dir.
         (vec!["status"], false),
+        // Opens the ledger to check it; Horizon is unreachable, so a check fails.
+        (vec!["doctor"], false),
+        (vec!["service", "status"], true),
         // A node that starts, then fails on a model it was asked to add: it stops with an
         // error, never having served.
         (
@@ -307,6 +313,7 @@ fn a_node_stopped_by_sigterm_or_sigint_closes_the_ledger_cleanly() {
             let out = crank(dir).args(["--json", "status"]).output().unwrap();
             assert!(out.status.success(), "{shown}: status: {}", text(&out));
             let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            living::check_schema("status", &status);
             let gate = &status["gate"];
             assert_eq!(gate["policy"], run.args[2], "{shown}: {gate}");
             assert_eq!(gate["open"], open, "{shown}: {gate}");
