@@ -801,6 +801,9 @@ pub struct TaskResultJson {
     pub receipt: crank_protocol::Receipt,
     /// What the auction did.
     pub auction: crank_scheduler::AuctionTrace,
+    /// The spot check, when checks are on.
+    #[serde(default)]
+    pub check: Option<crate::requester::CheckReport>,
 }
 
 impl From<&TaskOutcome> for TaskResultJson {
@@ -816,6 +819,7 @@ impl From<&TaskOutcome> for TaskResultJson {
             outputs: o.outputs.iter().map(tensor_io::to_json).collect(),
             receipt: o.receipt.clone(),
             auction: o.trace.clone(),
+            check: o.check.clone(),
         }
     }
 }

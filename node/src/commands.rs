@@ -1388,7 +1388,45 @@ pub fn render_result(r: &TaskResultJson) -> String {
         "receipt   signed by the worker and counter-signed by us ({verified}); pair #{}, {} stroops owed in all",
         b.pair_seq, b.cumulative_stroops
     );
+    if let Some(c) = &r.check {
+        let _ = writeln!(s, "check     {}", render_check(c));
+    }
     s
+}
+
+/// One line on a task's spot check.
+fn render_check(c: &crate::CheckReport) -> String {
+    use crate::CheckOutcome as O;
+    let rate = c.rate * 100.0;
+    let cost = format!(
+        "{} more stroops, {:.0} ms more",
+        c.extra_stroops, c.extra_ms
+    );
+    let how = c
+        .independence
+        .map(|i| format!(" on {i}"))
+        .unwrap_or_default();
+    match c.outcome {
+        O::NotSampled => {
+            format!("not drawn this time ({rate:.0} % of this worker's tasks are checked)")
+        }
+        O::Agreed => format!("an independent replica{how} agreed ({rate:.0} % drawn; {cost})"),
+        O::FirstOutvoted => format!(
+            "the first answer was outvoted by two independent runs and is not paid; this is the majority's answer ({cost}): {}",
+            c.detail.as_deref().unwrap_or("")
+        ),
+        O::ReplicaOutvoted => format!(
+            "the replica was outvoted by a third run and is not paid; the first answer stands ({cost})"
+        ),
+        O::Unresolved => format!(
+            "replicas disagreed with no majority; the first answer is given unconfirmed ({cost}): {}",
+            c.detail.as_deref().unwrap_or("")
+        ),
+        O::NoReplica => format!(
+            "drawn, but no independent worker ran a replica; the answer is unchecked: {}",
+            c.detail.as_deref().unwrap_or("")
+        ),
+    }
 }
 
 /// The auction for people (`--verbose`): every answer with its score, the award and why.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crank_inference::EngineConfig;
 use crank_inference::device::DeviceConfig;
-use crank_scheduler::{AuctionConfig, CostModel, CreditPolicy, TrustPrior};
+use crank_scheduler::{AuctionConfig, CheckPolicy, CostModel, CreditPolicy, TrustPrior};
 
 use crank_payments::StellarConfig;
 
@@ -114,6 +114,9 @@ pub struct RequesterConfig {
     /// window is disputed (never paid); one delivered this long ago with no failed check is
     /// paid. Default 600.
     pub dispute_window_secs: u64,
+    /// Spot checks: how often a completed task is run again on an independent worker and
+    /// the answers compared (see `crank_scheduler::verify`).
+    pub checks: CheckPolicy,
 }
 
 impl Default for RequesterConfig {
@@ -126,6 +129,7 @@ impl Default for RequesterConfig {
             auction: AuctionConfig::default(),
             trust_prior: TrustPrior::default(),
             dispute_window_secs: 600,
+            checks: CheckPolicy::default(),
         }
     }
 }

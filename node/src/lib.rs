@@ -53,7 +53,9 @@ use std::future::Future;
 
 pub use config::Config;
 pub use node::{Node, NodeHandle, StartError};
-pub use requester::{ModelSource, SubmitError, SubmitRequest, TaskOutcome};
+pub use requester::{
+    CheckOutcome, CheckReport, CheckRun, ModelSource, SubmitError, SubmitRequest, TaskOutcome,
+};
 
 /// File name of the Stellar payout key inside the data dir.
 pub const PAYOUT_KEY_FILE: &str = "payout.secret";

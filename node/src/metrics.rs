@@ -29,6 +29,7 @@ struct Inner {
     stroops_received: Counter,
     unmatched_payments: Counter,
     overclaims: Counter,
+    checks: Family<Labels, Counter>,
 }
 
 /// Cheap-to-clone handle to the node's metrics.
@@ -145,8 +146,15 @@ impl Metrics {
             "Completed tasks whose measured latency or reported energy belied the worker's bid",
             overclaims.clone(),
         );
+        let checks = Family::<Labels, Counter>::default();
+        registry.register(
+            "spot_checks",
+            "Completed tasks by what their spot check found (not_sampled, agreed, first_outvoted, replica_outvoted, unresolved, no_replica)",
+            checks.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
+                checks,
                 overclaims,
                 stroops_received,
                 unmatched_payments,
@@ -196,6 +204,12 @@ impl Metrics {
         self.inner
             .responses_sent
             .get_or_create(&label("kind", kind))
+            .inc();
+    }
+    pub(crate) fn spot_check(&self, outcome: &str) {
+        self.inner
+            .checks
+            .get_or_create(&label("outcome", outcome))
             .inc();
     }
     pub(crate) fn overclaim(&self) {

@@ -65,6 +65,9 @@ pub enum StartError {
     /// The network could not start.
     #[error(transparent)]
     Network(#[from] network::NetworkError),
+    /// The configuration cannot be used as it stands.
+    #[error("config: {0}")]
+    Config(String),
 }
 
 /// A running node.
@@ -94,6 +97,11 @@ impl std::fmt::Debug for NodeHandle {
 impl Node {
     /// Starts a node: keys, stores, engine, gate, network, and the background loops.
     pub async fn start(config: Config, role: network::Role) -> Result<Node, StartError> {
+        config
+            .requester
+            .checks
+            .validate()
+            .map_err(|e| StartError::Config(format!("[requester.checks]: {e}")))?;
         let data_dir = config.data_dir.clone();
         crate::identity::create_private_dir(&data_dir).map_err(|source| StartError::DataDir {
             path: data_dir.clone(),

@@ -14,9 +14,11 @@ use crank_protocol::{
     DisputeReason, ErrorCode, ModelId, NamedTensor, NodeId, Receipt, Request, Response, Signed,
     TaskFailure, TaskId, TaskOutputs, TaskResult,
 };
+use crank_scheduler::verify::{compare, most_independent};
 use crank_scheduler::{
-    Auction, AuctionTrace, CandidateQuery, FailureExplanation, Input, Output, Preference, Status,
-    TaskSpec, select_candidates,
+    Answerer, Auction, AuctionTrace, CandidateQuery, CheckPolicy, FailureExplanation,
+    HardwareClass, Independence, Input, Network, Output, Preference, Status, TaskSpec, Verdict,
+    select_candidates,
 };
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -68,6 +70,8 @@ struct OutputRule<'a> {
     declared: Arc<Declared>,
     inputs: &'a [NamedTensor],
     non_finite: NonFinite,
+    /// Outputs that fit wait, held, for a spot check before their receipt is payable.
+    hold: bool,
 }
 
 impl OutputRule<'_> {
@@ -165,8 +169,13 @@ pub struct TaskOutcome {
     pub receipt: Receipt,
     /// Submit to result, milliseconds.
     pub elapsed_ms: f64,
-    /// What the auction did.
+    /// What the auction did (the first run's).
     pub trace: AuctionTrace,
+    /// The spot check, when checks are on: whether it ran and what it found. When the first
+    /// answer was outvoted, `worker`, `receipt`, `outputs` and `price_stroops` are the
+    /// replica's.
+    #[serde(default)]
+    pub check: Option<CheckReport>,
 }
 
 /// Why a submission failed.
@@ -271,12 +280,171 @@ enum AnswerKind {
     ToAward(Result<Response, String>),
 }
 
-/// Runs a task on the mesh: auction, award, result, counter-signed receipt.
+/// A submission ready to auction: its model stored and its inputs checked.
+struct Prepared {
+    model: ModelId,
+    model_bytes: u64,
+    inputs: Vec<NamedTensor>,
+    declared: Arc<Declared>,
+    max_price_stroops: u64,
+    deadline_ms: u64,
+    bid_window_ms: u64,
+    weights: crank_scheduler::Weights,
+}
+
+/// One run of a task on one worker: an auction to a delivered, counter-signed answer.
+struct Run {
+    task_id: TaskId,
+    worker: NodeId,
+    price_stroops: u64,
+    outputs: Vec<NamedTensor>,
+    receipt: Receipt,
+    elapsed_ms: f64,
+    trace: AuctionTrace,
+}
+
+impl Run {
+    fn summary(&self, disputed: bool) -> CheckRun {
+        CheckRun {
+            task_id: self.task_id,
+            worker: self.worker,
+            price_stroops: self.price_stroops,
+            output_hash: self.receipt.inner.body.output_hash,
+            elapsed_ms: self.elapsed_ms,
+            disputed,
+        }
+    }
+}
+
+/// What a task's spot check found (see `crank_scheduler::verify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckOutcome {
+    /// The draw did not pick the task: the answer stands on the worker's record.
+    NotSampled,
+    /// An independent replica agreed.
+    Agreed,
+    /// The replica disagreed and a third run sided with it: the first answer was wrong,
+    /// disputed and not paid; the answer given is the replica's.
+    FirstOutvoted,
+    /// The replica disagreed and a third run sided with the first answer: the replica was
+    /// wrong, disputed and not paid.
+    ReplicaOutvoted,
+    /// No majority (no third run could be had, or it agreed with neither): nobody is blamed,
+    /// the receipts are paid when the dispute window ends, and the answer given is the first.
+    Unresolved,
+    /// The task was picked but no independent worker ran the replica: the first answer stands
+    /// unchecked.
+    NoReplica,
+}
+
+impl CheckOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::NotSampled => "not_sampled",
+            Self::Agreed => "agreed",
+            Self::FirstOutvoted => "first_outvoted",
+            Self::ReplicaOutvoted => "replica_outvoted",
+            Self::Unresolved => "unresolved",
+            Self::NoReplica => "no_replica",
+        }
+    }
+}
+
+/// One extra run of a spot check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckRun {
+    /// Its own task id (an ordinary task to the worker).
+    pub task_id: TaskId,
+    /// Who ran it.
+    pub worker: NodeId,
+    /// Its price, stroops.
+    pub price_stroops: u64,
+    /// The hash its receipt committed to.
+    pub output_hash: crank_protocol::ContentHash,
+    /// Its submit-to-answer time, ms.
+    pub elapsed_ms: f64,
+    /// Outvoted: disputed, never paid.
+    pub disputed: bool,
+}
+
+/// A completed task's spot check: whether it ran, what it found and what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckReport {
+    /// The probability the task was checked with (from the worker's record).
+    pub rate: f64,
+    /// What the check found.
+    pub outcome: CheckOutcome,
+    /// Why, in words, where there is more to say (the disagreement, why no replica ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// How independent the replica's worker was of the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub independence: Option<Independence>,
+    /// The first run, when the check changed the answer (its worker was outvoted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first: Option<CheckRun>,
+    /// The replica and, on disagreement, the third run.
+    pub runs: Vec<CheckRun>,
+    /// What the check costs on top of the answer's price, stroops: the agreeing runs (an
+    /// outvoted run is never paid).
+    pub extra_stroops: u64,
+    /// Time the check added to the answer, ms.
+    pub extra_ms: f64,
+}
+
+/// Runs a task on the mesh: auction, award, result, counter-signed receipt; then, when the
+/// draw picks it, a spot check on independent workers.
 pub(crate) async fn submit(
     requester: &Arc<Requester>,
     req: SubmitRequest,
 ) -> Result<TaskOutcome, SubmitError> {
     let started = Instant::now();
+    let task = prepare(requester, req).await?;
+    let result = run_once(requester, &task, &[]).await;
+    let first = match result {
+        Ok(run) => run,
+        Err(e) => {
+            requester.metrics.task("requester", "failed");
+            requester
+                .metrics
+                .task_seconds(started.elapsed().as_secs_f64());
+            return Err(e);
+        }
+    };
+    let trace = first.trace.clone();
+    let first_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (answer, check) = spot_check(requester, &task, first).await;
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let check = check.map(|mut c| {
+        c.extra_ms = elapsed_ms - first_ms;
+        c
+    });
+    requester.metrics.task_seconds(elapsed_ms / 1000.0);
+    requester.metrics.task("requester", "completed");
+    info!(
+        task = %answer.task_id.short(),
+        worker = %answer.worker.short(),
+        price = answer.price_stroops,
+        ms = elapsed_ms,
+        check = check.as_ref().map_or("off", |c| c.outcome.as_str()),
+        "task completed"
+    );
+    Ok(TaskOutcome {
+        task_id: answer.task_id,
+        model: task.model,
+        worker: answer.worker,
+        price_stroops: answer.price_stroops,
+        outputs: answer.outputs,
+        receipt: answer.receipt,
+        elapsed_ms,
+        trace,
+        check,
+    })
+}
+
+/// Stores the model, checks the inputs against it and waits for adverts.
+async fn prepare(requester: &Arc<Requester>, req: SubmitRequest) -> Result<Prepared, SubmitError> {
     let cfg = &requester.config.requester;
     let model = match req.model {
         ModelSource::Bytes(bytes) => requester
@@ -290,34 +458,58 @@ pub(crate) async fn submit(
         .size(&model)
         .ok_or_else(|| SubmitError::Model(format!("model {model} is not in the store")))?;
     check_inputs(requester, &model, &req.inputs)?;
+    let declared = requester.declared(&model).map_err(SubmitError::Model)?;
+    wait_for_adverts(requester).await?;
+    Ok(Prepared {
+        model,
+        model_bytes,
+        inputs: req.inputs,
+        declared,
+        max_price_stroops: req.max_price_stroops.unwrap_or(cfg.max_price_stroops),
+        deadline_ms: req.deadline_ms.unwrap_or(cfg.deadline_ms),
+        bid_window_ms: req.bid_window_ms.unwrap_or(cfg.bid_window_ms).max(1),
+        weights: req.prefer.weights(),
+    })
+}
+
+/// Runs the task once: a fresh task id, an auction among the adverts (only those
+/// independent of `avoid`, when it names the workers that already answered), a delivered
+/// answer. With checks on, the answer's receipt stays held until the caller ends its check.
+async fn run_once(
+    requester: &Arc<Requester>,
+    task: &Prepared,
+    avoid: &[Answerer],
+) -> Result<Run, SubmitError> {
+    let started = Instant::now();
+    let cfg = &requester.config.requester;
     let rule = OutputRule {
-        declared: requester.declared(&model).map_err(SubmitError::Model)?,
-        inputs: &req.inputs,
+        declared: task.declared.clone(),
+        inputs: &task.inputs,
         // The wire refuses NaN and infinity in any tensor (`Tensor::validate`); the check
         // refuses them too, so a model whose answers may be non-finite needs both relaxed.
         non_finite: NonFinite::Refuse,
+        hold: cfg.checks.enabled,
     };
-    wait_for_adverts(requester).await?;
-
+    let model = task.model;
     let now = clock::now_ms();
-    let input_hash = tensors_hash(&req.inputs);
+    let input_hash = tensors_hash(&task.inputs);
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).map_err(|e| SubmitError::Spec(e.to_string()))?;
     let task_id = TaskId::derive(&requester.node_id, &nonce, &model, &input_hash);
-    let input_elements: u64 = req.inputs.iter().map(|t| t.tensor.data.len() as u64).sum();
+    let input_elements: u64 = task.inputs.iter().map(|t| t.tensor.data.len() as u64).sum();
     let spec = TaskSpec {
         task_id,
         requester: requester.node_id,
         model,
-        model_bytes,
+        model_bytes: task.model_bytes,
         input_hash,
         input_elements,
         nonce,
         payer: requester.payout.clone(),
-        max_price_stroops: req.max_price_stroops.unwrap_or(cfg.max_price_stroops),
-        deadline: now + req.deadline_ms.unwrap_or(cfg.deadline_ms),
-        bid_window_ms: req.bid_window_ms.unwrap_or(cfg.bid_window_ms).max(1),
-        weights: req.prefer.weights(),
+        max_price_stroops: task.max_price_stroops,
+        deadline: now + task.deadline_ms,
+        bid_window_ms: task.bid_window_ms,
+        weights: task.weights,
     };
 
     // Holders of the model (Kademlia) rank first; adverts say who else could run it.
@@ -330,13 +522,18 @@ pub(crate) async fn submit(
         Ok(Ok(p)) => p.into_iter().collect(),
         _ => BTreeSet::new(),
     };
+    let networks = if avoid.is_empty() {
+        HashMap::new()
+    } else {
+        peer_networks(requester).await
+    };
     let candidates = {
         let adverts = lock(&requester.adverts);
         let trust = lock(&requester.trust);
         let query = CandidateQuery {
             requester: requester.node_id,
             model,
-            model_bytes,
+            model_bytes: task.model_bytes,
             providers: &providers,
             weights: spec.weights,
             k: cfg.auction.fanout,
@@ -344,8 +541,24 @@ pub(crate) async fn submit(
             explore: 1,
             seed: u64::from_le_bytes(nonce[..8].try_into().unwrap_or([0; 8])),
         };
-        select_candidates(adverts.fresh(now), &query, &trust, now)
+        if avoid.is_empty() {
+            select_candidates(adverts.fresh(now), &query, &trust, now)
+        } else {
+            let (eligible, level) = most_independent(
+                adverts.fresh(now),
+                |a| networks.get(&a.node).copied(),
+                avoid,
+            );
+            debug!(task = %task_id.short(), eligible = eligible.len(), level = ?level, "replica candidates");
+            select_candidates(eligible, &query, &trust, now)
+        }
     };
+    if candidates.is_empty() && !avoid.is_empty() {
+        return Err(SubmitError::NoCandidates {
+            waited_ms: 0,
+            known: count_candidates(requester, now),
+        });
+    }
     let mut auction = {
         let trust = lock(&requester.trust);
         Auction::new(spec, cfg.auction.clone(), &candidates, &trust, now)
@@ -359,14 +572,11 @@ pub(crate) async fn submit(
     lock(&requester.pending).remove(&task_id);
 
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    requester.metrics.task_seconds(elapsed_ms / 1000.0);
     match result {
         Ok((worker, price_stroops, outputs, receipt)) => {
-            requester.metrics.task("requester", "completed");
-            info!(task = %task_id.short(), worker = %worker.short(), price = price_stroops, ms = elapsed_ms, "task completed");
-            Ok(TaskOutcome {
+            debug!(task = %task_id.short(), worker = %worker.short(), price = price_stroops, ms = elapsed_ms, "run delivered");
+            Ok(Run {
                 task_id,
-                model,
                 worker,
                 price_stroops,
                 outputs,
@@ -376,12 +586,223 @@ pub(crate) async fn submit(
             })
         }
         Err(explanation) => {
-            requester.metrics.task("requester", "failed");
             info!(task = %task_id.short(), reason = %explanation, "task failed");
             Err(SubmitError::Failed {
                 explanation,
                 trace: Box::new(auction.trace().clone()),
             })
+        }
+    }
+}
+
+/// The network each connected peer's connection comes from (its IPv4 /24 or IPv6 /48).
+async fn peer_networks(requester: &Requester) -> HashMap<NodeId, Network> {
+    match requester.client.status().await {
+        Ok(status) => status
+            .peers
+            .iter()
+            .filter_map(|p| Network::of_multiaddr(&p.addr).map(|n| (p.node, n)))
+            .collect(),
+        Err(e) => {
+            debug!(error = %e, "no network status; replicas are told apart by node and account only");
+            HashMap::new()
+        }
+    }
+}
+
+/// What a spot check knows of a worker that answered.
+fn answerer(requester: &Requester, run: &Run, networks: &HashMap<NodeId, Network>) -> Answerer {
+    let now = clock::now_ms();
+    let hardware = lock(&requester.adverts)
+        .fresh(now)
+        .find(|a| a.node == run.worker)
+        .map(HardwareClass::of);
+    Answerer {
+        node: run.worker,
+        payout: run.receipt.inner.body.payout.clone(),
+        network: networks.get(&run.worker).copied(),
+        hardware,
+    }
+}
+
+/// Draws whether to check the first answer and, if so, runs the check: a replica on an
+/// independent worker, and a third run when they disagree. Ends every receipt's check
+/// (payable, or disputed when outvoted), records what each worker's answer was worth in the
+/// trust book, and returns the answer to give (the majority's) with the report. `None` when
+/// checks are off.
+async fn spot_check(
+    requester: &Arc<Requester>,
+    task: &Prepared,
+    first: Run,
+) -> (Run, Option<CheckReport>) {
+    let policy = requester.config.requester.checks;
+    if !policy.enabled {
+        return (first, None);
+    }
+    let rate = {
+        let trust = lock(&requester.trust);
+        policy.rate(trust.get(&first.worker), trust.score(&first.worker))
+    };
+    let mut draw = [0u8; 8];
+    // Without randomness the task is checked: a check costs money, a missed cheat more.
+    let sampled =
+        getrandom::fill(&mut draw).is_err() || CheckPolicy::sampled(rate, u64::from_le_bytes(draw));
+    let mut report = CheckReport {
+        rate,
+        outcome: CheckOutcome::NotSampled,
+        detail: None,
+        independence: None,
+        first: None,
+        runs: Vec::new(),
+        extra_stroops: 0,
+        extra_ms: 0.0,
+    };
+    if !sampled {
+        passed(requester, &[&first]).await;
+        requester.metrics.spot_check(report.outcome.as_str());
+        return (first, Some(report));
+    }
+
+    let networks = peer_networks(requester).await;
+    let a1 = answerer(requester, &first, &networks);
+    let replica = match run_once(requester, task, std::slice::from_ref(&a1)).await {
+        Ok(r) => r,
+        Err(e) => {
+            info!(task = %first.task_id.short(), error = %e, "no independent replica; the answer stands unchecked");
+            passed(requester, &[&first]).await;
+            report.outcome = CheckOutcome::NoReplica;
+            report.detail = Some(e.to_string());
+            requester.metrics.spot_check(report.outcome.as_str());
+            return (first, Some(report));
+        }
+    };
+    let a2 = answerer(requester, &replica, &networks);
+    report.independence = a2.independence_from(std::slice::from_ref(&a1));
+    let tolerance = policy.tolerance;
+    let disagreement = match compare(&first.outputs, &replica.outputs, tolerance) {
+        Ok(()) => {
+            record_checks(requester, &[(first.worker, true), (replica.worker, true)]);
+            passed(requester, &[&first, &replica]).await;
+            report.outcome = CheckOutcome::Agreed;
+            report.extra_stroops = replica.price_stroops;
+            report.runs.push(replica.summary(false));
+            requester.metrics.spot_check(report.outcome.as_str());
+            return (first, Some(report));
+        }
+        Err(d) => d,
+    };
+    warn!(
+        task = %first.task_id.short(),
+        first = %first.worker.short(),
+        replica = %replica.worker.short(),
+        disagreement = %disagreement,
+        "replica disagrees; a third run decides"
+    );
+    let third = run_once(requester, task, &[a1, a2]).await;
+    let votes = third.as_ref().ok().map(|t| {
+        (
+            compare(&t.outputs, &first.outputs, tolerance).is_ok(),
+            compare(&t.outputs, &replica.outputs, tolerance).is_ok(),
+        )
+    });
+    let verdict = crank_scheduler::verify::verdict(false, votes);
+    let third = third.map_err(|e| e.to_string());
+    report.outcome = match verdict {
+        Verdict::FirstWrong => CheckOutcome::FirstOutvoted,
+        Verdict::ReplicaWrong => CheckOutcome::ReplicaOutvoted,
+        Verdict::Agreed | Verdict::Unresolved => CheckOutcome::Unresolved,
+    };
+    report.detail = Some(match &third {
+        Ok(_) => format!("first and replica: {disagreement}"),
+        Err(e) => format!("first and replica: {disagreement}; no third run: {e}"),
+    });
+    let (wrong, right): (Option<&Run>, Vec<&Run>) = match (verdict, &third) {
+        (Verdict::FirstWrong, Ok(t)) => (Some(&first), vec![&replica, t]),
+        (Verdict::ReplicaWrong, Ok(t)) => (Some(&replica), vec![&first, t]),
+        _ => (None, Vec::new()),
+    };
+    if let Some(wrong) = wrong {
+        let evidence = right
+            .iter()
+            .map(|r| {
+                format!(
+                    "task {} by {} answered {}",
+                    r.task_id.to_hex(),
+                    r.worker.to_hex(),
+                    r.receipt.inner.body.output_hash.to_hex()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let message = format!("outvoted by independent replicas ({evidence}): {disagreement}");
+        dispute_outvoted(requester, wrong, message).await;
+        let mut marks: Vec<(NodeId, bool)> = vec![(wrong.worker, false)];
+        marks.extend(right.iter().map(|r| (r.worker, true)));
+        record_checks(requester, &marks);
+        passed(requester, &right).await;
+    }
+    // Unresolved: no receipt is disputed or passed here; each is paid when its dispute
+    // window ends, and nobody's trust moves.
+    let first_wrong = verdict == Verdict::FirstWrong;
+    let replica_wrong = verdict == Verdict::ReplicaWrong;
+    report.runs.push(replica.summary(replica_wrong));
+    if let Ok(t) = &third {
+        report.runs.push(t.summary(false));
+    }
+    let paid = |r: &Run, wrong: bool| if wrong { 0 } else { r.price_stroops };
+    let third_price = third.as_ref().map_or(0, |t| t.price_stroops);
+    requester.metrics.spot_check(report.outcome.as_str());
+    if first_wrong {
+        report.first = Some(first.summary(true));
+        // The replica's answer is given; the third run is the check's cost.
+        report.extra_stroops = third_price;
+        (replica, Some(report))
+    } else {
+        report.extra_stroops = paid(&replica, replica_wrong) + third_price;
+        (first, Some(report))
+    }
+}
+/// Ends the checks of these runs' receipts: they become payable.
+async fn passed(requester: &Requester, runs: &[&Run]) {
+    for r in runs {
+        if let Err(e) = requester.receipts.checks_passed(r.task_id, r.worker).await {
+            warn!(task = %r.task_id.short(), error = %chain(&e), "cannot mark a checked receipt payable; the dispute window will");
+        }
+    }
+}
+
+/// Records what spot checks said of each worker (agreed with the majority or not).
+fn record_checks(requester: &Requester, marks: &[(NodeId, bool)]) {
+    let now = clock::now_ms();
+    {
+        let mut trust = lock(&requester.trust);
+        for (peer, agreed) in marks {
+            trust.record_check(*peer, *agreed, now);
+        }
+    }
+    requester.save_trust();
+}
+
+/// Disputes an outvoted answer's receipt (it is never paid) and tells its worker.
+async fn dispute_outvoted(requester: &Requester, wrong: &Run, message: String) {
+    warn!(task = %wrong.task_id.short(), worker = %wrong.worker.short(), "answer outvoted by independent replicas; its receipt is disputed and will not be paid");
+    match requester
+        .receipts
+        .check_failed(wrong.task_id, wrong.worker, message)
+        .await
+    {
+        Ok(Some(dispute)) => {
+            let client = requester.client.clone();
+            let worker = wrong.worker;
+            tokio::spawn(async move {
+                let _ = client
+                    .request(&worker, Request::Dispute(Box::new(dispute)))
+                    .await;
+            });
+        }
+        Ok(None) => debug!(task = %wrong.task_id.short(), "receipt already disputed or paid"),
+        Err(e) => {
+            warn!(task = %wrong.task_id.short(), error = %chain(&e), "cannot dispute an outvoted receipt")
         }
     }
 }
@@ -617,11 +1038,17 @@ async fn on_task_outputs(
         return;
     };
     let task_id = receipt.inner.body.task_id;
-    match requester
-        .receipts
-        .check_outputs(outputs, holder, &requester.limits, |o| rule.check(o))
-        .await
-    {
+    let receipts = &requester.receipts;
+    let verdict = if rule.hold {
+        receipts
+            .check_outputs_held(outputs, holder, &requester.limits, |o| rule.check(o))
+            .await
+    } else {
+        receipts
+            .check_outputs(outputs, holder, &requester.limits, |o| rule.check(o))
+            .await
+    };
+    match verdict {
         Ok(OutputsVerdict::Accepted(tensors)) => {
             responder.send(Response::Ack { task_id });
             *delivered = Some((tensors, receipt.clone()));

@@ -149,7 +149,10 @@ pub fn rank_candidates<'a>(
         .into_iter()
         .filter(|a| {
             let ram_bytes = a.hardware.ram_mib.saturating_mul(1024 * 1024);
-            a.expires_at > now && a.node != query.requester && ram_bytes >= query.model_bytes
+            a.expires_at > now
+                && a.node != query.requester
+                && ram_bytes >= query.model_bytes
+                && trust.suspended_until(&a.node, now).is_none()
         })
         .collect();
     eligible.sort_by(|a, b| a.node.cmp(&b.node).then(b.seq.cmp(&a.seq)));
@@ -170,6 +173,7 @@ pub fn rank_candidates<'a>(
     for p in query.providers {
         if *p == query.requester
             || refusing.contains(p)
+            || trust.suspended_until(p, now).is_some()
             || ranked[..advertised]
                 .binary_search_by(|c| c.node.cmp(p))
                 .is_ok()
@@ -256,7 +260,7 @@ impl SplitMix64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crank_protocol::{
         Capacity, ExecPath, GateInfo, GateReason, Hardware, PathBench, PowerInfo, Pricing,
@@ -265,7 +269,14 @@ mod tests {
 
     use crate::trust::TaskOutcome;
 
-    fn advert(n: u8, open: bool, cached: bool, queued: u16, per_task: u64) -> CapabilityAdvert {
+    /// A test advert of node `[n; 32]`.
+    pub(crate) fn advert(
+        n: u8,
+        open: bool,
+        cached: bool,
+        queued: u16,
+        per_task: u64,
+    ) -> CapabilityAdvert {
         CapabilityAdvert {
             node: NodeId([n; 32]),
             seq: 1,
@@ -366,6 +377,28 @@ mod tests {
         let providers: BTreeSet<NodeId> = [NodeId([1; 32])].into();
         let got = select_candidates([&refusing, &ok], &query(&providers), &trust, 1);
         assert_eq!(got, ids(&[3]));
+    }
+
+    #[test]
+    fn peers_outvoted_by_spot_checks_are_not_asked_until_their_suspension_ends() {
+        let cheap_cheat = advert(1, true, true, 0, 1);
+        let honest = advert(3, true, true, 0, 500);
+        let mut trust = TrustBook::default();
+        trust.record_check(cheap_cheat.node, false, 1);
+        let none = BTreeSet::new();
+        let got = select_candidates([&cheap_cheat, &honest], &query(&none), &trust, 1);
+        assert_eq!(got, ids(&[3]));
+        // Nor as a holder of the model.
+        let providers: BTreeSet<NodeId> = [cheap_cheat.node].into();
+        let got = select_candidates([&honest], &query(&providers), &trust, 1);
+        assert_eq!(got, ids(&[3]));
+        let until = trust.suspended_until(&cheap_cheat.node, 1).unwrap();
+        let mut later = cheap_cheat.clone();
+        later.expires_at = until + 10_000;
+        let mut honest_later = honest.clone();
+        honest_later.expires_at = until + 10_000;
+        let got = select_candidates([&later, &honest_later], &query(&none), &trust, until);
+        assert!(got.contains(&cheap_cheat.node), "{got:?}");
     }
 
     #[test]

@@ -214,4 +214,7 @@ pub use quote::{
 };
 pub use score::{PayTerms, PaymentRule, Preference, Score, Weights, WeightsError};
 pub use trust::{AdvertRoom, TaskOutcome, TrustBook, TrustError, TrustPrior, TrustRecord};
-pub use verify::{CheckPolicy, CheckPolicyError, Disagreement, Verdict};
+pub use verify::{
+    Answerer, CheckPolicy, CheckPolicyError, Disagreement, HardwareClass, Independence, Network,
+    Verdict,
+};

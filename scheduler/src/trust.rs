@@ -28,7 +28,10 @@
 //!
 //! An answer that independent replicas outvoted ([`crate::verify`]) adds `disagree_weight`
 //! failures (default 4); agreeing checks are kept as `verified` and as the streak that
-//! lowers how often the peer is checked.
+//! lowers how often the peer is checked. An outvoted peer is also suspended: asked for no
+//! work for `suspend_secs` (default 10 minutes), doubling with each further outvoted answer
+//! up to a week ([`TrustBook::suspended_until`]). Price cannot buy its way back: a cheat that
+//! bids a thousandth of the honest price would otherwise keep winning on price alone.
 //!
 //! Only this node's own observations count. The [`TrustSummary`] a peer publishes in its
 //! advert is its own claim and is never fed into the score. The book also keeps the claims
@@ -79,6 +82,10 @@ pub struct TrustRecord {
     /// Agreeing checks since the last disagreement; the check rate falls with it.
     #[serde(default)]
     pub streak: u64,
+    /// When an answer of the peer was last outvoted (0: never); it is asked for no work for
+    /// a while after ([`TrustBook::suspended_until`]).
+    #[serde(default)]
+    pub outvoted_at: UnixMillis,
     /// When the last outcome was recorded.
     pub last_seen: UnixMillis,
 }
@@ -144,7 +151,14 @@ pub struct TrustPrior {
     /// What one answer outvoted by independent replicas counts as, in failures (default 4):
     /// a wrong answer delivered as right is the worst a worker can do.
     pub disagree_weight: f64,
+    /// How long a peer whose answer was outvoted is asked for no work, seconds (default
+    /// 600); it doubles with each further outvoted answer, up to a week. Afterwards the peer
+    /// is checked on every task until it earns a streak of agreeing answers back.
+    pub suspend_secs: u64,
 }
+
+/// The longest suspension, however often a peer was outvoted.
+const MAX_SUSPEND_MS: u64 = 7 * 24 * 3600 * 1000;
 
 impl Default for TrustPrior {
     fn default() -> Self {
@@ -154,6 +168,7 @@ impl Default for TrustPrior {
             abort_weight: 0.5,
             overclaim_weight: 1.0,
             disagree_weight: 4.0,
+            suspend_secs: 600,
         }
     }
 }
@@ -325,6 +340,7 @@ impl TrustBook {
         } else {
             r.disagreed = r.disagreed.saturating_add(1);
             r.streak = 0;
+            r.outvoted_at = r.outvoted_at.max(now);
         }
         r.last_seen = r.last_seen.max(now);
     }
@@ -349,6 +365,25 @@ impl TrustBook {
             .copied()
             .unwrap_or_default()
             .score(&self.prior)
+    }
+
+    /// Until when `peer` is asked for no work because independent replicas outvoted its
+    /// answer: `suspend_secs` after the last time, doubled for each earlier one, at most a
+    /// week. `None` when it is not suspended at `now`.
+    pub fn suspended_until(&self, peer: &NodeId, now: UnixMillis) -> Option<UnixMillis> {
+        let r = self.peers.get(peer)?;
+        if r.disagreed == 0 {
+            return None;
+        }
+        let doublings = u32::try_from(r.disagreed - 1).unwrap_or(u32::MAX).min(20);
+        let ms = self
+            .prior
+            .suspend_secs
+            .saturating_mul(1000)
+            .saturating_mul(1u64 << doublings)
+            .min(MAX_SUSPEND_MS);
+        let until = r.outvoted_at.saturating_add(ms);
+        (now < until).then_some(until)
     }
 
     /// The counts for `peer`, if any were recorded.
@@ -548,5 +583,37 @@ mod tests {
             book.advert_room(stored, &known),
             AdvertRoom::Evict(worked_with)
         );
+    }
+
+    #[test]
+    fn an_outvoted_peer_is_suspended_for_a_doubling_while() {
+        let mut book = TrustBook::default();
+        let peer = NodeId([9; 32]);
+        assert_eq!(book.suspended_until(&peer, 0), None);
+        book.record_check(peer, true, 1_000);
+        assert_eq!(book.suspended_until(&peer, 1_000), None);
+        book.record_check(peer, false, 10_000);
+        let first = 10_000 + 600_000;
+        assert_eq!(book.suspended_until(&peer, 10_001), Some(first));
+        assert_eq!(book.suspended_until(&peer, first), None);
+        book.record_check(peer, false, first);
+        assert_eq!(
+            book.suspended_until(&peer, first + 1),
+            Some(first + 1_200_000)
+        );
+        // However often, never beyond a week.
+        for _ in 0..64 {
+            book.record_check(peer, false, first);
+        }
+        assert_eq!(
+            book.suspended_until(&peer, first),
+            Some(first + MAX_SUSPEND_MS)
+        );
+        // Stored records without the field (before it existed) are not suspended.
+        let old: TrustRecord = serde_json::from_str(
+            r#"{"completed":1,"failed":0,"aborted":0,"timed_out":0,"last_seen":5}"#,
+        )
+        .unwrap();
+        assert_eq!(old.outvoted_at, 0);
     }
 }

@@ -14,6 +14,10 @@
 //!   requester's own randomness after the result is in, and the replica is an ordinary task
 //!   (a fresh id, sent to a worker the first never hears of), so no worker can tell which of
 //!   its tasks are checked.
+//! - **Independence** ([`most_independent`]): the replica never goes to the first worker's
+//!   node id or payout account, and goes to another IPv4 /24 or IPv6 /48 ([`Network`], from
+//!   the address its connection came from) and other hardware ([`HardwareClass`]) where any
+//!   candidate offers them; the third run likewise avoids both earlier workers.
 //! - **Agreement** ([`compare`]): outputs matched by position, names, shapes and element types
 //!   equal; integers and bytes (class labels, token ids) exactly; floats within
 //!   `abs + rel·|other|` ([`Tolerance`], default 1e-4 + 1e-3·|x|): the bound the conformance
@@ -23,7 +27,10 @@
 //!   independent run decides; the worker outside the majority is the one that was wrong.
 //!   Without a third run, or when all three differ, nobody is blamed.
 
-use crank_protocol::{NamedTensor, TensorData};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crank_protocol::{CapabilityAdvert, ExecPath, NamedTensor, NodeId, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::trust::TrustRecord;
@@ -257,6 +264,195 @@ fn exact<T: PartialEq + Copy>(a: &[T], b: &[T], f: impl Fn(T) -> f64) -> (usize,
     (outside, first)
 }
 
+/// The network an address is in, for telling independent workers apart: its IPv4 /24 or its
+/// IPv6 /48, the usual size of one site's or one operator's allocation. Two workers in one
+/// such network may be one operator's machines, which could agree on a wrong answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Network {
+    /// An IPv4 /24.
+    V4([u8; 3]),
+    /// An IPv6 /48.
+    V6([u8; 6]),
+}
+
+impl Network {
+    /// The network of an address (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self::v4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::v4(v4),
+                None => {
+                    let o = v6.octets();
+                    Self::V6([o[0], o[1], o[2], o[3], o[4], o[5]])
+                }
+            },
+        }
+    }
+
+    fn v4(ip: Ipv4Addr) -> Self {
+        let o = ip.octets();
+        Self::V4([o[0], o[1], o[2]])
+    }
+
+    /// The network of a multiaddr's first `/ip4/…` or `/ip6/…` component (`None` for a
+    /// DNS name, a relay circuit's far end, or anything else).
+    pub fn of_multiaddr(addr: &str) -> Option<Self> {
+        let mut parts = addr.split('/').skip(1);
+        let proto = parts.next()?;
+        let value = parts.next()?;
+        match proto {
+            "ip4" => value.parse::<Ipv4Addr>().ok().map(Self::v4),
+            "ip6" => value
+                .parse::<Ipv6Addr>()
+                .ok()
+                .map(|v| Self::of(IpAddr::V6(v))),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::V4([a, b, c]) => write!(f, "{a}.{b}.{c}.0/24"),
+            Self::V6(o) => {
+                let seg = |i: usize| u16::from_be_bytes([o[i], o[i + 1]]);
+                write!(f, "{:x}:{:x}:{:x}::/48", seg(0), seg(2), seg(4))
+            }
+        }
+    }
+}
+
+/// A worker that already answered a task, as far as telling a replica's worker apart from it
+/// goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answerer {
+    /// Its node id.
+    pub node: NodeId,
+    /// The account its receipt is paid to.
+    pub payout: String,
+    /// The network its connection came from, when known.
+    pub network: Option<Network>,
+    /// Its hardware and engine path, when its advert is known.
+    pub hardware: Option<HardwareClass>,
+}
+
+/// What decides whether two workers compute the same way: CPU architecture and model, and
+/// whether a GPU path is offered. Two answers from different classes that agree are
+/// stronger evidence than two from identical machines, which share any engine bug.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HardwareClass {
+    /// CPU architecture.
+    pub arch: String,
+    /// CPU brand string.
+    pub cpu_model: String,
+    /// Whether it benchmarks a GPU path.
+    pub gpu: bool,
+}
+
+impl HardwareClass {
+    /// The class an advert claims.
+    pub fn of(advert: &CapabilityAdvert) -> Self {
+        Self {
+            arch: advert.hardware.arch.clone(),
+            cpu_model: advert.hardware.cpu_model.clone(),
+            gpu: advert.bench.iter().any(|b| b.path == ExecPath::Gpu),
+        }
+    }
+}
+
+/// How far a replica's candidates are from the workers that already answered. Every level
+/// excludes their node ids and payout accounts; the better ones add a different network,
+/// a different hardware class, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Independence {
+    /// Another node id and payout account only (for example every worker on one LAN).
+    Account,
+    /// And other hardware.
+    Hardware,
+    /// And another network.
+    Network,
+    /// And another network and other hardware.
+    NetworkAndHardware,
+}
+
+impl fmt::Display for Independence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Account => "another node and account",
+            Self::Hardware => "another node, account and hardware",
+            Self::Network => "another node, account and network",
+            Self::NetworkAndHardware => "another node, account, network and hardware",
+        })
+    }
+}
+
+impl Answerer {
+    /// How independent this worker is of every one in `ran`; `None` when it shares a node
+    /// id or payout account with one. An unknown network or class counts as the same:
+    /// independence is never assumed.
+    pub fn independence_from(&self, ran: &[Answerer]) -> Option<Independence> {
+        if ran
+            .iter()
+            .any(|a| a.node == self.node || a.payout == self.payout)
+        {
+            return None;
+        }
+        let other_network = self
+            .network
+            .is_some_and(|n| ran.iter().all(|a| a.network.is_some_and(|m| m != n)));
+        let other_hardware = self.hardware.as_ref().is_some_and(|h| {
+            ran.iter()
+                .all(|a| a.hardware.as_ref().is_some_and(|g| g != h))
+        });
+        Some(match (other_network, other_hardware) {
+            (true, true) => Independence::NetworkAndHardware,
+            (true, false) => Independence::Network,
+            (false, true) => Independence::Hardware,
+            (false, false) => Independence::Account,
+        })
+    }
+}
+
+/// How independent a candidate (its advert, and its network where known) is of every
+/// answerer in `ran`; see [`Answerer::independence_from`].
+pub fn independence(
+    candidate: &CapabilityAdvert,
+    network: Option<Network>,
+    ran: &[Answerer],
+) -> Option<Independence> {
+    Answerer {
+        node: candidate.node,
+        payout: candidate.payout.clone(),
+        network,
+        hardware: Some(HardwareClass::of(candidate)),
+    }
+    .independence_from(ran)
+}
+
+/// The candidates for a replica: those at the best level of [`independence`] any of them
+/// reaches, and that level; `network` gives a candidate's network where known. Empty when
+/// none is eligible.
+pub fn most_independent<'a>(
+    adverts: impl IntoIterator<Item = &'a CapabilityAdvert>,
+    network: impl Fn(&CapabilityAdvert) -> Option<Network>,
+    ran: &[Answerer],
+) -> (Vec<&'a CapabilityAdvert>, Option<Independence>) {
+    let rated: Vec<(&CapabilityAdvert, Independence)> = adverts
+        .into_iter()
+        .filter_map(|a| independence(a, network(a), ran).map(|i| (a, i)))
+        .collect();
+    let best = rated.iter().map(|(_, i)| *i).max();
+    let chosen = rated
+        .into_iter()
+        .filter(|(_, i)| Some(*i) == best)
+        .map(|(a, _)| a)
+        .collect();
+    (chosen, best)
+}
+
 /// Who was wrong, from the comparisons made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -448,5 +644,121 @@ mod tests {
             prop_assert!(r > 0.0 && r <= 1.0);
             prop_assert!(p.rate(Some(&record(streak + 1, 0)), trust) <= r);
         }
+    }
+    fn answerer(a: &CapabilityAdvert, network: Option<Network>) -> Answerer {
+        Answerer {
+            node: a.node,
+            payout: a.payout.clone(),
+            network,
+            hardware: Some(HardwareClass::of(a)),
+        }
+    }
+
+    fn with(n: u8, payout: &str, cpu: &str) -> CapabilityAdvert {
+        let mut a = crate::candidates::tests::advert(n, true, true, 0, 10);
+        a.payout = payout.into();
+        a.hardware.cpu_model = cpu.into();
+        a
+    }
+
+    #[test]
+    fn networks_are_slash_24_and_slash_48() {
+        let v4 = |s: &str| Network::of(s.parse().unwrap());
+        assert_eq!(v4("203.0.113.7"), v4("203.0.113.200"));
+        assert_ne!(v4("203.0.113.7"), v4("203.0.114.7"));
+        assert_eq!(v4("::ffff:203.0.113.9"), v4("203.0.113.1"));
+        assert_eq!(v4("2001:db8:1:2::1"), v4("2001:db8:1:ffff::9"));
+        assert_ne!(v4("2001:db8:1::1"), v4("2001:db8:2::1"));
+        assert_eq!(v4("203.0.113.7").to_string(), "203.0.113.0/24");
+        assert_eq!(v4("2001:db8:1:2::1").to_string(), "2001:db8:1::/48");
+        assert_eq!(
+            Network::of_multiaddr("/ip4/198.51.100.4/udp/4001/quic-v1"),
+            Some(v4("198.51.100.99"))
+        );
+        assert_eq!(
+            Network::of_multiaddr("/ip6/2001:db8:5::1/tcp/1"),
+            Some(v4("2001:db8:5::2"))
+        );
+        assert_eq!(Network::of_multiaddr("/dns4/example.org/tcp/1"), None);
+        assert_eq!(Network::of_multiaddr("/ip4/not-an-ip/tcp/1"), None);
+        assert_eq!(Network::of_multiaddr(""), None);
+    }
+
+    #[test]
+    fn a_replica_never_goes_to_the_same_node_or_account() {
+        let first = with(1, "GFIRST", "cpu-a");
+        let ran = [answerer(&first, None)];
+        assert_eq!(independence(&first, None, &ran), None);
+        // Another key paid to the same account is the same party.
+        let sybil = with(2, "GFIRST", "cpu-b");
+        assert_eq!(independence(&sybil, None, &ran), None);
+        let other = with(3, "GOTHER", "cpu-a");
+        assert_eq!(
+            independence(&other, None, &ran),
+            Some(Independence::Account)
+        );
+    }
+
+    #[test]
+    fn other_networks_and_hardware_are_preferred_and_unknown_counts_as_same() {
+        let net = |s: &str| Some(Network::of(s.parse().unwrap()));
+        let first = with(1, "G1", "cpu-a");
+        let ran = [answerer(&first, net("203.0.113.5"))];
+        let same_lan = with(2, "G2", "cpu-a");
+        let other_hw = with(3, "G3", "cpu-b");
+        let other_net = with(4, "G4", "cpu-a");
+        let far = with(5, "G5", "cpu-b");
+        let nets = |a: &CapabilityAdvert| match a.node.0[0] {
+            2 | 3 => net("203.0.113.77"),
+            4 | 5 => net("198.51.100.1"),
+            _ => None,
+        };
+        assert_eq!(
+            independence(&same_lan, nets(&same_lan), &ran),
+            Some(Independence::Account)
+        );
+        assert_eq!(
+            independence(&other_hw, nets(&other_hw), &ran),
+            Some(Independence::Hardware)
+        );
+        assert_eq!(
+            independence(&other_net, nets(&other_net), &ran),
+            Some(Independence::Network)
+        );
+        assert_eq!(
+            independence(&far, nets(&far), &ran),
+            Some(Independence::NetworkAndHardware)
+        );
+        // A candidate whose network is unknown is not assumed to be elsewhere.
+        assert_eq!(
+            independence(&other_net, None, &ran),
+            Some(Independence::Account)
+        );
+
+        let all = [
+            first.clone(),
+            same_lan.clone(),
+            other_hw.clone(),
+            other_net.clone(),
+            far.clone(),
+        ];
+        let (chosen, level) = most_independent(&all, nets, &ran);
+        assert_eq!(level, Some(Independence::NetworkAndHardware));
+        assert_eq!(
+            chosen.iter().map(|a| a.node).collect::<Vec<_>>(),
+            vec![far.node]
+        );
+        let (chosen, level) = most_independent(&all[..3], nets, &ran);
+        assert_eq!(level, Some(Independence::Hardware));
+        assert_eq!(chosen.len(), 1);
+        let (chosen, level) = most_independent(&all[..1], nets, &ran);
+        assert!(chosen.is_empty());
+        assert_eq!(level, None);
+
+        // A third run must be independent of both earlier answers.
+        let ran2 = [ran[0].clone(), answerer(&far, nets(&far))];
+        let (chosen, level) = most_independent(&all, nets, &ran2);
+        assert_eq!(level, Some(Independence::Account));
+        assert_eq!(chosen.len(), 3);
     }
 }
