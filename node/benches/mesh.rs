@@ -2,8 +2,10 @@
 //! the raw tract inference time of the same model, the auction's overhead (the difference),
 //! and throughput with several tasks in flight.
 //!
-//! `cargo bench -p crank-node --bench mesh -- [--workers 3] [--tasks 200] [--concurrency 4]`
-//! Real nodes (bootstrap, workers, one requester) in one process over loopback TCP.
+//! `cargo bench -p crank-node --bench mesh -- [--workers 3] [--tasks 200] [--concurrency 4]
+//! [--checks 1]` Real nodes (bootstrap, workers, one requester) in one process over loopback
+//! TCP. With `--checks 1` (the default) the requester spot-checks under the default policy and
+//! the bench reports what the checks cost: tasks checked, extra runs, time added.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -60,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
     let workers = arg("--workers", 3);
     let tasks = arg("--tasks", 200);
     let concurrency = arg("--concurrency", 4);
+    let checks = arg("--checks", 1) != 0;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let model = std::fs::read(root.join("models/digits-mlp.onnx"))?;
     let sample = std::fs::read_to_string(root.join("models/samples/digit-3.json"))?;
@@ -102,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
     let d = tempfile::tempdir()?;
     let mut rc = config(d.path(), Some(&addr));
     rc.worker.enabled = false;
+    rc.requester.checks.enabled = checks;
     let requester = Node::start(rc, Role::default()).await?;
     dirs.push(d);
     let h = requester.handle();
@@ -126,10 +130,16 @@ async fn main() -> anyhow::Result<()> {
     // Sequential: submit → result, one task at a time.
     let mut e2e = Vec::new();
     let mut worker_run = Vec::new();
+    let (mut checked, mut extra_runs, mut added) = (0usize, 0usize, Vec::new());
     for _ in 0..tasks {
         let o = h.submit(req(500)).await?;
         e2e.push(o.elapsed_ms);
         worker_run.push(o.receipt.inner.body.timings.run_micros as f64 / 1e3);
+        if let Some(c) = o.check.as_ref().filter(|c| !c.runs.is_empty()) {
+            checked += 1;
+            extra_runs += c.runs.len();
+            added.push(c.extra_ms);
+        }
     }
 
     // Concurrent: throughput with `concurrency` tasks in flight.
@@ -174,6 +184,18 @@ async fn main() -> anyhow::Result<()> {
         "throughput",
         done as f64 / secs
     );
+    if checks {
+        println!(
+            "{:<36} {checked} of {tasks} sequential tasks checked, {extra_runs} extra runs = {:.1} % extra work",
+            "spot checks (default policy)",
+            100.0 * extra_runs as f64 / tasks as f64
+        );
+        if !added.is_empty() {
+            summary("time a check added (checked tasks)", added);
+        }
+    } else {
+        println!("{:<36} off", "spot checks");
+    }
 
     requester.shutdown().await;
     for n in nodes {

@@ -33,7 +33,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use crank_protocol::ModelId;
+use crank_protocol::{ModelId, NodeId};
 use crank_scheduler::Preference;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -323,6 +323,7 @@ fn app(state: AppState, max_body: usize) -> Router {
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/receipts", get(receipts))
+        .route("/peers/{id}", get(peer))
         .route("/models", post(upload_model))
         .route("/tasks", post(submit_task))
         .route("/wallet", get(wallet_balance))
@@ -696,6 +697,47 @@ async fn status(
     serde_json::to_value(s)
         .map(Json)
         .map_err(|e| http_error(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
+/// `GET /peers/{id}`: what this node knows of a peer (node id in hex, or its libp2p peer
+/// id) and why it trusts it as it does.
+async fn peer(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, HttpError> {
+    authorize(&state, &headers)?;
+    let node = parse_peer(&id).ok_or_else(|| {
+        http_error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`{}` is neither a node id (64 hex digits) nor a peer id",
+                clip_id(&id)
+            ),
+        )
+    })?;
+    let report = state
+        .node
+        .peer(&node)
+        .await
+        .map_err(|e| http_error(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    serde_json::to_value(report)
+        .map(Json)
+        .map_err(|e| http_error(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
+/// A node id from hex, or from the libp2p peer id of an ed25519 key.
+fn parse_peer(id: &str) -> Option<NodeId> {
+    if let Ok(node) = id.parse::<NodeId>() {
+        return Some(node);
+    }
+    let peer: libp2p::PeerId = id.parse().ok()?;
+    crate::network::node_id_of(&peer)
+}
+
+/// An id echoed back in an error, cut to a readable length.
+fn clip_id(id: &str) -> String {
+    id.chars().take(80).collect()
 }
 
 #[derive(Deserialize)]

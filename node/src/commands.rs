@@ -76,6 +76,14 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Show a running node: peers, adverts, power gate, queue, receipts.
     Status,
+    /// Show what the running node knows of one peer and why it trusts it as it does: its
+    /// tasks here, spot checks agreed and outvoted, claims against measurements, money.
+    ///
+    /// Example: crank-node peer 12D3KooW...   (a peer id, or a node id in hex)
+    Peer {
+        /// The peer's libp2p peer id or node id (hex), as `crank-node status` lists them.
+        id: String,
+    },
     /// Manage the local model store.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -386,6 +394,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Submit(args) => submit(config, args, json).await,
         Command::Status => status(&config, json).await,
+        Command::Peer { id } => peer(&config, &id, json).await,
         Command::Models(cmd) => models(config, cmd, json).await,
         Command::Wallet(cmd) => wallet(config, cmd, json).await,
         Command::Config => {
@@ -1170,6 +1179,37 @@ pub async fn status(config: &Config, json: bool) -> Result<()> {
     } else {
         let s: crate::status::NodeStatus = serde_json::from_value(value)?;
         print!("{}", s.render());
+    }
+    Ok(())
+}
+
+/// `peer ID`: one peer, through the running node's API.
+pub async fn peer(config: &Config, id: &str, json: bool) -> Result<()> {
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        bail!("`{id}` is not a peer id or node id; `crank-node status` lists the peers");
+    }
+    let Some(mut api) = ApiClient::connect(&config.data_dir).await? else {
+        bail!(
+            "no crank-node is running with data dir {} (start one with `crank-node join`, or pass --data-dir)",
+            config.data_dir.display()
+        );
+    };
+    let (code, value) = api
+        .call(
+            hyper::Method::GET,
+            &format!("/peers/{id}"),
+            None,
+            Duration::from_secs(30),
+        )
+        .await?;
+    if !code.is_success() {
+        bail!("the node answered {code}: {}", api_error_text(&value));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        let r: crate::status::PeerReport = serde_json::from_value(value)?;
+        print!("{}", r.render());
     }
     Ok(())
 }

@@ -772,55 +772,122 @@ impl NodeHandle {
             .collect())
     }
 
+    /// Known adverts of other nodes with this node's trust in each.
+    fn status_adverts(&self, now: u64) -> Vec<crate::status::AdvertView> {
+        use crate::status::AdvertView;
+        let s = &self.core;
+        // Adverts, then trust: the order candidate selection takes them in.
+        let advert_table = lock(&s.adverts);
+        let trust = lock(&s.trust);
+        advert_table
+            .fresh(now)
+            .filter(|a| a.node != s.node_id)
+            .map(|a| AdvertView {
+                node: a.node,
+                peer_id: network::peer_id_string(&a.node),
+                agent: a.agent.clone(),
+                gate_open: a.gate.open,
+                gate_reason: a.gate.reason.as_ref().map(ToString::to_string),
+                cores: a.hardware.cores,
+                ram_mib: a.hardware.ram_mib,
+                models: a.models.len(),
+                per_task_stroops: a.pricing.per_task_stroops,
+                inferences_per_sec: a
+                    .bench
+                    .iter()
+                    .find(|b| b.path == ExecPath::Cpu)
+                    .map(|b| b.inferences_per_sec),
+                gpu_inferences_per_sec: a
+                    .bench
+                    .iter()
+                    .find(|b| b.path == ExecPath::Gpu)
+                    .map(|b| b.inferences_per_sec),
+                gpus: a
+                    .hardware
+                    .gpus
+                    .iter()
+                    .map(|g| format!("{} ({})", g.name, g.backend))
+                    .collect(),
+                completed: a.trust.completed,
+                trust: trust.score(&a.node),
+                completed_here: trust.get(&a.node).map_or(0, |r| r.completed),
+                overclaims: trust.get(&a.node).map_or(0, |r| r.overclaimed),
+                verified: trust.get(&a.node).map_or(0, |r| r.verified),
+                outvoted: trust.get(&a.node).map_or(0, |r| r.disagreed),
+                suspended_secs: trust
+                    .suspended_until(&a.node, now)
+                    .map(|t| t.saturating_sub(now).div_ceil(1000)),
+                trust_because: trust.explain(&a.node, now).because,
+                expires_in_secs: a.expires_at.saturating_sub(now) / 1000,
+            })
+            .collect()
+    }
+
+    /// Everything this node knows of `peer` and why it trusts it as it does.
+    pub async fn peer(
+        &self,
+        peer: &NodeId,
+    ) -> Result<crate::status::PeerReport, network::NetworkError> {
+        use crate::status::{ClaimView, PeerReport};
+        let s = &self.core;
+        let now = clock::now_ms();
+        let network = s.client.status().await?;
+        let advert = self
+            .status_adverts(now)
+            .into_iter()
+            .find(|a| a.node == *peer);
+        let (record, trust, claims) = {
+            let book = lock(&s.trust);
+            let claims = book
+                .claims()
+                .of_peer(peer)
+                .map(|(model, path, r)| {
+                    let (claimed, measured) = (r.claimed(), r.measured());
+                    ClaimView {
+                        model,
+                        path,
+                        tasks: r.tasks,
+                        overclaims: r.overclaims,
+                        claimed_latency_ms: claimed.map(|m| m.latency_ms),
+                        measured_latency_ms: measured.map(|m| m.latency_ms),
+                        claimed_energy_mj: claimed.map(|m| m.energy_mj),
+                        measured_energy_mj: measured.map(|m| m.energy_mj),
+                    }
+                })
+                .collect();
+            (
+                book.get(peer).copied().unwrap_or_default(),
+                book.explain(peer, now),
+                claims,
+            )
+        };
+        let payments = s
+            .ledger
+            .balances()
+            .ok()
+            .and_then(|b| b.counterparties.get(peer).copied())
+            .unwrap_or_default();
+        Ok(PeerReport {
+            node: *peer,
+            peer_id: network::peer_id_string(peer),
+            advert,
+            connection: network.peers.into_iter().find(|p| p.node == *peer),
+            record,
+            trust,
+            claims,
+            payments,
+        })
+    }
+
     /// A snapshot for `crank-node status`.
     pub async fn status(&self) -> Result<crate::status::NodeStatus, network::NetworkError> {
-        use crate::status::{AdvertView, GateView, NodeStatus, QueueView, ReceiptView};
+        use crate::status::{GateView, NodeStatus, QueueView, ReceiptView};
         let s = &self.core;
         let network = s.client.status().await?;
         let now = clock::now_ms();
         let snapshot = s.gate_snapshot();
         let gate = s.gate_state();
-        // Adverts, then trust: the order candidate selection takes them in.
-        let adverts = {
-            let advert_table = lock(&s.adverts);
-            let trust = lock(&s.trust);
-            advert_table
-                .fresh(now)
-                .filter(|a| a.node != s.node_id)
-                .map(|a| AdvertView {
-                    node: a.node,
-                    peer_id: network::peer_id_string(&a.node),
-                    agent: a.agent.clone(),
-                    gate_open: a.gate.open,
-                    gate_reason: a.gate.reason.as_ref().map(ToString::to_string),
-                    cores: a.hardware.cores,
-                    ram_mib: a.hardware.ram_mib,
-                    models: a.models.len(),
-                    per_task_stroops: a.pricing.per_task_stroops,
-                    inferences_per_sec: a
-                        .bench
-                        .iter()
-                        .find(|b| b.path == ExecPath::Cpu)
-                        .map(|b| b.inferences_per_sec),
-                    gpu_inferences_per_sec: a
-                        .bench
-                        .iter()
-                        .find(|b| b.path == ExecPath::Gpu)
-                        .map(|b| b.inferences_per_sec),
-                    gpus: a
-                        .hardware
-                        .gpus
-                        .iter()
-                        .map(|g| format!("{} ({})", g.name, g.backend))
-                        .collect(),
-                    completed: a.trust.completed,
-                    trust: trust.score(&a.node),
-                    completed_here: trust.get(&a.node).map_or(0, |r| r.completed),
-                    overclaims: trust.get(&a.node).map_or(0, |r| r.overclaimed),
-                    expires_in_secs: a.expires_at.saturating_sub(now) / 1000,
-                })
-                .collect::<Vec<_>>()
-        };
+        let adverts = self.status_adverts(now);
         let queue = s.engine.queue();
         let balances = s.ledger.balances().unwrap_or_default();
         let mut payers = Vec::new();

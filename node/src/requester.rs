@@ -11,10 +11,10 @@ use crank_inference::declared::{Declared, NonFinite};
 use crank_payments::{Expected, OutputsVerdict, ReceiptProof, RequesterReceipts, TxHash};
 use crank_protocol::tensor::tensors_hash;
 use crank_protocol::{
-    DisputeReason, ErrorCode, ModelId, NamedTensor, NodeId, Receipt, Request, Response, Signed,
-    TaskFailure, TaskId, TaskOutputs, TaskResult,
+    CapabilityAdvert, DisputeReason, ErrorCode, ModelId, NamedTensor, NodeId, Receipt, Request,
+    Response, Signed, TaskFailure, TaskId, TaskOutputs, TaskResult,
 };
-use crank_scheduler::verify::{compare, most_independent};
+use crank_scheduler::verify::{by_independence, compare};
 use crank_scheduler::{
     Answerer, Auction, AuctionTrace, CandidateQuery, CheckPolicy, FailureExplanation,
     HardwareClass, Independence, Input, Network, Output, Preference, Status, TaskSpec, Verdict,
@@ -530,28 +530,54 @@ async fn run_once(
     let candidates = {
         let adverts = lock(&requester.adverts);
         let trust = lock(&requester.trust);
-        let query = CandidateQuery {
-            requester: requester.node_id,
-            model,
-            model_bytes: task.model_bytes,
-            providers: &providers,
-            weights: spec.weights,
-            k: cfg.auction.fanout,
-            limit: cfg.auction.max_candidates,
-            explore: 1,
-            seed: u64::from_le_bytes(nonce[..8].try_into().unwrap_or([0; 8])),
-        };
-        if avoid.is_empty() {
-            select_candidates(adverts.fresh(now), &query, &trust, now)
+        // A replica's candidates come most independent first: the auction's first round
+        // asks the best group there is, and later rounds fall back to the rest.
+        let groups: Vec<Vec<&CapabilityAdvert>> = if avoid.is_empty() {
+            vec![adverts.fresh(now).collect()]
         } else {
-            let (eligible, level) = most_independent(
+            by_independence(
                 adverts.fresh(now),
                 |a| networks.get(&a.node).copied(),
                 avoid,
-            );
-            debug!(task = %task_id.short(), eligible = eligible.len(), level = ?level, "replica candidates");
-            select_candidates(eligible, &query, &trust, now)
+            )
+            .into_iter()
+            .map(|(_, g)| g)
+            .collect()
+        };
+        let mut candidates: Vec<NodeId> = Vec::new();
+        for group in groups {
+            // A replica goes only to an advertised worker: a provider record names no payout
+            // account to tell it apart by, and may name a worker that already answered.
+            let providers: BTreeSet<NodeId> = if avoid.is_empty() {
+                providers.clone()
+            } else {
+                providers
+                    .iter()
+                    .filter(|p| group.iter().any(|a| a.node == **p))
+                    .copied()
+                    .collect()
+            };
+            let query = CandidateQuery {
+                requester: requester.node_id,
+                model,
+                model_bytes: task.model_bytes,
+                providers: &providers,
+                weights: spec.weights,
+                k: cfg.auction.fanout,
+                limit: cfg.auction.max_candidates,
+                explore: 1,
+                seed: u64::from_le_bytes(nonce[..8].try_into().unwrap_or([0; 8])),
+            };
+            for c in select_candidates(group, &query, &trust, now) {
+                if !candidates.contains(&c) && candidates.len() < cfg.auction.max_candidates {
+                    candidates.push(c);
+                }
+            }
         }
+        if !avoid.is_empty() {
+            debug!(task = %task_id.short(), candidates = candidates.len(), "replica candidates");
+        }
+        candidates
     };
     if candidates.is_empty() && !avoid.is_empty() {
         return Err(SubmitError::NoCandidates {

@@ -66,8 +66,134 @@ pub struct AdvertView {
     /// belied its bid.
     #[serde(default)]
     pub overclaims: u64,
+    /// Of its answers this node spot-checked, those independent replicas agreed with.
+    #[serde(default)]
+    pub verified: u64,
+    /// Of its answers this node spot-checked, those independent replicas outvoted.
+    #[serde(default)]
+    pub outvoted: u64,
+    /// Seconds it is still suspended for (asked for no work) after an outvoted answer.
+    #[serde(default)]
+    pub suspended_secs: Option<u64>,
+    /// Why its trust is what it is: the score's terms in words.
+    #[serde(default)]
+    pub trust_because: String,
     /// Seconds until the advert expires.
     pub expires_in_secs: u64,
+}
+
+/// Everything this node knows of one peer, and why it trusts it as it does
+/// (`GET /peers/{id}`). Trust is computed from this node's own evidence only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerReport {
+    /// The peer.
+    pub node: NodeId,
+    /// Its libp2p peer id.
+    pub peer_id: String,
+    /// Its current advert, summarised, when one is known.
+    pub advert: Option<AdvertView>,
+    /// Its connection, when connected.
+    pub connection: Option<crate::network::PeerStatus>,
+    /// What this node saw it do with the tasks it awarded it.
+    pub record: crank_scheduler::TrustRecord,
+    /// The score and why.
+    pub trust: crank_scheduler::TrustExplanation,
+    /// Its claims against what this node measured, per model and path.
+    pub claims: Vec<ClaimView>,
+    /// Money between us: what we owe it, paid it and dispute, and the reverse.
+    pub payments: crank_payments::CounterpartyBalance,
+}
+
+/// One model and path of a peer: what its bids claimed and what this node measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimView {
+    /// The model.
+    pub model: crank_protocol::ModelId,
+    /// The path it ran on.
+    pub path: ExecPath,
+    /// Tasks measured.
+    pub tasks: u64,
+    /// Tasks whose measurement belied the claims.
+    pub overclaims: u64,
+    /// Median claimed latency, ms.
+    pub claimed_latency_ms: Option<u64>,
+    /// Median measured latency, ms.
+    pub measured_latency_ms: Option<u64>,
+    /// Median claimed energy, mJ.
+    pub claimed_energy_mj: Option<u64>,
+    /// Median reported energy, mJ.
+    pub measured_energy_mj: Option<u64>,
+}
+
+impl PeerReport {
+    /// The report for people.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "peer      {}  ({})", self.node, self.peer_id);
+        match &self.connection {
+            Some(c) => {
+                let _ = writeln!(
+                    s,
+                    "connected {}{}",
+                    c.addr,
+                    if c.relayed { " (relayed)" } else { "" }
+                );
+            }
+            None => {
+                let _ = writeln!(s, "connected no");
+            }
+        }
+        if let Some(a) = &self.advert {
+            let _ = writeln!(
+                s,
+                "advert    {}  {} cores {} MiB  {} stroops/task  gate {}",
+                a.agent,
+                a.cores,
+                a.ram_mib,
+                a.per_task_stroops,
+                if a.gate_open { "open" } else { "closed" }
+            );
+        }
+        let r = &self.record;
+        let _ = writeln!(s, "trust     {}", self.trust.because);
+        let _ = writeln!(
+            s,
+            "tasks     {} completed, {} failed, {} aborted, {} timed out, {} over-claimed",
+            r.completed, r.failed, r.aborted, r.timed_out, r.overclaimed
+        );
+        let _ = writeln!(
+            s,
+            "checks    {} agreed with replicas, {} outvoted, agreeing streak {}",
+            r.verified, r.disagreed, r.streak
+        );
+        for c in &self.claims {
+            let ms = |v: Option<u64>| v.map_or("?".into(), |v| v.to_string());
+            let _ = writeln!(
+                s,
+                "claims    {} on {}: {} tasks, {} over-claimed; latency claimed {} ms, measured {} ms; energy claimed {} mJ, reported {} mJ",
+                c.model.short(),
+                c.path,
+                c.tasks,
+                c.overclaims,
+                ms(c.claimed_latency_ms),
+                ms(c.measured_latency_ms),
+                ms(c.claimed_energy_mj),
+                ms(c.measured_energy_mj)
+            );
+        }
+        let p = &self.payments;
+        let _ = writeln!(
+            s,
+            "money     we owe {} (paid {}, disputed {}); it owes us {} (paid {}, disputes {})",
+            p.owed_by_us_stroops,
+            p.paid_by_us_stroops,
+            p.disputed_by_us_stroops,
+            p.owed_to_us_stroops,
+            p.paid_to_us_stroops,
+            p.disputed_to_us_stroops
+        );
+        s
+    }
 }
 
 /// One receipt, summarised.
@@ -362,12 +488,20 @@ impl NodeStatus {
                 },
                 a.completed,
             );
-            if a.completed_here > 0 || a.overclaims > 0 {
+            if a.completed_here > 0 || a.overclaims > 0 || a.verified > 0 || a.outvoted > 0 {
                 let _ = writeln!(
                     s,
-                    "      trust {:.2} here: {} completed, {} over-claimed",
-                    a.trust, a.completed_here, a.overclaims
+                    "      trust {:.2} here: {} completed, {} over-claimed, {} verified, {} outvoted{}",
+                    a.trust,
+                    a.completed_here,
+                    a.overclaims,
+                    a.verified,
+                    a.outvoted,
+                    a.suspended_secs
+                        .map(|t| format!(" (suspended {t} s more)"))
+                        .unwrap_or_default()
                 );
+                let _ = writeln!(s, "      why: {}", a.trust_because);
             }
             if !a.gpus.is_empty() || a.gpu_inferences_per_sec.is_some() {
                 let _ = writeln!(

@@ -44,6 +44,9 @@ fn config(dir: &Path, bootstrap: Option<&str>) -> Config {
     // slack than the defaults before counting a worker as silent.
     c.requester.auction.result_grace_ms = 15_000;
     c.requester.bid_window_ms = 3_000;
+    // Spot checks add replica tasks at random; the tests that count tasks and receipts
+    // would flake. The checks' own test turns them on.
+    c.requester.checks.enabled = false;
     c
 }
 
@@ -1045,6 +1048,52 @@ async fn the_local_api_needs_the_token_and_runs_tasks_from_json() {
         serde_json::from_value(result["receipt"].clone()).unwrap();
     assert!(receipt.verify().is_ok());
 
+    // What the requester knows of the worker, by node id or peer id; a bad id is a 400.
+    let worker = mesh.workers()[0].node_id();
+    for id in [
+        worker.to_hex(),
+        crank_node::network::peer_id_string(&worker),
+    ] {
+        let peer: serde_json::Value = http
+            .get(format!("{base}/peers/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(peer["node"], worker.to_hex());
+        assert_eq!(peer["record"]["completed"], 1);
+        assert_eq!(
+            peer["payments"]["owed_by_us_stroops"],
+            result["price_stroops"]
+        );
+        assert!(
+            peer["trust"]["because"]
+                .as_str()
+                .unwrap()
+                .contains("1 completed"),
+            "{peer}"
+        );
+        cli::living::check_schema("peer", &peer);
+    }
+    for (id, code) in [("not-a-peer", 400), ("00", 400)] {
+        let resp = http
+            .get(format!("{base}/peers/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), code, "{id}");
+    }
+    let anonymous = http
+        .get(format!("{base}/peers/{}", worker.to_hex()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
     // Bad JSON input is a 400 with a reason, and the node keeps serving.
     let bad = serde_json::json!({ "model_path": "/nonexistent.onnx", "input": [[1]] });
     let resp = http
@@ -1916,6 +1965,251 @@ async fn a_worker_whose_outputs_do_not_fit_the_model_is_disputed_and_the_task_co
             "{says}"
         );
     }
+}
+
+/// Spot checks in the real mesh: a worker that underbids everyone and returns well-formed,
+/// hash-consistent but wrong answers (a 7 for a handwritten 5) wins the task. The requester
+/// runs a replica on an independent honest worker, which disagrees, and a third run on the
+/// other honest worker decides: the cheat's receipt is disputed with the majority's receipts
+/// named as evidence and never paid, the submitter gets the right answer, the honest runs
+/// are paid, and the cheat is suspended: the next task never reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_returning_wrong_answers_is_outvoted_unpaid_and_suspended() {
+    use crank_payments::Check;
+    use crank_protocol::{DisputeReason, TensorData};
+    let mesh = Mesh::start(2, |i, c| {
+        if i == 2 {
+            // The requester checks every task.
+            c.requester.checks.new_rate = 1.0;
+            c.requester.checks.floor_rate = 1.0;
+            c.requester.checks.enabled = true;
+        }
+    })
+    .await;
+    mesh.wait_for_adverts(2).await;
+    let requester = mesh.requester();
+    let payout = "GDJJRRMBK4IWLEPJGIE6SXD2LP7REGZODU7WDC3I2D6MR37F4XSHBKX2";
+    let identity = crank_protocol::Identity::from_secret([77; 32]);
+    let cheat = identity.node_id();
+    let (mut cheap, awarded) = bid_cheaply(&identity, payout);
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(0usize));
+    let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (asked_in, told_in) = (asked.clone(), told.clone());
+    let serve: adversary::Serve = Box::new(move |req| {
+        match req {
+            Request::CallForBids(_) => *asked_in.lock().unwrap() += 1,
+            Request::Dispute(d) => {
+                told_in.lock().unwrap().push(d.clone());
+                return Response::Ack {
+                    task_id: d.body.receipt.body.task_id,
+                };
+            }
+            _ => {}
+        }
+        cheap(req)
+    });
+    let mut adv = Adversary::new(77, serve);
+    let listen = adv.listen().await;
+    requester
+        .learn_advert(
+            Signed::sign(
+                cheat_advert(&identity, &listen.to_string(), payout),
+                &identity,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let req_peer: libp2p::PeerId = requester.listen_addrs().await[0]
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let submit = |r: NodeHandle| {
+        tokio::spawn(async move {
+            r.submit(digits_request("digits-mlp.onnx", "digit-5.json", "X"))
+                .await
+        })
+    };
+    let first = submit(requester.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while awarded.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the cheat was never awarded the task"
+        );
+        adv.pump_for(Duration::from_millis(50)).await;
+    }
+    let award = awarded.lock().unwrap()[0].body.clone();
+    let wrong = vec![
+        NamedTensor {
+            name: "label".into(),
+            tensor: Tensor {
+                shape: vec![1],
+                data: TensorData::I64(vec![7]),
+            },
+        },
+        NamedTensor {
+            name: "probabilities".into(),
+            tensor: Tensor::f32(
+                vec![1, 10],
+                (0..10).map(|i| if i == 7 { 0.99 } else { 0.001 }).collect(),
+            )
+            .unwrap(),
+        },
+    ];
+    // Well-formed and matching its receipt: only a replica can tell it is wrong.
+    let answer = deliver(
+        &mut adv,
+        &identity,
+        req_peer,
+        &award,
+        wrong.clone(),
+        wrong,
+        payout,
+    )
+    .await;
+    assert!(matches!(answer, Response::Ack { .. }), "{answer:?}");
+    let outcome = serve_until_done(&mut adv, first, Duration::from_secs(90)).await;
+
+    // The submitter gets the majority's answer, from an honest worker.
+    let honest: Vec<_> = mesh.workers().iter().map(NodeHandle::node_id).collect();
+    assert!(honest.contains(&outcome.worker), "{:?}", outcome.check);
+    assert_eq!(
+        tensor_io::predictions(&outcome.outputs).unwrap()[0].class,
+        5
+    );
+    let check = outcome.check.clone().expect("checks are on");
+    assert_eq!(
+        check.outcome,
+        crank_node::CheckOutcome::FirstOutvoted,
+        "{check:?}"
+    );
+    let outvoted = check.first.clone().unwrap();
+    assert_eq!((outvoted.worker, outvoted.disputed), (cheat, true));
+    assert_eq!(outvoted.task_id, award.task_id);
+    assert_eq!(check.runs.len(), 2, "{check:?}");
+    assert!(
+        check
+            .runs
+            .iter()
+            .all(|r| honest.contains(&r.worker) && !r.disputed)
+    );
+    assert_ne!(check.runs[0].worker, check.runs[1].worker);
+    assert_eq!(check.runs[0].output_hash, check.runs[1].output_hash);
+    assert_eq!(check.runs[0].task_id, outcome.task_id);
+    assert_eq!(check.extra_stroops, check.runs[1].price_stroops);
+    // The replica's worker differs in hardware from the cheat's claimed server; every node
+    // here is on 127.0.0.1, so not in network.
+    assert_eq!(
+        check.independence,
+        Some(crank_scheduler::Independence::Hardware)
+    );
+    println!(
+        "spot check caught the cheat: 2 extra runs, {:.0} ms added to {:.0} ms, {} extra stroops",
+        check.extra_ms, outcome.elapsed_ms, check.extra_stroops
+    );
+    let json = serde_json::to_value(crank_node::api::TaskResultJson::from(&outcome)).unwrap();
+    assert_eq!(json["check"]["outcome"], "first_outvoted");
+    cli::living::check_schema("submit", &json);
+
+    // The cheat's receipt is disputed with the majority as evidence and told to the cheat;
+    // the honest runs are payable.
+    let receipts = requester.receipts(100);
+    let of = |task, worker| {
+        receipts
+            .iter()
+            .find(|r| r.key().task == task && r.key().worker == worker)
+            .unwrap()
+            .check
+            .clone()
+    };
+    let Check::Disputed(dispute) = of(award.task_id, cheat) else {
+        panic!("the cheat's receipt is not disputed")
+    };
+    let DisputeReason::CheckFailed { message } = &dispute.body.reason else {
+        panic!("{:?}", dispute.body.reason)
+    };
+    for r in &check.runs {
+        assert!(message.contains(&r.task_id.to_hex()), "{message}");
+        assert!(message.contains(&r.output_hash.to_hex()), "{message}");
+        assert_eq!(of(r.task_id, r.worker), Check::Passed);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while told.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the cheat was never told of the dispute"
+        );
+        adv.pump_for(Duration::from_millis(50)).await;
+    }
+    assert_eq!(told.lock().unwrap()[0].body, dispute.body);
+    let status = requester.status().await.unwrap();
+    let b = status.balances.counterparties[&cheat];
+    assert_eq!(
+        (b.owed_by_us_stroops, b.disputed_by_us_stroops),
+        (0, award.price_stroops)
+    );
+    // Trust explains itself: the cheat's outvoted answer, its suspension and its money.
+    let report = requester.peer(&cheat).await.unwrap();
+    assert_eq!((report.record.verified, report.record.disagreed), (0, 1));
+    assert!(report.trust.suspended_until.is_some());
+    assert!(
+        report.trust.because.contains("4 × 1 outvoted by replicas"),
+        "{}",
+        report.trust.because
+    );
+    assert_eq!(report.payments.disputed_by_us_stroops, award.price_stroops);
+    assert!(
+        report
+            .render()
+            .contains("0 agreed with replicas, 1 outvoted"),
+        "{}",
+        report.render()
+    );
+    cli::living::check_schema("peer", &serde_json::to_value(&report).unwrap());
+    let replica = requester.peer(&check.runs[0].worker).await.unwrap();
+    assert_eq!((replica.record.verified, replica.record.disagreed), (1, 0));
+    assert!(replica.trust.score > report.trust.score);
+    let view = status.adverts.iter().find(|a| a.node == cheat).unwrap();
+    assert_eq!((view.outvoted, view.verified), (1, 0));
+    assert!(view.suspended_secs.is_some());
+    assert!(
+        status
+            .render()
+            .contains("0 verified, 1 outvoted (suspended"),
+        "{}",
+        status.render()
+    );
+
+    // Suspended: the next task is not even offered to the cheat, and an honest worker
+    // completes it (checked again, and agreed).
+    let calls_before = *asked.lock().unwrap();
+    let second =
+        serve_until_done(&mut adv, submit(requester.clone()), Duration::from_secs(90)).await;
+    assert!(honest.contains(&second.worker));
+    assert_eq!(
+        *asked.lock().unwrap(),
+        calls_before,
+        "the suspended cheat was asked to bid"
+    );
+    assert_eq!(awarded.lock().unwrap().len(), 1);
+    let check2 = second.check.unwrap();
+    assert_eq!(
+        check2.outcome,
+        crank_node::CheckOutcome::Agreed,
+        "{check2:?}"
+    );
+    println!(
+        "honest task checked: 1 extra run, {:.0} ms added to {:.0} ms",
+        check2.extra_ms, second.elapsed_ms
+    );
+    let metrics = requester.metrics_text();
+    assert!(
+        metrics.contains(r#"crank_spot_checks_total{outcome="first_outvoted"} 1"#),
+        "{metrics}"
+    );
+    mesh.stop().await;
 }
 
 /// Credit between strangers: a worker stops bidding for a requester that owes it more than

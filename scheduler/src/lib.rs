@@ -213,7 +213,9 @@ pub use quote::{
     RequesterStanding, WorkerLimits, WorkerState, check_award, quote,
 };
 pub use score::{PayTerms, PaymentRule, Preference, Score, Weights, WeightsError};
-pub use trust::{AdvertRoom, TaskOutcome, TrustBook, TrustError, TrustPrior, TrustRecord};
+pub use trust::{
+    AdvertRoom, TaskOutcome, TrustBook, TrustError, TrustExplanation, TrustPrior, TrustRecord,
+};
 pub use verify::{
     Answerer, CheckPolicy, CheckPolicyError, Disagreement, HardwareClass, Independence, Network,
     Verdict,

@@ -136,6 +136,75 @@ impl TrustRecord {
     }
 }
 
+/// Why a peer's trust is what it is: the score, its terms in words, and any suspension.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrustExplanation {
+    /// The score, in `(0, 1]`.
+    pub score: f64,
+    /// What counts for the peer, in successes (the prior's included).
+    pub good: f64,
+    /// What counts against it, in failures (the prior's included).
+    pub bad: f64,
+    /// Until when it is asked for no work, when it is suspended.
+    pub suspended_until: Option<UnixMillis>,
+    /// The terms, for people: "0.44 = 4 / (4 + 5): for: 3 prior, 1 completed; against: …".
+    pub because: String,
+}
+
+impl TrustRecord {
+    /// The score of this record under `prior` with its terms in words.
+    #[allow(clippy::cast_precision_loss)] // counts far beyond 2^53 do not occur.
+    pub fn explain(&self, prior: &TrustPrior) -> TrustExplanation {
+        let good = self.completed as f64 + prior.successes;
+        let against = [
+            (1.0, self.failed, "failed"),
+            (1.0, self.timed_out, "timed out"),
+            (prior.abort_weight, self.aborted, "aborted"),
+            (prior.overclaim_weight, self.overclaimed, "over-claimed"),
+            (
+                prior.disagree_weight,
+                self.disagreed,
+                "outvoted by replicas",
+            ),
+        ];
+        let bad = prior.failures + against.iter().map(|(w, n, _)| w * *n as f64).sum::<f64>();
+        let mut pro = vec![format!("{} prior", prior.successes)];
+        if self.completed > 0 {
+            pro.push(format!("{} completed", self.completed));
+        }
+        let mut con = vec![format!("{} prior", prior.failures)];
+        for (w, n, what) in against {
+            if n == 0 {
+                continue;
+            }
+            con.push(if (w - 1.0).abs() < f64::EPSILON {
+                format!("{n} {what}")
+            } else {
+                format!("{w} × {n} {what}")
+            });
+        }
+        let mut because = format!(
+            "{:.2} = {good} / ({good} + {bad}); for: {}; against: {}",
+            good / (good + bad),
+            pro.join(", "),
+            con.join(", ")
+        );
+        if self.verified > 0 || self.disagreed > 0 {
+            because.push_str(&format!(
+                "; spot checks: {} agreed, {} outvoted, streak {}",
+                self.verified, self.disagreed, self.streak
+            ));
+        }
+        TrustExplanation {
+            score: good / (good + bad),
+            good,
+            bad,
+            suspended_until: None,
+            because,
+        }
+    }
+}
+
 /// The prior behind every score; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -386,6 +455,24 @@ impl TrustBook {
         (now < until).then_some(until)
     }
 
+    /// Why `peer`'s trust is what it is at `now` (the prior alone for a peer never seen).
+    pub fn explain(&self, peer: &NodeId, now: UnixMillis) -> TrustExplanation {
+        let mut e = self
+            .peers
+            .get(peer)
+            .copied()
+            .unwrap_or_default()
+            .explain(&self.prior);
+        e.suspended_until = self.suspended_until(peer, now);
+        if let Some(until) = e.suspended_until {
+            e.because.push_str(&format!(
+                "; suspended for {} s more after an outvoted answer",
+                until.saturating_sub(now).div_ceil(1000)
+            ));
+        }
+        e
+    }
+
     /// The counts for `peer`, if any were recorded.
     pub fn get(&self, peer: &NodeId) -> Option<&TrustRecord> {
         self.peers.get(peer)
@@ -615,5 +702,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(old.outvoted_at, 0);
+    }
+
+    #[test]
+    fn explanations_add_up_to_the_score_and_name_every_term() {
+        let mut book = TrustBook::default();
+        let peer = node(4);
+        let fresh = book.explain(&peer, 0);
+        assert_eq!(fresh.score, book.score(&peer));
+        assert_eq!(
+            fresh.because,
+            "0.75 = 3 / (3 + 1); for: 3 prior; against: 1 prior"
+        );
+        book.record(peer, TaskOutcome::Completed, 1);
+        book.record(peer, TaskOutcome::Aborted, 2);
+        book.record_check(peer, true, 3);
+        book.record_check(peer, false, 4);
+        let e = book.explain(&peer, 5);
+        assert!((e.score - book.score(&peer)).abs() < 1e-12);
+        assert!((e.score - e.good / (e.good + e.bad)).abs() < 1e-12);
+        assert_eq!(
+            e.because,
+            "0.42 = 4 / (4 + 5.5); for: 3 prior, 1 completed; against: 1 prior, 0.5 × 1 aborted, \
+             4 × 1 outvoted by replicas; spot checks: 1 agreed, 1 outvoted, streak 0; \
+             suspended for 600 s more after an outvoted answer"
+        );
+        assert_eq!(e.suspended_until, Some(4 + 600_000));
     }
 }

@@ -14,7 +14,7 @@
 //!   requester's own randomness after the result is in, and the replica is an ordinary task
 //!   (a fresh id, sent to a worker the first never hears of), so no worker can tell which of
 //!   its tasks are checked.
-//! - **Independence** ([`most_independent`]): the replica never goes to the first worker's
+//! - **Independence** ([`by_independence`]): the replica never goes to the first worker's
 //!   node id or payout account, and goes to another IPv4 /24 or IPv6 /48 ([`Network`], from
 //!   the address its connection came from) and other hardware ([`HardwareClass`]) where any
 //!   candidate offers them; the third run likewise avoids both earlier workers.
@@ -432,25 +432,26 @@ pub fn independence(
     .independence_from(ran)
 }
 
-/// The candidates for a replica: those at the best level of [`independence`] any of them
-/// reaches, and that level; `network` gives a candidate's network where known. Empty when
-/// none is eligible.
-pub fn most_independent<'a>(
+/// The candidates for a replica grouped by their level of [`independence`], most
+/// independent first (empty levels left out); `network` gives a candidate's network where
+/// known. A replica's auction asks the first group first and falls back to the others.
+pub fn by_independence<'a>(
     adverts: impl IntoIterator<Item = &'a CapabilityAdvert>,
     network: impl Fn(&CapabilityAdvert) -> Option<Network>,
     ran: &[Answerer],
-) -> (Vec<&'a CapabilityAdvert>, Option<Independence>) {
-    let rated: Vec<(&CapabilityAdvert, Independence)> = adverts
-        .into_iter()
-        .filter_map(|a| independence(a, network(a), ran).map(|i| (a, i)))
-        .collect();
-    let best = rated.iter().map(|(_, i)| *i).max();
-    let chosen = rated
-        .into_iter()
-        .filter(|(_, i)| Some(*i) == best)
-        .map(|(a, _)| a)
-        .collect();
-    (chosen, best)
+) -> Vec<(Independence, Vec<&'a CapabilityAdvert>)> {
+    let mut groups: Vec<(Independence, Vec<&'a CapabilityAdvert>)> = Vec::new();
+    for a in adverts {
+        let Some(level) = independence(a, network(a), ran) else {
+            continue;
+        };
+        match groups.iter_mut().find(|(l, _)| *l == level) {
+            Some((_, g)) => g.push(a),
+            None => groups.push((level, vec![a])),
+        }
+    }
+    groups.sort_by(|x, y| y.0.cmp(&x.0));
+    groups
 }
 
 /// Who was wrong, from the comparisons made.
@@ -742,23 +743,28 @@ mod tests {
             other_net.clone(),
             far.clone(),
         ];
-        let (chosen, level) = most_independent(&all, nets, &ran);
-        assert_eq!(level, Some(Independence::NetworkAndHardware));
+        let levels = |ads: &[CapabilityAdvert], ran: &[Answerer]| {
+            by_independence(ads, nets, ran)
+                .into_iter()
+                .map(|(l, g)| (l, g.iter().map(|a| a.node.0[0]).collect::<Vec<_>>()))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
-            chosen.iter().map(|a| a.node).collect::<Vec<_>>(),
-            vec![far.node]
+            levels(&all, &ran),
+            vec![
+                (Independence::NetworkAndHardware, vec![5]),
+                (Independence::Network, vec![4]),
+                (Independence::Hardware, vec![3]),
+                (Independence::Account, vec![2]),
+            ]
         );
-        let (chosen, level) = most_independent(&all[..3], nets, &ran);
-        assert_eq!(level, Some(Independence::Hardware));
-        assert_eq!(chosen.len(), 1);
-        let (chosen, level) = most_independent(&all[..1], nets, &ran);
-        assert!(chosen.is_empty());
-        assert_eq!(level, None);
+        assert!(levels(&all[..1], &ran).is_empty());
 
         // A third run must be independent of both earlier answers.
         let ran2 = [ran[0].clone(), answerer(&far, nets(&far))];
-        let (chosen, level) = most_independent(&all, nets, &ran2);
-        assert_eq!(level, Some(Independence::Account));
-        assert_eq!(chosen.len(), 3);
+        assert_eq!(
+            levels(&all, &ran2),
+            vec![(Independence::Account, vec![2, 3, 4])]
+        );
     }
 }

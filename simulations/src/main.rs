@@ -174,6 +174,14 @@ fn mesh_cmd(args: MeshArgs) -> Result<ExitCode> {
         s.leaves,
         s.joins
     );
+    println!(
+        "spot checks: {} of {} completed tasks checked, {:.2} extra runs per task, {} disagreements, check adds p50 {:.0} ms",
+        s.checked,
+        s.completed,
+        s.check_overhead,
+        s.check_disagreements,
+        s.check_p50_ms.unwrap_or(0.0)
+    );
     println!("ran in {wall:.1} s; report: {}", path.display());
     if report.passed() {
         Ok(ExitCode::SUCCESS)

@@ -249,6 +249,15 @@ pub struct MeshTaskRow {
     pub predicted: Option<i64>,
     /// Seconds since the workload started, at submission.
     pub submitted_s: f64,
+    /// What the task's spot check found (`not_sampled`, `agreed`, …; None: checks off).
+    #[serde(default)]
+    pub check: Option<String>,
+    /// Extra runs the spot check made (replica, third).
+    #[serde(default)]
+    pub check_runs: usize,
+    /// Time the spot check added, ms.
+    #[serde(default)]
+    pub check_ms: Option<f64>,
 }
 
 /// One advert change and when it reached the other nodes.
@@ -340,6 +349,18 @@ pub struct MeshSummary {
     pub worker_receipts_expected: usize,
     /// Failures by error kind.
     pub failures: Vec<(String, usize)>,
+    /// Completed tasks a spot check ran a replica for.
+    #[serde(default)]
+    pub checked: usize,
+    /// Extra runs spent on spot checks, over completed tasks' first runs.
+    #[serde(default)]
+    pub check_overhead: f64,
+    /// Time a spot check added to a checked task: median, ms.
+    #[serde(default)]
+    pub check_p50_ms: Option<f64>,
+    /// Checks whose answers disagreed (outvoted or unresolved).
+    #[serde(default)]
+    pub check_disagreements: usize,
 }
 
 /// Everything a mesh run produced.
@@ -543,6 +564,9 @@ async fn one_task(
         price_stroops: None,
         predicted: None,
         submitted_s,
+        check: None,
+        check_runs: 0,
+        check_ms: None,
     };
     let mut violations = Vec::new();
     let request = SubmitRequest::new(ModelSource::Id(model), sample.inputs);
@@ -570,6 +594,13 @@ async fn one_task(
             row.latency_ms = Some(o.elapsed_ms);
             row.price_stroops = Some(o.price_stroops);
             row.awards = o.trace.awards.len();
+            if let Some(c) = &o.check {
+                row.check = serde_json::to_value(c.outcome)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string));
+                row.check_runs = c.runs.len();
+                row.check_ms = (!c.runs.is_empty()).then_some(c.extra_ms);
+            }
             row.auction_ms = o
                 .trace
                 .awards
@@ -1031,6 +1062,22 @@ async fn run_async(cfg: &MeshConfig, progress: &ProgressBar) -> Result<MeshRepor
     summary.auction_p50_ms = quantile(&mut auc, 0.5);
     summary.auction_p95_ms = quantile(&mut auc, 0.95);
     summary.reawarded = rows.iter().filter(|r| r.awards > 1).count();
+    summary.checked = rows.iter().filter(|r| r.check_runs > 0).count();
+    let extra: usize = rows.iter().map(|r| r.check_runs).sum();
+    #[allow(clippy::cast_precision_loss)]
+    let overhead = extra as f64 / summary.completed.max(1) as f64;
+    summary.check_overhead = overhead;
+    let mut check_ms: Vec<f64> = rows.iter().filter_map(|r| r.check_ms).collect();
+    summary.check_p50_ms = quantile(&mut check_ms, 0.5);
+    summary.check_disagreements = rows
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.check.as_deref(),
+                Some("first_outvoted" | "replica_outvoted" | "unresolved")
+            )
+        })
+        .count();
     let changes: Vec<&ProbeRow> = probes.iter().filter(|p| p.change != "join").collect();
     let mut all_ms: Vec<u64> = changes.iter().filter_map(|p| p.all_ms).collect();
     summary.propagation_p50_ms = quantile(&mut all_ms, 0.5);

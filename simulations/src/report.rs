@@ -1113,6 +1113,14 @@ fn mesh_markdown(r: &crate::mesh::MeshReport, info: &RunInfo) -> String {
         ),
         ("tasks re-awarded", s.reawarded.to_string()),
         (
+            "spot checks: tasks checked / extra runs per task / disagreements",
+            format!(
+                "{} / {:.2} / {}",
+                s.checked, s.check_overhead, s.check_disagreements
+            ),
+        ),
+        ("time a check added, p50 ms", optf(s.check_p50_ms)),
+        (
             "workers left / joined during the workload",
             format!("{} / {}", s.leaves, s.joins),
         ),

@@ -12,7 +12,7 @@ Invariants (each breach is listed with the task or transaction it concerns):
     worker's, the same receipt (same signatures), signed by the worker and counter-signed by
     the requester;
   * no receipt without a task: every receipt the requester or a worker holds belongs to a
-    completed task of this run;
+    completed task of this run (or to one of its spot check's extra runs);
   * a restarted node keeps its identity (and so its key and ledger);
   * nothing paid twice: each paying transaction on Horizon belongs to exactly one settled
     settlement, no receipt is in two settled settlements, and what each worker received on
@@ -194,6 +194,10 @@ def main():
             else:
                 both += 1
     done_keys = {(o.get("task_id"), o.get("worker")) for o in completed}
+    # A spot check's extra runs are tasks of their own, with receipts on both sides.
+    for o in completed:
+        for r in ((o.get("check") or {}).get("runs") or []):
+            done_keys.add((r.get("task_id"), r.get("worker")))
     for k, r in req_side.items():
         if k not in done_keys:
             breach("no receipt without a task",
@@ -324,6 +328,8 @@ def main():
                   "failed_by_reason": dict(failed_by_reason.most_common()),
                   "by_wave": {k: dict(v) for k, v in waves.items()},
                   "winners_by_wave": winners},
+        "spot_checks": dict(collections.Counter(
+            (o.get("check") or {}).get("outcome") or "off" for o in completed)),
         "receipts": {"requester_side": len(req_side), "worker_side": len(worker_side),
                      "completed_with_receipt_on_both_sides": both},
         "settlement": {"settled_transactions": len(settled), "pending": len(pending),
@@ -372,6 +378,9 @@ def print_table(s):
         for r, n in t["failed_by_reason"].items():
             print(f"  {n:>4} × {r}")
     r = s["receipts"]
+    checks = s.get("spot_checks") or {}
+    if checks:
+        print("checks     " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(checks.items())))
     print(f"receipts   requester side {r['requester_side']}, worker side {r['worker_side']}, "
           f"completed tasks with the same counter-signed receipt on both sides "
           f"{r['completed_with_receipt_on_both_sides']}")

@@ -24,6 +24,20 @@ import urllib.request
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
+def summarise_check(check):
+    """The spot check of a completed task: its outcome, and the (task, worker) of every
+    extra run (the replica, a third run, an outvoted first answer), whose receipts the
+    requester holds too."""
+    if not check:
+        return None
+    runs = list(check.get("runs") or [])
+    if check.get("first"):
+        runs.append(check["first"])
+    return {"outcome": check.get("outcome"), "extra_ms": check.get("extra_ms"),
+            "runs": [{"task_id": r.get("task_id"), "worker": r.get("worker"),
+                      "disputed": r.get("disputed")} for r in runs]}
+
+
 def task_for(i, wide_every=0):
     """Task i alternates the MLP and the CNN over the ten sample digits; with wide_every=K,
     every Kth task is instead the wide MLP on the whole 360-row held-out test set."""
@@ -81,7 +95,7 @@ def submit(args, token, i, start_at):
         rec.update(status="completed", http=resp.status, task_id=out.get("task_id"),
                    worker=out.get("worker"), price_stroops=out.get("price_stroops"),
                    prediction=preds[0] if preds else None,
-                   receipt=out.get("receipt"))
+                   receipt=out.get("receipt"), check=summarise_check(out.get("check")))
         if labels is not None:
             rec.update(prediction=None, rows=len(labels),
                        correct=sum(1 for p, l in zip(preds, labels) if p == l))

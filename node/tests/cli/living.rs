@@ -79,6 +79,7 @@ pub(crate) fn check_schema(name: &str, value: &Value) {
 /// (`join`, `bootstrap` and `config`, which print TOML) are absent on purpose.
 const JSON_COMMANDS: &[(&str, &str)] = &[
     ("status", "status"),
+    ("peer", "peer"),
     ("id", "id"),
     ("submit", "submit"),
     ("models list", "models-list"),

@@ -113,6 +113,7 @@ fn every_command_closes_the_ledger_cleanly() {
         (vec!["--json", "models", "list"], true),
         // No node runs on this data dir.
         (vec!["status"], false),
+        (vec!["peer", "12D3KooWAbc"], false),
         // Opens the ledger to check it; Horizon is unreachable, so a check fails.
         (vec!["doctor"], false),
         (vec!["service", "status"], true),
