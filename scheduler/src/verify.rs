@@ -450,7 +450,7 @@ pub fn by_independence<'a>(
             None => groups.push((level, vec![a])),
         }
     }
-    groups.sort_by(|x, y| y.0.cmp(&x.0));
+    groups.sort_by_key(|g| std::cmp::Reverse(g.0));
     groups
 }
 
