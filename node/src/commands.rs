@@ -1162,18 +1162,7 @@ fn api_error_text(body: &serde_json::Value) -> String {
 
 /// `status`: ask the running node.
 pub async fn status(config: &Config, json: bool) -> Result<()> {
-    let Some(mut api) = ApiClient::connect(&config.data_dir).await? else {
-        bail!(
-            "no crank-node is running with data dir {} (start one with `crank-node join`, or pass --data-dir)",
-            config.data_dir.display()
-        );
-    };
-    let (code, value) = api
-        .call(hyper::Method::GET, "/status", None, Duration::from_secs(30))
-        .await?;
-    if !code.is_success() {
-        bail!("the node answered {code}: {}", api_error_text(&value));
-    }
+    let value = get_from_running_node(config, "/status").await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
@@ -1188,23 +1177,7 @@ pub async fn peer(config: &Config, id: &str, json: bool) -> Result<()> {
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
         bail!("`{id}` is not a peer id or node id; `crank-node status` lists the peers");
     }
-    let Some(mut api) = ApiClient::connect(&config.data_dir).await? else {
-        bail!(
-            "no crank-node is running with data dir {} (start one with `crank-node join`, or pass --data-dir)",
-            config.data_dir.display()
-        );
-    };
-    let (code, value) = api
-        .call(
-            hyper::Method::GET,
-            &format!("/peers/{id}"),
-            None,
-            Duration::from_secs(30),
-        )
-        .await?;
-    if !code.is_success() {
-        bail!("the node answered {code}: {}", api_error_text(&value));
-    }
+    let value = get_from_running_node(config, &format!("/peers/{id}")).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
@@ -1212,6 +1185,23 @@ pub async fn peer(config: &Config, id: &str, json: bool) -> Result<()> {
         print!("{}", r.render());
     }
     Ok(())
+}
+
+/// `GET path` on the node running with this data dir, its answer when it succeeded.
+async fn get_from_running_node(config: &Config, path: &str) -> Result<serde_json::Value> {
+    let Some(mut api) = ApiClient::connect(&config.data_dir).await? else {
+        bail!(
+            "no crank-node is running with data dir {} (start one with `crank-node join`, or pass --data-dir)",
+            config.data_dir.display()
+        );
+    };
+    let (code, value) = api
+        .call(hyper::Method::GET, path, None, Duration::from_secs(30))
+        .await?;
+    if !code.is_success() {
+        bail!("the node answered {code}: {}", api_error_text(&value));
+    }
+    Ok(value)
 }
 
 fn spinner(msg: &str, json: bool) -> Option<indicatif::ProgressBar> {
