@@ -5,15 +5,17 @@
 //! worker could return well-formed garbage and be paid for it. As BOINC does for volunteer
 //! hosts, the requester re-runs a sample of tasks elsewhere and compares:
 //!
-//! - **Rate** ([`CheckPolicy::rate`]): a worker with no record of agreeing checks is checked
-//!   with probability `new_rate` (default ½); each `halving_streak` agreeing checks in a row
-//!   (default 3) halve it, down to `floor_rate` (default 5 %), never zero, so a worker that
-//!   earned trust and then starts cheating is still caught, on average within
-//!   `1 / floor_rate` tasks. A worker whose trust is at or below `low_trust`, or whose last
-//!   check disagreed and has not earned a streak back, is checked every time. The draw is the
-//!   requester's own randomness after the result is in, and the replica is an ordinary task
-//!   (a fresh id, sent to a worker the first never hears of), so no worker can tell which of
-//!   its tasks are checked.
+//! - **Rate** ([`CheckPolicy::rate`]): as in BOINC's adaptive replication, a worker is on
+//!   probation, checked on every task, until it has `halving_streak` agreeing checks in a row
+//!   (default 3); then with probability `new_rate` (default ½), halved for each further
+//!   `halving_streak` agreeing checks, down to `floor_rate` (default 5 %), never zero, so a
+//!   worker that earned trust and then starts cheating is still caught, on average within
+//!   `1 / floor_rate` of its wrong answers. Each time a worker is outvoted its probation
+//!   doubles (6, 12, 24 … agreeing checks), so a worker that cheats now and then cannot earn
+//!   a low rate back between its wrong answers. A worker whose trust is at or below
+//!   `low_trust` is checked every time. The draw is the requester's own randomness after the
+//!   result is in, and the replica is an ordinary task (a fresh id, sent to a worker the first
+//!   never hears of), so no worker can tell which of its tasks are checked.
 //! - **Independence** ([`by_independence`]): the replica never goes to the first worker's
 //!   node id or payout account, and goes to another IPv4 /24 or IPv6 /48 ([`Network`], from
 //!   the address its connection came from) and other hardware ([`HardwareClass`]) where any
@@ -41,11 +43,12 @@ use crate::trust::TrustRecord;
 pub struct CheckPolicy {
     /// Check at all. Off, every answer is taken on the worker's word.
     pub enabled: bool,
-    /// Probability of checking a worker with no agreeing streak (default 0.5).
+    /// Probability of checking a worker just off probation (default 0.5).
     pub new_rate: f64,
     /// The lowest probability, reached after a long agreeing streak (default 0.05; above 0).
     pub floor_rate: f64,
-    /// Agreeing checks in a row that halve the rate (default 3; at least 1).
+    /// Agreeing checks in a row that end probation, and then halve the rate each (default
+    /// 3; at least 1).
     pub halving_streak: u64,
     /// Trust at or below which every task of the worker is checked (default 0.6).
     pub low_trust: f64,
@@ -101,11 +104,13 @@ impl CheckPolicy {
             return 0.0;
         }
         let streak = record.map_or(0, |r| r.streak);
-        let disagreed = record.is_some_and(|r| r.disagreed > 0);
-        if trust <= self.low_trust || (disagreed && streak < self.halving_streak) {
+        let disagreed = record.map_or(0, |r| r.disagreed).min(20);
+        let step = self.halving_streak.max(1);
+        let probation = step.saturating_mul(1 << disagreed);
+        if trust <= self.low_trust || streak < probation {
             return 1.0;
         }
-        let halvings = i32::try_from(streak / self.halving_streak.max(1)).unwrap_or(i32::MAX);
+        let halvings = i32::try_from((streak - probation) / step).unwrap_or(i32::MAX);
         (self.new_rate * 0.5f64.powi(halvings)).clamp(self.floor_rate, 1.0)
     }
 
@@ -517,15 +522,22 @@ mod tests {
     #[test]
     fn the_rate_falls_with_an_agreeing_streak_and_never_reaches_zero() {
         let p = CheckPolicy::default();
-        assert_eq!(p.rate(None, 0.75), 0.5);
-        assert_eq!(p.rate(Some(&record(2, 0)), 0.9), 0.5);
-        assert_eq!(p.rate(Some(&record(3, 0)), 0.9), 0.25);
-        assert_eq!(p.rate(Some(&record(6, 0)), 0.9), 0.125);
+        // Probation: every task until three agreeing checks.
+        assert_eq!(p.rate(None, 0.75), 1.0);
+        assert_eq!(p.rate(Some(&record(2, 0)), 0.9), 1.0);
+        assert_eq!(p.rate(Some(&record(3, 0)), 0.9), 0.5);
+        assert_eq!(p.rate(Some(&record(5, 0)), 0.9), 0.5);
+        assert_eq!(p.rate(Some(&record(6, 0)), 0.9), 0.25);
+        assert_eq!(p.rate(Some(&record(9, 0)), 0.9), 0.125);
         assert_eq!(p.rate(Some(&record(1_000_000, 0)), 0.99), 0.05);
-        // Low trust, or a recent disagreement: every task.
+        // Low trust: every task.
         assert_eq!(p.rate(Some(&record(100, 0)), 0.6), 1.0);
-        assert_eq!(p.rate(Some(&record(2, 1)), 0.9), 1.0);
-        assert_eq!(p.rate(Some(&record(3, 1)), 0.9), 0.25);
+        // Each disagreement doubles probation: 6 agreeing checks after one, 12 after two.
+        assert_eq!(p.rate(Some(&record(5, 1)), 0.9), 1.0);
+        assert_eq!(p.rate(Some(&record(6, 1)), 0.9), 0.5);
+        assert_eq!(p.rate(Some(&record(11, 2)), 0.9), 1.0);
+        assert_eq!(p.rate(Some(&record(12, 2)), 0.9), 0.5);
+        assert_eq!(p.rate(Some(&record(u64::MAX, u64::MAX)), 0.9), 0.05);
         let off = CheckPolicy {
             enabled: false,
             ..p

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use crank_sim::market::{self, MarketConfig, Progress, SchedulerKind};
+use crank_sim::market::{self, CheatMode, MarketConfig, Progress, SchedulerKind};
 use crank_sim::report::{self, RunInfo};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -27,6 +27,11 @@ struct Cli {
 enum Command {
     /// Market simulation: the real auction against baselines over a device population.
     Market(MarketArgs),
+    /// Spot checks against cheating workers: the auction with a share of devices returning
+    /// wrong outputs (always, sometimes, only when not a replica, or colluding), with checks
+    /// and without, reporting wrong answers accepted, time to catch a cheater and what
+    /// checking costs.
+    Checks(ChecksArgs),
     /// Many real crank-node nodes in one process over loopback TCP, with churn.
     #[cfg(feature = "mesh")]
     Mesh(MeshArgs),
@@ -370,6 +375,126 @@ fn market_cmd(args: MarketArgs) -> Result<ExitCode> {
     }
 }
 
+#[derive(clap::Args)]
+struct ChecksArgs {
+    /// Seed of every random stream.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Devices (default: the small market preset's 2,000).
+    #[arg(long)]
+    devices: Option<u64>,
+    /// Tasks (default 40,000: two days of the small preset's rate).
+    #[arg(long, default_value_t = 40_000)]
+    tasks: u64,
+    /// Days over which tasks arrive.
+    #[arg(long, default_value_t = 2.0)]
+    days: f64,
+    /// Requesters in all.
+    #[arg(long)]
+    requesters: Option<u32>,
+    /// Shares of cheating devices, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0.01,0.1,0.3")]
+    shares: Vec<f64>,
+    /// How they cheat, comma-separated: always, sometimes, unchecked, colluding.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "always,sometimes,unchecked,colluding"
+    )]
+    modes: Vec<CheatMode>,
+    /// Probability of a wrong answer in mode `sometimes`.
+    #[arg(long, default_value_t = 0.2)]
+    probability: f64,
+    /// Lowest check rate, reached after long agreeing streaks (the node's default 0.05).
+    #[arg(long)]
+    floor_rate: Option<f64>,
+    /// Scheduler preference of the auction: auction[-cheap|-fast|-green|-balanced].
+    #[arg(long, default_value = "auction-balanced")]
+    scheduler: SchedulerKind,
+    /// Output directory.
+    #[arg(long, default_value = "simulations/out")]
+    out: PathBuf,
+    /// Worker threads (0: one per core); results do not depend on it.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn checks_cmd(args: ChecksArgs) -> Result<ExitCode> {
+    let mut cfg = MarketConfig::small();
+    cfg.name = "checks".into();
+    if let Some(v) = args.seed {
+        cfg.seed = v;
+    }
+    if let Some(v) = args.devices {
+        cfg.devices = v;
+    }
+    if let Some(v) = args.requesters {
+        cfg.requesters = v;
+    }
+    cfg.tasks = args.tasks;
+    cfg.days = args.days;
+    cfg.schedulers = vec![args.scheduler];
+    cfg.cheaters.probability = args.probability;
+    cfg.checks.enabled = true;
+    if let Some(v) = args.floor_rate {
+        cfg.checks.floor_rate = v;
+    }
+    cfg.sample_every = 0;
+    cfg.threads = args.threads;
+    cfg.validate()?;
+    for &share in &args.shares {
+        let mut c = cfg.clone();
+        c.cheaters.share = share;
+        c.validate()?;
+    }
+    let show = !args.quiet && std::io::stderr().is_terminal();
+    let multi = MultiProgress::with_draw_target(if show {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    let threads = if cfg.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        cfg.threads
+    };
+    eprintln!(
+        "crank-sim checks: {} devices, {} tasks over {} days, cheater shares {:?}, modes {:?}: {} runs",
+        cfg.devices,
+        cfg.tasks,
+        cfg.days,
+        args.shares,
+        args.modes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        args.shares.len() * (args.modes.len() + 1)
+    );
+    let started = Instant::now();
+    let rows = market::check_grid(&cfg, &args.shares, &args.modes, |label| {
+        let p = progress(&multi, &cfg.schedulers, cfg.tasks, show);
+        p.set_prefix(label);
+        p
+    })?;
+    let info = RunInfo {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        wall_seconds: started.elapsed().as_secs_f64(),
+        threads,
+    };
+    let path = report::write_checks(&args.out, &cfg, &rows, &info)
+        .with_context(|| format!("writing the report to {}", args.out.display()))?;
+    print!("{}", report::checks_table(&rows));
+    println!(
+        "simulated in {:.1} s; report: {}",
+        info.wall_seconds,
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     // A hundred nodes under churn warn about every closed connection: only errors by default.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -381,6 +506,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Market(args) => market_cmd(args),
+        Command::Checks(args) => checks_cmd(args),
         #[cfg(feature = "mesh")]
         Command::Mesh(args) => mesh_cmd(args),
     };

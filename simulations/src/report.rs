@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::market::{MarketReport, SchedulerSummary, SweepPoint};
+use crate::market::{CheckGridRow, MarketConfig, MarketReport, SchedulerSummary, SweepPoint};
 
 /// Why the report could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -1168,4 +1168,174 @@ fn mesh_markdown(r: &crate::mesh::MeshReport, info: &RunInfo) -> String {
         }
     }
     m
+}
+
+/// A check-grid row, flat for CSV.
+#[derive(Serialize)]
+struct CheckCsvRow {
+    cheater_share: f64,
+    mode: String,
+    probability: f64,
+    checks: bool,
+    completed: u64,
+    completion_rate: f64,
+    latency_p95_ms: u64,
+    energy_per_task_j: f64,
+    wrong_delivered: u64,
+    wrong_accepted: u64,
+    wrong_accepted_share: f64,
+    late_wrong_accepted_share: f64,
+    checked: u64,
+    check_runs: u64,
+    third_runs: u64,
+    check_runs_failed: u64,
+    extra_task_share: f64,
+    late_extra_task_share: f64,
+    extra_energy_share: f64,
+    extra_stroops_share: f64,
+    withheld_stroops: u64,
+    honest_outvoted: u64,
+    cheaters_active: u64,
+    cheaters_caught: u64,
+    detect_p50_s: f64,
+    detect_p95_s: f64,
+    check_delay_p50_ms: u64,
+    check_delay_p95_ms: u64,
+}
+
+impl From<&CheckGridRow> for CheckCsvRow {
+    fn from(r: &CheckGridRow) -> Self {
+        let c = &r.summary;
+        Self {
+            cheater_share: r.share,
+            mode: r.mode.to_string(),
+            probability: r.probability,
+            checks: r.checks,
+            completed: r.completed,
+            completion_rate: r.completion_rate,
+            latency_p95_ms: r.latency_p95_ms,
+            energy_per_task_j: r.energy_per_task_j,
+            wrong_delivered: c.wrong_delivered,
+            wrong_accepted: c.wrong_accepted,
+            wrong_accepted_share: c.wrong_accepted_share,
+            late_wrong_accepted_share: c.late_wrong_accepted_share,
+            checked: c.checked,
+            check_runs: c.check_runs,
+            third_runs: c.third_runs,
+            check_runs_failed: c.check_runs_failed,
+            extra_task_share: c.extra_task_share,
+            late_extra_task_share: c.late_extra_task_share,
+            extra_energy_share: c.extra_energy_share,
+            extra_stroops_share: c.extra_stroops_share,
+            withheld_stroops: c.withheld_stroops,
+            honest_outvoted: c.honest_outvoted,
+            cheaters_active: c.cheaters_active,
+            cheaters_caught: c.cheaters_caught,
+            detect_p50_s: c.detect_p50_s,
+            detect_p95_s: c.detect_p95_s,
+            check_delay_p50_ms: c.check_delay_p50_ms,
+            check_delay_p95_ms: c.check_delay_p95_ms,
+        }
+    }
+}
+
+/// The check grid as a markdown table (one row per run).
+pub fn checks_table(rows: &[CheckGridRow]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| cheaters | mode | checks | wrong accepted | 2nd half | extra runs | 2nd half | extra energy | extra pay | caught | detect p50 / p95 | honest outvoted |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let c = &r.summary;
+        let mode = match (r.checks, r.mode) {
+            (false, _) => "any".to_string(),
+            (true, crate::market::CheatMode::Sometimes) => {
+                format!("sometimes (q = {})", r.probability)
+            }
+            (true, m) => m.to_string(),
+        };
+        let (caught, detect) = if r.checks {
+            (
+                format!("{} / {}", c.cheaters_caught, c.cheaters_active),
+                format!("{:.1} / {:.1} s", c.detect_p50_s, c.detect_p95_s),
+            )
+        } else {
+            ("-".into(), "-".into())
+        };
+        let _ = writeln!(
+            s,
+            "| {:.0} % | {mode} | {} | {} ({}) | {} | {} | {} | {} | {} | {caught} | {detect} | {} |",
+            r.share * 100.0,
+            if r.checks { "on" } else { "off" },
+            pct3(c.wrong_accepted_share),
+            c.wrong_accepted,
+            pct3(c.late_wrong_accepted_share),
+            pct(c.extra_task_share),
+            pct(c.late_extra_task_share),
+            pct(c.extra_energy_share),
+            pct(c.extra_stroops_share),
+            c.honest_outvoted,
+        );
+    }
+    s
+}
+
+fn pct3(x: f64) -> String {
+    format!("{:.3} %", x * 100.0)
+}
+
+/// Writes the check grid into `dir`: `checks.csv`, `checks.json` and `checks.md`; returns
+/// the markdown report's path.
+pub fn write_checks(
+    dir: &Path,
+    base: &MarketConfig,
+    rows: &[CheckGridRow],
+    info: &RunInfo,
+) -> Result<PathBuf, ReportError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ReportError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let flat: Vec<CheckCsvRow> = rows.iter().map(CheckCsvRow::from).collect();
+    write_rows(&dir.join("checks.csv"), &flat)?;
+    let json = dir.join("checks.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(rows)?).map_err(io(&json))?;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# crank-sim checks: spot checks against cheating workers\n"
+    );
+    let _ = writeln!(
+        s,
+        "`{}`: {} devices, {} tasks over {} days, {} requesters with {} adverts each, {} shards; scheduler {}; check policy: every task until {} agreeing checks in a row (doubled after each time a worker is outvoted), then {}, halved every {} more, at least {}; every task at or below trust {}; an outvoted worker is suspended {} s, doubling. {} threads, {:.1} s wall.\n",
+        info.command,
+        base.devices,
+        base.tasks,
+        base.days,
+        base.requesters,
+        base.view,
+        base.shards,
+        base.schedulers
+            .first()
+            .map_or_else(String::new, ToString::to_string),
+        base.checks.halving_streak,
+        base.checks.new_rate,
+        base.checks.halving_streak,
+        base.checks.floor_rate,
+        base.checks.low_trust,
+        base.trust_prior.suspend_secs,
+        info.threads,
+        info.wall_seconds,
+    );
+    let _ = writeln!(
+        s,
+        "*wrong accepted*: completed tasks whose accepted answer (the majority's after a check, else the first) was wrong, and how many; *2nd half*: the same over tasks that arrived in the second half, once requesters have history; *extra runs*: replica and third runs per completed task, overall and for the second half; *extra energy / pay*: their energy and pay against the tasks' own; *caught*: cheaters outvoted at least once, of those that gave a wrong answer; *detect*: from a cheater's first wrong answer to the first check that outvoted it; *honest outvoted*: right answers outvoted by a colluding majority.\n"
+    );
+    s.push_str(&checks_table(rows));
+    let md = dir.join("checks.md");
+    std::fs::write(&md, s).map_err(io(&md))?;
+    Ok(md)
 }

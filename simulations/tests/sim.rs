@@ -5,7 +5,8 @@
 
 use crank_scheduler::Preference;
 use crank_sim::market::{
-    self, Faults, MarketConfig, MarketReport, Progress, SchedulerKind, ViolationKind,
+    self, CheatMode, CheaterConfig, Faults, MarketConfig, MarketReport, Progress, SchedulerKind,
+    ViolationKind,
 };
 
 /// The mesh test times real nodes on a 2-core machine: run beside the CPU-bound market runs,
@@ -348,6 +349,20 @@ fn bad_configurations_are_refused_with_a_reason() {
             devices: 1,
             ..MarketConfig::small()
         },
+        MarketConfig {
+            cheaters: market::CheaterConfig {
+                share: 1.5,
+                ..market::CheaterConfig::default()
+            },
+            ..MarketConfig::small()
+        },
+        MarketConfig {
+            checks: crank_scheduler::verify::CheckPolicy {
+                floor_rate: 0.0,
+                ..crank_scheduler::verify::CheckPolicy::default()
+            },
+            ..MarketConfig::small()
+        },
     ];
     for cfg in bad {
         let e = market::run(&cfg, &Progress::hidden(1)).unwrap_err();
@@ -357,6 +372,11 @@ fn bad_configurations_are_refused_with_a_reason() {
         );
     }
     assert!("auction-sloppy".parse::<SchedulerKind>().is_err());
+    assert!("lazy".parse::<CheatMode>().is_err());
+    assert_eq!(
+        "colluding".parse::<CheatMode>().unwrap(),
+        CheatMode::Colluding
+    );
     assert_eq!(
         "auction-green".parse::<SchedulerKind>().unwrap(),
         SchedulerKind::Auction(Preference::Green)
@@ -477,4 +497,118 @@ fn workers_that_under_claim_lose_work_to_the_truth() {
             t.liar_task_share
         );
     }
+}
+
+/// A world with a tenth of devices returning wrong outputs, with the requesters' spot checks
+/// on or off.
+fn cheating(checks: bool, mode: CheatMode, share: f64, tasks: u64) -> MarketConfig {
+    let mut cfg = MarketConfig {
+        schedulers: vec![
+            SchedulerKind::Auction(Preference::Balanced),
+            SchedulerKind::Random,
+        ],
+        cheaters: CheaterConfig {
+            share,
+            mode,
+            ..CheaterConfig::default()
+        },
+        ..quick(tasks)
+    };
+    cfg.checks.enabled = checks;
+    cfg
+}
+
+/// Workers that sign well-formed wrong answers are caught by the requesters' spot checks:
+/// with checks on, a small fraction of the wrong answers accepted without them get through,
+/// nearly every cheater that answered wrongly is outvoted (and so suspended), no honest
+/// worker is blamed, and checking costs far less than running every task twice. The random
+/// baseline, which never checks, accepts every wrong answer it gets.
+#[test]
+fn spot_checks_catch_cheating_workers_for_a_fraction_of_running_everything_twice() {
+    let _machine = market_share();
+    let off = run(&cheating(false, CheatMode::Always, 0.1, 6_000));
+    let on = run(&cheating(true, CheatMode::Always, 0.1, 6_000));
+    assert!(off.passed(), "violations: {:?}", off.violation_counts);
+    assert!(on.passed(), "violations: {:?}", on.violation_counts);
+    let a_off = &summary(&off, "auction-balanced").checks;
+    let a_on = &summary(&on, "auction-balanced").checks;
+    println!("without checks: {a_off:?}\nwith checks: {a_on:?}");
+    assert!(a_on.cheater_device_share > 0.05, "{}", a_on.cheater_device_share);
+    assert!(a_off.wrong_delivered > 100, "{}", a_off.wrong_delivered);
+    assert_eq!(a_off.wrong_accepted, a_off.wrong_delivered, "nothing checks");
+    assert_eq!((a_off.checked, a_off.check_runs), (0, 0));
+    assert!(
+        a_on.wrong_accepted * 20 <= a_off.wrong_accepted,
+        "{} wrong answers accepted with checks, {} without",
+        a_on.wrong_accepted,
+        a_off.wrong_accepted
+    );
+    // The rest answered wrongly only as replicas that no majority settled, in this short run.
+    assert!(
+        a_on.cheaters_caught * 4 >= a_on.cheaters_active * 3,
+        "{} of {} cheaters caught",
+        a_on.cheaters_caught,
+        a_on.cheaters_active
+    );
+    assert_eq!(a_on.honest_outvoted, 0, "cheaters that do not collude never agree");
+    assert!(a_on.outcomes.get("agreed").copied().unwrap_or(0) > 0);
+    assert!(a_on.outcomes.get("first_outvoted").copied().unwrap_or(0) > 0);
+    assert!(a_on.withheld_stroops > 0, "outvoted runs are not paid");
+    assert!(
+        a_on.extra_task_share > 0.0 && a_on.extra_task_share < 0.5,
+        "{} check runs per task",
+        a_on.extra_task_share
+    );
+    let random = &summary(&on, "random").checks;
+    assert!(random.wrong_delivered > 0);
+    assert_eq!(random.wrong_accepted, random.wrong_delivered);
+    assert_eq!(random.checked, 0);
+}
+
+/// A cheater that cheats only when its answer is not a replica (as if it could tell) is
+/// caught all the same, because the draw comes after its answer; a colluding ring outvotes
+/// honest workers now and then, and the report shows it. The grid writes its files.
+#[test]
+fn the_check_grid_measures_each_way_of_cheating_and_writes_its_report() {
+    let _machine = market_share();
+    let mut base = MarketConfig {
+        schedulers: vec![SchedulerKind::Auction(Preference::Balanced)],
+        ..quick(3_000)
+    };
+    base.checks.enabled = true;
+    let modes = [CheatMode::Unchecked, CheatMode::Colluding];
+    let rows = market::check_grid(&base, &[0.3], &modes, |_| Progress::hidden(1)).unwrap();
+    assert_eq!(rows.len(), 3, "a run without checks, then one per mode");
+    let (none, unchecked, ring) = (&rows[0], &rows[1], &rows[2]);
+    assert!(!none.checks && unchecked.checks && ring.checks);
+    for (r, factor) in [(unchecked, 10), (ring, 2)] {
+        println!("{}: {:?}", r.mode, r.summary);
+        assert!(r.summary.cheaters_caught > 0, "{}", r.mode);
+        assert!(
+            r.summary.wrong_accepted * factor < none.summary.wrong_accepted,
+            "{}: {} accepted, {} without checks",
+            r.mode,
+            r.summary.wrong_accepted,
+            none.summary.wrong_accepted
+        );
+    }
+    assert_eq!(unchecked.summary.honest_outvoted, 0);
+    assert!(ring.summary.honest_outvoted > 0, "a ring outvotes honest workers");
+    assert!(
+        ring.summary.wrong_accepted > unchecked.summary.wrong_accepted,
+        "a ring that agrees on its wrong answers gets more through"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let info = crank_sim::report::RunInfo::default();
+    let md = crank_sim::report::write_checks(dir.path(), &base, &rows, &info).unwrap();
+    let text = std::fs::read_to_string(md).unwrap();
+    assert!(text.contains("| 30 % | unchecked | on |"), "{text}");
+    let csv = std::fs::read_to_string(dir.path().join("checks.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(dir.path().join("checks.json").exists());
+    let baseline = MarketConfig {
+        schedulers: vec![SchedulerKind::Random],
+        ..base
+    };
+    assert!(market::check_grid(&baseline, &[0.1], &modes, |_| Progress::hidden(1)).is_err());
 }

@@ -123,7 +123,13 @@ impl Shard<'_> {
                 explore: self.cfg.explore,
                 seed: u64::from_le_bytes(seed),
             };
-            let adverts = req.view.iter().map(|s| &devices[*s as usize].advert);
+            // A replica or third run never goes to a worker that already answered.
+            let avoid = task.check.as_ref().map_or(&[][..], |c| &c.avoid[..]);
+            let adverts = req
+                .view
+                .iter()
+                .map(|s| &devices[*s as usize].advert)
+                .filter(|a| !avoid.contains(&a.node));
             select_candidates(adverts, &query, &req.trust, now)
         };
         match Auction::new(
@@ -491,8 +497,11 @@ impl Shard<'_> {
         pair.0 += 1;
         pair.1 += job.price;
         let (pair_seq, cumulative) = *pair;
-        let mut out = job.task_id.0.to_vec();
-        out.extend_from_slice(b"/outputs");
+        // The outputs depend on the model, the input and which answer the worker gave, not on
+        // the task id: a replica of the same input that answers alike hashes alike.
+        let mut out = job.model_id.0.to_vec();
+        out.extend_from_slice(&job.input_hash.0);
+        out.extend_from_slice(&delivery.answer.to_le_bytes());
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let microjoules = (job.energy_uj.round() as u64).max(1);
         let receipt = WorkReceipt {

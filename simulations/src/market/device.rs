@@ -147,6 +147,12 @@ pub(crate) struct Device {
     pub ignores_gate: bool,
     /// Drawn as a liar ([`super::LiarConfig`]): its claims are divided by the factor.
     pub liar: bool,
+    /// Drawn as a cheater ([`super::CheaterConfig`]): it returns wrong outputs.
+    pub cheat: bool,
+    /// When it first delivered a wrong answer (cheaters).
+    pub first_wrong_at: Option<u64>,
+    /// When a requester's check first outvoted it.
+    pub caught_at: Option<u64>,
 }
 
 /// Advert timing, from the node's defaults.
@@ -324,6 +330,9 @@ impl Device {
             pairs: HashMap::new(),
             ignores_gate: false,
             liar: false,
+            cheat: false,
+            first_wrong_at: None,
+            caught_at: None,
         }
     }
 

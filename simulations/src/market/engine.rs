@@ -16,8 +16,8 @@ use super::device::{AdvertTiming, Device, Job};
 use super::population::{DAY_MS, HOUR_MS, Habits, Hardware, day_plan};
 use super::rng::{self, Purpose};
 use super::stats::{
-    ClassCounters, ClassEarnings, HourRow, MAX_VIOLATION_EXAMPLES, SchedulerSummary, ShardStats,
-    TaskRow, Violation, ViolationKind, percentile,
+    CheckCounters, CheckSummary, ClassCounters, ClassEarnings, HourRow, MAX_VIOLATION_EXAMPLES,
+    SchedulerSummary, ShardStats, TaskRow, Violation, ViolationKind, percentile,
 };
 use super::workload::{TaskDraw, draw_tasks};
 use super::{EPOCH_MS, MarketConfig, MarketReport, SchedulerKind, WorldSummary};
@@ -34,9 +34,16 @@ pub(crate) struct Requester {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Delivery {
     pub slot: u32,
+    /// The node id it ran under (a device that renews its identity gets a new one).
+    pub node: NodeId,
     pub energy_uj: f64,
     pub path: ExecPath,
+    /// Which answer it gave: [`RIGHT_ANSWER`], or a wrong one (equal tags, equal outputs).
+    pub answer: u64,
 }
+
+/// The answer tag of a correct output.
+pub(crate) const RIGHT_ANSWER: u64 = 0;
 
 /// A baseline dispatcher's answer from a worker.
 #[derive(Debug, Clone, Copy)]
@@ -180,6 +187,8 @@ pub(crate) struct Task {
     pub attempts: u32,
     pub timer_at: Option<u64>,
     pub side: Side,
+    /// Set on a requester's replica or third run of another task.
+    pub check: Option<super::checks::CheckRole>,
 }
 
 /// What one shard produced.
@@ -216,6 +225,10 @@ pub(crate) struct Shard<'a> {
     new_identities: u64,
     pub violation_counts: BTreeMap<ViolationKind, u64>,
     finished_unreported: u64,
+    /// Checks in progress, by the checked task.
+    pub checks: HashMap<u32, super::checks::CheckState>,
+    /// Index of the next replica or third run (after the drawn tasks').
+    pub next_check_ix: u32,
 }
 
 fn share_of(total: u64, parts: u32, i: u32) -> u64 {
@@ -292,6 +305,8 @@ impl<'a> Shard<'a> {
             // Its own stream, so that liars are the same devices whatever else is drawn.
             let mut lr = rng::stream(seed, Purpose::Keys, &[sh, u64::from(slot), 2 << 32]);
             d.liar = cfg.liars.share > 0.0 && lr.random_bool(cfg.liars.share);
+            let mut cr = rng::stream(seed, Purpose::Keys, &[sh, u64::from(slot), 3 << 32]);
+            d.cheat = cfg.cheaters.share > 0.0 && cr.random_bool(cfg.cheaters.share);
             by_node.insert(d.node, (slot, 0));
             devices.push(d);
         }
@@ -344,7 +359,10 @@ impl<'a> Shard<'a> {
             new_identities: 0,
             violation_counts: BTreeMap::new(),
             finished_unreported: 0,
+            checks: HashMap::new(),
+            next_check_ix: 0,
         };
+        s.next_check_ix = u32::try_from(s.draws.len()).unwrap_or(u32::MAX);
         s.start_world();
         s
     }
@@ -585,6 +603,10 @@ impl<'a> Shard<'a> {
         let d = &self.devices[slot as usize];
         let default_policy = d.policy == RunPolicy::ChargingIdle;
         self.stats.energy_uj += used;
+        if job.task as usize >= self.draws.len() {
+            // A replica or third run: what checking costs.
+            self.stats.check.energy_uj += used;
+        }
         self.stats.battery_uj += battery;
         self.stats.classes[d.class].energy_uj += used;
         if default_policy && battery > 0.0 {
@@ -666,6 +688,7 @@ impl<'a> Shard<'a> {
             attempts: 0,
             timer_at: None,
             side: Side::Baseline(BaselineSide::default()),
+            check: None,
         };
         // Bring the requester's advert table up to now.
         let (now, timing) = (self.now, self.timing);
@@ -845,10 +868,14 @@ impl<'a> Shard<'a> {
             },
         );
         self.book_energy(slot, &job);
+        let answer = self.answer_of(slot, task, attempt);
+        let d = &self.devices[slot as usize];
         let delivery = Delivery {
             slot,
+            node: d.node,
             energy_uj: job.energy_uj,
             path: job.path,
+            answer,
         };
         if self.kind.is_auction() {
             self.deliver_receipt(slot, &job, delivery);
@@ -921,6 +948,10 @@ impl<'a> Shard<'a> {
         let Some(t) = self.tasks.remove(&ix) else {
             return;
         };
+        if let Some(role) = t.check {
+            self.check_run_done(role, price, delivery);
+            return;
+        }
         let i = ix as usize;
         let pays = if self.cfg.faults.pay_twice { 2 } else { 1 };
         self.stats.payments[i] = self.stats.payments[i].saturating_add(pays);
@@ -953,6 +984,7 @@ impl<'a> Shard<'a> {
             }
             class_name = Some(self.cfg.classes[class].class.to_string());
         }
+        self.answered(ix, &t, price, delivery);
         if self.sampled(ix) {
             let row = TaskRow {
                 scheduler: self.kind.to_string(),
@@ -983,6 +1015,10 @@ impl<'a> Shard<'a> {
         let Some(t) = self.tasks.remove(&ix) else {
             return;
         };
+        if let Some(role) = t.check {
+            self.check_run_failed(role);
+            return;
+        }
         self.stats.outcomes[ix as usize] = 2;
         self.stats.failed += 1;
         self.finished_unreported += 1;
@@ -1016,7 +1052,12 @@ impl<'a> Shard<'a> {
 
     /// The driver lost track of a task (only with the `forget_failures` fault).
     pub(crate) fn forget(&mut self, ix: u32) {
-        self.tasks.remove(&ix);
+        if let Some(t) = self.tasks.remove(&ix)
+            && let Some(role) = t.check
+        {
+            self.check_run_failed(role);
+            return;
+        }
         self.finished_unreported += 1;
     }
 
@@ -1037,6 +1078,15 @@ impl<'a> Shard<'a> {
                 format!("task {ix} still open when the simulation ran out of events"),
             );
         }
+        let mut unfinished: Vec<u32> = self.checks.keys().copied().collect();
+        unfinished.sort_unstable();
+        for ix in unfinished {
+            self.violate(
+                ViolationKind::LostTask,
+                format!("the check of task {ix} never reached a verdict"),
+            );
+        }
+        self.finish_checks();
         for i in 0..self.stats.outcomes.len() {
             let (outcome, paid) = (self.stats.outcomes[i], self.stats.payments[i]);
             match outcome {
@@ -1075,6 +1125,67 @@ impl<'a> Shard<'a> {
 
 fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }
+}
+
+/// Sums the shards' check counters.
+#[allow(clippy::cast_precision_loss)]
+fn check_summary(
+    parts: &[&ShardResult],
+    completed: u64,
+    energy_uj: f64,
+    paid: u64,
+) -> CheckSummary {
+    let count =
+        |f: &dyn Fn(&CheckCounters) -> u64| parts.iter().map(|p| f(&p.stats.check)).sum::<u64>();
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut delays = Vec::new();
+    let mut detect = Vec::new();
+    for p in parts {
+        for (k, v) in &p.stats.check.outcomes {
+            *outcomes.entry((*k).to_string()).or_default() += v;
+        }
+        delays.extend_from_slice(&p.stats.check.delays_ms);
+        detect.extend_from_slice(&p.stats.check.detect_ms);
+    }
+    delays.sort_unstable();
+    detect.sort_unstable();
+    let check_energy: f64 = parts.iter().map(|p| p.stats.check.energy_uj).sum();
+    let devices: u64 = parts
+        .iter()
+        .map(|p| p.class_devices.iter().sum::<u64>())
+        .sum();
+    let runs = count(&|c| c.runs);
+    let wrong_accepted = count(&|c| c.wrong_accepted);
+    CheckSummary {
+        cheater_device_share: ratio(count(&|c| c.cheat_devices) as f64, devices as f64),
+        wrong_delivered: count(&|c| c.wrong_delivered),
+        wrong_accepted,
+        wrong_accepted_share: ratio(wrong_accepted as f64, completed as f64),
+        late_wrong_accepted_share: ratio(
+            count(&|c| c.late_wrong_accepted) as f64,
+            count(&|c| c.late_completed) as f64,
+        ),
+        checked: count(&|c| c.checked),
+        check_runs: runs,
+        third_runs: count(&|c| c.third_runs),
+        check_runs_failed: count(&|c| c.runs_failed),
+        extra_task_share: ratio(runs as f64, completed as f64),
+        late_extra_task_share: ratio(
+            count(&|c| c.late_runs) as f64,
+            count(&|c| c.late_completed) as f64,
+        ),
+        extra_energy_share: ratio(check_energy, energy_uj - check_energy),
+        extra_stroops_share: ratio(count(&|c| c.stroops) as f64, paid as f64),
+        withheld_stroops: count(&|c| c.withheld_stroops),
+        outcomes,
+        honest_outvoted: count(&|c| c.honest_outvoted),
+        cheaters_active: count(&|c| c.cheaters_active),
+        cheaters_caught: count(&|c| c.cheaters_caught),
+        detect_p50_s: percentile(&detect, 50.0) as f64 / 1000.0,
+        detect_p95_s: percentile(&detect, 95.0) as f64 / 1000.0,
+        check_delay_p50_ms: percentile(&delays, 50.0),
+        check_delay_p95_ms: percentile(&delays, 95.0),
+    }
 }
 
 /// Merges shards (in order) into the report.
@@ -1172,6 +1283,7 @@ pub(crate) fn merge(cfg: &MarketConfig, results: Vec<ShardResult>) -> MarketRepo
             liar_task_share: ratio(count(&|s| s.liar_tasks) as f64, completed as f64),
             overclaims: count(&|s| s.overclaims),
             signed_messages: count(&|s| s.signed),
+            checks: check_summary(&parts, completed, energy, count(&|s| s.paid)),
             failures,
             earnings,
         });

@@ -45,18 +45,23 @@ pub mod workload;
 
 mod auction;
 mod baseline;
+mod checks;
 mod engine;
 
 use std::fmt;
 use std::str::FromStr;
 
+use crank_scheduler::verify::CheckPolicy;
 use crank_scheduler::{AuctionConfig, Preference, TrustPrior};
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub use checks::{CheckGridRow, check_grid};
 pub use population::{ChurnConfig, ClassSpec, default_classes};
-pub use stats::{ClassEarnings, HourRow, SchedulerSummary, TaskRow, Violation, ViolationKind};
+pub use stats::{
+    CheckSummary, ClassEarnings, HourRow, SchedulerSummary, TaskRow, Violation, ViolationKind,
+};
 pub use workload::{ModelSpec, WorkloadConfig, default_models};
 
 /// Start of simulated time: 2026-01-01T00:00:00Z, a Thursday, in Unix ms.
@@ -172,6 +177,72 @@ impl Default for LiarConfig {
     }
 }
 
+/// How cheating workers answer ([`CheaterConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheatMode {
+    /// Every answer is wrong.
+    Always,
+    /// Each answer is wrong with the configured probability.
+    Sometimes,
+    /// Wrong on every task except the requesters' replica and third runs, as if the worker
+    /// could tell checks apart (it cannot: replicas are ordinary tasks with fresh ids, and the
+    /// draw is made after the answer is in). The strongest cheat that avoids being a replica.
+    Unchecked,
+    /// Every answer is wrong, and every cheater gives the same wrong answer: a ring that
+    /// outvotes an honest worker whenever two of its members are asked.
+    Colluding,
+}
+
+impl fmt::Display for CheatMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Always => "always",
+            Self::Sometimes => "sometimes",
+            Self::Unchecked => "unchecked",
+            Self::Colluding => "colluding",
+        })
+    }
+}
+
+impl FromStr for CheatMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(Self::Always),
+            "sometimes" => Ok(Self::Sometimes),
+            "unchecked" => Ok(Self::Unchecked),
+            "colluding" => Ok(Self::Colluding),
+            other => Err(format!(
+                "unknown cheat mode {other:?}; expected always, sometimes, unchecked or colluding"
+            )),
+        }
+    }
+}
+
+/// Workers that return wrong outputs (well-formed, signed, and wrong). Off by default.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CheaterConfig {
+    /// Share of devices that cheat (drawn per device, the same in every scheduler's world).
+    pub share: f64,
+    /// How they cheat.
+    pub mode: CheatMode,
+    /// Probability of a wrong answer under [`CheatMode::Sometimes`].
+    pub probability: f64,
+}
+
+impl Default for CheaterConfig {
+    fn default() -> Self {
+        Self {
+            share: 0.0,
+            mode: CheatMode::Always,
+            probability: 0.2,
+        }
+    }
+}
+
 /// Everything a market run depends on; `small()` and `full()` are the presets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -224,6 +295,12 @@ pub struct MarketConfig {
     pub threads: usize,
     /// Workers that under-claim latency and energy in their bids.
     pub liars: LiarConfig,
+    /// Workers that return wrong outputs.
+    pub cheaters: CheaterConfig,
+    /// The auction's requesters' spot checks (the node's policy). Off in the presets, so
+    /// that placement is compared with the baselines like for like; `crank-sim checks`
+    /// turns them on.
+    pub checks: CheckPolicy,
     /// Deliberate bugs (tests only).
     #[serde(skip)]
     pub faults: Faults,
@@ -263,6 +340,11 @@ impl MarketConfig {
             sample_every: 10,
             threads: 0,
             liars: LiarConfig::default(),
+            cheaters: CheaterConfig::default(),
+            checks: CheckPolicy {
+                enabled: false,
+                ..CheckPolicy::default()
+            },
             faults: Faults::default(),
         }
     }
@@ -322,6 +404,21 @@ impl MarketConfig {
                 self.liars.factor
             ));
         }
+        if !(0.0..=1.0).contains(&self.cheaters.share) {
+            return bad(format!(
+                "cheaters.share must be in [0, 1], got {}",
+                self.cheaters.share
+            ));
+        }
+        if !(self.cheaters.probability > 0.0 && self.cheaters.probability <= 1.0) {
+            return bad(format!(
+                "cheaters.probability must be in (0, 1], got {}",
+                self.cheaters.probability
+            ));
+        }
+        self.checks
+            .validate()
+            .map_err(|e| MarketError::Config(e.to_string()))?;
         if self.schedulers.is_empty() {
             return bad("no scheduler to run".into());
         }
@@ -381,6 +478,9 @@ pub enum MarketError {
     /// The configuration is unusable.
     #[error("invalid market configuration: {0}")]
     Config(String),
+    /// A run broke an invariant.
+    #[error("invariant checks failed at {0}")]
+    Invariants(String),
     /// The thread pool could not be built.
     #[error("cannot start worker threads: {0}")]
     Threads(String),
@@ -446,6 +546,13 @@ impl Progress {
     /// Uses the given bars, one per scheduler in order.
     pub fn new(bars: Vec<ProgressBar>) -> Self {
         Self { bars }
+    }
+
+    /// Labels every bar (the check grid names its runs).
+    pub fn set_prefix(&self, label: &str) {
+        for b in &self.bars {
+            b.set_prefix(label.to_string());
+        }
     }
 
     fn bar(&self, i: usize) -> ProgressBar {

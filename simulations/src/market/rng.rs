@@ -31,6 +31,10 @@ pub(crate) enum Purpose {
     Baseline = 8,
     /// Requesters' advert tables.
     Views = 9,
+    /// Whether a cheater's answer is wrong.
+    Cheats = 10,
+    /// Requesters' spot-check draws.
+    Checks = 11,
 }
 
 /// SplitMix64's finaliser: a bijective mix of 64 bits.

@@ -175,10 +175,67 @@ pub struct SchedulerSummary {
     pub overclaims: u64,
     /// Signed messages the auction verified (bids, declines, failures, receipts).
     pub signed_messages: u64,
+    /// Wrong answers and the spot checks that catch them.
+    #[serde(default)]
+    pub checks: CheckSummary,
     /// Why tasks failed, counted.
     pub failures: BTreeMap<String, u64>,
     /// Earnings per device class.
     pub earnings: Vec<ClassEarnings>,
+}
+
+/// Wrong answers delivered and accepted, and what spot checks cost and caught, for one
+/// scheduler. Baselines never check: every wrong answer they get is accepted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CheckSummary {
+    /// Share of devices that cheat ([`super::CheaterConfig`]).
+    pub cheater_device_share: f64,
+    /// Completed tasks whose first answer was wrong.
+    pub wrong_delivered: u64,
+    /// Completed tasks whose accepted answer (after any check) was wrong.
+    pub wrong_accepted: u64,
+    /// `wrong_accepted` over completed tasks.
+    pub wrong_accepted_share: f64,
+    /// The same over tasks that arrived in the second half of the run, once requesters have
+    /// history with the workers they use.
+    pub late_wrong_accepted_share: f64,
+    /// Completed tasks the requester drew for a check.
+    pub checked: u64,
+    /// Replica and third runs that completed.
+    pub check_runs: u64,
+    /// Of those, third runs.
+    pub third_runs: u64,
+    /// Replica or third runs that found no worker in time.
+    pub check_runs_failed: u64,
+    /// Check runs per completed task.
+    pub extra_task_share: f64,
+    /// The same for tasks that arrived in the second half of the run.
+    pub late_extra_task_share: f64,
+    /// Energy of check runs over the energy of all other runs.
+    pub extra_energy_share: f64,
+    /// Stroops paid for check runs over stroops paid for the tasks themselves (outvoted runs
+    /// are never paid, so this is what checking cost the requesters).
+    pub extra_stroops_share: f64,
+    /// Stroops of outvoted runs, withheld.
+    pub withheld_stroops: u64,
+    /// Check outcomes: agreed, first_outvoted, replica_outvoted, unresolved, no_replica.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Outvoted runs whose answer was right (an honest worker blamed by a colluding
+    /// majority).
+    pub honest_outvoted: u64,
+    /// Cheating devices that delivered at least one wrong answer.
+    pub cheaters_active: u64,
+    /// Of those, outvoted at least once.
+    pub cheaters_caught: u64,
+    /// Time from a cheater's first wrong answer to the first check that outvoted it, s:
+    /// median over caught cheaters.
+    pub detect_p50_s: f64,
+    /// 95th percentile.
+    pub detect_p95_s: f64,
+    /// Time a check adds to a checked task (first answer to verdict), ms: median.
+    pub check_delay_p50_ms: u64,
+    /// 95th percentile.
+    pub check_delay_p95_ms: u64,
 }
 
 /// Percentile `p` (0..=100) of sorted values, nearest rank.
@@ -232,6 +289,31 @@ pub(crate) struct ShardStats {
     pub payments: Vec<u8>,
     /// Outcome per task index: 0 open, 1 completed, 2 failed.
     pub outcomes: Vec<u8>,
+    pub check: CheckCounters,
+}
+
+/// Spot-check counters of one shard.
+#[derive(Debug, Default)]
+pub(crate) struct CheckCounters {
+    pub energy_uj: f64,
+    pub wrong_delivered: u64,
+    pub wrong_accepted: u64,
+    pub late_completed: u64,
+    pub late_wrong_accepted: u64,
+    pub checked: u64,
+    pub runs: u64,
+    pub late_runs: u64,
+    pub third_runs: u64,
+    pub runs_failed: u64,
+    pub stroops: u64,
+    pub withheld_stroops: u64,
+    pub honest_outvoted: u64,
+    pub outcomes: BTreeMap<&'static str, u64>,
+    pub delays_ms: Vec<u32>,
+    pub detect_ms: Vec<u32>,
+    pub cheat_devices: u64,
+    pub cheaters_active: u64,
+    pub cheaters_caught: u64,
 }
 
 /// Most examples of violations kept per shard; the count is exact.
