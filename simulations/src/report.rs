@@ -16,6 +16,8 @@
 //! | `report.json` | the whole report |
 //! | `*.svg` | latency distribution, energy per task, earnings by class, completion by hour, churn sweep |
 //! | `report.md` | the report |
+//!
+//! `crank-sim checks` writes `checks.csv`, `checks.json` and `checks.md` ([`write_checks`]).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

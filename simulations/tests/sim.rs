@@ -533,9 +533,16 @@ fn spot_checks_catch_cheating_workers_for_a_fraction_of_running_everything_twice
     let a_off = &summary(&off, "auction-balanced").checks;
     let a_on = &summary(&on, "auction-balanced").checks;
     println!("without checks: {a_off:?}\nwith checks: {a_on:?}");
-    assert!(a_on.cheater_device_share > 0.05, "{}", a_on.cheater_device_share);
+    assert!(
+        a_on.cheater_device_share > 0.05,
+        "{}",
+        a_on.cheater_device_share
+    );
     assert!(a_off.wrong_delivered > 100, "{}", a_off.wrong_delivered);
-    assert_eq!(a_off.wrong_accepted, a_off.wrong_delivered, "nothing checks");
+    assert_eq!(
+        a_off.wrong_accepted, a_off.wrong_delivered,
+        "nothing checks"
+    );
     assert_eq!((a_off.checked, a_off.check_runs), (0, 0));
     assert!(
         a_on.wrong_accepted * 20 <= a_off.wrong_accepted,
@@ -550,7 +557,10 @@ fn spot_checks_catch_cheating_workers_for_a_fraction_of_running_everything_twice
         a_on.cheaters_caught,
         a_on.cheaters_active
     );
-    assert_eq!(a_on.honest_outvoted, 0, "cheaters that do not collude never agree");
+    assert_eq!(
+        a_on.honest_outvoted, 0,
+        "cheaters that do not collude never agree"
+    );
     assert!(a_on.outcomes.get("agreed").copied().unwrap_or(0) > 0);
     assert!(a_on.outcomes.get("first_outvoted").copied().unwrap_or(0) > 0);
     assert!(a_on.withheld_stroops > 0, "outvoted runs are not paid");
@@ -593,7 +603,10 @@ fn the_check_grid_measures_each_way_of_cheating_and_writes_its_report() {
         );
     }
     assert_eq!(unchecked.summary.honest_outvoted, 0);
-    assert!(ring.summary.honest_outvoted > 0, "a ring outvotes honest workers");
+    assert!(
+        ring.summary.honest_outvoted > 0,
+        "a ring outvotes honest workers"
+    );
     assert!(
         ring.summary.wrong_accepted > unchecked.summary.wrong_accepted,
         "a ring that agrees on its wrong answers gets more through"

@@ -18,6 +18,10 @@
 //!   [`crank_scheduler::quote`], sign bids, declines, failure reports and receipts with their
 //!   real ed25519 keys, and the auction verifies every one. Workers abort when their gate
 //!   closes; the auction re-awards; trust books learn.
+//! - **Cheaters and spot checks** ([`checks`]): a share of devices can return wrong outputs
+//!   (always, sometimes, only off replicas, or as a colluding ring), and the auction's
+//!   requesters can check completed tasks as the node does: replicas and third runs through
+//!   the real auction, the real check rate and trust book. `crank-sim checks` measures it.
 //! - **Baselines**, on the same devices, churn and tasks: `random` (any advertised device),
 //!   `fastest` (the highest advertised speed with a free slot), `cheapest` (the lowest
 //!   advertised price for the task with a free slot). They dispatch directly, retry on
