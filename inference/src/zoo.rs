@@ -170,26 +170,9 @@ fn read_tensor(dir: &Path, t: &RawTensor) -> Result<NamedTensor, ZooError> {
     })
 }
 
-/// How close the engine's outputs must be to onnxruntime's, per element type: floats within
+/// How close the engine's outputs must be to onnxruntime's: floats within
 /// `abs + rel * |expected|`, integers exactly.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Tolerance {
-    /// Absolute slack for floats.
-    pub abs: f64,
-    /// Relative slack for floats.
-    pub rel: f64,
-}
-
-impl Default for Tolerance {
-    /// float32: 1e-4 absolute plus 1e-3 relative. Two runtimes sum in different orders and
-    /// fuse differently, so bit equality is not expected; a wrong kernel is off by far more.
-    fn default() -> Self {
-        Self {
-            abs: 1e-4,
-            rel: 1e-3,
-        }
-    }
-}
+pub use crank_protocol::Tolerance;
 
 /// How far one output was from onnxruntime's.
 #[derive(Debug, Clone, PartialEq)]
@@ -279,12 +262,7 @@ fn floats(
     let mut outside = 0usize;
     for (x, y) in a.zip(b) {
         let d = (x - y).abs();
-        // NaN in either is a disagreement unless both are NaN.
-        let ok = if x.is_nan() || y.is_nan() {
-            x.is_nan() && y.is_nan()
-        } else {
-            d <= tol.abs + tol.rel * y.abs()
-        };
+        let ok = tol.agrees(x, y);
         if !ok {
             outside = outside.saturating_add(1);
         }

@@ -53,7 +53,7 @@ pub mod validate;
 pub use ids::{ContentHash, ModelId, NodeId, TaskId};
 pub use messages::*;
 pub use sign::{CounterSigned, Identity, Signature, SignatureError, Signed};
-pub use tensor::{NamedTensor, Tensor, TensorData, TensorError};
+pub use tensor::{NamedTensor, Tensor, TensorData, TensorError, Tolerance};
 
 /// Milliseconds since the Unix epoch. Passed in by callers; this crate never reads a clock.
 pub type UnixMillis = u64;

@@ -179,9 +179,81 @@ pub fn tensors_hash(tensors: &[NamedTensor]) -> ContentHash {
     }
 }
 
+/// How close two float answers must be to count as the same: `|got − expected| ≤ abs +
+/// rel·|expected|`; NaN agrees only with NaN and an infinity only with itself. Integers are
+/// compared exactly, not through this. One bound for the conformance zoo (our engine against
+/// onnxruntime), the GPU path (against tract) and the requesters' spot checks (one worker's
+/// answer against another's), so honest engines agree wherever they are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tolerance {
+    /// Absolute slack.
+    pub abs: f64,
+    /// Relative slack, times `|expected|`.
+    pub rel: f64,
+}
+
+impl Default for Tolerance {
+    /// float32: 1e-4 absolute plus 1e-3 relative. Two runtimes sum in different orders and
+    /// fuse differently, so bit equality is not expected; a wrong kernel is off by far more.
+    fn default() -> Self {
+        Self {
+            abs: 1e-4,
+            rel: 1e-3,
+        }
+    }
+}
+
+impl Tolerance {
+    /// Whether `got` agrees with `expected`.
+    pub fn agrees(self, got: f64, expected: f64) -> bool {
+        if got.is_nan() || expected.is_nan() {
+            return got.is_nan() && expected.is_nan();
+        }
+        // An infinite `expected` would make the relative bound infinite and let anything agree.
+        if got.is_infinite() || expected.is_infinite() {
+            return got == expected;
+        }
+        (got - expected).abs() <= self.abs + self.rel * expected.abs()
+    }
+
+    /// Whether both slacks are finite and not negative.
+    pub fn is_usable(self) -> bool {
+        self.abs.is_finite() && self.abs >= 0.0 && self.rel.is_finite() && self.rel >= 0.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tolerance_bounds_floats_and_nan_agrees_only_with_nan() {
+        let t = Tolerance::default();
+        assert!(t.agrees(1.0005, 1.0));
+        assert!(!t.agrees(1.01, 1.0));
+        assert!(t.agrees(f64::INFINITY, f64::INFINITY));
+        assert!(!t.agrees(f64::INFINITY, f64::NEG_INFINITY));
+        assert!(!t.agrees(5.0, f64::INFINITY) && !t.agrees(f64::INFINITY, 5.0));
+        assert!(!t.agrees(f64::MAX, f64::INFINITY));
+        assert!(t.agrees(f64::NAN, f64::NAN));
+        assert!(!t.agrees(f64::NAN, 0.0) && !t.agrees(0.0, f64::NAN));
+        assert!(t.is_usable());
+        assert!(
+            !Tolerance {
+                abs: -1.0,
+                rel: 0.0
+            }
+            .is_usable()
+        );
+        assert!(
+            !Tolerance {
+                abs: 0.0,
+                rel: f64::NAN
+            }
+            .is_usable()
+        );
+    }
 
     #[test]
     fn shape_must_match_data() {

@@ -86,10 +86,7 @@ impl CheckPolicy {
             && self.floor_rate <= self.new_rate
             && self.halving_streak >= 1
             && unit(self.low_trust)
-            && self.tolerance.abs.is_finite()
-            && self.tolerance.abs >= 0.0
-            && self.tolerance.rel.is_finite()
-            && self.tolerance.rel >= 0.0;
+            && self.tolerance.is_usable();
         if ok {
             Ok(())
         } else {
@@ -122,23 +119,7 @@ impl CheckPolicy {
 }
 
 /// How close two float answers must be: `|a − b| ≤ abs + rel·|b|`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Tolerance {
-    /// Absolute slack.
-    pub abs: f64,
-    /// Relative slack.
-    pub rel: f64,
-}
-
-impl Default for Tolerance {
-    fn default() -> Self {
-        Self {
-            abs: 1e-4,
-            rel: 1e-3,
-        }
-    }
-}
+pub use crank_protocol::Tolerance;
 
 /// Where two answers first differ.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -244,12 +225,7 @@ fn floats(
     let mut first = None;
     for (i, (x, y)) in a.zip(b).enumerate() {
         // NaN agrees only with NaN (the wire refuses both unless a model allows them).
-        let ok = if x.is_nan() || y.is_nan() {
-            x.is_nan() && y.is_nan()
-        } else {
-            x == y || (x - y).abs() <= tol.abs + tol.rel * y.abs()
-        };
-        if !ok {
+        if !tol.agrees(x, y) {
             outside += 1;
             first.get_or_insert((i, x, y));
         }
@@ -517,6 +493,16 @@ mod tests {
             disagreed,
             ..TrustRecord::default()
         }
+    }
+
+    #[test]
+    fn an_infinite_answer_agrees_only_with_the_same_infinity() {
+        let tol = Tolerance::default();
+        let inf = f32s("y", vec![f32::INFINITY, 1.0]);
+        let five = f32s("y", vec![5.0, 1.0]);
+        assert!(compare(&five, &inf, tol).is_err());
+        assert!(compare(&inf, &five, tol).is_err());
+        assert!(compare(&inf, &inf.clone(), tol).is_ok());
     }
 
     #[test]
