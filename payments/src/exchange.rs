@@ -511,20 +511,32 @@ impl RequesterReceipts {
                 why: "a receipt from before the upgrade takes no checks",
             });
         };
+        let reason = DisputeReason::CheckFailed {
+            message: clip(message, 1024),
+        };
+        let (dispute, recorded) = self.dispute(receipt.inner, reason).await?;
+        Ok(recorded.then_some(dispute))
+    }
+
+    /// Signs a dispute of `receipt` and stores it; the bool says whether it was recorded
+    /// (false: the receipt was already paid or disputed).
+    async fn dispute(
+        &self,
+        receipt: Signed<WorkReceipt>,
+        reason: DisputeReason,
+    ) -> Result<(Signed<Dispute>, bool), ExchangeError> {
         let dispute = Signed::sign(
             Dispute {
-                receipt: receipt.inner,
+                receipt,
                 requester: self.identity.node_id(),
-                reason: DisputeReason::CheckFailed {
-                    message: clip(message, 1024),
-                },
+                reason,
                 at: crate::ledger::now_ms(),
             },
             &self.identity,
         )?;
         let (ledger, d) = (self.ledger.clone(), dispute.clone());
         let recorded = blocking(move || Ok(ledger.record_dispute(&d)?)).await?;
-        Ok(recorded.then_some(dispute))
+        Ok((dispute, recorded))
     }
 
     async fn check_outputs_then(
@@ -590,17 +602,7 @@ impl RequesterReceipts {
             },
             Err(e) => return Err(e.into()),
         };
-        let dispute = Signed::sign(
-            Dispute {
-                receipt: receipt.inner.clone(),
-                requester: self.identity.node_id(),
-                reason,
-                at: crate::ledger::now_ms(),
-            },
-            &self.identity,
-        )?;
-        let (ledger, d) = (self.ledger.clone(), dispute.clone());
-        blocking(move || Ok(ledger.record_dispute(&d)?)).await?;
+        let (dispute, _) = self.dispute(receipt.inner, reason).await?;
         Ok(OutputsVerdict::Disputed(Box::new(dispute)))
     }
 
