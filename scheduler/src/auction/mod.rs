@@ -28,7 +28,7 @@ pub mod trace;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crank_protocol::validate::looks_like_stellar_account;
 use crank_protocol::{
@@ -169,7 +169,9 @@ pub enum Input {
         /// Its decline.
         decline: Signed<Decline>,
     },
-    /// The worker reported that the task failed.
+    /// The worker reported that the task failed. A failure another worker could avoid
+    /// ([`FailureReason::retryable`]) re-awards the task; a model the worker's runtime refused
+    /// goes to a bid on another engine path when there is one; otherwise the task fails.
     WorkerFailed {
         /// The worker.
         from: NodeId,
@@ -404,6 +406,9 @@ pub struct Auction {
     now: UnixMillis,
     outputs: VecDeque<Output>,
     trace: AuctionTrace,
+    /// Engine paths whose runtime refused the model in this auction; their bids are not
+    /// awarded again.
+    refused_paths: BTreeSet<ExecPath>,
 }
 
 impl Auction {
@@ -487,6 +492,7 @@ impl Auction {
             now,
             outputs: VecDeque::new(),
             trace,
+            refused_paths: BTreeSet::new(),
         };
         auction.start_round();
         auction.step();
@@ -912,7 +918,20 @@ impl Auction {
         self.check_field(from, f.requester == self.spec.requester, "requester")?;
         self.check_field(from, f.worker == from, "worker")?;
         let reason = f.reason.clone();
-        if reason.retryable() {
+        let path = match &self.peers[i].state {
+            PeerState::Tried(e, _) => Some(e.bid.path),
+            _ => None,
+        };
+        if let (FailureReason::ModelInvalid { .. }, Some(path)) = (&reason, path)
+            && self.another_path_bids(path)
+        {
+            // This worker's runtime refused the model; another runtime (tract and onnxruntime
+            // support different operators) may run it. Not the worker's fault, and no bid on
+            // the refused path is awarded again.
+            self.refused_paths.insert(path);
+            self.end_award(i, AwardEnd::Failed { reason }, None);
+            self.award_next();
+        } else if reason.retryable() {
             let outcome = match reason {
                 FailureReason::Aborted { .. } | FailureReason::ShuttingDown => TaskOutcome::Aborted,
                 FailureReason::TimedOut { .. } => TaskOutcome::TimedOut,
@@ -1166,7 +1185,17 @@ impl Auction {
 
     /// Whether a bid can still be awarded now.
     fn usable(&self, e: &BidEntry) -> bool {
-        e.bid.valid_until > self.now && self.fits_deadline(e.latency_ms())
+        e.bid.valid_until > self.now
+            && self.fits_deadline(e.latency_ms())
+            && !self.refused_paths.contains(&e.bid.path)
+    }
+
+    /// Whether a usable bid runs on another path than `refused` (and than every path
+    /// refused before).
+    fn another_path_bids(&self, refused: ExecPath) -> bool {
+        self.peers.iter().any(
+            |p| matches!(&p.state, PeerState::Bid(e) if e.bid.path != refused && self.usable(e)),
+        )
     }
 
     /// Awards the best usable bid; re-auctions when there is none.

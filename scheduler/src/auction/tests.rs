@@ -492,6 +492,65 @@ fn a_failure_no_worker_can_avoid_ends_the_task() {
     assert!(e.to_string().starts_with("task cannot run: input invalid"));
 }
 
+fn bid_on(n: u8, price: u64, path: ExecPath) -> Input {
+    let body = Bid {
+        path,
+        ..bid_body(n, price, 100, 100)
+    };
+    Input::Bid {
+        from: node(n),
+        bid: Signed::sign(body, &ident(n)).unwrap(),
+    }
+}
+
+fn model_invalid(n: u8) -> Input {
+    failure(
+        n,
+        FailureReason::ModelInvalid {
+            message: "op Foo (node foo_1) is not supported".into(),
+        },
+    )
+}
+
+/// A runtime that refuses the model does not end the task while a worker on another runtime
+/// bid: the award moves to it, skipping bids on the refused path, and nobody loses trust.
+/// With no bid on another path the refusal ends the task, as any other fault of the model.
+#[test]
+fn a_model_one_runtime_refuses_goes_to_a_worker_on_another() {
+    let mut a = auction(Weights::default(), &[1, 2, 3]);
+    drain(&mut a);
+    a.handle(bid_on(1, 100, ExecPath::Cpu), T0 + 1).unwrap();
+    a.handle(bid_on(2, 150, ExecPath::Cpu), T0 + 1).unwrap();
+    a.handle(bid_on(3, 300, ExecPath::Onnxruntime), T0 + 1)
+        .unwrap();
+    let (first, _) = award_of(&drain(&mut a)).unwrap();
+    assert_eq!(first, node(1));
+    a.handle(model_invalid(1), T0 + 50).unwrap();
+    let out = drain(&mut a);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Trust { .. })),
+        "not the worker's fault: {out:?}"
+    );
+    let (next, _) = award_of(&out).unwrap();
+    assert_eq!(
+        next,
+        node(3),
+        "the onnxruntime bid, not the cheaper tract one"
+    );
+
+    // The onnxruntime worker refuses too: no other path bid, so the task ends.
+    a.handle(model_invalid(3), T0 + 60).unwrap();
+    let out = drain(&mut a);
+    let Some(Output::Failed(e)) = out.last() else {
+        panic!("{out:?}");
+    };
+    assert!(matches!(e.cause, FailCause::TaskRejected { .. }), "{e}");
+    assert!(
+        e.to_string().starts_with("task cannot run: model invalid"),
+        "{e}"
+    );
+}
+
 #[test]
 fn no_candidates_fails_at_once_and_bad_specs_are_errors() {
     let mut a = auction(Weights::default(), &[0]);
