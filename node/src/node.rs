@@ -223,7 +223,11 @@ impl Node {
                 bids: Mutex::new(crank_scheduler::BidBook::new(4096)),
                 running: Mutex::new(HashMap::new()),
                 measured: Mutex::new(BTreeMap::new()),
-                unservable: Mutex::new(std::collections::VecDeque::new()),
+                unservable: Mutex::new(crate::worker::restore_unservable(
+                    &core.ledger,
+                    &crate::worker::engine_tag(&bench),
+                    core.limits.max_advert_models,
+                )),
                 failures: AtomicU64::new(0),
                 meter,
                 hardware,

@@ -45,7 +45,8 @@ pub(crate) struct Worker {
     pub measured: Mutex<BTreeMap<(ModelId, ExecPath), MeasuredRun>>,
     /// Models every runtime here refused, oldest first, with the reason: advertised, and
     /// declined at once, so nobody awards this node a task it will fail. Bounded by the
-    /// advert's model limit; forgotten at restart (a new version may run them).
+    /// advert's model limit; kept in the ledger across restarts of the same engine
+    /// ([`engine_tag`]), forgotten when it changes (a new version may run them).
     pub unservable: Mutex<std::collections::VecDeque<(ModelId, String)>>,
     /// Tasks failed, aborted or timed out (for the advert's trust summary).
     pub failures: AtomicU64,
@@ -748,9 +749,78 @@ fn mark_unservable(worker: &Worker, model: ModelId, e: &InferenceError) {
             why.truncate(end);
         }
         list.push_back((model, why));
+        persist_unservable(&worker.core.ledger, &engine_tag(&worker.bench), &list);
     }
     info!(model = %model, "model marked unservable: declined and advertised from now on");
     worker.advert_changed.notify_one();
+}
+
+/// Meta key under which the unservable models are kept in the ledger.
+pub(crate) const UNSERVABLE_KEY: &str = "unservable-models";
+
+/// What decides which models this node can run: its version and its runtimes' paths. A
+/// refusal recorded under another tag is forgotten.
+pub(crate) fn engine_tag(bench: &[PathBench]) -> String {
+    let paths: Vec<String> = bench.iter().map(|b| b.path.to_string()).collect();
+    format!(
+        "crank-node/{} {}",
+        env!("CARGO_PKG_VERSION"),
+        paths.join(",")
+    )
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredUnservable {
+    engine: String,
+    models: Vec<(ModelId, String)>,
+}
+
+fn persist_unservable(
+    ledger: &crank_payments::Ledger,
+    engine: &str,
+    list: &std::collections::VecDeque<(ModelId, String)>,
+) {
+    let stored = StoredUnservable {
+        engine: engine.to_string(),
+        models: list.iter().cloned().collect(),
+    };
+    match serde_json::to_vec(&stored) {
+        Ok(bytes) => {
+            if let Err(e) = ledger.put_meta(UNSERVABLE_KEY, &bytes) {
+                warn!(error = %e, "cannot persist the unservable models");
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot encode the unservable models"),
+    }
+}
+
+/// The unservable models kept under this engine tag (at most `cap`, newest kept); none when
+/// the engine changed or nothing readable is stored.
+pub(crate) fn restore_unservable(
+    ledger: &crank_payments::Ledger,
+    engine: &str,
+    cap: usize,
+) -> std::collections::VecDeque<(ModelId, String)> {
+    let stored = match ledger.get_meta(UNSERVABLE_KEY) {
+        Ok(Some(bytes)) => match serde_json::from_slice::<StoredUnservable>(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "stored unservable models unreadable; trying every model again");
+                return std::collections::VecDeque::new();
+            }
+        },
+        _ => return std::collections::VecDeque::new(),
+    };
+    if stored.engine != engine {
+        info!(
+            before = %stored.engine,
+            now = %engine,
+            "engine changed since models were refused; trying them again"
+        );
+        return std::collections::VecDeque::new();
+    }
+    let skip = stored.models.len().saturating_sub(cap.max(1));
+    stored.models.into_iter().skip(skip).collect()
 }
 
 fn failure_of(e: &InferenceError) -> FailureReason {
@@ -1396,5 +1466,53 @@ pub(crate) fn abort_all(worker: &Worker, reason: GateReason) {
         if let Some(stop) = r.stop.take() {
             let _ = stop.send(Stop::Abort(reason.clone()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bench(paths: &[ExecPath]) -> Vec<PathBench> {
+        paths
+            .iter()
+            .map(|&path| PathBench {
+                path,
+                inferences_per_sec: 1.0,
+                microjoules_per_inference: 1,
+            })
+            .collect()
+    }
+
+    /// Refused models survive a restart of the same engine, newest kept within the advert's
+    /// limit, and are tried again when the engine changes (another version or runtime set);
+    /// an unreadable record loses nothing but the list.
+    #[test]
+    fn unservable_models_survive_a_restart_until_the_engine_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = crank_payments::Ledger::open(&dir.path().join("ledger.redb")).unwrap();
+        let cpu = engine_tag(&bench(&[ExecPath::Cpu]));
+        let both = engine_tag(&bench(&[ExecPath::Cpu, ExecPath::Onnxruntime]));
+        assert_ne!(cpu, both);
+        assert!(
+            restore_unservable(&ledger, &cpu, 8).is_empty(),
+            "nothing stored"
+        );
+        let list: std::collections::VecDeque<(ModelId, String)> = (0..3u8)
+            .map(|i| (ModelId([i; 32]), format!("op Foo{i} is not supported")))
+            .collect();
+        persist_unservable(&ledger, &cpu, &list);
+        assert_eq!(restore_unservable(&ledger, &cpu, 8), list);
+        let newest: Vec<ModelId> = restore_unservable(&ledger, &cpu, 2)
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect();
+        assert_eq!(newest, vec![ModelId([1; 32]), ModelId([2; 32])]);
+        assert!(
+            restore_unservable(&ledger, &both, 8).is_empty(),
+            "another engine"
+        );
+        ledger.put_meta(UNSERVABLE_KEY, b"{not json").unwrap();
+        assert!(restore_unservable(&ledger, &cpu, 8).is_empty());
     }
 }
