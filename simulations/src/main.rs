@@ -132,11 +132,7 @@ fn mesh_cmd(args: MeshArgs) -> Result<ExitCode> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(250));
-    let threads = if cfg.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        cfg.threads
-    };
+    let threads = threads_of(cfg.threads);
     eprintln!(
         "crank-sim mesh: {} workers, {} requesters, {} tasks, churn every {} ms",
         cfg.workers, cfg.requesters, cfg.tasks, cfg.churn_every_ms
@@ -248,6 +244,27 @@ struct MarketArgs {
     quiet: bool,
 }
 
+/// Whether to draw progress bars (not with `--quiet`, nor when stderr is no terminal), and
+/// the place they draw to.
+fn progress_target(quiet: bool) -> (bool, MultiProgress) {
+    let show = !quiet && std::io::stderr().is_terminal();
+    let multi = MultiProgress::with_draw_target(if show {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    (show, multi)
+}
+
+/// The worker threads a run uses (0: one per core).
+fn threads_of(configured: usize) -> usize {
+    if configured == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        configured
+    }
+}
+
 fn progress(multi: &MultiProgress, names: &[SchedulerKind], tasks: u64, show: bool) -> Progress {
     let style = ProgressStyle::with_template(
         "{prefix:>18} {bar:40.cyan/blue} {pos:>9}/{len:9} tasks {per_sec:>12} eta {eta}",
@@ -305,17 +322,8 @@ fn market_cmd(args: MarketArgs) -> Result<ExitCode> {
     }
     cfg.threads = args.threads;
     cfg.validate()?;
-    let show = !args.quiet && std::io::stderr().is_terminal();
-    let multi = MultiProgress::with_draw_target(if show {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
-    let threads = if cfg.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        cfg.threads
-    };
+    let (show, multi) = progress_target(args.quiet);
+    let threads = threads_of(cfg.threads);
     eprintln!(
         "crank-sim market: {} devices, {} tasks, {} schedulers, {} shards, {} threads",
         cfg.devices,
@@ -450,17 +458,8 @@ fn checks_cmd(args: ChecksArgs) -> Result<ExitCode> {
         c.cheaters.share = share;
         c.validate()?;
     }
-    let show = !args.quiet && std::io::stderr().is_terminal();
-    let multi = MultiProgress::with_draw_target(if show {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
-    let threads = if cfg.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        cfg.threads
-    };
+    let (show, multi) = progress_target(args.quiet);
+    let threads = threads_of(cfg.threads);
     eprintln!(
         "crank-sim checks: {} devices, {} tasks over {} days, cheater shares {:?}, modes {:?}: {} runs",
         cfg.devices,

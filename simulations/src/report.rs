@@ -70,6 +70,12 @@ pub struct RunInfo {
     pub threads: usize,
 }
 
+/// The error for an I/O failure on `path`, for `map_err`.
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError {
+    let path = path.to_path_buf();
+    move |source| ReportError::Io { path, source }
+}
+
 fn csv_writer(path: &Path) -> Result<csv::Writer<std::fs::File>, ReportError> {
     csv::Writer::from_path(path).map_err(|source| ReportError::Csv {
         path: path.to_path_buf(),
@@ -973,11 +979,7 @@ pub fn write_mesh(
     report: &crate::mesh::MeshReport,
     info: &RunInfo,
 ) -> Result<PathBuf, ReportError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ReportError::Io { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     write_rows(&dir.join("mesh_tasks.csv"), &report.tasks)?;
     write_rows(&dir.join("mesh_probes.csv"), &report.probes)?;
     write_rows_or_header(
@@ -991,7 +993,7 @@ pub fn write_mesh(
         &["kind", "detail"],
     )?;
     let json = dir.join("mesh_report.json");
-    std::fs::write(&json, serde_json::to_vec_pretty(report)?).map_err(io(&json))?;
+    std::fs::write(&json, serde_json::to_vec_pretty(report)?).map_err(io_error(&json))?;
     #[allow(clippy::cast_precision_loss)]
     let latency: Vec<f64> = report.tasks.iter().filter_map(|t| t.latency_ms).collect();
     #[allow(clippy::cast_precision_loss)]
@@ -1025,7 +1027,7 @@ pub fn write_mesh(
         ],
     )?;
     let md = dir.join("mesh_report.md");
-    std::fs::write(&md, mesh_markdown(report, info)).map_err(io(&md))?;
+    std::fs::write(&md, mesh_markdown(report, info)).map_err(io_error(&md))?;
     Ok(md)
 }
 
@@ -1296,15 +1298,11 @@ pub fn write_checks(
     rows: &[CheckGridRow],
     info: &RunInfo,
 ) -> Result<PathBuf, ReportError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ReportError::Io { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     let flat: Vec<CheckCsvRow> = rows.iter().map(CheckCsvRow::from).collect();
     write_rows(&dir.join("checks.csv"), &flat)?;
     let json = dir.join("checks.json");
-    std::fs::write(&json, serde_json::to_vec_pretty(rows)?).map_err(io(&json))?;
+    std::fs::write(&json, serde_json::to_vec_pretty(rows)?).map_err(io_error(&json))?;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -1338,6 +1336,6 @@ pub fn write_checks(
     );
     s.push_str(&checks_table(rows));
     let md = dir.join("checks.md");
-    std::fs::write(&md, s).map_err(io(&md))?;
+    std::fs::write(&md, s).map_err(io_error(&md))?;
     Ok(md)
 }
