@@ -4,7 +4,8 @@
 //! It is served on the Unix socket `<data dir>/api.sock` (mode 0600: only the owner can
 //! connect), and also over TCP on a loopback address when the owner asks (`[api] listen`,
 //! `--api-addr`); the bound TCP address is written to `<data dir>/api.addr` (0600, removed on
-//! clean shutdown). Every endpoint except `/health`, `/hello` and `/metrics` needs
+//! clean shutdown). `POST /dashboard` starts the owner's web page ([`crate::dashboard`]) and
+//! returns a one-time link to it. Every endpoint except `/health`, `/hello` and `/metrics` needs
 //! `Authorization: Bearer <token>`, where the token is in `<data dir>/api.token` (0600,
 //! created on first start).
 //!
@@ -139,6 +140,8 @@ struct AppState {
     token: Arc<str>,
     /// The address [`token_proof`] binds in on this listener.
     proof_addr: Arc<str>,
+    /// The owner's web page, started by the first `POST /dashboard`.
+    dashboard: Arc<crate::dashboard::Dashboard>,
 }
 
 /// The running API. Dropping it stops serving and removes the socket and `api.addr` (the
@@ -150,6 +153,7 @@ pub struct ApiServer {
     tcp: Option<SocketAddr>,
     addr_file: PathBuf,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    dashboard: Arc<crate::dashboard::Dashboard>,
 }
 
 impl ApiServer {
@@ -185,6 +189,7 @@ impl Drop for ApiServer {
         for t in &self.tasks {
             t.abort();
         }
+        self.dashboard.stop();
         let ours = std::fs::symlink_metadata(&self.socket)
             .ok()
             .map(|m| (m.dev(), m.ino()));
@@ -237,15 +242,10 @@ pub async fn serve(node: NodeHandle) -> Result<ApiServer, ApiError> {
         return Err(ApiError::Disabled);
     }
     let tcp_addr = match &config.api.listen {
-        Some(text) => {
-            let addr: SocketAddr = text.parse().map_err(|_| ApiError::Address(text.clone()))?;
-            if !addr.ip().is_loopback() {
-                return Err(ApiError::Address(text.clone()));
-            }
-            Some(addr)
-        }
+        Some(text) => Some(loopback_addr(text)?),
         None => None,
     };
+    let dashboard_addr = loopback_addr(&config.api.dashboard_listen)?;
     let token: Arc<str> = load_or_create_token(&config.data_dir)?.into();
     let socket = config.data_dir.join(SOCKET_FILE);
     clear_stale_socket(&socket).await?;
@@ -267,18 +267,21 @@ pub async fn serve(node: NodeHandle) -> Result<ApiServer, ApiError> {
         .unwrap_or(usize::MAX)
         .saturating_mul(2)
         .max(1 << 20);
+    let dashboard = crate::dashboard::Dashboard::new(node.clone(), dashboard_addr);
     let mut server = ApiServer {
         socket: socket.clone(),
         socket_id,
         tcp: None,
         addr_file: addr_file.clone(),
         tasks: Vec::new(),
+        dashboard: dashboard.clone(),
     };
     let unix_app = app(
         AppState {
             node: node.clone(),
             token: token.clone(),
             proof_addr: UNIX_PROOF_ADDR.into(),
+            dashboard: dashboard.clone(),
         },
         max_body,
     );
@@ -304,6 +307,7 @@ pub async fn serve(node: NodeHandle) -> Result<ApiServer, ApiError> {
                 node,
                 token,
                 proof_addr: bound.to_string().into(),
+                dashboard,
             },
             max_body,
         );
@@ -329,8 +333,33 @@ fn app(state: AppState, max_body: usize) -> Router {
         .route("/wallet", get(wallet_balance))
         .route("/wallet/settle", post(wallet_settle))
         .route("/wallet/history", get(wallet_history))
+        .route("/dashboard", post(dashboard_link))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+/// A loopback socket address from the config, or why not.
+fn loopback_addr(text: &str) -> Result<SocketAddr, ApiError> {
+    text.parse::<SocketAddr>()
+        .ok()
+        .filter(|a| a.ip().is_loopback())
+        .ok_or_else(|| ApiError::Address(text.to_string()))
+}
+
+/// `POST /dashboard`: starts the owner's web page if needed and mints a one-time link.
+async fn dashboard_link(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, HttpError> {
+    authorize(&state, &headers)?;
+    let link = state
+        .dashboard
+        .link()
+        .await
+        .map_err(|e| http_error(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    serde_json::to_value(link)
+        .map(Json)
+        .map_err(|e| http_error(StatusCode::INTERNAL_SERVER_ERROR, e))
 }
 
 #[derive(Deserialize)]

@@ -84,6 +84,14 @@ pub enum Command {
         /// The peer's libp2p peer id or node id (hex), as `crank-node status` lists them.
         id: String,
     },
+    /// Open the owner's dashboard in a browser on this machine: earnings and spending over
+    /// time, energy per task, tasks served, the power gate's history, peers and trust.
+    ///
+    /// Asks the node running on this data dir for a one-time link and prints it. The link
+    /// works once, within two minutes, and signs that browser in for eight hours; the page
+    /// is served on loopback only (`[api] dashboard_listen`, default a free port).
+    #[command(after_help = DASHBOARD_EXAMPLES)]
+    Dashboard,
     /// Manage the local model store.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -131,6 +139,11 @@ const DOCTOR_EXAMPLES: &str = "Examples:
   crank-node doctor --bootstrap /ip4/203.0.113.7/tcp/7400/p2p/12D3KooW...
   crank-node --json doctor | jq '.checks[] | select(.verdict != \"ok\")'
   sudo -u crank-node crank-node --data-dir /var/lib/crank-node doctor";
+
+const DASHBOARD_EXAMPLES: &str = "Examples:
+  crank-node dashboard                  # prints http://127.0.0.1:PORT/login?code=...
+  xdg-open \"$(crank-node --json dashboard | jq -r .url)\"
+  ssh -L 7071:127.0.0.1:7071 pi@raspberrypi    # a remote node, with [api] dashboard_listen = \"127.0.0.1:7071\"";
 
 const COMPLETIONS_EXAMPLES: &str = "Examples:
   crank-node completions bash > ~/.local/share/bash-completion/completions/crank-node
@@ -395,6 +408,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Submit(args) => submit(config, args, json).await,
         Command::Status => status(&config, json).await,
         Command::Peer { id } => peer(&config, &id, json).await,
+        Command::Dashboard => dashboard(&config, json).await,
         Command::Models(cmd) => models(config, cmd, json).await,
         Command::Wallet(cmd) => wallet(config, cmd, json).await,
         Command::Config => {
@@ -1187,8 +1201,34 @@ pub async fn peer(config: &Config, id: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `dashboard`: a one-time link to the running node's web page.
+pub async fn dashboard(config: &Config, json: bool) -> Result<()> {
+    let value = call_running_node(config, hyper::Method::POST, "/dashboard").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        let link: crate::dashboard::DashboardLink = serde_json::from_value(value)?;
+        println!(
+            "Open this on this machine within {} s (it works once):",
+            link.expires_in_secs
+        );
+        println!("  {}", link.url);
+    }
+    Ok(())
+}
+
 /// `GET path` on the node running with this data dir, its answer when it succeeded.
 async fn get_from_running_node(config: &Config, path: &str) -> Result<serde_json::Value> {
+    call_running_node(config, hyper::Method::GET, path).await
+}
+
+/// `method path` (no body) on the node running with this data dir, its answer when it
+/// succeeded.
+async fn call_running_node(
+    config: &Config,
+    method: hyper::Method,
+    path: &str,
+) -> Result<serde_json::Value> {
     let Some(mut api) = ApiClient::connect(&config.data_dir).await? else {
         bail!(
             "no crank-node is running with data dir {} (start one with `crank-node join`, or pass --data-dir)",
@@ -1196,7 +1236,7 @@ async fn get_from_running_node(config: &Config, path: &str) -> Result<serde_json
         );
     };
     let (code, value) = api
-        .call(hyper::Method::GET, path, None, Duration::from_secs(30))
+        .call(method, path, None, Duration::from_secs(30))
         .await?;
     if !code.is_success() {
         bail!("the node answered {code}: {}", api_error_text(&value));

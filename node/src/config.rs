@@ -62,6 +62,9 @@ pub struct ApiConfig {
     /// them for the caller). Empty by default: callers upload the bytes instead. The data dir
     /// is never readable this way.
     pub model_dirs: Vec<PathBuf>,
+    /// Where `crank-node dashboard` serves the owner's web page, a loopback address (port 0
+    /// picks a free port). Nothing listens there until the owner asks for a link.
+    pub dashboard_listen: String,
 }
 
 impl Default for ApiConfig {
@@ -70,6 +73,7 @@ impl Default for ApiConfig {
             enabled: true,
             listen: None,
             model_dirs: Vec::new(),
+            dashboard_listen: "127.0.0.1:0".into(),
         }
     }
 }

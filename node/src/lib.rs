@@ -18,6 +18,7 @@
 //!   imports the other or the runtime, and the money rules they apply live in crank-payments.
 //! - [`wallet`]: the payout key and settlement of what this node owes (Stellar).
 //! - [`api`]: the local HTTP API (token-protected) and `/metrics`.
+//! - [`dashboard`]: the owner's web page on loopback, opened by a one-time link.
 //! - [`commands`]: what each CLI subcommand does; `main.rs` only parses and dispatches.
 //! - [`doctor`]: the checks of `crank-node doctor`, their verdicts pure and tested.
 //! - [`service`]: the systemd unit of `crank-node service`, rendered by a pure function.
@@ -36,6 +37,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 mod core;
+pub mod dashboard;
 pub mod doctor;
 pub mod identity;
 pub mod metrics;

@@ -647,6 +647,8 @@ async fn gate_loop(shared: Arc<Worker>, mut stop: watch::Receiver<bool>) {
     let mut gate = shared.gate.clone();
     let mut was_open = gate.borrow().state.is_open();
     shared.metrics.gate_open(was_open);
+    let first_reason = gate.borrow().state.why_closed();
+    remember_gate(&shared, was_open, first_reason).await;
     loop {
         tokio::select! {
             changed = gate.changed() => if changed.is_err() { break },
@@ -660,6 +662,7 @@ async fn gate_loop(shared: Arc<Worker>, mut stop: watch::Receiver<bool>) {
                 Some(reason) => info!(reason = %reason, "power gate closed"),
                 None => info!("power gate open"),
             }
+            remember_gate(&shared, open, snapshot.state.why_closed()).await;
         }
         if let Some(reason) = snapshot.state.reason() {
             worker::abort_all(&shared, reason);
@@ -667,6 +670,21 @@ async fn gate_loop(shared: Arc<Worker>, mut stop: watch::Receiver<bool>) {
         was_open = open;
         shared.advert_changed.notify_one();
     }
+}
+
+/// Keeps a gate change in the ledger for the dashboard (a commit: off the async threads).
+async fn remember_gate(shared: &Arc<Worker>, open: bool, reason: Option<String>) {
+    if !shared.offers_work() {
+        return;
+    }
+    let ledger = shared.ledger.clone();
+    let event = crate::dashboard::GateEvent {
+        at: clock::now_ms(),
+        open,
+        reason,
+    };
+    let _ =
+        tokio::task::spawn_blocking(move || crate::dashboard::record_gate(&ledger, event)).await;
 }
 
 impl NodeHandle {
@@ -883,14 +901,68 @@ impl NodeHandle {
         })
     }
 
-    /// A snapshot for `crank-node status`.
-    pub async fn status(&self) -> Result<crate::status::NodeStatus, network::NetworkError> {
-        use crate::status::{GateView, NodeStatus, QueueView, ReceiptView};
+    /// The gate as `status` and the dashboard show it.
+    fn gate_view(&self) -> crate::status::GateView {
+        let s = &self.core;
+        let gate = s.gate_state();
+        crate::status::GateView {
+            policy: s.gate_snapshot().policy.to_string(),
+            open: gate.is_open(),
+            reason: gate.why_closed(),
+            category: gate.category().map(str::to_owned),
+        }
+    }
+
+    /// What the owner's dashboard draws: money, tasks and energy from the newest receipts,
+    /// the gate's history, peers and trust.
+    pub async fn dashboard_data(
+        &self,
+    ) -> Result<crate::dashboard::DashboardData, network::NetworkError> {
+        use crate::dashboard::{self, DashboardData, NodeView, PeersView};
         let s = &self.core;
         let network = s.client.status().await?;
         let now = clock::now_ms();
-        let snapshot = s.gate_snapshot();
-        let gate = s.gate_state();
+        let ledger = s.ledger.clone();
+        let (receipts, gate_history) = tokio::task::spawn_blocking(move || {
+            let receipts = ledger
+                .receipts(None, dashboard::MAX_RECEIPTS)
+                .unwrap_or_default();
+            (receipts, dashboard::gate_history(&ledger))
+        })
+        .await
+        .unwrap_or_default();
+        let (bucket_secs, buckets, energy, totals) = dashboard::summarise(&receipts, now);
+        let adverts = self.status_adverts(now);
+        Ok(DashboardData {
+            generated_at: now,
+            node: NodeView {
+                node_id: s.node_id,
+                peer_id: network.peer_id.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                uptime_secs: s.started.elapsed().as_secs(),
+                payout: s.payout.clone(),
+            },
+            gate: self.gate_view(),
+            bucket_secs,
+            buckets,
+            energy,
+            gate_history,
+            peers: PeersView {
+                connected: network.peers.len(),
+                known: adverts.len(),
+                trust: dashboard::trust_rows(adverts),
+            },
+            totals,
+            receipts_scanned: receipts.len(),
+        })
+    }
+
+    /// A snapshot for `crank-node status`.
+    pub async fn status(&self) -> Result<crate::status::NodeStatus, network::NetworkError> {
+        use crate::status::{NodeStatus, QueueView, ReceiptView};
+        let s = &self.core;
+        let network = s.client.status().await?;
+        let now = clock::now_ms();
         let adverts = self.status_adverts(now);
         let queue = s.engine.queue();
         let balances = s.ledger.balances().unwrap_or_default();
@@ -934,12 +1006,7 @@ impl NodeHandle {
             uptime_secs: s.started.elapsed().as_secs(),
             payout: s.payout.clone(),
             network,
-            gate: GateView {
-                policy: snapshot.policy.to_string(),
-                open: gate.is_open(),
-                reason: gate.why_closed(),
-                category: gate.category().map(str::to_owned),
-            },
+            gate: self.gate_view(),
             queue: QueueView {
                 workers: queue.workers,
                 slots: queue.slots,

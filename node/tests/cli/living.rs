@@ -12,12 +12,12 @@ use super::{crank, dead_bootstrap, text};
 use crate::repo;
 
 /// Whether a missing tool must fail the test (CI) rather than skip it.
-fn in_ci() -> bool {
+pub(super) fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 /// The path of `tool` when installed; under CI a missing tool fails the test.
-fn tool(name: &str) -> Option<PathBuf> {
+pub(super) fn tool(name: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|p| {
         std::env::split_paths(&p)
             .map(|d| d.join(name))
@@ -80,6 +80,7 @@ pub(crate) fn check_schema(name: &str, value: &Value) {
 const JSON_COMMANDS: &[(&str, &str)] = &[
     ("status", "status"),
     ("peer", "peer"),
+    ("dashboard", "dashboard"),
     ("id", "id"),
     ("submit", "submit"),
     ("models list", "models-list"),

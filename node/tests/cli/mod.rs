@@ -20,6 +20,9 @@ use crate::repo;
 /// Service unit, completions, man pages, doctor, the package, and the JSON schemas.
 pub(crate) mod living;
 
+/// The owner's dashboard: its login, Host and CSRF checks, and a real headless browser.
+mod dashboard;
+
 /// How long a node may take to start (benchmark, GPU probe) on a busy 2-core machine.
 const START: Duration = Duration::from_secs(120);
 /// How long a node may take to shut down after a signal.
@@ -182,6 +185,8 @@ fn every_command_closes_the_ledger_cleanly() {
 /// A node started by the binary, killed when dropped (a failed assertion included).
 struct Daemon {
     child: Child,
+    /// The first address it printed it listens on (with `/p2p/<peer id>`).
+    addr: String,
 }
 
 impl Daemon {
@@ -201,18 +206,23 @@ impl Daemon {
         // Reports the first listen address, then keeps the pipe drained.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("listening on ") {
-                    let _ = tx.send(());
+                if let Some(rest) = line.strip_prefix("listening on ") {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
                 }
             }
         });
-        let daemon = Daemon { child };
-        if let Err(e) = rx.recv_timeout(START) {
-            panic!(
+        let mut daemon = Daemon {
+            child,
+            addr: String::new(),
+        };
+        match rx.recv_timeout(START) {
+            Ok(addr) => daemon.addr = addr,
+            Err(e) => panic!(
                 "crank-node {} printed no address ({e}): {}",
                 args.join(" "),
                 log(dir)
-            );
+            ),
         }
         daemon
     }
