@@ -762,6 +762,118 @@ mod tests {
         assert!(!host_matches("127.0.0.1:7071", v6));
     }
 
+    fn stored(role: Role, finished_at: u64, stored_at: u64, price: u64) -> StoredReceipt {
+        use crank_protocol::*;
+        let requester = Identity::from_secret([1; 32]);
+        let worker = Identity::from_secret([2; 32]);
+        let terms = WorkReceipt {
+            task_id: TaskId([finished_at as u8; 32]),
+            requester: requester.node_id(),
+            worker: worker.node_id(),
+            model: ModelId([3; 32]),
+            input_hash: ContentHash([4; 32]),
+            output_hash: ContentHash([5; 32]),
+            price_stroops: price,
+            energy: Energy {
+                microjoules: 2_500,
+                method: EnergyMethod::CpuTimeEstimate,
+            },
+            path: ExecPath::Cpu,
+            timings: Timings {
+                accepted_at: 0,
+                started_at: 0,
+                finished_at,
+                run_micros: 1,
+            },
+            pair_seq: 1,
+            cumulative_stroops: price,
+            payout: String::new(),
+            payer: String::new(),
+        };
+        let signed = Signed::sign(terms.clone(), &worker).unwrap();
+        let cs = CounterSigned::countersign(signed, &requester).unwrap();
+        StoredReceipt {
+            terms,
+            proof: crank_payments::ReceiptProof::Current(cs),
+            role,
+            stored_at,
+            order: 0,
+            settlement: crank_payments::Settlement::Unsettled,
+            paid_stroops: price / 2,
+            check: crank_payments::Check::Passed,
+        }
+    }
+
+    #[test]
+    fn receipts_are_bucketed_by_hour_for_two_days_and_by_day_beyond() {
+        let now = 100 * 86_400_000;
+        let hour = 3_600_000;
+        // Newest first, as the ledger gives them.
+        let recent = [
+            stored(Role::Worker, now - hour, now - hour, 100),
+            stored(Role::Requester, now - 5 * hour, now - 5 * hour, 40),
+            stored(Role::Worker, now - 30 * hour, now - 30 * hour, 60),
+        ];
+        let (secs, buckets, energy, totals) = summarise(&recent, now);
+        assert_eq!(secs, 3600);
+        assert_eq!(buckets.len(), 31, "from the oldest receipt's hour to now's");
+        assert_eq!(buckets.iter().map(|b| b.served).sum::<u64>(), 2);
+        assert_eq!(buckets.last().unwrap().served, 0, "now's hour is empty");
+        assert_eq!(buckets[buckets.len() - 2].earned_stroops, 100);
+        assert_eq!(totals.earned_stroops, 160);
+        assert_eq!(totals.received_stroops, 80);
+        assert_eq!(totals.spent_stroops, 40);
+        assert_eq!((totals.served, totals.bought), (2, 1));
+        assert_eq!(
+            totals.energy_served_mj, 4,
+            "2.5 mJ each, whole mJ in the sums"
+        );
+        assert_eq!(energy.len(), 3);
+        assert!(
+            energy.windows(2).all(|w| w[0].at <= w[1].at),
+            "oldest first"
+        );
+        assert_eq!(energy[0].mj, 2.5);
+
+        let mut week = recent.to_vec();
+        week.push(stored(
+            Role::Worker,
+            now - 6 * 86_400_000,
+            now - 6 * 86_400_000,
+            1,
+        ));
+        let (secs, buckets, _, _) = summarise(&week, now);
+        assert_eq!(secs, 86_400);
+        assert_eq!(buckets.len(), 7);
+        assert_eq!(buckets.iter().map(|b| b.served).sum::<u64>(), 3);
+    }
+
+    #[test]
+    fn a_peers_clock_cannot_move_a_task_outside_our_own_record() {
+        let now = 100 * 86_400_000;
+        let future = stored(Role::Worker, now + 365 * 86_400_000, now - 10, 7);
+        let ancient = stored(Role::Worker, 1, now - 10, 7);
+        assert_eq!(when(&future), now - 10, "never after we stored it");
+        assert_eq!(
+            when(&ancient),
+            now - 10 - 30 * 86_400_000,
+            "at most 30 days before"
+        );
+        let (_, buckets, _, totals) = summarise(&[future, ancient], now);
+        assert_eq!(totals.served, 2);
+        assert!(buckets.len() <= MAX_BUCKETS);
+        assert_eq!(buckets.iter().map(|b| b.served).sum::<u64>(), 2);
+    }
+
+    #[test]
+    fn no_receipts_give_one_empty_bucket() {
+        let (secs, buckets, energy, totals) = summarise(&[], 1_000_000_000);
+        assert_eq!(secs, 3600);
+        assert_eq!(buckets.len(), 1);
+        assert!(energy.is_empty());
+        assert_eq!(totals, Totals::default());
+    }
+
     #[test]
     fn the_cookie_is_found_among_others() {
         let mut h = HeaderMap::new();

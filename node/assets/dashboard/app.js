@@ -3,7 +3,12 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
-const W = 800;
+// Width of the chart being drawn, in CSS pixels (the viewBox matches it: text keeps its size).
+let W = 800;
+
+function sized(svg) {
+  W = Math.max(320, Math.round(svg.getBoundingClientRect().width) || 800);
+}
 
 function el(tag, attrs, parent) {
   const e = document.createElementNS(SVG, tag);
@@ -66,6 +71,7 @@ function empty(svg, height, why) {
 }
 
 function moneyChart(svg, d) {
+  sized(svg);
   const b = d.buckets;
   if (!b.some((x) => x.earned_stroops || x.spent_stroops)) return empty(svg, 220, "no receipts yet");
   const series = [
@@ -110,6 +116,7 @@ function axisDates(svg, f, t0, t1, height, hourly) {
 }
 
 function tasksChart(svg, d) {
+  sized(svg);
   const b = d.buckets;
   if (!b.some((x) => x.served || x.bought)) return empty(svg, 220, "no tasks yet");
   const max = Math.max(...b.map((x) => Math.max(x.served, x.bought)));
@@ -131,6 +138,7 @@ function tasksChart(svg, d) {
 }
 
 function energyChart(svg, d) {
+  sized(svg);
   const e = d.energy;
   if (!e.length) return empty(svg, 220, "no tasks yet");
   const t0 = e[0].at, t1 = e[e.length - 1].at;
@@ -146,6 +154,7 @@ function energyChart(svg, d) {
 }
 
 function gateChart(svg, d) {
+  sized(svg);
   const h = d.gate_history;
   if (!h.length) return empty(svg, 90, "no gate changes recorded");
   svg.replaceChildren();
@@ -166,6 +175,7 @@ function gateChart(svg, d) {
 }
 
 function trustChart(svg, d) {
+  sized(svg);
   const rows = d.peers.trust;
   if (!rows.length) return empty(svg, 120, "no workers known yet");
   const height = 24 + rows.length * 18;

@@ -283,6 +283,9 @@ fn the_dashboard_shows_a_seeded_ledger_in_a_real_browser_and_keeps_strangers_out
         root.path().join("node"),
     );
     seed(&dir);
+    for d in [&boot_dir, &peer_dir] {
+        crank_node::identity::create_private_dir(d).unwrap();
+    }
     let boot = Daemon::start(&boot_dir, &["bootstrap"], &[]);
     let join = ["join", "--bootstrap", boot.addr.as_str()];
     let _peer = Daemon::start(&peer_dir, &join, &[]);
