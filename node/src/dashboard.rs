@@ -298,10 +298,9 @@ struct Served {
 }
 
 impl Served {
-    fn get(&self) -> Result<Arc<Dashboard>, Response> {
-        self.dashboard
-            .upgrade()
-            .ok_or_else(|| plain(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping"))
+    /// The dashboard, unless the node is stopping.
+    fn get(&self) -> Option<Arc<Dashboard>> {
+        self.dashboard.upgrade()
     }
 }
 
@@ -319,6 +318,10 @@ fn router(dashboard: std::sync::Weak<Dashboard>, bound: SocketAddr) -> Router {
         .route("/app.css", get(|| async { asset("text/css", APP_CSS) }))
         .layer(axum::middleware::from_fn_with_state(served.clone(), guard))
         .with_state(served)
+}
+
+fn stopping() -> Response {
+    plain(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping\n")
 }
 
 fn plain(code: StatusCode, text: &'static str) -> Response {
@@ -377,9 +380,8 @@ const SIGNED_OUT: &str = "<!doctype html><meta charset=utf-8><title>crank-node</
 and open the address it prints.</p>\n";
 
 async fn index(State(served): State<Served>, headers: HeaderMap) -> Response {
-    let dashboard = match served.get() {
-        Ok(d) => d,
-        Err(r) => return r,
+    let Some(dashboard) = served.get() else {
+        return stopping();
     };
     match dashboard.session(&headers) {
         // The CSRF token is hex: safe inside the attribute.
@@ -403,9 +405,8 @@ struct Login {
 }
 
 async fn login(State(served): State<Served>, Query(q): Query<Login>) -> Response {
-    let dashboard = match served.get() {
-        Ok(d) => d,
-        Err(r) => return r,
+    let Some(dashboard) = served.get() else {
+        return stopping();
     };
     let Some(id) = dashboard.redeem(&q.code) else {
         return (
@@ -428,9 +429,8 @@ async fn login(State(served): State<Served>, Query(q): Query<Login>) -> Response
 
 /// `POST /logout`: the one request that changes anything, so it takes the CSRF checks.
 async fn logout(State(served): State<Served>, headers: HeaderMap) -> Response {
-    let dashboard = match served.get() {
-        Ok(d) => d,
-        Err(r) => return r,
+    let Some(dashboard) = served.get() else {
+        return stopping();
     };
     let Some(csrf) = dashboard.session(&headers) else {
         return plain(StatusCode::UNAUTHORIZED, "not signed in\n");
@@ -466,9 +466,8 @@ async fn logout(State(served): State<Served>, headers: HeaderMap) -> Response {
 }
 
 async fn data(State(served): State<Served>, headers: HeaderMap) -> Response {
-    let dashboard = match served.get() {
-        Ok(d) => d,
-        Err(r) => return r,
+    let Some(dashboard) = served.get() else {
+        return stopping();
     };
     if dashboard.session(&headers).is_none() {
         return plain(StatusCode::UNAUTHORIZED, "not signed in\n");
