@@ -21,6 +21,9 @@
 //! - [`exchange`]: the receipt exchange on both sides ([`WorkerReceipts`],
 //!   [`RequesterReceipts`]): issuing, counter-signing, output checks and disputes, recovery,
 //!   requester standing, and crediting payments from signed settlement notices.
+//! - [`audit`]: the local audit log ([`AuditLog`]): one signed, hash-chained record per task
+//!   event in its own redb file, [`audit::verify`] offline and [`audit::export`] to JSONL or
+//!   CSV.
 //! - [`cli`]: the functions behind `crank-node wallet …`.
 //! - [`config`]: [`StellarConfig`] and [`SettlementConfig`].
 //!
@@ -35,12 +38,15 @@
 //!   submitted; only that identical envelope is ever resubmitted; its receipts are released
 //!   only once it provably cannot apply (failed in a ledger, sequence number used by another
 //!   transaction, or time bound passed with the hash unknown).
+//! - The audit log is append-only: each record is committed in its own write transaction and
+//!   commits to the one before it, so the chain never forks and is never rewritten.
 
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod exchange;
@@ -51,6 +57,10 @@ pub mod settle;
 pub mod stellar;
 pub mod types;
 
+pub use audit::{
+    AuditDraft, AuditEntry, AuditError, AuditLog, AuditRecord, ExportFormat, PolicyDecision,
+    VerifyReport,
+};
 pub use config::{SettlementConfig, StellarConfig};
 pub use exchange::{
     ExchangeError, Expected, OutputsVerdict, RequesterReceipts, RunFacts, WorkerReceipts,
