@@ -21,6 +21,7 @@
 //! - **Nothing reaches the model store, and so nothing is announced to peers, until it loads
 //!   as an ONNX model** ([`check_model_bytes`]).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -847,6 +848,10 @@ pub struct TaskJson {
     /// cheap, fast, green or balanced.
     #[serde(default)]
     pub prefer: Option<String>,
+    /// The submitter's labels (`{"team": "search"}`), for its policies and reports; they stay
+    /// on this node.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A completed task as JSON.
@@ -875,6 +880,12 @@ pub struct TaskResultJson {
     /// The spot check, when checks are on.
     #[serde(default)]
     pub check: Option<crate::requester::CheckReport>,
+    /// The submitter's labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Outputs the output policy withheld.
+    #[serde(default)]
+    pub redacted: Vec<String>,
 }
 
 impl From<&TaskOutcome> for TaskResultJson {
@@ -891,6 +902,8 @@ impl From<&TaskOutcome> for TaskResultJson {
             receipt: o.receipt.clone(),
             auction: o.trace.clone(),
             check: o.check.clone(),
+            labels: o.labels.clone(),
+            redacted: o.redacted.clone(),
         }
     }
 }
@@ -930,6 +943,7 @@ pub async fn request_from_json(node: &NodeHandle, task: TaskJson) -> Result<Subm
         Some(p) => p.parse::<Preference>().map_err(|e| e.to_string())?,
         None => Preference::Balanced,
     };
+    crate::requester::check_labels(&task.labels)?;
     Ok(SubmitRequest {
         model: ModelSource::Id(id),
         inputs,
@@ -937,6 +951,7 @@ pub async fn request_from_json(node: &NodeHandle, task: TaskJson) -> Result<Subm
         deadline_ms: task.deadline_ms,
         bid_window_ms: task.bid_window_ms,
         prefer,
+        labels: task.labels,
     })
 }
 
@@ -959,6 +974,8 @@ async fn submit_task(
                     StatusCode::BAD_REQUEST
                 }
                 SubmitError::NoCandidates { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                // Refused by this node's own policy, not by the mesh.
+                SubmitError::Placement { .. } => StatusCode::FORBIDDEN,
                 SubmitError::Failed { .. } => StatusCode::BAD_GATEWAY,
             };
             let mut body = json!({ "error": e.to_string() });

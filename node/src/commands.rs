@@ -119,6 +119,13 @@ pub enum Command {
     /// in the unit).
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Owner and submitter policies (Rego): check a policy directory, or evaluate one policy
+    /// on an example input, as the node would.
+    ///
+    /// The node reads `*.rego` and `data.json` from `policies/` in its data dir (`[policy]
+    /// dir`) and reloads them when they change. Examples: docs/policies/.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions {
@@ -133,6 +140,39 @@ pub enum Command {
         out_dir: Option<PathBuf>,
     },
 }
+
+/// `policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Evaluate a policy file on an input document and print the decision, like `opa eval`.
+    ///
+    /// The decision is the one the node would act on: deny reasons and the price multiplier
+    /// (admission), exclusion reasons (placement), or the outputs withheld (output). The
+    /// kind comes from the file's package (crank.admission, crank.placement, crank.output).
+    #[command(after_help = POLICY_TEST_EXAMPLES)]
+    Test {
+        /// The Rego file.
+        file: PathBuf,
+        /// The input document (JSON); without it, the built-in sample input of the kind.
+        #[arg(long, value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// The data document (JSON); default: data.json beside FILE, if there is one.
+        #[arg(long, value_name = "FILE")]
+        data: Option<PathBuf>,
+    },
+    /// Load a policy directory as the node would (default: this node's) and list what it
+    /// decides; the exit code is 1 when it does not load.
+    Check {
+        /// The directory.
+        dir: Option<PathBuf>,
+    },
+}
+
+const POLICY_TEST_EXAMPLES: &str = "Examples:
+  crank-node policy test docs/policies/admission.rego
+  crank-node policy test docs/policies/placement.rego --input my-task.json
+  crank-node --json policy test ~/.local/share/crank-node/policies/owner.rego --input call.json
+  crank-node policy check";
 
 const DOCTOR_EXAMPLES: &str = "Examples:
   crank-node doctor
@@ -298,6 +338,10 @@ pub struct SubmitArgs {
     /// What the winner should be best at: cheap, fast, green or balanced.
     #[arg(long, default_value = "balanced", value_name = "PREFERENCE")]
     pub prefer: Preference,
+    /// A label for this task (repeatable): seen by this node's placement and output
+    /// policies (`sensitivity=confidential`) and kept for reports; never sent to a worker.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
     /// Show the auction: bids received with their scores, the winner and why.
     #[arg(long, short)]
     pub verbose: bool,
@@ -424,6 +468,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             doctor(&config, json).await
         }
         Command::Service(cmd) => service(&config, cli.config.as_deref(), cmd, json).await,
+        Command::Policy(cmd) => policy(&config, cmd, json),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -1254,6 +1299,200 @@ fn spinner(msg: &str, json: bool) -> Option<indicatif::ProgressBar> {
     Some(pb)
 }
 
+/// Parses `KEY=VALUE` for `--label`.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: write a label as KEY=VALUE, e.g. team=search"))?;
+    let one: std::collections::BTreeMap<String, String> = [(k.to_string(), v.to_string())].into();
+    crate::requester::check_labels(&one)?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// `policy test` and `policy check`.
+fn policy(config: &Config, cmd: PolicyCommand, json: bool) -> Result<()> {
+    use crank_policy::{Kind, Policies, sample};
+    match cmd {
+        PolicyCommand::Test { file, input, data } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let data_path = data.or_else(|| {
+                let beside = file.with_file_name("data.json");
+                beside.is_file().then_some(beside)
+            });
+            let data_text = match &data_path {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read {}", p.display()))?,
+                ),
+                None => None,
+            };
+            let name = file.display().to_string();
+            let data_name = data_path.as_ref().map(|p| p.display().to_string());
+            let policies = Policies::from_sources(
+                &[(name.clone(), text)],
+                data_name.as_deref().zip(data_text.as_deref()),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let Some(kind) = policies.kinds().first().copied() else {
+                bail!(
+                    "{name} declares none of the packages crank.admission, crank.placement or crank.output: the node would ignore it"
+                );
+            };
+            let input_json: serde_json::Value = match &input {
+                Some(p) => {
+                    let t = std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read {}", p.display()))?;
+                    serde_json::from_str(&t)
+                        .with_context(|| format!("{} is not valid JSON", p.display()))?
+                }
+                None => match kind {
+                    Kind::Admission => serde_json::to_value(sample::admission())?,
+                    Kind::Placement => serde_json::to_value(sample::placement())?,
+                    Kind::Output => serde_json::to_value(sample::output())?,
+                },
+            };
+            // The typed reading says what the node would do; a raw evaluation error is
+            // shown as such (the node would fail closed).
+            let (decision, error) = match kind {
+                Kind::Admission => {
+                    let typed: crank_policy::AdmissionInput =
+                        serde_json::from_value(input_json.clone()).with_context(
+                            || "the input is not an admission input (see docs/policies/README.md)",
+                        )?;
+                    match policies.try_admission(&typed) {
+                        Ok(d) => (Some(serde_json::to_value(d)?), None),
+                        Err(e) => (None, Some(e.to_string())),
+                    }
+                }
+                Kind::Placement => {
+                    let typed: crank_policy::PlacementInput =
+                        serde_json::from_value(input_json.clone()).with_context(
+                            || "the input is not a placement input (see docs/policies/README.md)",
+                        )?;
+                    match policies.try_placement(&typed) {
+                        Ok(d) => (Some(serde_json::to_value(d)?), None),
+                        Err(e) => (None, Some(e.to_string())),
+                    }
+                }
+                Kind::Output => {
+                    let typed: crank_policy::OutputInput =
+                        serde_json::from_value(input_json.clone()).with_context(
+                            || "the input is not an output input (see docs/policies/README.md)",
+                        )?;
+                    match policies.try_output(&typed) {
+                        Ok(d) => (Some(serde_json::to_value(d)?), None),
+                        Err(e) => (None, Some(e.to_string())),
+                    }
+                }
+            };
+            let out = serde_json::json!({
+                "file": name,
+                "kind": kind.name(),
+                "input": if input.is_some() { "file" } else { "sample" },
+                "decision": decision,
+                "error": error,
+            });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!("{} policy {name}", kind.name());
+                match (&decision, &error) {
+                    (_, Some(e)) => println!("  fails: {e}\n  the node would fail closed"),
+                    (Some(d), None) => println!("  {}", describe_decision(kind, d)),
+                    (None, None) => {}
+                }
+            }
+            if error.is_some() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        PolicyCommand::Check { dir } => {
+            let dir = dir.unwrap_or_else(|| config.policy.dir_in(&config.data_dir));
+            let loaded = Policies::load_dir(&dir);
+            let out = match &loaded {
+                Ok(p) => serde_json::json!({
+                    "dir": dir.display().to_string(),
+                    "ok": true,
+                    "files": p.files(),
+                    "kinds": p.kinds().iter().map(|k| k.name()).collect::<Vec<_>>(),
+                    "error": null,
+                }),
+                Err(e) => serde_json::json!({
+                    "dir": dir.display().to_string(),
+                    "ok": false,
+                    "files": [],
+                    "kinds": [],
+                    "error": e.to_string(),
+                }),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                match &loaded {
+                    Ok(p) if p.kinds().is_empty() => {
+                        println!(
+                            "{}: no policies; everything is admitted and placed anywhere",
+                            dir.display()
+                        )
+                    }
+                    Ok(p) => {
+                        println!("{}: loads", dir.display());
+                        for k in p.kinds() {
+                            println!("  {} ({})", k.name(), k.package());
+                        }
+                    }
+                    Err(e) => println!("{}: does not load\n  {e}", dir.display()),
+                }
+            }
+            if loaded.is_err() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn describe_decision(kind: crank_policy::Kind, d: &serde_json::Value) -> String {
+    let list = |field: &str| -> Vec<String> {
+        d[field]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    match kind {
+        crank_policy::Kind::Admission => {
+            let deny = list("deny");
+            if deny.is_empty() {
+                format!("quote, price × {}", d["price_multiplier"])
+            } else {
+                format!("decline: policy: {}", deny.join("; "))
+            }
+        }
+        crank_policy::Kind::Placement => {
+            let ex = list("exclude");
+            if ex.is_empty() {
+                "candidate may take part".into()
+            } else {
+                format!("candidate left out: {}", ex.join("; "))
+            }
+        }
+        crank_policy::Kind::Output => {
+            let r = list("redact");
+            if r.is_empty() {
+                "every output handed back".into()
+            } else {
+                format!("withheld: {}", r.join(", "))
+            }
+        }
+    }
+}
+
 /// `submit`: run one task, through the running node's API or a temporary node.
 pub async fn submit(mut config: Config, args: SubmitArgs, json: bool) -> Result<()> {
     let input = std::fs::read_to_string(&args.input)
@@ -1275,6 +1514,7 @@ pub async fn submit(mut config: Config, args: SubmitArgs, json: bool) -> Result<
         deadline_ms: args.deadline_ms,
         bid_window_ms: None,
         prefer: Some(args.prefer.to_string()),
+        labels: args.labels.iter().cloned().collect(),
     };
 
     let running = if args.no_api || !args.bootstrap.is_empty() {

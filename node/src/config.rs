@@ -263,6 +263,8 @@ pub struct Config {
     pub stellar: StellarConfig,
     /// Settlement of what this node owes: automatic threshold payments, batch size, validity.
     pub settlement: SettlementSettings,
+    /// Owner and submitter policies in Rego (admission, placement, output handling).
+    pub policy: PolicySettings,
 }
 
 impl Default for Config {
@@ -278,6 +280,7 @@ impl Default for Config {
             device: DeviceConfig::default(),
             stellar: StellarConfig::default(),
             settlement: SettlementSettings::default(),
+            policy: PolicySettings::default(),
         }
     }
 }
@@ -304,6 +307,7 @@ const TOP_LEVEL: &[&str] = &[
     "device",
     "stellar",
     "settlement",
+    "policy",
 ];
 
 impl Config {
@@ -413,6 +417,36 @@ impl Default for SettlementSettings {
             interval_secs: 60,
             policy: crank_payments::SettlementConfig::default(),
         }
+    }
+}
+
+/// Policies (`[policy]`): where the Rego files are and how often they are looked at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicySettings {
+    /// The directory of `*.rego` files and an optional `data.json` (default: `policies` in
+    /// the data dir). None there, or no such directory: no policy applies.
+    pub dir: Option<PathBuf>,
+    /// How often the directory is checked for changes, seconds (a changed file is reloaded;
+    /// one that does not load leaves the last good policies in force).
+    pub reload_secs: u64,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            reload_secs: 2,
+        }
+    }
+}
+
+impl PolicySettings {
+    /// The policy directory for a node whose data dir is `data_dir`.
+    pub fn dir_in(&self, data_dir: &Path) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("policies"))
     }
 }
 

@@ -69,6 +69,8 @@ pub(crate) struct Core {
     pub listen_addrs: Mutex<Vec<String>>,
     /// Woken when something in our advert may have changed.
     pub advert_changed: Notify,
+    /// The owner's and submitter's policies, reloaded when their files change.
+    pub policies: Arc<crank_policy::Watched>,
 }
 
 impl Core {

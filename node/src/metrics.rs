@@ -30,6 +30,7 @@ struct Inner {
     unmatched_payments: Counter,
     overclaims: Counter,
     checks: Family<Labels, Counter>,
+    policy: Family<Labels, Counter>,
 }
 
 /// Cheap-to-clone handle to the node's metrics.
@@ -152,8 +153,15 @@ impl Metrics {
             "Completed tasks by what their spot check found (not_sampled, agreed, first_outvoted, replica_outvoted, unresolved, no_replica)",
             checks.clone(),
         );
+        let policy = Family::<Labels, Counter>::default();
+        registry.register(
+            "policy_decisions",
+            "Policy decisions by kind (admission, placement, output) and decision",
+            policy.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
+                policy,
                 checks,
                 overclaims,
                 stroops_received,
@@ -230,6 +238,15 @@ impl Metrics {
             .get_or_create(&vec![
                 ("role".into(), role.into()),
                 ("outcome".into(), outcome.into()),
+            ])
+            .inc();
+    }
+    pub(crate) fn policy_decision(&self, kind: &str, decision: &str) {
+        self.inner
+            .policy
+            .get_or_create(&vec![
+                ("kind".into(), kind.into()),
+                ("decision".into(), decision.into()),
             ])
             .inc();
     }

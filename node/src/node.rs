@@ -68,6 +68,11 @@ pub enum StartError {
     /// The configuration cannot be used as it stands.
     #[error("config: {0}")]
     Config(String),
+    /// The policies do not load (the message names the file, line and rule).
+    #[error(
+        "policy: {0} (fix the file, or move it out of the policy directory; `crank-node policy test FILE` checks one)"
+    )]
+    Policy(String),
 }
 
 /// A running node.
@@ -118,6 +123,15 @@ impl Node {
                 .map(|s| s.with_quota(config.worker.store.quota()))
                 .map_err(|e| StartError::Store(chain(&e)))?,
         );
+        let policy_dir = config.policy.dir_in(&data_dir);
+        let policies = Arc::new(
+            crank_policy::Watched::open(&policy_dir)
+                .map_err(|e| StartError::Policy(e.to_string()))?,
+        );
+        let kinds = policies.current().kinds();
+        if !kinds.is_empty() {
+            info!(dir = %policy_dir.display(), kinds = ?kinds, "policies loaded");
+        }
         let ledger = Arc::new(
             Ledger::open(&data_dir.join("ledger.redb"))
                 .map_err(|e| StartError::Ledger(chain(&e)))?,
@@ -214,6 +228,7 @@ impl Node {
             role,
             listen_addrs: Mutex::new(Vec::new()),
             advert_changed: Notify::new(),
+            policies,
             config,
         });
         let shared = NodeHandle {
@@ -251,6 +266,7 @@ impl Node {
         tasks.spawn(dispatch(shared.clone(), events, stop_rx.clone()));
         tasks.spawn(advert_loop(shared.worker.clone(), stop_rx.clone()));
         tasks.spawn(gate_loop(shared.worker.clone(), stop_rx.clone()));
+        tasks.spawn(policy_loop(shared.core.clone(), stop_rx.clone()));
         tasks.spawn(requester::settlement_notices(
             shared.requester.clone(),
             stop_rx.clone(),
@@ -643,6 +659,30 @@ async fn advert_loop(shared: Arc<Worker>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Follows the power gate: re-advertises on every change, aborts running tasks when it closes.
+/// Reloads the policies when their files change; a file that does not load leaves the last
+/// good policies in force and is reported once per change.
+async fn policy_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_secs(core.config.policy.reload_secs.max(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped(&mut stop) => break,
+        }
+        let policies = core.policies.clone();
+        match tokio::task::spawn_blocking(move || policies.refresh()).await {
+            Ok(Ok(true)) => {
+                let kinds = core.policies.current().kinds();
+                info!(dir = %core.policies.dir().display(), kinds = ?kinds, "policies reloaded");
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "policies not reloaded; the previous ones stay in force")
+            }
+            Err(_) => break,
+        }
+    }
+}
+
 async fn gate_loop(shared: Arc<Worker>, mut stop: watch::Receiver<bool>) {
     let mut gate = shared.gate.clone();
     let mut was_open = gate.borrow().state.is_open();

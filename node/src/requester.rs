@@ -2,7 +2,7 @@
 //! [`crank_scheduler::Auction`] driven here with real requests and timers), check and
 //! counter-sign the worker's receipt, store it, and hand the outputs back.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -136,6 +136,9 @@ pub struct SubmitRequest {
     pub bid_window_ms: Option<u64>,
     /// What the winner should be best at.
     pub prefer: Preference,
+    /// The submitter's labels (`team=search`): seen by its placement and output policies and
+    /// kept with its own receipts for reports; never sent to a worker.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl SubmitRequest {
@@ -148,6 +151,7 @@ impl SubmitRequest {
             deadline_ms: None,
             bid_window_ms: None,
             prefer: Preference::Balanced,
+            labels: BTreeMap::new(),
         }
     }
 }
@@ -176,6 +180,12 @@ pub struct TaskOutcome {
     /// replica's.
     #[serde(default)]
     pub check: Option<CheckReport>,
+    /// The submitter's labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Outputs the output policy withheld (left out of `outputs`).
+    #[serde(default)]
+    pub redacted: Vec<String>,
 }
 
 /// Why a submission failed.
@@ -208,6 +218,14 @@ pub enum SubmitError {
     /// The scheduler refused the task's terms.
     #[error("task terms rejected: {0}")]
     Spec(String),
+    /// The placement policy left out every worker that could run the task.
+    #[error(
+        "the placement policy left out every candidate ({reasons}); change the task's labels or the policy in the policy directory"
+    )]
+    Placement {
+        /// Aggregated reasons ("3 policy: confidential task: worker not allow-listed").
+        reasons: String,
+    },
 }
 
 fn count_candidates(requester: &Requester, now: u64) -> usize {
@@ -290,6 +308,7 @@ struct Prepared {
     deadline_ms: u64,
     bid_window_ms: u64,
     weights: crank_scheduler::Weights,
+    labels: BTreeMap<String, String>,
 }
 
 /// One run of a task on one worker: an auction to a delivered, counter-signed answer.
@@ -414,7 +433,8 @@ pub(crate) async fn submit(
     };
     let trace = first.trace.clone();
     let first_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let (answer, check) = spot_check(requester, &task, first).await;
+    let (mut answer, check) = spot_check(requester, &task, first).await;
+    let redacted = redact_outputs(requester, &task, answer.worker, &mut answer.outputs);
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let check = check.map(|mut c| {
         c.extra_ms = elapsed_ms - first_ms;
@@ -440,7 +460,164 @@ pub(crate) async fn submit(
         elapsed_ms,
         trace,
         check,
+        labels: task.labels.clone(),
+        redacted,
     })
+}
+
+/// Most labels on one task.
+pub const MAX_LABELS: usize = 32;
+
+/// Checks a task's labels: at most [`MAX_LABELS`]; keys of 1-64 letters, digits, `_`, `-` or
+/// `.`; values of at most 256 characters without control characters.
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!(
+            "{} labels; a task may carry at most {MAX_LABELS}",
+            labels.len()
+        ));
+    }
+    for (k, v) in labels {
+        let key_ok = (1..=64).contains(&k.len())
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !key_ok {
+            return Err(format!(
+                "label key {k:?}: use 1-64 letters, digits, '_', '-' or '.'"
+            ));
+        }
+        if v.chars().count() > 256 || v.chars().any(char::is_control) {
+            return Err(format!(
+                "label {k}: the value must be at most 256 characters, without control characters"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The task as the submitter's policies see it.
+fn policy_task(task: &Prepared) -> crank_policy::Task {
+    crank_policy::Task {
+        labels: task.labels.clone(),
+        model: crank_policy::Model {
+            hash: task.model.to_hex(),
+            bytes: task.model_bytes,
+            cached: true,
+            package: None,
+        },
+        input: crank_policy::TaskInput {
+            elements: task.inputs.iter().map(|t| t.tensor.data.len() as u64).sum(),
+        },
+        max_price_stroops: task.max_price_stroops,
+        time: crank_policy::Time::at(clock::now_ms()),
+    }
+}
+
+/// Applies the output policy: removes the outputs it withholds and returns their names.
+fn redact_outputs(
+    requester: &Requester,
+    task: &Prepared,
+    worker: NodeId,
+    outputs: &mut Vec<NamedTensor>,
+) -> Vec<String> {
+    let policies = requester.policies.current();
+    if !policies.has(crank_policy::Kind::Output) {
+        return Vec::new();
+    }
+    let input = crank_policy::OutputInput {
+        task: policy_task(task),
+        worker: worker.to_hex(),
+        outputs: outputs
+            .iter()
+            .map(|t| crank_policy::OutputTensor {
+                name: t.name.clone(),
+                dtype: t.tensor.data.dtype().to_string(),
+                shape: t.tensor.shape.clone(),
+                head: head_values(&t.tensor.data),
+            })
+            .collect(),
+    };
+    let decision = policies.output(&input);
+    outputs.retain(|t| !decision.redact.contains(&t.name));
+    let redacted: Vec<String> = decision
+        .redact
+        .into_iter()
+        .filter(|name| input.outputs.iter().any(|o| &o.name == name))
+        .collect();
+    requester.metrics.policy_decision(
+        "output",
+        if redacted.is_empty() {
+            "allow"
+        } else {
+            "redact"
+        },
+    );
+    if !redacted.is_empty() {
+        info!(redacted = ?redacted, "outputs withheld by the output policy");
+    }
+    redacted
+}
+
+/// The first 64 values of a tensor, as numbers for a policy to look at.
+fn head_values(data: &crank_protocol::TensorData) -> Vec<f64> {
+    use crank_protocol::TensorData as D;
+    const N: usize = 64;
+    match data {
+        D::F32(v) => v.iter().take(N).map(|x| f64::from(*x)).collect(),
+        D::F64(v) => v.iter().take(N).copied().collect(),
+        D::I64(v) => v.iter().take(N).map(|x| *x as f64).collect(),
+        D::I32(v) => v.iter().take(N).map(|x| f64::from(*x)).collect(),
+        D::U8(v) => v.iter().take(N).map(|x| f64::from(*x)).collect(),
+    }
+}
+
+/// The placement policy's first reason to leave `node` out of the task (None: it may take
+/// part); `bid` is None before the call for bids.
+fn placement_excludes(
+    requester: &Requester,
+    policies: &crank_policy::Policies,
+    task: &crank_policy::Task,
+    node: &NodeId,
+    advert: Option<&CapabilityAdvert>,
+    bid: Option<&crank_protocol::Bid>,
+) -> Option<String> {
+    let (score, record) = {
+        let trust = lock(&requester.trust);
+        (trust.score(node), trust.get(node).cloned())
+    };
+    let input = crank_policy::PlacementInput {
+        stage: if bid.is_some() { "bid" } else { "call" }.into(),
+        task: task.clone(),
+        candidate: crank_policy::Candidate {
+            id: node.to_hex(),
+            own: advert.is_some_and(|a| a.payout == requester.payout),
+            advert: advert.and_then(|a| serde_json::to_value(a).ok()),
+            trust: crank_policy::CandidateTrust {
+                known: record.is_some(),
+                score,
+                completed: record.as_ref().map_or(0, |r| r.completed),
+                failed: record.as_ref().map_or(0, |r| r.failed),
+            },
+            bid: bid.map(|b| crank_policy::BidInfo {
+                price_stroops: b.price_stroops,
+                path: b.path.to_string(),
+                latency_ms: u64::from(b.est_latency_ms),
+            }),
+        },
+    };
+    let decision = policies.placement(&input);
+    let stage = if bid.is_some() { "bid" } else { "call" };
+    match decision.exclude.into_iter().next() {
+        Some(reason) => {
+            debug!(peer = %node.short(), stage, reason = %reason, "left out by the placement policy");
+            requester.metrics.policy_decision("placement", "exclude");
+            Some(reason)
+        }
+        None => {
+            requester.metrics.policy_decision("placement", "allow");
+            None
+        }
+    }
 }
 
 /// Stores the model, checks the inputs against it and waits for adverts.
@@ -469,6 +646,7 @@ async fn prepare(requester: &Arc<Requester>, req: SubmitRequest) -> Result<Prepa
         deadline_ms: req.deadline_ms.unwrap_or(cfg.deadline_ms),
         bid_window_ms: req.bid_window_ms.unwrap_or(cfg.bid_window_ms).max(1),
         weights: req.prefer.weights(),
+        labels: req.labels,
     })
 }
 
@@ -527,16 +705,51 @@ async fn run_once(
     } else {
         peer_networks(requester).await
     };
+    let policies = requester.policies.current();
+    let place = policies.has(crank_policy::Kind::Placement);
+    let policy_task = policy_task(task);
+    let mut excluded: BTreeMap<String, u32> = BTreeMap::new();
+    let (providers, allowed) = if place {
+        let fresh: Vec<CapabilityAdvert> = lock(&requester.adverts).fresh(now).cloned().collect();
+        let mut allowed = BTreeSet::new();
+        for a in &fresh {
+            match placement_excludes(requester, &policies, &policy_task, &a.node, Some(a), None) {
+                Some(reason) => *excluded.entry(format!("policy: {reason}")).or_default() += 1,
+                None => {
+                    allowed.insert(a.node);
+                }
+            }
+        }
+        let providers: BTreeSet<NodeId> = providers
+            .into_iter()
+            .filter(|p| {
+                if fresh.iter().any(|a| a.node == *p) {
+                    return allowed.contains(p);
+                }
+                match placement_excludes(requester, &policies, &policy_task, p, None, None) {
+                    Some(reason) => {
+                        *excluded.entry(format!("policy: {reason}")).or_default() += 1;
+                        false
+                    }
+                    None => true,
+                }
+            })
+            .collect();
+        (providers, Some(allowed))
+    } else {
+        (providers, None)
+    };
     let candidates = {
         let adverts = lock(&requester.adverts);
         let trust = lock(&requester.trust);
+        let admitted = |a: &&CapabilityAdvert| allowed.as_ref().is_none_or(|s| s.contains(&a.node));
         // A replica's candidates come most independent first: the auction's first round
         // asks the best group there is, and later rounds fall back to the rest.
         let groups: Vec<Vec<&CapabilityAdvert>> = if avoid.is_empty() {
-            vec![adverts.fresh(now).collect()]
+            vec![adverts.fresh(now).filter(admitted).collect()]
         } else {
             by_independence(
-                adverts.fresh(now),
+                adverts.fresh(now).filter(admitted),
                 |a| networks.get(&a.node).copied(),
                 avoid,
             )
@@ -579,6 +792,14 @@ async fn run_once(
         }
         candidates
     };
+    if candidates.is_empty() && !excluded.is_empty() {
+        let reasons = excluded
+            .iter()
+            .map(|(r, n)| format!("{n} {r}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(SubmitError::Placement { reasons });
+    }
     if candidates.is_empty() && !avoid.is_empty() {
         return Err(SubmitError::NoCandidates {
             waited_ms: 0,
@@ -594,7 +815,21 @@ async fn run_once(
 
     let (report_tx, mut reports) = mpsc::channel(16);
     lock(&requester.pending).insert(task_id, report_tx);
-    let result = drive(requester, &mut auction, &rule, &mut reports).await;
+    let judge = |peer: &NodeId, bid: &crank_protocol::Bid| -> Option<String> {
+        if !place {
+            return None;
+        }
+        let advert = lock(&requester.adverts).get(peer, clock::now_ms()).cloned();
+        placement_excludes(
+            requester,
+            &policies,
+            &policy_task,
+            peer,
+            advert.as_ref(),
+            Some(bid),
+        )
+    };
+    let result = drive(requester, &mut auction, &rule, &judge, &mut reports).await;
     lock(&requester.pending).remove(&task_id);
 
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -839,6 +1074,7 @@ async fn drive(
     requester: &Arc<Requester>,
     auction: &mut Auction,
     rule: &OutputRule<'_>,
+    judge: &(dyn Fn(&NodeId, &crank_protocol::Bid) -> Option<String> + Sync),
     reports: &mut mpsc::Receiver<WorkerReport>,
 ) -> Result<Done, FailureExplanation> {
     let inputs = rule.inputs;
@@ -937,7 +1173,11 @@ async fn drive(
         tokio::select! {
             Some((peer, kind)) = answers.next(), if !answers.is_empty() => {
                 let input = match kind {
-                    AnswerKind::ToCall(Ok(Response::Bid(bid))) => Input::Bid { from: peer, bid },
+                    // Each bid meets the placement policy before it can win the award.
+                    AnswerKind::ToCall(Ok(Response::Bid(bid))) => match judge(&peer, &bid.body) {
+                        Some(reason) => Input::Excluded { from: peer, reason },
+                        None => Input::Bid { from: peer, bid },
+                    },
                     AnswerKind::ToCall(Ok(Response::Decline(decline))) => Input::Decline { from: peer, decline },
                     AnswerKind::ToAward(Ok(Response::Accepted { .. })) => Input::AwardAccepted { from: peer },
                     AnswerKind::ToAward(Ok(Response::Decline(decline))) => Input::AwardRejected { from: peer, decline },

@@ -565,6 +565,72 @@ async fn check_found_payment(worker: &Arc<Worker>, hash: TxHash) -> Result<bool,
     if unreachable { Err(()) } else { Ok(false) }
 }
 
+/// The owner's admission policy on a call for bids: the cost model to quote with (scaled by
+/// the policy's price multiplier), or the decline it gives (`policy: <reason>`).
+fn admit(
+    worker: &Worker,
+    cfb: &CallForBids,
+    standing: &Standing,
+    now: u64,
+) -> Result<crank_scheduler::CostModel, DeclineReason> {
+    let cost = &worker.config.worker.cost;
+    let policies = worker.policies.current();
+    if !policies.has(crank_policy::Kind::Admission) {
+        return Ok(cost.clone());
+    }
+    let snapshot = worker.gate_snapshot();
+    let readings = &snapshot.readings;
+    let gate = worker.gate_state();
+    let input = crank_policy::AdmissionInput {
+        requester: crank_policy::Requester {
+            id: cfb.requester.to_hex(),
+            trust: crank_policy::RequesterTrust {
+                known: standing.receipts > 0,
+                receipts: standing.receipts,
+                paid_stroops: standing.paid_stroops,
+                unpaid_stroops: standing.unpaid_stroops,
+                oldest_unpaid_secs: standing
+                    .oldest_unpaid_at
+                    .map_or(0, |at| now.saturating_sub(at) / 1000),
+            },
+        },
+        model: crank_policy::Model {
+            hash: cfb.model.to_hex(),
+            bytes: cfb.model_bytes,
+            cached: worker.store.size(&cfb.model).is_some(),
+            package: None,
+        },
+        input: crank_policy::TaskInput {
+            elements: cfb.input_elements,
+        },
+        price: crank_policy::Price {
+            max_stroops: cfb.max_price_stroops,
+        },
+        time: crank_policy::Time::at(now),
+        gate: crank_policy::Gate {
+            open: gate.is_open(),
+            reason: gate.why_closed(),
+            on_battery: readings.power.source
+                == crank_inference::device::power::PowerSource::Battery,
+            battery_percent: readings.power.battery_percent,
+        },
+        device: crank_policy::Device {
+            temperature_c: readings.thermal.as_ref().map(|t| t.celsius),
+            cpu_load_percent: readings.cpu.map(|c| c.other_percent),
+        },
+    };
+    let decision = policies.admission(&input);
+    if let Some(message) = decision.decline_reason() {
+        return Err(DeclineReason::Other { message });
+    }
+    worker.metrics.policy_decision("admission", "allow");
+    if decision.price_multiplier == 1.0 {
+        Ok(cost.clone())
+    } else {
+        Ok(cost.scaled(decision.price_multiplier))
+    }
+}
+
 /// Answers a call for bids with a signed bid or a signed, explained decline.
 pub(crate) async fn on_call_for_bids(
     worker: &Arc<Worker>,
@@ -593,12 +659,15 @@ pub(crate) async fn on_call_for_bids(
             return Response::error(ErrorCode::Internal, "cannot read the ledger");
         }
     };
-    match quote(
-        cfb,
-        &worker_state(worker, standing),
-        &worker.config.worker.cost,
-        now,
-    ) {
+    let cost = match admit(worker, cfb, &standing, now) {
+        Ok(cost) => cost,
+        Err(reason) => {
+            debug!(task = %cfb.task_id.short(), reason = %reason, "declined by the admission policy");
+            worker.metrics.policy_decision("admission", "deny");
+            return sign_decline(worker, cfb.task_id, reason);
+        }
+    };
+    match quote(cfb, &worker_state(worker, standing), &cost, now) {
         Ok(bid) => {
             let task = bid.task_id;
             {

@@ -2614,3 +2614,163 @@ async fn a_worker_bids_with_onnxruntime_and_stops_taking_models_it_cannot_run() 
     ok.receipt.verify().unwrap();
     mesh.stop().await;
 }
+
+/// Writes `files` into the policy directory of a node whose data dir is `data_dir`.
+fn write_policies(data_dir: &Path, files: &[(&str, &str)]) {
+    let dir = data_dir.join("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text) in files {
+        // Write then rename, as an editor does, so a reload never reads half a file.
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
+    }
+}
+
+const NO_STRANGERS: &str = r#"package crank.admission
+import rego.v1
+deny contains "no work for strangers" if not input.requester.trust.known
+"#;
+
+const TRIPLE_PRICE: &str = r#"package crank.admission
+import rego.v1
+price_multiplier := 3
+"#;
+
+const CONFIDENTIAL: &str = r#"package crank.placement
+import rego.v1
+exclude contains "not allow-listed" if {
+    input.task.labels.sensitivity == "confidential"
+    not input.candidate.id in data.allowed
+}
+exclude contains "over budget" if {
+    input.candidate.bid.price_stroops > to_number(input.task.labels.budget)
+}
+"#;
+
+const REDACT: &str = r#"package crank.output
+import rego.v1
+redact contains name if {
+    input.task.labels.sensitivity == "confidential"
+    some o in input.outputs
+    name := o.name
+    name in data.redact
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn owner_and_submitter_policies_decline_price_exclude_and_redact_on_a_real_mesh() {
+    // Worker 0 works for no stranger; worker 1 charges three times its price; worker 2 has
+    // no policy. The requester keeps confidential tasks on allow-listed workers, within a
+    // budget, and withholds listed outputs of confidential tasks.
+    let mesh = Mesh::start(3, |i, c| {
+        c.policy.reload_secs = 1;
+        match i {
+            0 => write_policies(&c.data_dir, &[("owner.rego", NO_STRANGERS)]),
+            1 => write_policies(&c.data_dir, &[("owner.rego", TRIPLE_PRICE)]),
+            3 => write_policies(
+                &c.data_dir,
+                &[
+                    ("placement.rego", CONFIDENTIAL),
+                    ("output.rego", REDACT),
+                    ("data.json", r#"{"allowed": [], "redact": []}"#),
+                ],
+            ),
+            _ => {}
+        }
+    })
+    .await;
+    mesh.wait_for_adverts(3).await;
+    let workers = mesh.workers();
+    let requester = mesh.requester();
+
+    // An unlabelled task: worker 0 declines by its owner's policy, worker 2 undercuts the
+    // tripled price of worker 1.
+    let outcome = requester
+        .submit(digits_request("digits-mlp.onnx", "digit-3.json", "X"))
+        .await
+        .unwrap();
+    assert_eq!(outcome.worker, workers[2].node_id());
+    assert!(outcome.redacted.is_empty());
+    let trace = serde_json::to_string(&outcome.trace).unwrap();
+    assert!(trace.contains("policy: no work for strangers"), "{trace}");
+    let bids: Vec<(String, u64)> = outcome
+        .trace
+        .answers
+        .iter()
+        .filter_map(|a| match &a.answer {
+            crank_scheduler::Answer::Bid { price_stroops, .. } => {
+                Some((a.peer.to_hex(), *price_stroops))
+            }
+            _ => None,
+        })
+        .collect();
+    let price_of = |w: &NodeHandle| {
+        bids.iter()
+            .find(|(p, _)| *p == w.node_id().to_hex())
+            .map(|(_, price)| *price)
+            .unwrap_or_else(|| panic!("no bid from a worker in {bids:?}"))
+    };
+    let (plain, tripled) = (price_of(&workers[2]), price_of(&workers[1]));
+    assert!(
+        tripled >= plain * 5 / 2,
+        "tripled price {tripled} against {plain}"
+    );
+    let first_output = outcome.outputs[0].name.clone();
+
+    // Confidential, and nobody is allow-listed: the requester asks no one.
+    let mut confidential = digits_request("digits-mlp.onnx", "digit-3.json", "X");
+    confidential
+        .labels
+        .insert("sensitivity".into(), "confidential".into());
+    confidential
+        .labels
+        .insert("budget".into(), "1000000".into());
+    let e = requester.submit(confidential.clone()).await.unwrap_err();
+    let text = e.to_string();
+    assert!(
+        matches!(e, crank_node::SubmitError::Placement { .. }),
+        "{text}"
+    );
+    assert!(text.contains("3 policy: not allow-listed"), "{text}");
+
+    // The submitter allow-lists worker 1 and lists an output to withhold: the policy
+    // directory is reloaded while the node runs.
+    let requester_dir = mesh._dirs.last().unwrap().path().to_path_buf();
+    write_policies(
+        &requester_dir,
+        &[(
+            "data.json",
+            &format!(
+                r#"{{"allowed": ["{}"], "redact": ["{first_output}"]}}"#,
+                workers[1].node_id().to_hex()
+            ),
+        )],
+    );
+    let started = Instant::now();
+    let outcome = loop {
+        match requester.submit(confidential.clone()).await {
+            Ok(o) => break o,
+            Err(crank_node::SubmitError::Placement { .. }) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "the new data.json was never loaded"
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(outcome.worker, workers[1].node_id());
+    assert_eq!(outcome.redacted, vec![first_output.clone()]);
+    assert!(outcome.outputs.iter().all(|o| o.name != first_output));
+    assert_eq!(outcome.labels["sensitivity"], "confidential");
+
+    // A budget below worker 1's bid: its bid is judged and left out before the award.
+    let mut cheap = confidential.clone();
+    cheap.labels.insert("budget".into(), "1".into());
+    let e = requester.submit(cheap).await.unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("1 policy: over budget"), "{text}");
+    mesh.stop().await;
+}

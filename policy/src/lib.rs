@@ -278,11 +278,7 @@ pub fn fingerprint(dir: &Path) -> Result<Fingerprint, PolicyError> {
             path: path.clone(),
             source,
         })?;
-        out.push((
-            path.display().to_string(),
-            meta.len(),
-            meta.modified().ok(),
-        ));
+        out.push((path.display().to_string(), meta.len(), meta.modified().ok()));
     }
     Ok(Fingerprint(out))
 }
@@ -335,7 +331,10 @@ impl Policies {
                 sources.push((file, text));
             }
         }
-        Self::from_sources(&sources, data.as_ref().map(|(f, t)| (f.as_str(), t.as_str())))
+        Self::from_sources(
+            &sources,
+            data.as_ref().map(|(f, t)| (f.as_str(), t.as_str())),
+        )
     }
 
     /// Compiles Rego `sources` (file name, text) with an optional `data` document (file name,
@@ -348,13 +347,17 @@ impl Policies {
         let mut engine = Engine::new();
         let mut kinds = Vec::new();
         for (file, text) in sources {
-            let package = engine
-                .add_policy(file.clone(), text.clone())
-                .map_err(|e| PolicyError::Parse {
-                    file: file.clone(),
-                    message: e.to_string(),
-                })?;
-            let package = package.strip_prefix("data.").unwrap_or(&package).to_string();
+            let package =
+                engine
+                    .add_policy(file.clone(), text.clone())
+                    .map_err(|e| PolicyError::Parse {
+                        file: file.clone(),
+                        message: e.to_string(),
+                    })?;
+            let package = package
+                .strip_prefix("data.")
+                .unwrap_or(&package)
+                .to_string();
             match Kind::ALL.into_iter().find(|k| k.package() == package) {
                 Some(kind) => {
                     if !kinds.contains(&kind) {
@@ -467,12 +470,20 @@ impl Policies {
         kind: Kind,
         input: &serde_json::Value,
     ) -> Result<Option<serde_json::Value>, PolicyError> {
+        self.evaluate_owned(kind, input.clone())
+    }
+
+    fn evaluate_owned(
+        &self,
+        kind: Kind,
+        input: serde_json::Value,
+    ) -> Result<Option<serde_json::Value>, PolicyError> {
         let Some((_, policy)) = self.compiled.iter().find(|(k, _)| *k == kind) else {
             return Ok(None);
         };
         let eval = |message: String| PolicyError::Eval { kind, message };
         let out = policy
-            .eval_with_input(Value::from(input.clone()))
+            .eval_with_input(Value::from(input))
             .map_err(|e| eval(e.to_string()))?;
         let json = serde_json::to_value(&out).map_err(|e| eval(e.to_string()))?;
         Ok(Some(json))
@@ -483,9 +494,12 @@ impl Policies {
         kind: Kind,
         input: &T,
     ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, PolicyError> {
+        if !self.has(kind) {
+            return Ok(None);
+        }
         let eval = |message: String| PolicyError::Eval { kind, message };
         let json = serde_json::to_value(input).map_err(|e| eval(e.to_string()))?;
-        match self.evaluate(kind, &json)? {
+        match self.evaluate_owned(kind, json)? {
             None => Ok(None),
             Some(serde_json::Value::Object(map)) => Ok(Some(map)),
             Some(other) => Err(eval(format!("decision is not an object: {other}"))),
@@ -500,15 +514,15 @@ impl Policies {
         };
         let deny = reasons(kind, &map, "deny")?;
         let m = map.get("price_multiplier");
-        let price_multiplier = m.and_then(serde_json::Value::as_f64).ok_or_else(|| {
-            PolicyError::Eval {
-                kind,
-                message: format!(
-                    "rule crank.admission.price_multiplier must be a number, got {}",
-                    m.map_or("nothing".to_string(), ToString::to_string)
-                ),
-            }
-        })?;
+        let price_multiplier =
+            m.and_then(serde_json::Value::as_f64)
+                .ok_or_else(|| PolicyError::Eval {
+                    kind,
+                    message: format!(
+                        "rule crank.admission.price_multiplier must be a number, got {}",
+                        m.map_or("nothing".to_string(), ToString::to_string)
+                    ),
+                })?;
         let (lo, hi) = MULTIPLIER_RANGE;
         if !(lo..=hi).contains(&price_multiplier) {
             return Err(PolicyError::Eval {

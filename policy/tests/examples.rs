@@ -13,7 +13,10 @@ fn examples() -> Policies {
 #[test]
 fn every_decision_has_an_example() {
     let p = examples();
-    assert_eq!(p.kinds(), vec![Kind::Admission, Kind::Placement, Kind::Output]);
+    assert_eq!(
+        p.kinds(),
+        vec![Kind::Admission, Kind::Placement, Kind::Output]
+    );
 }
 
 #[test]

@@ -203,7 +203,9 @@ pub mod score;
 pub mod trust;
 pub mod verify;
 
-pub use auction::trace::{AuctionTrace, FailCause, FailureExplanation, Rejection};
+pub use auction::trace::{
+    Answer, AnswerTrace, AuctionTrace, FailCause, FailureExplanation, Rejection,
+};
 pub use auction::{Auction, AuctionConfig, Input, InputError, Output, SpecError, Status, TaskSpec};
 pub use candidates::{CandidateQuery, RankedCandidate, rank_candidates, select_candidates};
 pub use claims::{ClaimBook, ClaimRecord, Measured, Observation, Overclaim};

@@ -225,6 +225,25 @@ pub enum CostModelError {
 }
 
 impl CostModel {
+    /// The same model with every money figure scaled by `factor` (an owner's policy price
+    /// multiplier): quotes scale with it, rounded up to the stroop.
+    pub fn scaled(&self, factor: f64) -> Self {
+        let f = if factor.is_finite() && factor > 0.0 {
+            factor
+        } else {
+            1.0
+        };
+        let s = |v: u64| (v as f64 * f).ceil().min(u64::MAX as f64) as u64;
+        Self {
+            tariff_stroops_per_kwh: s(self.tariff_stroops_per_kwh),
+            battery_wear_stroops_per_kwh: s(self.battery_wear_stroops_per_kwh),
+            per_task_stroops: s(self.per_task_stroops),
+            per_second_stroops: s(self.per_second_stroops),
+            fetch_stroops_per_mib: s(self.fetch_stroops_per_mib),
+            ..self.clone()
+        }
+    }
+
     /// Checks the figures that divide others are non-zero.
     pub fn validate(&self) -> Result<(), CostModelError> {
         for (name, v) in [
@@ -724,6 +743,21 @@ mod tests {
             credit: CreditPolicy::default(),
             requester: RequesterStanding::default(),
         }
+    }
+
+    #[test]
+    fn a_price_multiplier_scales_the_quote() {
+        let s = state();
+        let c = cfb();
+        let base = quote(&c, &s, &CostModel::default(), 1_000)
+            .unwrap()
+            .price_stroops;
+        let doubled = quote(&c, &s, &CostModel::default().scaled(2.0), 1_000)
+            .unwrap()
+            .price_stroops;
+        // Every money figure doubles; rounding up moves it by a stroop at most.
+        assert!(doubled.abs_diff(base * 2) <= 2, "{base} -> {doubled}");
+        assert_eq!(CostModel::default().scaled(f64::NAN), CostModel::default());
     }
 
     #[test]

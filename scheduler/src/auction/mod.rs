@@ -188,6 +188,14 @@ pub enum Input {
         /// Its signed receipt.
         receipt: Signed<WorkReceipt>,
     },
+    /// The submitter's placement policy leaves out the bid `from` made (the driver judges a
+    /// bid before handing it in): the peer counts as answered and is not awarded.
+    Excluded {
+        /// The bidder.
+        from: NodeId,
+        /// The policy's reason.
+        reason: String,
+    },
     /// The award holder's result failed the driver's own checks (outputs that do not match
     /// the receipt's hash, malformed tensors): the task is re-awarded.
     ResultInvalid {
@@ -610,6 +618,7 @@ impl Auction {
             Input::WorkerFailed { from, failure } => self.on_failed(from, &failure),
             Input::Result { from, receipt } => self.on_result(from, &receipt),
             Input::ResultInvalid { from, reason } => self.on_result_invalid(from, reason),
+            Input::Excluded { from, reason } => self.on_excluded(from, reason),
         };
         self.step();
         result
@@ -819,6 +828,12 @@ impl Auction {
         debug!(task = %self.spec.task_id.short(), peer = %from.short(), reason = %d.reason, "declined");
         self.peers[i].state = PeerState::Declined(d.reason.clone());
         Ok(())
+    }
+
+    fn on_excluded(&mut self, from: NodeId, reason: String) -> Result<(), InputError> {
+        let i = self.peer_index(&from)?;
+        self.awaiting_answer(i)?;
+        Err(self.reject(i, Rejection::Policy { reason }))
     }
 
     fn on_no_answer(&mut self, peer: NodeId) {
@@ -1359,7 +1374,14 @@ impl Auction {
         Some(match &p.state {
             PeerState::NotAsked => return None,
             PeerState::Pending { .. } | PeerState::NoAnswer { .. } => NO_ANSWER.to_string(),
+            // The owner's and the submitter's policies give their own reasons.
+            PeerState::Declined(DeclineReason::Other { message })
+                if message.starts_with("policy: ") =>
+            {
+                message.clone()
+            }
             PeerState::Declined(r) => r.category().to_string(),
+            PeerState::Rejected(Rejection::Policy { reason }) => format!("policy: {reason}"),
             PeerState::Rejected(r) => r.category().to_string(),
             PeerState::Bid(e) if e.bid.valid_until <= self.now => "bid expired".to_string(),
             PeerState::Bid(e) if !self.fits_deadline(e.latency_ms()) => {

@@ -297,6 +297,74 @@ fn all_decline_gives_aggregated_reasons() {
 }
 
 #[test]
+fn policy_declines_and_exclusions_are_explained_by_their_reasons() {
+    let mut a = auction(Weights::default(), &[1, 2, 3]);
+    drain(&mut a);
+    for n in [1, 2] {
+        a.handle(
+            Input::Decline {
+                from: node(n),
+                decline: decline(
+                    n,
+                    DeclineReason::Other {
+                        message: "policy: device too hot".into(),
+                    },
+                ),
+            },
+            T0 + 5,
+        )
+        .unwrap();
+    }
+    // Worker 3 bids, and the submitter's policy leaves the bid out: it is never awarded.
+    a.handle(bid(3, 100, 10, 1), T0 + 6).unwrap();
+    let e = a
+        .handle(
+            Input::Excluded {
+                from: node(3),
+                reason: "not allow-listed".into(),
+            },
+            T0 + 6,
+        )
+        .unwrap_err();
+    assert!(matches!(e, InputError::AlreadyAnswered(_)), "{e:?}");
+    let mut a = auction(Weights::default(), &[1, 2, 3]);
+    drain(&mut a);
+    for n in [1, 2] {
+        a.handle(
+            Input::Decline {
+                from: node(n),
+                decline: decline(
+                    n,
+                    DeclineReason::Other {
+                        message: "policy: device too hot".into(),
+                    },
+                ),
+            },
+            T0 + 5,
+        )
+        .unwrap();
+    }
+    // The driver judges the bid before handing it in.
+    a.handle(
+        Input::Excluded {
+            from: node(3),
+            reason: "not allow-listed".into(),
+        },
+        T0 + 6,
+    )
+    .unwrap_err();
+    let out = drain(&mut a);
+    assert!(award_of(&out).is_none(), "{out:?}");
+    let Some(Output::Failed(e)) = out.last() else {
+        panic!("expected a failure, got {out:?}");
+    };
+    assert_eq!(
+        e.to_string(),
+        "no acceptable bid; asked 3: 2 policy: device too hot, 1 policy: not allow-listed"
+    );
+}
+
+#[test]
 fn bad_bids_are_never_awarded() {
     let mut a = auction(Weights::default(), &[1, 2, 3, 4, 5, 6, 7]);
     drain(&mut a);

@@ -47,6 +47,11 @@ pub enum Rejection {
     },
     /// The payout is not a Stellar account id.
     BadPayout,
+    /// The submitter's placement policy leaves the bidder out.
+    Policy {
+        /// The policy's reason.
+        reason: String,
+    },
 }
 
 impl Rejection {
@@ -62,6 +67,7 @@ impl Rejection {
             Self::Late { .. } => "bid too late",
             Self::TooSlow { .. } => "too slow for deadline",
             Self::BadPayout => "invalid payout address",
+            Self::Policy { .. } => "excluded by policy",
         }
     }
 }
@@ -87,6 +93,7 @@ impl fmt::Display for Rejection {
                 f,
                 "needs {est_latency_ms} ms but only {remaining_ms} ms are left before the deadline"
             ),
+            Self::Policy { reason } => write!(f, "excluded by the placement policy: {reason}"),
             other => f.write_str(other.category()),
         }
     }
