@@ -359,11 +359,8 @@ impl Policies {
                 .unwrap_or(&package)
                 .to_string();
             match Kind::ALL.into_iter().find(|k| k.package() == package) {
-                Some(kind) => {
-                    if !kinds.contains(&kind) {
-                        kinds.push(kind);
-                    }
-                }
+                Some(kind) if !kinds.contains(&kind) => kinds.push(kind),
+                Some(_) => {}
                 None if package == "crank" || package.starts_with("crank.") => {
                     return Err(PolicyError::UnknownPackage {
                         file: file.clone(),

@@ -537,6 +537,7 @@ fn error_kind(e: &SubmitError) -> &'static str {
         SubmitError::NoCandidates { .. } => "no candidates",
         SubmitError::Failed { .. } => "auction failed",
         SubmitError::Spec(_) => "terms rejected",
+        SubmitError::Placement { .. } => "placement policy",
     }
 }
 
