@@ -94,6 +94,8 @@ const JSON_COMMANDS: &[(&str, &str)] = &[
     ("service install", "service-install"),
     ("service uninstall", "service-uninstall"),
     ("service status", "service-status"),
+    ("policy test", "policy-test"),
+    ("policy check", "policy-check"),
 ];
 
 #[test]
@@ -609,4 +611,88 @@ fn the_debian_package_assets_exist() {
         std::fs::read_to_string(repo().join("node").join(scripts).join("postinst")).unwrap();
     assert!(postinst.contains("adduser --system"), "{postinst}");
     assert!(postinst.contains("#DEBHELPER#"), "{postinst}");
+}
+
+#[test]
+fn policy_commands_test_a_file_and_check_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let policies = repo().join("docs/policies");
+    let admission = policies.join("admission.rego");
+    let admission = admission.to_str().unwrap();
+
+    // The sample input: a known requester on mains, nothing to decline.
+    let (out, v) = json(&data, &[], &["policy", "test", admission]);
+    assert!(out.status.success(), "{}", text(&out));
+    check_schema("policy-test", &v);
+    assert_eq!(v["kind"], "admission");
+    assert_eq!(v["decision"]["deny"], serde_json::json!([]));
+
+    // An input file: a stranger offering too little on a hot device, on battery.
+    let input = dir.path().join("call.json");
+    let mut call = serde_json::to_value(crank_policy::sample::admission()).unwrap();
+    call["requester"]["trust"]["known"] = false.into();
+    call["price"]["max_stroops"] = 10.into();
+    call["device"]["temperature_c"] = 91.0.into();
+    call["gate"]["on_battery"] = true.into();
+    std::fs::write(&input, call.to_string()).unwrap();
+    let input = input.to_str().unwrap();
+    let (out, v) = json(&data, &[], &["policy", "test", admission, "--input", input]);
+    assert!(out.status.success(), "{}", text(&out));
+    check_schema("policy-test", &v);
+    assert_eq!(v["decision"]["deny"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v["decision"]["price_multiplier"], 2.0);
+    // Without --json it says what the node would do.
+    let out = crank(&data)
+        .args(["policy", "test", admission, "--input", input])
+        .output()
+        .unwrap();
+    assert!(text(&out).contains("decline: policy: "), "{}", text(&out));
+
+    // The example directory loads; a broken one names the file and fails.
+    let (out, v) = json(&data, &[], &["policy", "check", policies.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    check_schema("policy-check", &v);
+    assert_eq!(
+        v["kinds"],
+        serde_json::json!(["admission", "placement", "output"])
+    );
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("owner.rego"),
+        "package crank.admission\ndeny contains if {\n",
+    )
+    .unwrap();
+    let (out, v) = json(&data, &[], &["policy", "check", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    check_schema("policy-check", &v);
+    assert!(v["error"].as_str().unwrap().contains("owner.rego"), "{v}");
+
+    // A node whose policy directory does not load refuses to start, naming the file.
+    std::fs::create_dir_all(data.join("policies")).unwrap();
+    std::fs::copy(broken.join("owner.rego"), data.join("policies/owner.rego")).unwrap();
+    let mut child = crank(&data)
+        .args([
+            "join",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("a node with a broken policy kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("owner.rego"), "{}", text(&out));
 }
